@@ -29,7 +29,7 @@ def test_model_maps_inputs_to_logits(name):
 
 
 @pytest.mark.skipif(not fashion_mnist.DEFAULT_DIR.is_dir(), reason="dataset-fashion-mnist is not installed")
-@pytest.mark.parametrize("name", ["fashion-mlp", "fashion-cnn"])
+@pytest.mark.parametrize("name", ["fashion-mlp", "fashion-mlp3", "fashion-cnn"])
 def test_fashion_models_fit_the_images(name, monkeypatch):
     monkeypatch.delenv("UNIGRAD_FASHION_MNIST", raising=False)
     task = get_task(name)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import unigrad
+import unigrad.nn.models
 from tests.problems import (
     Problem,
     assert_contract,
@@ -21,6 +22,8 @@ from tests.problems import (
 from unigrad import UnigradError, make_estimator
 from unigrad.first.activity_forward_gradient import ActivityForwardGradient
 from unigrad.first.forward_gradient import ForwardGradient
+from unigrad.nn.local_heads import LocallySupervised, head_key, with_local_heads
+from unigrad.train import train
 
 
 def _conv_problem(seed: int = 0) -> Problem:
@@ -136,3 +139,74 @@ def test_registry() -> None:
 def test_bad_options(options: dict, match: str) -> None:
     with pytest.raises(UnigradError, match=match):
         ActivityForwardGradient(**options)
+
+
+# -- local losses (Ren et al. §4) ----------------------------------------------------------------
+
+
+def _local_problem(seed: int = 0, batch: int = 32) -> Problem:
+    g = torch.Generator().manual_seed(seed)
+    body = unigrad.nn.models.mlp([6, 8, 7, 3], activation="tanh", seed=seed)
+    x = torch.randn(batch, 6, generator=g)
+    y = (x @ torch.randn(6, 3, generator=g)).argmax(dim=1)  # a linear teacher
+    model = with_local_heads(body, x[:2], seed=seed)
+    return Problem(model, unigrad.supervised(F.cross_entropy, x, y), "local")
+
+
+def _local_reference(problem: Problem) -> torch.Tensor:
+    """Gradient of the greedy objective, written out by hand: each block's loss, a stop-gradient at each block input."""
+    model, x, y = problem.model, problem.objective.inputs, problem.objective.targets
+    l1, l2, l3 = model.body[1], model.body[3], model.body[5]
+    h1, h2 = model.heads[head_key("3")], model.heads[head_key("5")]
+    model.zero_grad(set_to_none=True)
+    a1 = torch.tanh(l1(x))
+    a2 = torch.tanh(l2(a1.detach()))
+    out = l3(a2.detach())
+    losses = F.cross_entropy(h1(a1), y) + F.cross_entropy(h2(a2), y) + F.cross_entropy(out, y)
+    losses.backward()
+    return flat_grad(model)
+
+
+def test_local_losses_unbiased_for_the_greedy_objective() -> None:
+    problem = _local_problem()
+    g = _local_reference(problem)
+    samples = estimates(ActivityForwardGradient(probes=2, local_losses=True, seed=4), problem, 150)
+    assert_mean_matches(samples, g)
+    # the heads' part is exact (no noise): every sample has it
+    n_heads = sum(p.numel() for p in problem.model.heads.parameters())
+    assert torch.allclose(samples[:, -n_heads:], g[-n_heads:].expand(150, -1), rtol=1e-4, atol=1e-6)
+    # and the check has power: the end-to-end gradient of the model's loss is a different target
+    assert mean_mismatch(samples[:, :-n_heads], problem.grad()[:-n_heads])
+
+
+def test_local_losses_train_every_block_and_report_head_losses() -> None:
+    problem = _local_problem(seed=1, batch=128)
+    est = ActivityForwardGradient(probes=2, local_losses=True, seed=0)
+    e = est.estimate(problem.model, problem.objective)
+    assert len(e.info["local_losses"]) == 2 and all(v > 0 for v in e.info["local_losses"])
+    assert e.info["directional_derivatives"].shape == (2, 3, 128)  # probes × blocks × samples
+    assert e.cost.forwards == 2 * 128 and e.cost.jvps == 2 * 128
+    first, last = train_losses(est, problem)
+    assert last < 0.75 * first, (first, last)
+
+
+def test_local_losses_contract_and_errors() -> None:
+    assert_contract(lambda seed: ActivityForwardGradient(probes=2, local_losses=True, seed=seed), _local_problem())
+    plain = mlp()
+    with pytest.raises(UnigradError, match="with_local_heads"):
+        ActivityForwardGradient(local_losses=True).estimate(plain.model, plain.objective)
+    problem = _local_problem()
+    x, y = problem.objective.inputs, problem.objective.targets
+    custom = unigrad.objective(lambda m: F.cross_entropy(m(x), y, reduction="none"), n_samples=32)
+    with pytest.raises(UnigradError, match="supervised"):
+        ActivityForwardGradient(local_losses=True).estimate(problem.model, custom)
+    with pytest.raises(UnigradError, match="local_losses"):
+        ActivityForwardGradient(local_losses="yes")
+
+
+def test_train_adds_heads_for_local_losses() -> None:
+    result = train(
+        "digits-mlp", "activity-forward-gradient", lr=1e-2, estimator_options={"local_losses": True}, budget="steps=60"
+    )
+    assert isinstance(result.model, LocallySupervised)
+    assert result.final["test_accuracy"] > 0.2  # chance is 0.1

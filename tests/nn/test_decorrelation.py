@@ -209,3 +209,17 @@ def test_patchwise_conv_decorrelation() -> None:
     torch.testing.assert_close(model(x).detach(), moved, rtol=1e-10, atol=1e-10)
     with pytest.raises(UnigradError, match="groups"):
         DecorrelatedConv2d(nn.Conv2d(4, 4, 3, groups=2))
+
+
+@pytest.mark.parametrize("rule", ["offdiag", "cov-identity"])
+@pytest.mark.parametrize("rows", [4, 40])  # 2·rows < n takes the low-rank route X̂ᵀ(X̂R)/b, else A·R
+def test_update_is_a_times_r_on_both_routes(rule: str, rows: int) -> None:
+    g = torch.Generator().manual_seed(5)
+    d = Decorrelation(30, rule=rule, lr=0.05, dtype=torch.float64)
+    with torch.no_grad():
+        d.R.copy_(torch.eye(30, dtype=torch.float64) + 0.1 * torch.randn(30, 30, generator=g, dtype=torch.float64))
+    d(torch.randn(rows, 30, generator=g, dtype=torch.float64))
+    before = d.R.clone()
+    a = d.update()
+    torch.testing.assert_close(d.R, a @ before, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(d.R, before)

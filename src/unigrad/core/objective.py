@@ -51,7 +51,11 @@ class Supervised:
         self.n_samples = int(inputs.shape[0])
 
     def __call__(self, model: nn.Module) -> Tensor:
-        losses = self.loss_fn(model(self.inputs), self.targets)
+        return self.score(model(self.inputs))
+
+    def score(self, outputs: Tensor) -> Tensor:
+        """Per-sample losses of ``outputs`` against this batch's targets (also used by local heads)."""
+        losses = self.loss_fn(outputs, self.targets)
         if losses.dim() > 1:  # elementwise losses (F.mse_loss on (B, k) outputs): the mean of each sample
             losses = losses.reshape(losses.shape[0], -1).mean(dim=1)
         return losses

@@ -6,6 +6,7 @@ name           model                                               parameters
 mnist1d-mlp    MNIST-1D, MLP 40 → 100 → 100 → 10 (ReLU)            15,210
 digits-mlp     sklearn digits, MLP 64 → 64 → 10 (ReLU)             4,810
 fashion-mlp    Fashion-MNIST, MLP 784 → 256 → 256 → 10 (ReLU)      269,322
+fashion-mlp3   Fashion-MNIST, MLP 784 → 3 × 500 → 10 (LeakyReLU)    898,510
 fashion-cnn    Fashion-MNIST, 2 × (conv3×3 → ReLU → pool) → linear  20,490
 =============  ==================================================  ==========
 
@@ -98,6 +99,12 @@ TASKS: dict[str, Task] = {
             "Fashion-MNIST (60,000/10,000), MLP 784-256-256-10",
             load_fashion_mnist,
             lambda seed: mlp([784, 256, 256, 10], seed=seed),
+        ),
+        Task(
+            "fashion-mlp3",
+            "Fashion-MNIST (60,000/10,000), MLP 784-500-500-500-10, LeakyReLU",
+            load_fashion_mnist,
+            lambda seed: mlp([784, 500, 500, 500, 10], activation="leaky_relu", seed=seed),
         ),
         Task(
             "fashion-cnn",

@@ -31,14 +31,19 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": nn.GELU,
     "sigmoid": nn.Sigmoid,
     "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
 }
 
 _INIT_TAG = 0x1417
 
 
-def init_(model: nn.Module, seed: int) -> nn.Module:
-    """Re-initialise every ``nn.Linear`` and ``nn.Conv*`` of ``model`` from ``seed`` (in place)."""
-    g = generator(seed, _INIT_TAG)
+def init_(model: nn.Module, seed: int, stream: int = _INIT_TAG) -> nn.Module:
+    """Re-initialise every ``nn.Linear`` and ``nn.Conv*`` of ``model`` from ``seed`` (in place).
+
+    The generator is keyed by ``(seed, stream)``; modules that must not share the model's stream
+    (such as auxiliary heads) pass their own ``stream``.
+    """
+    g = generator(seed, stream)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):

@@ -42,8 +42,23 @@ NodeNoise = Callable[[int, Tensor], Tensor]
 
 
 def perturbable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every ``nn.Linear`` and ``nn.Conv2d`` of ``model``, in module order."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+    """``(name, module)`` of every ``nn.Linear`` and ``nn.Conv2d`` of ``model``, in module order.
+
+    A module with the class attribute ``perturbable = False`` (such as the local heads of
+    :mod:`unigrad.nn.local_heads`) is skipped together with everything inside it.
+    """
+    found: list[tuple[str, nn.Module]] = []
+
+    def visit(prefix: str, module: nn.Module) -> None:
+        if getattr(module, "perturbable", True) is False:
+            return
+        if isinstance(module, LAYER_TYPES):
+            found.append((prefix, module))
+        for name, child in module.named_children():
+            visit(f"{prefix}.{name}" if prefix else name, child)
+
+    visit("", model)
+    return found
 
 
 class LayerTaps:
@@ -54,8 +69,12 @@ class LayerTaps:
         record_inputs: keep each layer's (detached) input ``x_{l−1}`` in ``inputs[l]``.
         node_noise: if given, ``h_l ← h_l + node_noise(l, h_l)``; what was added is kept in ``added[l]``.
         record_outputs: keep each layer's (detached) output in ``outputs[l]``, after ``node_noise``.
+        stop_gradient: feed every layer ``x_{l−1}.detach()`` instead of its input, and keep the input
+            as it arrived (with its autograd history or forward-mode tangent) in ``live_inputs[l]``;
+            derivatives then never cross a layer boundary (blocks of local losses).
 
-    After the pass, ``inputs[l]`` / ``added[l]`` / ``outputs[l]`` are ``None`` for layers that did not run.
+    After the pass, ``inputs[l]`` / ``added[l]`` / ``outputs[l]`` / ``live_inputs[l]`` are ``None``
+    for layers that did not run, and ``order`` lists the layer indices in the order they ran.
     """
 
     def __init__(
@@ -65,11 +84,15 @@ class LayerTaps:
         record_inputs: bool = False,
         node_noise: NodeNoise | None = None,
         record_outputs: bool = False,
+        stop_gradient: bool = False,
     ) -> None:
         self.layers = perturbable_layers(model)
         self.record_inputs = record_inputs
         self.record_outputs = record_outputs
+        self.stop_gradient = stop_gradient
         self.node_noise = node_noise
+        self.order: list[int] = []
+        self.live_inputs: list[Tensor | None] = [None] * len(self.layers)
         self.inputs: list[Tensor | None] = [None] * len(self.layers)
         self.added: list[Tensor | None] = [None] * len(self.layers)
         self.outputs: list[Tensor | None] = [None] * len(self.layers)
@@ -84,6 +107,7 @@ class LayerTaps:
                     f"layer {self.layers[index][0]!r} ran twice in one pass; node perturbation needs every "
                     f"Linear/Conv2d to run at most once per objective call"
                 )
+            self.order.append(index)
             if self.record_inputs:
                 self.inputs[index] = args[0].detach()
             if self.node_noise is None:
@@ -99,9 +123,18 @@ class LayerTaps:
 
         return hook
 
+    def _pre_hook(self, index: int) -> Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...]]:
+        def pre_hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            self.live_inputs[index] = args[0]
+            return (args[0].detach(), *args[1:])
+
+        return pre_hook
+
     def __enter__(self) -> LayerTaps:
         try:
             for i, (_, layer) in enumerate(self.layers):
+                if self.stop_gradient:
+                    self._handles.append(layer.register_forward_pre_hook(self._pre_hook(i)))
                 self._handles.append(layer.register_forward_hook(self._hook(i)))
         except BaseException:
             self.remove()

@@ -35,6 +35,10 @@
   them and a divergence restores them with the parameters; the per-layer update counters (which key
   the subsample) are restored too. Peak memory is measured on the decorrelated model, updates
   included.
+* **Local heads**: when the estimator trains with local losses (``activity-forward-gradient`` with
+  ``local_losses=True``), the model is wrapped by :func:`unigrad.nn.local_heads.with_local_heads`
+  (after any decorrelation, before the optimizer is made, so the optimizer trains the heads too).
+  Evaluation uses the network's own output; the heads only serve the local losses.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from unigrad.core.registry import make_estimator
 from unigrad.core.rng import generator
 from unigrad.data.tasks import Task, TaskData, get_task
 from unigrad.nn.decorrelation import RULES, Decorrelation, decorrelate, update_decorrelation
+from unigrad.nn.local_heads import with_local_heads
 
 BUDGET_KINDS = ("epochs", "steps", "forwards", "seconds")
 
@@ -107,12 +112,27 @@ def check_decorrelation(options: dict[str, Any] | None) -> dict[str, Any] | None
     return opts
 
 
-def build_model(task: Task, seed: int, dev: torch.device, dt: torch.dtype, decor: dict[str, Any] | None) -> nn.Module:
-    """``task``'s model from ``seed`` on ``dev``/``dt``, decorrelated when ``decor`` is given."""
+def build_model(
+    task: Task,
+    seed: int,
+    dev: torch.device,
+    dt: torch.dtype,
+    decor: dict[str, Any] | None,
+    local_heads: bool = False,
+) -> nn.Module:
+    """``task``'s model from ``seed`` on ``dev``/``dt``, decorrelated when ``decor`` is given and
+    wrapped with local heads (:func:`unigrad.nn.local_heads.with_local_heads`) when ``local_heads``."""
     model = task.build_model(seed).to(device=dev, dtype=dt)
     if decor is not None:
         decorrelate(model, seed=seed, **decor)
+    if local_heads:
+        model = with_local_heads(model, task.data().x_train[:2].to(device=dev, dtype=dt), seed=seed)
     return model
+
+
+def _wants_heads(estimator: Estimator) -> bool:
+    """Whether ``estimator`` trains with local losses and so needs local heads on the model."""
+    return bool(getattr(estimator, "local_losses", False))
 
 
 @dataclass(frozen=True)
@@ -304,7 +324,7 @@ def train(
 
     estimator = _build_estimator(method, seed, estimator_options)
     data: TaskData = task.data().to(dev, dt)
-    model = build_model(task, seed, dev, dt, decor)
+    model = build_model(task, seed, dev, dt, decor, local_heads=_wants_heads(estimator))
     opt = make_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
     model.train()
 
@@ -434,8 +454,10 @@ def measure_peak_memory(
     xb = data.x_train[:batch_size].to(device=dev, dtype=dt)
     yb = data.y_train[:batch_size].to(device=dev)
 
+    heads = _wants_heads(_build_estimator(method, seed, estimator_options))
+
     def two_steps() -> None:
-        model = build_model(task, seed, dev, dt, decor)
+        model = build_model(task, seed, dev, dt, decor, local_heads=heads)
         est = _build_estimator(method, seed, estimator_options)
         opt = make_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
         for _ in range(2):
@@ -447,6 +469,6 @@ def measure_peak_memory(
 
     # one unmeasured step first builds what lives for the whole process (a shared noise table)
     _build_estimator(method, seed, estimator_options).estimate(
-        build_model(task, seed, dev, dt, decor), supervised(task.loss_fn, xb, yb)
+        build_model(task, seed, dev, dt, decor, local_heads=heads), supervised(task.loss_fn, xb, yb)
     )
     return peak_memory(two_steps, dev.type)
