@@ -210,3 +210,17 @@ def test_train_adds_heads_for_local_losses() -> None:
     )
     assert isinstance(result.model, LocallySupervised)
     assert result.final["test_accuracy"] > 0.2  # chance is 0.1
+
+
+def test_unbiased_on_decorrelated_conv() -> None:
+    # a patch-wise decorrelated convolution is one layer: tangents on its output, gradient G·Rᵀ
+    problem = _conv_problem(seed=4)
+    unigrad.decorrelate(problem.model, conv=True)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        r = problem.model[0].decor.R
+        r.add_(0.2 * torch.randn(r.shape, generator=g))
+    samples = estimates(ActivityForwardGradient(probes=2, seed=5), problem, 100)
+    assert_mean_matches(samples, problem.grad())
+    conv_weight = samples[:, : problem.model[0].weight.numel()]
+    assert conv_weight.abs().sum() > 0

@@ -16,6 +16,7 @@ from unigrad.nn.decorrelation import (
     update_decorrelation,
 )
 from unigrad.nn.models import mlp, small_cnn
+from unigrad.nn.perturbation import layer_grads, perturbable_layers
 
 N = 8
 RHO = 0.8  # correlation between every pair of inputs
@@ -117,7 +118,7 @@ def test_compensation_keeps_decorrelated_mlp_output() -> None:
     for compensate in (True, False):
         model = decorrelate(mlp([N, 16, 16, 3], seed=0).double(), lr=0.05)
         model(_batch(g, 256, torch.float64))
-        stats = update_decorrelation(model, compensate=False)
+        stats = update_decorrelation(model, compensate=False, stats=True)
         assert set(stats) == {"1", "3", "5"}
         before = model(fixed).detach()
         model(_batch(g, 256, torch.float64))
@@ -223,3 +224,56 @@ def test_update_is_a_times_r_on_both_routes(rule: str, rows: int) -> None:
     a = d.update()
     torch.testing.assert_close(d.R, a @ before, rtol=1e-12, atol=1e-12)
     assert not torch.allclose(d.R, before)
+
+
+def test_decorrelated_conv_is_one_perturbable_layer_with_exact_layer_grads() -> None:
+    g = torch.Generator().manual_seed(3)
+    model = small_cnn(in_channels=2, image_size=6, channels=(3,), classes=4, seed=0).double()
+    decorrelate(model, conv=True)
+    dconv = model[0]
+    with torch.no_grad():
+        dconv.decor.R.add_(0.2 * torch.randn(18, 18, generator=g, dtype=torch.float64))
+    x = torch.randn(5, 2, 6, 6, generator=g, dtype=torch.float64)
+    # forward: W·(R·p) at every position, as with explicit patches
+    c = dconv.conv
+    patches = nn.functional.unfold(x, 3, padding=1).transpose(1, 2)  # (B, L, 18)
+    ref = (patches @ dconv.decor.R.T @ c.weight.flatten(1).T + c.bias).transpose(1, 2).reshape(5, 3, 6, 6)
+    h = dconv(x)
+    torch.testing.assert_close(h, ref, rtol=1e-10, atol=1e-10)
+    assert dconv.decor.last.shape == (5 * 36, 18)
+    torch.testing.assert_close(dconv.decor.last, patches.reshape(-1, 18) @ dconv.decor.R.T)
+    # the layer's weight gradient of an output signal is the autograd gradient with respect to W
+    signal = torch.randn(h.shape, generator=g, dtype=torch.float64)
+    (gw_ref,) = torch.autograd.grad((h * signal).sum(), [c.weight])
+    gw, gb = layer_grads(dconv, x, signal)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gb, signal.sum((0, 2, 3)))
+    assert [n for n, _ in perturbable_layers(model)] == ["0", "4"]  # not the layers inside
+
+
+@pytest.mark.parametrize("rows", [3, 40])  # 40 rows > 6 outputs: the forward folds R into W (x·(W·R)ᵀ)
+def test_decorrelated_linear_forward_and_layer_grads_on_both_routes(rows: int) -> None:
+    g = torch.Generator().manual_seed(11)
+    layer = DecorrelatedLinear(nn.Linear(9, 6).double())
+    with torch.no_grad():
+        layer.decor.R.add_(0.3 * torch.randn(9, 9, generator=g, dtype=torch.float64))
+    x = torch.randn(rows, 9, generator=g, dtype=torch.float64)
+    lin = layer.linear
+    h = layer(x)
+    torch.testing.assert_close(h, x @ layer.decor.R.T @ lin.weight.T + lin.bias, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.decor.last, x @ layer.decor.R.T, rtol=1e-12, atol=1e-12)
+    signal = torch.randn(h.shape, generator=g, dtype=torch.float64)
+    gw_ref, gb_ref = torch.autograd.grad((h * signal).sum(), [lin.weight, lin.bias])
+    gw, gb = layer_grads(layer, x, signal)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gb, gb_ref)
+
+
+def test_statistics_are_not_taken_inside_transforms_and_are_used_once() -> None:
+    d = Decorrelation(4)
+    torch.vmap(d)(torch.randn(3, 5, 4))  # batched probes: not recorded
+    assert d.last is None
+    d(torch.randn(5, 4))
+    assert d.last is not None
+    d.update()
+    assert d.last is None  # the next update needs a new training-mode forward

@@ -64,7 +64,9 @@ def test_spsa_decorrelate_spec_parses_and_runs():
     )
     assert r.status == "ok" and r.steps == 3
     assert all(d.step == 3 for d in _decors(r.model))
-    assert r.forward_equivalents == pytest.approx(3 * 64 * 2 * 4)  # the updates cost no forward pass
+    # spsa's probes all run batched, so each step adds one plain forward of the batch for the statistics
+    assert r.forward_equivalents == pytest.approx(3 * 64 * (2 * 4 + 1))
+    assert all(not torch.equal(d.R, torch.eye(d.features)) for d in _decors(r.model))
 
 
 def test_variant_labels_and_errors():

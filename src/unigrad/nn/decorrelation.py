@@ -48,10 +48,14 @@ Options (of :class:`Decorrelation`, :class:`DecorrelatedLinear` and :func:`decor
     whether to apply ``W ← W·A⁻¹`` after each update (default ``False``, as in the papers).
 
 The inputs are recorded (detached) by ``forward`` only in training mode (``module.train()``), so
-evaluation passes do not overwrite the statistics of the last training batch.
+evaluation passes do not overwrite the statistics of the last training batch, and never inside a
+``torch.func`` transform (the batched probes of ``vmap``, the forward-mode passes of ``jvp``): the
+statistics are those of the last plain training-mode pass.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -67,6 +71,13 @@ _SAMPLE_TAG = 0xDEC0
 def _check_sample(sample: int | None) -> None:
     if sample is not None:
         check_positive("sample", sample, integer=True)
+
+
+def _recordable() -> bool:
+    """Whether a forward's statistics can be kept: not inside a ``torch.func`` transform (``vmap``,
+    ``jvp``), whose tensors must not outlive it. Batched probes and forward-mode passes are
+    evaluations of perturbed copies; the statistics come from the plain training-mode passes."""
+    return torch._C._functorch.maybe_current_level() is None
 
 
 class Decorrelation(nn.Module):
@@ -105,7 +116,25 @@ class Decorrelation(nn.Module):
         self.seed = int(seed)
         self.step = 0
         self.register_buffer("R", torch.eye(features, dtype=dtype, device=device))
-        self.last: Tensor | None = None  # recorded x̂ rows, (b, n), detached
+        self._rows: Tensor | Callable[[], Tensor] | None = None  # raw rows x (…, n), or what makes them
+        self._last: Tensor | None = None  # recorded x̂ rows (b, n), detached
+
+    @property
+    def last(self) -> Tensor | None:
+        """The recorded rows ``x̂ = R·x`` (``(b, n)``, detached) for the next update, or ``None``.
+
+        Rows recorded by :meth:`record` are multiplied by ``R`` here, once, on first use.
+        """
+        if self._last is None and self._rows is not None:
+            rows = self._rows() if callable(self._rows) else self._rows
+            with torch.no_grad():
+                self._last = self._subsample(rows.detach().reshape(-1, self.features)) @ self.R.T
+            self._rows = None
+        return self._last
+
+    @last.setter
+    def last(self, value: Tensor | None) -> None:
+        self._rows, self._last = None, value
 
     def extra_repr(self) -> str:
         return f"{self.features}, rule={self.rule!r}, lr={self.lr:g}, sample={self.sample}"
@@ -114,14 +143,25 @@ class Decorrelation(nn.Module):
         if x.shape[-1] != self.features:
             raise UnigradError(f"Decorrelation expects inputs with last dimension {self.features}, got {x.shape[-1]}")
         out = x @ self.R.T
-        if self.training:
-            rows = out.detach().reshape(-1, self.features)
-            if self.sample is not None and self.sample < rows.shape[0]:
-                g = generator(self.seed, self.step, _SAMPLE_TAG)
-                idx = torch.randperm(rows.shape[0], generator=g)[: self.sample].to(rows.device)
-                rows = rows[idx]
-            self.last = rows
+        if self.training and _recordable():
+            self.last = self._subsample(out.detach().reshape(-1, self.features))
         return out
+
+    def _subsample(self, rows: Tensor) -> Tensor:
+        """The rows kept for the next update: all, or ``sample`` of them drawn by the ``(seed, step)`` stream."""
+        if self.sample is not None and self.sample < rows.shape[0]:
+            g = generator(self.seed, self.step, _SAMPLE_TAG)
+            idx = torch.randperm(rows.shape[0], generator=g)[: self.sample].to(rows.device)
+            rows = rows[idx]
+        return rows
+
+    def record(self, x: Tensor | Callable[[], Tensor]) -> None:
+        """Keep the rows of ``x`` ``(…, n)`` (or of what the callable ``x`` returns, e.g. unfolded
+        patches) for the next update, as ``forward`` does in training mode, without transforming the
+        input: the rows are made, subsampled and multiplied by ``R`` only when :attr:`last` is first
+        read (once per update, however many passes recorded)."""
+        if _recordable():
+            self._rows, self._last = x, None
 
     def covariance(self) -> Tensor:
         """``C = x̂ᵀx̂ / B`` of the last recorded inputs (second moment, not mean-centred)."""
@@ -130,31 +170,38 @@ class Decorrelation(nn.Module):
         return self.last.T @ self.last / self.last.shape[0]
 
     @torch.no_grad()
-    def update(self, rule: str | None = None, lr: float | None = None) -> Tensor:
-        """Apply one step of the rule, ``R ← A·R`` with ``A = I − η_d·M``; return ``A``.
+    def update(self, rule: str | None = None, lr: float | None = None, need_a: bool = True) -> Tensor | None:
+        """Apply one step of the rule, ``R ← A·R`` with ``A = I − η_d·M``; return ``A`` (``None`` if
+        not ``need_a``).
 
         ``M = offdiag(C)`` (``"offdiag"``) or ``M = C − I`` (``"cov-identity"``), with ``C`` from the
-        last recorded inputs. ``rule``/``lr`` default to the module's options.
+        last recorded inputs. ``rule``/``lr`` default to the module's options. With ``b`` recorded
+        rows and ``2b < n``, ``M·R = X̂ᵀ(X̂·R)/b − D·R`` (``D = I`` or ``diag(C)``) is formed without
+        ``C``: ``2·b·n²`` multiply-adds instead of ``n³``; ``A`` itself (``b·n²``) is only built
+        when asked for (weight compensation needs it).
         """
         rule = self.rule if rule is None else rule
         lr = self.lr if lr is None else lr
         check_choice("rule", rule, RULES)
         check_positive("lr", lr)
-        c = self.covariance().to(self.R.dtype)
-        eye = torch.eye(self.features, dtype=c.dtype, device=c.device)
-        m = c - eye if rule == "cov-identity" else c - torch.diag_embed(torch.diagonal(c))
-        a = eye - lr * m
+        if self.last is None:
+            raise UnigradError("Decorrelation.update needs a forward pass in training mode first")
         rows = self.last.to(self.R.dtype)
         b, n = rows.shape
+        a = None
+        if need_a or 2 * b >= n:
+            c = rows.T @ rows / b
+            eye = torch.eye(n, dtype=c.dtype, device=c.device)
+            a = eye - lr * (c - eye if rule == "cov-identity" else c - torch.diag_embed(torch.diagonal(c)))
         if 2 * b < n:
-            # M·R = X̂ᵀ(X̂·R)/b − D·R with D = I or diag(C): 2·b·n² multiply-adds instead of n³ for A·R
-            d = torch.ones_like(c[0]) if rule == "cov-identity" else torch.diagonal(c)
-            mr = rows.T @ (rows @ self.R) / b - d[:, None] * self.R
-            self.R.sub_(lr * mr)
+            d = torch.ones(n, dtype=rows.dtype, device=rows.device) if rule == "cov-identity" else rows.pow(2).mean(0)
+            self.R.sub_(lr * (rows.T @ (rows @ self.R) / b - d[:, None] * self.R))
         else:
+            assert a is not None
             self.R.copy_(a @ self.R)
         self.step += 1
-        return a
+        self.last = None  # statistics are used once: the next update needs a new training-mode forward
+        return a if need_a else None
 
 
 class DecorrelatedLinear(nn.Module):
@@ -162,6 +209,12 @@ class DecorrelatedLinear(nn.Module):
 
     The ``linear`` module (and its ``Parameter`` objects) is kept as is. :meth:`update` updates ``R``
     and, with ``compensate=True``, the weight ``W ← W·A⁻¹`` so the layer's output is unchanged.
+
+    The forward takes the cheaper of two equal products: ``(x·Rᵀ)·Wᵀ`` (``rows·n²`` multiply-adds
+    for ``R``) or, when the layer has fewer outputs than the input has rows, ``x·(W·R)ᵀ``
+    (``m·n²`` to form ``W·R`` for ``m`` outputs); in the second case the statistics are recorded
+    raw and decorrelated once at the update. Node-perturbation rules treat the module as one
+    perturbable layer with input ``x`` (:func:`unigrad.nn.perturbation.layer_grads`).
     """
 
     def __init__(
@@ -190,14 +243,36 @@ class DecorrelatedLinear(nn.Module):
     def out_features(self) -> int:
         return self.linear.out_features
 
+    @property
+    def weight(self) -> Tensor:
+        """The wrapped layer's weight ``W`` (applied to decorrelated inputs)."""
+        return self.linear.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The wrapped layer's bias."""
+        return self.linear.bias
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear(self.decor(x))
+        lin = self.linear
+        rows = x.numel() // max(x.shape[-1], 1)
+        if lin.out_features < rows and x.shape[-1] == self.decor.features:
+            w = lin.weight
+            y = nn.functional.linear(x, w @ self.decor.R.to(w.dtype), lin.bias)
+            if self.training:
+                self.decor.record(x)
+            return y
+        return nn.functional.linear(self.decor(x), lin.weight, lin.bias)
 
     @torch.no_grad()
-    def update(self, rule: str | None = None, lr: float | None = None, compensate: bool | None = None) -> Tensor:
-        """Update ``R`` (see :meth:`Decorrelation.update`); with ``compensate``, also ``W ← W·A⁻¹``."""
-        a = self.decor.update(rule, lr)
-        if self.compensate if compensate is None else compensate:
+    def update(self, rule: str | None = None, lr: float | None = None, compensate: bool | None = None) -> Tensor | None:
+        """Update ``R`` (see :meth:`Decorrelation.update`); with ``compensate``, also ``W ← W·A⁻¹``.
+
+        Returns ``A`` when compensating, else ``None``.
+        """
+        comp = self.compensate if compensate is None else compensate
+        a = self.decor.update(rule, lr, need_a=comp)
+        if a is not None:
             w = self.linear.weight
             w.copy_(torch.linalg.solve(a.to(w.dtype), w, left=False))  # X·A = W
         return a
@@ -206,11 +281,19 @@ class DecorrelatedLinear(nn.Module):
 class DecorrelatedConv2d(nn.Module):
     """Patch-wise decorrelation before an existing ``nn.Conv2d``: ``y = W·(R·patch) + b`` at every position.
 
-    Each ``C_in·k_h·k_w`` input patch (``torch.nn.functional.unfold``) is one row seen by a
-    :class:`Decorrelation`; the convolution is then the flattened weight ``(C_out, C_in·k_h·k_w)``
-    applied to the decorrelated patches, so compensation is ``W ← W·A⁻¹`` on the flattened weight.
+    Each ``C_in·k_h·k_w`` input patch ``p`` (``torch.nn.functional.unfold``) is one row seen by a
+    :class:`Decorrelation`; the convolution applies the flattened weight ``(C_out, C_in·k_h·k_w)`` to
+    the decorrelated patches, so compensation is ``W ← W·A⁻¹`` on the flattened weight. Since
+    ``W·(R·p) = (W·R)·p``, the forward is one ordinary convolution with the weight ``W·R`` (``C_out·n²``
+    multiply-adds to form, instead of ``n²`` per patch); in training mode the patches are unfolded
+    only to record the statistics of ``R·p`` (of a ``sample`` of them, if set).
     Only ``groups=1``, ``padding_mode="zeros"`` and numeric padding are supported. With many
     positions per image, a ``sample`` keeps the update cheap.
+
+    Node-perturbation rules treat the whole module as one perturbable layer (its output is the
+    convolution's output, its input the raw ``x``): the weight gradient of a signal ``S`` on the
+    output is ``G·Rᵀ`` with ``G = conv2d_weight(x, S)`` the gradient with respect to ``W·R``
+    (:func:`unigrad.nn.perturbation.layer_grads`).
     """
 
     def __init__(
@@ -232,24 +315,43 @@ class DecorrelatedConv2d(nn.Module):
         self.conv = conv
         self.compensate = bool(compensate)
 
+    @property
+    def weight(self) -> Tensor:
+        """The wrapped convolution's weight ``W`` (applied to decorrelated patches)."""
+        return self.conv.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The wrapped convolution's bias."""
+        return self.conv.bias
+
+    def effective_weight(self) -> Tensor:
+        """``W·R`` in the convolution's weight shape: the weight applied to the raw patches."""
+        w = self.conv.weight
+        return (w.flatten(1) @ self.decor.R.to(w.dtype)).view_as(w)
+
     def forward(self, x: Tensor) -> Tensor:
         c = self.conv
-        h, w = x.shape[-2:]
-        patches = nn.functional.unfold(x, c.kernel_size, c.dilation, c.padding, c.stride)  # (B, F, L)
-        y = self.decor(patches.transpose(1, 2)) @ c.weight.flatten(1).T  # (B, L, C_out)
-        if c.bias is not None:
-            y = y + c.bias
-        ho, wo = (
-            (size + 2 * c.padding[i] - c.dilation[i] * (c.kernel_size[i] - 1) - 1) // c.stride[i] + 1
-            for i, size in enumerate((h, w))
-        )
-        return y.transpose(1, 2).reshape(x.shape[0], c.out_channels, ho, wo)
+        if x.shape[-3] != c.in_channels:
+            raise UnigradError(f"DecorrelatedConv2d expects {c.in_channels} input channels, got {x.shape[-3]}")
+        y = nn.functional.conv2d(x, self.effective_weight(), c.bias, c.stride, c.padding, c.dilation)
+        if self.training:
+            batched = (x if x.dim() == 4 else x.unsqueeze(0)).detach()
+            # rows: one patch per (image, position), unfolded only if the statistics are used
+            self.decor.record(
+                lambda: nn.functional.unfold(batched, c.kernel_size, c.dilation, c.padding, c.stride).transpose(1, 2)
+            )
+        return y
 
     @torch.no_grad()
-    def update(self, rule: str | None = None, lr: float | None = None, compensate: bool | None = None) -> Tensor:
-        """Update ``R`` (see :meth:`Decorrelation.update`); with ``compensate``, also ``W ← W·A⁻¹``."""
-        a = self.decor.update(rule, lr)
-        if self.compensate if compensate is None else compensate:
+    def update(self, rule: str | None = None, lr: float | None = None, compensate: bool | None = None) -> Tensor | None:
+        """Update ``R`` (see :meth:`Decorrelation.update`); with ``compensate``, also ``W ← W·A⁻¹``.
+
+        Returns ``A`` when compensating, else ``None``.
+        """
+        comp = self.compensate if compensate is None else compensate
+        a = self.decor.update(rule, lr, need_a=comp)
+        if a is not None:
             w = self.conv.weight
             w.copy_(torch.linalg.solve(a.to(w.dtype), w.flatten(1), left=False).view_as(w))
         return a
@@ -303,31 +405,37 @@ def decorrelate(
 
 @torch.no_grad()
 def update_decorrelation(
-    model: nn.Module, rule: str | None = None, lr: float | None = None, compensate: bool | None = None
+    model: nn.Module,
+    rule: str | None = None,
+    lr: float | None = None,
+    compensate: bool | None = None,
+    stats: bool = False,
 ) -> dict[str, float]:
-    """Update every decorrelation of ``model``; return each one's mean ``|offdiag(C)|`` before the update.
+    """Update every decorrelation of ``model``; with ``stats``, return each one's mean ``|offdiag(C)|``
+    before the update (an extra ``b·n²`` per layer; ``{}`` otherwise).
 
     ``rule``, ``lr`` and ``compensate`` default to each layer's own options. Decorrelations that
-    have recorded no input yet (no training-mode forward) are skipped.
+    have recorded no input since their last update (no training-mode forward) are skipped.
     """
     if rule is not None:
         check_choice("rule", rule, RULES)
     if lr is not None:
         check_positive("lr", lr)
-    stats: dict[str, float] = {}
+    out: dict[str, float] = {}
     paired = {id(m.decor) for m in model.modules() if isinstance(m, _PAIRED)}
     for name, m in model.named_modules():
         if isinstance(m, _PAIRED):
             decor, upd = m.decor, lambda m=m: m.update(rule, lr, compensate)
         elif isinstance(m, Decorrelation) and id(m) not in paired:
-            decor, upd = m, lambda m=m: m.update(rule, lr)
+            decor, upd = m, lambda m=m: m.update(rule, lr, need_a=False)
         else:
             continue
         if decor.last is None:
             continue
-        stats[name] = mean_offdiag(decor.covariance())
+        if stats:
+            out[name] = mean_offdiag(decor.covariance())
         upd()
-    return stats
+    return out
 
 
 def mean_offdiag(c: Tensor) -> float:

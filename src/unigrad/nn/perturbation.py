@@ -1,8 +1,11 @@
 """Layer taps for node-perturbation rules: record layer inputs, add noise to layer outputs.
 
 The *perturbable layers* of a model are its ``nn.Linear`` and ``nn.Conv2d`` modules in module order
-(``model.named_modules()``); a layer's position in that list is its *layer index*, the ``tensor``
-part of a noise key ``(seed, step, probe, layer index)``. For layer ``l`` with input ``x_{l−1}`` and
+(``model.named_modules()``), where a decorrelated layer (``DecorrelatedLinear``,
+``DecorrelatedConv2d`` of :mod:`unigrad.nn.decorrelation`) counts as one layer (its input is the
+raw ``x``, its output the wrapped layer's); a layer's position in that list is its *layer index*,
+the ``tensor`` part of a noise key ``(seed, step, probe, layer index)``. For layer ``l`` with input
+``x_{l−1}`` and
 pre-activation output ``h_l = W_l x_{l−1} + b_l``:
 
 - :class:`LayerTaps` is a context manager that installs forward hooks on every perturbable layer
@@ -34,8 +37,9 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
+from unigrad.nn.decorrelation import DecorrelatedConv2d, DecorrelatedLinear
 
-LAYER_TYPES = (nn.Linear, nn.Conv2d)
+LAYER_TYPES = (nn.Linear, nn.Conv2d, DecorrelatedLinear, DecorrelatedConv2d)
 
 NodeNoise = Callable[[int, Tensor], Tensor]
 """``node_noise(layer_index, output) -> ε`` (same shape as ``output``)."""
@@ -54,6 +58,8 @@ def perturbable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             return
         if isinstance(module, LAYER_TYPES):
             found.append((prefix, module))
+            if isinstance(module, DecorrelatedLinear | DecorrelatedConv2d):
+                return  # one layer: the layer inside runs as part of it, never on its own
         for name, child in module.named_children():
             visit(f"{prefix}.{name}" if prefix else name, child)
 
@@ -264,27 +270,37 @@ def layer_grads(layer: nn.Module, x: Tensor, signal: Tensor) -> tuple[Tensor, Te
     """``(Σ signal·xᵀ, Σ signal)`` for ``layer``: the weight and bias updates of a signal on its output.
 
     For ``nn.Linear`` all leading dimensions are summed over; for ``nn.Conv2d`` the weight term is
-    ``torch.nn.grad.conv2d_weight(x, W.shape, signal, …)`` and the bias term sums over batch and space.
+    ``torch.nn.grad.conv2d_weight(x, W.shape, signal, …)`` and the bias term sums over batch and space;
+    for :class:`~unigrad.nn.decorrelation.DecorrelatedLinear` and
+    :class:`~unigrad.nn.decorrelation.DecorrelatedConv2d` (input ``x`` raw) that term times ``Rᵀ``.
     The bias term is ``None`` when the layer has no bias.
     """
-    if isinstance(layer, nn.Linear):
+    if isinstance(layer, nn.Linear | DecorrelatedLinear):
         s = signal.reshape(-1, signal.shape[-1])
-        gw = s.transpose(0, 1) @ x.reshape(-1, x.shape[-1]).to(s.dtype)
+        xr = x.reshape(-1, x.shape[-1]).to(s.dtype)
+        if isinstance(layer, DecorrelatedLinear):  # Σ s·(R·x)ᵀ = (Σ s·xᵀ)·Rᵀ: the cheaper order
+            r = layer.decor.R.to(s.dtype)
+            gw = s.transpose(0, 1) @ (xr @ r.T) if s.shape[0] < s.shape[1] else (s.transpose(0, 1) @ xr) @ r.T
+        else:
+            gw = s.transpose(0, 1) @ xr
         gb = s.sum(0) if layer.bias is not None else None
         return gw, gb
-    if isinstance(layer, nn.Conv2d):
+    if isinstance(layer, nn.Conv2d | DecorrelatedConv2d):
+        conv = layer.conv if isinstance(layer, DecorrelatedConv2d) else layer
         if x.dim() == 3:  # unbatched (C, H, W)
             x, signal = x.unsqueeze(0), signal.unsqueeze(0)
         gw = torch.nn.grad.conv2d_weight(
             x.to(signal.dtype),
-            layer.weight.shape,
+            conv.weight.shape,
             signal,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
-            groups=layer.groups,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
         )
-        gb = signal.sum(dim=(0, 2, 3)) if layer.bias is not None else None
+        if isinstance(layer, DecorrelatedConv2d):  # gradient w.r.t. W·R, mapped to W: G·Rᵀ
+            gw = (gw.flatten(1) @ layer.decor.R.to(gw.dtype).T).view_as(gw)
+        gb = signal.sum(dim=(0, 2, 3)) if conv.bias is not None else None
         return gw, gb
     raise UnigradError(f"layer_grads supports nn.Linear and nn.Conv2d, got {type(layer).__name__}")
 

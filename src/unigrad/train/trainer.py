@@ -34,7 +34,10 @@
   count it. The matrices ``R`` are buffers, so the last-good snapshot (the ``state_dict``) holds
   them and a divergence restores them with the parameters; the per-layer update counters (which key
   the subsample) are restored too. Peak memory is measured on the decorrelated model, updates
-  included.
+  included. The statistics of an update are those of the step's last plain training-mode forward;
+  when an estimator runs none (all its passes are batched probes or forward-mode passes, e.g.
+  ``spsa``, ``rge``, ``es``, ``forward-gradient``), one extra forward of the batch records them and
+  is counted in the forward-pass equivalents (:func:`record_decorrelation_inputs`).
 * **Local heads**: when the estimator trains with local losses (``activity-forward-gradient`` with
   ``local_losses=True``), the model is wrapped by :func:`unigrad.nn.local_heads.with_local_heads`
   (after any decorrelation, before the optimizer is made, so the optimizer trains the heads too).
@@ -128,6 +131,22 @@ def build_model(
     if local_heads:
         model = with_local_heads(model, task.data().x_train[:2].to(device=dev, dtype=dt), seed=seed)
     return model
+
+
+@torch.no_grad()
+def record_decorrelation_inputs(model: nn.Module, inputs: Tensor) -> int:
+    """Run one plain training-mode forward on ``inputs`` if some decorrelation of ``model`` recorded no
+    statistics this step; return the forward passes it took, in samples (0 or the batch size).
+
+    Estimators whose passes all run inside ``torch.func`` transforms (batched probes, forward-mode
+    passes) leave no statistics (see :mod:`unigrad.nn.decorrelation`); this pass supplies them, and
+    its cost is counted as forward passes.
+    """
+    decors = [m for m in model.modules() if isinstance(m, Decorrelation)]
+    if not decors or all(d.last is not None for d in decors):
+        return 0
+    model(inputs)
+    return int(inputs.shape[0])
 
 
 def _wants_heads(estimator: Estimator) -> bool:
@@ -382,6 +401,8 @@ def train(
                 est = estimator.estimate(model, supervised(task.loss_fn, xb, yb))
                 if not math.isfinite(est.loss):
                     raise NonFiniteLossError(f"loss became {est.loss}")
+                if decor is not None:
+                    fe += record_decorrelation_inputs(model, xb)
                 opt.step()
                 if decor is not None:
                     update_decorrelation(model)
@@ -463,6 +484,8 @@ def measure_peak_memory(
         for _ in range(2):
             opt.zero_grad(set_to_none=True)
             est.estimate(model, supervised(task.loss_fn, xb, yb))
+            if decor is not None:
+                record_decorrelation_inputs(model, xb)
             opt.step()
             if decor is not None:
                 update_decorrelation(model)
