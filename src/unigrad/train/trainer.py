@@ -52,6 +52,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -67,6 +68,7 @@ from unigrad.core.rng import generator
 from unigrad.data.tasks import Task, TaskData, get_task
 from unigrad.nn.decorrelation import RULES, Decorrelation, decorrelate, update_decorrelation
 from unigrad.nn.local_heads import with_local_heads
+from unigrad.train.checkpoint import load_checkpoint, save_checkpoint
 
 BUDGET_KINDS = ("epochs", "steps", "forwards", "seconds")
 
@@ -313,6 +315,27 @@ class _Snapshot:
         estimator.load_state_dict(copy.deepcopy(self.estimator))
 
 
+def _dump_state(model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator) -> dict[str, Any]:
+    """Model (parameters and buffers), decorrelation counters, optimizer and estimator state, for a checkpoint."""
+    return {
+        "model": model.state_dict(),
+        "decor_steps": {k: m.step for k, m in model.named_modules() if isinstance(m, Decorrelation)},
+        "optimizer": optimizer.state_dict(),
+        "estimator": estimator.state_dict(),
+    }
+
+
+def _load_state(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator
+) -> None:
+    model.load_state_dict(state["model"])
+    for k, m in model.named_modules():
+        if isinstance(m, Decorrelation):
+            m.step, m.last = int(state["decor_steps"][k]), None
+    optimizer.load_state_dict(state["optimizer"])
+    estimator.load_state_dict(state["estimator"])
+
+
 def train(
     task: Task | str,
     method: Estimator | str,
@@ -330,6 +353,8 @@ def train(
     progress: bool = False,
     desc: str | None = None,
     decorrelation: dict[str, Any] | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs)."""
     task = get_task(task) if isinstance(task, str) else task
@@ -356,6 +381,62 @@ def train(
     history: list[dict[str, float | None]] = []
     snapshot: _Snapshot | None = None
     status, message, failed = "ok", "", 0
+    next_eval, pos = 1, 0
+    fingerprint = {
+        "task": task.name,
+        "estimator": estimator.name,
+        "estimator_options": estimator.options(),
+        "optimizer": optimizer,
+        "lr": lr,
+        "optimizer_options": dict(optimizer_options or {}),
+        "budget": str(budget),
+        "batch_size": batch_size,
+        "seed": seed,
+        "device": dev.type,
+        "dtype": str(dt),
+        "eval_points": eval_points,
+        "decorrelation": decor,
+    }
+    finished = False
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        state = load_checkpoint(checkpoint)
+        if state.get("fingerprint") != fingerprint:
+            theirs = state.get("fingerprint") or {}
+            diff = sorted(k for k in fingerprint.keys() | theirs.keys() if fingerprint.get(k) != theirs.get(k))
+            raise UnigradError(
+                f"checkpoint {checkpoint} belongs to a different run (differs in {', '.join(diff)}); "
+                f"use another checkpoint path or delete it"
+            )
+        _load_state(state, model, opt, estimator)
+        step, fe, seconds, seen = state["step"], state["forward_equivalents"], state["seconds"], state["seen"]
+        pos, next_eval = state["pos"], state["next_eval"]
+        window, history = list(state["window"]), [dict(h) for h in state["history"]]
+        status, message, finished = state["status"], state["message"], state["finished"]
+        snapshot = _Snapshot(model, opt, estimator, state["last_good_step"])
+
+    def save(done: bool = False) -> None:
+        if checkpoint is None:
+            return
+        assert snapshot is not None
+        save_checkpoint(
+            checkpoint,
+            {
+                "fingerprint": fingerprint,
+                **_dump_state(model, opt, estimator),
+                "step": step,
+                "forward_equivalents": fe,
+                "seconds": seconds,
+                "seen": seen,
+                "pos": pos,
+                "next_eval": next_eval,
+                "window": list(window),
+                "history": history,
+                "status": status,
+                "message": message,
+                "finished": done,
+                "last_good_step": snapshot.step,
+            },
+        )
 
     def spent() -> float:
         used = {"epochs": step, "steps": step, "forwards": fe, "seconds": seconds}[budget.kind]
@@ -382,15 +463,17 @@ def train(
         snapshot = _Snapshot(model, opt, estimator, step)
         return True
 
-    if not record():
-        raise UnigradError(f"the initial model of task {task.name} gives a non-finite test loss")
+    if snapshot is None:
+        if not record():
+            raise UnigradError(f"the initial model of task {task.name} gives a non-finite test loss")
+        save()
     label = desc or f"{estimator.name} seed {seed}"
     bar = tqdm(total=1000, desc=label, leave=False, disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
-    next_eval = 1
     perm = torch.empty(0, dtype=torch.long)
-    pos = 0
+    if pos != 0:  # resumed within an epoch: the same permutation, regenerated from its key
+        perm = torch.randperm(n, generator=generator(seed, seen // n, _DATA_TAG)).to(dev)
     try:
-        while spent() < 1.0:
+        while not finished and spent() < 1.0:
             if pos == 0:
                 perm = torch.randperm(n, generator=generator(seed, seen // n, _DATA_TAG)).to(dev)
             idx = perm[pos : pos + batch_size]
@@ -424,10 +507,11 @@ def train(
                     break
                 next_eval = math.floor(frac * eval_points) + 1
                 bar.set_postfix(loss=f"{history[-1]['train_loss']:.3g}", acc=f"{history[-1]['test_accuracy']:.3f}")
+                save()
     finally:
         bar.close()
 
-    if status == "diverged":
+    if status == "diverged" and not finished:
         assert snapshot is not None
         snapshot.restore(model, opt, estimator)
         message = (
@@ -436,6 +520,8 @@ def train(
             + (" or the decorrelation lr" if decor is not None else "")
         )
     assert snapshot is not None
+    if not finished:
+        save(done=True)
     return RunResult(
         method=estimator.name,
         seed=seed,

@@ -1,0 +1,93 @@
+"""Atomic, checksummed checkpoint files.
+
+A checkpoint is one file::
+
+    b"UNIGRAD-CHECKPOINT 1\\n" + sha256(payload) (32 bytes) + payload
+
+where ``payload`` is a ``torch.save`` of a dict of tensors, numbers, strings, lists and dicts (the
+trainer's state: model, optimizer, estimator, data position, metrics). Guarantees:
+
+* **Atomic**: :func:`save_checkpoint` writes a temporary file next to the target, flushes and
+  ``fsync``s it, then ``os.replace``s it over the target and ``fsync``s the folder. A crash at any
+  moment leaves either the previous checkpoint or the new one, never a partial file.
+* **Checked**: :func:`load_checkpoint` refuses a file without the header (not a checkpoint) or whose
+  payload does not match its checksum (truncated or corrupted), with a one-line
+  :class:`~unigrad.core.errors.UnigradError` that names the file. It loads with
+  ``torch.load(weights_only=True)``, so a checkpoint cannot run code.
+* **Nothing lost on a failed write**: if writing fails (read-only folder, full disk), the temporary
+  file is removed, the previous checkpoint is untouched, and the error says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unigrad.core.errors import UnigradError
+
+MAGIC = b"UNIGRAD-CHECKPOINT 1\n"
+_DIGEST = 32
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (module docstring)."""
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    payload = buf.getvalue()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
+        raise UnigradError(f"cannot write checkpoint {path}: {e.strerror or e}; {kept}") from None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`, verifying its header and checksum."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UnigradError(f"checkpoint {path} does not exist") from None
+    except OSError as e:
+        raise UnigradError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    if not data.startswith(MAGIC):
+        raise UnigradError(f"{path} is not a unigrad checkpoint (bad header); refusing to load it")
+    digest, payload = data[len(MAGIC) : len(MAGIC) + _DIGEST], data[len(MAGIC) + _DIGEST :]
+    if hashlib.sha256(payload).digest() != digest:
+        raise UnigradError(
+            f"checkpoint {path} is corrupted (checksum mismatch); refusing to load it; delete it to start the run over"
+        )
+    try:
+        state = torch.load(io.BytesIO(payload), weights_only=True)
+    except Exception as e:  # the checksum matched, so this is a file from an incompatible version
+        raise UnigradError(f"checkpoint {path} cannot be read by this version: {type(e).__name__}") from None
+    if not isinstance(state, dict):
+        raise UnigradError(f"checkpoint {path} does not hold a state dict")
+    return state
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. some network file systems); the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,140 @@
+"""Checkpoints: atomic and checksummed files, and bitwise-exact resume after kill -9."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from unigrad.core.errors import UnigradError
+from unigrad.train import train
+from unigrad.train.checkpoint import MAGIC, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_round_trip_and_corruption_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"w": torch.arange(5.0), "step": 3, "history": [{"a": 1.0}]})
+    state = load_checkpoint(path)
+    assert torch.equal(state["w"], torch.arange(5.0)) and state["step"] == 3
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte in the payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnigradError, match="corrupted"):
+        load_checkpoint(path)
+    path.write_bytes(bytes(data[: len(data) // 2]))  # truncated
+    with pytest.raises(UnigradError, match="corrupted"):
+        load_checkpoint(path)
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UnigradError, match="not a unigrad checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(UnigradError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+    assert MAGIC.endswith(b"\n")
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"step": 1})
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UnigradError, match="No space left on device; the previous checkpoint is kept"):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
+
+
+def _params(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+RUN = dict(budget="steps=120", eval_points=6, lr=3e-3)
+
+SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    from unigrad.train import train
+    from unigrad.{module} import {cls}
+
+    class Killed({cls}):
+        def _estimate(self, model, objective, params):
+            if self.step == int(sys.argv[2]):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super()._estimate(model, objective, params)
+
+    train("digits-mlp", Killed(seed=0, **{options}), checkpoint=sys.argv[1], {run}{decor})
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "cls", "options", "decor"),
+    [
+        ("spsa", "zeroth.spsa", "SPSA", {"probes": 4}, None),
+        ("anp", "zeroth.anp", "ANP", {"probes": 2}, {"lr": 1e-3}),  # danp: decorrelation counters and R too
+        ("backprop", "first.backprop", "Backprop", {}, None),
+    ],
+)
+def test_resume_after_kill_9_is_bitwise_exact(
+    tmp_path: Path, name: str, module: str, cls: str, options: dict, decor: dict | None
+) -> None:
+    kill_at = random.Random(f"{name}-{os.getpid()}").randrange(25, 115)  # a random step, past the first checkpoint
+    decor_arg = f", decorrelation={decor!r}" if decor else ""
+    run_arg = ", ".join(f"{k}={v!r}" for k, v in RUN.items())
+    script = SCRIPT.format(module=module, cls=cls, options=options, run=run_arg, decor=decor_arg)
+    path = tmp_path / "run.pt"
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(path), str(kill_at)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    interrupted = load_checkpoint(path)
+    assert 0 < interrupted["step"] < kill_at and not interrupted["finished"]
+
+    kw = {"estimator_options": options, "decorrelation": decor, **RUN}
+    resumed = train("digits-mlp", name, checkpoint=path, resume=True, **kw)
+    whole = train("digits-mlp", name, **kw)
+    assert resumed.steps == whole.steps == 120
+    assert all(torch.equal(a, b) for a, b in zip(_params(resumed.model), _params(whole.model), strict=True)), kill_at
+    assert resumed.forward_equivalents == whole.forward_equivalents
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]
+    assert load_checkpoint(path)["finished"]
+
+
+def test_resume_of_a_finished_run_returns_it_and_other_runs_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run.pt"
+    first = train("digits-mlp", "spsa", checkpoint=path, budget="steps=20", eval_points=2)
+    again = train("digits-mlp", "spsa", checkpoint=path, resume=True, budget="steps=20", eval_points=2)
+    assert again.steps == 20 and again.history == first.history
+    assert all(torch.equal(a, b) for a, b in zip(_params(first.model), _params(again.model), strict=True))
+    with pytest.raises(UnigradError, match=r"different run \(differs in budget, lr\)"):
+        train("digits-mlp", "spsa", checkpoint=path, resume=True, budget="steps=30", eval_points=2, lr=0.01)
+
+
+def test_resumed_divergence_keeps_the_last_good_state(tmp_path: Path) -> None:
+    path = tmp_path / "run.pt"
+    kw = {"optimizer": "sgd", "lr": 1e6, "optimizer_options": {"momentum": 0.9}, "eval_points": 40}
+    first = train("digits-mlp", "backprop", checkpoint=path, budget="steps=40", **kw)
+    assert first.status == "diverged"
+    again = train("digits-mlp", "backprop", checkpoint=path, resume=True, budget="steps=40", **kw)
+    assert again.status == "diverged" and again.message == first.message
+    assert again.last_good_step == first.last_good_step and again.history == first.history
+    assert all(torch.equal(a, b) for a, b in zip(_params(first.model), _params(again.model), strict=True))
