@@ -38,6 +38,15 @@
   when an estimator runs none (all its passes are batched probes or forward-mode passes, e.g.
   ``spsa``, ``rge``, ``es``, ``forward-gradient``), one extra forward of the batch records them and
   is counted in the forward-pass equivalents (:func:`record_decorrelation_inputs`).
+* **Checkpoints** (``checkpoint=PATH``): at every evaluation point (the initial one included) and
+  at the end, the whole state — parameters and buffers, decorrelation counters, optimizer and
+  estimator state (seed and step, which name every perturbation), the data position (the epoch's
+  permutation is regenerated from its key), cost counters, the metrics so far and the last good
+  step — is written atomically with a checksum (:mod:`unigrad.train.checkpoint`). With
+  ``resume=True`` a run whose checkpoint exists continues from it; a killed run resumed this way
+  ends with parameters bitwise equal to an uninterrupted run on CPU (same threads), and a finished
+  run returns at once. A checkpoint of a different configuration is refused with the fields that
+  differ. Wall time keeps counting from the saved value.
 * **Local heads**: when the estimator trains with local losses (``activity-forward-gradient`` with
   ``local_losses=True``), the model is wrapped by :func:`unigrad.nn.local_heads.with_local_heads`
   (after any decorrelation, before the optimizer is made, so the optimizer trains the heads too).
