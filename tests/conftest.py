@@ -1,8 +1,11 @@
-"""Test-suite settings: pytest runs two worker processes on two cores, so each uses one thread."""
+"""Test-suite settings: pytest runs two worker processes on two cores, so each uses one thread; the
+experiment store of CLI runs goes to a temporary folder (never the working copy's ``runs/``)."""
 
 import os
+import tempfile
 
 import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ["UNIGRAD_STORE"] = os.path.join(tempfile.mkdtemp(prefix="unigrad-test-store-"), "unigrad.sqlite")
 torch.set_num_threads(1)

@@ -1,4 +1,10 @@
-"""Command line: ``unigrad list | train | compare`` (also ``python -m unigrad``).
+"""Command line: ``unigrad list | train | compare | runs`` (also ``python -m unigrad``).
+
+``train`` and ``compare`` record every run in the experiment store (``--store``, default
+``runs/unigrad.sqlite``): a run already finished there is not trained again (``--rerun`` forces
+it), and an unfinished one (a killed command) resumes from its checkpoint. ``--config FILE`` reads
+options from a TOML file (:mod:`unigrad.config`); options typed on the command line override it.
+``runs list|show|compare|export|groups`` reads the store.
 
 Exit status: 0 on success, 1 if a run diverged (its results up to the last good state are still
 written), 2 for a user error (unknown task, method or optimizer, a bad option value or budget, a
@@ -8,9 +14,11 @@ malformed method spec, a missing dataset), printed as one ``error: ...`` line wi
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from unigrad.core.errors import UnigradError
@@ -74,13 +82,26 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="run folder (default runs/<command>-<task>-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    p.add_argument(
+        "--config", metavar="FILE", default=None, help="TOML file of these options; options typed here override it"
+    )
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        default=None,
+        help="experiment store (default runs/unigrad.sqlite, or $UNIGRAD_STORE): runs finished there are not "
+        "trained again, unfinished ones resume from their checkpoints",
+    )
+    p.add_argument("--no-store", action="store_true", help="do not use the experiment store (no skip, no resume)")
+    p.add_argument("--rerun", action="store_true", help="train again runs already finished in the store")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from unigrad.train.compare import DEFAULT_BUDGET, DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_TASK
+    from unigrad.train.runs_cli import add_runs_parser
 
     parser = _Parser(prog="unigrad", description="Every way of training a network on one footing.")
-    sub = parser.add_subparsers(dest="command", metavar="{list,train,compare}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,train,compare,runs}")
 
     sub.add_parser("list", help="estimators by derivative order, and tasks")
 
@@ -112,7 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"number of seeds (3 → 0,1,2) or a list (0,5,7); default {DEFAULT_SEEDS}",
     )
     _run_options(c)
+    add_runs_parser(sub)
     return parser
+
+
+def _store(args: argparse.Namespace) -> Any:
+    """The experiment store path of a train/compare command (``None`` with ``--no-store``)."""
+    from unigrad.train.store import default_store_path
+
+    if args.no_store:
+        if args.store is not None or args.rerun:
+            raise UnigradError("--no-store cannot be combined with --store or --rerun")
+        return None
+    return args.store if args.store is not None else default_store_path()
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -142,7 +175,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _apply_threads(n: int) -> None:
     import torch
 
-    torch.set_num_threads(n)
+    try:
+        torch.set_num_threads(n)
+    except (RuntimeError, ValueError, OverflowError):  # beyond the C int torch takes
+        raise UnigradError(f"--threads {n} is more threads than torch can use; give a small count") from None
 
 
 def _finish(folder: Any, results: dict[str, Any]) -> int:
@@ -178,6 +214,8 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         progress=not args.no_progress,
         command=_command(argv),
         prefix="train",
+        store=_store(args),
+        rerun=args.rerun,
     )
     return _finish(folder, results)
 
@@ -208,30 +246,80 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
         memory=not args.no_memory,
         progress=not args.no_progress,
         command=_command(argv),
+        store=_store(args),
+        rerun=args.rerun,
     )
     return _finish(folder, results)
+
+
+_BREAKS = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its line breaks escaped (``\\n``): a message that quotes user input stays one line."""
+    return _BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _command(argv: Sequence[str]) -> str:
     return "unigrad " + shlex.join(argv)
 
 
+_MAX_RUN_ID = 2**63 - 1  # SQLite's INTEGER
+
+
+def _check_run_refs(args: argparse.Namespace) -> None:
+    """Refuse run references the store would read as an id it cannot look up (too large, non-ASCII digits)."""
+    refs = [getattr(args, "run", None), *(getattr(args, "refs", None) or [])]
+    for ref in refs:
+        text = str(ref or "").strip()
+        if text.isdigit() and len(text) < 64 and (not text.isascii() or int(text) > _MAX_RUN_ID):
+            raise UnigradError(
+                f"{ref!r} is not a run id: ids are ASCII digits up to {_MAX_RUN_ID}; see unigrad runs list"
+            )
+
+
+def _run_runs(args: argparse.Namespace) -> int:
+    from unigrad.train.runs_cli import run_runs
+
+    _check_run_refs(args)
+    csv = getattr(args, "csv", None)
+    if csv is not None and csv != "-" and Path(csv).name in ("", ".", ".."):
+        raise UnigradError(f"--csv needs a file path (or - for stdout), got {csv!r}")
+    try:
+        return run_runs(args)
+    except OSError as e:  # runs export --csv into a folder that cannot hold the file
+        if getattr(args, "runs_command", None) != "export":
+            raise
+        raise UnigradError(f"cannot write {args.csv}: {e.strerror or e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unigrad`` script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if any("\x00" in a for a in argv):  # no path can hold one; the OS never passes one in sys.argv
+            raise UnigradError("arguments cannot contain NUL characters")
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # --help printed the help and asked to exit
+            return e.code if isinstance(e.code, int) else 0
         if args.command is None:
             parser.print_help()
             return 0
         if args.command == "list":
             return cmd_list(args)
+        if args.command == "runs":
+            return _run_runs(args)
+        if args.config is not None:
+            from unigrad.config import given_options, load_config, merge
+
+            args = merge(args, load_config(args.config, args.command), given_options(parser, argv))
         if args.command == "train":
             return cmd_train(args, argv)
         return cmd_compare(args, argv)
     except (UnigradError, _UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

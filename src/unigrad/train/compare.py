@@ -63,7 +63,8 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -75,6 +76,9 @@ import torch
 from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.core.registry import ESTIMATORS, estimator_class, make_estimator
 from unigrad.data.tasks import Task, get_task
+from unigrad.train.checkpoint import load_checkpoint
+from unigrad.train.report import write_atomic
+from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
     OPTIMIZERS,
     Budget,
@@ -92,6 +96,8 @@ DEFAULT_METHODS = ("backprop", "forward-gradient:lr=3e-3", "spsa:lr=3e-3", "es",
 DEFAULT_BUDGET = "epochs=12"
 DEFAULT_SEEDS = 3
 DEFAULT_BATCH_SIZE = 64
+MAX_INT = 2**63 - 1  # seeds and integer method options must fit in 64 bits (torch sizes, SQLite INTEGER)
+MAX_SEED_COUNT = 10**6  # a count of seeds is materialized as a list
 
 # method: (optimizer, lr, estimator options); the sweep behind these values is in the module docstring.
 DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
@@ -231,6 +237,8 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
         if key in given:
             raise UnigradError(f"malformed method spec {spec!r}: option {key} given twice")
         given[key] = _value(value.strip())
+        if type(given[key]) is int and abs(given[key]) > MAX_INT:
+            raise UnigradError(f"option {key} of {spec!r} is out of range: integers must fit in 64 bits")
     decor = _decorrelation(spec, variant, given)
     if decor is not None and variant is None:
         base = [v for v, (est, _) in known.items() if est == name]
@@ -287,7 +295,11 @@ def parse_methods(text: str | Sequence[str]) -> list[MethodSpec]:
 
 
 def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
-    """``3`` → ``[0, 1, 2]``; ``"0,5,7"`` → ``[0, 5, 7]``."""
+    """``3`` → ``[0, 1, 2]``; ``"0,5,7"`` → ``[0, 5, 7]``.
+
+    A count is at most :data:`MAX_SEED_COUNT`; seeds are integers from 0 to :data:`MAX_INT` (the store
+    keeps them as 64-bit integers).
+    """
     if isinstance(seeds, str):
         text = seeds.strip()
         try:
@@ -299,10 +311,14 @@ def parse_seeds(seeds: int | str | Sequence[int]) -> list[int]:
     if isinstance(seeds, int):
         if seeds < 1:
             raise UnigradError(f"the number of seeds must be >= 1, got {seeds}")
+        if seeds > MAX_SEED_COUNT:
+            raise UnigradError(f"the number of seeds must be <= {MAX_SEED_COUNT}, got {seeds}")
         return list(range(seeds))
     out = list(seeds)
     if not out or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in out):
         raise UnigradError(f"seeds must be integers >= 0, got {out!r}")
+    if any(s > MAX_INT for s in out):
+        raise UnigradError(f"seeds must be integers from 0 to {MAX_INT}, got {out!r}")
     if len(set(out)) != len(out):
         raise UnigradError(f"seeds repeat: {out}")
     return out
@@ -332,6 +348,8 @@ def environment(device: torch.device) -> dict[str, Any]:
 def run_dir(task: str, out: str | Path | None, prefix: str = "compare") -> Path:
     """``out`` if given, else a fresh ``runs/<prefix>-<task>-<YYYYmmdd-HHMMSS>`` folder."""
     if out is not None:
+        if str(out) == "" or "\x00" in str(out):  # Path("") is the current folder
+            raise UnigradError(f"the output folder must be a non-empty path without NUL characters, got {str(out)!r}")
         path = Path(out)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -392,11 +410,21 @@ def compare(
     command: str | None = None,
     prefix: str = "compare",
     log: Callable[[str], None] | None = print,
+    store: str | Path | None = None,
+    rerun: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Run every method with every seed at equal ``budget``; write the run folder (module docs).
 
     Returns the folder and the ``results.json`` content. Runs that diverge are kept up to their
     last good state and marked ``"diverged"``; the other runs go on.
+
+    With ``store`` (a path to an experiment store, :mod:`unigrad.train.store`), every run is
+    recorded there with its configuration, environment, evaluation points (as they are made) and
+    result, and the comparison becomes a group named after the run folder. A run whose configuration
+    already finished in the store (``ok`` or ``diverged``) is not trained again: its stored result is
+    used, unless ``rerun``. An unfinished one (a killed comparison) resumes from its checkpoint in
+    ``<store folder>/checkpoints/`` and ends bitwise as if never interrupted; checkpoints are deleted
+    once their run is stored.
     """
     from unigrad.train.report import write_report
 
@@ -408,6 +436,12 @@ def compare(
     budget = Budget.parse(budget)
     seed_list = parse_seeds(seeds)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    for spec in specs:  # torch cannot apply a learning rate the parameters' dtype cannot hold
+        if spec.lr > torch.finfo(dt).max:
+            raise UnigradError(
+                f"lr {spec.lr:g} of {spec.label} is larger than the largest {str(dt).removeprefix('torch.')} "
+                f"({torch.finfo(dt).max:g}); lower it"
+            )
     task.data()  # a missing dataset fails here, before a folder is made
     folder = run_dir(task.name, out, prefix)
     say = log or (lambda _: None)
@@ -430,29 +464,73 @@ def compare(
     }
     verb = "training" if prefix == "train" else "comparing"
     say(f"{verb} {', '.join(m.label for m in specs)} on {task.name}, {budget}, seeds {seed_list} -> {folder}")
+    db = Store(store) if store is not None else None
+    group = db.create_group(folder.name, results["config"], results["environment"]) if db is not None else None
     t_start = time.perf_counter()
     for spec in specs:
         runs: list[dict[str, Any]] = []
         entry: dict[str, Any] = {**spec.to_dict(), "runs": runs}
         results["methods"][spec.label] = entry
         for seed in seed_list:
-            r: RunResult = train(
-                task,
-                spec.name,
-                optimizer=spec.optimizer,
-                lr=spec.lr,
-                estimator_options=spec.options,
-                budget=budget,
-                batch_size=batch_size,
-                seed=seed,
-                device=dev,
-                dtype=dt,
-                eval_points=eval_points,
-                progress=progress,
-                desc=f"{spec.label} seed {seed}",
-                decorrelation=spec.decorrelation,
-            )
+            ckpt: Path | None = None
+            record: Callable[[dict[str, Any]], None] | None = None
+            if db is not None and group is not None:
+                config = run_config(
+                    task=task.name,
+                    method=spec.to_dict(),
+                    budget=str(budget),
+                    batch_size=batch_size,
+                    seed=seed,
+                    device=str(dev),
+                    dtype=results["config"]["dtype"],
+                    eval_points=eval_points,
+                )
+                rec = db.start_run(config, results["environment"])
+                db.add_to_group(group.name, [rec.id])
+                ckpt = db.path.parent / "checkpoints" / f"{rec.key[:32]}.pt"
+                if rec.status in ("ok", "diverged") and not rerun:
+                    stored = {**(rec.result or {}), "history": db.points(rec.id)}
+                    runs.append(stored)
+                    f = stored["final"]
+                    say(
+                        f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  (stored run {rec.id}, "
+                        f"not retrained)"
+                    )
+                    _write_json(folder / "results.json", results)
+                    continue
+                if rec.status != "running" or rerun:
+                    rec = db.reset(rec.id, results["environment"])
+                    ckpt.unlink(missing_ok=True)
+                _check_checkpoint(ckpt)
+                run_id = rec.id
+
+                def record(point: dict[str, Any], run_id: int = run_id) -> None:
+                    db.add_points(run_id, [point])
+
+            with _allocation_errors(f"{spec.label} seed {seed}"):
+                r: RunResult = train(
+                    task,
+                    spec.name,
+                    optimizer=spec.optimizer,
+                    lr=spec.lr,
+                    estimator_options=spec.options,
+                    budget=budget,
+                    batch_size=batch_size,
+                    seed=seed,
+                    device=dev,
+                    dtype=dt,
+                    eval_points=eval_points,
+                    progress=progress,
+                    desc=f"{spec.label} seed {seed}",
+                    decorrelation=spec.decorrelation,
+                    checkpoint=ckpt,
+                    resume=ckpt is not None,
+                    on_record=record,
+                )
             runs.append(r.to_dict())
+            if db is not None and ckpt is not None:
+                db.finish_run(run_id, r.status, r.to_dict())
+                ckpt.unlink(missing_ok=True)
             f = r.final
             line = (
                 f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  "
@@ -461,18 +539,19 @@ def compare(
             say(line + (f"  DIVERGED: {r.message}" if r.status == "diverged" else ""))
             _write_json(folder / "results.json", results)
         if memory:
-            entry["peak_memory_bytes"] = measure_peak_memory(
-                task,
-                spec.name,
-                optimizer=spec.optimizer,
-                lr=spec.lr,
-                estimator_options=spec.options,
-                batch_size=batch_size,
-                seed=seed_list[0],
-                device=dev,
-                dtype=dt,
-                decorrelation=spec.decorrelation,
-            )
+            with _allocation_errors(f"{spec.label} (peak memory)"):
+                entry["peak_memory_bytes"] = measure_peak_memory(
+                    task,
+                    spec.name,
+                    optimizer=spec.optimizer,
+                    lr=spec.lr,
+                    estimator_options=spec.options,
+                    batch_size=batch_size,
+                    seed=seed_list[0],
+                    device=dev,
+                    dtype=dt,
+                    decorrelation=spec.decorrelation,
+                )
         entry["summary"] = summarize(runs)
         _write_json(folder / "results.json", results)
     results["config"]["total_seconds"] = time.perf_counter() - t_start
@@ -481,10 +560,36 @@ def compare(
     return folder, results
 
 
+def _check_checkpoint(path: Path) -> None:
+    """Refuse the unreadable checkpoint of an unfinished run before training, saying what to do."""
+    if not path.exists():
+        return
+    try:
+        load_checkpoint(path)
+    except UnigradError as e:
+        text = str(e)
+        raise UnigradError(text if "delete it" in text else f"{text}; delete it to start the run over") from None
+
+
+@contextmanager
+def _allocation_errors(what: str) -> Iterator[None]:
+    """A run that asks for more memory than there is (huge probes or batch) fails with one line, not a traceback."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if not (
+            isinstance(e, torch.OutOfMemoryError)
+            or "can't allocate memory" in text
+            or "size calculation overflowed" in text
+        ):
+            raise
+        raise UnigradError(f"{what}: out of memory ({text}); lower the probes or the batch size") from None
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=1, default=_jsonable, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(_finite(data), indent=1, default=_jsonable, allow_nan=False) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def _finite(obj: Any) -> Any:

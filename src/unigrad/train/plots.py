@@ -51,6 +51,8 @@ def write_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
+    from unigrad.train.report import write_atomic
+
     task = results["config"]["task"]
     paths = []
     for key, (label, filename, log) in AXES.items():
@@ -73,10 +75,13 @@ def write_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
         ax.set_ylabel("test accuracy" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""))
         ax.set_title(f"{task}, budget {results['config']['budget']}")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no line at all (a run that diverged at once): no legend
+            ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / filename
-        fig.savefig(path)
-        plt.close(fig)
+        try:
+            write_atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        finally:
+            plt.close(fig)
         paths.append(path)
     return paths

@@ -46,7 +46,8 @@
   ``resume=True`` a run whose checkpoint exists continues from it; a killed run resumed this way
   ends with parameters bitwise equal to an uninterrupted run on CPU (same threads), and a finished
   run returns at once. A checkpoint of a different configuration is refused with the fields that
-  differ. Wall time keeps counting from the saved value.
+  differ. Wall time keeps counting from the saved value. ``on_record(point)`` is called with every
+  evaluation point as it is made (the experiment store records progress this way).
 * **Local heads**: when the estimator trains with local losses (``activity-forward-gradient`` with
   ``local_losses=True``), the model is wrapped by :func:`unigrad.nn.local_heads.with_local_heads`
   (after any decorrelation, before the optimizer is made, so the optimizer trains the heads too).
@@ -59,7 +60,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -364,6 +365,7 @@ def train(
     decorrelation: dict[str, Any] | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    on_record: Callable[[dict[str, float | None]], None] | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs)."""
     task = get_task(task) if isinstance(task, str) else task
@@ -470,6 +472,8 @@ def train(
         )
         window.clear()
         snapshot = _Snapshot(model, opt, estimator, step)
+        if on_record is not None:
+            on_record(dict(history[-1]))
         return True
 
     if snapshot is None:
