@@ -419,7 +419,7 @@ def test_config_values_that_used_to_raise_out_of_main(files: dict[str, Any], tmp
         code, _, err = _call(["train", "--config", configs["huge-seed"], "--out", str(tmp_path / "a")])
         assert "seeds must be integers from 0 to" in _one_line_error(code, err)
         code, _, err = _call(["compare", "--config", configs["nul-out"], "--methods", "backprop", "--no-store"])
-        assert "non-empty path without NUL characters" in _one_line_error(code, err)
+        assert "out: must not contain a NUL character" in _one_line_error(code, err)
 
 
 def test_export_into_a_path_under_a_file_is_one_line(files: dict[str, Any]) -> None:

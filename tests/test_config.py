@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pathlib
 import textwrap
 
 import pytest
@@ -428,3 +429,13 @@ def test_the_docstring_example_is_valid(tmp_path):
     path = _write(tmp_path, example)
     assert load_config(path, "train")["epochs"] == 5.0
     assert load_config(path, "compare")["seeds"] == [0, 5, 7]
+
+
+def test_store_keys_and_nul_paths(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('store = "runs/x.sqlite"\nrerun = true\n[compare]\nno_store = false\n')
+    assert load_config(path, "compare") == {"store": "runs/x.sqlite", "rerun": True, "no_store": False}
+    path.write_text('[train]\nstore = "a\\u0000b"\n')
+    with pytest.raises(UnigradError, match=r"\[train\] store: must not contain a NUL character") as e:
+        load_config(path, "train")
+    assert "\n" not in str(e.value)

@@ -41,6 +41,9 @@ out            both     the run folder, a non-empty string (relative to the work
                         the command line)
 no_progress    both     true or false
 no_memory      both     true or false
+store          both     the experiment store, a non-empty path string
+no_store       both     true or false
+rerun          both     true or false
 method         train    one method spec, e.g. ``"spsa:probes=16:sigma=1e-3"``
 optimizer      train    ``"sgd"``, ``"adam"``, ``"adamw"`` or ``"rmsprop"``
 lr             train    a finite number > 0
@@ -121,6 +124,16 @@ class _Options(BaseModel):
     out: Annotated[str, Field(min_length=1)] | None = None
     no_progress: bool | None = None
     no_memory: bool | None = None
+    store: Annotated[str, Field(min_length=1)] | None = None
+    no_store: bool | None = None
+    rerun: bool | None = None
+
+    @field_validator("out", "store")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError(f"must not contain a NUL character, got {_show(value)}")
+        return value
 
     @field_validator("task")
     @classmethod
@@ -233,6 +246,9 @@ _ALLOWED = {
     "out": "a non-empty path string",
     "no_progress": "true or false",
     "no_memory": "true or false",
+    "store": "a non-empty path string",
+    "no_store": "true or false",
+    "rerun": "true or false",
     "method": 'a method spec string, e.g. "spsa:probes=16"',
     "optimizer": 'an optimizer name, e.g. "adam"',
     "lr": "a finite number > 0",

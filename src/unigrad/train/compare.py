@@ -443,6 +443,7 @@ def compare(
                 f"({torch.finfo(dt).max:g}); lower it"
             )
     task.data()  # a missing dataset fails here, before a folder is made
+    db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
     folder = run_dir(task.name, out, prefix)
     say = log or (lambda _: None)
     results: dict[str, Any] = {
@@ -464,7 +465,6 @@ def compare(
     }
     verb = "training" if prefix == "train" else "comparing"
     say(f"{verb} {', '.join(m.label for m in specs)} on {task.name}, {budget}, seeds {seed_list} -> {folder}")
-    db = Store(store) if store is not None else None
     group = db.create_group(folder.name, results["config"], results["environment"]) if db is not None else None
     t_start = time.perf_counter()
     for spec in specs:

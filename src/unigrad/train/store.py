@@ -369,6 +369,8 @@ class Store:
     """
 
     def __init__(self, path: str | Path | None = None, *, create: bool = True, timeout: float = 30.0) -> None:
+        if path is not None and "\x00" in str(path):
+            raise UnigradError(f"the experiment store path {str(path)!r} contains a NUL character")
         self.path = Path(path) if path is not None else default_store_path()
         self._conn: sqlite3.Connection | None = None
         if self.path.exists() and self.path.is_dir():
