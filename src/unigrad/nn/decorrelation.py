@@ -204,7 +204,42 @@ class Decorrelation(nn.Module):
         return a if need_a else None
 
 
-class DecorrelatedLinear(nn.Module):
+class _DecorrelatedLayer(nn.Module):
+    """A :class:`Decorrelation` paired with the layer it feeds (``self.inner``): the shared parts."""
+
+    decor: Decorrelation
+    compensate: bool
+
+    @property
+    def inner(self) -> nn.Linear | nn.Conv2d:
+        raise NotImplementedError
+
+    @property
+    def weight(self) -> Tensor:
+        """The wrapped layer's weight ``W`` (applied to decorrelated inputs)."""
+        return self.inner.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The wrapped layer's bias."""
+        return self.inner.bias
+
+    @torch.no_grad()
+    def update(self, rule: str | None = None, lr: float | None = None, compensate: bool | None = None) -> Tensor | None:
+        """Update ``R`` (see :meth:`Decorrelation.update`); with ``compensate``, also ``W ← W·A⁻¹``
+        (on the weight flattened to ``(outputs, n)``).
+
+        Returns ``A`` when compensating, else ``None``.
+        """
+        comp = self.compensate if compensate is None else compensate
+        a = self.decor.update(rule, lr, need_a=comp)
+        if a is not None:
+            w = self.inner.weight
+            w.copy_(torch.linalg.solve(a.to(w.dtype), w.flatten(1), left=False).view_as(w))  # X·A = W
+        return a
+
+
+class DecorrelatedLinear(_DecorrelatedLayer):
     """``y = W·(R·x) + b``: a :class:`Decorrelation` followed by an existing ``nn.Linear``.
 
     The ``linear`` module (and its ``Parameter`` objects) is kept as is. :meth:`update` updates ``R``
@@ -244,14 +279,8 @@ class DecorrelatedLinear(nn.Module):
         return self.linear.out_features
 
     @property
-    def weight(self) -> Tensor:
-        """The wrapped layer's weight ``W`` (applied to decorrelated inputs)."""
-        return self.linear.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        """The wrapped layer's bias."""
-        return self.linear.bias
+    def inner(self) -> nn.Linear:
+        return self.linear
 
     def forward(self, x: Tensor) -> Tensor:
         lin = self.linear
@@ -264,21 +293,8 @@ class DecorrelatedLinear(nn.Module):
             return y
         return nn.functional.linear(self.decor(x), lin.weight, lin.bias)
 
-    @torch.no_grad()
-    def update(self, rule: str | None = None, lr: float | None = None, compensate: bool | None = None) -> Tensor | None:
-        """Update ``R`` (see :meth:`Decorrelation.update`); with ``compensate``, also ``W ← W·A⁻¹``.
 
-        Returns ``A`` when compensating, else ``None``.
-        """
-        comp = self.compensate if compensate is None else compensate
-        a = self.decor.update(rule, lr, need_a=comp)
-        if a is not None:
-            w = self.linear.weight
-            w.copy_(torch.linalg.solve(a.to(w.dtype), w, left=False))  # X·A = W
-        return a
-
-
-class DecorrelatedConv2d(nn.Module):
+class DecorrelatedConv2d(_DecorrelatedLayer):
     """Patch-wise decorrelation before an existing ``nn.Conv2d``: ``y = W·(R·patch) + b`` at every position.
 
     Each ``C_in·k_h·k_w`` input patch ``p`` (``torch.nn.functional.unfold``) is one row seen by a
@@ -316,14 +332,8 @@ class DecorrelatedConv2d(nn.Module):
         self.compensate = bool(compensate)
 
     @property
-    def weight(self) -> Tensor:
-        """The wrapped convolution's weight ``W`` (applied to decorrelated patches)."""
-        return self.conv.weight
-
-    @property
-    def bias(self) -> Tensor | None:
-        """The wrapped convolution's bias."""
-        return self.conv.bias
+    def inner(self) -> nn.Conv2d:
+        return self.conv
 
     def effective_weight(self) -> Tensor:
         """``W·R`` in the convolution's weight shape: the weight applied to the raw patches."""
@@ -343,21 +353,8 @@ class DecorrelatedConv2d(nn.Module):
             )
         return y
 
-    @torch.no_grad()
-    def update(self, rule: str | None = None, lr: float | None = None, compensate: bool | None = None) -> Tensor | None:
-        """Update ``R`` (see :meth:`Decorrelation.update`); with ``compensate``, also ``W ← W·A⁻¹``.
 
-        Returns ``A`` when compensating, else ``None``.
-        """
-        comp = self.compensate if compensate is None else compensate
-        a = self.decor.update(rule, lr, need_a=comp)
-        if a is not None:
-            w = self.conv.weight
-            w.copy_(torch.linalg.solve(a.to(w.dtype), w.flatten(1), left=False).view_as(w))
-        return a
-
-
-_PAIRED = (DecorrelatedLinear, DecorrelatedConv2d)
+_PAIRED = (DecorrelatedLinear, DecorrelatedConv2d)  # the _DecorrelatedLayer types
 
 
 def decorrelate(
