@@ -31,6 +31,7 @@ import torch
 from unigrad.core.errors import UnigradError
 
 MAGIC = b"UNIGRAD-CHECKPOINT 1\n"
+_ADVICE = "delete it to start the run over"
 _DIGEST = 32
 
 
@@ -65,18 +66,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise UnigradError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
     if not data.startswith(MAGIC):
-        raise UnigradError(f"{path} is not a unigrad checkpoint (bad header); refusing to load it")
+        raise UnigradError(f"{path} is not a unigrad checkpoint (bad header); refusing to load it; {_ADVICE}")
     digest, payload = data[len(MAGIC) : len(MAGIC) + _DIGEST], data[len(MAGIC) + _DIGEST :]
     if hashlib.sha256(payload).digest() != digest:
-        raise UnigradError(
-            f"checkpoint {path} is corrupted (checksum mismatch); refusing to load it; delete it to start the run over"
-        )
+        raise UnigradError(f"checkpoint {path} is corrupted (checksum mismatch); refusing to load it; {_ADVICE}")
     try:
         state = torch.load(io.BytesIO(payload), weights_only=True)
     except Exception as e:  # the checksum matched, so this is a file from an incompatible version
-        raise UnigradError(f"checkpoint {path} cannot be read by this version: {type(e).__name__}") from None
+        raise UnigradError(f"checkpoint {path} cannot be read by this version: {type(e).__name__}; {_ADVICE}") from None
     if not isinstance(state, dict):
-        raise UnigradError(f"checkpoint {path} does not hold a state dict")
+        raise UnigradError(f"checkpoint {path} does not hold a state dict; {_ADVICE}")
     return state
 
 

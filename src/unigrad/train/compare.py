@@ -76,7 +76,6 @@ import torch
 from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.core.registry import ESTIMATORS, estimator_class, make_estimator
 from unigrad.data.tasks import Task, get_task
-from unigrad.train.checkpoint import load_checkpoint
 from unigrad.train.report import write_atomic
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
@@ -501,7 +500,6 @@ def compare(
                 if rec.status != "running" or rerun:
                     rec = db.reset(rec.id, results["environment"])
                     ckpt.unlink(missing_ok=True)
-                _check_checkpoint(ckpt)
                 run_id = rec.id
 
                 def record(point: dict[str, Any], run_id: int = run_id) -> None:
@@ -558,17 +556,6 @@ def compare(
     _write_json(folder / "results.json", results)
     write_report(folder, results)
     return folder, results
-
-
-def _check_checkpoint(path: Path) -> None:
-    """Refuse the unreadable checkpoint of an unfinished run before training, saying what to do."""
-    if not path.exists():
-        return
-    try:
-        load_checkpoint(path)
-    except UnigradError as e:
-        text = str(e)
-        raise UnigradError(text if "delete it" in text else f"{text}; delete it to start the run over") from None
 
 
 @contextmanager
