@@ -310,25 +310,18 @@ class _Snapshot:
     """An in-memory copy of parameters and buffers (decorrelation ``R`` included), optimizer and estimator state."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator, step: int) -> None:
-        self.model = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.decor_steps = {k: m.step for k, m in model.named_modules() if isinstance(m, Decorrelation)}
-        self.optimizer = copy.deepcopy(optimizer.state_dict())
-        self.estimator = copy.deepcopy(estimator.state_dict())
+        self.state = copy.deepcopy(_dump_state(model, optimizer, estimator))
         self.step = step
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator) -> None:
-        model.load_state_dict(self.model)
-        for k, m in model.named_modules():
-            if isinstance(m, Decorrelation):
-                m.step, m.last = self.decor_steps[k], None
-        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
-        estimator.load_state_dict(copy.deepcopy(self.estimator))
+        _load_state(copy.deepcopy(self.state), model, optimizer, estimator)
 
 
 def _dump_state(model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator) -> dict[str, Any]:
-    """Model (parameters and buffers), decorrelation counters, optimizer and estimator state, for a checkpoint."""
+    """Model (parameters and buffers), decorrelation counters, optimizer and estimator state (references, not
+    copies), for a checkpoint or a snapshot."""
     return {
-        "model": model.state_dict(),
+        "model": {k: v.detach() for k, v in model.state_dict().items()},
         "decor_steps": {k: m.step for k, m in model.named_modules() if isinstance(m, Decorrelation)},
         "optimizer": optimizer.state_dict(),
         "estimator": estimator.state_dict(),
