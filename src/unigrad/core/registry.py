@@ -35,6 +35,11 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
         1,
         "forward gradient with tangents on Linear/Conv2d outputs: d·v·xᵀ per layer",
     ),
+    "newton": (
+        "unigrad.second.newton:Newton",
+        2,
+        "exact-Hessian Newton step, damped (Levenberg–Marquardt) or in a trust region",
+    ),
 }
 
 

@@ -1,0 +1,1 @@
+"""Order-2 estimators: directions preconditioned by curvature (Hessian–vector products and friends)."""
