@@ -130,10 +130,10 @@ class ActivityForwardGradient(Estimator):
         info: dict[str, Any] = {}
         if self.local_losses:
             blocks = _blocks(clean, model, ran)
-            f = _local_losses_with_offsets(model, body, objective, ran, blocks)
+            f = _losses_with_offsets(model, body, objective, ran, blocks)
             head_grads, info["local_losses"] = _head_grads(model, objective, clean, blocks, head_params)
         else:
-            f = _losses_with_offsets(model, objective, ran)
+            f = _losses_with_offsets(model, body, objective, ran)
         d, primals = _jvps(f, [torch.zeros_like(o) for o in outputs], tangents, q, batch, vmappable(objective))
         cost.forwards += primals * n_samples(objective, f0)
         cost.jvps += q * n_samples(objective, f0)
@@ -225,11 +225,24 @@ def _head_grads(
     return out, [float(v.detach()) for v in losses]
 
 
-def _local_losses_with_offsets(
-    model: LocallySupervised, body: nn.Module, objective: Objective, ran: Sequence[int], blocks: dict[int, int | None]
+def vmappable(objective: Objective) -> bool:
+    return bool(getattr(objective, "vmappable", True))
+
+
+def _losses_with_offsets(
+    model: nn.Module,
+    body: nn.Module,
+    objective: Objective,
+    ran: Sequence[int],
+    blocks: dict[int, int | None] | None = None,
 ) -> Any:
-    """``f(*offsets) → (len(ran), B)``: row ``k`` is the local loss of the block of layer ``ran[k]``,
-    with ``offsets[k]`` added to that layer's output and a stop-gradient at every layer's input."""
+    """``f(*offsets)``: the per-sample losses with ``offsets[k]`` added to the output of layer ``ran[k]``
+    (layers of ``body``).
+
+    With ``blocks`` (local losses), ``f`` returns ``(len(ran), B)``: row ``k`` is the local loss of
+    the block of layer ``ran[k]`` (its head's loss, or the model's loss for the last block), with a
+    stop-gradient at every layer's input.
+    """
     slot = {layer_index: k for k, layer_index in enumerate(ran)}
 
     def f(*offsets: Tensor) -> Tensor:
@@ -238,33 +251,16 @@ def _local_losses_with_offsets(
                 raise UnigradError("activity-forward-gradient: a layer ran that did not run in the clean pass")
             return offsets[slot[layer_index]]
 
-        with LayerTaps(body, node_noise=add, stop_gradient=True) as taps:
+        with LayerTaps(body, node_noise=add, stop_gradient=blocks is not None) as taps:
             losses = objective(model)
+        if blocks is None:
+            return losses
+        assert isinstance(model, LocallySupervised)
         rows = [
             losses if feeds is None else _head_losses(model, objective, taps.live_inputs, taps.layers, feeds)
             for feeds in (blocks[i] for i in ran)
         ]
         return torch.stack(rows)
-
-    return f
-
-
-def vmappable(objective: Objective) -> bool:
-    return bool(getattr(objective, "vmappable", True))
-
-
-def _losses_with_offsets(model: nn.Module, objective: Objective, ran: Sequence[int]) -> Any:
-    """``f(*offsets)``: the per-sample losses with ``offsets[k]`` added to the output of layer ``ran[k]``."""
-    slot = {layer_index: k for k, layer_index in enumerate(ran)}
-
-    def f(*offsets: Tensor) -> Tensor:
-        def add(layer_index: int, output: Tensor) -> Tensor:
-            if layer_index not in slot:
-                raise UnigradError("activity-forward-gradient: a layer ran that did not run in the clean pass")
-            return offsets[slot[layer_index]]
-
-        with LayerTaps(model, node_noise=add):
-            return objective(model)
 
     return f
 
