@@ -40,6 +40,11 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
         2,
         "exact-Hessian Newton step, damped (Levenberg–Marquardt) or in a trust region",
     ),
+    "lbfgs": (
+        "unigrad.second.lbfgs:LBFGS",
+        2,
+        "limited-memory BFGS direction (two-loop recursion) with a strong-Wolfe line search",
+    ),
 }
 
 

@@ -112,7 +112,8 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "anp": ("adam", 1e-3, {"probes": 4, "sigma": 1e-3}),
     "inp": ("adam", 1e-3, {"probes": 1, "sigma": 1e-3}),
     "wp": ("adam", 1e-3, {"probes": 16, "sigma": 1e-3}),
-    "newton": ("sgd", 1.0, {}),  # SGD with lr 1 takes the (trust-region) Newton step as it is
+    "newton": ("sgd", 1.0, {}),
+    "lbfgs": ("sgd", 1.0, {}),  # SGD with lr 1 takes the (trust-region) Newton step as it is
 }
 FALLBACK = ("adam", 1e-3, {})
 
