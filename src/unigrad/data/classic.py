@@ -4,9 +4,14 @@
   0 at ``x = (1, …, 1)``; the classic start for n = 2 is ``(−1.2, 1)``.
 * :func:`quadratic`: ``f(x) = ½ (x − x*)ᵀ A (x − x*)`` with ``A`` diagonal, eigenvalues spaced
   geometrically from 1 to ``κ`` (condition number ``κ``), minimum 0 at ``x*``.
+* :func:`logistic_digits`: multinomial logistic regression on scikit-learn's digits (the 1,437 training
+  images, full batch), ``f(W, b) = (1/N) Σ_n CE(W x_n + b, y_n) + (l2/2)‖W‖²``: smooth and, with
+  ``l2 > 0``, strongly convex (a unique minimiser), 650 parameters.
 
-Each returns ``(model, objective)``: ``model`` is a :class:`Point` (``model.x`` is the variable) and
-``objective(model)`` is the loss as a one-element tensor (one "sample"), so every estimator and
+Each returns ``(model, objective)``. For the first two ``model`` is a :class:`Point` (``model.x`` is the
+variable) and ``objective(model)`` is the loss as a one-element tensor (one "sample"); for
+:func:`logistic_digits` the model is an ``nn.Linear(64, 10)`` and the objective returns the 1,437
+per-sample losses (each with the penalty added, so their mean is ``f``). Every estimator and
 optimizer of the library applies unchanged.
 """
 
@@ -15,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive
@@ -59,3 +65,22 @@ def quadratic(
     if model.x.numel() != n:
         raise UnigradError(f"x0 has {model.x.numel()} values, expected {n}")
     return model, objective(lambda m: (0.5 * (eig.to(m.x.dtype) * (m() - 1.0) ** 2).sum()).reshape(1), n_samples=1)
+
+
+def logistic_digits(l2: float = 1e-3, dtype: torch.dtype = torch.float64) -> tuple[nn.Linear, Objective]:
+    """Softmax regression on the digits training set with an L2 penalty ``l2`` on the weights, from zero."""
+    from unigrad.data.digits import load_digits
+
+    if isinstance(l2, bool) or not isinstance(l2, int | float) or not l2 >= 0:
+        raise UnigradError(f"the penalty l2 must be a number >= 0, got {l2!r}")
+    x, y, _, _ = load_digits()
+    x = x.to(dtype)
+    model = nn.Linear(64, 10, dtype=dtype)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+
+    def losses(m: nn.Module) -> Tensor:
+        return F.cross_entropy(m(x), y, reduction="none") + 0.5 * l2 * (m.weight**2).sum()
+
+    return model, objective(losses, n_samples=x.shape[0])

@@ -1,0 +1,77 @@
+"""The classic problems: values, gradients and minimisers agree with independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize, rosen
+
+from unigrad import UnigradError
+from unigrad.core.objective import reduce
+from unigrad.data.classic import logistic_digits, quadratic, rosenbrock
+
+
+def test_rosenbrock_matches_scipy_in_several_dimensions() -> None:
+    x0 = torch.tensor([-1.2, 1.0, 0.3, 2.0], dtype=torch.float64)
+    model, obj = rosenbrock(x0)
+    assert abs(float(obj(model)) - rosen(x0.numpy())) < 1e-12
+    model, obj = rosenbrock((1.0, 1.0, 1.0))
+    assert float(obj(model)) == 0.0
+    with pytest.raises(UnigradError, match="at least 2"):
+        rosenbrock((1.0,))
+
+
+def test_quadratic_has_the_requested_condition_number_and_minimiser() -> None:
+    model, obj = quadratic(6, kappa=1e3)
+    h = torch.func.hessian(lambda x: obj_value(obj, model, x))(model.x.detach())
+    eig = torch.linalg.eigvalsh(h)
+    assert abs(float(eig[-1] / eig[0]) - 1e3) < 1e-6
+    assert float(obj_value(obj, model, torch.ones(6, dtype=torch.float64))) == 0.0
+    with pytest.raises(UnigradError, match="kappa"):
+        quadratic(3, kappa=0.5)
+
+
+def obj_value(obj, model, x):
+    """The objective at ``x`` without touching the model."""
+    return reduce(torch.func.functional_call(_Wrap(model, obj), {"model.x": x}, ()))
+
+
+class _Wrap(torch.nn.Module):
+    def __init__(self, model, obj):
+        super().__init__()
+        self.model, self.obj = model, obj
+
+    def forward(self):
+        return self.obj(self.model)
+
+
+def test_logistic_digits_agrees_with_an_independent_numpy_optimum() -> None:
+    model, obj = logistic_digits(l2=1e-2)
+    assert obj.n_samples == 1437 and sum(p.numel() for p in model.parameters()) == 650
+    loss = float(reduce(obj(model)))
+    assert abs(loss - np.log(10)) < 1e-12  # zero weights: uniform predictions
+    from unigrad.data.digits import load_digits
+
+    x, y, _, _ = load_digits()
+    x, y = x.double().numpy(), y.numpy()
+
+    def f(w):  # softmax regression with the same penalty, written in numpy
+        wm, b = w[:640].reshape(10, 64), w[640:]
+        z = x @ wm.T + b
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        p = np.exp(logp)
+        onehot = np.eye(10)[y]
+        grad_z = (p - onehot) / len(y)
+        g = np.concatenate([(grad_z.T @ x + 1e-2 * wm).ravel(), grad_z.sum(0)])
+        return -logp[np.arange(len(y)), y].mean() + 0.5e-2 * (wm**2).sum(), g
+
+    ref = minimize(f, np.zeros(650), jac=True, method="L-BFGS-B", options={"gtol": 1e-10, "maxiter": 5000})
+    w = torch.from_numpy(ref.x)
+    with torch.no_grad():
+        model.weight.copy_(w[:640].reshape(10, 64))
+        model.bias.copy_(w[640:])
+    assert abs(float(reduce(obj(model))) - ref.fun) < 1e-10
+    with pytest.raises(UnigradError, match="l2"):
+        logistic_digits(l2=-1.0)
