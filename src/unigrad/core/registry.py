@@ -45,6 +45,26 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
         2,
         "limited-memory BFGS direction (two-loop recursion) with a strong-Wolfe line search",
     ),
+    "hessian-free": (
+        "unigrad.second.hessian_free:HessianFree",
+        2,
+        "Hessian-free (truncated CG on the damped Gauss-Newton or Hessian system), Martens 2010",
+    ),
+    "natural-gradient": (
+        "unigrad.second.natural_gradient:NaturalGradient",
+        2,
+        "natural gradient (F + λI)⁻¹g by CG on Fisher products: true (=GGN), empirical or sampled",
+    ),
+    "diag-hessian": (
+        "unigrad.second.diag_hessian:DiagHessian",
+        2,
+        "gradient preconditioned by a Hutchinson estimate of the Hessian diagonal (Sophia, AdaHessian)",
+    ),
+    "cubic-newton": (
+        "unigrad.higher.cubic_newton:CubicNewton",
+        3,
+        "adaptive cubic-regularized Newton (ARC) step on a Lanczos subspace; escapes saddles",
+    ),
 }
 
 

@@ -1,7 +1,8 @@
 """Newton's method with the exact Hessian: Levenberg–Marquardt damping or a trust region.
 
-With ``f`` the mean loss, ``g = ∇f(θ)`` and ``H = ∇²f(θ)`` (formed exactly by ``torch.func.hessian``
-over the flattened trainable parameters, so only for small models), the step is ``s`` and the
+With ``f`` the mean loss, ``g = ∇f(θ)`` and ``H = ∇²f(θ)`` (formed exactly over the flattened trainable
+parameters from ``d`` Hessian–vector products by batched double backward,
+``unigrad.second._curvature.FlatLoss.hessian``, so only for small models), the step is ``s`` and the
 estimate written to ``.grad`` is ``−s``, so that ``torch.optim.SGD(lr=1)`` (no momentum) moves
 ``θ ← θ + s``:
 
@@ -21,8 +22,9 @@ estimate written to ``.grad`` is ``−s``, so that ``torch.optim.SGD(lr=1)`` (no
   with ``‖s(λ)‖ = Δ`` (bisection in log-space). The step is tried with one extra evaluation:
   ``ρ = (f(θ) − f(θ + s)) / (−gᵀs − ½ sᵀHs)``; ``ρ > eta`` accepts it (else ``.grad`` is zero and
   ``θ`` stays), ``ρ < 1/4`` shrinks ``Δ ← Δ/4``, ``ρ > 3/4`` with ``‖s‖ = Δ`` grows
-  ``Δ ← min(2Δ, max_radius)`` — the radius rule of scipy's trust-region methods. (The hard case,
-  ``g`` orthogonal to the eigenvectors of ``λ_min``, is not treated specially.)
+  ``Δ ← min(2Δ, max_radius)`` — the radius rule of scipy's trust-region methods. In the hard case
+  (``g`` orthogonal to the eigenvectors of ``λ_min``) the step is ``s(−λ_min)`` plus the eigenvector
+  of ``λ_min`` out to the boundary (Moré & Sorensen §3).
 
 References: J. Nocedal & S. Wright, *Numerical Optimization*, 2nd ed., ch. 3–4 (2006); J. Moré &
 D. Sorensen, "Computing a trust region step", SIAM J. Sci. Stat. Comput. 4 (1983); K. Levenberg
@@ -44,19 +46,16 @@ trial point with a trust region, ``backwards`` B (the gradient), ``hvps`` ``d·B
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, n_samples, reduce
+from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
-from unigrad.core.probe import _Bound
+from unigrad.second._curvature import FlatLoss
 
 
 class Newton(Estimator):
@@ -100,43 +99,19 @@ class Newton(Estimator):
         self.radius, self.accepted = float(state["radius"]), int(state["accepted"])
 
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
-        shapes = [p.shape for _, p in params]
-        sizes = [p.numel() for _, p in params]
-        d = sum(sizes)
+        d = sum(p.numel() for _, p in params)
         if d > self.max_params:
             raise UnigradError(
                 f"newton forms the exact Hessian: {d:,} parameters exceed max_params={self.max_params:,} "
                 f"(use hessian-free, kfac or lbfgs for larger models, or raise max_params)"
             )
-        names = ["model." + n for n, _ in params]
-        bound = _Bound(model, objective)
-        theta0 = torch.cat([p.detach().reshape(-1) for _, p in params])
-
-        def f(theta: Tensor) -> Tensor:
-            values = [t.view(s) for t, s in zip(theta.split(sizes), shapes, strict=True)]
-            return reduce(functional_call(bound, dict(zip(names, values, strict=True)), (), strict=False))
-
-        cost = Cost()
-        with torch.enable_grad():
-            theta = theta0.clone().requires_grad_(True)
-            loss = f(theta)
-            (g,) = torch.autograd.grad(loss, theta)
-        with warnings.catch_warnings():  # PyTorch's forward-AD decompositions use a deprecated torch.jit.script
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
-            h = torch.func.hessian(f)(theta0)
-        batch = n_samples(objective, None)
-        cost.forwards += batch
-        cost.backwards += batch
-        cost.hvps += d * batch
-        f0 = float(loss.detach())
-        g, h = g.detach(), 0.5 * (h + h.T)
+        fl = FlatLoss(model, objective, params)
+        g, h, f0 = fl.grad, fl.hessian(), fl.loss
         info: dict[str, Any] = {}
         if self.trust_region:
             step, on_boundary = _trust_region_step(g, h, self.radius)
             predicted = -float(g @ step + 0.5 * step @ h @ step)
-            with torch.no_grad():
-                trial = float(f(theta0 + step))
-            cost.forwards += batch
+            trial = fl.value(fl.theta0 + step)
             rho = (f0 - trial) / predicted if predicted > 0 else -math.inf
             if not math.isfinite(trial):
                 rho = -math.inf
@@ -153,9 +128,9 @@ class Newton(Estimator):
         else:
             step, lam = _damped_step(g, h, self.damping)
             info["damping"] = lam
-        write_grad(params, [(-t).view(s) for t, s in zip(step.split(sizes), shapes, strict=True)], owned=True)
+        write_grad(params, [-t for t in fl.unflatten(step)])
         info["gradient_norm"] = float(g.norm())
-        return Estimate(loss=f0, cost=cost, info=info)
+        return Estimate(loss=f0, cost=fl.cost, info=info)
 
 
 def _damped_step(g: Tensor, h: Tensor, damping: float) -> tuple[Tensor, float]:
@@ -172,24 +147,39 @@ def _damped_step(g: Tensor, h: Tensor, damping: float) -> tuple[Tensor, float]:
 
 
 def _trust_region_step(g: Tensor, h: Tensor, radius: float) -> tuple[Tensor, bool]:
-    """Exact solution of ``min gᵀs + ½ sᵀHs`` over ``‖s‖ ≤ radius``; and whether it lies on the boundary."""
+    """Exact solution of ``min gᵀs + ½ sᵀHs`` over ``‖s‖ ≤ radius``; and whether it lies on the boundary.
+
+    Eigenvalues within ``1e-12·max|λ|`` of zero count as zero: a positive semi-definite ``H`` (softmax
+    regression's Hessian is singular along the shift of all biases) whose gradient has no component
+    along its null space still gets the interior minimum-norm Newton step when it fits.
+    """
     lam_h, q = torch.linalg.eigh(h)
     a = q.T @ g
+    tiny = 1e-12 * max(float(lam_h.abs().max()), 1e-300)
 
     def step(lam: float) -> Tensor:
         return -(q @ (a / (lam_h + lam)))
 
-    low = max(0.0, -float(lam_h[0]))
-    if float(lam_h[0]) > 0:
-        s = step(0.0)
-        if float(s.norm()) <= radius:
-            return s, False
+    model = lambda s: float(g @ s + 0.5 * s @ h @ s)  # noqa: E731
+    if float(lam_h[0]) > -tiny:
+        keep = lam_h > tiny
+        if not bool(keep.all()) and float(a[~keep].abs().max()) > 1e-10 * max(float(a.abs().max()), 1e-300):
+            keep = None  # g reaches into the null space: the model decreases without bound there
+        if keep is not None:
+            s = -(q[:, keep] @ (a[keep] / lam_h[keep]))
+            if float(s.norm()) <= radius:
+                return s, False
     # ‖s(λ)‖ decreases in λ > low: bracket ‖s‖ = radius and bisect in log-space
+    low = max(0.0, -float(lam_h[0]))
     lo = low + 1e-14 * max(1.0, low)
-    if float(step(lo).norm()) <= radius:  # (nearly) the hard case: take the boundary step along s(lo)
-        s = step(lo)
-        norm = float(s.norm())
-        return (s * (radius / norm) if norm > 0 else s), True
+    s_lo = step(lo)
+    if float(s_lo.norm()) <= radius:
+        # the hard case (g ⟂ the eigenvectors of λ_min): s(λ_min) plus the eigenvector to the boundary,
+        # with the sign of the lower model value
+        v = q[:, 0]
+        b, c = float(v @ s_lo), float(s_lo @ s_lo) - radius**2
+        root = math.sqrt(max(b * b - c, 0.0))
+        return min((s_lo + (-b + root) * v, s_lo + (-b - root) * v), key=model), True
     hi = max(low, 1.0) * 2.0
     while float(step(hi).norm()) > radius:
         hi *= 2.0

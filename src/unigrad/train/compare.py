@@ -113,7 +113,11 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "inp": ("adam", 1e-3, {"probes": 1, "sigma": 1e-3}),
     "wp": ("adam", 1e-3, {"probes": 16, "sigma": 1e-3}),
     "newton": ("sgd", 1.0, {}),
-    "lbfgs": ("sgd", 1.0, {}),  # SGD with lr 1 takes the (trust-region) Newton step as it is
+    "lbfgs": ("sgd", 1.0, {}),
+    "hessian-free": ("sgd", 1.0, {"max_cg": 10, "min_damping": 1.0}),
+    "natural-gradient": ("sgd", 0.1, {"max_cg": 20}),
+    "diag-hessian": ("sgd", 0.01, {}),
+    "cubic-newton": ("sgd", 1.0, {"krylov_dim": 20}),  # SGD with lr 1 takes the (trust-region) Newton step as it is
 }
 FALLBACK = ("adam", 1e-3, {})
 

@@ -1,0 +1,1 @@
+"""Order-3 estimators: steps from models that use third-order (cubic) regularization."""

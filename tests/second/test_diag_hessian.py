@@ -1,0 +1,273 @@
+"""diag-hessian: Hutchinson's diagonal against the autograd Hessian (mean, variance, exactness), diagonal Newton on
+quadratics (one step against gradient descent's κ·log steps; the Jacobi rate on a dense one), the three rules'
+formulas, training an MLP, the curvature interval, contract, cost and options."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.func import functional_call
+
+import unigrad
+from tests.problems import Problem, assert_contract, assert_mean_matches, flat_grad, mlp, quadratic, true_grad
+from unigrad import UnigradError
+from unigrad.core.params import trainable
+from unigrad.core.probe import _Bound
+from unigrad.core.rng import Noise
+from unigrad.data import classic
+from unigrad.second._curvature import FlatLoss
+from unigrad.second.diag_hessian import DiagHessian, hutchinson_diagonal
+
+
+def _hessian(problem: Problem) -> torch.Tensor:
+    """The exact Hessian of the mean loss over the flat trainable parameters, by reverse-over-reverse autograd
+    (``torch.autograd.functional.hessian``: an independent reference, without torch.func's start-up cost)."""
+    params = trainable(problem.model)
+    names, shapes, sizes = [n for n, _ in params], [p.shape for _, p in params], [p.numel() for _, p in params]
+    bound = _Bound(problem.model, problem.objective)
+
+    def f(t: torch.Tensor) -> torch.Tensor:
+        values = {"model." + n: v.view(s) for n, v, s in zip(names, t.split(sizes), shapes, strict=True)}
+        return functional_call(bound, values, (), strict=False).mean()
+
+    return torch.autograd.functional.hessian(f, torch.cat([p.detach().reshape(-1) for _, p in params]))
+
+
+def _samples(problem: Problem, n: int, distribution: str = "rademacher") -> torch.Tensor:
+    """``n`` single-probe Hutchinson estimates (steps 0..n−1 of seed 3), stacked ``(n, d)``."""
+    flat = FlatLoss(problem.model, problem.objective, trainable(problem.model))
+    noise = Noise(distribution)
+    return torch.stack([hutchinson_diagonal(flat, noise, 3, step, 1) for step in range(n)])
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [quadratic(12, dense=True, dtype=torch.float64), mlp((4, 6, 3), batch=32, dtype=torch.float64)],
+    ids=["dense-quadratic", "mlp"],
+)
+def test_hutchinson_is_unbiased_with_the_rademacher_variance(problem: Problem) -> None:
+    h = _hessian(problem)
+    diag = torch.diagonal(h)
+    samples = _samples(problem, 400)
+    assert_mean_matches(samples, diag, k=5.0, atol=1e-12)
+    # Var[z_j (Hz)_j] = Σ_{k≠j} H_jk² for Rademacher z: compare the sample variances in aggregate
+    predicted = (h * h).sum(1) - diag * diag
+    ratio = float(samples.var(0).sum() / predicted.sum())
+    assert 0.85 < ratio < 1.15, ratio
+    # Gaussian probes are unbiased too but add 2·H_jj²
+    gauss = _samples(problem, 400, "gaussian")
+    assert_mean_matches(gauss, diag, k=5.0, atol=1e-12)
+    ratio_g = float(gauss.var(0).sum() / (predicted + 2 * diag * diag).sum())
+    assert 0.85 < ratio_g < 1.15, ratio_g
+
+
+def test_hutchinson_is_exact_for_a_diagonal_hessian_and_q_probes_average() -> None:
+    problem = quadratic(20, dense=False, cond=1e3, dtype=torch.float64)
+    samples = _samples(problem, 20)
+    torch.testing.assert_close(samples, problem.model.a.expand(20, -1), rtol=1e-15, atol=0)
+    assert float(samples.std(0).max()) < 1e-12  # zero variance
+    # q probes are the mean of the single probes 0..q−1 of that step
+    dense = mlp((4, 6, 3), batch=16, dtype=torch.float64)
+    flat = FlatLoss(dense.model, dense.objective, trainable(dense.model))
+    noise = Noise("rademacher")
+    singles = []
+    for i in range(4):
+        z = torch.cat([t.reshape(-1) for t in noise.direction(0, 7, i, flat.unflatten(flat.theta0))])
+        singles.append(z * flat.hvp(z))
+    torch.testing.assert_close(hutchinson_diagonal(flat, noise, 0, 7, 4), torch.stack(singles).mean(0))
+
+
+@pytest.mark.parametrize("kappa", [1e2, 1e4, 1e8])
+def test_diagonal_newton_solves_a_diagonal_quadratic_in_one_step_unlike_gradient_descent(kappa: float) -> None:
+    model, obj = classic.quadratic(10, kappa=kappa)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    e = DiagHessian(rule="newton").estimate(model, obj)
+    assert e.loss > 1.0
+    opt.step()
+    assert float((model.x.detach() - 1.0).abs().max()) < 1e-10
+    # gradient descent with step 1/L = 1/κ: the unit-curvature coordinate shrinks by (1 − 1/κ) per step
+    model, obj = classic.quadratic(10, kappa=kappa)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0 / kappa)
+    steps = 100
+    for _ in range(steps):
+        opt.zero_grad()
+        (g,) = torch.autograd.grad(obj(model).sum(), [model.x])
+        model.x.grad = g
+        opt.step()
+    error = abs(float(model.x.detach()[0]) - 1.0)
+    assert error == pytest.approx((1.0 - 1.0 / kappa) ** steps, rel=1e-9)
+    assert error > 0.3
+
+
+def test_diagonal_newton_on_a_dense_quadratic_converges_at_the_jacobi_rate() -> None:
+    """With the exact diagonal D, θ ← θ − η D⁻¹∇f contracts the error by ρ = max|1 − η λ(D^{-½}AD^{-½})|."""
+    lr = 0.5
+    problem = quadratic(16, dense=True, cond=10.0, dtype=torch.float64)
+    a = problem.model.a
+    s = torch.diagonal(a).rsqrt()
+    eig = torch.linalg.eigvalsh(s[:, None] * a * s[None, :])
+    rho = float((1.0 - lr * eig).abs().max())
+    assert rho < 1.0 < float((1.0 - eig).abs().max())  # the full step (η = 1) diverges here
+    for eta, converges in ((lr, True), (1.0, False)):
+        problem = quadratic(16, dense=True, cond=10.0, dtype=torch.float64)
+        est = DiagHessian(rule="newton")
+        opt = torch.optim.SGD(problem.model.parameters(), lr=eta)
+        losses = [problem.loss()]
+        for _ in range(60):
+            opt.zero_grad()
+            est.estimate(problem.model, problem.objective)
+            opt.step()
+            losses.append(problem.loss())
+        if converges:
+            rate = (losses[60] / losses[30]) ** (1 / 60)  # per-step error contraction (loss ∝ error²)
+            assert abs(rate - rho) < 0.03, (rate, rho)
+            assert losses[60] < 1e-6 * losses[0]
+        else:
+            assert losses[60] > losses[0]
+
+
+@pytest.mark.parametrize("rule", ["sophia", "adahessian", "newton"])
+def test_the_rules_apply_their_formulas_to_the_stored_curvature(rule: str) -> None:
+    problem = mlp((4, 6, 3), batch=32, dtype=torch.float64)
+    est = DiagHessian(rule=rule, beta=0.9, gamma=1.0, probes=2, seed=5)
+    flat = FlatLoss(problem.model, problem.objective, trainable(problem.model))
+    diag = hutchinson_diagonal(flat, Noise("rademacher"), 5, 0, 2)
+    e = est.estimate(problem.model, problem.objective)
+    g, d = true_grad(problem.model, problem.objective), flat_grad(problem.model)
+    state = est.state_dict()
+    assert state["updates"] == 1
+    if rule == "adahessian":
+        torch.testing.assert_close(state["curvature"], 0.1 * diag * diag)
+        torch.testing.assert_close(d, g / (diag.abs() + est.eps))  # bias-corrected: v̂ = D̂²
+    elif rule == "sophia":
+        torch.testing.assert_close(state["curvature"], 0.1 * diag)
+        h = 0.1 * diag  # Sophia does not bias-correct
+        torch.testing.assert_close(d, (g / h.clamp_min(est.eps)).clamp(-1, 1))
+        assert 0 < e.info["clipped_fraction"] < 1
+    else:
+        torch.testing.assert_close(d, g / diag.abs().clamp_min(est.eps))
+    assert e.info["gradient_norm"] == pytest.approx(float(g.norm()))
+
+
+@pytest.mark.parametrize(("rule", "lr"), [("sophia", 0.05), ("adahessian", 0.1), ("newton", 0.1)])
+def test_the_rules_with_sgd_train_an_mlp(rule: str, lr: float) -> None:
+    problem = mlp((4, 8, 3), batch=32, dtype=torch.float64)
+    est = DiagHessian(rule=rule)
+    opt = torch.optim.SGD(problem.model.parameters(), lr=lr)
+    first = problem.loss()
+    for _ in range(40):
+        opt.zero_grad()
+        e = est.estimate(problem.model, problem.objective)
+        if rule == "sophia":
+            assert float(flat_grad(problem.model).abs().max()) <= 1.0
+        opt.step()
+    assert problem.loss() < 0.5 * first, (first, problem.loss())
+    assert math.isfinite(e.info["curvature_mean"])
+
+
+def test_momentum_is_the_papers_moving_average() -> None:
+    problem = mlp((4, 6, 3), batch=16, dtype=torch.float64)
+    est = DiagHessian(rule="adahessian", momentum=0.9, beta=0.5)
+    ref = DiagHessian(rule="adahessian", beta=0.5)
+    m = torch.zeros(problem.dim, dtype=torch.float64)
+    for t in range(1, 4):
+        est.estimate(problem.model, problem.objective)
+        d = flat_grad(problem.model)
+        ref.estimate(problem.model, problem.objective)  # same seed and step: same curvature, g in place of m
+        plain = flat_grad(problem.model)
+        g = true_grad(problem.model, problem.objective)
+        m = 0.9 * m + 0.1 * g
+        # d = m̂ / (√v̂ + ε) and plain = g / (√v̂ + ε): their ratio is m̂ / g
+        torch.testing.assert_close(d * g, plain * m / (1 - 0.9**t))
+        with torch.no_grad():  # move, so the gradients differ between steps
+            for _, p in trainable(problem.model):
+                p.sub_(0.1 * p.grad)
+
+
+def test_curvature_is_updated_only_every_interval_calls() -> None:
+    problem = mlp((4, 6, 3), batch=16, dtype=torch.float64)
+    est = DiagHessian(rule="newton", interval=3, probes=2)
+    for step in range(7):
+        before = est.curvature
+        e = est.estimate(problem.model, problem.objective)
+        updated = step % 3 == 0
+        assert e.info["curvature_updated"] is updated
+        assert (e.cost.forwards, e.cost.backwards, e.cost.hvps) == (16, 16, 2 * 16 if updated else 0)
+        assert est.updates == step // 3 + 1
+        if not updated:
+            assert torch.equal(est.curvature, before)
+            h = est.curvature / (1 - est.beta**est.updates)
+            g = true_grad(problem.model, problem.objective)
+            torch.testing.assert_close(flat_grad(problem.model), g / h.abs().clamp_min(est.eps))
+
+
+def test_spatial_average_over_convolution_kernels() -> None:
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        conv = torch.nn.Sequential(
+            torch.nn.Conv2d(2, 3, 3), torch.nn.Tanh(), torch.nn.Flatten(), torch.nn.Linear(27, 2)
+        )
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(0.5 * torch.randn(p.shape, generator=g))
+    x = torch.randn(8, 2, 5, 5, generator=g)
+    y = torch.randint(0, 2, (8,), generator=g)
+    obj = unigrad.supervised(torch.nn.functional.cross_entropy, x, y)
+    est = DiagHessian(rule="adahessian", spatial_average=True, beta=0.0)
+    est.estimate(conv, obj)
+    kernel = est.curvature[: 3 * 2 * 3 * 3].view(3, 2, 3, 3)
+    torch.testing.assert_close(kernel, kernel[:, :, :1, :1].expand_as(kernel))  # constant over each 3×3 kernel
+    flat = FlatLoss(conv, obj, trainable(conv))
+    diag = hutchinson_diagonal(flat, Noise("rademacher"), 0, 0, 1)
+    expect = diag[:54].view(3, 2, 3, 3).abs().mean(dim=(2, 3), keepdim=True).expand(3, 2, 3, 3) ** 2
+    torch.testing.assert_close(kernel, expect)
+    torch.testing.assert_close(est.curvature[54:], diag[54:] ** 2)  # other tensors keep their entries
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"rule": "sophia", "gamma": 1.0}, {"rule": "adahessian", "momentum": 0.9}, {"rule": "newton", "interval": 2}],
+)
+def test_contract_and_resume(options: dict) -> None:
+    problem = mlp((4, 6, 3), batch=16, dtype=torch.float64)
+    assert_contract(lambda seed: DiagHessian(seed=seed, **options), problem)
+
+
+def test_cost_and_info() -> None:
+    problem = mlp((4, 6, 3), batch=16, dtype=torch.float64)
+    e = DiagHessian(probes=3).estimate(problem.model, problem.objective)
+    assert (e.cost.forwards, e.cost.backwards, e.cost.hvps, e.cost.jvps) == (16, 16, 48, 0)
+    assert e.loss == pytest.approx(problem.loss())
+    assert set(e.info) >= {"curvature_mean", "gradient_norm", "curvature_updated"}
+    assert DiagHessian.order == 2 and DiagHessian.name == "diag-hessian"
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"rule": "kfac"}, "rule"),
+        ({"probes": 0}, "probes"),
+        ({"beta": 1.0}, "beta"),
+        ({"beta": -0.1}, "beta"),
+        ({"interval": 0}, "interval"),
+        ({"eps": 0.0}, "eps"),
+        ({"gamma": -1.0}, "gamma"),
+        ({"momentum": 1.0}, "momentum"),
+        ({"distribution": "sphere"}, "distribution"),
+        ({"noise_source": "disk"}, "noise_source"),
+        ({"spatial_average": True}, "spatial_average"),
+        ({"bias_correction": "yes"}, "bias_correction"),
+    ],
+)
+def test_bad_options(options: dict, match: str) -> None:
+    with pytest.raises(UnigradError, match=match):
+        DiagHessian(**options)
+
+
+def test_a_different_model_is_refused() -> None:
+    est = DiagHessian()
+    est.estimate(*classic.quadratic(3, kappa=2.0))
+    with pytest.raises(UnigradError, match="fresh estimator"):
+        est.estimate(*classic.quadratic(4, kappa=2.0))
