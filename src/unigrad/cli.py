@@ -1,10 +1,11 @@
-"""Command line: ``unigrad list | train | compare | runs`` (also ``python -m unigrad``).
+"""Command line: ``unigrad list | train | compare | experiment | runs`` (also ``python -m unigrad``).
 
 ``train`` and ``compare`` record every run in the experiment store (``--store``, default
 ``runs/unigrad.sqlite``): a run already finished there is not trained again (``--rerun`` forces
 it), and an unfinished one (a killed command) resumes from its checkpoint. ``--config FILE`` reads
 options from a TOML file (:mod:`unigrad.config`); options typed on the command line override it.
-``runs list|show|compare|export|groups`` reads the store.
+``runs list|show|compare|export|groups`` reads the store. ``experiment NAME`` runs one of the
+experiments of :mod:`unigrad.dynamics` (``convergence-orders``) and writes its figure and report.
 
 Exit status: 0 on success, 1 if a run diverged (its results up to the last good state are still
 written), 2 for a user error (unknown task, method or optimizer, a bad option value or budget, a
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     from unigrad.train.runs_cli import add_runs_parser
 
     parser = _Parser(prog="unigrad", description="Every way of training a network on one footing.")
-    sub = parser.add_subparsers(dest="command", metavar="{list,train,compare,runs}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,train,compare,experiment,runs}")
 
     sub.add_parser("list", help="estimators by derivative order, and tasks")
 
@@ -133,6 +134,28 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"number of seeds (3 → 0,1,2) or a list (0,5,7); default {DEFAULT_SEEDS}",
     )
     _run_options(c)
+
+    from unigrad.dynamics import EXPERIMENTS
+
+    e = sub.add_parser("experiment", help="run an experiment and draw its figure (convergence-orders)")
+    e.add_argument("name", help="; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()), metavar="NAME")
+    e.add_argument("--out", default=None, help="output folder (default runs/experiment-<name>-<YYYYmmdd-HHMMSS>)")
+    e.add_argument(
+        "--iterations",
+        type=_positive_int,
+        default=20000,
+        help="iteration budget of the order-0 and order-1 methods (default 20000)",
+    )
+    e.add_argument(
+        "--second-order-iterations",
+        type=_positive_int,
+        default=200,
+        help="iteration budget of the order-2 and order-3 methods (default 200)",
+    )
+    e.add_argument("--n", type=_positive_int, default=20, help="dimension of the quadratic (default 20)")
+    e.add_argument("--kappa", type=_positive_float, default=1000.0, help="its condition number (default 1000)")
+    e.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default 1)")
+    e.add_argument("--no-progress", action="store_true", help="do not print which method is running")
     add_runs_parser(sub)
     return parser
 
@@ -255,6 +278,41 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
 _BREAKS = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from unigrad.core.errors import unknown_name
+    from unigrad.dynamics import EXPERIMENTS
+
+    if args.name not in EXPERIMENTS:
+        raise unknown_name("experiment", args.name, EXPERIMENTS)
+    if args.kappa < 1:
+        raise UnigradError(f"--kappa must be >= 1 (a condition number), got {args.kappa:g}")
+    _apply_threads(args.threads)
+    out = Path(args.out) if args.out else Path("runs") / f"experiment-{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if out.exists() and not out.is_dir():
+        raise UnigradError(f"--out {out} exists and is not a folder")
+    from unigrad.dynamics.convergence_orders import run
+
+    def say(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        run(
+            out,
+            iterations=args.iterations,
+            second_order_iterations=args.second_order_iterations,
+            n=args.n,
+            kappa=args.kappa,
+            progress=None if args.no_progress else say,
+        )
+    except OSError as e:
+        raise UnigradError(f"cannot write to {out}: {e.strerror or e}") from None
+    print((out / "report.md").read_text())
+    print(f"wrote {out}/convergence-orders.png, results.json and report.md")
+    return 0
+
+
 def _one_line(text: str) -> str:
     """``text`` with its line breaks escaped (``\\n``): a message that quotes user input stays one line."""
     return _BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
@@ -311,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "runs":
             return _run_runs(args)
+        if args.command == "experiment":
+            return cmd_experiment(args)
         if args.config is not None:
             from unigrad.config import given_options, load_config, merge
 

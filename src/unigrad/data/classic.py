@@ -67,13 +67,19 @@ def quadratic(
     return model, objective(lambda m: (0.5 * (eig.to(m.x.dtype) * (m() - 1.0) ** 2).sum()).reshape(1), n_samples=1)
 
 
-def logistic_digits(l2: float = 1e-3, dtype: torch.dtype = torch.float64) -> tuple[nn.Linear, Objective]:
-    """Softmax regression on the digits training set with an L2 penalty ``l2`` on the weights, from zero."""
+def logistic_digits(
+    l2: float = 1e-3, samples: int | None = None, dtype: torch.dtype = torch.float64
+) -> tuple[nn.Linear, Objective]:
+    """Softmax regression on the digits training set (its first ``samples`` images, default all 1,437)
+    with an L2 penalty ``l2`` on the weights, from zero."""
     from unigrad.data.digits import load_digits
 
     if isinstance(l2, bool) or not isinstance(l2, int | float) or not l2 >= 0:
         raise UnigradError(f"the penalty l2 must be a number >= 0, got {l2!r}")
     x, y, _, _ = load_digits()
+    if samples is not None:
+        check_positive("samples", samples, integer=True)
+        x, y = x[:samples], y[:samples]
     x = x.to(dtype)
     model = nn.Linear(64, 10, dtype=dtype)
     with torch.no_grad():
