@@ -60,6 +60,11 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
         2,
         "gradient preconditioned by a Hutchinson estimate of the Hessian diagonal (Sophia, AdaHessian)",
     ),
+    "kfac": (
+        "unigrad.second.kfac:KFAC",
+        2,
+        "K-FAC: Kronecker-factored natural gradient for Linear and Conv2d layers",
+    ),
     "cubic-newton": (
         "unigrad.higher.cubic_newton:CubicNewton",
         3,

@@ -117,6 +117,7 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "hessian-free": ("sgd", 1.0, {"max_cg": 10, "min_damping": 1.0}),
     "natural-gradient": ("sgd", 0.1, {"max_cg": 20}),
     "diag-hessian": ("sgd", 0.01, {}),
+    "kfac": ("sgd", 0.05, {"damping": 1e-2, "inverse_interval": 2}),
     "cubic-newton": ("sgd", 1.0, {"krylov_dim": 20}),  # SGD with lr 1 takes the (trust-region) Newton step as it is
 }
 FALLBACK = ("adam", 1e-3, {})
