@@ -75,7 +75,7 @@ def test_variant_labels_and_errors():
     assert parse_method("dbp:decorrelate=0").decorrelation is None
     dnp = parse_method("dnp")
     assert dnp.name == "np" and dnp.order == 0 and dnp.decorrelation is not None
-    with pytest.raises(UnigradError, match=r"unknown method 'dxp'; valid methods: .*dbp, (dinp, )?dnp"):
+    with pytest.raises(UnigradError, match=r"unknown method 'dxp'; valid methods: .*dbp, .*dnp"):
         parse_method("dxp")
     with pytest.raises(UnigradError, match="needs decorrelate=1"):
         parse_method("spsa:decor_lr=1e-3")
