@@ -87,6 +87,8 @@ SCRIPT = textwrap.dedent(
         ("spsa", "zeroth.spsa", "SPSA", {"probes": 4}, None),
         ("anp", "zeroth.anp", "ANP", {"probes": 2}, {"lr": 1e-3}),  # danp: decorrelation counters and R too
         ("backprop", "first.backprop", "Backprop", {}, None),
+        ("kfac", "second.kfac", "KFAC", {"inverse_interval": 3}, None),  # running factors and inverses
+        ("lbfgs", "second.lbfgs", "LBFGS", {"history": 4}, None),  # the (s, y) history
     ],
 )
 def test_resume_after_kill_9_is_bitwise_exact(

@@ -22,7 +22,9 @@ estimate written to ``.grad`` is ``−s``, so that ``torch.optim.SGD(lr=1)`` (no
   with ``‖s(λ)‖ = Δ`` (bisection in log-space). The step is tried with one extra evaluation:
   ``ρ = (f(θ) − f(θ + s)) / (−gᵀs − ½ sᵀHs)``; ``ρ > eta`` accepts it (else ``.grad`` is zero and
   ``θ`` stays), ``ρ < 1/4`` shrinks ``Δ ← Δ/4``, ``ρ > 3/4`` with ``‖s‖ = Δ`` grows
-  ``Δ ← min(2Δ, max_radius)`` — the radius rule of scipy's trust-region methods. In the hard case
+  ``Δ ← min(2Δ, max_radius)`` — the radius rule of scipy's trust-region methods. Both the actual and
+  the predicted change are shifted by ``10ε·max(1, |f|)`` before dividing, so that at convergence,
+  where both are rounding noise, the step counts as agreeing with the model rather than as a failure. In the hard case
   (``g`` orthogonal to the eigenvectors of ``λ_min``) the step is ``s(−λ_min)`` plus the eigenvector
   of ``λ_min`` out to the boundary (Moré & Sorensen §3).
 
@@ -112,7 +114,10 @@ class Newton(Estimator):
             step, on_boundary = _trust_region_step(g, h, self.radius)
             predicted = -float(g @ step + 0.5 * step @ h @ step)
             trial = fl.value(fl.theta0 + step)
-            rho = (f0 - trial) / predicted if predicted > 0 else -math.inf
+            # both changes shifted by 10ε·max(1, |f|): where they are at the rounding level of f (at
+            # convergence) ρ reads as agreement instead of noise that would shrink the radius forever
+            shift = 10.0 * torch.finfo(g.dtype).eps * max(1.0, abs(f0))
+            rho = (f0 - trial + shift) / (predicted + shift) if predicted > 0 else -math.inf
             if not math.isfinite(trial):
                 rho = -math.inf
             accept = rho > self.eta
