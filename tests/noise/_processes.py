@@ -1,0 +1,26 @@
+"""One instance of every noise process, for the tests that apply to all of them."""
+
+from unigrad.noise import (
+    NoiseProcess,
+    OrnsteinUhlenbeck,
+    PoissonVariability,
+    Rademacher,
+    SparseKicks,
+    StochasticRelease,
+    WhiteGaussian,
+)
+
+PROCESSES: list[NoiseProcess] = [
+    WhiteGaussian(0.3),
+    OrnsteinUhlenbeck(0.3, tau=5.0),
+    Rademacher(0.3),
+    SparseKicks(0.2, 0.3),
+    StochasticRelease(0.4),
+    PoissonVariability(0.3, rate=0.5),
+]
+IDS = [p.name for p in PROCESSES]
+
+
+def zscore(estimate: float, expected: float, se: float) -> float:
+    """How many standard errors ``estimate`` lies from ``expected``."""
+    return abs(estimate - expected) / se
