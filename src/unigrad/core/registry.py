@@ -35,6 +35,16 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
         1,
         "forward gradient with tangents on Linear/Conv2d outputs: d·v·xᵀ per layer",
     ),
+    "feedback-alignment": (
+        "unigrad.first.feedback_alignment:FeedbackAlignment",
+        1,
+        "backprop with fixed random feedback matrices B_l in place of W_lᵀ (Lillicrap et al. 2016)",
+    ),
+    "dfa": (
+        "unigrad.first.dfa:DFA",
+        1,
+        "direct feedback alignment: hidden layers get the output error through fixed random B_l",
+    ),
     "newton": (
         "unigrad.second.newton:Newton",
         2,
