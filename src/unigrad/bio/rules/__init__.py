@@ -1,0 +1,1 @@
+"""Reward-modulated learning rules: estimators that learn from noise and a global reward signal."""
