@@ -28,6 +28,11 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
     "anp": ("unigrad.zeroth.anp:ANP", 0, "activity-based NP: c·δL·δh/‖δh‖²·xᵀ from measured activity changes"),
     "inp": ("unigrad.zeroth.inp:INP", 0, "iterative node perturbation: noise on one layer per pass, δL·ε·xᵀ/σ²"),
     "wp": ("unigrad.zeroth.wp:WP", 0, "weight perturbation: Gaussian ξ on all weights, (δL/σ²)ξ"),
+    "oua": (
+        "unigrad.bio.rules.oua:OUA",
+        0,
+        "Ornstein–Uhlenbeck adaptation: OU noise around the mean, reinforced by the reward-prediction error",
+    ),
     "backprop": ("unigrad.first.backprop:Backprop", 1, "reverse-mode autodiff gradient"),
     "forward-gradient": ("unigrad.first.forward_gradient:ForwardGradient", 1, "(∇f·v)v from JVPs, q tangents"),
     "activity-forward-gradient": (
