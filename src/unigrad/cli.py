@@ -135,27 +135,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _run_options(c)
 
-    from unigrad.dynamics import EXPERIMENTS
+    from unigrad.experiments import EXPERIMENTS
 
-    e = sub.add_parser("experiment", help="run an experiment and draw its figure (convergence-orders)")
-    e.add_argument("name", help="; ".join(f"{k}: {v}" for k, v in EXPERIMENTS.items()), metavar="NAME")
+    e = sub.add_parser("experiment", help="run an experiment and draw its figures (" + ", ".join(EXPERIMENTS) + ")")
+    e.add_argument("name", help="; ".join(f"{k}: {v[1]}" for k, v in EXPERIMENTS.items()), metavar="NAME")
     e.add_argument("--out", default=None, help="output folder (default runs/experiment-<name>-<YYYYmmdd-HHMMSS>)")
-    e.add_argument(
-        "--iterations",
-        type=_positive_int,
-        default=20000,
-        help="iteration budget of the order-0 and order-1 methods (default 20000)",
+    e.add_argument("--seeds", type=_positive_int, default=3, help="seeds per configuration (default 3)")
+    e.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the pipeline, not results")
+    e.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default 1)")
+    e.add_argument("--no-progress", action="store_true", help="do not print what is running")
+    conv = e.add_argument_group("convergence-orders only")
+    conv.add_argument(
+        "--iterations", type=_positive_int, default=None, help="budget of the order-0 and order-1 methods (20000)"
     )
-    e.add_argument(
+    conv.add_argument(
         "--second-order-iterations",
         type=_positive_int,
-        default=200,
-        help="iteration budget of the order-2 and order-3 methods (default 200)",
+        default=None,
+        help="budget of the order-2 and order-3 methods (200)",
     )
-    e.add_argument("--n", type=_positive_int, default=20, help="dimension of the quadratic (default 20)")
-    e.add_argument("--kappa", type=_positive_float, default=1000.0, help="its condition number (default 1000)")
-    e.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default 1)")
-    e.add_argument("--no-progress", action="store_true", help="do not print which method is running")
+    conv.add_argument("--n", type=_positive_int, default=None, help="dimension of the quadratic (20)")
+    conv.add_argument("--kappa", type=_positive_float, default=None, help="its condition number (1000)")
     add_runs_parser(sub)
     return parser
 
@@ -278,38 +278,36 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
 _BREAKS = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
+CONVERGENCE_ONLY = ("iterations", "second_order_iterations", "n", "kappa")
+
+
 def cmd_experiment(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from unigrad.core.errors import unknown_name
-    from unigrad.dynamics import EXPERIMENTS
+    from unigrad.experiments import runner
 
-    if args.name not in EXPERIMENTS:
-        raise unknown_name("experiment", args.name, EXPERIMENTS)
-    if args.kappa < 1:
-        raise UnigradError(f"--kappa must be >= 1 (a condition number), got {args.kappa:g}")
+    run = runner(args.name)
+    options = {k: getattr(args, k) for k in CONVERGENCE_ONLY if getattr(args, k) is not None}
+    if options and args.name != "convergence-orders":
+        flags = ", ".join("--" + k.replace("_", "-") for k in options)
+        raise UnigradError(f"{flags} apply only to the convergence-orders experiment")
+    if options.get("kappa") is not None and options["kappa"] < 1:
+        raise UnigradError(f"--kappa must be >= 1 (a condition number), got {options['kappa']:g}")
     _apply_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"experiment-{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and not out.is_dir():
         raise UnigradError(f"--out {out} exists and is not a folder")
-    from unigrad.dynamics.convergence_orders import run
 
     def say(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     try:
-        run(
-            out,
-            iterations=args.iterations,
-            second_order_iterations=args.second_order_iterations,
-            n=args.n,
-            kappa=args.kappa,
-            progress=None if args.no_progress else say,
-        )
+        report = run(out, seeds=args.seeds, quick=args.quick, progress=None if args.no_progress else say, **options)
     except OSError as e:
         raise UnigradError(f"cannot write to {out}: {e.strerror or e}") from None
-    print((out / "report.md").read_text())
-    print(f"wrote {out}/convergence-orders.png, results.json and report.md")
+    print(report)
+    written = sorted(p.name for p in out.iterdir() if p.is_file())
+    print(f"wrote {out}/: {', '.join(written)}")
     return 0
 
 

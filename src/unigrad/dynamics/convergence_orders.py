@@ -232,3 +232,26 @@ def report(results: dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def run_experiment(
+    out: str | Path,
+    *,
+    seeds: int = 1,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    iterations: int | None = None,
+    second_order_iterations: int | None = None,
+    n: int | None = None,
+    kappa: float | None = None,
+) -> str:
+    """The ``unigrad experiment convergence-orders`` runner (deterministic: ``seeds`` is not used)."""
+    run(
+        out,
+        iterations=iterations or (300 if quick else 20000),
+        second_order_iterations=second_order_iterations or 200,
+        n=n or (6 if quick else 20),
+        kappa=kappa or (50.0 if quick else 1000.0),
+        progress=progress,
+    )
+    return (Path(out) / "report.md").read_text()

@@ -1,0 +1,30 @@
+"""The experiments ``unigrad experiment NAME`` runs: name → runner and one-line description.
+
+A runner is ``run(out, *, seeds, quick, progress, **options) -> str``: it writes its figures,
+``results.json`` and ``report.md`` into the folder ``out`` and returns the report's text. ``quick``
+shrinks every budget to a smoke test of the pipeline (its numbers are not results).
+Runners are imported lazily, so ``unigrad experiment --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from unigrad.core.errors import unknown_name
+
+EXPERIMENTS: dict[str, tuple[str, str]] = {
+    "convergence-orders": (
+        "unigrad.dynamics.convergence_orders:run_experiment",
+        "error against iteration and work for orders 0-3 on Rosenbrock and an ill-conditioned quadratic",
+    ),
+}
+
+
+def runner(name: str) -> Callable[..., Any]:
+    """The runner registered under ``name`` (unknown names list the valid ones)."""
+    if name not in EXPERIMENTS:
+        raise unknown_name("experiment", name, EXPERIMENTS)
+    module, fn = EXPERIMENTS[name][0].split(":")
+    return getattr(importlib.import_module(module), fn)
