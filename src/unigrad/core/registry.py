@@ -28,12 +28,37 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
     "anp": ("unigrad.zeroth.anp:ANP", 0, "activity-based NP: c·δL·δh/‖δh‖²·xᵀ from measured activity changes"),
     "inp": ("unigrad.zeroth.inp:INP", 0, "iterative node perturbation: noise on one layer per pass, δL·ε·xᵀ/σ²"),
     "wp": ("unigrad.zeroth.wp:WP", 0, "weight perturbation: Gaussian ξ on all weights, (δL/σ²)ξ"),
+    "np-time": (
+        "unigrad.bio.rules.np_time:NPTime",
+        0,
+        "node perturbation in time on a rate RNN: δL·ξ_t·α·preᵀ/σ² summed over steps (or ANP's δx/‖δx‖²)",
+    ),
+    "miconi": (
+        "unigrad.bio.rules.miconi:Miconi",
+        0,
+        "Miconi 2017: e_ij = Σ_t (r_j(t−1)·(x_i(t) − x̄_i))³, ΔW = η·e·(R − R̄_condition), noise never read",
+    ),
+    "exploratory-hebb": (
+        "unigrad.bio.rules.exploratory_hebb:ExploratoryHebb",
+        0,
+        "exploratory Hebb: e ← γe + (x − x̄ or ξ)·rᵀ, ΔW = η·(R − R̄)·e (Legenstein et al. 2010)",
+    ),
+    "nrl": (
+        "unigrad.bio.rules.nrl:NRL",
+        0,
+        "noise-based reward-modulated learning: (log π̃ − log π)·ε/‖ε‖²·xᵀ traces × RPE (arXiv 2503.23972)",
+    ),
     "oua": (
         "unigrad.bio.rules.oua:OUA",
         0,
         "Ornstein–Uhlenbeck adaptation: OU noise around the mean, reinforced by the reward-prediction error",
     ),
     "backprop": ("unigrad.first.backprop:Backprop", 1, "reverse-mode autodiff gradient"),
+    "reinforce": (
+        "unigrad.bio.rules.reinforce:Reinforce",
+        1,
+        "REINFORCE policy gradient −Σ∇log π(a|s)(G_t − b), running-mean baseline (Williams 1992)",
+    ),
     "forward-gradient": ("unigrad.first.forward_gradient:ForwardGradient", 1, "(∇f·v)v from JVPs, q tangents"),
     "activity-forward-gradient": (
         "unigrad.first.activity_forward_gradient:ActivityForwardGradient",

@@ -1,0 +1,256 @@
+"""NP in time on a rate RNN: unbiased for the BPTT gradient (α in the right place), ANP aligned with BPTT, the local
+readout exact, intrinsic noise (NP refuses inaccessible noise, ANP learns from it, NP reads accessible noise),
+decorrelated layers, training on Mackey–Glass, WP on the RNN, contract, cost and option checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import unigrad
+from tests.problems import (
+    Problem,
+    assert_contract,
+    assert_mean_matches,
+    cosine,
+    estimates,
+    flat_grad,
+    true_grad,
+)
+from unigrad import UnigradError, make_estimator
+from unigrad.bio import RateRNN
+from unigrad.bio.rules.np_time import NPTime
+from unigrad.bio.tasks import get_bio_task
+from unigrad.noise import OrnsteinUhlenbeck, WhiteGaussian
+
+
+def rnn_problem(
+    n_rec: int = 5,
+    steps: int = 8,
+    batch: int = 64,
+    *,
+    tau: float = 2.0,
+    dtype: torch.dtype = torch.float64,
+    intrinsic: object = None,
+) -> Problem:
+    """A Mackey–Glass batch and a small RateRNN with α = dt/τ = 1/tau (α ≠ 1, so a misplaced α shows)."""
+    task = get_bio_task("mackey-glass", steps=steps, washout=2)
+    obj = task.objective(task.sample(batch, seed=0, step=0).to(dtype=dtype))
+    model = RateRNN(1, n_rec, 1, tau=tau, dt=1.0, seed=0, dtype=dtype, intrinsic=intrinsic)  # type: ignore[arg-type]
+    return Problem(model, obj, f"rate-rnn{n_rec}")
+
+
+def along(samples: torch.Tensor, target: torch.Tensor) -> float:
+    """Standard error of the mean of ``samples`` along ``target``, relative to ``‖target‖``."""
+    v = target / target.norm()
+    return float((samples @ v).std() / math.sqrt(samples.shape[0]) / target.norm())
+
+
+@pytest.mark.parametrize("readout", ["perturb", "local"])
+def test_np_in_time_is_unbiased_for_bptt(readout: str) -> None:
+    problem = rnn_problem()
+    g = true_grad(problem.model, problem.objective)
+    samples = estimates(NPTime(sigma=1e-3, readout=readout, seed=1), problem, 200)
+    # the test can see an error of a few percent (dropping α = 0.5 would double the recurrent part)
+    assert along(samples, g) < 0.03
+    assert_mean_matches(samples, g, k=5.0, atol=1e-9)
+
+
+def test_local_readout_is_the_exact_readout_gradient() -> None:
+    problem = rnn_problem()
+    model = problem.model
+    with torch.enable_grad():
+        gw, gb = torch.autograd.grad(problem.objective(model).mean(), [model.out.weight, model.out.bias])
+    NPTime(sigma=1e-3, readout="local", seed=0).estimate(model, problem.objective)
+    assert torch.allclose(model.out.weight.grad, gw, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(model.out.bias.grad, gb, rtol=1e-10, atol=1e-14)
+
+
+def test_anp_aligns_with_bptt_on_the_recurrent_weights() -> None:
+    # a chaotic 16-unit network over 20 steps; cosines on W_rec alone (credit assigned through time)
+    problem = rnn_problem(n_rec=16, steps=20, batch=16, tau=5.0)
+    model = problem.model
+    with torch.enable_grad():
+        (g_rec,) = torch.autograd.grad(problem.objective(model).mean(), [model.rec.weight])
+    est = NPTime(sigma=1e-3, variant="anp", seed=2)
+    cos = []
+    for _ in range(40):
+        est.estimate(model, problem.objective)
+        cos.append(cosine(model.rec.weight.grad, g_rec))
+    c = torch.tensor(cos)
+    assert float(c.mean()) - 4 * float(c.std()) / math.sqrt(len(cos)) > 0.1, cos
+
+
+def test_anp_scale_option_multiplies_the_update() -> None:
+    problem = rnn_problem(batch=4)
+    out = {}
+    for scale in ("n", "sqrt", "none"):
+        NPTime(sigma=1e-2, variant="anp", scale=scale, seed=5).estimate(problem.model, problem.objective)
+        out[scale] = flat_grad(problem.model)
+    n = 8 * 5 + 8 * 1  # T·n_rec units and T·n_out outputs
+    assert torch.allclose(out["n"], n * out["none"], rtol=1e-10, atol=1e-15)
+    assert torch.allclose(out["sqrt"], math.sqrt(n) * out["none"], rtol=1e-10, atol=1e-15)
+
+
+def test_np_refuses_inaccessible_intrinsic_noise_and_anp_learns_from_it() -> None:
+    noisy = rnn_problem(n_rec=16, steps=20, batch=16, tau=5.0, intrinsic=WhiteGaussian(1e-3, accessible=False))
+    clean = rnn_problem(n_rec=16, steps=20, batch=16, tau=5.0)  # same seed: same weights, no noise
+    np_rule = NPTime(variant="np", passes="two-noisy", noise="external", readout="local")
+    with pytest.raises(UnigradError, match="inaccessible"):
+        np_rule.estimate(noisy.model, noisy.objective)
+    assert noisy.model.trial == 0  # refused before running anything
+    g = true_grad(clean.model, clean.objective)
+    est = NPTime(variant="anp", passes="two-noisy", noise="external", seed=0)
+    cos = []
+    for _ in range(20):
+        est.estimate(noisy.model, noisy.objective)
+        cos.append(cosine(flat_grad(noisy.model), g))
+    assert noisy.model.trial == 40  # each pass drew a fresh trial of the network's own noise
+    c = torch.tensor(cos)
+    assert float(c.mean()) - 4 * float(c.std()) / math.sqrt(len(cos)) > 0.3, cos
+
+
+def test_np_reads_accessible_intrinsic_noise_without_bias() -> None:
+    # only the network's own white noise probes (nothing injected): normaliser 2·v, unbiased for white noise
+    noisy = rnn_problem(intrinsic=WhiteGaussian(1e-3))
+    clean = rnn_problem()
+    g = true_grad(clean.model, clean.objective)
+    samples = estimates(NPTime(passes="two-noisy", noise="external", readout="local", seed=0), noisy, 200)
+    assert along(samples, g) < 0.03
+    assert_mean_matches(samples, g, k=5.0, atol=1e-9)
+
+
+def test_np_with_injected_and_intrinsic_noise_is_unbiased() -> None:
+    # both passes noisy (intrinsic + injected): the perturbation is the noise difference, variance 2σ² + 2v
+    noisy = rnn_problem(intrinsic=WhiteGaussian(5e-4))
+    clean = rnn_problem()
+    g = true_grad(clean.model, clean.objective)
+    samples = estimates(NPTime(sigma=1e-3, passes="two-noisy", seed=0), noisy, 200)
+    assert along(samples, g) < 0.03
+    assert_mean_matches(samples, g, k=5.0, atol=1e-9)
+
+
+def test_decorrelated_layers_use_the_decorrelated_inputs() -> None:
+    problem = rnn_problem(batch=32)
+    model = unigrad.decorrelate(problem.model, lr=0.05)
+    for _ in range(3):  # move R away from I
+        problem.objective(model)
+        unigrad.update_decorrelation(model)
+    assert not torch.allclose(model.rec.decor.R, torch.eye(5, dtype=torch.float64))
+    g = true_grad(model, problem.objective)
+    samples = estimates(NPTime(sigma=1e-3, seed=3), problem, 200)
+    assert along(samples, g) < 0.03
+    assert_mean_matches(samples, g, k=5.0, atol=1e-9)
+    # in training mode every decorrelation holds the baseline pass's rows of all steps (T·B), not only the last
+    assert model.rec.decor.last.shape == (8 * 32, 5)
+    assert model.out.decor.last.shape == (8 * 32, 5)
+
+
+@pytest.mark.parametrize("variant", ["np", "anp"])
+def test_training_lowers_the_mackey_glass_error(variant: str) -> None:
+    task = get_bio_task("mackey-glass", steps=30, washout=5)
+    held_out = task.sample(64, seed=1, step=0)
+    model = RateRNN(1, 16, 1, tau=2.0, dt=1.0, gain=1.0, seed=0)
+    est = NPTime(sigma=1e-3, variant=variant, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def error() -> float:
+        with torch.no_grad():
+            return task.score(model(held_out.inputs), held_out)
+
+    before = error()
+    for k in range(60):
+        opt.zero_grad()
+        est.estimate(model, task.objective(task.sample(16, seed=0, step=k)))
+        opt.step()
+    after = error()
+    assert after < 0.3 * before and after < task.chance, (before, after)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"variant": "np"},
+        {"variant": "anp"},
+        {"variant": "np", "readout": "local", "probes": 2},
+        {"variant": "anp", "passes": "two-noisy", "noise_source": "generator"},
+    ],
+)
+def test_contract(options: dict) -> None:
+    assert_contract(lambda seed: NPTime(seed=seed, **options), rnn_problem(batch=8, dtype=torch.float32))
+
+
+@pytest.mark.parametrize("passes", ["clean-noisy", "two-noisy"])
+def test_cost_and_loss(passes: str) -> None:
+    problem = rnn_problem(batch=8)
+    est = NPTime(probes=3, passes=passes, seed=0).estimate(problem.model, problem.objective)
+    assert est.cost.forwards == (1 + 3) * 8 and est.cost.backwards == 0
+    assert est.info["probe_losses"].shape == (3,)
+    if passes == "clean-noisy":
+        assert not est.loss_is_probe_mean
+        assert est.loss == pytest.approx(problem.loss(), rel=1e-12)
+    else:
+        assert est.loss_is_probe_mean
+        assert est.loss == pytest.approx(problem.loss(), rel=1e-2)
+
+
+def test_wp_works_on_a_rate_rnn() -> None:
+    problem = rnn_problem(batch=16)
+    assert_contract(lambda seed: make_estimator("wp", sigma=1e-3, seed=seed), rnn_problem(batch=8))
+    g = true_grad(problem.model, problem.objective)
+    samples = estimates(make_estimator("wp", sigma=1e-4, probes=32, seed=0), problem, 60)
+    assert along(samples, g) < 0.1
+    assert_mean_matches(samples, g, k=5.0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"probes": 0}, "probes"),
+        ({"probes": 1.5}, "probes"),
+        ({"sigma": 0.0}, "sigma"),
+        ({"sigma": float("nan")}, "sigma"),
+        ({"sigma": True}, "sigma"),
+        ({"variant": "wp"}, "variant"),
+        ({"scale": "log"}, "scale"),
+        ({"readout": "exact"}, "readout"),
+        ({"passes": "one"}, "passes"),
+        ({"noise": "both"}, "noise"),
+        ({"noise_source": "disk"}, "noise_source"),
+        ({"noise": "external"}, "two-noisy"),
+        ({"noise": "external", "passes": "two-noisy"}, "readout='local'"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_bad_options(options: dict, match: str) -> None:
+    with pytest.raises(UnigradError, match=match):
+        NPTime(**options)
+
+
+def test_bad_models_and_objectives() -> None:
+    problem = rnn_problem(batch=4)
+    est = NPTime()
+    mlp = nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 1))
+    with pytest.raises(UnigradError, match="RateRNN"):
+        est.estimate(mlp, problem.objective)
+    with pytest.raises(UnigradError, match=r"\.inputs"):
+        est.estimate(problem.model, unigrad.objective(lambda m: m(problem.objective.inputs).sum((0, 2)), 4))
+    extra = rnn_problem(batch=4).model
+    extra.register_parameter("gain_param", nn.Parameter(torch.ones(1, dtype=torch.float64)))
+    with pytest.raises(UnigradError, match="gain_param"):
+        est.estimate(extra, problem.objective)
+    with pytest.raises(UnigradError, match="intrinsic"):
+        NPTime(noise="external", passes="two-noisy", variant="anp").estimate(problem.model, problem.objective)
+    noisy = rnn_problem(batch=4, intrinsic=OrnsteinUhlenbeck(0.01, 5.0))
+    with pytest.raises(UnigradError, match="two-noisy"):
+        est.estimate(noisy.model, noisy.objective)
+
+
+def test_frozen_layers_are_left_alone() -> None:
+    problem = rnn_problem(batch=4)
+    problem.model.inp.requires_grad_(False)
+    NPTime(seed=0).estimate(problem.model, problem.objective)
+    assert problem.model.inp.weight.grad is None and problem.model.rec.weight.grad is not None
