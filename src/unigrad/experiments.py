@@ -19,6 +19,18 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "unigrad.dynamics.convergence_orders:run_experiment",
         "error against iteration and work for orders 0-3 on Rosenbrock and an ill-conditioned quadratic",
     ),
+    "bio-table": (
+        "unigrad.bio.experiments:bio_table",
+        "biological rules × neuroscience tasks on a rate RNN, with BPTT as reference and learning curves",
+    ),
+    "noise-resource": (
+        "unigrad.bio.experiments:noise_resource",
+        "final score of NP and ANP in time against the noise level",
+    ),
+    "noise-access": (
+        "unigrad.bio.experiments:noise_access",
+        "one task learned from noise the rule can read and from noise it cannot",
+    ),
 }
 
 
