@@ -186,13 +186,13 @@ def noise_resource(
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
     task: str = "perceptual-decision",
-    sigmas: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    sigmas: tuple[float, ...] = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0),
 ) -> str:
     """Final score of NP and ANP in time against the injected noise level σ (module docs)."""
     check_positive("seeds", seeds, integer=True)
     trials = 64 if quick else 4000
     if quick:
-        sigmas = sigmas[::3]
+        sigmas = sigmas[::5]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"task": task, "trials": trials, "sigmas": list(sigmas), "rows": {}}
@@ -204,6 +204,10 @@ def noise_resource(
             spec = RuleSpec(variant, "np-time", {"variant": variant, "sigma": sigma}, "adam", 1e-3, 16)
             row.append(_summary([_train(spec, task, seed, trials, 2) for seed in range(seeds)]))
         results["rows"][variant] = row
+    if progress:
+        progress("BPTT reference")
+    bptt = RuleSpec("BPTT", "backprop", {}, "adam", 3e-3, 16)
+    results["bptt"] = _summary([_train(bptt, task, seed, trials, 2) for seed in range(seeds)])
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [
         f"# Noise as a resource: {task}, score after {trials:,} trials against σ ({seeds} seeds)",
@@ -213,6 +217,7 @@ def noise_resource(
     ]
     for variant, row in results["rows"].items():
         lines.append(f"| {variant} in time | " + " | ".join(_cell(s) for s in row) + " |")
+    lines += ["", f"BPTT on the same trials: {_cell(results['bptt'])}; chance {get_bio_task(task).chance:.3f}."]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     import matplotlib
@@ -226,6 +231,7 @@ def noise_resource(
             sigmas, [s["mean"] for s in row], yerr=[s["sd"] for s in row], label=f"{variant} in time", capsize=3
         )
     ax.axhline(get_bio_task(task).chance, color="black", linestyle=":", linewidth=1, label="chance")
+    ax.axhline(results["bptt"]["mean"], color="tab:green", linestyle="--", linewidth=1, label="BPTT")
     ax.set_xscale("log")
     ax.set_xlabel("noise σ")
     ax.set_ylabel("final score")
