@@ -68,7 +68,6 @@ of every trial, so it is no state).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -76,12 +75,12 @@ from torch import Tensor, nn
 from unigrad.bio.rules.miconi import (
     CONDITIONS,
     RewardBaselines,
+    TrialRule,
     check_fraction,
     check_noise_option,
     condition_keys,
     hebbian,
     low_pass_deviation,
-    plastic_grads,
     rate_network,
     run_trials,
     trial_inputs,
@@ -89,9 +88,8 @@ from unigrad.bio.rules.miconi import (
 )
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice
-from unigrad.core.estimator import Estimate, Estimator
+from unigrad.core.estimator import Estimate
 from unigrad.core.objective import Objective
-from unigrad.core.params import write_grad
 from unigrad.noise import NoiseProcess
 
 SIGNALS = ("activity", "noise")
@@ -107,7 +105,7 @@ def eligibility(post: Tensor, pre: Tensor, gamma: float, coeff: Tensor | None = 
     return hebbian(post * decay[:, None, None], pre, coeff)
 
 
-class ExploratoryHebb(Estimator):
+class ExploratoryHebb(TrialRule):
     name = "exploratory-hebb"
     order = 0
     description = "exploratory Hebb: e ← γe + (x − x̄ or ξ)·rᵀ, ΔW = η·(R − R̄)·e (Legenstein et al. 2010)"
@@ -181,22 +179,4 @@ class ExploratoryHebb(Estimator):
         if self.train_input:
             updates["inp.weight"] = eligibility(post, traj.inputs.double(), self.gamma, coeff)
             updates["inp.bias"] = eligibility(post, post.new_ones(*post.shape[:2], 1), self.gamma, coeff)[:, 0]
-        grads, plastic = plastic_grads(params, net, updates, self.clip)
-        write_grad(params, grads, owned=True)
-        info: dict[str, Any] = {
-            "reward": float(rewards.mean()),
-            "rpe": float(rpe.mean()),
-            "fresh": fresh,
-            "conditions": len(self.baselines.values),
-            "plastic": plastic,
-        }
-        return Estimate(loss=float(losses.mean()), cost=cost, loss_is_probe_mean=True, info=info)
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["baselines"] = self.baselines.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.baselines.load_state_dict(state["baselines"])
+        return self._finish(params, net, updates, rewards, rpe, fresh, losses, cost)

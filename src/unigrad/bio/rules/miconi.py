@@ -286,7 +286,46 @@ def plastic_grads(
 
 
 # -- the rule --------------------------------------------------------------------------------------------------
-class Miconi(Estimator):
+class TrialRule(Estimator):
+    """What the trial-level rules share: per-condition reward baselines (saved in the state) and the write-out."""
+
+    baselines: RewardBaselines
+    clip: float | None
+
+    def _finish(
+        self,
+        params: list[tuple[str, nn.Parameter]],
+        net: nn.Module,
+        updates: dict[str, Tensor],
+        rewards: Tensor,
+        rpe: Tensor,
+        fresh: int,
+        losses: Tensor,
+        cost: Cost,
+    ) -> Estimate:
+        """Write the plastic parameters' directions (zero for the rest) and report the trial's reward."""
+        grads, plastic = plastic_grads(params, net, updates, self.clip)
+        write_grad(params, grads, owned=True)
+        info: dict[str, Any] = {
+            "reward": float(rewards.mean()),
+            "rpe": float(rpe.mean()),
+            "fresh": fresh,
+            "conditions": len(self.baselines.values),
+            "plastic": plastic,
+        }
+        return Estimate(loss=float(losses.mean()), cost=cost, loss_is_probe_mean=True, info=info)
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["baselines"] = self.baselines.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.baselines.load_state_dict(state["baselines"])
+
+
+class Miconi(TrialRule):
     name = "miconi"
     order = 0
     description = "Miconi 2017: e_ij = Σ_t (r_j(t−1)·(x_i(t) − x̄_i))³, ΔW = η·e·(R − R̄_condition), noise never read"
@@ -357,22 +396,4 @@ class Miconi(Estimator):
         if self.train_input:
             updates["inp.weight"] = hebbian(post, supralinear(traj.inputs.double(), self.supralinear), coeff)
             updates["inp.bias"] = (post * coeff[None, :, None]).sum(dim=(0, 1))
-        grads, plastic = plastic_grads(params, net, updates, self.clip)
-        write_grad(params, grads, owned=True)
-        info: dict[str, Any] = {
-            "reward": float(rewards.mean()),
-            "rpe": float(rpe.mean()),
-            "fresh": fresh,
-            "conditions": len(self.baselines.values),
-            "plastic": plastic,
-        }
-        return Estimate(loss=float(losses.mean()), cost=cost, loss_is_probe_mean=True, info=info)
-
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["baselines"] = self.baselines.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.baselines.load_state_dict(state["baselines"])
+        return self._finish(params, net, updates, rewards, rpe, fresh, losses, cost)
