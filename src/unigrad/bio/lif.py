@@ -52,6 +52,11 @@ plain ``nn.Linear`` modules ``inp`` (with ``b``), ``rec`` (no bias) and ``out``.
 
 Cost per call: one input product for all steps, T recurrent products, one output product.
 
+For learning rules: ``alpha = 1 − β`` is the factor through which ``W_in``, ``W_rec`` and ``b`` enter
+``v_{t+1}``; a :class:`SpikeTrajectory` names the potentials ``x`` and the spikes ``r`` (as the rate network's
+trajectory does) and gives the readout's input traces (``readout_inputs``, ``readout_bias_inputs``), so
+:class:`unigrad.bio.rules.np_time.NPTime` (NP and ANP in time) trains a spiking network without a surrogate.
+
 State: the trial counter ``trial`` (buffer ``trial_counter``, saved by ``state_dict``).
 """
 
@@ -120,6 +125,33 @@ class SpikeTrajectory:
     outputs: Tensor
     noise: Tensor | None
     noise_accessible: bool = True
+    beta_out: float = 0.0
+
+    @property
+    def x(self) -> Tensor:
+        """The perturbed state, ``v`` (the name node-perturbation rules share with the rate network's ``x``)."""
+        return self.v
+
+    @property
+    def r(self) -> Tensor:
+        """The presynaptic signal of the recurrent weights, ``spikes`` (the rate network's ``r``)."""
+        return self.spikes
+
+    @property
+    def readout_inputs(self) -> Tensor:
+        """``(T, B, n_rec)``: ``∂y_t/∂W_out`` row by row, ``(1 − β_out) Σ_{k≤t} β_out^{t−k} s_{k+1}``."""
+        acc = torch.zeros_like(self.spikes[0])
+        rows = []
+        for t in range(1, self.spikes.shape[0]):
+            acc = self.beta_out * acc + (1.0 - self.beta_out) * self.spikes[t]
+            rows.append(acc)
+        return torch.stack(rows)
+
+    @property
+    def readout_bias_inputs(self) -> Tensor:
+        """``(T, 1, 1)``: ``∂y_t/∂b_out = 1 − β_out^{t+1}`` (the bias charges the leaky readout from 0)."""
+        steps = torch.arange(1, self.spikes.shape[0], dtype=self.spikes.dtype, device=self.spikes.device)
+        return (1.0 - self.beta_out**steps).reshape(-1, 1, 1)
 
 
 class LIFNetwork(NoisyNetwork):
@@ -164,6 +196,7 @@ class LIFNetwork(NoisyNetwork):
         self.reset, self.detach_reset, self.gain = reset, bool(detach_reset), float(gain)
         self.beta = math.exp(-self.dt / self.tau_mem)
         self.beta_out = math.exp(-self.dt / self.tau_out)
+        self.alpha = 1.0 - self.beta  # the factor through which W_in, W_rec and b enter v_{t+1}
         self.inp = linear(n_in, n_rec, True, dtype)
         self.rec = linear(n_rec, n_rec, False, dtype)
         self.out = linear(n_rec, n_out, True, dtype)
@@ -213,4 +246,4 @@ class LIFNetwork(NoisyNetwork):
         for t in range(z.shape[0]):
             o = self.beta_out * o + z[t]
             outs.append(o)
-        return SpikeTrajectory(inputs, torch.stack(vs), spikes, torch.stack(outs), xi, accessible)
+        return SpikeTrajectory(inputs, torch.stack(vs), spikes, torch.stack(outs), xi, accessible, self.beta_out)

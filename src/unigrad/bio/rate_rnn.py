@@ -84,6 +84,16 @@ class Trajectory:
     noise: Tensor | None
     noise_accessible: bool = True
 
+    @property
+    def readout_inputs(self) -> Tensor:
+        """``(T, B, n_rec)``: what ``W_out`` multiplies to give ``y_t``, the rates ``r_1 … r_T``."""
+        return self.r[1:]
+
+    @property
+    def readout_bias_inputs(self) -> Tensor:
+        """``(T, 1, 1)``: ``∂y_t/∂b_out``, 1 at every step."""
+        return self.r.new_ones(self.r.shape[0] - 1, 1, 1)
+
 
 def check_sizes(**sizes: int) -> None:
     for name, value in sizes.items():

@@ -272,3 +272,80 @@ def test_frozen_layers_are_left_alone() -> None:
     problem.model.inp.requires_grad_(False)
     NPTime(seed=0).estimate(problem.model, problem.objective)
     assert problem.model.inp.weight.grad is None and problem.model.rec.weight.grad is not None
+
+
+def lif_problem(batch: int = 64, steps: int = 12) -> Problem:
+    """A Mackey–Glass batch and a small spiking network that fires (about 10% of unit-steps)."""
+    from unigrad.bio.lif import LIFNetwork
+
+    task = get_bio_task("mackey-glass", steps=steps, washout=2)
+    obj = task.objective(task.sample(batch, seed=0, step=0).to(dtype=torch.float64))
+    model = LIFNetwork(1, 6, 1, tau_mem=5.0, tau_out=3.0, threshold=0.5, seed=0, dtype=torch.float64)
+    return Problem(model, obj, "lif6")
+
+
+def test_lif_local_readout_is_the_exact_gradient_of_the_leaky_readout() -> None:
+    problem = lif_problem()
+    model = problem.model
+    with torch.no_grad():
+        assert model.run(problem.objective.inputs).spikes.mean() > 0.05  # the readout sees spikes
+    with torch.enable_grad():
+        gw, gb = torch.autograd.grad(problem.objective(model).mean(), [model.out.weight, model.out.bias])
+    NPTime(sigma=1e-3, readout="local", seed=0).estimate(model, problem.objective)
+    assert gw.abs().max() > 1e-3
+    assert torch.allclose(model.out.weight.grad, gw, rtol=1e-10, atol=1e-14)
+    assert torch.allclose(model.out.bias.grad, gb, rtol=1e-10, atol=1e-14)
+
+
+def test_np_on_a_spiking_network_is_unbiased_for_the_readout() -> None:
+    # the readout is linear in W_out: its smoothed gradient is the exact one, through the leaky trace of the spikes
+    problem = lif_problem()
+    model = problem.model
+    with torch.enable_grad():
+        gw, gb = torch.autograd.grad(problem.objective(model).mean(), [model.out.weight, model.out.bias])
+    est = NPTime(sigma=1e-3, seed=3)
+    rows = []
+    for _ in range(300):
+        est.estimate(model, problem.objective)
+        rows.append(torch.cat([model.out.weight.grad.reshape(-1), model.out.bias.grad]))
+    assert_unbiased(torch.stack(rows), torch.cat([gw.reshape(-1), gb]))
+
+
+def test_np_on_a_spiking_network_points_along_the_surrogate_gradient() -> None:
+    """Spikes have no derivative: NP estimates the gradient of the noise-smoothed loss, which the surrogate-gradient
+    BPTT approximates. The mean of many estimates for W_in, b and W_rec is aligned with it (cos 0.94 measured)."""
+    problem = lif_problem()
+    model = problem.model
+    hidden = [model.inp.weight, model.inp.bias, model.rec.weight]
+    with torch.enable_grad():
+        g = torch.cat([x.reshape(-1) for x in torch.autograd.grad(problem.objective(model).mean(), hidden)])
+    est = NPTime(sigma=1e-2, seed=3)
+    rows = []
+    for _ in range(400):
+        est.estimate(model, problem.objective)
+        rows.append(torch.cat([p.grad.reshape(-1) for p in hidden]))
+    mean = torch.stack(rows).mean(0)
+    assert float(torch.nn.functional.cosine_similarity(mean, g, dim=0)) > 0.85
+
+
+@pytest.mark.parametrize("variant", ["np", "anp"])
+def test_np_trains_a_spiking_network(variant: str) -> None:
+    from unigrad.bio.lif import LIFNetwork
+
+    task = get_bio_task("mackey-glass", steps=30, washout=5)
+    held_out = task.sample(64, seed=1, step=0)
+    model = LIFNetwork(1, 32, 1, tau_mem=5.0, tau_out=5.0, threshold=0.5, seed=0)
+    est = NPTime(sigma=1e-2, variant=variant, seed=0)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+
+    def error() -> float:
+        with torch.no_grad():
+            return task.score(model(held_out.inputs), held_out)
+
+    before = error()
+    for k in range(200):
+        opt.zero_grad()
+        est.estimate(model, task.objective(task.sample(16, seed=0, step=k)))
+        opt.step()
+    after = error()
+    assert after < 0.9 * task.chance < 0.2 * before, (before, after)

@@ -42,6 +42,15 @@ nothing.
 
 The presynaptic factors ``r_t``, ``u_t``, ``r_{t+1}`` are those of the baseline pass.
 
+Spiking networks
+    The same rule trains an :class:`~unigrad.bio.lif.LIFNetwork`: the perturbed state is the membrane potential
+    (``x = v``, noise added to ``v_{t+1}``), the presynaptic signal of ``W_rec`` is the spike train (``r = s``),
+    the weights enter ``v_{t+1}`` through ``α = 1 − β`` (``β = exp(−dt/τ_mem)``), and ``W_out``'s factor is the
+    leaky trace of the readout, ``∂y_t/∂W_out = (1 − β_out) Σ_{k≤t} β_out^{t−k} s_{k+1}``. Spikes are
+    discontinuous in ``v``: NP then estimates the gradient of the Gaussian-smoothed loss of the true spiking
+    network (no surrogate derivative is involved), ANP a directional derivative along the measured change of
+    the potentials.
+
 Readout (``readout``)
     ``"perturb"`` (default): the outputs are perturbed nodes like the units (NP: their own noise ``ζ``; ANP:
     their measured change ``δy``), so every weight learns from the scalar loss change alone, as in the
@@ -123,6 +132,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from unigrad.bio.lif import LIFNetwork
 from unigrad.bio.rate_rnn import RateRNN, Trajectory
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
@@ -198,8 +208,8 @@ class NPTime(Estimator):
     def _check(
         self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]
     ) -> tuple[RateRNN, Tensor, dict[int, tuple[str, str]]]:
-        if not isinstance(model, RateRNN):
-            raise UnigradError(f"np-time trains a RateRNN (unigrad.bio.RateRNN), got {type(model).__name__}")
+        if not isinstance(model, RateRNN | LIFNetwork):
+            raise UnigradError(f"np-time trains a RateRNN or an LIFNetwork (unigrad.bio), got {type(model).__name__}")
         inputs = getattr(objective, "inputs", None)
         if not isinstance(inputs, Tensor) or not callable(getattr(objective, "score", None)):
             raise UnigradError(
@@ -344,7 +354,7 @@ class NPTime(Estimator):
                 y = out0.detach().requires_grad_(True)
                 (dy,) = torch.autograd.grad(objective.score(y).mean(), y)  # type: ignore[attr-defined]
             outs = dy.to(units.dtype)
-        presyn = {"inp": base.inputs, "rec": base.r[:-1], "out": base.r[1:]}
+        presyn = {"inp": base.inputs, "rec": base.r[:-1], "out": base.readout_inputs}
         signal = {"inp": alpha * units, "rec": alpha * units, "out": outs}
         grads: dict[int, Tensor] = {}
         for name in LAYERS:
@@ -357,6 +367,8 @@ class NPTime(Estimator):
             if id(w) in owners:
                 grads[id(w)] = torch.einsum("tbo,tbi->oi", s, pre).to(w.dtype)
             if lin.bias is not None and id(lin.bias) in owners:
+                if name == "out":  # the readout may filter its bias in time (LIF: 1 − β_out^{t+1})
+                    s = s * base.readout_bias_inputs.to(s.dtype)
                 grads[id(lin.bias)] = s.sum(dim=(0, 1)).to(lin.bias.dtype)
         return grads
 
@@ -365,7 +377,7 @@ class NPTime(Estimator):
         """Hand each decorrelation the baseline pass's presynaptic rows of all steps (training mode only)."""
         if not net.training:
             return
-        presyn = {"inp": base.inputs, "rec": base.r[:-1], "out": base.r[1:]}
+        presyn = {"inp": base.inputs, "rec": base.r[:-1], "out": base.readout_inputs}
         for name in LAYERS:
             _, wrapper = _linear(net, name)
             if wrapper is not None:
