@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the pipeline, not results")
     e.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default 1)")
     e.add_argument("--no-progress", action="store_true", help="do not print what is running")
+    e.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=None,
+        help="bio-table only: run this many cells at once, one process and one thread each (default 1)",
+    )
     conv = e.add_argument_group("convergence-orders only")
     conv.add_argument(
         "--iterations", type=_positive_int, default=None, help="budget of the order-0 and order-1 methods (20000)"
@@ -293,6 +299,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise UnigradError(f"{flags} apply only to the convergence-orders experiment")
     if options.get("kappa") is not None and options["kappa"] < 1:
         raise UnigradError(f"--kappa must be >= 1 (a condition number), got {options['kappa']:g}")
+    if args.jobs is not None:
+        if args.name != "bio-table":
+            raise UnigradError("--jobs applies only to the bio-table experiment")
+        options["jobs"] = args.jobs
     _apply_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"experiment-{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and not out.is_dir():

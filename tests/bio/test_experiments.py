@@ -30,3 +30,50 @@ def test_noise_experiments_run(tmp_path) -> None:
 def test_convergence_flags_are_refused_for_other_experiments(capsys) -> None:
     assert main(["experiment", "bio-table", "--kappa", "10"]) == 2
     assert "--kappa apply only to the convergence-orders experiment" in capsys.readouterr().err
+
+
+def test_jobs_is_refused_for_other_experiments(capsys) -> None:
+    assert main(["experiment", "noise-access", "--jobs", "2"]) == 2
+    assert "--jobs applies only to the bio-table experiment" in capsys.readouterr().err
+
+
+def test_parallel_cells_reproduce_the_serial_ones(tmp_path) -> None:
+    from unigrad.bio.experiments import RULES, bio_table
+
+    rules = tuple(r for r in RULES if r.label in ("BPTT", "Miconi"))
+    for jobs in (1, 2):
+        bio_table(tmp_path / f"j{jobs}", seeds=2, trials=32, tasks=("dnms",), rules=rules, jobs=jobs)
+    serial = json.loads((tmp_path / "j1" / "results.json").read_text())
+    parallel = json.loads((tmp_path / "j2" / "results.json").read_text())
+    for key, cell in serial["cells"].items():
+        assert cell["finals"] == parallel["cells"][key]["finals"]
+        scores = [[p["score"] for p in run] for run in serial["curves"][key]]
+        assert scores == [[p["score"] for p in run] for run in parallel["curves"][key]]
+
+
+def test_table_cells_build_the_network_each_rule_needs() -> None:
+    import torch
+
+    from unigrad.bio.experiments import RULES, SETUPS, build
+
+    miconi = next(r for r in RULES if r.label == "Miconi")
+    bptt = next(r for r in RULES if r.label == "BPTT")
+    task, net = build(miconi, "dnms", 0)
+    assert net.dt / net.tau == miconi.alpha and task.dt == net.dt
+    assert not net.out.weight.requires_grad and torch.equal(net.out.weight[0, :2], torch.tensor([1.0, 0.0]))
+    task, net = build(bptt, "dnms", 0)
+    assert net.dt == SETUPS["dnms"].dt and net.out.weight.requires_grad
+    _, net = build(miconi, "mackey-glass", 0)  # defined in steps: the rule's alpha does not apply
+    assert net.dt / net.tau == SETUPS["mackey-glass"].dt / SETUPS["mackey-glass"].tau
+    assert miconi.options_for("dnms")["condition"] == "inputs" and miconi.options_for("copy")["condition"] == "global"
+
+
+def test_a_finer_step_keeps_the_evidence_of_a_perceptual_decision_trial() -> None:
+    from unigrad.bio.experiments import RULES, build
+
+    miconi = next(r for r in RULES if r.label == "Miconi")
+    bptt = next(r for r in RULES if r.label == "BPTT")
+    fine, _ = build(miconi, "perceptual-decision", 0)
+    coarse, _ = build(bptt, "perceptual-decision", 0)
+    assert fine.dt < coarse.dt
+    assert abs(fine.ideal_accuracy() - coarse.ideal_accuracy()) < 1e-9

@@ -23,11 +23,14 @@ The settings of each rule are in :data:`RULES` (chosen in short tuning runs; ``d
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from unigrad.bio.rate_rnn import RateRNN
 from unigrad.bio.tasks import get_bio_task
@@ -39,7 +42,13 @@ TASKS = ("perceptual-decision", "dnms", "reaching", "copy", "mackey-glass")
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """One row of the table: an estimator with its options, optimizer, rate and batch of trials per update."""
+    """One row of the table: an estimator with its options, optimizer, rate and batch of trials per update.
+
+    ``alpha`` (optional) is the Euler step ``dt/τ`` the rule needs on tasks timed in milliseconds (the task is
+    resampled at ``dt = α·τ``; Miconi's rule needs ``α ≪ 1``); ``readout="unit"`` replaces the trained linear
+    readout by the rate of unit 0, frozen (Miconi's output neuron; rules that only train recurrent weights);
+    ``task_options`` adds or overrides options for one task (``{"dnms": {"condition": "inputs"}}``).
+    """
 
     label: str
     method: str
@@ -47,37 +56,163 @@ class RuleSpec:
     optimizer: str = "adam"
     lr: float = 1e-3
     batch: int = 16
+    alpha: float | None = None
+    readout: str = "trained"
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def options_for(self, task: str) -> dict[str, Any]:
+        """The estimator options on ``task``."""
+        return {**self.options, **self.task_options.get(task, {})}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """How the table builds the network for a task: time constant, default Euler step and recurrent gain.
+
+    ``timed``: the task's periods are in milliseconds, so a rule's ``alpha`` can resample it; otherwise the task
+    is defined in steps and every rule runs at ``dt/τ = dt/tau`` here.
+    """
+
+    tau: float = 100.0
+    dt: float = 20.0
+    gain: float = 1.5
+    timed: bool = True
+    evidence_sigma: float | None = None
+    """The task's per-step evidence noise at ``dt``; resampled at ``dt'`` it becomes ``σ·√(dt/dt')``, so a trial
+    carries the same evidence at every step size (the ideal observer's accuracy is unchanged)."""
+
+
+SETUPS: dict[str, Setup] = {
+    "perceptual-decision": Setup(evidence_sigma=1.0),
+    "dnms": Setup(),
+    "reaching": Setup(),
+    "copy": Setup(tau=1.0, dt=1.0, gain=1.0, timed=False),
+    "mackey-glass": Setup(tau=1.0, dt=1.0, gain=1.0, timed=False),
+}
 
 RULES: tuple[RuleSpec, ...] = (
     RuleSpec("BPTT", "backprop", {}, "adam", 3e-3, 16),
-    RuleSpec("NP in time", "np-time", {"sigma": 1e-2}, "adam", 1e-3, 16),
-    RuleSpec("ANP in time", "np-time", {"variant": "anp", "sigma": 1e-2}, "adam", 1e-3, 16),
+    RuleSpec(
+        "NP in time", "np-time", {"sigma": 1e-2}, "adam", 1e-3, 16, task_options={"mackey-glass": {"sigma": 1e-3}}
+    ),
+    RuleSpec(
+        "ANP in time",
+        "np-time",
+        {"variant": "anp", "sigma": 1e-2},
+        "adam",
+        1e-3,
+        16,
+        task_options={"mackey-glass": {"sigma": 1e-3}},
+    ),
     RuleSpec("WP", "wp", {"sigma": 1e-3}, "adam", 1e-3, 16),
-    RuleSpec("Miconi", "miconi", {"condition": "global", "clip": 3e-3}, "sgd", 0.1, 1),
-    RuleSpec("exploratory Hebb", "exploratory-hebb", {"signal": "activity"}, "sgd", 3e-3, 1),
-    RuleSpec("OUA", "oua", {"sigma": 0.03}, "adam", 3e-3, 16),
+    RuleSpec(
+        "Miconi",
+        "miconi",
+        {"condition": "global", "clip": 3e-3, "scale_by_baseline": True},
+        "sgd",
+        0.1,
+        1,
+        alpha=0.04,
+        readout="unit",
+        task_options={"dnms": {"condition": "inputs"}, "perceptual-decision": {"condition": "labels"}},
+    ),
+    RuleSpec("exploratory Hebb", "exploratory-hebb", {"signal": "activity"}, "sgd", 1e-3, 1, readout="unit"),
+    RuleSpec("OUA", "oua", {"sigma": 0.03}, "adam", 1e-3, 16),
     RuleSpec("feedback alignment", "feedback-alignment", {}, "adam", 3e-3, 16),
 )
+
+TRIALS = 4000
+"""Trials per run in the table (every rule sees the same number)."""
 
 HIDDEN = 64
 """Units of the rate network in the table (the literature uses 200–500; 64 keeps the table to minutes on a CPU)."""
 
 
-def _model(task: Any, seed: int, intrinsic: Any = None) -> RateRNN:
-    return RateRNN(task.n_in, HIDDEN, task.n_out, seed=seed, intrinsic=intrinsic)
+@dataclass(frozen=True)
+class ControlSpec:
+    """One row of the control table: a reward rule, its optimizer and the episodes it plays per update."""
+
+    label: str
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "sgd"
+    lr: float = 1e-2
+    episodes_per_update: int = 1
+
+
+CONTROL_RULES: tuple[ControlSpec, ...] = (
+    ControlSpec("NRL", "nrl", {"sigma": 1e-3, "gamma": 1.0, "gamma_avg": 0.66, "normalization": "layer"}, "sgd", 1e-2),
+    ControlSpec(
+        "REINFORCE", "reinforce", {"discount": 0.99, "baseline": "running", "normalize": True}, "adam", 1e-2, 4
+    ),
+)
+CONTROL_TASKS = ("cartpole", "acrobot")
+EPISODES = 1000
+"""Training episodes per run in the control table."""
+CONTROL_CHANCE = {"cartpole": 22.0, "acrobot": -500.0}
+"""Mean return of the uniformly random policy (CartPole-v1 ≈ 22; Acrobot-v1 rarely swings up within 500 steps)."""
+
+
+def _control_run(spec: ControlSpec, task_name: str, seed: int, episodes: int, evals: int) -> dict[str, Any]:
+    """Train a policy (64 leaky-ReLU units, no biases, as the NRL paper) and evaluate it greedily every few updates."""
+    import time
+
+    from unigrad.bio.control import ControlTask, evaluate, policy_mlp
+    from unigrad.core.registry import make_estimator
+    from unigrad.train.trainer import make_optimizer
+
+    torch.set_num_threads(1)
+    task = ControlTask(task_name)
+    model = policy_mlp(task.obs_dim, task.n_actions, (64,), activation="leaky_relu", bias=False, seed=seed)
+    est = make_estimator(spec.method, seed=seed, **spec.options)
+    opt = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
+    updates = max(1, episodes // spec.episodes_per_update)
+    every = max(1, updates // evals)
+    history = [{"episodes": 0, "score": evaluate(model, task, 20, seed=seed), "forward_equivalents": 0.0}]
+    fe, seconds = 0.0, 0.0
+    for k in range(updates):
+        start = time.perf_counter()
+        opt.zero_grad()
+        e = est.estimate(model, task.objective(seed=seed, episode=k, episodes=spec.episodes_per_update))
+        opt.step()
+        seconds += time.perf_counter() - start
+        fe += e.cost.forward_equivalents
+        if (k + 1) % every == 0 or k + 1 == updates:
+            score = evaluate(model, task, 20, seed=seed)
+            history.append({"episodes": (k + 1) * spec.episodes_per_update, "score": score, "forward_equivalents": fe})
+    return {"history": history, "seconds": seconds, "forward_equivalents": fe}
+
+
+def build(spec: RuleSpec, task_name: str, seed: int, intrinsic: Any = None) -> tuple[Any, RateRNN]:
+    """The task and the network of one cell of the table (``SETUPS``, the rule's ``alpha`` and ``readout``)."""
+    setup = SETUPS.get(task_name, Setup())
+    dt = spec.alpha * setup.tau if spec.alpha is not None and setup.timed else setup.dt
+    if not setup.timed:
+        task = get_bio_task(task_name)
+    elif setup.evidence_sigma is not None:
+        task = get_bio_task(task_name, dt=dt, sigma=setup.evidence_sigma * math.sqrt(setup.dt / dt))
+    else:
+        task = get_bio_task(task_name, dt=dt)
+    net = RateRNN(task.n_in, HIDDEN, task.n_out, tau=setup.tau, dt=dt, gain=setup.gain, seed=seed, intrinsic=intrinsic)
+    if spec.readout == "unit":
+        with torch.no_grad():
+            net.out.weight.zero_()
+            net.out.weight[:, : task.n_out].copy_(torch.eye(task.n_out))
+            net.out.bias.zero_()
+        net.out.requires_grad_(False)
+    return task, net
 
 
 def _train(spec: RuleSpec, task_name: str, seed: int, trials: int, evals: int, intrinsic: Any = None) -> BioRun:
-    task = get_bio_task(task_name)
+    task, net = build(spec, task_name, seed, intrinsic)
     updates = max(1, trials // spec.batch)
     return train_temporal(
         task,
-        _model(task, seed, intrinsic),
+        net,
         spec.method,
         optimizer=spec.optimizer,
         lr=spec.lr,
-        options=dict(spec.options),
+        options=spec.options_for(task_name),
         updates=updates,
         batch=spec.batch,
         seed=seed,
@@ -103,6 +238,12 @@ def _cell(s: dict[str, Any]) -> str:
     return text + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
 
 
+def _cell_runs(spec: RuleSpec, task_name: str, seed: int, trials: int, evals: int) -> BioRun:
+    """One (rule, task, seed) run in a worker process (one torch thread)."""
+    torch.set_num_threads(1)
+    return _train(spec, task_name, seed, trials, evals)
+
+
 def bio_table(
     out: str | Path,
     *,
@@ -112,68 +253,203 @@ def bio_table(
     trials: int | None = None,
     tasks: tuple[str, ...] = TASKS,
     rules: tuple[RuleSpec, ...] = RULES,
+    episodes: int | None = None,
+    control_tasks: tuple[str, ...] = CONTROL_TASKS,
+    control_rules: tuple[ControlSpec, ...] = CONTROL_RULES,
+    jobs: int = 1,
 ) -> str:
-    """Every rule on every task, ``seeds`` seeds, the same number of trials each (module docs)."""
+    """Every rule on every task, ``seeds`` seeds, the same number of trials (or episodes) each (module docs).
+
+    ``jobs > 1`` runs that many runs at once in separate processes (one torch thread each); the runs are the
+    same as with ``jobs=1`` (every run is keyed by its seed), only their wall times differ.
+    """
     check_positive("seeds", seeds, integer=True)
-    trials = trials or (64 if quick else 8000)
+    check_positive("jobs", jobs, integer=True)
+    trials = trials or (64 if quick else TRIALS)
+    episodes = episodes or (8 if quick else EPISODES)
+    evals = 2 if quick else 20
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"trials": trials, "hidden": HIDDEN, "seeds": seeds, "cells": {}, "curves": {}}
-    for task_name in tasks:
-        for spec in rules:
+    results: dict[str, Any] = {
+        "trials": trials,
+        "episodes": episodes,
+        "hidden": HIDDEN,
+        "seeds": seeds,
+        "rules": {spec.label: _describe(spec) for spec in rules},
+        "control_rules": {spec.label: _describe_control(spec) for spec in control_rules},
+        "cells": {},
+        "curves": {},
+        "control": {},
+    }
+    cells = [(spec, task_name) for task_name in tasks for spec in rules]
+    control = [(spec, task_name) for task_name in control_tasks for spec in control_rules]
+
+    def save() -> None:
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+
+    def store(spec: RuleSpec, task_name: str, runs: list[BioRun]) -> None:
+        key = f"{task_name}|{spec.label}"
+        results["cells"][key] = _summary(runs)
+        results["curves"][key] = [r.history for r in runs]
+        save()
+
+    def store_control(spec: ControlSpec, task_name: str, runs: list[dict[str, Any]]) -> None:
+        finals = [r["history"][-1]["score"] for r in runs]
+        results["control"][f"{task_name}|{spec.label}"] = {
+            "mean": statistics.fmean(finals),
+            "sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+            "finals": finals,
+            "diverged": 0,
+            "seconds": statistics.fmean(r["seconds"] for r in runs),
+            "forward_equivalents": statistics.fmean(r["forward_equivalents"] for r in runs),
+            "curves": [r["history"] for r in runs],
+        }
+        save()
+
+    if jobs == 1:
+        for spec, task_name in cells:
             if progress:
                 progress(f"{task_name}: {spec.label}")
-            runs = [_train(spec, task_name, seed, trials, 2 if quick else 20) for seed in range(seeds)]
-            key = f"{task_name}|{spec.label}"
-            results["cells"][key] = _summary(runs)
-            results["curves"][key] = [r.history for r in runs]
-            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = _table_report(results, tasks, rules)
+            store(spec, task_name, [_train(spec, task_name, seed, trials, evals) for seed in range(seeds)])
+        for cspec, task_name in control:
+            if progress:
+                progress(f"{task_name}: {cspec.label}")
+            store_control(
+                cspec, task_name, [_control_run(cspec, task_name, seed, episodes, evals) for seed in range(seeds)]
+            )
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {
+                (spec.label, task_name, seed): pool.submit(_cell_runs, spec, task_name, seed, trials, evals)
+                for spec, task_name in cells
+                for seed in range(seeds)
+            }
+            futures.update(
+                {
+                    (cspec.label, task_name, seed): pool.submit(_control_run, cspec, task_name, seed, episodes, evals)
+                    for cspec, task_name in control
+                    for seed in range(seeds)
+                }
+            )
+            for spec, task_name in cells:
+                store(spec, task_name, [futures[(spec.label, task_name, seed)].result() for seed in range(seeds)])
+                if progress:
+                    progress(f"{task_name}: {spec.label} done")
+            for cspec, task_name in control:
+                runs = [futures[(cspec.label, task_name, seed)].result() for seed in range(seeds)]
+                store_control(cspec, task_name, runs)
+                if progress:
+                    progress(f"{task_name}: {cspec.label} done")
+    text = _table_report(results, tasks, rules, control_tasks, control_rules)
     (out / "report.md").write_text(text)
-    _plot_curves(results, tasks, rules, out / "learning-curves.png")
+    _plot_curves(results, tasks, rules, control_tasks, control_rules, out / "learning-curves.png")
     return text
 
 
-def _table_report(results: dict[str, Any], tasks: tuple[str, ...], rules: tuple[RuleSpec, ...]) -> str:
+def _describe_control(spec: ControlSpec) -> str:
+    return f"{spec.method}, {spec.optimizer} {spec.lr:g}, {spec.episodes_per_update} episode(s) per update" + "".join(
+        f", {k}={v}" for k, v in spec.options.items()
+    )
+
+
+def _describe(spec: RuleSpec) -> str:
+    text = f"{spec.method}, {spec.optimizer} {spec.lr:g}, batch {spec.batch}" + "".join(
+        f", {k}={v}" for k, v in spec.options.items()
+    )
+    if spec.alpha is not None:
+        text += f", dt/τ={spec.alpha:g} on timed tasks"
+    if spec.readout != "trained":
+        text += ", readout: unit 0 (frozen)"
+    for task_name, extra in spec.task_options.items():
+        text += f"; {task_name}: " + ", ".join(f"{k}={v}" for k, v in extra.items())
+    return text
+
+
+def _table_report(
+    results: dict[str, Any],
+    tasks: tuple[str, ...],
+    rules: tuple[RuleSpec, ...],
+    control_tasks: tuple[str, ...] = (),
+    control_rules: tuple[ControlSpec, ...] = (),
+) -> str:
     chance = {t: get_bio_task(t).chance for t in tasks}
     lines = [
         f"# Rules × tasks: held-out score after {results['trials']:,} trials "
         f"(RateRNN {results['hidden']} units, {results['seeds']} seeds)",
         "",
-        "Choice tasks: accuracy (higher is better); reaching, copy, mackey-glass: normalised error (lower is better).",
+        "Choice tasks (perceptual-decision, dnms): accuracy, higher is better; reaching, copy, mackey-glass: "
+        "normalised error, lower is better. Mean ± sd of the final score over the seeds.",
         "",
-        "| rule | settings | " + " | ".join(tasks) + " |",
-        "|---|---|" + "---|" * len(tasks),
-        "| chance | | " + " | ".join(f"{chance[t]:.3f}" for t in tasks) + " |",
+        "| rule | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+        "| chance | " + " | ".join(f"{chance[t]:.3f}" for t in tasks) + " |",
     ]
     for spec in rules:
-        settings = f"{spec.optimizer} {spec.lr:g}, batch {spec.batch}" + "".join(
-            f", {k}={v}" for k, v in spec.options.items()
-        )
         cells = [_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks]
-        lines.append(f"| {spec.label} | {settings} | " + " | ".join(cells) + " |")
+        lines.append(f"| {spec.label} | " + " | ".join(cells) + " |")
+    lines += ["", "Settings:", ""] + [f"* {spec.label}: {_describe(spec)}" for spec in rules]
+    if control_tasks and control_rules:
+        lines += [
+            "",
+            f"## Control: greedy return over 20 evaluation episodes after {results['episodes']:,} training episodes "
+            f"({results['seeds']} seeds)",
+            "",
+            "| rule | " + " | ".join(control_tasks) + " | forward passes per run (mean) |",
+            "|---|" + "---|" * (len(control_tasks) + 1),
+            "| random policy | "
+            + " | ".join(f"{CONTROL_CHANCE.get(t, float('nan')):.0f}" for t in control_tasks)
+            + " | |",
+        ]
+        for cspec in control_rules:
+            cells = [results["control"][f"{t}|{cspec.label}"] for t in control_tasks]
+            text = [f"{c['mean']:.1f} ± {c['sd']:.1f}" for c in cells]
+            fe = statistics.fmean(c["forward_equivalents"] for c in cells)
+            lines.append(f"| {cspec.label} | " + " | ".join(text) + f" | {fe:,.0f} |")
+        lines += ["", "Settings:", ""] + [f"* {c.label}: {_describe_control(c)}" for c in control_rules]
     return "\n".join(lines) + "\n"
 
 
-def _plot_curves(results: dict[str, Any], tasks: tuple[str, ...], rules: tuple[RuleSpec, ...], path: Path) -> None:
+def _plot_curves(
+    results: dict[str, Any],
+    tasks: tuple[str, ...],
+    rules: tuple[RuleSpec, ...],
+    control_tasks: tuple[str, ...],
+    control_rules: tuple[ControlSpec, ...],
+    path: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.2 * len(tasks), 3.6), squeeze=False)
-    for ax, task_name in zip(axes[0], tasks, strict=True):
-        for spec in rules:
-            curves = results["curves"][f"{task_name}|{spec.label}"]
-            xs = [h["trials"] for h in curves[0]]
+    panels = [(t, "trials") for t in tasks] + [(t, "episodes") for t in control_tasks if control_rules]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax, (task_name, unit) in zip(axes.flat, panels, strict=False):
+        if unit == "trials":
+            series = [(spec.label, results["curves"][f"{task_name}|{spec.label}"]) for spec in rules]
+            chance = get_bio_task(task_name).chance
+            if task_name not in ("perceptual-decision", "dnms"):
+                ax.set_yscale("log")
+        else:
+            series = [(c.label, results["control"][f"{task_name}|{c.label}"]["curves"]) for c in control_rules]
+            chance = CONTROL_CHANCE.get(task_name, float("nan"))
+        for label, curves in series:
+            xs = [h[unit] for h in curves[0]]
             ys = [statistics.fmean(c[i]["score"] for c in curves if i < len(c)) for i in range(len(xs))]
-            ax.plot(xs, ys, label=spec.label)
-        ax.axhline(get_bio_task(task_name).chance, color="black", linestyle=":", linewidth=1)
+            ax.plot(xs, ys, label=label)
+        ax.axhline(chance, color="black", linestyle=":", linewidth=1)
         ax.set_title(task_name)
-        ax.set_xlabel("trials")
-        ax.set_ylabel("score")
+        ax.set_xlabel(unit)
+        ax.set_ylabel("score" if unit == "trials" else "greedy return")
         ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -185,62 +461,128 @@ def noise_resource(
     seeds: int = 3,
     quick: bool = False,
     progress: Callable[[str], None] | None = None,
-    task: str = "perceptual-decision",
+    tasks: tuple[str, ...] = ("perceptual-decision", "mackey-glass"),
     sigmas: tuple[float, ...] = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0),
+    control_sigmas: tuple[float, ...] = (1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0),
 ) -> str:
-    """Final score of NP and ANP in time against the injected noise level σ (module docs)."""
+    """Final score of NP and ANP in time against the injected noise level σ, per task, and NRL's CartPole
+    return against its node noise σ (module docs)."""
     check_positive("seeds", seeds, integer=True)
     trials = 64 if quick else 4000
+    episodes = 8 if quick else EPISODES
     if quick:
-        sigmas = sigmas[::5]
+        sigmas, control_sigmas = sigmas[::5], control_sigmas[::3]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"task": task, "trials": trials, "sigmas": list(sigmas), "rows": {}}
-    for variant in ("np", "anp"):
-        row = []
-        for sigma in sigmas:
-            if progress:
-                progress(f"{variant} sigma={sigma:g}")
-            spec = RuleSpec(variant, "np-time", {"variant": variant, "sigma": sigma}, "adam", 1e-3, 16)
-            row.append(_summary([_train(spec, task, seed, trials, 2) for seed in range(seeds)]))
-        results["rows"][variant] = row
-    if progress:
-        progress("BPTT reference")
+    results: dict[str, Any] = {
+        "tasks": list(tasks),
+        "trials": trials,
+        "episodes": episodes,
+        "sigmas": list(sigmas),
+        "control_sigmas": list(control_sigmas),
+        "rows": {},
+        "bptt": {},
+    }
     bptt = RuleSpec("BPTT", "backprop", {}, "adam", 3e-3, 16)
-    results["bptt"] = _summary([_train(bptt, task, seed, trials, 2) for seed in range(seeds)])
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = [
-        f"# Noise as a resource: {task}, score after {trials:,} trials against σ ({seeds} seeds)",
+    for task in tasks:
+        results["rows"][task] = {}
+        for variant in ("np", "anp"):
+            row = []
+            for sigma in sigmas:
+                if progress:
+                    progress(f"{task}: {variant} sigma={sigma:g}")
+                spec = RuleSpec(variant, "np-time", {"variant": variant, "sigma": sigma}, "adam", 1e-3, 16)
+                row.append(_summary([_train(spec, task, seed, trials, 2) for seed in range(seeds)]))
+            results["rows"][task][variant] = row
+        if progress:
+            progress(f"{task}: BPTT reference")
+        results["bptt"][task] = _summary([_train(bptt, task, seed, trials, 2) for seed in range(seeds)])
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    nrl = next(c for c in CONTROL_RULES if c.label == "NRL")
+    results["nrl"] = []
+    for sigma in control_sigmas:
+        if progress:
+            progress(f"cartpole: NRL sigma={sigma:g}")
+        spec = ControlSpec("NRL", "nrl", {**nrl.options, "sigma": sigma}, nrl.optimizer, nrl.lr)
+        finals = [_control_run(spec, "cartpole", seed, episodes, 2)["history"][-1]["score"] for seed in range(seeds)]
+        results["nrl"].append(
+            {"mean": statistics.fmean(finals), "sd": statistics.stdev(finals) if seeds > 1 else 0.0, "finals": finals}
+        )
+        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = [f"# Noise as a resource: score against the injected noise σ ({seeds} seeds)", ""]
+    for task in tasks:
+        better = "accuracy, higher is better" if get_bio_task(task).chance == 0.5 else "NRMSE, lower is better"
+        lines += [
+            f"## {task}: NP / ANP in time after {trials:,} trials ({better})",
+            "",
+            "| rule | " + " | ".join(f"σ = {s:g}" for s in sigmas) + " |",
+            "|---|" + "---|" * len(sigmas),
+        ]
+        for variant, row in results["rows"][task].items():
+            lines.append(f"| {variant} in time | " + " | ".join(_cell(s) for s in row) + " |")
+        lines += [
+            "",
+            f"BPTT on the same trials: {_cell(results['bptt'][task])}; chance {get_bio_task(task).chance:.3f}.",
+            "",
+        ]
+    lines += [
+        f"## cartpole: NRL greedy return (20 evaluation episodes) after {episodes:,} episodes",
         "",
-        "| rule | " + " | ".join(f"σ = {s:g}" for s in sigmas) + " |",
-        "|---|" + "---|" * len(sigmas),
+        "| σ | " + " | ".join(f"{s:g}" for s in control_sigmas) + " |",
+        "|---|" + "---|" * len(control_sigmas),
+        "| NRL | " + " | ".join(f"{r['mean']:.1f} ± {r['sd']:.1f}" for r in results["nrl"]) + " |",
+        "",
+        f"Random policy ≈ {CONTROL_CHANCE['cartpole']:.0f}; the maximum is 500.",
     ]
-    for variant, row in results["rows"].items():
-        lines.append(f"| {variant} in time | " + " | ".join(_cell(s) for s in row) + " |")
-    lines += ["", f"BPTT on the same trials: {_cell(results['bptt'])}; chance {get_bio_task(task).chance:.3f}."]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
+    _plot_noise_resource(results, out / "noise-resource.png")
+    return text
+
+
+def _plot_noise_resource(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for variant, row in results["rows"].items():
-        ax.errorbar(
-            sigmas, [s["mean"] for s in row], yerr=[s["sd"] for s in row], label=f"{variant} in time", capsize=3
-        )
-    ax.axhline(get_bio_task(task).chance, color="black", linestyle=":", linewidth=1, label="chance")
-    ax.axhline(results["bptt"]["mean"], color="tab:green", linestyle="--", linewidth=1, label="BPTT")
-    ax.set_xscale("log")
-    ax.set_xlabel("noise σ")
-    ax.set_ylabel("final score")
-    ax.legend()
-    ax.grid(True, alpha=0.3)
+    tasks = results["tasks"]
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5.0 * (len(tasks) + 1), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=False):
+        for variant, row in results["rows"][task].items():
+            ax.errorbar(
+                results["sigmas"],
+                [s["mean"] for s in row],
+                yerr=[s["sd"] for s in row],
+                label=f"{variant} in time",
+                capsize=3,
+            )
+        ax.axhline(get_bio_task(task).chance, color="black", linestyle=":", linewidth=1, label="chance")
+        ax.axhline(results["bptt"][task]["mean"], color="tab:green", linestyle="--", linewidth=1, label="BPTT")
+        if get_bio_task(task).chance != 0.5:
+            ax.set_yscale("log")
+        ax.set_title(task)
+        ax.set_ylabel("final score")
+    ax = axes[0][-1]
+    ax.errorbar(
+        results["control_sigmas"],
+        [r["mean"] for r in results["nrl"]],
+        yerr=[r["sd"] for r in results["nrl"]],
+        label="NRL",
+        capsize=3,
+        color="tab:red",
+    )
+    ax.axhline(CONTROL_CHANCE["cartpole"], color="black", linestyle=":", linewidth=1, label="random policy")
+    ax.set_title("cartpole")
+    ax.set_ylabel("greedy return")
+    for ax in axes[0]:
+        ax.set_xscale("log")
+        ax.set_xlabel("noise σ")
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "noise-resource.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return text
 
 
 def noise_access(

@@ -16,7 +16,8 @@ Timeline (defaults at ``dt = 20`` ms)::
 
 Inputs ``(T, B, n_in)``: channel 0 is the evidence during the stimulus period and 0 elsewhere; with ``go_cue=True``
 channel 1 is 1.0 during the response window. The per-step noise does not scale with ``dt``: a finer ``dt`` gives
-more steps and so more evidence; scale ``sigma`` by ``√(dt/dt₀)`` to keep the evidence of a trial fixed.
+more steps and so more evidence; to keep the evidence of a trial fixed when going from ``dt₀`` to ``dt``, scale
+``sigma`` by ``√(dt₀/dt)`` (the ideal observer's ``c·√n/σ`` then stays the same).
 
 Output ``(T, B, 1)``, a single ±1 readout: the target is ``s`` in the response window (``labels`` = 1 for
 ``s = +1``, 0 for ``s = −1``; signs are fair coin flips). Scored (``mask``) only in the response window. ``loss``:
