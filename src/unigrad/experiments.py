@@ -23,6 +23,10 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "unigrad.bio.experiments:bio_table",
         "biological rules × neuroscience tasks on a rate RNN, with BPTT as reference and learning curves",
     ),
+    "bio-lif": (
+        "unigrad.bio.experiments:bio_lif",
+        "BPTT with a surrogate derivative against NP/ANP in time and WP on a spiking (LIF) network",
+    ),
     "noise-resource": (
         "unigrad.bio.experiments:noise_resource",
         "final score of NP and ANP in time against the noise level",

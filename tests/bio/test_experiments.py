@@ -20,11 +20,12 @@ def test_bio_table_writes_a_table_with_every_rule_and_task(tmp_path, capsys) -> 
 
 
 def test_noise_experiments_run(tmp_path) -> None:
-    for name in ("noise-resource", "noise-access"):
+    for name in ("noise-resource", "noise-access", "bio-lif"):
         out = tmp_path / name
         assert main(["experiment", name, "--quick", "--seeds", "1", "--out", str(out), "--no-progress"]) == 0
         assert (out / "report.md").exists() and (out / "results.json").exists()
     assert (tmp_path / "noise-resource" / "noise-resource.png").exists()
+    assert "| BPTT (surrogate) |" in (tmp_path / "bio-lif" / "report.md").read_text()
 
 
 def test_convergence_flags_are_refused_for_other_experiments(capsys) -> None:
@@ -42,13 +43,24 @@ def test_parallel_cells_reproduce_the_serial_ones(tmp_path) -> None:
 
     rules = tuple(r for r in RULES if r.label in ("BPTT", "Miconi"))
     for jobs in (1, 2):
-        bio_table(tmp_path / f"j{jobs}", seeds=2, trials=32, tasks=("dnms",), rules=rules, jobs=jobs)
+        bio_table(
+            tmp_path / f"j{jobs}",
+            seeds=2,
+            trials=32,
+            tasks=("dnms",),
+            rules=rules,
+            episodes=4,
+            control_tasks=("cartpole",),
+            jobs=jobs,
+        )
     serial = json.loads((tmp_path / "j1" / "results.json").read_text())
     parallel = json.loads((tmp_path / "j2" / "results.json").read_text())
     for key, cell in serial["cells"].items():
         assert cell["finals"] == parallel["cells"][key]["finals"]
         scores = [[p["score"] for p in run] for run in serial["curves"][key]]
         assert scores == [[p["score"] for p in run] for run in parallel["curves"][key]]
+    assert serial["control"]["cartpole|NRL"]["curves"] == parallel["control"]["cartpole|NRL"]["curves"]
+    assert len(serial["control"]) == 2
 
 
 def test_table_cells_build_the_network_each_rule_needs() -> None:
