@@ -48,7 +48,6 @@ loss. State: ``seed`` and ``step`` only.
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -59,21 +58,21 @@ from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.params import write_grad
+from unigrad.first._layer_hooks import LayerHooks
 from unigrad.first.feedback_alignment import random_feedback
 from unigrad.nn.perturbation import perturbable_layers
 
 DFA_TAG = 0xDFA
 
 
-class _LocalTaps:
+class _LocalTaps(LayerHooks):
     """Hooks that cut every layer from its input and keep the live input and output (a context manager)."""
 
     def __init__(self, layers: list[tuple[str, nn.Module]]) -> None:
-        self.layers = layers
+        super().__init__(layers)
         self.inputs: list[Tensor | None] = [None] * len(layers)
         self.outputs: list[Tensor | None] = [None] * len(layers)
         self.order: list[int] = []
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _pre(self, i: int) -> Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...]]:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -95,21 +94,8 @@ class _LocalTaps:
         return hook
 
     def __enter__(self) -> _LocalTaps:
-        try:
-            for i, (_, layer) in enumerate(self.layers):
-                self.handles.append(layer.register_forward_pre_hook(self._pre(i)))
-                self.handles.append(layer.register_forward_hook(self._post(i)))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+        super().__enter__()
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
 
 
 def _rows(t: Tensor) -> int:

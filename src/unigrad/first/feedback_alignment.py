@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any
 
 import torch
@@ -62,6 +61,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
+from unigrad.first._layer_hooks import LayerHooks
 from unigrad.nn.perturbation import perturbable_layers
 
 FEEDBACKS = ("random", "sign", "transpose")
@@ -106,13 +106,13 @@ class _Feedback(torch.autograd.Function):
         return delta, ctx.feedback(delta), None
 
 
-class _FeedbackHooks:
+class _FeedbackHooks(LayerHooks):
     """Hooks that make every layer send errors back through ``feedback(index, layer)`` (a context manager)."""
 
     def __init__(self, layers: list[tuple[str, nn.Module]], feedback: Callable[[int, nn.Module], Tensor]) -> None:
-        self.layers, self.feedback = layers, feedback
+        super().__init__(layers)
+        self.feedback = feedback
         self.live: list[Tensor | None] = [None] * len(layers)
-        self.handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _pre(self, i: int) -> Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...] | None]:
         def hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...] | None:
@@ -133,21 +133,8 @@ class _FeedbackHooks:
         return hook
 
     def __enter__(self) -> _FeedbackHooks:
-        try:
-            for i, (_, layer) in enumerate(self.layers):
-                self.handles.append(layer.register_forward_pre_hook(self._pre(i)))
-                self.handles.append(layer.register_forward_hook(self._post(i)))
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
+        super().__enter__()
         return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles.clear()
 
 
 class FeedbackAlignment(Estimator):
