@@ -1,0 +1,39 @@
+"""Operation counts add up and turn into energy with the per-operation figures."""
+
+from __future__ import annotations
+
+import pytest
+
+from unigrad import UnigradError
+from unigrad.hardware.energy import EnergyModel, OpCounts
+
+
+def test_counts_add_and_subtract() -> None:
+    a, b = OpCounts(analog_macs=3, writes=2), OpCounts(analog_macs=1, adc=5, random_bits=7)
+    assert (a + b).to_dict() == {
+        "analog_macs": 4,
+        "digital_macs": 0,
+        "reads": 0,
+        "writes": 2,
+        "adc": 5,
+        "dac": 0,
+        "random_bits": 7,
+    }
+    assert (a + b - b) == a
+    a += b
+    assert a.adc == 5
+
+
+def test_energy_is_the_sum_of_counts_times_energies() -> None:
+    model = EnergyModel(digital_mac=2.0, analog_mac=1.0, read=0.5, write=10.0, adc=3.0, dac=4.0, random_bit=0.25)
+    counts = OpCounts(analog_macs=2, digital_macs=1, reads=4, writes=1, adc=1, dac=1, random_bits=8)
+    parts = model.breakdown(counts)
+    assert parts["writes"] == 10.0 and parts["random_bits"] == 2.0
+    assert model.energy(counts) == 2 + 2 + 2 + 10 + 3 + 4 + 2
+
+
+def test_defaults_are_in_a_plausible_order() -> None:
+    m = EnergyModel()
+    assert m.analog_mac < m.digital_mac and m.adc < m.write
+    with pytest.raises(UnigradError, match="write"):
+        EnergyModel(write=-1.0)
