@@ -28,6 +28,11 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
     "anp": ("unigrad.zeroth.anp:ANP", 0, "activity-based NP: c·δL·δh/‖δh‖²·xᵀ from measured activity changes"),
     "inp": ("unigrad.zeroth.inp:INP", 0, "iterative node perturbation: noise on one layer per pass, δL·ε·xᵀ/σ²"),
     "wp": ("unigrad.zeroth.wp:WP", 0, "weight perturbation: Gaussian ξ on all weights, (δL/σ²)ξ"),
+    "mgd": (
+        "unigrad.zeroth.mgd:MGD",
+        0,
+        "multiplexed gradient descent: per-parameter dithers (random sign, Walsh, sinusoid) correlated with ΔC",
+    ),
     "np-time": (
         "unigrad.bio.rules.np_time:NPTime",
         0,

@@ -324,7 +324,7 @@ class CrossbarMLP(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def analog_layers(self) -> list[AnalogLinear]:
-        return [m for m in self.layers if isinstance(m, AnalogLinear)]
+        return [m for m in self.modules() if isinstance(m, AnalogLinear)]
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.reshape(x.shape[0], -1)

@@ -284,6 +284,8 @@ class DecorrelatedLinear(_DecorrelatedLayer):
 
     def forward(self, x: Tensor) -> Tensor:
         lin = self.linear
+        if type(lin).forward is not nn.Linear.forward:  # a layer with its own forward (a device) gets R·x
+            return lin(self.decor(x))
         rows = x.numel() // max(x.shape[-1], 1)
         if lin.out_features < rows and x.shape[-1] == self.decor.features:
             w = lin.weight

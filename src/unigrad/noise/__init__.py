@@ -9,6 +9,8 @@ name               class                          one entry, one step
 ``sparse-kicks``   :class:`SparseKicks`           with probability ``p`` uniform in ``[−σ, σ]``, else 0
 ``release``        :class:`StochasticRelease`     Bernoulli(p) release mask (0/1), multiplicative
 ``poisson``        :class:`PoissonVariability`    ``σ·(N − λ)/√λ``, ``N ~ Poisson(λ = rate·dt)``
+``smtj``           :class:`StochasticMTJ`         ``c + a·s_t + N(0, σ²)``, ``s_t = ±1`` flips w.p. ``p`` per step
+``replay``         :class:`RecordedNoise`         sum of ``n`` windows of a recorded trace at keyed random starts
 =================  =============================  ==========================================================
 
 :func:`poisson_counts` draws rate-dependent spike counts for a tensor of rates. Every process takes
@@ -26,11 +28,22 @@ from unigrad.noise.ou import OrnsteinUhlenbeck
 from unigrad.noise.poisson import PoissonVariability, poisson_counts
 from unigrad.noise.rademacher import Rademacher
 from unigrad.noise.release import StochasticRelease
+from unigrad.noise.replay import RecordedNoise
 from unigrad.noise.sparse_kicks import SparseKicks
+from unigrad.noise.telegraph import StochasticMTJ
 
 NOISES: dict[str, type[NoiseProcess]] = {
     cls.name: cls
-    for cls in (WhiteGaussian, OrnsteinUhlenbeck, Rademacher, SparseKicks, StochasticRelease, PoissonVariability)
+    for cls in (
+        WhiteGaussian,
+        OrnsteinUhlenbeck,
+        Rademacher,
+        SparseKicks,
+        StochasticRelease,
+        PoissonVariability,
+        StochasticMTJ,
+        RecordedNoise,
+    )
 }
 """Name → noise process class."""
 
@@ -41,8 +54,9 @@ _FALSE = ("0", "false", "no", "off")
 def make_noise(spec: str | NoiseProcess) -> NoiseProcess:
     """A noise process from ``"name:key=value:..."`` (e.g. ``"ou:sigma=0.1:tau=50"``); a process passes through.
 
-    Every option of the process is required; ``accessible`` (``true``/``false``, ``1``/``0``) defaults to
-    true. Unknown names or options, missing or repeated options and bad values raise
+    Every option of the process is required; ``accessible`` (``true``/``false``, ``1``/``0``) defaults to the
+    process's own default (true for the probes a learner injects, false for device noise: ``smtj``, ``replay``).
+    Unknown names or options, missing or repeated options and bad values raise
     :class:`~unigrad.core.errors.UnigradError` with a one-line message listing what is valid.
     """
     if isinstance(spec, NoiseProcess):
@@ -69,9 +83,12 @@ def make_noise(spec: str | NoiseProcess) -> NoiseProcess:
     missing = [k for k in cls.options if k not in given]
     if missing:
         raise UnigradError(f"noise {name} needs option {', '.join(missing)} (e.g. {cls.example})")
-    kwargs: dict[str, float | bool] = {}
+    kwargs: dict[str, object] = {}
+    parse = getattr(cls, "parse_option", None)
     for key, value in given.items():
-        if key == "accessible":
+        if parse is not None:
+            kwargs[key] = parse(key, value)
+        elif key == "accessible":
             if value.lower() not in _TRUE + _FALSE:
                 raise UnigradError(f"option accessible of noise {name} must be true or false, got {value!r}")
             kwargs[key] = value.lower() in _TRUE
@@ -89,7 +106,9 @@ __all__ = [
     "OrnsteinUhlenbeck",
     "PoissonVariability",
     "Rademacher",
+    "RecordedNoise",
     "SparseKicks",
+    "StochasticMTJ",
     "StochasticRelease",
     "WhiteGaussian",
     "make_noise",

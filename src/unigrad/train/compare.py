@@ -112,6 +112,7 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "anp": ("adam", 1e-3, {"probes": 4, "sigma": 1e-3}),
     "inp": ("adam", 1e-3, {"probes": 1, "sigma": 1e-3}),
     "wp": ("adam", 1e-3, {"probes": 16, "sigma": 1e-3}),
+    "mgd": ("adam", 1e-3, {"window": 16, "sigma": 1e-3}),
     "oua": ("adam", 3e-3, {}),
     "feedback-alignment": ("adam", 1e-3, {}),
     "dfa": ("adam", 1e-3, {}),

@@ -1,0 +1,60 @@
+"""Every training mode runs on the same device and is charged what it did."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unigrad import UnigradError
+from unigrad.data.digits import load_digits
+from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
+from unigrad.hardware.train import MODES, train_device
+from unigrad.noise import WhiteGaussian
+
+CONFIG = CrossbarConfig(program_noise=0.02, read_noise=0.01, mismatch=0.3, adc_bits=8, dac_bits=8, input_range=2.0)
+
+
+def make() -> CrossbarMLP:
+    return CrossbarMLP([64, 32, 10], CONFIG, node_noise=WhiteGaussian(0.05, accessible=False), activation_bits=8)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_digits()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_improves_the_device(mode: str, data) -> None:
+    options = {"window": 8, "sigma": 1e-2} if mode == "mgd" else {}
+    run = train_device(make, mode, data, steps=150, eval_every=150, lr=3e-3, node_sigma=0.05, options=options)
+    first, last = run.history[0], run.history[-1]
+    floor = 0.3 if mode == "mgd" else 0.4  # MGD's window of 8 dithers over 2,410 cells learns slowest
+    assert first["accuracy"] < 0.2 and last["accuracy"] > floor, (mode, first["accuracy"], last["accuracy"])
+    assert last["energy"] > 0
+
+
+def test_what_each_mode_is_charged(data) -> None:
+    sizes_macs = 64 * 32 + 32 * 10
+    bp = train_device(make, "deployed-backprop", data, steps=20, eval_every=20, batch=16)
+    assert bp.history[-1]["counts"]["digital_macs"] == 3 * 16 * sizes_macs * 20
+    assert bp.history[-1]["counts"]["analog_macs"] == 0 and bp.history[-1]["counts"]["random_bits"] == 0
+    assert bp.history[-1]["counts"]["writes"] == sizes_macs  # one deployment
+    aware = train_device(make, "hardware-aware", data, steps=20, eval_every=20, batch=16, node_sigma=0.05)
+    assert aware.history[-1]["counts"]["random_bits"] > 0
+    situ = train_device(make, "in-situ-anp", data, steps=20, eval_every=20, batch=16)
+    c = situ.history[-1]["counts"]
+    assert c["random_bits"] == 0  # the device's own noise is the perturbation
+    assert c["analog_macs"] == 2 * 16 * sizes_macs * 20  # two passes per step, evaluations not charged
+    assert c["writes"] > 0 and c["digital_macs"] == 16 * sizes_macs * 20
+
+
+def test_bad_mode_is_refused(data) -> None:
+    with pytest.raises(UnigradError, match="mode"):
+        train_device(make, "backprop", data, steps=1)
+
+
+def test_in_situ_danp_runs_decorrelation_through_the_device(data) -> None:
+    run = train_device(make, "in-situ-danp", data, steps=100, eval_every=100, lr=3e-3)
+    assert run.history[-1]["accuracy"] > 0.5
+    assert run.history[-1]["counts"]["analog_macs"] == 2 * 64 * (64 * 32 + 32 * 10) * 100
+    assert torch.isfinite(torch.tensor(run.history[-1]["energy"]))
