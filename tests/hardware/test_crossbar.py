@@ -176,3 +176,19 @@ def test_the_crossbar_is_a_device() -> None:
 
     assert isinstance(CrossbarMLP([3, 2]), Device)
     assert not isinstance(torch.nn.Linear(3, 2), Device)
+
+
+def test_node_noise_is_a_time_series_over_the_samples_a_layer_processes() -> None:
+    from unigrad.noise import StochasticMTJ
+
+    mtj = StochasticMTJ(sigma=0.0, amplitude=0.0059, flip=0.0809, offset=0.042)
+    lin = AnalogLinear(3, 50, config=CrossbarConfig(), node_noise=mtj, dtype=torch.float64)  # zero weights
+    x = torch.zeros(700, 3, dtype=torch.float64)
+    s = torch.cat([lin(x), lin(x), lin(x)]) - 0.042  # 2,100 consecutive time steps
+    assert torch.allclose(s.abs(), torch.full_like(s, 0.0059))
+    flips = (torch.sign(s[1:]) != torch.sign(s[:-1])).double()
+    assert abs(float(flips.mean()) - 0.0809) < 5 * math.sqrt(0.0809 * 0.9191 / flips.numel())
+    saved = lin.device_state()
+    nxt = lin(x)
+    lin.load_device_state(saved)
+    assert torch.equal(lin(x), nxt)

@@ -24,7 +24,11 @@ reads (every forward pass)
         h = ADC( DAC(x)·(gain ⊙ drift(G) + σ_r·w_max·Z)ᵀ + b + ξ )
 
 Node noise ``ξ`` is the device's own (e.g. a stochastic magnetic tunnel junction per output,
-:mod:`unigrad.noise`): any :class:`~unigrad.noise.base.NoiseProcess`, one draw per sample and read. All of the
+:mod:`unigrad.noise`): any :class:`~unigrad.noise.base.NoiseProcess`, run as one time series per output unit in
+which every sample the layer processes is one time step (samples of a batch in order, then the next batch), so a
+temporally correlated process (the junction's telegraph offset) keeps its correlation across samples and passes.
+The series is made in keyed blocks of :data:`NODE_BLOCK` steps (``trial`` = block index, ``stream`` = layer); a
+correlated process restarts from its stationary distribution at each block boundary. All of the
 device's randomness is keyed by ``(seed, layer, read counter)`` (replayable, never the global RNG) and lives in a
 private cell state that is not a parameter, buffer or ``state_dict`` entry: a learner holding the module sees
 only the weights it asked for and the outputs (and, through layer hooks, the layer's input and output — the
@@ -57,7 +61,9 @@ from unigrad.core.rng import generator
 from unigrad.hardware.energy import OpCounts
 from unigrad.noise.base import NoiseProcess
 
-_MISMATCH, _PROGRAM, _UPDATE, _READ, _NODE = 0x4A1, 0x4A2, 0x4A3, 0x4A4, 0x4A5
+_MISMATCH, _PROGRAM, _UPDATE, _READ = 0x4A1, 0x4A2, 0x4A3, 0x4A4
+NODE_BLOCK = 4096
+"""Node noise is generated as one time series per output, ``NODE_BLOCK`` samples per keyed block."""
 ACTIVATIONS = ("relu", "hardtanh")
 
 
@@ -149,6 +155,8 @@ class AnalogLinear(nn.Linear):
         self._reads = 0
         self._writes = 0
         self._clock = 0.0
+        self._time = 0  # samples the node noise has advanced through
+        self._block: tuple[int, Tensor] | None = None
         self.counts = OpCounts()
 
     def reset_parameters(self) -> None:
@@ -220,10 +228,7 @@ class AnalogLinear(nn.Linear):
                 )
             h = xq @ w.T + self.bias.detach()
             if self.node_noise is not None:
-                xi = self.node_noise.sequence(
-                    1, tuple(h.shape), seed=self.seed, trial=read, stream=self.index, dtype=h.dtype
-                )[0]
-                h = h + xi
+                h = h + self._node_noise(h.reshape(-1, self.out_features).shape[0], h.dtype).reshape(h.shape)
             out = quantize(h, cfg.adc_bits, cfg.output_range)
         rows = x.numel() // self.in_features
         self._reads += 1
@@ -235,6 +240,23 @@ class AnalogLinear(nn.Linear):
         )
         return out
 
+    def _node_noise(self, rows: int, dtype: torch.dtype) -> Tensor:
+        """The node noise of the next ``rows`` time steps (one per sample, in order), from keyed blocks."""
+        assert self.node_noise is not None
+        out, t = [], self._time
+        while len(out) < rows:
+            block, offset = divmod(t, NODE_BLOCK)
+            if self._block is None or self._block[0] != block:
+                seq = self.node_noise.sequence(
+                    NODE_BLOCK, (self.out_features,), seed=self.seed, trial=block, stream=self.index, dtype=dtype
+                )
+                self._block = (block, seq)
+            take = min(rows - len(out), NODE_BLOCK - offset)
+            out.extend(self._block[1][offset : offset + take])
+            t += take
+        self._time = t
+        return torch.stack(out)
+
     # -- checkpoints -------------------------------------------------------------------------------
     def device_state(self) -> dict[str, Any]:
         """The physical state (cells, counters, clock): what a device keeps across a restart."""
@@ -243,6 +265,7 @@ class AnalogLinear(nn.Linear):
             "reads": self._reads,
             "writes": self._writes,
             "clock": self._clock,
+            "time": self._time,
             "counts": self.counts.to_dict(),
         }
 
@@ -251,6 +274,7 @@ class AnalogLinear(nn.Linear):
         self._cells.g, self._cells.gain = cells["g"].clone(), cells["gain"].clone()
         self._cells.written_at, self._cells.requested = cells["written_at"].clone(), cells["requested"].clone()
         self._reads, self._writes, self._clock = int(state["reads"]), int(state["writes"]), float(state["clock"])
+        self._time = int(state["time"])
         self.counts = OpCounts(**state["counts"])
 
     def extra_repr(self) -> str:
