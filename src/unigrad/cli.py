@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=_positive_int,
         default=None,
-        help="bio-table only: run this many cells at once, one process and one thread each (default 1)",
+        help="bio-table and hardware-*: run this many runs at once, one process and one thread each (default 1)",
     )
     conv = e.add_argument_group("convergence-orders only")
     conv.add_argument(
@@ -300,8 +300,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if options.get("kappa") is not None and options["kappa"] < 1:
         raise UnigradError(f"--kappa must be >= 1 (a condition number), got {options['kappa']:g}")
     if args.jobs is not None:
-        if args.name != "bio-table":
-            raise UnigradError("--jobs applies only to the bio-table experiment")
+        if args.name != "bio-table" and not args.name.startswith("hardware-"):
+            raise UnigradError("--jobs applies only to the bio-table and hardware-* experiments")
         options["jobs"] = args.jobs
     _apply_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"experiment-{args.name}-{datetime.now():%Y%m%d-%H%M%S}"

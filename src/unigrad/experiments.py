@@ -27,6 +27,18 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "unigrad.bio.experiments:bio_lif",
         "BPTT with a surrogate derivative against NP/ANP in time and WP on a spiking (LIF) network",
     ),
+    "hardware-mismatch": (
+        "unigrad.hardware.experiments:hardware_mismatch",
+        "Fashion-MNIST MLP on a simulated crossbar: four training modes against the mismatch level",
+    ),
+    "hardware-noise": (
+        "unigrad.hardware.experiments:hardware_noise",
+        "the same four training modes against the device's noise level",
+    ),
+    "hardware-intrinsic": (
+        "unigrad.hardware.experiments:hardware_intrinsic",
+        "in-situ ANP/DANP when the only perturbation is stochastic-MTJ telegraph noise",
+    ),
     "noise-resource": (
         "unigrad.bio.experiments:noise_resource",
         "final score of NP and ANP in time against the noise level",
