@@ -30,9 +30,15 @@ def test_quantize_has_the_stated_levels_and_clips() -> None:
 
 
 def test_ideal_device_computes_what_its_digital_twin_computes() -> None:
-    dev = CrossbarMLP([6, 5, 3], seed=3, dtype=torch.float64, activation_range=100.0)
+    dev = CrossbarMLP([6, 5, 3], CrossbarConfig(output_range=1e6), seed=3, dtype=torch.float64, activation_range=0.5)
+    twin = dev.digital_twin(seed=3, dtype=torch.float64)
+    with torch.no_grad():
+        twin[1].bias.fill_(0.3)  # some hidden units beyond the activation's range of 0.5, where the device clips
+    dev.deploy(twin)
     x = torch.rand(7, 6, dtype=torch.float64)
-    assert torch.allclose(dev(x), dev.digital_twin(seed=3, dtype=torch.float64)(x), atol=1e-12)
+    with torch.no_grad():
+        assert float(twin[2](twin[1](x)).max()) == 0.5
+        assert torch.allclose(dev(x), twin(x), atol=1e-12)
 
 
 def test_mismatch_is_a_fixed_per_cell_gain_of_the_stated_spread() -> None:

@@ -141,9 +141,13 @@ class AnalogLinear(nn.Linear):
         index: int = 0,
         seed: int = 0,
         node_noise: NoiseProcess | None = None,
+        input_range: float | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__(in_features, out_features, bias=True, dtype=dtype)
+        if input_range is not None:
+            check_positive("input_range", input_range)
+        self.input_range = float(input_range if input_range is not None else config.input_range)
         if node_noise is not None and not isinstance(node_noise, NoiseProcess):
             raise UnigradError(f"node_noise must be a unigrad.noise process or None, got {type(node_noise).__name__}")
         self.config, self.index, self.seed, self.node_noise = config, int(index), int(seed), node_noise
@@ -219,7 +223,7 @@ class AnalogLinear(nn.Linear):
         cfg = self.config
         self._sync()
         with torch.no_grad():
-            xq = quantize(x.detach(), cfg.dac_bits, cfg.input_range)
+            xq = quantize(x.detach(), cfg.dac_bits, self.input_range)
             w = self.effective_weight()
             read = self._reads
             if cfg.read_noise > 0:
@@ -305,7 +309,8 @@ class CrossbarMLP(nn.Module):
     """A multi-layer perceptron on crossbars: ``AnalogLinear`` layers with ``DeviceActivation`` between them.
 
     ``sizes``: layer widths, input first (images are flattened). ``activation``, ``activation_bits`` and
-    ``activation_range`` configure the hidden activations. ``node_noise``: the device's own noise on every
+    ``activation_range`` configure the hidden activations; the DAC of a hidden layer spans ``activation_range``
+    (the first layer's spans ``config.input_range``). ``node_noise``: the device's own noise on every
     layer's output (None: none). The initial weights are keyed by ``seed`` (the same as
     :meth:`digital_twin`'s). ``counts`` sums the layers' operation counts.
     """
@@ -338,6 +343,7 @@ class CrossbarMLP(nn.Module):
                 index=i,
                 seed=seed,
                 node_noise=node_noise,
+                input_range=None if i == 0 else activation_range,  # a hidden layer's DAC spans the activation
                 dtype=dtype,
             )
             analog.program(lin.weight.detach(), lin.bias.detach())
@@ -357,7 +363,8 @@ class CrossbarMLP(nn.Module):
         return x
 
     def digital_twin(self, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Sequential:
-        """The idealized model of this device: ``nn.Linear`` layers and exact activations, keyed initial weights."""
+        """The idealized model of this device: ``nn.Linear`` layers and exact activations clipped to the
+        activation's range (a known specification of the device, like its sizes), keyed initial weights."""
         g = generator(0x4A0, seed)
         mods: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
@@ -367,8 +374,9 @@ class CrossbarMLP(nn.Module):
                 lin.weight.copy_((torch.rand(n_out, n_in, generator=g, dtype=torch.float64) * 2 - 1) * bound)
                 lin.bias.zero_()
             mods.append(lin)
-            if i < len(self.sizes) - 2:
-                mods.append(nn.ReLU() if self.activation == "relu" else nn.Hardtanh())
+            if i < len(self.sizes) - 2:  # the activation's known range, as the device's periphery clips it
+                low = 0.0 if self.activation == "relu" else -1.0
+                mods.append(nn.Hardtanh(low, min(self.activation_range, 1.0 if low < 0 else self.activation_range)))
         return nn.Sequential(nn.Flatten(), *mods)
 
     def deploy(self, twin: nn.Module) -> None:

@@ -81,7 +81,7 @@ class _Maker:
 
     def __call__(self) -> CrossbarMLP:
         if self.ideal:
-            return CrossbarMLP(SIZES, CrossbarConfig(output_range=1e6), activation_range=1e6, seed=self.seed)
+            return CrossbarMLP(SIZES, CrossbarConfig(output_range=1e6), seed=self.seed)
         return CrossbarMLP(SIZES, self.cfg, node_noise=self.noise, activation_bits=8, seed=self.seed)
 
 
