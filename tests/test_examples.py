@@ -22,3 +22,9 @@ def test_quickstart_learns_with_every_method(capsys):
 def test_anp_learns_from_noise_it_cannot_read(capsys):
     before, after = load("inaccessible_noise").main(steps=100)
     assert before < 0.2 and after > 0.5, (before, after)
+
+
+def test_in_situ_training_beats_deployed_backprop_on_a_mismatched_crossbar(capsys):
+    results = load("in_situ_crossbar").main(steps=400)
+    assert results["in-situ-anp"] > results["deployed-backprop"] + 0.05, results
+    assert "accuracy on the device" in capsys.readouterr().out
