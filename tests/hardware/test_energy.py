@@ -18,6 +18,7 @@ def test_counts_add_and_subtract() -> None:
         "adc": 5,
         "dac": 0,
         "random_bits": 7,
+        "mvms": 0,
     }
     assert (a + b - b) == a
     a += b
@@ -37,3 +38,24 @@ def test_defaults_are_in_a_plausible_order() -> None:
     assert m.analog_mac < m.digital_mac and m.adc < m.write
     with pytest.raises(UnigradError, match="write"):
         EnergyModel(write=-1.0)
+
+
+def test_latency_counts_products_and_shares_converters() -> None:
+    from unigrad.hardware.energy import LatencyModel
+
+    m = LatencyModel(
+        mvm=1.0,
+        adc=2.0,
+        adc_parallel=4,
+        dac=1.0,
+        dac_parallel=2,
+        write=3.0,
+        write_parallel=3,
+        digital_mac=1.0,
+        digital_parallel=10,
+        random_bit=0.5,
+    )
+    c = OpCounts(analog_macs=10**6, reads=10**6, mvms=2, adc=8, dac=4, writes=6, digital_macs=20, random_bits=2)
+    assert m.latency(c) == 2 + 4 + 2 + 6 + 2 + 1  # analog MACs and reads happen inside the products
+    with pytest.raises(UnigradError, match="adc_parallel"):
+        LatencyModel(adc_parallel=0)

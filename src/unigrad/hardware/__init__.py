@@ -8,7 +8,7 @@
 
 from unigrad.hardware.crossbar import AnalogLinear, CrossbarConfig, CrossbarMLP, DeviceActivation
 from unigrad.hardware.device import Device
-from unigrad.hardware.energy import EnergyModel, OpCounts
+from unigrad.hardware.energy import EnergyModel, LatencyModel, OpCounts
 
 __all__ = [
     "AnalogLinear",
@@ -17,5 +17,6 @@ __all__ = [
     "Device",
     "DeviceActivation",
     "EnergyModel",
+    "LatencyModel",
     "OpCounts",
 ]

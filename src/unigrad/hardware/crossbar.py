@@ -241,6 +241,7 @@ class AnalogLinear(nn.Linear):
             reads=rows * self.out_features,
             adc=rows * self.out_features,
             dac=rows * self.in_features,
+            mvms=rows,
         )
         return out
 

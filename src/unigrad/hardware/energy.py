@@ -13,6 +13,8 @@ A device (:mod:`unigrad.hardware.device`) counts what it does in :class:`OpCount
 ``adc``, ``dac``
     analog-to-digital conversions (one per output value read) and digital-to-analog conversions (one per
     input value driven);
+``mvms``
+    analog matrix–vector products: one per input vector per array (all its MACs happen at once);
 ``random_bits``
     random bits the *learner* draws digitally (dithers, perturbations). Noise made by the device itself
     (read noise, a stochastic junction's telegraph noise) costs no random bits: that is the point of using it.
@@ -46,7 +48,7 @@ from dataclasses import asdict, dataclass, fields
 
 from unigrad.core.errors import UnigradError
 
-OPERATIONS = ("analog_macs", "digital_macs", "reads", "writes", "adc", "dac", "random_bits")
+OPERATIONS = ("analog_macs", "digital_macs", "reads", "writes", "adc", "dac", "random_bits", "mvms")
 
 
 @dataclass
@@ -60,6 +62,7 @@ class OpCounts:
     adc: int = 0
     dac: int = 0
     random_bits: int = 0
+    mvms: int = 0
 
     def __add__(self, other: OpCounts) -> OpCounts:
         return OpCounts(*(getattr(self, f) + getattr(other, f) for f in OPERATIONS))
@@ -112,3 +115,47 @@ class EnergyModel:
     def energy(self, counts: OpCounts) -> float:
         """Total joules for ``counts``."""
         return sum(self.breakdown(counts).values())
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Seconds per operation and how many of each run at once; ``latency(counts)`` is the time they take.
+
+    ``latency = mvms·t_mvm + Σ_op count_op·t_op / parallel_op`` over ADC and DAC conversions, writes, digital
+    MACs and random bits (the analog MACs and column reads happen inside a matrix–vector product). Defaults
+    (assumptions of the same order-of-magnitude kind as :class:`EnergyModel`, set your device's): an array
+    product settles and is sensed in 100 ns; 8 ADCs per array at 10 ns per conversion; 64 DACs at 1 ns; writes a
+    row at a time (128 cells per 100 ns pulse); 256 digital MACs per ns-cycle; random bits at 2.4 Gb/s (the TRNG of
+    :class:`EnergyModel`'s source).
+    """
+
+    mvm: float = 100e-9
+    adc: float = 10e-9
+    adc_parallel: int = 8
+    dac: float = 1e-9
+    dac_parallel: int = 64
+    write: float = 100e-9
+    write_parallel: int = 128
+    digital_mac: float = 1e-9
+    digital_parallel: int = 256
+    random_bit: float = 1 / 2.4e9
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("parallel"):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise UnigradError(f"latency option {f.name} must be an integer >= 1, got {value!r}")
+            elif not (isinstance(value, int | float) and value >= 0 and value == value and value != float("inf")):
+                raise UnigradError(f"latency per {f.name} must be a finite number of seconds >= 0, got {value!r}")
+
+    def latency(self, counts: OpCounts) -> float:
+        """Seconds the operations in ``counts`` take, run one after another at the stated parallelism."""
+        return (
+            counts.mvms * self.mvm
+            + counts.adc * self.adc / self.adc_parallel
+            + counts.dac * self.dac / self.dac_parallel
+            + counts.writes * self.write / self.write_parallel
+            + counts.digital_macs * self.digital_mac / self.digital_parallel
+            + counts.random_bits * self.random_bit
+        )

@@ -23,8 +23,9 @@ Cost accounting (training only; evaluations are not charged): the device's own c
 writes, converter conversions) plus the learner's digital work — backprop on the twin is ``3×`` the forward MACs
 per sample (a forward and a backward of about twice its cost), the ANP update ``Σ_l in_l·out_l`` MACs per
 sample, decorrelation ``Σ_l in_l²`` per sample and pass; random bits the learner draws (32 per Gaussian, 1 per
-sign). :class:`~unigrad.hardware.energy.EnergyModel` turns the counts into joules; every evaluation point records
-the accuracy *on the device* and the energy spent so far, so the energy to reach a target accuracy is read off
+sign). :class:`~unigrad.hardware.energy.EnergyModel` turns the counts into joules and
+:class:`~unigrad.hardware.energy.LatencyModel` into seconds of device time; every evaluation point records the
+accuracy *on the device* and the energy and latency spent so far, so the energy to reach a target accuracy is read off
 the history.
 """
 
@@ -46,7 +47,7 @@ import unigrad
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.rng import generator
 from unigrad.hardware.crossbar import CrossbarMLP
-from unigrad.hardware.energy import EnergyModel, OpCounts
+from unigrad.hardware.energy import EnergyModel, LatencyModel, OpCounts
 
 MODES = ("deployed-backprop", "hardware-aware", "in-situ-anp", "in-situ-danp", "mgd")
 _BATCH, _AWARE = 0x4B0, 0x4B1
@@ -139,6 +140,7 @@ def train_device(
     eval_samples: int | None = None,
     node_sigma: float = 0.0,
     energy: EnergyModel | None = None,
+    latency: LatencyModel | None = None,
     options: dict[str, Any] | None = None,
     on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> DeviceRun:
@@ -152,6 +154,7 @@ def train_device(
     check_positive("lr", lr)
     options = dict(options or {})
     energy = energy or EnergyModel()
+    latency = latency or LatencyModel()
     xtr, ytr, xte, yte = data
     if eval_samples is not None:
         xte, yte = xte[:eval_samples], yte[:eval_samples]
@@ -178,6 +181,7 @@ def train_device(
             "step": step,
             "accuracy": acc,
             "energy": energy.energy(counts),
+            "latency": latency.latency(counts),
             "counts": counts.to_dict(),
             "seconds": run.seconds,
         }
