@@ -198,3 +198,28 @@ def test_node_noise_is_a_time_series_over_the_samples_a_layer_processes() -> Non
     nxt = lin(x)
     lin.load_device_state(saved)
     assert torch.equal(lin(x), nxt)
+
+
+def test_the_dither_port_perturbs_without_writing() -> None:
+    dev = CrossbarMLP([6, 5, 3], CrossbarConfig(update_noise=0.3, update_asymmetry=0.5), seed=1, dtype=torch.float64)
+    x = torch.rand(4, 6, dtype=torch.float64)
+    before, cells = dev(x), [layer._cells.g.clone() for layer in dev.analog_layers()]
+    with dev.dither_port():
+        with torch.no_grad():
+            dev.analog_layers()[0].weight[0, 0] += 0.1
+        moved = dev(x)
+        with torch.no_grad():
+            dev.analog_layers()[0].weight[0, 0] -= 0.1
+    assert not torch.equal(moved, before)
+    assert torch.equal(dev(x), before)  # nothing was written: the cells are as they were
+    assert all(torch.equal(a._cells.g, b) for a, b in zip(dev.analog_layers(), cells, strict=True))
+    assert dev.counts.writes == 0 and dev.counts.dac == 3 * (4 * 6 + 4 * 5) + 1  # inputs of 3 passes + 1 dither
+
+
+def test_an_update_before_the_dither_port_is_written() -> None:
+    dev = CrossbarMLP([6, 5, 3], seed=1, dtype=torch.float64)
+    with torch.no_grad():
+        dev.analog_layers()[1].weight[0, :2] += 0.05  # an optimizer step
+    with dev.dither_port():
+        pass
+    assert dev.counts.writes == 2

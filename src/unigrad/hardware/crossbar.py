@@ -23,6 +23,10 @@ reads (every forward pass)
 
         h = ADC( DAC(x)·(gain ⊙ drift(G) + σ_r·w_max·Z)ᵀ + b + ξ )
 
+A device may offer a *dither port* (:meth:`CrossbarMLP.dither_port`): inside it, changes of the weights act on
+each pass as exact transient offsets (a separate perturbation input, one DAC conversion per dithered cell) and are
+never written — how multiplexed gradient descent perturbs a device without programming it.
+
 Node noise ``ξ`` is the device's own (e.g. a stochastic magnetic tunnel junction per output,
 :mod:`unigrad.noise`): any :class:`~unigrad.noise.base.NoiseProcess`, run as one time series per output unit in
 which every sample the layer processes is one time step (samples of a batch in order, then the next batch), so a
@@ -48,7 +52,9 @@ Options (:class:`CrossbarConfig`; all noise levels relative to ``w_max``, 0 mean
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -160,6 +166,7 @@ class AnalogLinear(nn.Linear):
         self._writes = 0
         self._clock = 0.0
         self._time = 0  # samples the node noise has advanced through
+        self.transient = False  # set by CrossbarMLP.dither_port()
         self._block: tuple[int, Tensor] | None = None
         self.counts = OpCounts()
 
@@ -221,10 +228,17 @@ class AnalogLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         cfg = self.config
-        self._sync()
+        dither = None
+        if self.transient:  # a dither port: the change since the last write acts on this pass only, exactly
+            dither = self.weight.detach() - self._cells.requested
+        else:
+            self._sync()
         with torch.no_grad():
             xq = quantize(x.detach(), cfg.dac_bits, self.input_range)
             w = self.effective_weight()
+            if dither is not None:
+                w = w + dither
+                self.counts.dac += int((dither != 0).sum())
             read = self._reads
             if cfg.read_noise > 0:
                 w = w + cfg.read_noise * cfg.w_max * _normal(
@@ -392,6 +406,22 @@ class CrossbarMLP(nn.Module):
     def tick(self, dt: float) -> None:
         for layer in self.analog_layers():
             layer.tick(dt)
+
+    @contextlib.contextmanager
+    def dither_port(self) -> Iterator[None]:
+        """Within this block a change of the weights is a transient dither: added exactly to the cells' values on
+        every pass (one DAC conversion per dithered cell and pass), never written. Changes made before the block
+        are written on entering it; leaving the block with weights that still differ from the written ones writes
+        them on the next pass, as usual."""
+        layers = self.analog_layers()
+        for layer in layers:
+            layer._sync()  # changes made before the block (an optimizer step) are written first
+            layer.transient = True
+        try:
+            yield
+        finally:
+            for layer in layers:
+                layer.transient = False
 
     @property
     def counts(self) -> OpCounts:

@@ -16,8 +16,9 @@
     applied to the device as imperfect, counted writes.
 ``mgd`` (d)
     multiplexed gradient descent (:class:`unigrad.zeroth.mgd.MGD`) on the device: every parameter carries a
-    dither, the broadcast cost change is correlated with it. A crossbar without a separate dither input applies
-    a dither by writing the cells, so every dither step costs writes (and programming noise) here.
+    dither, the broadcast cost change is correlated with it. By default the dithers go through the device's
+    dither port (:meth:`CrossbarMLP.dither_port`: exact transient offsets, no writes); with the option
+    ``dither_port=False`` every dither is written into the cells and back (writes, update noise and asymmetry).
 
 Cost accounting (training only; evaluations are not charged): the device's own counts (analog MACs, reads,
 writes, converter conversions) plus the learner's digital work — backprop on the twin is ``3×`` the forward MACs
@@ -212,6 +213,7 @@ def train_device(
         run.counts = device.counts + learner
         return run
 
+    port = bool(options.pop("dither_port", True))
     if mode == "mgd":
         from unigrad.zeroth.mgd import MGD
 
@@ -228,7 +230,12 @@ def train_device(
     for step in range(1, steps + 1):
         i = _batch(len(xtr), batch, seed, step)
         opt.zero_grad()
-        e = est.estimate(device, unigrad.supervised(F.cross_entropy, xtr[i], ytr[i]))
+        objective = unigrad.supervised(F.cross_entropy, xtr[i], ytr[i])
+        if mode == "mgd" and port:
+            with device.dither_port():
+                e = est.estimate(device, objective)
+        else:
+            e = est.estimate(device, objective)
         opt.step()
         if mode == "mgd":
             window = getattr(est, "window", 1)
