@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.bio.rules._trial_problems import F64, Reach, Unrelated, net, pulses, rec_update
 from tests.problems import Problem, assert_contract, assert_mean_matches
 from unigrad import UnigradError
 from unigrad.bio import RateRNN
@@ -18,56 +19,6 @@ from unigrad.bio.rules.miconi import Miconi, low_pass_deviation
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.rng import generator
 from unigrad.noise import SparseKicks, WhiteGaussian
-
-F64 = torch.float64
-
-
-class Reach:
-    """One fixed input sequence for every trial; reward −mean (y − target)² over the last ``window`` steps."""
-
-    def __init__(self, inputs: torch.Tensor, target: float = 0.8, window: int = 5) -> None:
-        self.inputs, self.target, self.window = inputs, target, window
-        self.n_samples = inputs.shape[1]
-
-    def reward(self, outputs: torch.Tensor) -> torch.Tensor:
-        return -(outputs[-self.window :, :, 0] - self.target).square().mean(0)
-
-    def score(self, outputs: torch.Tensor) -> torch.Tensor:
-        return -self.reward(outputs)
-
-    def __call__(self, model: nn.Module) -> torch.Tensor:
-        return self.score(model(self.inputs))
-
-
-class Constant(Reach):
-    """A reward that ignores the network: constant, or i.i.d. N(3, 1) keyed by ``seed``."""
-
-    def __init__(self, inputs: torch.Tensor, value: float | None = None, seed: int = 0) -> None:
-        super().__init__(inputs)
-        self.value, self.seed = value, seed
-
-    def reward(self, outputs: torch.Tensor) -> torch.Tensor:
-        b = outputs.shape[1]
-        if self.value is not None:
-            return torch.full((b,), self.value, dtype=F64)
-        return 3.0 + torch.randn(b, generator=generator(self.seed, 0xAB), dtype=F64)
-
-
-def net(n: int = 6, *, n_in: int = 2, dt: float = 10.0, tau: float = 100.0, seed: int = 3, **kw) -> RateRNN:
-    return RateRNN(n_in, n, 1, tau=tau, dt=dt, seed=seed, dtype=F64, **kw)
-
-
-def pulses(steps: int, batch: int) -> torch.Tensor:
-    u = torch.zeros(steps, batch, 2, dtype=F64)
-    u[: steps // 4, :, 0] = 1.0
-    u[steps // 4 : steps // 2, :, 1] = 1.0
-    return u
-
-
-def rec_update(est: Miconi, model: RateRNN, objective) -> torch.Tensor:
-    """The rule's ΔW/η for the recurrent weights (the negated direction)."""
-    est.estimate(model, objective)
-    return -model.rec.weight.grad.clone()
 
 
 @pytest.mark.parametrize("scale", [False, True])
@@ -152,7 +103,7 @@ def test_no_drift_when_the_reward_is_its_baseline() -> None:
     model, u = net(6), pulses(16, 8)
     est = Miconi(SparseKicks(0.2, 0.7), condition="inputs", seed=2)
     for _ in range(3):  # the first call sets R̄ = R, then R − R̄ = 0 exactly
-        assert torch.equal(rec_update(est, model, Constant(u, value=-0.25)), torch.zeros(6, 6, dtype=F64))
+        assert torch.equal(rec_update(est, model, Unrelated(u, value=-0.25)), torch.zeros(6, 6, dtype=F64))
 
 
 def test_no_drift_on_average_when_the_reward_ignores_the_network() -> None:
@@ -162,7 +113,7 @@ def test_no_drift_on_average_when_the_reward_ignores_the_network() -> None:
     rows = []
     for k in range(200):
         est = Miconi(SparseKicks(0.2, 0.7), condition="global", seed=k)
-        rows.append(rec_update(est, model, Constant(u, seed=k)).reshape(-1))
+        rows.append(rec_update(est, model, Unrelated(u, seed=k)).reshape(-1))
     assert_mean_matches(torch.stack(rows), torch.zeros(25, dtype=F64))
 
 
