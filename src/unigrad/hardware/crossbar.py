@@ -262,19 +262,19 @@ class AnalogLinear(nn.Linear):
     def _node_noise(self, rows: int, dtype: torch.dtype) -> Tensor:
         """The node noise of the next ``rows`` time steps (one per sample, in order), from keyed blocks."""
         assert self.node_noise is not None
-        out, t = [], self._time
-        while len(out) < rows:
+        chunks, t, end = [], self._time, self._time + rows
+        while t < end:
             block, offset = divmod(t, NODE_BLOCK)
             if self._block is None or self._block[0] != block:
                 seq = self.node_noise.sequence(
                     NODE_BLOCK, (self.out_features,), seed=self.seed, trial=block, stream=self.index, dtype=dtype
                 )
                 self._block = (block, seq)
-            take = min(rows - len(out), NODE_BLOCK - offset)
-            out.extend(self._block[1][offset : offset + take])
+            take = min(end - t, NODE_BLOCK - offset)
+            chunks.append(self._block[1][offset : offset + take])
             t += take
         self._time = t
-        return torch.stack(out)
+        return torch.cat(chunks)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def device_state(self) -> dict[str, Any]:
