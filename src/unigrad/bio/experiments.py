@@ -46,6 +46,7 @@ from unigrad.bio.rate_rnn import RateRNN
 from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun, train_temporal
 from unigrad.core.errors import check_positive
+from unigrad.core.parallel import run_calls
 
 TASKS = ("perceptual-decision", "dnms", "reaching", "copy", "mackey-glass")
 
@@ -171,7 +172,6 @@ def _control_run(spec: ControlSpec, task_name: str, seed: int, episodes: int, ev
     from unigrad.core.registry import make_estimator
     from unigrad.train.trainer import make_optimizer
 
-    torch.set_num_threads(1)
     task = ControlTask(task_name)
     model = policy_mlp(task.obs_dim, task.n_actions, (64,), activation="leaky_relu", bias=False, seed=seed)
     est = make_estimator(spec.method, seed=seed, **spec.options)
@@ -253,12 +253,6 @@ def _cell(s: dict[str, Any]) -> str:
     return text + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
 
 
-def _cell_runs(spec: RuleSpec, task_name: str, seed: int, trials: int, evals: int) -> BioRun:
-    """One (rule, task, seed) run in a worker process (one torch thread)."""
-    torch.set_num_threads(1)
-    return _train(spec, task_name, seed, trials, evals)
-
-
 def bio_table(
     out: str | Path,
     *,
@@ -279,7 +273,6 @@ def bio_table(
     same as with ``jobs=1`` (every run is keyed by its seed), only their wall times differ.
     """
     check_positive("seeds", seeds, integer=True)
-    check_positive("jobs", jobs, integer=True)
     trials = trials or (64 if quick else TRIALS)
     episodes = episodes or (8 if quick else EPISODES)
     evals = 2 if quick else 20
@@ -321,43 +314,23 @@ def bio_table(
         }
         save()
 
-    if jobs == 1:
-        for spec, task_name in cells:
-            if progress:
-                progress(f"{task_name}: {spec.label}")
-            store(spec, task_name, [_train(spec, task_name, seed, trials, evals) for seed in range(seeds)])
-        for cspec, task_name in control:
-            if progress:
-                progress(f"{task_name}: {cspec.label}")
-            store_control(
-                cspec, task_name, [_control_run(cspec, task_name, seed, episodes, evals) for seed in range(seeds)]
-            )
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {
-                (spec.label, task_name, seed): pool.submit(_cell_runs, spec, task_name, seed, trials, evals)
-                for spec, task_name in cells
-                for seed in range(seeds)
-            }
-            futures.update(
-                {
-                    (cspec.label, task_name, seed): pool.submit(_control_run, cspec, task_name, seed, episodes, evals)
-                    for cspec, task_name in control
-                    for seed in range(seeds)
-                }
-            )
-            for spec, task_name in cells:
-                store(spec, task_name, [futures[(spec.label, task_name, seed)].result() for seed in range(seeds)])
-                if progress:
-                    progress(f"{task_name}: {spec.label} done")
-            for cspec, task_name in control:
-                runs = [futures[(cspec.label, task_name, seed)].result() for seed in range(seeds)]
-                store_control(cspec, task_name, runs)
-                if progress:
-                    progress(f"{task_name}: {cspec.label} done")
+    calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
+        (_train, (spec, task_name, seed, trials, evals)) for spec, task_name in cells for seed in range(seeds)
+    ]
+    calls += [
+        (_control_run, (cspec, task_name, seed, episodes, evals))
+        for cspec, task_name in control
+        for seed in range(seeds)
+    ]
+    results_in_order = run_calls(calls, jobs)
+    for spec, task_name in cells:
+        store(spec, task_name, [next(results_in_order) for _ in range(seeds)])
+        if progress:
+            progress(f"{task_name}: {spec.label} done")
+    for cspec, task_name in control:
+        store_control(cspec, task_name, [next(results_in_order) for _ in range(seeds)])
+        if progress:
+            progress(f"{task_name}: {cspec.label} done")
     text = _table_report(results, tasks, rules, control_tasks, control_rules)
     (out / "report.md").write_text(text)
     _plot_curves(results, tasks, rules, control_tasks, control_rules, out / "learning-curves.png")

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from unigrad.core.errors import check_positive
+from unigrad.core.parallel import run_calls
 from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
 from unigrad.hardware.energy import EnergyModel
 from unigrad.hardware.train import DeviceRun, train_device
@@ -86,7 +87,6 @@ class _Maker:
 
 
 def _run(maker: _Maker, mode: str, seed: int, steps: int, node_sigma: float, quick: bool) -> dict[str, Any]:
-    torch.set_num_threads(1)
     run: DeviceRun = train_device(
         maker,
         mode,
@@ -107,21 +107,10 @@ def _run(maker: _Maker, mode: str, seed: int, steps: int, node_sigma: float, qui
 
 def _execute(jobs: list[tuple[str, tuple[Any, ...]]], n: int, progress: Callable[[str], None] | None) -> dict:
     results: dict[str, Any] = {}
-    if n == 1:
-        for key, args in jobs:
-            if progress:
-                progress(key)
-            results[key] = _run(*args)
-        return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {key: pool.submit(_run, *args) for key, args in jobs}
-        for key, fut in futures.items():
-            results[key] = fut.result()
-            if progress:
-                progress(f"{key} done")
+    for (key, _), run in zip(jobs, run_calls([(_run, args) for _, args in jobs], n), strict=True):
+        results[key] = run
+        if progress:
+            progress(f"{key} done")
     return results
 
 
@@ -139,7 +128,6 @@ def _sweep(
     label: str,
 ) -> str:
     check_positive("seeds", seeds, integer=True)
-    check_positive("jobs", jobs, integer=True)
     steps = 20 if quick else STEPS
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
