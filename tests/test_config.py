@@ -126,6 +126,14 @@ def test_seeds_and_methods_forms():
     }
 
 
+def test_diagnostics_forms():
+    assert validate_config({"diagnostics": ["alignment", "norms"]}, "train") == {"diagnostics": "alignment,norms"}
+    assert validate_config({"diagnostics": "sharpness, trace", "diagnostics_every": 5}, "compare") == {
+        "diagnostics": "sharpness,trace",
+        "diagnostics_every": 5,
+    }
+
+
 def test_keys_mirror_the_command_line():
     parser = cli.build_parser()
     for command in COMMANDS:
@@ -187,6 +195,8 @@ def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.Argume
         ({"batch-size": 1, "batch_size": 2}, "train", "key batch_size given twice (as 'batch-size' and 'batch_size')"),
         ({"train": {"lr": None}}, "train", "[train] lr: must be a finite number > 0, got None"),
         ({1: 2}, "train", "config.toml: keys must be strings, got 1"),
+        ({"diagnostics": "alignmnt"}, "train", "diagnostics: unknown diagnostic 'alignmnt'; valid diagnostics"),
+        ({"diagnostics_every": 0}, "compare", "diagnostics_every: must be an integer >= 1"),
     ],
 )
 def test_bad_values_give_one_line_naming_the_key(data, command, expected):

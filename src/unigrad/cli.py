@@ -4,8 +4,12 @@
 ``runs/unigrad.sqlite``): a run already finished there is not trained again (``--rerun`` forces
 it), and an unfinished one (a killed command) resumes from its checkpoint. ``--config FILE`` reads
 options from a TOML file (:mod:`unigrad.config`); options typed on the command line override it.
-``runs list|show|compare|export|groups`` reads the store. ``experiment NAME`` runs one of the
-experiments of :mod:`unigrad.dynamics` (``convergence-orders``) and writes its figure and report.
+``--diagnostics NAMES`` (with ``--diagnostics-every K``) records training diagnostics
+(:mod:`unigrad.dynamics.diagnostics`: alignment with the backprop gradient, variance, norms,
+sharpness, Hessian trace, drift, step size) and plots them in the report; their cost is kept out
+of the run's own. ``runs list|show|compare|export|groups`` reads the store. ``experiment NAME``
+runs one of the experiments (:mod:`unigrad.experiments`: scaling laws, biology, hardware) and
+writes its figures and report.
 
 Exit status: 0 on success, 1 if a run diverged (its results up to the last good state are still
 written), 2 for a user error (unknown task, method or optimizer, a bad option value or budget, a
@@ -95,6 +99,20 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-store", action="store_true", help="do not use the experiment store (no skip, no resume)")
     p.add_argument("--rerun", action="store_true", help="train again runs already finished in the store")
+    p.add_argument(
+        "--diagnostics",
+        metavar="NAMES",
+        default=None,
+        help="comma-separated training diagnostics to record and plot: alignment, variance, norms, sharpness, "
+        "trace, drift, step (not counted in wall time or forward-pass equivalents)",
+    )
+    p.add_argument(
+        "--diagnostics-every",
+        metavar="K",
+        type=_positive_int,
+        default=None,
+        help="measure the diagnostics every K steps (default: at the evaluation points)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,7 +234,8 @@ def _finish(folder: Any, results: dict[str, Any]) -> int:
 
     print()
     print(table(results))
-    print(f"\nwrote {folder}/results.json, report.md and 3 plots")
+    plots = len(list(Path(folder).glob("*.png")))
+    print(f"\nwrote {folder}/results.json, report.md and {plots} plot{'s' * (plots != 1)}")
     diverged = any_diverged(results)
     for msg in diverged:
         print(f"diverged: {msg}", file=sys.stderr)
@@ -245,6 +264,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         prefix="train",
         store=_store(args),
         rerun=args.rerun,
+        **_diagnostics(args),
     )
     return _finish(folder, results)
 
@@ -277,8 +297,20 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
         command=_command(argv),
         store=_store(args),
         rerun=args.rerun,
+        **_diagnostics(args),
     )
     return _finish(folder, results)
+
+
+def _diagnostics(args: argparse.Namespace) -> dict[str, Any]:
+    """``--diagnostics`` and ``--diagnostics-every`` as options of :func:`unigrad.train.compare.compare`."""
+    from unigrad.dynamics.diagnostics import check_diagnostics
+
+    names = check_diagnostics(getattr(args, "diagnostics", None))
+    every = getattr(args, "diagnostics_every", None)
+    if every is not None and not names:
+        raise UnigradError("--diagnostics-every needs --diagnostics NAMES (e.g. --diagnostics alignment,norms)")
+    return {"diagnostics": names, "diagnostics_every": every}
 
 
 _BREAKS = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")

@@ -27,31 +27,34 @@ level. Example::
 
 Keys (:data:`COMMAND_KEYS`):
 
-=============  =======  ==================================================================
-key            command  value
-=============  =======  ==================================================================
-task           both     a task name (``unigrad list``)
-budget         both     ``"KIND=N"``, KIND one of epochs, steps, forwards, seconds
-batch_size     both     an integer >= 1
-device         both     ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
-dtype          both     ``"float32"``, ``"float64"``, ``"bfloat16"`` or ``"float16"``
-threads        both     an integer >= 1
-eval_points    both     an integer >= 1
-out            both     the run folder, a non-empty string (relative to the working directory, as on
-                        the command line)
-no_progress    both     true or false
-no_memory      both     true or false
-store          both     the experiment store, a non-empty path string
-no_store       both     true or false
-rerun          both     true or false
-method         train    one method spec, e.g. ``"spsa:probes=16:sigma=1e-3"``
-optimizer      train    ``"sgd"``, ``"adam"``, ``"adamw"`` or ``"rmsprop"``
-lr             train    a finite number > 0
-epochs         train    a finite number > 0 (the same as ``budget = "epochs=N"``)
-seed           train    an integer >= 0
-methods        compare  a list of method specs, or one comma-separated string
-seeds          compare  a count >= 1, or a non-empty list of distinct integers >= 0
-=============  =======  ==================================================================
+=================  =======  ==================================================================
+key                command  value
+=================  =======  ==================================================================
+task               both     a task name (``unigrad list``)
+budget             both     ``"KIND=N"``, KIND one of epochs, steps, forwards, seconds
+batch_size         both     an integer >= 1
+device             both     ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
+dtype              both     ``"float32"``, ``"float64"``, ``"bfloat16"`` or ``"float16"``
+threads            both     an integer >= 1
+eval_points        both     an integer >= 1
+out                both     the run folder, a non-empty string (relative to the working directory, as on
+                            the command line)
+no_progress        both     true or false
+no_memory          both     true or false
+store              both     the experiment store, a non-empty path string
+no_store           both     true or false
+rerun              both     true or false
+diagnostics        both     diagnostic names (:mod:`unigrad.dynamics.diagnostics`), a list or one
+                            comma-separated string, e.g. ``["alignment", "sharpness"]``
+diagnostics_every  both     an integer >= 1: measure the diagnostics every K steps
+method             train    one method spec, e.g. ``"spsa:probes=16:sigma=1e-3"``
+optimizer          train    ``"sgd"``, ``"adam"``, ``"adamw"`` or ``"rmsprop"``
+lr                 train    a finite number > 0
+epochs             train    a finite number > 0 (the same as ``budget = "epochs=N"``)
+seed               train    an integer >= 0
+methods            compare  a list of method specs, or one comma-separated string
+seeds              compare  a count >= 1, or a non-empty list of distinct integers >= 0
+=================  =======  ==================================================================
 
 Rules:
 
@@ -127,6 +130,15 @@ class _Options(BaseModel):
     store: Annotated[str, Field(min_length=1)] | None = None
     no_store: bool | None = None
     rerun: bool | None = None
+    diagnostics: str | list[str] | None = None
+    diagnostics_every: _PosInt | None = None
+
+    @field_validator("diagnostics")
+    @classmethod
+    def _diagnostics(cls, value: str | list[str]) -> str:
+        from unigrad.dynamics.diagnostics import check_diagnostics
+
+        return ",".join(_delegate(lambda: check_diagnostics(value)))
 
     @field_validator("out", "store")
     @classmethod
@@ -249,6 +261,8 @@ _ALLOWED = {
     "store": "a non-empty path string",
     "no_store": "true or false",
     "rerun": "true or false",
+    "diagnostics": 'a list of diagnostic names or one comma-separated string, e.g. "alignment,norms"',
+    "diagnostics_every": "an integer >= 1",
     "method": 'a method spec string, e.g. "spsa:probes=16"',
     "optimizer": 'an optimizer name, e.g. "adam"',
     "lr": "a finite number > 0",

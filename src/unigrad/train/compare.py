@@ -9,7 +9,14 @@ writes a run folder (``runs/compare-<task>-<YYYYmmdd-HHMMSS>/`` by default) hold
 * ``report.md``: a table (method, order, optimizer, test accuracy mean ± sd over seeds, final train
   loss, forward-pass equivalents, wall time, peak memory) and the command line;
 * ``accuracy_vs_epochs.png``, ``accuracy_vs_forwards.png``, ``accuracy_vs_seconds.png``: test
-  accuracy against each budget axis, mean over seeds, one line per method.
+  accuracy against each budget axis, mean over seeds, one line per method;
+* with ``diagnostics=["alignment", ...]`` (:mod:`unigrad.dynamics.diagnostics`; measured every
+  ``diagnostics_every`` steps, by default on the step after each evaluation point), the values in
+  every run's ``diagnostics`` list and ``diagnostics_<name>.png``: each diagnostic against the step,
+  one line per method (mean over seeds). Their cost is timed apart (``diagnostics_seconds``), not
+  in the wall time or the forward-pass equivalents, and they do not change the runs. In the
+  experiment store the names and ``k`` are part of a run's configuration (a run without
+  diagnostics keeps its key).
 
 Method specs read ``name[:key=value]...``; ``lr`` and ``optimizer`` go to the optimizer, every
 other key to the estimator. Unset keys come from :data:`DEFAULTS`, a table of hyper-parameters
@@ -76,6 +83,7 @@ import torch
 from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.core.registry import ESTIMATORS, estimator_class, make_estimator
 from unigrad.data.tasks import Task, get_task
+from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.train.report import write_atomic
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
@@ -422,6 +430,8 @@ def compare(
     log: Callable[[str], None] | None = print,
     store: str | Path | None = None,
     rerun: bool = False,
+    diagnostics: str | Sequence[str] = (),
+    diagnostics_every: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run every method with every seed at equal ``budget``; write the run folder (module docs).
 
@@ -446,6 +456,12 @@ def compare(
     budget = Budget.parse(budget)
     seed_list = parse_seeds(seeds)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    diag_names = check_diagnostics(diagnostics)
+    if diagnostics_every is not None and (
+        isinstance(diagnostics_every, bool) or not isinstance(diagnostics_every, int) or diagnostics_every < 1
+    ):
+        raise UnigradError(f"option diagnostics_every must be an integer >= 1, got {diagnostics_every!r}")
+    diag_config = {"names": list(diag_names), "every": diagnostics_every} if diag_names else None
     for spec in specs:  # torch cannot apply a learning rate the parameters' dtype cannot hold
         if spec.lr > torch.finfo(dt).max:
             raise UnigradError(
@@ -469,6 +485,7 @@ def compare(
             "methods": [m.to_dict() for m in specs],
             "command": command,
             "started": datetime.now().isoformat(timespec="seconds"),
+            **({"diagnostics": diag_config} if diag_config is not None else {}),
         },
         "environment": environment(dev),
         "methods": {},
@@ -495,6 +512,8 @@ def compare(
                     dtype=results["config"]["dtype"],
                     eval_points=eval_points,
                 )
+                if diag_config is not None:  # a run with diagnostics is another record than one without
+                    config["diagnostics"] = diag_config
                 rec = db.start_run(config, results["environment"])
                 db.add_to_group(group.name, [rec.id])
                 ckpt = db.path.parent / "checkpoints" / f"{rec.key[:32]}.pt"
@@ -535,6 +554,8 @@ def compare(
                     checkpoint=ckpt,
                     resume=ckpt is not None,
                     on_record=record,
+                    diagnostics=diag_names,
+                    diagnostics_every=diagnostics_every,
                 )
             runs.append(r.to_dict())
             if db is not None and ckpt is not None:
@@ -544,6 +565,7 @@ def compare(
             line = (
                 f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  "
                 f"{r.steps} steps  {r.forward_equivalents:.3g} FE  {r.train_seconds:.1f} s"
+                + (f" (+{r.diagnostics_seconds:.1f} s diagnostics)" if r.diagnostic_names else "")
             )
             say(line + (f"  DIVERGED: {r.message}" if r.status == "diverged" else ""))
             _write_json(folder / "results.json", results)

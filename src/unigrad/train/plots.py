@@ -4,6 +4,11 @@ One line per method, the mean over seeds. Seeds whose evaluation points share th
 (an epoch or step budget) are averaged point by point; otherwise each seed's curve is interpolated
 onto a common grid and averaged where it is defined. Forward-pass equivalents use a log axis: the
 methods' costs per step differ by orders of magnitude.
+
+When the runs recorded diagnostics (:mod:`unigrad.dynamics.diagnostics`), :func:`write_diagnostic_plots`
+draws ``diagnostics_<name>.png`` per diagnostic: one panel per recorded value against the training
+step, one line per method (mean over seeds, as above), a log axis for values that are positive
+scales (norms, variances, step sizes) when every value is positive.
 """
 
 from __future__ import annotations
@@ -79,6 +84,76 @@ def write_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / filename
+        try:
+            write_atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
+        finally:
+            plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# values drawn on a log axis when all are positive (norms, relative variances, step sizes)
+LOG_VALUES = frozenset(
+    {"variance", "bias", "estimate_norm", "gradient_norm", "norm_ratio", "step_norm", "effective_lr"}
+)
+
+
+def diagnostic_groups(results: dict[str, Any]) -> list[str]:
+    """The diagnostics (names of :data:`unigrad.dynamics.diagnostics.VALUES`) some run recorded, in registry order."""
+    from unigrad.dynamics.diagnostics import VALUES
+
+    seen: set[str] = set()
+    for entry in results["methods"].values():
+        for r in entry["runs"]:
+            for d in r.get("diagnostics") or []:
+                seen.update(d)
+    return [name for name, keys in VALUES.items() if any(k in seen for k in keys)]
+
+
+def diagnostic_filename(name: str) -> str:
+    return f"diagnostics_{name}.png"
+
+
+def write_diagnostic_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
+    """Write ``diagnostics_<name>.png`` for every diagnostic some run recorded (module docs); returns the paths."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    from unigrad.dynamics.diagnostics import VALUES
+    from unigrad.train.report import write_atomic
+
+    task = results["config"]["task"]
+    n_seeds = len(results["config"]["seeds"])
+    paths = []
+    for name in diagnostic_groups(results):
+        keys = [k for k in VALUES[name] if not k.endswith("_se")]
+        fig, axes = plt.subplots(1, len(keys), figsize=(4.4 * len(keys) + 1.0, 3.8), dpi=120, squeeze=False)
+        for ax, key in zip(axes[0], keys, strict=True):
+            values: list[float] = []
+            for method, entry in results["methods"].items():
+                curves = []
+                for r in entry["runs"]:
+                    points = [d for d in r.get("diagnostics") or [] if key in d]
+                    x = np.array([d["step"] for d in points], dtype=float)
+                    y = np.array([np.nan if d[key] is None else d[key] for d in points], dtype=float)
+                    keep = np.isfinite(y)
+                    curves.append((x[keep], y[keep]))
+                    values += list(y[keep])
+                x, y = mean_curve(curves)
+                if len(x):
+                    ax.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=3, label=method)
+            if key in LOG_VALUES and values and min(values) > 0:
+                ax.set_yscale("log")
+            ax.set_xlabel("step")
+            ax.set_ylabel(key.replace("_", " ") + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""))
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+        fig.suptitle(f"{task}: {name}")
+        fig.tight_layout()
+        path = folder / diagnostic_filename(name)
         try:
             write_atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
         finally:

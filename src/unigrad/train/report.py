@@ -1,4 +1,8 @@
-"""``report.md`` of a comparison: the table, the command line, the plots and what each column measures."""
+"""``report.md`` of a comparison: the table, the command line, the plots and what each column measures.
+
+Runs that recorded diagnostics (:mod:`unigrad.dynamics.diagnostics`) add a section: their cost in
+seconds next to the training time, what each diagnostic measures and its plot against the step.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from unigrad.core.errors import UnigradError
-from unigrad.train.plots import AXES, write_plots
+from unigrad.train.plots import AXES, diagnostic_filename, diagnostic_groups, write_diagnostic_plots, write_plots
 
 
 def human(n: float | None, unit: str = "") -> str:
@@ -101,6 +105,7 @@ def render(results: dict[str, Any]) -> str:
         lines += ["Diverged runs:", "", *[f"- {msg}" for msg in diverged], ""]
     for _, filename, _ in AXES.values():
         lines += [f"![{filename}]({filename})", ""]
+    lines += diagnostics_section(results)
     total = c.get("total_seconds")
     lines += [
         f"Environment: Python {env['python']}, PyTorch {env['torch']}, NumPy {env['numpy']}, {env['platform']}, "
@@ -110,6 +115,42 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def diagnostics_section(results: dict[str, Any]) -> list[str]:
+    """The report's diagnostics section (no lines when no run recorded diagnostics)."""
+    from unigrad.dynamics.diagnostics import DIAGNOSTICS
+
+    groups = diagnostic_groups(results)
+    if not groups:
+        return []
+    config = results["config"].get("diagnostics") or {}
+    every = config.get("every")
+    when = f"every {every} steps" if every else "on the step after each evaluation point"
+    lines = [
+        "## Diagnostics",
+        "",
+        f"Measured {when}, on that step's batch at the parameters it starts from (the step values describe the "
+        "update it takes); g is the true gradient of the batch, d the method's estimate. Their cost is not in the "
+        "forward-pass equivalents or the wall time above.",
+        "",
+        "| method | training (s) | diagnostics (s) | ratio |",
+        "|---|---|---|---|",
+    ]
+    for label, m in results["methods"].items():
+        runs = [r for r in m["runs"] if "diagnostics_seconds" in r]
+        if not runs:
+            continue
+        train = sum(r["train_seconds"] for r in runs) / len(runs)
+        diag = sum(r["diagnostics_seconds"] for r in runs) / len(runs)
+        ratio = f"{diag / train:.2f}" if train > 0 else "—"
+        lines.append(f"| {label} | {train:.2f} | {diag:.2f} | {ratio} |")
+    lines.append("")
+    for name in groups:
+        what, cost = DIAGNOSTICS[name]
+        filename = diagnostic_filename(name)
+        lines += [f"- **{name}**: {what}; cost {cost}.", "", f"![{filename}]({filename})", ""]
+    return lines
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
@@ -133,6 +174,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
 def write_report(folder: Path, results: dict[str, Any]) -> Path:
     """Write ``report.md`` and the plots into ``folder`` (each file atomically, :func:`write_atomic`)."""
     write_plots(folder, results)
+    write_diagnostic_plots(folder, results)
     path = folder / "report.md"
     text = render(results)
     write_atomic(path, lambda tmp: tmp.write_text(text))

@@ -52,6 +52,19 @@
   ``local_losses=True``), the model is wrapped by :func:`unigrad.nn.local_heads.with_local_heads`
   (after any decorrelation, before the optimizer is made, so the optimizer trains the heads too).
   Evaluation uses the network's own output; the heads only serve the local losses.
+* **Diagnostics** (``diagnostics=["alignment", "sharpness", ...]``, names of
+  :data:`unigrad.dynamics.diagnostics.DIAGNOSTICS`): on the step after every evaluation point (or,
+  with ``diagnostics_every=k``, on every step that starts from a step count divisible by ``k``), the
+  chosen diagnostics are measured on that step's batch at the parameters it starts from (the
+  update quantities of ``"step"`` describe the update it takes) and appended to
+  ``RunResult.diagnostics`` as ``{"step": s, "epoch": e, <value>: ...}``, ``s`` the step count of
+  those parameters (so the entry of an evaluation point has that point's step; the last point,
+  which no step follows, has none). Their passes (true gradients, HVPs, repeated estimates) count
+  neither in the forward-pass equivalents nor in the training wall time: they are timed apart
+  (``RunResult.diagnostics_seconds``). They leave the parameters, ``.grad``, buffers, the
+  estimator's state and the global RNG as the training step left them, so a run with diagnostics
+  ends bitwise where the same run without them does. The checkpoint holds the entries so far (a
+  resumed run continues the list), and the names and ``k`` are part of its fingerprint.
 """
 
 from __future__ import annotations
@@ -60,7 +73,7 @@ import copy
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +86,11 @@ from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, 
 from unigrad.core.estimator import Estimator
 from unigrad.core.memory import peak_memory
 from unigrad.core.objective import supervised
+from unigrad.core.params import trainable
 from unigrad.core.registry import make_estimator
-from unigrad.core.rng import generator
+from unigrad.core.rng import generator, key_hash
 from unigrad.data.tasks import Task, TaskData, get_task
+from unigrad.dynamics.diagnostics import Pending, check_diagnostics, measure, measure_step
 from unigrad.nn.decorrelation import RULES, Decorrelation, decorrelate, update_decorrelation
 from unigrad.nn.local_heads import with_local_heads
 from unigrad.train.checkpoint import load_checkpoint, save_checkpoint
@@ -256,6 +271,9 @@ class RunResult:
     optimizer: torch.optim.Optimizer = field(repr=False)
     estimator: Estimator = field(repr=False)
     decorrelation: dict[str, Any] | None = None
+    diagnostic_names: tuple[str, ...] = ()
+    diagnostics: list[dict[str, float | None]] = field(default_factory=list)
+    diagnostics_seconds: float = 0.0
 
     @property
     def final(self) -> dict[str, float | None]:
@@ -263,6 +281,13 @@ class RunResult:
         return self.history[-1]
 
     def to_dict(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.diagnostic_names:  # only runs that asked for diagnostics carry the fields
+            extra = {
+                "diagnostic_names": list(self.diagnostic_names),
+                "diagnostics_seconds": self.diagnostics_seconds,
+                "diagnostics": self.diagnostics,
+            }
         return {
             "method": self.method,
             "seed": self.seed,
@@ -275,6 +300,7 @@ class RunResult:
             "decorrelation": self.decorrelation,
             "final": self.final,
             "history": self.history,
+            **extra,
         }
 
 
@@ -359,6 +385,8 @@ def train(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     on_record: Callable[[dict[str, float | None]], None] | None = None,
+    diagnostics: Sequence[str] = (),
+    diagnostics_every: int | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs)."""
     task = get_task(task) if isinstance(task, str) else task
@@ -369,12 +397,16 @@ def train(
         raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     decor = check_decorrelation(decorrelation)
+    names = check_diagnostics(diagnostics)
+    if diagnostics_every is not None:
+        check_positive("diagnostics_every", diagnostics_every, integer=True)
 
     estimator = _build_estimator(method, seed, estimator_options)
     data: TaskData = task.data().to(dev, dt)
     model = build_model(task, seed, dev, dt, decor, local_heads=_wants_heads(estimator))
     opt = make_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
     model.train()
+    initial = [p.detach().clone() for _, p in trainable(model)] if "drift" in names else None
 
     n = data.x_train.shape[0]
     per_epoch = _batches_per_epoch(n, batch_size)
@@ -401,6 +433,12 @@ def train(
         "eval_points": eval_points,
         "decorrelation": decor,
     }
+    if names:  # runs without diagnostics keep the fingerprint (and checkpoints) they always had
+        fingerprint["diagnostics"] = list(names)
+        fingerprint["diagnostics_every"] = diagnostics_every
+    diag_records: list[dict[str, float | None]] = []
+    diag_seconds = 0.0
+    diag_due = True  # default schedule: the step after each evaluation point (checkpoints are taken at those)
     finished = False
     if resume and checkpoint is not None and Path(checkpoint).exists():
         state = load_checkpoint(checkpoint)
@@ -416,6 +454,8 @@ def train(
         pos, next_eval = state["pos"], state["next_eval"]
         window, history = list(state["window"]), [dict(h) for h in state["history"]]
         status, message, finished = state["status"], state["message"], state["finished"]
+        diag_records = [dict(d) for d in state.get("diagnostics", [])]
+        diag_seconds = float(state.get("diagnostics_seconds", 0.0))
         snapshot = _Snapshot(model, opt, estimator, state["last_good_step"])
 
     def save(done: bool = False) -> None:
@@ -439,6 +479,7 @@ def train(
                 "message": message,
                 "finished": done,
                 "last_good_step": snapshot.step,
+                **({"diagnostics": diag_records, "diagnostics_seconds": diag_seconds} if names else {}),
             },
         )
 
@@ -448,7 +489,8 @@ def train(
 
     def record() -> bool:
         """Evaluate; keep a snapshot if finite. Returns False if the test loss is not finite."""
-        nonlocal snapshot
+        nonlocal snapshot, diag_due
+        diag_due = True
         test_loss, test_acc = evaluate(model, task, data.x_test, data.y_test)
         if not math.isfinite(test_loss):
             return False
@@ -484,22 +526,49 @@ def train(
                 perm = torch.randperm(n, generator=generator(seed, seen // n, _DATA_TAG)).to(dev)
             idx = perm[pos : pos + batch_size]
             xb, yb = data.x_train[idx], data.y_train[idx]
+            due = bool(names) and (diag_due if diagnostics_every is None else step % diagnostics_every == 0)
+            pending: Pending | None = None
+            state_before: dict[str, Any] | None = None
+            diag_step, diag_epoch, in_step = step, seen / n, 0.0
+            if due and "variance" in names:  # the repeated estimates start from the state this estimate starts from
+                t1 = time.perf_counter()
+                state_before = copy.deepcopy(estimator.state_dict())
+                diag_seconds += time.perf_counter() - t1
             t0 = time.perf_counter()
             try:
                 opt.zero_grad(set_to_none=True)
-                est = estimator.estimate(model, supervised(task.loss_fn, xb, yb))
+                objective = supervised(task.loss_fn, xb, yb)
+                est = estimator.estimate(model, objective)
                 if not math.isfinite(est.loss):
                     raise NonFiniteLossError(f"loss became {est.loss}")
+                if due:
+                    t1 = time.perf_counter()
+                    pending = measure(
+                        names,
+                        model,
+                        objective,
+                        estimator=estimator,
+                        state_before=state_before,
+                        initial=initial,
+                        seed=key_hash(seed, step),
+                    )
+                    in_step = time.perf_counter() - t1
+                    diag_seconds += in_step
+                    diag_due = False
                 if decor is not None:
                     fe += record_decorrelation_inputs(model, xb)
                 opt.step()
                 if decor is not None:
                     update_decorrelation(model)
             except NonFiniteLossError as e:
-                seconds += time.perf_counter() - t0
+                seconds += time.perf_counter() - t0 - in_step
                 status, message, failed = "diverged", f"{e}".split(";")[0], step + 1
                 break
-            seconds += time.perf_counter() - t0
+            seconds += time.perf_counter() - t0 - in_step
+            if pending is not None:
+                t1 = time.perf_counter()
+                diag_records.append({"step": diag_step, "epoch": diag_epoch, **measure_step(pending, model)})
+                diag_seconds += time.perf_counter() - t1
             step += 1
             fe += est.cost.forward_equivalents
             seen += idx.shape[0]
@@ -542,6 +611,9 @@ def train(
         optimizer=opt,
         estimator=estimator,
         decorrelation=decor,
+        diagnostic_names=names,
+        diagnostics=diag_records,
+        diagnostics_seconds=diag_seconds,
     )
 
 

@@ -1,0 +1,217 @@
+"""Training diagnostics against exact answers: the Hessian's top eigenvalue and trace, alignment and
+variance of estimates against their closed forms, and that measuring leaves everything untouched."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import unigrad
+from tests.problems import Quadratic, flat_grad, mlp, true_grad
+from unigrad import UnigradError
+from unigrad.core.params import trainable
+from unigrad.dynamics.diagnostics import (
+    DIAGNOSTICS,
+    VALUES,
+    alignment,
+    check_diagnostics,
+    drift,
+    effective_step,
+    hessian_trace,
+    measure,
+    measure_step,
+    norm_ratio,
+    relative_bias,
+    relative_variance,
+    repeated_estimates,
+    top_hessian_eigenvalue,
+    true_gradient,
+)
+from unigrad.first.backprop import Backprop
+from unigrad.zeroth.rge import RGE
+
+
+def _exact_hessian(problem) -> torch.Tensor:
+    """The full Hessian of the mean loss by ``torch.autograd.functional.hessian`` (float64)."""
+    params = trainable(problem.model)
+    names, shapes, sizes = [n for n, _ in params], [p.shape for _, p in params], [p.numel() for _, p in params]
+    theta = torch.cat([p.detach().reshape(-1) for _, p in params])
+
+    def f(t):
+        values = {n: v.view(s) for n, v, s in zip(names, t.split(sizes), shapes, strict=True)}
+        out = torch.func.functional_call(problem.model, values, (problem.objective.inputs,))
+        return problem.objective.score(out).mean()
+
+    return torch.autograd.functional.hessian(f, theta)
+
+
+def _state(model):
+    return [p.detach().clone() for p in model.parameters()], [
+        None if p.grad is None else p.grad.clone() for p in model.parameters()
+    ]
+
+
+def _same(a, b) -> bool:
+    pairs = zip(a[0] + a[1], b[0] + b[1], strict=True)
+    return all((x is None and y is None) or (x is not None and y is not None and torch.equal(x, y)) for x, y in pairs)
+
+
+def test_top_eigenvalue_matches_eigvalsh_of_the_full_hessian() -> None:
+    problem = mlp(dtype=torch.float64)
+    h = _exact_hessian(problem)
+    eig = torch.linalg.eigvalsh(0.5 * (h + h.T))
+    problem.model[0].weight.grad = torch.ones_like(problem.model[0].weight)  # must survive untouched
+    before, rng = _state(problem.model), torch.get_rng_state()
+    top = top_hessian_eigenvalue(problem.model, problem.objective, iters=30, seed=3)
+    assert top == pytest.approx(float(eig[-1]), rel=1e-6)
+    assert _same(before, _state(problem.model)) and torch.equal(rng, torch.get_rng_state())
+    # other starting vectors agree; fewer products give a lower bound (a Ritz value never exceeds λ_max)
+    assert top_hessian_eigenvalue(problem.model, problem.objective, seed=11) == pytest.approx(top, rel=1e-4)
+    short = top_hessian_eigenvalue(problem.model, problem.objective, iters=3, seed=3)
+    assert short <= float(eig[-1]) + 1e-9
+
+
+def test_top_eigenvalue_is_the_largest_algebraic_not_the_largest_magnitude() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    eig = torch.tensor([-7.0, -2.0, 0.3, 1.0, 2.5, 4.0], dtype=torch.float64)
+    a = (q * eig) @ q.T
+    model = Quadratic(0.5 * (a + a.T), torch.zeros(6, dtype=torch.float64), torch.randn(6, generator=g).double())
+    objective = unigrad.objective(lambda m: m(), n_samples=1)
+    assert top_hessian_eigenvalue(model, objective, iters=6) == pytest.approx(4.0, rel=1e-9)
+
+
+def test_hutchinson_trace_is_within_its_standard_error_and_the_error_is_honest() -> None:
+    problem = mlp(dtype=torch.float64)
+    h = _exact_hessian(problem)
+    exact = float(torch.trace(h))
+    probes = 32
+    # Rademacher probes: Var(vᵀHv) = 2 Σ_{i≠j} H_ij², so the standard error of the mean is known
+    off = h - torch.diag(torch.diagonal(h))
+    se_theory = math.sqrt(2 * float(off.square().sum()) / probes)
+    z, ses = [], []
+    for seed in range(12):
+        mean, se = hessian_trace(problem.model, problem.objective, probes=probes, seed=seed)
+        z.append((mean - exact) / se)
+        ses.append(se)
+    assert max(abs(v) for v in z) < 3.5, z
+    assert 0.7 < sum(ses) / len(ses) / se_theory < 1.3, (ses, se_theory)
+    # honest, not inflated: the z-scores spread like a standard normal's
+    sd = math.sqrt(sum(v * v for v in z) / len(z))
+    assert 0.4 < sd < 1.8 and max(abs(v) for v in z) > 0.5, z
+    with pytest.raises(UnigradError, match="probes must be >= 2"):
+        hessian_trace(problem.model, problem.objective, probes=1)
+
+
+def test_alignment_is_one_for_backprop_and_about_q_over_d_squared_for_rge() -> None:
+    problem = mlp(dtype=torch.float64)
+    Backprop().estimate(problem.model, problem.objective)
+    _, grads = true_gradient(problem.model, problem.objective)
+    estimate = [p.grad for p in problem.model.parameters()]
+    assert alignment(estimate, grads) == pytest.approx(1.0, abs=1e-12)
+    assert norm_ratio(estimate, grads) == pytest.approx(1.0, abs=1e-12)
+    assert torch.allclose(torch.cat([g.reshape(-1) for g in grads]), true_grad(problem.model, problem.objective))
+
+    # Gaussian directions, q probes in d dimensions: E cos² ≈ q / (d + q + 1)
+    q, d = 16, problem.dim
+    rge = RGE(probes=q, sigma=1e-4, distribution="gaussian", noise_source="generator", seed=1)
+    cos2 = []
+    for _ in range(40):
+        rge.estimate(problem.model, problem.objective)
+        cos2.append(alignment([p.grad for p in problem.model.parameters()], grads) ** 2)
+    assert 0.6 < sum(cos2) / len(cos2) / (q / (d + q + 1)) < 1.5
+
+
+def test_relative_variance_of_rge_matches_d_plus_1_over_q_and_repeats_leave_no_trace() -> None:
+    problem = mlp(dtype=torch.float64)
+    q, d = 8, problem.dim
+    rge = RGE(probes=q, sigma=1e-4, distribution="gaussian", noise_source="generator", seed=2)
+    rge.estimate(problem.model, problem.objective)  # one step in, so the state is not the initial one
+    state = rge.state_dict()
+    rge.estimate(problem.model, problem.objective)
+    first = [p.grad.clone() for p in problem.model.parameters()]
+    before, est_state = _state(problem.model), rge.state_dict()
+    more = repeated_estimates(rge, problem.model, problem.objective, state, 47)
+    assert _same(before, _state(problem.model)) and rge.state_dict() == est_state
+    assert not torch.equal(more[0][0], more[1][0])  # independent noise
+    _, grads = true_gradient(problem.model, problem.objective)
+    samples = [first, *more]
+    # one Gaussian probe has E‖uuᵀg − g‖² = (d + 1)‖g‖²; the mean of q has 1/q of it
+    assert 0.6 < relative_variance(samples, grads) / ((d + 1) / q) < 1.6
+    # unbiased (central differences at small σ): ‖ḡ − g‖² is the variance of the mean, (d+1)/(q·48) on average
+    assert relative_bias(samples, grads) < 4 * (d + 1) / (q * len(samples))
+    # the next training estimate is the one it would have been
+    rge.estimate(problem.model, problem.objective)
+    after = flat_grad(problem.model)
+    twin = mlp(dtype=torch.float64)
+    other = RGE(probes=q, sigma=1e-4, distribution="gaussian", noise_source="generator", seed=2)
+    for _ in range(3):
+        other.estimate(twin.model, twin.objective)
+    assert torch.equal(after, flat_grad(twin.model))
+
+
+def test_relative_variance_definition_on_explicit_vectors() -> None:
+    samples = [[torch.tensor([1.0, 0.0])], [torch.tensor([3.0, 0.0])], [torch.tensor([2.0, 3.0])]]
+    mean = torch.tensor([2.0, 1.0])
+    spread = sum(float((s[0] - mean).square().sum()) for s in samples) / 2  # (2 + 2 + 4) / 2
+    assert relative_variance(samples) == pytest.approx(spread / 5.0)
+    assert relative_variance(samples, [torch.tensor([0.0, 2.0])]) == pytest.approx(spread / 4.0)
+    assert relative_bias(samples, [torch.tensor([0.0, 2.0])]) == pytest.approx((4.0 + 1.0) / 4.0)
+    assert math.isnan(alignment([torch.zeros(2)], [torch.ones(2)]))
+    with pytest.raises(UnigradError, match="at least 2"):
+        relative_variance(samples[:1])
+
+
+def test_drift_and_effective_step() -> None:
+    theta0 = [torch.tensor([1.0, 0.0]), torch.tensor([2.0])]
+    theta = [torch.tensor([1.0, 3.0]), torch.tensor([6.0])]
+    assert drift(theta, theta0) == pytest.approx((5.0, math.sqrt(1 + 9 + 36)))
+    g = [torch.tensor([0.0, -2.0]), torch.tensor([0.0])]  # Δ = (0, 3, 4), ‖g‖ = 2
+    out = effective_step(theta0, theta, g)
+    assert out["step_norm"] == pytest.approx(5.0) and out["effective_lr"] == pytest.approx(2.5)
+    assert out["descent_cosine"] == pytest.approx(6.0 / (5.0 * 2.0))
+
+
+def test_measure_records_every_value_and_keeps_sgd_step_exact() -> None:
+    problem = mlp(dtype=torch.float64)
+    init = [p.detach().clone() for p in problem.model.parameters()]
+    opt = torch.optim.SGD(problem.model.parameters(), lr=0.1)
+    est = RGE(probes=4, sigma=1e-4, noise_source="generator", seed=0)
+    state = est.state_dict()
+    est.estimate(problem.model, problem.objective)
+    pending = measure(
+        tuple(DIAGNOSTICS), problem.model, problem.objective, estimator=est, state_before=state, initial=init
+    )
+    opt.step()
+    values = measure_step(pending, problem.model)
+    assert set(values) == {k for keys in VALUES.values() for k in keys}
+    assert all(math.isfinite(v) for v in values.values())
+    # SGD: Δθ = −0.1·d, so the effective rate is 0.1·‖d‖/‖g‖ and the descent cosine is the alignment
+    assert values["effective_lr"] == pytest.approx(0.1 * values["norm_ratio"], rel=1e-9)
+    assert values["descent_cosine"] == pytest.approx(values["alignment"], rel=1e-9)
+    assert values["drift"] == 0.0
+
+
+def test_measure_leaves_batchnorm_statistics_and_dropout_rng_alone() -> None:
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.Dropout(0.3), nn.Tanh(), nn.Linear(8, 3))
+    x, y = torch.randn(32, 5, generator=g), torch.randint(0, 3, (32,), generator=g)
+    objective = unigrad.supervised(nn.functional.cross_entropy, x, y)
+    Backprop().estimate(model, objective)
+    buffers = [b.clone() for b in model.buffers()]
+    before, rng = _state(model), torch.get_rng_state()
+    measure(("alignment", "sharpness", "trace"), model, objective)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, model.buffers(), strict=True))
+    assert _same(before, _state(model)) and torch.equal(rng, torch.get_rng_state())
+
+
+def test_names_are_checked() -> None:
+    assert check_diagnostics("alignment, sharpness,alignment") == ("alignment", "sharpness")
+    assert check_diagnostics(None) == () and check_diagnostics(["trace"]) == ("trace",)
+    with pytest.raises(UnigradError, match=r"unknown diagnostic 'sharp'; valid diagnostics: alignment, drift"):
+        check_diagnostics("alignment,sharp")
+    assert set(VALUES) == set(DIAGNOSTICS)
