@@ -58,3 +58,30 @@ def test_in_situ_danp_runs_decorrelation_through_the_device(data) -> None:
     assert run.history[-1]["accuracy"] > 0.5
     assert run.history[-1]["counts"]["analog_macs"] == 2 * 64 * (64 * 32 + 32 * 10) * 100
     assert torch.isfinite(torch.tensor(run.history[-1]["energy"]))
+
+
+def test_cosine_schedule_anneals_to_zero() -> None:
+    from unigrad.hardware.train import _scheduler
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([w], lr=1e-2)
+    sched = _scheduler(opt, "cosine", 10)
+    seen = []
+    for _ in range(10):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    expected = [1e-2 * (1 + torch.cos(torch.tensor(torch.pi * t / 10)).item()) / 2 for t in range(10)]
+    assert seen == pytest.approx(expected, rel=1e-6)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    const = torch.optim.Adam([w], lr=1e-2)
+    flat = _scheduler(const, "constant", 10)
+    for _ in range(5):
+        const.step()
+        flat.step()
+    assert const.param_groups[0]["lr"] == 1e-2
+
+
+def test_bad_schedule_is_refused(data) -> None:
+    with pytest.raises(UnigradError, match="schedule"):
+        train_device(make, "in-situ-anp", data, steps=1, schedule="linear")

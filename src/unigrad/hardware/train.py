@@ -51,6 +51,7 @@ from unigrad.hardware.crossbar import CrossbarMLP
 from unigrad.hardware.energy import EnergyModel, LatencyModel, OpCounts
 
 MODES = ("deployed-backprop", "hardware-aware", "in-situ-anp", "in-situ-danp", "mgd")
+SCHEDULES = ("constant", "cosine")
 _BATCH, _AWARE = 0x4B0, 0x4B1
 
 
@@ -143,16 +144,20 @@ def train_device(
     energy: EnergyModel | None = None,
     latency: LatencyModel | None = None,
     options: dict[str, Any] | None = None,
+    schedule: str = "constant",
     on_eval: Callable[[dict[str, Any]], None] | None = None,
 ) -> DeviceRun:
     """Train a fresh device from ``make_device()`` in ``mode`` (module docs) on ``data = (x_train, y_train,
-    x_test, y_test)`` with cross-entropy; Adam at ``lr`` (SGD-free modes alike). ``node_sigma`` is what the
-    hardware-aware twin injects on layer outputs (the device's node noise level, if known). ``options`` go to the
-    estimator (``ANP``, ``MGD``) or, under ``"decorrelation"``, to :func:`unigrad.decorrelate`."""
+    x_test, y_test)`` with cross-entropy; Adam at ``lr`` in every mode, held constant (``schedule="constant"``) or
+    annealed to zero over ``steps`` along a half cosine (``schedule="cosine"``, ``lr_t = lr·(1 + cos(πt/T))/2``).
+    ``node_sigma`` is what the hardware-aware twin injects on layer outputs (the device's node noise level, if
+    known). ``options`` go to the estimator (``ANP``, ``MGD``) or, under ``"decorrelation"``, to
+    :func:`unigrad.decorrelate`."""
     check_choice("mode", mode, MODES)
     for name, value in (("steps", steps), ("batch", batch), ("eval_every", eval_every)):
         check_positive(name, value, integer=True)
     check_positive("lr", lr)
+    check_choice("schedule", schedule, SCHEDULES)
     options = dict(options or {})
     energy = energy or EnergyModel()
     latency = latency or LatencyModel()
@@ -195,6 +200,7 @@ def train_device(
         twin = device.digital_twin(seed=seed, dtype=device.analog_layers()[0].weight.dtype)
         model = HardwareAwareTwin(twin, device, node_sigma, seed) if mode == "hardware-aware" else twin
         opt = torch.optim.Adam(twin.parameters(), lr=lr)
+        sched = _scheduler(opt, schedule, steps)
         record(0, twin)
         per_step = 3 * batch * _macs(sizes)
         for step in range(1, steps + 1):
@@ -202,6 +208,7 @@ def train_device(
             opt.zero_grad()
             F.cross_entropy(model(xtr[i]), ytr[i]).backward()
             opt.step()
+            sched.step()
             learner.digital_macs += per_step
             if mode == "hardware-aware":
                 model.step += 1
@@ -226,6 +233,7 @@ def train_device(
         if mode == "in-situ-danp":
             unigrad.decorrelate(device, seed=seed, **decor)
     opt = torch.optim.Adam(device.parameters(), lr=lr)
+    sched = _scheduler(opt, schedule, steps)
     record(0, None)
     for step in range(1, steps + 1):
         i = _batch(len(xtr), batch, seed, step)
@@ -237,6 +245,7 @@ def train_device(
         else:
             e = est.estimate(device, objective)
         opt.step()
+        sched.step()
         if mode == "mgd":
             window = getattr(est, "window", 1)
             learner.digital_macs += window * device_parameters(device)
@@ -255,6 +264,12 @@ def train_device(
             record(step, None)
     run.counts = device.counts + learner
     return run
+
+
+def _scheduler(opt: torch.optim.Optimizer, schedule: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    return torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)
 
 
 def device_parameters(device: nn.Module) -> int:
