@@ -19,6 +19,14 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "unigrad.dynamics.convergence_orders:run_experiment",
         "error against iteration and work for orders 0-3 on Rosenbrock and an ill-conditioned quadratic",
     ),
+    "estimator-variance": (
+        "unigrad.dynamics.estimator_variance:run_experiment",
+        "alignment and relative error of rge, spsa, es, forward-gradient, np and wp against dimension and probes",
+    ),
+    "smoothing-rates": (
+        "unigrad.dynamics.smoothing_rates:run_experiment",
+        "iterations of Gaussian-smoothing random search against gradient descent on quadratics as d grows",
+    ),
     "bio-table": (
         "unigrad.bio.experiments:bio_table",
         "biological rules × neuroscience tasks on a rate RNN, with BPTT as reference and learning curves",

@@ -115,14 +115,14 @@ def test_alignment_is_one_for_backprop_and_about_q_over_d_squared_for_rge() -> N
     assert norm_ratio(estimate, grads) == pytest.approx(1.0, abs=1e-12)
     assert torch.allclose(torch.cat([g.reshape(-1) for g in grads]), true_grad(problem.model, problem.objective))
 
-    # Gaussian directions, q probes in d dimensions: E cos² ≈ q / (d + q + 1)
+    # Gaussian directions, q probes in d dimensions: E cos² = q / (d + q - 1)
     q, d = 16, problem.dim
     rge = RGE(probes=q, sigma=1e-4, distribution="gaussian", noise_source="generator", seed=1)
     cos2 = []
     for _ in range(40):
         rge.estimate(problem.model, problem.objective)
         cos2.append(alignment([p.grad for p in problem.model.parameters()], grads) ** 2)
-    assert 0.6 < sum(cos2) / len(cos2) / (q / (d + q + 1)) < 1.5
+    assert 0.6 < sum(cos2) / len(cos2) / (q / (d + q - 1)) < 1.5
 
 
 def test_relative_variance_of_rge_matches_d_plus_1_over_q_and_repeats_leave_no_trace() -> None:

@@ -1,0 +1,654 @@
+"""The estimator-variance experiment: alignment and relative error of random-direction estimates
+against the dimension ``d`` and the number of probes ``q``, measured against exact formulas.
+
+For an estimate ``ĝ`` of the true (backprop) gradient ``g`` at fixed parameters and batch, it
+records the alignment ``cos = ⟨ĝ, g⟩/(‖ĝ‖‖g‖)`` and the relative error ``‖ĝ − g‖²/‖g‖²`` over many
+independent estimates, and fits power laws in log-log by least squares.
+
+Theory (σ → 0, where finite differences are directional derivatives)
+=====================================================================
+
+Gaussian directions (``rge`` central, ``forward-gradient``): ``ĝ = (1/q) Σ_i (g·u_i) u_i`` with
+``u_i ~ N(0, I_d)``. Rotate so that ``g = ‖g‖e_1`` and write ``u_i = z_i e_1 + u_i^⊥``. Then
+``ĝ ∝ (Σ z_i²) e_1 + Σ z_i u_i^⊥``, and given ``z`` the second term is ``N(0, ‖z‖² I_{d−1})``, so
+exactly::
+
+    cos² = χ²_q / (χ²_q + χ²_{d−1})  ~  Beta(q/2, (d−1)/2)
+    E[cos²] = q / (d + q − 1)                                  (→ q/d for d ≫ q)
+    E[cos]  = Γ((q+1)/2) Γ((d+q−1)/2) / (Γ(q/2) Γ((d+q)/2))     (→ c_q √(q/d))
+    E‖ĝ − g‖²/‖g‖² = (d + 1)/q                                 (E[(g·u)²‖u‖²] = (d+2)‖g‖²)
+
+with ``c_q = √2 Γ((q+1)/2)/(Γ(q/2)√q)`` (``c_1 = √(2/π) ≈ 0.80``, ``c_q → 1``). So the quantity
+that scales exactly as ``q/d`` is ``E[cos²]``: ``E[cos]`` is ``√(q/d)`` only up to ``c_q``, which
+makes its exponent in ``q`` slightly larger than 1/2 at small ``q``. The exponents are fitted on
+``E[cos²]`` (theory −1 in ``d``, +1 in ``q``), on ``E[cos]`` (−1/2, +1/2 asymptotically) and on
+the relative error (+1, −1); each is compared with the slope of the exact formula fitted on the
+same grid (the "theory" column) and with the asymptotic exponent.
+
+SPSA (Rademacher ``Δ_i``, ``‖Δ_i‖² = d``): ``E‖ĝ − g‖²/‖g‖² = (d − 1)/q`` exactly and
+``E[cos²] = 1/d`` exactly at ``q = 1``; for ``q > 1``, and for ``E[cos]``, the Gaussian formulas
+hold to leading order in ``1/d`` when ``g`` is spread over many coordinates (as it is here).
+
+ES with centered ranks (``es``, Salimans et al. 2017): for small σ the 2q losses are
+``f ± σ s_i`` with ``s_i = g·ε_i``, so their centered ranks give pair weights
+``c_i = sign(s_i)(2k_i − 1)`` (``k_i`` the rank of ``|s_i|``) and ``ĝ ∝ Σ c_i ε_i``; the same
+decomposition gives, exactly, ``cos² = T/(T + χ²_{d−1})`` with ``T = (c·z)²/‖c‖²``. Its moments are
+evaluated by Monte Carlo on these scalars (``E[T] = q`` at ``q = 1``; ``E[T]/q → 3/π ≈ 0.955`` for
+large ``q``: ranks cost about 5% of ``E[cos²]``). The shaped estimate's norm does not follow the
+gradient's (it is of order ``√d/σ``), so its relative error is not reported.
+
+Node perturbation (``np``) and weight perturbation (``wp``) on small networks, one sample (B = 1),
+one probe:
+
+* WP is forward-difference Gaussian search over all ``d`` weights and biases:
+  ``E[cos²] = 1/d``, relative error ``d + 1``.
+* NP adds ``σe_l`` (``e_l ~ N(0, I_{N_l})``) to the pre-activations of every layer ``l`` and
+  writes ``ĝ_l = (δ·e) e_l x̃_lᵀ``, with ``δ_l = ∂L/∂h_l`` (backprop's error at layer ``l``),
+  ``δ = (δ_l)_l`` over all ``M = Σ N_l`` nodes and ``x̃_l = (x_{l−1}, 1)`` the layer input with the
+  bias entry. The true gradient is ``g_l = δ_l x̃_lᵀ``. With ``a_l = ‖x̃_l‖²``::
+
+      cos = Σ_l a_l e_l·δ_l / (√(Σ_l a_l ‖e_l‖²) √(Σ_l a_l ‖δ_l‖²))
+      E‖ĝ − g‖²/‖g‖² = Σ_l a_l (N_l ‖δ‖² + ‖δ_l‖²) / Σ_l a_l ‖δ_l‖²          (exact)
+      E[cos²] ≈ Σ_l a_l² ‖δ_l‖² / (Σ_l a_l N_l · Σ_l a_l ‖δ_l‖²) =: 1/M_eff      (large M)
+
+  For one layer these are exact: ``E[cos²] = 1/N`` (the number of perturbed output nodes,
+  whatever the number of inputs) and relative error ``N + 1``: NP searches the node space, not
+  the weight space. With several layers the nodes count with weights ``a_l`` (the squared norms of
+  the layers' inputs) and the errors' sizes, so ``M_eff`` is not ``M``: in a wide tanh network the
+  output layer, whose inputs grow with the width, dominates the gradient and ``M_eff`` saturates.
+  The per-instance formulas above are evaluated from autograd's ``δ_l`` and ``x_l``.
+
+Problems: for the ``d``/``q`` sweeps, softmax regression ``nn.Linear(d/4, 4, bias=False)`` (float64)
+on a batch of 32 Gaussian inputs with random labels; for NP/WP, MLPs with tanh and a squared error
+on one Gaussian input and target. Every grid point draws its own problem and noise streams; σ =
+1e-6 in float64, so finite-difference bias and rounding are far below the statistical error.
+
+Standard errors: each point's mean has standard error ``sd/√n``; the fitted slope's standard
+error propagates them (``Var(log ȳ) ≈ (se/ȳ)²``) through the least-squares weights.
+
+Options (``run``): ``dims``, ``probes``, ``q_dim`` (the ``d`` of the ``q`` sweep), ``estimates``
+(per seed and grid point; the ``q`` sweep uses ``max(estimates/q, 40)`` (at most ``estimates``) since the spread of
+``cos²`` falls like ``1/√q``), ``seeds``, ``sigma``, ``mc_samples`` (of the rank formula), and the
+NP/WP grids ``nodes``, ``inputs``, ``widths``.
+
+Outputs (in ``out``): ``estimator-variance.png``, ``results.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.objective import Objective, reduce, supervised
+from unigrad.core.params import trainable
+from unigrad.core.registry import make_estimator
+from unigrad.core.rng import generator, key_hash
+
+CLASSES = 4
+"""Outputs of the softmax-regression problem of the ``d``/``q`` sweeps (``d = 4·inputs``)."""
+BATCH = 32
+TOLERANCE = 0.25
+"""A measured exponent is "within theory" when its relative deviation is at most this."""
+
+
+# -- exact formulas ----------------------------------------------------------------------------
+
+
+def gaussian_cos2(d: int, q: int) -> float:
+    """``E[cos²] = q/(d + q − 1)`` for ``(1/q) Σ (g·u_i) u_i`` with Gaussian ``u_i`` (exact)."""
+    return q / (d + q - 1)
+
+
+def gaussian_cos(d: int, q: int) -> float:
+    """``E[cos] = E√Beta(q/2, (d−1)/2) = Γ((q+1)/2) Γ((d+q−1)/2) / (Γ(q/2) Γ((d+q)/2))`` (exact)."""
+    log = math.lgamma((q + 1) / 2) + math.lgamma((d + q - 1) / 2) - math.lgamma(q / 2) - math.lgamma((d + q) / 2)
+    return math.exp(log)
+
+
+def relative_error(name: str, d: int, q: int) -> float | None:
+    """Exact ``E‖ĝ − g‖²/‖g‖²`` as σ → 0: ``(d+1)/q`` (Gaussian), ``(d−1)/q`` (Rademacher); None for ES."""
+    if name in ("rge", "forward-gradient", "wp"):
+        return (d + 1) / q
+    if name == "spsa":
+        return (d - 1) / q
+    return None
+
+
+def rank_statistics(q: int, samples: int, seed: int = 0) -> np.ndarray:
+    """Samples of ``T = (c·z)²/‖c‖²`` for ES's centered ranks: ``z ~ N(0, I_q)``,
+    ``c_i = sign(z_i)(2k_i − 1)`` with ``k_i`` the rank (1 = smallest) of ``|z_i|``."""
+    rng = np.random.default_rng(seed)
+    z = rng.standard_normal((samples, q))
+    a = np.abs(z)
+    ranks = a.argsort(axis=1).argsort(axis=1) + 1
+    w = 2.0 * ranks - 1.0
+    return (w * a).sum(1) ** 2 / (w**2).sum(1)
+
+
+def ranks_moments(d: int, t: np.ndarray, seed: int = 1) -> tuple[float, float]:
+    """``(E[cos²], E[cos])`` of ES with centered ranks: ``cos² = T/(T + χ²_{d−1})`` (Monte Carlo)."""
+    rng = np.random.default_rng(seed)
+    chi = rng.chisquare(d - 1, size=t.shape[0]) if d > 1 else np.zeros_like(t)
+    c2 = t / (t + chi)
+    return float(c2.mean()), float(np.sqrt(c2).mean())
+
+
+def theory_moments(name: str, d: int, q: int, ranks: dict[int, np.ndarray]) -> tuple[float, float]:
+    """``(E[cos²], E[cos])`` predicted for estimator ``name`` (Gaussian formula for rge/fg/spsa/wp)."""
+    if name == "es":
+        return ranks_moments(d, ranks[q])
+    return gaussian_cos2(d, q), gaussian_cos(d, q)
+
+
+# -- fits --------------------------------------------------------------------------------------
+
+
+def fit_power(x: Sequence[float], y: Sequence[float], se: Sequence[float] | None = None) -> tuple[float, float]:
+    """Least-squares slope of ``log y`` on ``log x`` and its standard error, propagating the
+    standard errors ``se`` of the ``y`` (``Var(log y) ≈ (se/y)²``); 0 without them."""
+    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
+    dx = lx - lx.mean()
+    w = dx / (dx**2).sum()
+    slope = float(w @ (ly - ly.mean()))
+    if se is None:
+        return slope, 0.0
+    var = (np.asarray(se, float) / np.asarray(y, float)) ** 2
+    return slope, float(math.sqrt(float(w**2 @ var)))
+
+
+# -- problems ----------------------------------------------------------------------------------
+
+
+def softmax_problem(d: int, seed: int) -> tuple[nn.Module, Objective]:
+    """Softmax regression with ``d`` weights (``d/4`` inputs × 4 classes, no bias), float64."""
+    n_in = max(1, d // CLASSES)
+    g = generator(seed, 0x5EF7, d)
+    model = nn.Linear(n_in, CLASSES, bias=False, dtype=torch.float64)
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(CLASSES, n_in, generator=g, dtype=torch.float64) / math.sqrt(n_in))
+    x = torch.randn(BATCH, n_in, generator=g, dtype=torch.float64)
+    y = torch.randint(0, CLASSES, (BATCH,), generator=g)
+    return model, supervised(F.cross_entropy, x, y)
+
+
+def mlp_problem(widths: Sequence[int], seed: int) -> tuple[nn.Sequential, Objective]:
+    """``Linear → tanh → … → Linear`` with the given layer widths (float64), weights
+    ``N(0, 1/fan_in)`` and biases ``N(0, 0.01)``, on one Gaussian input with a Gaussian target
+    under the squared error (per sample, the mean over outputs)."""
+    g = generator(seed, 0x3E7, *widths)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
+        lin = nn.Linear(a, b, dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(torch.randn(b, a, generator=g, dtype=torch.float64) / math.sqrt(a))
+            lin.bias.copy_(0.1 * torch.randn(b, generator=g, dtype=torch.float64))
+        layers.append(lin)
+        if i < len(widths) - 2:
+            layers.append(nn.Tanh())
+    x = torch.randn(1, widths[0], generator=g, dtype=torch.float64)
+    y = torch.randn(1, widths[-1], generator=g, dtype=torch.float64)
+    return nn.Sequential(*layers), supervised(F.mse_loss, x, y)
+
+
+def true_gradient(model: nn.Module, objective: Objective) -> Tensor:
+    """The exact gradient of the mean loss (autograd), flattened in ``trainable`` order."""
+    params = [p for _, p in trainable(model)]
+    with torch.enable_grad():
+        grads = torch.autograd.grad(reduce(objective(model)), params)
+    return torch.cat([g.reshape(-1) for g in grads]).detach()
+
+
+@dataclass(frozen=True)
+class NodeTheory:
+    """NP's predictions on one MLP and one sample (see the module docstring)."""
+
+    nodes: int  # M = Σ N_l
+    m_eff: float  # 1 / (large-M E[cos²])
+    cos2: float  # large-M E[cos²]
+    rel_error: float  # exact E‖ĝ − g‖²/‖g‖²
+    grad_sq: float  # Σ a_l ‖δ_l‖² = ‖g‖² (a check against autograd)
+
+
+def node_theory(model: nn.Sequential, objective: Any) -> NodeTheory:
+    """Evaluate NP's formulas from backprop's errors ``δ_l`` and the layer inputs (one sample)."""
+    x = objective.inputs
+    if x.shape[0] != 1:
+        raise UnigradError(f"node_theory needs a single sample, got a batch of {x.shape[0]}")
+    a, n, hs = [], [], []
+    with torch.enable_grad():
+        h = x
+        for layer in model:
+            if isinstance(layer, nn.Linear):
+                a.append(float(h.detach().square().sum()) + 1.0)
+                n.append(layer.out_features)
+                h = layer(h)
+                h.retain_grad()
+                hs.append(h)
+            else:
+                h = layer(h)
+        reduce(objective.score(h)).backward()
+    model.zero_grad(set_to_none=True)
+    dsq = [float(t.grad.square().sum()) for t in hs]
+    a_, n_, d_ = np.array(a), np.array(n, float), np.array(dsq)
+    total = float(d_.sum())
+    grad_sq = float((a_ * d_).sum())
+    cos2 = float((a_**2 * d_).sum() / ((a_ * n_).sum() * grad_sq))
+    rel = float((a_ * (n_ * total + d_)).sum() / grad_sq)
+    return NodeTheory(int(n_.sum()), 1.0 / cos2, cos2, rel, grad_sq)
+
+
+# -- measurement -------------------------------------------------------------------------------
+
+
+def sample(
+    name: str, options: dict[str, Any], model: nn.Module, objective: Objective, seed: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` estimates from a fresh ``name`` estimator: their cosines with, and relative squared
+    errors to, the autograd gradient (the parameters do not move between estimates)."""
+    g = true_gradient(model, objective)
+    g_sq = float(g @ g)
+    params = [p for _, p in trainable(model)]
+    est = make_estimator(name, seed=seed, **options)
+    cos, rel = np.empty(n), np.empty(n)
+    for i in range(n):
+        for p in params:
+            p.grad = None
+        est.estimate(model, objective)
+        gh = torch.cat([p.grad.reshape(-1) for p in params])
+        cos[i] = float(gh @ g) / math.sqrt(float(gh @ gh) * g_sq)
+        rel[i] = float((gh - g).square().sum()) / g_sq
+    return cos, rel
+
+
+def summarize(cos: np.ndarray, rel: np.ndarray) -> dict[str, float]:
+    n = cos.size
+    c2 = cos**2
+    return {
+        "n": n,
+        "cos": float(cos.mean()),
+        "cos_se": float(cos.std(ddof=1) / math.sqrt(n)),
+        "cos2": float(c2.mean()),
+        "cos2_se": float(c2.std(ddof=1) / math.sqrt(n)),
+        "rel": float(rel.mean()),
+        "rel_se": float(rel.std(ddof=1) / math.sqrt(n)),
+    }
+
+
+ESTIMATORS: tuple[tuple[str, str], ...] = (
+    ("rge", "rge (Gaussian, central)"),
+    ("spsa", "spsa (Rademacher, central)"),
+    ("es", "es (centered ranks)"),
+    ("forward-gradient", "forward-gradient (JVP)"),
+)
+
+
+def _options(name: str, q: int, sigma: float) -> dict[str, Any]:
+    opts: dict[str, Any] = {"probes": q, "noise_source": "generator"}
+    if name in ("rge", "spsa", "es", "wp", "np"):
+        opts["sigma"] = sigma
+    if name == "es":
+        opts["fitness_shaping"] = "centered_ranks"
+    return opts
+
+
+def _stream(seed: int, *key: Any) -> int:
+    """A distinct estimator seed per (seed, grid point, estimator): no common noise across points."""
+    parts = [seed] + [int(k) if isinstance(k, int) else key_hash(*map(ord, str(k))) for k in key]
+    return key_hash(*parts) % (1 << 31)
+
+
+# -- the experiment ----------------------------------------------------------------------------
+
+
+def run(
+    out: str | Path,
+    *,
+    dims: Sequence[int] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+    probes: Sequence[int] = (1, 2, 4, 8, 16, 32, 64),
+    q_dim: int = 1024,
+    estimates: int = 300,
+    seeds: int = 3,
+    sigma: float = 1e-6,
+    mc_samples: int = 200_000,
+    nodes: Sequence[int] = (4, 8, 16, 32, 64, 128, 256),
+    inputs: Sequence[int] = (4, 8, 16, 32, 64, 128, 256),
+    widths: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the sweeps, write ``estimator-variance.png``, ``results.json`` and ``report.md`` to ``out``."""
+    check_positive("estimates", estimates, integer=True)
+    check_positive("seeds", seeds, integer=True)
+    check_positive("sigma", sigma)
+    check_positive("mc_samples", mc_samples, integer=True)
+    for label, grid in (("dims", dims), ("probes", probes), ("nodes", nodes), ("inputs", inputs), ("widths", widths)):
+        if len(grid) < 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in grid):
+            raise UnigradError(f"option {label} must list at least two integers >= 1, got {grid!r}")
+    if estimates < 2:
+        raise UnigradError(f"option estimates must be >= 2 (for standard errors), got {estimates}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start, cpu = time.perf_counter(), time.process_time()
+    ranks = {q: rank_statistics(q, mc_samples, seed=q) for q in sorted({1, *probes})}
+
+    def point(name: str, build: Callable[[int], tuple[nn.Module, Objective]], q: int, n: int, key: tuple) -> dict:
+        cos, rel = [], []
+        for s in range(seeds):
+            model, obj = build(s)
+            c, r = sample(name, _options(name, q, sigma), model, obj, _stream(s, name, *key), n)
+            cos.append(c)
+            rel.append(r)
+        return summarize(np.concatenate(cos), np.concatenate(rel))
+
+    results: dict[str, Any] = {"sigma": sigma, "seeds": seeds, "estimates": estimates, "tolerance": TOLERANCE}
+    # sweep 1: dimension, q = 1
+    d_rows = []
+    for d in dims:
+        for name, _ in ESTIMATORS:
+            if progress:
+                progress(f"d-sweep: {name}, d = {d}")
+            m = point(name, lambda s, d=d: softmax_problem(d, s), 1, estimates, ("d", d))
+            t2, t1 = theory_moments(name, d, 1, ranks)
+            d_rows.append({"estimator": name, "d": d, "q": 1, **m, "cos2_theory": t2, "cos_theory": t1,
+                           "rel_theory": relative_error(name, d, 1)})  # fmt: skip
+    results["d_sweep"] = d_rows
+    # sweep 2: probes at d = q_dim
+    q_rows = []
+    for q in probes:
+        n = max(estimates // q, min(40, estimates))
+        for name, _ in ESTIMATORS:
+            if progress:
+                progress(f"q-sweep: {name}, q = {q}")
+            m = point(name, lambda s: softmax_problem(q_dim, s), q, n, ("q", q))
+            t2, t1 = theory_moments(name, q_dim, q, ranks)
+            q_rows.append({"estimator": name, "d": q_dim, "q": q, **m, "cos2_theory": t2, "cos_theory": t1,
+                           "rel_theory": relative_error(name, q_dim, q)})  # fmt: skip
+    results["q_sweep"] = q_rows
+    # sweeps 3-5: node perturbation against weight perturbation
+    node_sweeps = {
+        "nodes": ("one layer 16 → N", nodes, lambda v: (16, v)),
+        "inputs": ("one layer n_in → 8", inputs, lambda v: (v, 8)),
+        "width": ("two layers 16 → h → 4 (tanh)", widths, lambda v: (16, v, 4)),
+    }
+    results["node_sweeps"] = {}
+    for key, (title, grid, shape) in node_sweeps.items():
+        rows = []
+        for v in grid:
+            w = shape(v)
+            d = sum((a + 1) * b for a, b in itertools.pairwise(w))
+            theories = [node_theory(*mlp_problem(w, s)) for s in range(seeds)]
+            for name in ("np", "wp"):
+                if progress:
+                    progress(f"{key} sweep: {name}, {w}")
+                m = point(name, lambda s, w=w: mlp_problem(w, s), 1, estimates, (key, v))
+                if name == "wp":
+                    th = {"cos2_theory": gaussian_cos2(d, 1), "cos_theory": gaussian_cos(d, 1),
+                          "rel_theory": relative_error("wp", d, 1)}  # fmt: skip
+                else:
+                    th = {
+                        "cos2_theory": float(np.mean([t.cos2 for t in theories])),
+                        "cos_theory": gaussian_cos(w[-1], 1) if len(w) == 2 else None,
+                        "rel_theory": float(np.mean([t.rel_error for t in theories])),
+                        "m_eff": float(np.mean([t.m_eff for t in theories])),
+                    }
+                rows.append({"estimator": name, "value": v, "widths": list(w), "d": d,
+                             "nodes": sum(w[1:]), **m, **th})  # fmt: skip
+        results["node_sweeps"][key] = {"title": title, "rows": rows}
+    results["fits"] = fits(results)
+    results["seconds"] = time.perf_counter() - start
+    results["cpu_seconds"] = time.process_time() - cpu
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out / "estimator-variance.png")
+    (out / "report.md").write_text(report(results))
+    return results
+
+
+# -- fits and the report -----------------------------------------------------------------------
+
+
+QUANTITIES = (("cos2", "E[cos²]"), ("cos", "E[cos]"), ("rel", "‖ĝ−g‖²/‖g‖²"))
+ASYMPTOTIC = {("d", "cos2"): -1.0, ("d", "cos"): -0.5, ("d", "rel"): 1.0,
+              ("q", "cos2"): 1.0, ("q", "cos"): 0.5, ("q", "rel"): -1.0}  # fmt: skip
+
+
+def _fit_rows(rows: list[dict], xkey: str, qty: str) -> dict[str, Any] | None:
+    if any(r.get(f"{qty}_theory") is None for r in rows):
+        return None
+    x = [r[xkey] for r in rows]
+    slope, se = fit_power(x, [r[qty] for r in rows], [r[f"{qty}_se"] for r in rows])
+    theory, _ = fit_power(x, [r[f"{qty}_theory"] for r in rows])
+    return {"measured": slope, "se": se, "theory": theory}
+
+
+def _judge(fit: dict[str, Any], asymptotic: float | None) -> dict[str, Any]:
+    dev = abs(fit["measured"] - fit["theory"]) / abs(fit["theory"]) if abs(fit["theory"]) > 0.05 else None
+    fit["asymptotic"] = asymptotic
+    fit["deviation"] = dev
+    # an exponent of (about) zero has no relative deviation: judged against 25% of a unit exponent
+    fit["within"] = dev <= TOLERANCE if dev is not None else abs(fit["measured"] - fit["theory"]) <= TOLERANCE
+    fit["deviation_asymptotic"] = (
+        abs(fit["measured"] - asymptotic) / abs(asymptotic) if asymptotic not in (None, 0.0) else None
+    )
+    return fit
+
+
+def fits(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every fitted exponent with its theory: the exact formula's slope on the same grid, and the
+    asymptotic exponent."""
+    out = []
+    for sweep, key, xkey in (("d", "d_sweep", "d"), ("q", "q_sweep", "q")):
+        for name, _ in ESTIMATORS:
+            rows = [r for r in results[key] if r["estimator"] == name]
+            for qty, _ in QUANTITIES:
+                f = _fit_rows(rows, xkey, qty)
+                if f is not None:
+                    out.append({"estimator": name, "sweep": f"{sweep} (q = 1)" if sweep == "d" else
+                                f"q (d = {rows[0]['d']})", "x": xkey, "quantity": qty,
+                                **_judge(f, ASYMPTOTIC[(sweep, qty)])})  # fmt: skip
+    node = results["node_sweeps"]
+    specs = (
+        ("nodes", "np", "nodes", -1.0),
+        ("nodes", "wp", "d", -1.0),
+        ("inputs", "np", "d", 0.0),
+        ("inputs", "wp", "d", -1.0),
+        ("width", "np", "nodes", -1.0),
+        ("width", "wp", "d", -1.0),
+    )
+    for sweep, name, xkey, naive in specs:
+        rows = [r for r in node[sweep]["rows"] if r["estimator"] == name]
+        for qty in ("cos2", "rel"):
+            f = _fit_rows(rows, xkey, qty)
+            if f is None:
+                continue
+            asym = naive if qty == "cos2" else -naive
+            out.append({"estimator": name, "sweep": f"{sweep}: {node[sweep]['title']}", "x": xkey,
+                        "quantity": qty, **_judge(f, asym)})  # fmt: skip
+    return out
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.1f}%"
+
+
+def report(results: dict[str, Any]) -> str:
+    """Fitted exponents next to theory, then every grid point's measured value next to its formula."""
+    n_total = results["estimates"] * results["seeds"]
+    lines = [
+        "# Estimator variance: alignment and error against dimension and probes",
+        "",
+        f"Estimates per grid point: {n_total} ({results['seeds']} seeds × {results['estimates']}; the q sweep uses "
+        f"max({results['estimates']}/q, 40) per seed, at most {results['estimates']}); "
+        f"σ = {results['sigma']:g} (float64); "
+        f"run time {results['seconds']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU.",
+        "Theory: the exact formula's least-squares slope on the same grid (σ → 0; Gaussian "
+        "E[cos²] = q/(d+q−1), E‖ĝ−g‖²/‖g‖² = (d+1)/q; see the module docstring); asymptotic: its d ≫ q limit "
+        "(√(q/d) for cos). Within: relative deviation from the grid theory ≤ 25% (for a theory exponent near 0: "
+        "absolute difference ≤ 0.25).",
+        "",
+        "## Fitted exponents",
+        "",
+        "| estimator | sweep | x | quantity | measured exponent ± SE | theory (grid) | asymptotic | deviation | "
+        "deviation from asymptotic | within 25% |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    qnames = dict(QUANTITIES)
+    for f in results["fits"]:
+        lines.append(
+            f"| {f['estimator']} | {f['sweep']} | {f['x']} | {qnames[f['quantity']]} | "
+            f"{f['measured']:+.3f} ± {f['se']:.3f} | {f['theory']:+.3f} | {_fmt(f['asymptotic'], '+.2f')} | "
+            f"{_pct(f['deviation'])} | {_pct(f['deviation_asymptotic'])} | "
+            f"{'yes' if f['within'] else '**no**'} |"
+        )
+    lines += ["", "## Every grid point (measured ± SE, exact formula)", ""]
+
+    def table(rows: list[dict], first: str, key: str) -> None:
+        lines.append(f"| estimator | {first} | E[cos²] | theory | E[cos] | theory | ‖ĝ−g‖²/‖g‖² | theory | n |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            rel = "–" if r["rel_theory"] is None else f"{r['rel']:.4g} ± {r['rel_se']:.2g}"
+            lines.append(
+                f"| {r['estimator']} | {r[key]} | {r['cos2']:.4g} ± {r['cos2_se']:.2g} | {r['cos2_theory']:.4g} | "
+                f"{r['cos']:.4g} ± {r['cos_se']:.2g} | {_fmt(r['cos_theory'], '.4g')} | {rel} | "
+                f"{_fmt(r['rel_theory'], '.4g')} | {r['n']} |"
+            )
+        lines.append("")
+
+    lines += ["### Dimension sweep (softmax regression, q = 1)", ""]
+    table(results["d_sweep"], "d", "d")
+    lines += [f"### Probe sweep (softmax regression, d = {results['q_sweep'][0]['d']})", ""]
+    table(results["q_sweep"], "q", "q")
+    for sweep in results["node_sweeps"].values():
+        lines += [f"### NP and WP: {sweep['title']} (one sample, q = 1)", ""]
+        lines.append("| estimator | widths | d (weights) | M (nodes) | M_eff | E[cos²] | theory | "
+                     "‖ĝ−g‖²/‖g‖² | theory |")  # fmt: skip
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for r in sweep["rows"]:
+            lines.append(
+                f"| {r['estimator']} | {'-'.join(map(str, r['widths']))} | {r['d']} | {r['nodes']} | "
+                f"{_fmt(r.get('m_eff'), '.1f')} | {r['cos2']:.4g} ± {r['cos2_se']:.2g} | {r['cos2_theory']:.4g} | "
+                f"{r['rel']:.4g} ± {r['rel_se']:.2g} | {r['rel_theory']:.4g} |"
+            )
+        lines.append("")
+    bad = [f for f in results["fits"] if not f["within"]]
+    lines += ["## Verdict", ""]
+    if bad:
+        lines.append(
+            f"{len(bad)} of {len(results['fits'])} fitted exponents deviate from theory by more than 25%: "
+            + "; ".join(f"{f['estimator']} {f['sweep']} {qnames[f['quantity']]}" for f in bad)
+            + "."
+        )
+    else:
+        lines.append(f"All {len(results['fits'])} fitted exponents are within 25% of theory.")
+    off = [f for f in results["fits"] if (f["deviation_asymptotic"] or 0.0) > TOLERANCE]
+    if off:
+        lines += [
+            "",
+            "More than 25% from the asymptotic (or naive) exponent: "
+            + "; ".join(
+                f"{f['estimator']} {f['sweep']} {qnames[f['quantity']]} ({f['measured']:+.2f} vs "
+                f"{f['asymptotic']:+.2f})"
+                for f in off
+            )
+            + ".",
+        ]
+    if any(f["estimator"] == "np" and f["sweep"].startswith("width") for f in off):
+        lines += [
+            "",
+            "NP on the two-layer network does not scale like 1/M with M = h + 4 perturbed nodes: the nodes of "
+            "layer l count with the weight a_l = ‖x̃_l‖² (the squared norm of the layer's input) and the size of "
+            "its error δ_l, and as the width h grows the output layer, whose inputs tanh(h_1) grow with h, "
+            "carries most of the gradient while it has only 4 nodes. The effective dimension M_eff (table above) "
+            "therefore levels off, and the per-instance formula, not the node count, predicts the measurements.",
+        ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Six panels: E[cos²] against d and q, the relative error against d, and NP/WP's three sweeps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16.0, 9.5))
+    colors = {"rge": "tab:blue", "spsa": "tab:orange", "es": "tab:green", "forward-gradient": "tab:red",
+              "np": "tab:purple", "wp": "tab:brown"}  # fmt: skip
+
+    def draw(ax, rows, xkey, qty, label_theory="theory") -> None:
+        for name in dict.fromkeys(r["estimator"] for r in rows):
+            rs = [r for r in rows if r["estimator"] == name]
+            if rs[0].get(f"{qty}_theory") is None:
+                continue
+            x = [r[xkey] for r in rs]
+            ax.errorbar(x, [r[qty] for r in rs], yerr=[2 * r[f"{qty}_se"] for r in rs], fmt="o", ms=4,
+                        color=colors[name], label=name, capsize=2)  # fmt: skip
+            ax.plot(x, [r[f"{qty}_theory"] for r in rs], "-", color=colors[name], alpha=0.6, lw=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+
+    draw(axes[0][0], results["d_sweep"], "d", "cos2")
+    axes[0][0].set(xlabel="dimension d", ylabel="E[cos²]", title="q = 1 (lines: exact formulas)")
+    draw(axes[0][1], results["q_sweep"], "q", "cos2")
+    axes[0][1].set(xlabel="probes q", ylabel="E[cos²]", title=f"d = {results['q_sweep'][0]['d']}")
+    draw(axes[0][2], results["d_sweep"], "d", "rel")
+    axes[0][2].set(xlabel="dimension d", ylabel="E‖ĝ − g‖² / ‖g‖²", title="relative error, q = 1")
+    node = results["node_sweeps"]
+    draw(axes[1][0], node["nodes"]["rows"], "nodes", "cos2")
+    axes[1][0].set(xlabel="perturbed nodes N", ylabel="E[cos²]", title=node["nodes"]["title"])
+    draw(axes[1][1], node["inputs"]["rows"], "d", "cos2")
+    axes[1][1].set(xlabel="weights d", ylabel="E[cos²]", title=node["inputs"]["title"])
+    draw(axes[1][2], node["width"]["rows"], "nodes", "cos2")
+    axes[1][2].set(xlabel="perturbed nodes M = h + 4", ylabel="E[cos²]",
+                   title=node["width"]["title"] + " (NP line: 1/M_eff)")  # fmt: skip
+    rows = [r for r in node["width"]["rows"] if r["estimator"] == "np"]
+    axes[1][2].plot([r["nodes"] for r in rows], [1.0 / r["nodes"] for r in rows], ":", color="black", label="1/M")
+    axes[1][2].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_experiment(
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    estimates: int | None = None,
+) -> str:
+    """The ``unigrad experiment estimator-variance`` runner."""
+    if quick:
+        run(
+            out,
+            dims=(16, 64),
+            probes=(1, 4),
+            q_dim=64,
+            estimates=estimates or 10,
+            seeds=1,
+            mc_samples=2000,
+            nodes=(4, 16),
+            inputs=(4, 16),
+            widths=(8, 32),
+            progress=progress,
+        )
+    else:
+        run(out, estimates=estimates or 300, seeds=seeds, progress=progress)
+    return (Path(out) / "report.md").read_text()

@@ -1,0 +1,108 @@
+"""Smoothing rates: the exact expected-error recursion of Gaussian random search, and its d-scaling."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unigrad import make_estimator
+from unigrad.core.errors import UnigradError
+from unigrad.data.classic import quadratic
+from unigrad.dynamics.smoothing_rates import (
+    expected_zo_errors,
+    expected_zo_iterations,
+    gd_iterations,
+    hitting_time,
+    run,
+    run_experiment,
+    spectrum,
+    zo_rate,
+    zo_step,
+)
+
+
+def test_one_rge_step_has_the_expected_decrease_of_the_recursion() -> None:
+    """From a fixed x, the mean of f(x − η ĝ) over fresh probes equals the recursion's one-step value,
+    including its η² term (a large step makes that term about half the first-order decrease)."""
+    d, kappa = 8, 4.0
+    model, obj = quadratic(d, kappa)
+    x0 = torch.linspace(-1.0, 0.5, d, dtype=torch.float64)
+    lam = spectrum(d, kappa)
+    lr = 1.0 / (float(lam.sum()) + 2.0 * kappa)  # E‖ĝ‖² term comparable to the linear one
+    est = make_estimator("rge", seed=0, probes=1, sigma=1e-6, noise_source="generator")
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    after = np.empty(600)
+    for i in range(after.size):
+        with torch.no_grad():
+            model.x.copy_(x0)
+        opt.zero_grad()
+        est.estimate(model, obj)
+        opt.step()
+        with torch.no_grad():
+            after[i] = float(obj(model).sum())
+    e0_sq = (x0.numpy() - 1.0) ** 2
+    f0, f1 = expected_zo_errors(lam, e0_sq, lr, 1)
+    first_order = lr * float(((lam * (x0.numpy() - 1.0)) ** 2).sum())
+    assert f0 - f1 < 0.8 * first_order  # the η² term is not negligible here
+    se = after.std(ddof=1) / math.sqrt(after.size)
+    assert abs(after.mean() - f1) <= 4 * se, (after.mean(), f1, se)
+    assert abs(after.mean() - (f0 - first_order)) > 4 * se  # the first-order prediction alone is off
+
+
+def test_gradient_descent_hits_exactly_when_predicted_and_independently_of_d() -> None:
+    kappa, eps = 10.0, 1e-4
+    counts = []
+    for d in (4, 16, 64):
+        lam = spectrum(d, kappa)
+        pred = gd_iterations(lam, np.ones(d), 1.0 / kappa, eps * 0.5 * float(lam.sum()), 10_000)
+        k, trace = hitting_time("backprop", d, kappa, 1.0 / kappa, eps, 10_000)
+        assert k == pred
+        assert trace[-1][1] <= eps < trace[-2][1]
+        counts.append(k)
+    # every mode of f contracts by at least (1 − 1/κ)² per step: a bound free of d, which the counts respect;
+    # they vary with d only through the slow modes' weight in f_0 (a 25% band, while random search grows ∝ d)
+    bound = math.ceil(math.log(1 / eps) / (-2 * math.log(1 - 1 / kappa)))
+    assert all(k <= bound for k in counts)
+    assert max(counts) <= 1.25 * min(counts)
+
+
+def test_random_search_iterations_grow_linearly_with_d_as_predicted() -> None:
+    kappa, eps = 4.0, 1e-2
+    measured, predicted = {}, {}
+    for d in (4, 32):
+        lam = spectrum(d, kappa)
+        predicted[d] = expected_zo_iterations(lam, np.ones(d), zo_step(d, kappa), eps * 0.5 * float(lam.sum()), 10**5)
+        seeds = 2 if d == 4 else 1  # single runs fluctuate less at larger d
+        lr = zo_step(d, kappa)
+        runs = [hitting_time("rge", d, kappa, lr, eps, 5 * predicted[d], seed=s)[0] for s in range(seeds)]
+        measured[d] = float(np.mean(runs))
+        assert measured[d] == pytest.approx(predicted[d], rel=0.25), (d, runs, predicted[d])
+    assert measured[32] / measured[4] > 2.5  # (32+4)/(4+4) = 4.5 asymptotically; 4.4 predicted here
+    gd = [gd_iterations(spectrum(d, kappa), np.ones(d), 1 / kappa, eps * 0.5 * float(spectrum(d, kappa).sum()), 100)
+          for d in (4, 32)]  # fmt: skip
+    assert gd[0] == gd[1]
+
+
+@pytest.mark.parametrize("d", [4, 32, 128])
+def test_asymptotic_rate_is_one_over_two_d_plus_four_kappa(d: int) -> None:
+    kappa = 10.0
+    rho = zo_rate(spectrum(d, kappa), zo_step(d, kappa))
+    assert (1.0 - rho) == pytest.approx(1.0 / (2.0 * (d + 4) * kappa), rel=0.01)
+
+
+def test_quick_experiment_writes_figure_results_and_report(tmp_path) -> None:
+    report = run_experiment(tmp_path / "sr", quick=True)
+    assert (tmp_path / "sr" / "smoothing-rates.png").stat().st_size > 10_000
+    results = json.loads((tmp_path / "sr" / "results.json").read_text())
+    rows = results["rows"]
+    assert [r["d"] for r in rows] == [4, 8]
+    assert all(r["gd"] == r["gd_predicted"] for r in rows)
+    assert all(k is not None for r in rows for k in r["zo"])
+    assert {f["quantity"] for f in results["fits"]} >= {"zeroth-order iterations", "ratio ZO / GD"}
+    assert "Fitted exponents" in report and report == (tmp_path / "sr" / "report.md").read_text()
+    with pytest.raises(UnigradError, match="kappa"):
+        run(tmp_path / "bad", kappa=1.0)
