@@ -85,3 +85,15 @@ def test_cosine_schedule_anneals_to_zero() -> None:
 def test_bad_schedule_is_refused(data) -> None:
     with pytest.raises(UnigradError, match="schedule"):
         train_device(make, "in-situ-anp", data, steps=1, schedule="linear")
+
+
+def test_danp_is_charged_for_every_pass_and_its_decorrelation_update(data) -> None:
+    run = train_device(make, "in-situ-danp", data, steps=5, eval_every=5, batch=16, options={"probes": 2})
+    c = run.history[-1]["counts"]
+    macs = 64 * 32 + 32 * 10
+    passes = 1 + 2
+    per_pass_decor = 16 * (64 * 64 + 32 * 32)  # R·x for 64 and 32 inputs
+    # update with 16 recorded rows: 2·16·64² (2b < n) for the first layer, 16·32² + 32³ for the second
+    update = 2 * 16 * 64 * 64 + 16 * 32 * 32 + 32**3
+    assert c["analog_macs"] == passes * 16 * macs * 5
+    assert c["digital_macs"] == 5 * (16 * macs + passes * per_pass_decor + update)

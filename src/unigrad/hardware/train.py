@@ -23,7 +23,8 @@
 Cost accounting (training only; evaluations are not charged): the device's own counts (analog MACs, reads,
 writes, converter conversions) plus the learner's digital work — backprop on the twin is ``3×`` the forward MACs
 per sample (a forward and a backward of about twice its cost), the ANP update ``Σ_l in_l·out_l`` MACs per
-sample, decorrelation ``Σ_l in_l²`` per sample and pass; random bits the learner draws (32 per Gaussian, 1 per
+sample, decorrelation ``Σ_l in_l²`` per sample and pass (``1 + q`` passes with ``q`` probes) plus its update
+(:func:`decorrelation_update_macs`); random bits the learner draws (32 per Gaussian, 1 per
 sign). :class:`~unigrad.hardware.energy.EnergyModel` turns the counts into joules and
 :class:`~unigrad.hardware.energy.LatencyModel` into seconds of device time; every evaluation point records the
 accuracy *on the device* and the energy and latency spent so far, so the energy to reach a target accuracy is read off
@@ -254,7 +255,9 @@ def train_device(
         else:
             learner.digital_macs += batch * _macs(sizes)
             if mode == "in-situ-danp":
-                learner.digital_macs += 2 * batch * sum(n * n for n in sizes[:-1])
+                passes = 1 + est.probes
+                learner.digital_macs += passes * batch * sum(n * n for n in sizes[:-1])
+                learner.digital_macs += decorrelation_update_macs(sizes, batch, decor.get("sample"))
                 from unigrad.nn.decorrelation import update_decorrelation
 
                 update_decorrelation(device)
@@ -264,6 +267,14 @@ def train_device(
             record(step, None)
     run.counts = device.counts + learner
     return run
+
+
+def decorrelation_update_macs(sizes: list[int], batch: int, sample: int | None) -> int:
+    """Multiply-adds of one decorrelation update per step (:meth:`unigrad.nn.Decorrelation.update`): with
+    ``b = min(batch, sample)`` recorded rows and ``n`` inputs per layer, ``2·b·n²`` when ``2b < n`` (formed
+    without the covariance) and otherwise ``b·n²`` for ``C`` plus ``n³`` for ``A·R``."""
+    b = batch if sample is None else min(batch, sample)
+    return sum(2 * b * n * n if 2 * b < n else b * n * n + n**3 for n in sizes[:-1])
 
 
 def _scheduler(opt: torch.optim.Optimizer, schedule: str, steps: int) -> torch.optim.lr_scheduler.LRScheduler:
