@@ -27,6 +27,14 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "unigrad.dynamics.smoothing_rates:run_experiment",
         "iterations of Gaussian-smoothing random search against gradient descent on quadratics as d grows",
     ),
+    "grokking": (
+        "unigrad.dynamics.grokking:run_experiment",
+        "modular addition: backprop with weight decay memorises early and generalises much later; ZO at equal work",
+    ),
+    "sharpness": (
+        "unigrad.dynamics.sharpness:run_experiment",
+        "top Hessian eigenvalue and trace of the minima of small/large-batch backprop, ANP, K-FAC, L-BFGS",
+    ),
     "bio-table": (
         "unigrad.bio.experiments:bio_table",
         "biological rules × neuroscience tasks on a rate RNN, with BPTT as reference and learning curves",

@@ -1,0 +1,549 @@
+"""The sharpness experiment: how sharp are the minima that different training methods find?
+
+Sharpness is ``λ_max(∇²f)``, the largest eigenvalue of the Hessian of the training loss ``f``
+(:func:`unigrad.dynamics.diagnostics.top_hessian_eigenvalue`, Lanczos), with the Hessian trace
+(:func:`~unigrad.dynamics.diagnostics.hessian_trace`, Hutchinson) as a second, whole-spectrum
+measure. Keskar et al. (2017) found that large-batch training converges to sharper minima than
+small-batch training with the same optimizer, and generalises worse; the theory behind it is
+qualitative (the gradient noise of small batches keeps SGD out of narrow basins), so the test
+here is the sign of the effect: ``λ_max(large batch) / λ_max(small batch) > 1``.
+
+Setup (a scaled-down ``fashion-mlp`` task, to keep CPU time low): a keyed random subset of
+``n_train`` Fashion-MNIST training images (the same for every seed), an MLP
+``784 → hidden → 10`` (ReLU) and cross-entropy; test accuracy on all 10,000 test images. ``f``
+for the curvature is the mean loss on a fixed *sharpness set*, the first ``n_sharpness`` images of
+the training subset, through :func:`unigrad.supervised`. Seeds key the initial weights and the
+data order; every method of seed ``s`` starts from the same weights.
+
+Methods (:data:`METHODS`), each trained until the loss on the sharpness set is ≤ ``target``
+(checked after every epoch) or its epoch cap:
+
+==================  ==========================================  ==========================
+label               estimator and optimizer                     batch
+==================  ==========================================  ==========================
+``bp, batch 32``    backprop, Adam lr 1e-3 (as Keskar et al.)   32
+``bp, batch 1024``  backprop, Adam lr 1e-3                      1,024
+``anp``             anp (q = 4, σ = 1e-3), Adam lr 1e-3         64 (15 epochs: far from
+                                                                ``target``, see below)
+``kfac``            kfac (damping 1e-2, inverse every 2         128
+                    steps), SGD lr 0.05
+``lbfgs``           lbfgs (strong-Wolfe line search), SGD lr 1  full batch (1 step/epoch)
+==================  ==========================================  ==========================
+
+Comparing sharpness at equal training loss matters: the curvature of the cross-entropy changes as
+the loss falls, so a method stopped early is not comparable with one trained to ``target``. Every
+run therefore also records ``λ_max`` the first time its loss falls below each level of
+:data:`LEVELS` (checked after every epoch: the loss is then at most the level, and its value is
+kept), so the zeroth-order method, which does not reach ``target`` in any affordable budget, is
+compared with the others at the losses it does reach.
+
+The zeroth-order method's budget (15 epochs, ``15 × 5 × n_train`` forward passes: about the FE the
+small-batch run spends to reach ``target``) takes it only to a loss near 0.5; reaching 0.05 would take
+hundreds of epochs. Its row is therefore the sharpness of where it is after that budget, and the
+matched-loss table is the fair comparison. The weight norm ``‖θ‖`` at the end is reported too:
+``λ_max`` is not invariant to rescaling a ReLU network's layers (Dinh et al. 2017), so a sharpness
+difference should be read next to the scale of the weights it was measured at.
+
+Options of :func:`run` (and of :func:`run_experiment`'s ``options``): ``n_train`` (8,192 training
+images), ``n_sharpness`` (2,048), ``hidden`` (128 units), ``target`` (0.05), ``lanczos_iters``
+(20 Hessian–vector products at most per ``λ_max``), ``trace_probes`` (32) and ``max_epochs`` (a cap
+on every method's epochs, unset by default). Cost: about 50 s of one CPU thread per seed for the five
+methods, curvature included (each ``λ_max`` costs up to 20 HVPs on the sharpness set, the trace 32).
+
+Outputs (in ``out``): ``sharpness.png`` (``λ_max`` against the training loss; test accuracy against
+the final ``λ_max``), ``results.json`` and ``report.md`` (the table of test accuracy, ``λ_max``,
+trace and ``‖θ‖``, mean ± sd over seeds, the table at matched loss and the large/small-batch verdict).
+
+References:
+    N. S. Keskar, D. Mudigere, J. Nocedal, M. Smelyanskiy, P. T. P. Tang, "On Large-Batch Training
+    for Deep Learning: Generalization Gap and Sharp Minima", ICLR 2017, arXiv:1609.04836.
+    S. Jastrzębski et al., "Three Factors Influencing Minima in SGD", arXiv:1711.04623 (2017).
+    L. Dinh, R. Pascanu, S. Bengio, Y. Bengio, "Sharp Minima Can Generalize For Deep Nets", ICML 2017,
+    arXiv:1703.04933.
+    B. Ghorbani, S. Krishnan, Y. Xiao, "An Investigation into Neural Net Optimization via Hessian
+    Eigenvalue Density", ICML 2019, arXiv:1901.10159.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive
+from unigrad.core.objective import supervised
+from unigrad.core.registry import make_estimator
+from unigrad.core.rng import generator
+from unigrad.dynamics.diagnostics import hessian_trace, top_hessian_eigenvalue
+from unigrad.nn.models import mlp
+
+LEVELS: tuple[float, ...] = (1.0, 0.5, 0.3, 0.1, 0.05)
+"""Training-loss levels at which every run records ``λ_max`` (matched-loss comparison)."""
+
+_SUBSET_TAG = 0x5A4B
+_ORDER_TAG = 0x0DE5
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way to train: estimator and options, optimizer and rate, batch size (``None``: full batch)."""
+
+    label: str
+    estimator: str
+    options: dict[str, Any] = field(default_factory=dict)
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    batch: int | None = 32
+    max_epochs: int = 60
+    order: int = 1
+
+
+METHODS: tuple[Method, ...] = (
+    Method("bp, batch 32", "backprop", {}, "adam", 1e-3, 32, 60, 1),
+    Method("bp, batch 1024", "backprop", {}, "adam", 1e-3, 1024, 250, 1),
+    Method("anp", "anp", {"probes": 4, "sigma": 1e-3}, "adam", 1e-3, 64, 15, 0),
+    Method("kfac", "kfac", {"damping": 1e-2, "inverse_interval": 2}, "sgd", 0.05, 128, 60, 2),
+    Method("lbfgs", "lbfgs", {}, "sgd", 1.0, None, 400, 2),
+)
+
+SMALL, LARGE = "bp, batch 32", "bp, batch 1024"
+"""The labels the large-batch verdict compares."""
+
+
+@dataclass(frozen=True)
+class Data:
+    """The training subset, the sharpness set (its first rows) and the test set."""
+
+    x_train: Tensor
+    y_train: Tensor
+    x_sharp: Tensor
+    y_sharp: Tensor
+    x_test: Tensor
+    y_test: Tensor
+
+
+def load_data(n_train: int, n_sharpness: int) -> Data:
+    """A keyed random subset of ``n_train`` Fashion-MNIST training images (seed-independent)."""
+    from unigrad.data.tasks import get_task
+
+    check_positive("n_train", n_train, integer=True)
+    check_positive("n_sharpness", n_sharpness, integer=True)
+    if n_sharpness > n_train:
+        raise UnigradError(f"option n_sharpness ({n_sharpness}) must be at most n_train ({n_train})")
+    d = get_task("fashion-mlp").data()
+    if n_train > d.x_train.shape[0]:
+        raise UnigradError(f"option n_train must be at most {d.x_train.shape[0]}, got {n_train}")
+    idx = torch.randperm(d.x_train.shape[0], generator=generator(0, _SUBSET_TAG))[:n_train]
+    x, y = d.x_train[idx], d.y_train[idx]
+    return Data(x, y, x[:n_sharpness], y[:n_sharpness], d.x_test, d.y_test)
+
+
+def _optimizer(method: Method, model: nn.Module) -> torch.optim.Optimizer:
+    check_choice("optimizer", method.optimizer, ("adam", "sgd"))
+    if method.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=method.lr)
+    return torch.optim.SGD(model.parameters(), lr=method.lr)
+
+
+@torch.no_grad()
+def _loss(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    return float(F.cross_entropy(model(x), y))
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
+    return float((model(x).argmax(dim=-1) == y).to(torch.float64).mean())
+
+
+def train_one(
+    method: Method,
+    data: Data,
+    *,
+    build: Callable[[int], nn.Module],
+    seed: int,
+    target: float,
+    lanczos_iters: int = 20,
+    trace_probes: int = 32,
+    levels: Sequence[float] = LEVELS,
+) -> dict[str, Any]:
+    """Train ``method`` from seed ``seed`` until the sharpness-set loss is ≤ ``target`` (or its epoch
+    cap), recording ``λ_max`` at each loss level crossed; then measure test accuracy, ``λ_max`` and
+    the Hessian trace."""
+    model = build(seed)
+    est = make_estimator(method.estimator, seed=seed, **method.options)
+    opt = _optimizer(method, model)
+    sharp = supervised(F.cross_entropy, data.x_sharp, data.y_sharp)
+    n = int(data.x_train.shape[0])
+    batch = n if method.batch is None else method.batch
+    if batch > n:
+        raise UnigradError(f"{method.label}: batch {batch} is larger than the training set ({n})")
+    full = supervised(F.cross_entropy, data.x_train, data.y_train)  # one object: L-BFGS reuses its evaluations
+    pending = sorted((lv for lv in levels if lv >= target), reverse=True)
+    at_levels: list[dict[str, float]] = []
+    losses = [_loss(model, data.x_sharp, data.y_sharp)]
+    fe, steps, epoch, diverged = 0.0, 0, 0, False
+    start, cpu = time.perf_counter(), time.process_time()
+    train_seconds = 0.0
+    while epoch < method.max_epochs and losses[-1] > target and not diverged:
+        t0 = time.perf_counter()
+        order = torch.randperm(n, generator=generator(seed, _ORDER_TAG, epoch))
+        for i in range(0, n - batch + 1, batch):
+            if batch == n:
+                obj = full
+            else:
+                b = order[i : i + batch]
+                obj = supervised(F.cross_entropy, data.x_train[b], data.y_train[b])
+            opt.zero_grad()
+            try:
+                e = est.estimate(model, obj)
+            except NonFiniteLossError:
+                diverged = True
+                break
+            opt.step()
+            fe += e.cost.forward_equivalents
+            steps += 1
+        train_seconds += time.perf_counter() - t0
+        epoch += 1
+        losses.append(_loss(model, data.x_sharp, data.y_sharp))
+        if not math.isfinite(losses[-1]):
+            diverged = True
+            break
+        while pending and losses[-1] <= pending[0]:
+            level = pending.pop(0)
+            lam = top_hessian_eigenvalue(model, sharp, iters=lanczos_iters, seed=seed)
+            at_levels.append({"level": level, "loss": losses[-1], "epoch": epoch, "lambda_max": lam})
+    final_loss = losses[-1]
+    if at_levels and at_levels[-1]["epoch"] == epoch:
+        lam = at_levels[-1]["lambda_max"]  # the same parameters: no second Lanczos run
+    else:
+        lam = top_hessian_eigenvalue(model, sharp, iters=lanczos_iters, seed=seed)
+    trace, trace_se = hessian_trace(model, sharp, probes=trace_probes, seed=seed)
+    return {
+        "seed": seed,
+        "epochs": epoch,
+        "steps": steps,
+        "batch": batch,
+        "fe": fe,
+        "diverged": diverged,
+        "reached_target": final_loss <= target,
+        "train_loss": final_loss,
+        "train_acc": _accuracy(model, data.x_train, data.y_train),
+        "test_acc": _accuracy(model, data.x_test, data.y_test),
+        "weight_norm": float(torch.sqrt(sum((p.detach().double() ** 2).sum() for p in model.parameters()))),
+        "lambda_max": lam,
+        "trace": trace,
+        "trace_se": trace_se,
+        "losses": losses,
+        "at_levels": at_levels,
+        "train_seconds": train_seconds,
+        "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
+    }
+
+
+def run(
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    n_train: int = 8192,
+    n_sharpness: int = 2048,
+    hidden: int = 128,
+    target: float = 0.05,
+    lanczos_iters: int = 20,
+    trace_probes: int = 32,
+    methods: Sequence[Method] = METHODS,
+    max_epochs: int | None = None,
+    data: Data | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train every method with every seed; write ``sharpness.png``, ``results.json`` and ``report.md``.
+
+    ``max_epochs`` (when given) caps every method's epochs (a smoke test). ``data`` replaces the
+    Fashion-MNIST subset (then ``n_train`` and ``n_sharpness`` are read from it).
+    """
+    check_positive("seeds", seeds, integer=True)
+    check_positive("hidden", hidden, integer=True)
+    check_positive("target", target)
+    check_positive("lanczos_iters", lanczos_iters, integer=True)
+    check_positive("trace_probes", trace_probes, integer=True)
+    if max_epochs is not None:
+        check_positive("max_epochs", max_epochs, integer=True)
+    if not methods:
+        raise UnigradError("option methods must name at least one method")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = "Fashion-MNIST" if data is None else "given data"
+    if data is None:
+        data = load_data(n_train, n_sharpness)
+    else:
+        n_train, n_sharpness = int(data.x_train.shape[0]), int(data.x_sharp.shape[0])
+    features = int(data.x_train[0].numel())
+
+    def build(seed: int) -> nn.Module:
+        return mlp([features, hidden, 10], seed=seed)
+
+    total, cpu = time.perf_counter(), time.process_time()
+    results: dict[str, Any] = {
+        "dataset": dataset,
+        "n_train": n_train,
+        "n_sharpness": n_sharpness,
+        "n_test": int(data.x_test.shape[0]),
+        "features": features,
+        "hidden": hidden,
+        "parameters": sum(p.numel() for p in build(0).parameters()),
+        "target": target,
+        "levels": list(LEVELS),
+        "lanczos_iters": lanczos_iters,
+        "trace_probes": trace_probes,
+        "seeds": seeds,
+        "methods": [],
+    }
+    for m in methods:
+        if max_epochs is not None:
+            m = dataclasses.replace(m, max_epochs=min(m.max_epochs, max_epochs))
+        runs = []
+        for seed in range(seeds):
+            if progress:
+                progress(f"sharpness: {m.label}, seed {seed}")
+            runs.append(
+                train_one(
+                    m,
+                    data,
+                    build=build,
+                    seed=seed,
+                    target=target,
+                    lanczos_iters=lanczos_iters,
+                    trace_probes=trace_probes,
+                )
+            )
+        results["methods"].append(
+            {
+                "label": m.label,
+                "estimator": m.estimator,
+                "order": m.order,
+                "options": m.options,
+                "optimizer": m.optimizer,
+                "lr": m.lr,
+                "batch": m.batch,
+                "max_epochs": m.max_epochs,
+                "runs": runs,
+            }
+        )
+    results["verdict"] = verdict(results)
+    results["seconds"] = time.perf_counter() - total
+    results["cpu_seconds"] = time.process_time() - cpu
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    plot(results, out / "sharpness.png")
+    (out / "report.md").write_text(report(results))
+    return results
+
+
+def _by_label(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {m["label"]: m for m in results["methods"]}
+
+
+def _level_value(run: dict[str, Any], level: float) -> float | None:
+    return next((a["lambda_max"] for a in run["at_levels"] if a["level"] == level), None)
+
+
+def verdict(results: dict[str, Any]) -> dict[str, Any] | None:
+    """Large- against small-batch backprop, seed by seed: ``λ_max`` and trace ratios, test-accuracy gap,
+    at the end of training and at every loss level both runs reached (``None`` without both methods)."""
+    methods = _by_label(results)
+    if SMALL not in methods or LARGE not in methods:
+        return None
+    small, large = methods[SMALL]["runs"], methods[LARGE]["runs"]
+    pairs = list(zip(small, large, strict=True))
+    ratios = [lg["lambda_max"] / sm["lambda_max"] for sm, lg in pairs]
+    traces = [lg["trace"] / sm["trace"] for sm, lg in pairs]
+    gaps = [lg["test_acc"] - sm["test_acc"] for sm, lg in pairs]
+    at_levels = {}
+    for level in results["levels"]:
+        r = [
+            _level_value(lg, level) / _level_value(sm, level)
+            for sm, lg in pairs
+            if _level_value(sm, level) and _level_value(lg, level)
+        ]
+        if r:
+            at_levels[str(level)] = r
+    return {
+        "lambda_ratio": ratios,
+        "trace_ratio": traces,
+        "test_acc_gap": gaps,
+        "holds": all(r > 1 for r in ratios),
+        "both_reached_target": all(sm["reached_target"] and lg["reached_target"] for sm, lg in pairs),
+        "lambda_ratio_at_levels": at_levels,
+    }
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """``λ_max`` against the training loss at the levels crossed (left); test accuracy against the final
+    ``λ_max`` (right). One colour per method, one point per seed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.0, 4.6))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for k, m in enumerate(results["methods"]):
+        c = colors[k % len(colors)]
+        for i, r in enumerate(m["runs"]):
+            pts = [(a["loss"], a["lambda_max"]) for a in r["at_levels"]]
+            if not pts or pts[-1][0] != r["train_loss"]:
+                pts.append((r["train_loss"], r["lambda_max"]))
+            label = m["label"] if i == 0 else None
+            ax1.plot(
+                [p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=c, alpha=0.8, label=label
+            )
+            ax2.scatter([r["lambda_max"]], [r["test_acc"]], color=c, label=label, s=25)
+    ax1.set_xscale("log")
+    ax1.set_yscale("log")
+    ax1.invert_xaxis()
+    ax1.set_xlabel("training loss (sharpness set), decreasing →")
+    ax1.set_ylabel("λ_max of the Hessian")
+    ax1.set_title("sharpness along training (at the loss levels crossed)", fontsize=10)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("final λ_max")
+    ax2.set_ylabel("test accuracy")
+    ax2.set_title("test accuracy against final sharpness", fontsize=10)
+    for ax in (ax1, ax2):
+        ax.grid(True, which="major", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(
+        f"{results['dataset']} ({results['n_train']:,} train), MLP {results['features']}-{results['hidden']}-10; "
+        f"curvature on {results['n_sharpness']:,} training images",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _stat(values: Sequence[float | None], fmt: str = "{:.3g}") -> str:
+    have = [v for v in values if v is not None]
+    if not have:
+        return "–"
+    text = fmt.format(statistics.fmean(have))
+    if len(have) > 1:
+        text += " ± " + fmt.format(statistics.stdev(have))
+    if len(have) < len(values):
+        text += f" ({len(have)} of {len(values)})"
+    return text
+
+
+def report(results: dict[str, Any]) -> str:
+    """Markdown: the main table, the matched-loss table and the large-batch verdict."""
+    seeds = results["seeds"]
+    lines = [
+        "# Sharpness of the minima found by each method",
+        "",
+        f"{results['dataset']}, a fixed random subset of {results['n_train']:,} training images, MLP "
+        f"{results['features']}-{results['hidden']}-10 (ReLU, {results['parameters']:,} parameters), cross-entropy; "
+        f"test accuracy on all {results['n_test']:,} test images. Each method trains until the loss on the "
+        f"sharpness set (the first {results['n_sharpness']:,} training images) is ≤ {results['target']:g} "
+        "or its epoch cap. "
+        f"λ_max: Lanczos, at most {results['lanczos_iters']} Hessian-vector products; trace: Hutchinson, "
+        f"{results['trace_probes']} Rademacher probes; both of the mean loss on the sharpness set. "
+        f"Mean ± sd over {seeds} seed{'s' if seeds > 1 else ''} (initial weights and data order).",
+        "",
+        "| method | order | optimizer | batch | epochs | FE | final train loss | reached target | test acc | "
+        "λ_max | Hessian trace | ‖θ‖ | CPU s/run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in results["methods"]:
+        runs = m["runs"]
+        batch = "full" if m["batch"] is None else f"{m['batch']:,}"
+        reached = sum(r["reached_target"] for r in runs)
+        lines.append(
+            f"| {m['label']} | {m['order']} | {m['optimizer']} {m['lr']:g} | {batch} | "
+            f"{_stat([r['epochs'] for r in runs], '{:.0f}')} | {_stat([r['fe'] for r in runs], '{:.2e}')} | "
+            f"{_stat([r['train_loss'] for r in runs], '{:.3f}')} | {reached} of {len(runs)} | "
+            f"{_stat([r['test_acc'] for r in runs], '{:.4f}')} | {_stat([r['lambda_max'] for r in runs])} | "
+            f"{_stat([r['trace'] for r in runs])} | {_stat([r['weight_norm'] for r in runs])} | "
+            f"{_stat([r['cpu_seconds'] for r in runs], '{:.0f}')} |"
+        )
+    lines += [
+        "",
+        "## λ_max at matched training loss",
+        "",
+        "λ_max measured the first time (checked after every epoch) the sharpness-set loss fell below each level, "
+        "and after `@` the mean loss it had then (an epoch can cross several levels at once); (k of n) counts the "
+        "seeds that reached the level.",
+        "",
+        "| method | " + " | ".join(f"loss ≤ {lv:g}" for lv in results["levels"]) + " |",
+        "|---|" + "---|" * len(results["levels"]),
+    ]
+    for m in results["methods"]:
+        cells = []
+        for lv in results["levels"]:
+            cell = _stat([_level_value(r, lv) for r in m["runs"]])
+            at = [a["loss"] for r in m["runs"] for a in r["at_levels"] if a["level"] == lv]
+            cells.append(f"{cell} @{statistics.fmean(at):.2f}" if at else cell)
+        lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
+    v = results.get("verdict")
+    lines += ["", "## Large against small batch (Keskar et al. 2017)", ""]
+    if v is None:
+        lines.append(f"Not run: needs both `{SMALL}` and `{LARGE}`.")
+    else:
+        ratios = ", ".join(f"{r:.2f}" for r in v["lambda_ratio"])
+        trs = ", ".join(f"{r:.2f}" for r in v["trace_ratio"])
+        gaps = ", ".join(f"{g:+.4f}" for g in v["test_acc_gap"])
+        caveat = " (not every run reached the target loss: compare at matched loss)"
+        lines += [
+            f"- λ_max(batch 1024) / λ_max(batch 32), per seed: {ratios}. The claim (ratio > 1) "
+            f"{'holds in every seed' if v['holds'] else 'does not hold in every seed'}"
+            f"{'' if v['both_reached_target'] else caveat}.",
+            f"- Hessian trace ratio, per seed: {trs}.",
+            f"- Test accuracy, large minus small batch, per seed: {gaps}.",
+        ]
+        for level, r in v["lambda_ratio_at_levels"].items():
+            lines.append(f"- at loss ≤ {level}: λ_max ratio {', '.join(f'{x:.2f}' for x in r)}.")
+    lines += [
+        "",
+        f"Total time: {results['seconds']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU (process time, as the "
+        "CPU s/run column, which includes the curvature measurements: less sensitive than wall time to other "
+        "load on the machine).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_experiment(
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    **options: Any,
+) -> str:
+    """The ``unigrad experiment sharpness`` runner. ``quick``: 1,024 training images, a 32-unit MLP,
+    at most 2 epochs per method, 5 Lanczos steps and 4 trace probes, one seed.
+
+    ``options`` override :func:`run`'s ``n_train``, ``n_sharpness``, ``hidden``, ``target``,
+    ``lanczos_iters``, ``trace_probes`` and ``max_epochs``.
+    """
+    allowed = {"n_train", "n_sharpness", "hidden", "target", "lanczos_iters", "trace_probes", "max_epochs"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise UnigradError(
+            f"unknown sharpness options: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(allowed))}"
+        )
+    settings: dict[str, Any] = (
+        {"n_train": 1024, "n_sharpness": 256, "hidden": 32, "max_epochs": 2, "lanczos_iters": 5, "trace_probes": 4}
+        if quick
+        else {}
+    )
+    settings.update(options)
+    run(out, seeds=1 if quick else seeds, progress=progress, **settings)
+    return (Path(out) / "report.md").read_text()
