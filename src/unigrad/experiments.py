@@ -23,9 +23,17 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "unigrad.dynamics.estimator_variance:run_experiment",
         "alignment and relative error of rge, spsa, es, forward-gradient, np and wp against dimension and probes",
     ),
+    "werfel": (
+        "unigrad.dynamics.werfel:run_experiment",
+        "learning time of NP and WP against GD on a linear student-teacher (Werfel et al. 2005)",
+    ),
     "smoothing-rates": (
         "unigrad.dynamics.smoothing_rates:run_experiment",
         "iterations of Gaussian-smoothing random search against gradient descent on quadratics as d grows",
+    ),
+    "hiratani": (
+        "unigrad.dynamics.hiratani:run_experiment",
+        "NP in a deep linear network: learning time against width; weight drift under mismatch, weight norm",
     ),
     "grokking": (
         "unigrad.dynamics.grokking:run_experiment",
