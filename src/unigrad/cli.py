@@ -234,7 +234,9 @@ def _finish(folder: Any, results: dict[str, Any]) -> int:
 
     print()
     print(table(results))
-    plots = len(list(Path(folder).glob("*.png")))
+    from unigrad.train.plots import AXES, diagnostic_groups
+
+    plots = len(AXES) + len(diagnostic_groups(results))
     print(f"\nwrote {folder}/results.json, report.md and {plots} plot{'s' * (plots != 1)}")
     diverged = any_diverged(results)
     for msg in diverged:
