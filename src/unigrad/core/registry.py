@@ -58,6 +58,37 @@ ESTIMATORS: dict[str, tuple[str, int, str]] = {
         0,
         "Ornstein–Uhlenbeck adaptation: OU noise around the mean, reinforced by the reward-prediction error",
     ),
+    "cma": ("unigrad.peers.cma:CMA", 0, "pycma CMA-ES (full covariance) on all parameters; peer, needs .[peers]"),
+    "sep-cma": (
+        "unigrad.peers.cma:SepCMA",
+        0,
+        "pycma sep-CMA-ES (diagonal covariance, linear in d) on all parameters; peer, needs .[peers]",
+    ),
+    "nevergrad": (
+        "unigrad.peers.nevergrad:Nevergrad",
+        0,
+        "any nevergrad optimizer (NGOpt by default) on all parameters; peer, needs .[peers]",
+    ),
+    "pgpe": (
+        "unigrad.peers.evotorch:PGPE",
+        0,
+        "EvoTorch PGPE (Sehnke et al. 2010), symmetric sampling, Adam on the centre; peer, needs .[peers]",
+    ),
+    "snes": (
+        "unigrad.peers.evotorch:SNES",
+        0,
+        "EvoTorch separable NES (Schaul et al. 2011), diagonal Gaussian; peer, needs .[peers]",
+    ),
+    "cem": (
+        "unigrad.peers.evotorch:CEM",
+        0,
+        "EvoTorch cross-entropy method (Rubinstein 1999), refit to the elite; peer, needs .[peers]",
+    ),
+    "xnes": (
+        "unigrad.peers.evotorch:XNES",
+        0,
+        "EvoTorch exponential NES (Glasmachers et al. 2010), full covariance; peer, needs .[peers]",
+    ),
     "backprop": ("unigrad.first.backprop:Backprop", 1, "reverse-mode autodiff gradient"),
     "reinforce": (
         "unigrad.bio.rules.reinforce:Reinforce",

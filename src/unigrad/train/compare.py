@@ -131,6 +131,14 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "diag-hessian": ("sgd", 0.01, {}),
     "kfac": ("sgd", 0.05, {"damping": 1e-2, "inverse_interval": 2}),
     "cubic-newton": ("sgd", 1.0, {"krylov_dim": 20}),  # SGD with lr 1 takes the (trust-region) Newton step as it is
+    # peers take their own step: SGD with lr 1 moves the parameters to the peer's new centre
+    "cma": ("sgd", 1.0, {}),
+    "sep-cma": ("sgd", 1.0, {}),
+    "nevergrad": ("sgd", 1.0, {}),
+    "pgpe": ("sgd", 1.0, {}),
+    "snes": ("sgd", 1.0, {}),
+    "cem": ("sgd", 1.0, {}),
+    "xnes": ("sgd", 1.0, {}),
 }
 FALLBACK = ("adam", 1e-3, {})
 
@@ -608,22 +616,23 @@ def _allocation_errors(what: str) -> Iterator[None]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(_finite(data), indent=1, default=_jsonable, allow_nan=False) + "\n"
+    text = json.dumps(finite_json(data), indent=1, default=jsonable, allow_nan=False) + "\n"
     write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
-def _finite(obj: Any) -> Any:
+def finite_json(obj: Any) -> Any:
     """Non-finite floats become ``None`` (JSON has no NaN)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: finite_json(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [finite_json(v) for v in obj]
     return obj
 
 
-def _jsonable(obj: Any) -> Any:
+def jsonable(obj: Any) -> Any:
+    """``json.dumps`` fallback: tensors become lists, NumPy scalars numbers, anything else its ``str``."""
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     if isinstance(obj, np.generic):
@@ -646,6 +655,8 @@ __all__ = [
     "MethodSpec",
     "any_diverged",
     "compare",
+    "finite_json",
+    "jsonable",
     "parse_method",
     "parse_methods",
     "parse_seeds",

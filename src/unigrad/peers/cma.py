@@ -1,0 +1,105 @@
+"""CMA-ES and sep-CMA-ES from pycma, on all trainable parameters (peers; see :mod:`unigrad.peers._adapter`).
+
+One generation of CMA-ES with mean ``m``, step size ``σ`` and covariance ``C``::
+
+    x_i = m + σ·y_i,   y_i ~ N(0, C),   i = 1 … λ
+    m' = m + c_m·Σ_{i≤μ} w_i (x_{i:λ} − m)        (x_{i:λ}: the i-th best by loss)
+    C, σ updated from the evolution paths and the rank-μ update
+
+The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``.
+
+* ``cma``: full covariance (Hansen & Ostermeier, Evolutionary Computation 9(2), 2001; pycma,
+  Hansen et al., arXiv:1604.00772). ``C`` is d×d: O(d²) memory and O(d²)–O(d³) time per generation.
+* ``sep-cma``: diagonal ``C`` (Ros & Hansen, PPSN 2008; pycma option ``CMA_diagonal=True``): linear in d.
+
+Options:
+    sigma0: initial step size σ (0.05 by default, on the scale of network weights).
+    popsize: λ, candidates per generation (``None``: pycma's default 4 + ⌊3 ln d⌋).
+    max_dim: the largest d accepted (2000 for ``cma``, none for ``sep-cma``).
+    seed: keys the sampler (a private numpy ``RandomState`` passed as pycma's ``randn``).
+
+pycma's printing and file logging are off, and its termination criteria are disabled (a training
+run decides when to stop); if pycma still reports a stop condition, generations simply go on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.rng import key_hash
+from unigrad.peers._adapter import PeerEstimator, needs
+
+_SAMPLER_TAG = 0xC3A
+
+
+class CMA(PeerEstimator):
+    name = "cma"
+    description = "pycma CMA-ES (full covariance) on all parameters; peer, needs .[peers]"
+    library = "pycma"
+    _options = ("sigma0", "popsize", "max_dim")
+    _diagonal = False
+
+    def __init__(
+        self, sigma0: float = 0.05, popsize: int | None = None, max_dim: int | None = 2000, seed: int = 0
+    ) -> None:
+        super().__init__(max_dim, seed)
+        if not (isinstance(sigma0, int | float) and math.isfinite(sigma0)) or isinstance(sigma0, bool):
+            raise UnigradError(f"option sigma0 must be a finite number > 0, got {sigma0!r}")
+        check_positive("sigma0", sigma0)
+        if popsize is not None:
+            check_positive("popsize", popsize, integer=True)
+            if popsize < 2:
+                raise UnigradError(f"option popsize must be an integer >= 2, got {popsize!r}")
+        needs(self.name, "cma", "pycma")
+        self.sigma0 = float(sigma0)
+        self.popsize = popsize
+
+    def _build(self, x0: np.ndarray) -> Any:
+        cma = needs(self.name, "cma", "pycma")
+        sampler = np.random.RandomState(key_hash(self.seed, _SAMPLER_TAG) % 2**32)
+        opts: dict[str, Any] = {
+            "randn": sampler.randn,
+            "seed": float("nan"),  # pycma then leaves numpy's global seed alone
+            "verbose": -9,
+            "verb_log": 0,
+            "verb_disp": 0,
+            "CMA_diagonal": self._diagonal,
+            "maxiter": math.inf,
+            "maxfevals": math.inf,
+            "timeout": math.inf,
+            "tolfun": 0,
+            "tolfunhist": 0,
+            "tolfunrel": 0,
+            "tolx": 0,
+            "tolstagnation": math.inf,
+            "tolflatfitness": math.inf,
+            "tolconditioncov": math.inf,
+            "tolupsigma": math.inf,
+            "tolfacupx": math.inf,
+        }
+        if self.popsize is not None:
+            opts["popsize"] = self.popsize
+        return cma.CMAEvolutionStrategy(x0, self.sigma0, opts)
+
+    def _generation(self, f: Callable[[np.ndarray], np.ndarray]) -> None:
+        X = np.asarray(self._peer.ask(), dtype=np.float64)
+        self._peer.tell(list(X), f(X).tolist())
+
+    def _centre(self) -> np.ndarray:
+        return np.asarray(self._peer.mean, dtype=np.float64)
+
+
+class SepCMA(CMA):
+    name = "sep-cma"
+    description = "pycma sep-CMA-ES (diagonal covariance, linear in d) on all parameters; peer, needs .[peers]"
+    _diagonal = True
+
+    def __init__(
+        self, sigma0: float = 0.05, popsize: int | None = None, max_dim: int | None = None, seed: int = 0
+    ) -> None:
+        super().__init__(sigma0, popsize, max_dim, seed)

@@ -1,0 +1,294 @@
+"""EvoTorch's Gaussian search algorithms on all trainable parameters (peers; see :mod:`unigrad.peers._adapter`).
+
+Each keeps a Gaussian search distribution with centre ``m`` and runs one ``searcher.step()`` per call:
+λ candidates ``x_i = m + σ ⊙ z_i`` (``z_i ~ N(0, I)``; XNES: ``x_i = m + A z_i``) are evaluated by the
+adapter's objective and the distribution is updated. The centre after the step is
+``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
+parameters there. EvoTorch: Toklu et al., arXiv:2302.12600.
+
+EvoTorch's own ``step()`` updates the distribution from the *previous* generation's evaluations and then
+samples and evaluates a new one. The adapter applies each update right after its generation is evaluated
+(through the searcher's ``_update_distribution``, then marks the next step as a first step), so the move of
+every call uses that call's batch, as with the other peers, and the first call already moves.
+
+* ``pgpe`` — policy gradients with parameter-based exploration (Sehnke et al., Neural Networks 23(4),
+  2010), symmetric (antithetic) sampling, centered ranks. Its centre gradient ``∇m`` is handed to an
+  optimizer: ``m ← m + Adam(∇m; center_lr)``, and ``σ ← σ + stdev_lr·∇σ`` (change capped at 20 %).
+  Defaults ``center_lr=0.01`` with ``optimizer="adam"`` and ``stdev_lr=0.1``.
+* ``snes`` — separable natural evolution strategies (Schaul et al., GECCO 2011): ``m ← m + η_m Σ u_i σ z_i``,
+  ``σ ← σ·exp(½ η_σ Σ u_i (z_i² − 1))`` with rank utilities ``u_i``. Learning rates default to EvoTorch's
+  (``η_m = 1``, ``η_σ = (3 + ln d)/(5√d)``); xnes uses EvoTorch's defaults likewise.
+* ``cem`` — cross-entropy method (Rubinstein, Methodology and Computing in Applied Probability 1(2), 1999):
+  ``m`` and ``σ`` become the mean and standard deviation of the best ``elite_ratio·λ`` candidates.
+* ``xnes`` — exponential natural evolution strategies (Glasmachers et al., GECCO 2010): full covariance
+  ``AAᵀ``, O(d²) memory and O(d³) time per generation, so ``max_dim`` is 1000 by default.
+
+Options (where the algorithm has them):
+    popsize: λ (16 for pgpe and cem; ``None`` for snes and xnes: EvoTorch's 4 + ⌊3 ln d⌋). pgpe needs it even.
+    sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``; 0.05).
+    center_lr, stdev_lr: learning rates of the centre and the standard deviation. pgpe takes them as they
+        are; for snes and xnes ``None`` means EvoTorch's defaults and a given ``stdev_lr`` *multiplies*
+        EvoTorch's default (its ``scale_learning_rate``).
+    optimizer: pgpe's optimizer of the centre (``"adam"``, ``"clipup"`` or ``"sgd"``).
+    elite_ratio: cem's fraction of candidates the distribution is refitted to (0.25).
+    max_dim: the largest d accepted (xnes 1000, else none).
+    seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG).
+
+The search runs on the CPU in float64 whatever the model's device. EvoTorch's informational log lines are
+silenced while a peer is built and stepped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.rng import key_hash
+from unigrad.peers._adapter import PeerEstimator, needs
+
+_PROBLEM_TAG = 0xE707
+_PROBLEM: type | None = None
+
+
+def _problem_class() -> type:
+    """An EvoTorch ``Problem`` ("min") whose batch evaluation calls the adapter's ``fn`` (made once, lazily)."""
+    global _PROBLEM
+    if _PROBLEM is None:
+        evotorch = needs("evotorch", "evotorch", "evotorch")
+
+        class _CallbackProblem(evotorch.Problem):
+            fn: Callable[[np.ndarray], np.ndarray] | None = None
+
+            def _evaluate_batch(self, batch: Any) -> None:
+                if self.fn is None:
+                    raise UnigradError("an evotorch peer was stepped outside estimate()")
+                X = batch.values.as_subclass(torch.Tensor).detach().cpu().numpy().copy()
+                batch.set_evals(torch.as_tensor(self.fn(X), dtype=torch.float64))
+
+        _CallbackProblem.__module__ = __name__
+        _CallbackProblem.__qualname__ = "_CallbackProblem"
+        _PROBLEM = _CallbackProblem
+    return _PROBLEM
+
+
+def __getattr__(name: str) -> Any:  # so a pickled peer finds its Problem class in a fresh process
+    if name == "_CallbackProblem":
+        return _problem_class()
+    raise AttributeError(name)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """EvoTorch logs at INFO when a Problem is made; raise its logger's level for the duration."""
+    log = logging.getLogger("evotorch")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _number(option: str, value: float | None, *, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise UnigradError(f"option {option} must be a finite number > 0, got {value!r}")
+    check_positive(option, value)
+
+
+class EvoTorchPeer(PeerEstimator):
+    """Base of the EvoTorch adapters: subclasses give :meth:`_searcher` (the algorithm and its options)."""
+
+    library = "evotorch"
+    _options: tuple[str, ...] = ("popsize", "sigma0", "max_dim")
+
+    def __init__(self, popsize: int | None, sigma0: float, max_dim: int | None, seed: int) -> None:
+        super().__init__(max_dim, seed)
+        if popsize is not None:
+            check_positive("popsize", popsize, integer=True)
+            if popsize < 2:
+                raise UnigradError(f"option popsize must be an integer >= 2, got {popsize!r}")
+        _number("sigma0", sigma0, allow_none=False)
+        needs(self.name, "evotorch", "evotorch")
+        self.popsize = popsize
+        self.sigma0 = float(sigma0)
+
+    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def _build(self, x0: np.ndarray) -> Any:
+        with _quiet():
+            problem = _problem_class()(
+                "min",
+                solution_length=x0.size,
+                dtype=torch.float64,
+                device="cpu",
+                seed=key_hash(self.seed, _PROBLEM_TAG) % 2**63,
+            )
+            return self._searcher(problem, torch.as_tensor(x0, dtype=torch.float64))
+
+    def _generation(self, f: Callable[[np.ndarray], np.ndarray]) -> None:
+        searcher = self._peer
+        problem = searcher.problem
+        problem.fn = f
+        try:
+            with _quiet():
+                searcher.step()  # a first step: sample around the centre and evaluate, no update yet
+        finally:
+            problem.fn = None  # the peer is pickled by state_dict(); it must not hold the callback
+        # EvoTorch updates the distribution at the start of the *next* step, from these evaluations; do it
+        # now, so this call's move uses this batch, and mark the next step as a first step again
+        pop = searcher._population
+        fitness = pop.access_evals()[:, searcher._obj_index]
+        gradients = searcher._distribution.compute_gradients(
+            pop.access_values(keep_evals=True),
+            fitness,
+            objective_sense=problem.senses[searcher._obj_index],
+            ranking_method=searcher._ranking_method,
+        )
+        searcher._update_distribution(gradients)
+        searcher._first_iter = True
+
+    def _centre(self) -> np.ndarray:
+        self._peer.clear_status()  # the status caches the centre of before the update above
+        return self._peer.status["center"].as_subclass(torch.Tensor).detach().cpu().numpy().astype(np.float64)
+
+
+class PGPE(EvoTorchPeer):
+    name = "pgpe"
+    description = "EvoTorch PGPE (Sehnke et al. 2010), symmetric sampling, Adam on the centre; peer, needs .[peers]"
+    _options = ("popsize", "sigma0", "center_lr", "stdev_lr", "optimizer", "max_dim")
+
+    def __init__(
+        self,
+        popsize: int = 16,
+        sigma0: float = 0.05,
+        center_lr: float = 0.01,
+        stdev_lr: float = 0.1,
+        optimizer: str = "adam",
+        max_dim: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(popsize, sigma0, max_dim, seed)
+        if popsize % 2:
+            raise UnigradError(f"option popsize of pgpe must be even (symmetric pairs), got {popsize}")
+        _number("center_lr", center_lr, allow_none=False)
+        _number("stdev_lr", stdev_lr, allow_none=False)
+        check_choice("optimizer", optimizer, ("adam", "clipup", "sgd"))
+        self.center_lr, self.stdev_lr, self.optimizer = float(center_lr), float(stdev_lr), optimizer
+
+    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+        from evotorch.algorithms import PGPE as Searcher
+
+        return Searcher(
+            problem,
+            popsize=self.popsize,
+            center_learning_rate=self.center_lr,
+            stdev_learning_rate=self.stdev_lr,
+            stdev_init=self.sigma0,
+            optimizer=self.optimizer,
+            center_init=center,
+        )
+
+
+class SNES(EvoTorchPeer):
+    name = "snes"
+    description = "EvoTorch separable NES (Schaul et al. 2011), diagonal Gaussian; peer, needs .[peers]"
+    _options = ("popsize", "sigma0", "center_lr", "stdev_lr", "max_dim")
+
+    def __init__(
+        self,
+        popsize: int | None = None,
+        sigma0: float = 0.05,
+        center_lr: float | None = None,
+        stdev_lr: float | None = None,
+        max_dim: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(popsize, sigma0, max_dim, seed)
+        _number("center_lr", center_lr)
+        _number("stdev_lr", stdev_lr)
+        self.center_lr, self.stdev_lr = center_lr, stdev_lr
+
+    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+        from evotorch.algorithms import SNES as Searcher
+
+        return Searcher(
+            problem,
+            popsize=self.popsize,
+            stdev_init=self.sigma0,
+            center_learning_rate=self.center_lr,
+            stdev_learning_rate=self.stdev_lr,
+            center_init=center,
+        )
+
+
+class XNES(SNES):
+    name = "xnes"
+    description = "EvoTorch exponential NES (Glasmachers et al. 2010), full covariance; peer, needs .[peers]"
+
+    def __init__(
+        self,
+        popsize: int | None = None,
+        sigma0: float = 0.05,
+        center_lr: float | None = None,
+        stdev_lr: float | None = None,
+        max_dim: int | None = 1000,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(popsize, sigma0, center_lr, stdev_lr, max_dim, seed)
+
+    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+        from evotorch.algorithms import XNES as Searcher
+
+        return Searcher(
+            problem,
+            popsize=self.popsize,
+            stdev_init=self.sigma0,
+            center_learning_rate=self.center_lr,
+            stdev_learning_rate=self.stdev_lr,
+            center_init=center,
+        )
+
+
+class CEM(EvoTorchPeer):
+    name = "cem"
+    description = "EvoTorch cross-entropy method (Rubinstein 1999), refit to the elite; peer, needs .[peers]"
+    _options = ("popsize", "sigma0", "elite_ratio", "max_dim")
+
+    def __init__(
+        self,
+        popsize: int = 16,
+        sigma0: float = 0.05,
+        elite_ratio: float = 0.25,
+        max_dim: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(popsize, sigma0, max_dim, seed)
+        if isinstance(elite_ratio, bool) or not isinstance(elite_ratio, int | float) or not 0 < elite_ratio <= 1:
+            raise UnigradError(f"option elite_ratio must be a number in (0, 1], got {elite_ratio!r}")
+        if int(popsize * elite_ratio) < 2:
+            raise UnigradError(
+                f"options popsize={popsize} and elite_ratio={elite_ratio} leave fewer than 2 elite candidates; "
+                f"raise either"
+            )
+        self.elite_ratio = float(elite_ratio)
+
+    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+        from evotorch.algorithms import CEM as Searcher
+
+        return Searcher(
+            problem,
+            popsize=self.popsize,
+            parenthood_ratio=self.elite_ratio,
+            stdev_init=self.sigma0,
+            center_init=center,
+        )

@@ -1,0 +1,30 @@
+"""A peer trains through unigrad's trainer like any estimator."""
+
+import math
+
+import pytest
+
+from unigrad import UnigradError
+from unigrad.data.tasks import get_task
+from unigrad.train.trainer import train
+
+pytest.importorskip("evotorch")
+
+
+def test_snes_trains_digits_through_the_trainer():
+    run = train("digits-mlp", "snes", optimizer="sgd", lr=1.0, budget="steps=30", batch_size=64, progress=False)
+    assert run.status == "ok"
+    first, last = run.history[0], run.history[-1]
+    assert last["test_loss"] < first["test_loss"] - 0.3, (first["test_loss"], last["test_loss"])
+    assert last["test_accuracy"] > first["test_accuracy"] + 0.2
+    population = 4 + int(3 * math.log(4810))  # EvoTorch's default for digits-mlp's 4,810 parameters
+    n, pos, samples = get_task("digits-mlp").data().x_train.shape[0], 0, 0
+    for _ in range(30):  # the batches the trainer drew (the last one of an epoch may be short)
+        batch = min(64, n - pos)
+        samples, pos = samples + batch, (pos + batch) % n
+    assert run.forward_equivalents == population * samples
+
+
+def test_adam_is_refused_with_advice():
+    with pytest.raises(UnigradError, match="--optimizer sgd --lr 1"):
+        train("digits-mlp", "snes", optimizer="adam", lr=1e-3, budget="steps=3", batch_size=64, progress=False)
