@@ -1,4 +1,4 @@
-"""Command line: ``unigrad list | train | compare | experiment | runs`` (also ``python -m unigrad``).
+"""Command line: ``unigrad list | train | compare | experiment | bench | runs`` (also ``python -m unigrad``).
 
 ``train`` and ``compare`` record every run in the experiment store (``--store``, default
 ``runs/unigrad.sqlite``): a run already finished there is not trained again (``--rerun`` forces
@@ -9,7 +9,9 @@ options from a TOML file (:mod:`unigrad.config`); options typed on the command l
 sharpness, Hessian trace, drift, step size) and plots them in the report; their cost is kept out
 of the run's own. ``runs list|show|compare|export|groups`` reads the store. ``experiment NAME``
 runs one of the experiments (:mod:`unigrad.experiments`: scaling laws, biology, hardware) and
-writes its figures and report.
+writes its figures and report. ``bench`` runs the benchmark suite (:mod:`unigrad.bench`: tasks ×
+methods × seeds at equal budgets, against third-party black-box optimizers; ``--list`` shows the
+tasks with their budgets and methods).
 
 Exit status: 0 on success, 1 if a run diverged (its results up to the last good state are still
 written), 2 for a user error (unknown task, method or optimizer, a bad option value or budget, a
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     from unigrad.train.runs_cli import add_runs_parser
 
     parser = _Parser(prog="unigrad", description="Every way of training a network on one footing.")
-    sub = parser.add_subparsers(dest="command", metavar="{list,train,compare,experiment,runs}")
+    sub = parser.add_subparsers(dest="command", metavar="{list,train,compare,experiment,bench,runs}")
 
     sub.add_parser("list", help="estimators by derivative order, and tasks")
 
@@ -180,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--n", type=_positive_int, default=None, help="dimension of the quadratic (20)")
     conv.add_argument("--kappa", type=_positive_float, default=None, help="its condition number (1000)")
+    b = sub.add_parser("bench", help="benchmark suite: tasks x methods x seeds at equal budgets, with peers")
+    b.add_argument("--tasks", default=None, help="comma-separated task names (default: all; see --list)")
+    b.add_argument(
+        "--methods", default=None, help="comma-separated method specs replacing every task's defaults (see --list)"
+    )
+    b.add_argument("--seeds", default="3", help="number of seeds (3 → 0,1,2) or a list (0,5,7); default 3")
+    b.add_argument(
+        "--budget-scale", type=_positive_float, default=1.0, help="multiply every task's default budget (default 1)"
+    )
+    b.add_argument(
+        "--budget", type=_positive_float, default=None, help="budget in FE for every task (replaces the defaults)"
+    )
+    b.add_argument("--jobs", type=_positive_int, default=1, help="runs at once, one process and one thread each")
+    b.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads with --jobs 1 (default 1)")
+    b.add_argument("--out", default=None, help="output folder (default runs/bench-<YYYYmmdd-HHMMSS>)")
+    b.add_argument("--no-progress", action="store_true", help="do not print a line per finished run")
+    b.add_argument("--list", action="store_true", help="list the tasks with their default budgets and methods")
     add_runs_parser(sub)
     return parser
 
@@ -355,6 +374,49 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from unigrad.bench.run import bench
+    from unigrad.bench.suite import TASKS, default_methods
+
+    if args.list:
+        for task in TASKS.values():
+            print(f"{task.name:<16}{task.description}")
+            print(
+                f"{'':<16}budget {task.budget:.3g} FE (one unit = one {task.unit}), metric {task.metric} "
+                f"({'higher' if task.higher_is_better else 'lower'} is better), {task.dim:,} parameters"
+            )
+            print(f"{'':<16}methods: {', '.join(default_methods(task))}")
+        print("\nA method whose estimator has a max_dim below a task's dimension, or a peer whose package is")
+        print("missing, is skipped on that task with a note. Budgets: --budget-scale X or --budget FE.")
+        return 0
+    _apply_threads(args.threads)
+    folder = bench(
+        tasks=args.tasks,
+        methods=args.methods,
+        seeds=args.seeds,
+        budget_scale=args.budget_scale,
+        budget=args.budget,
+        jobs=args.jobs,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print((folder / "report.md").read_text())
+    print(f"wrote {folder}/results.json, report.md and the plots")
+    import json
+
+    results = json.loads((folder / "results.json").read_text())
+    bad = [
+        f"{name} {label} seed {r['seed']}: {r['status']}: {r['message']}"
+        for name, task in results["tasks"].items()
+        for label, m in task["methods"].items()
+        for r in m["runs"]
+        if r["status"] != "ok"
+    ]
+    for msg in bad:
+        print(msg, file=sys.stderr)
+    return 1 if bad else 0
+
+
 def _one_line(text: str) -> str:
     """``text`` with its line breaks escaped (``\\n``): a message that quotes user input stays one line."""
     return _BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
@@ -413,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_runs(args)
         if args.command == "experiment":
             return cmd_experiment(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         if args.config is not None:
             from unigrad.config import given_options, load_config, merge
 

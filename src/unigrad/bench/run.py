@@ -1,0 +1,297 @@
+"""Run the suite: every (task, method, seed) at the task's budget, then the report and plots.
+
+``bench(tasks=None, methods=None, seeds=3, budget_scale=1.0, budget=None, jobs=1, out=None)``
+writes ``runs/bench-<YYYYmmdd-HHMMSS>/`` (or ``out``) and returns the folder:
+
+* ``results.json``: the configuration, the environment, and per task and method the runs (history
+  of evaluation points, final metric, FE spent, wall seconds, status and message) and the notes on
+  methods that were skipped;
+* ``report.md``, ``metric_vs_fe_<task>.png``, ``metric_vs_seconds_<task>.png`` and ``win_matrix.png``
+  (:mod:`unigrad.bench.report`).
+
+The classification tasks run through :func:`unigrad.train.train` (budget ``forwards=N``). The
+others run the loop of :func:`run_loop`: ``estimator.estimate`` then ``optimizer.step`` until the FE
+of the estimates (``Estimate.cost.forward_equivalents``) reach the budget; wall seconds are timed
+with ``perf_counter`` around the steps only (evaluation excluded); the metric is measured at the
+start and every ``1/eval_points`` of the budget, and at the end. A NaN or infinite loss or metric
+stops the run with status ``"diverged"``; its history ends at the last good point.
+Every history point has ``step``, ``forward_equivalents``, ``seconds`` and ``metric`` (the test
+accuracy on classification tasks, whose points also carry the trainer's own fields).
+
+Runs are independent and keyed by their seed (initial weights or start point, data order or
+episodes, the estimator's noise), so ``jobs > 1`` (that many processes, one torch thread each, via
+:func:`unigrad.core.parallel.run_calls`) gives the same metrics; only wall times change. A run that
+fails (a method that cannot handle a task) is recorded with status ``"failed"`` and its message, and
+the others go on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unigrad.bench.suite import PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
+from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
+from unigrad.core.parallel import run_calls
+from unigrad.train.compare import MethodSpec, environment, finite_json, jsonable, parse_seeds
+from unigrad.train.report import write_atomic
+
+
+def run_loop(problem: Any, spec: MethodSpec, seed: int, budget: float, eval_points: int) -> dict[str, Any]:
+    """Train ``problem``'s model with ``spec`` until ``budget`` FE are spent (module docs)."""
+    from unigrad.core.registry import make_estimator
+    from unigrad.train.trainer import make_optimizer
+
+    model = problem.build_model(seed)
+    estimator = make_estimator(spec.name, **{"seed": seed, **spec.options})
+    optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
+    step, fe, seconds, window = 0, 0.0, 0.0, []
+    status, message = "ok", ""
+    history: list[dict[str, Any]] = []
+
+    def record() -> bool:
+        value = problem.metric(model, seed)
+        if not math.isfinite(value):
+            return False
+        loss = sum(window) / len(window) if window else None
+        history.append({"step": step, "forward_equivalents": fe, "seconds": seconds, "loss": loss, "metric": value})
+        window.clear()
+        return True
+
+    if not record():
+        raise UnigradError(f"the initial model of {spec.label} (seed {seed}) gives a non-finite metric")
+    next_eval = 1
+    while fe < budget:
+        t0 = time.perf_counter()
+        try:
+            optimizer.zero_grad(set_to_none=True)
+            est = estimator.estimate(model, problem.objective(seed, step))
+            optimizer.step()
+        except NonFiniteLossError as e:
+            seconds += time.perf_counter() - t0
+            status, message = "diverged", f"diverged at step {step + 1}: {str(e).split(';')[0]}"
+            break
+        seconds += time.perf_counter() - t0
+        cost = est.cost.forward_equivalents
+        if not cost > 0:
+            raise UnigradError(f"{spec.label} reported no cost for a step; its budget would never be spent")
+        step += 1
+        fe += cost
+        window.append(est.loss)
+        frac = fe / budget
+        if frac >= 1.0 or frac * eval_points >= next_eval:
+            if not record():
+                status, message = "diverged", f"diverged at step {step}: the metric became non-finite"
+                break
+            next_eval = math.floor(frac * eval_points) + 1
+    return {
+        "status": status,
+        "message": message,
+        "history": history,
+        "steps": step,
+        "forward_equivalents": fe,
+        "seconds": seconds,
+    }
+
+
+def run_one(task_name: str, spec: MethodSpec, seed: int, budget: float) -> dict[str, Any]:
+    """One run of ``spec`` on the suite's task ``task_name`` with ``seed`` and ``budget`` FE.
+
+    Returns a dict with ``seed``, ``status`` (``ok``, ``diverged`` or ``failed``), ``message``,
+    ``history``, ``steps``, ``forward_equivalents``, ``seconds`` and ``final_metric``.
+    """
+    task = get_bench_task(task_name)
+    t0 = time.perf_counter()
+    try:
+        if task.kind == "classification":
+            from unigrad.train import train
+
+            assert task.batch_size is not None
+            r = train(
+                task.problem(),  # type: ignore[arg-type]
+                spec.name,
+                optimizer=spec.optimizer,
+                lr=spec.lr,
+                estimator_options=spec.options,
+                budget=f"forwards={budget!r}",
+                batch_size=task.batch_size,
+                seed=seed,
+                eval_points=task.eval_points,
+                decorrelation=spec.decorrelation,
+            )
+            history = [{**p, "metric": p["test_accuracy"]} for p in r.history]
+            out = {
+                "status": r.status,
+                "message": r.message,
+                "history": history,
+                "steps": r.steps,
+                "forward_equivalents": r.forward_equivalents,
+                "seconds": r.train_seconds,
+            }
+        else:
+            out = run_loop(task.problem(), spec, seed, budget, task.eval_points)
+    except (UnigradError, RuntimeError) as e:  # a method that cannot handle this task: recorded, the others go on
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        out = {"status": "failed", "message": f"{type(e).__name__}: {text}", "history": [], "steps": 0}
+        out.update(forward_equivalents=0.0, seconds=0.0)
+    final = out["history"][-1]["metric"] if out["history"] else None
+    return {"seed": seed, **out, "final_metric": final, "total_seconds": time.perf_counter() - t0}
+
+
+def _out_dir(out: str | Path | None) -> Path:
+    if out is not None:
+        if str(out) == "" or "\x00" in str(out):
+            raise UnigradError(f"the output folder must be a non-empty path without NUL characters, got {str(out)!r}")
+        path = Path(out)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path, k = Path("runs") / f"bench-{stamp}", 2
+        while path.exists():
+            path, k = Path("runs") / f"bench-{stamp}-{k}", k + 1
+    if path.exists() and not path.is_dir():
+        raise UnigradError(f"output path {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UnigradError(f"cannot create the output folder {path}: {e.strerror}") from None
+    return path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """``data`` as strict JSON (non-finite floats become ``null``), written atomically."""
+    text = json.dumps(finite_json(data), indent=1, default=jsonable, allow_nan=False) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def _check_number(option: str, value: float | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not value > 0:
+        raise UnigradError(f"option {option} must be a finite number > 0, got {value!r}")
+
+
+def command_line(config: dict[str, Any]) -> str:
+    """The ``unigrad bench`` command that reproduces a configuration of ``results.json``."""
+    parts = ["unigrad bench", "--tasks " + ",".join(config["tasks"])]
+    if config.get("methods") is not None:
+        parts.append("--methods " + ",".join(config["methods"]))
+    seeds = list(config["seeds"])
+    if seeds == list(range(len(seeds))):
+        parts.append(f"--seeds {len(seeds)}")
+    else:  # a list; one seed keeps a trailing comma so it is not read as a count
+        parts.append("--seeds " + ",".join(map(str, seeds)) + ("," if len(seeds) == 1 else ""))
+    if config.get("budget") is not None:
+        parts.append(f"--budget {config['budget']:g}")
+    elif config.get("budget_scale", 1.0) != 1.0:
+        parts.append(f"--budget-scale {config['budget_scale']:g}")
+    return " ".join(parts)
+
+
+def task_budget(task: BenchTask, budget_scale: float = 1.0, budget: float | None = None) -> float:
+    """The FE budget of ``task``: ``budget`` if given, else its default times ``budget_scale``."""
+    return float(budget) if budget is not None else task.budget * budget_scale
+
+
+def bench(
+    tasks: str | Sequence[str] | None = None,
+    methods: str | Sequence[str] | None = None,
+    seeds: int | str | Sequence[int] = 3,
+    budget_scale: float = 1.0,
+    budget: float | None = None,
+    jobs: int = 1,
+    out: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Run the suite and write its folder (module docs); returns the folder.
+
+    ``methods`` (names or specs, comma-separated or a sequence) replaces every task's default list;
+    ``budget`` (FE) replaces every task's default budget, else the defaults are scaled by
+    ``budget_scale``. ``progress`` prints a line per finished run (through ``log``, default stderr).
+    """
+    from unigrad.bench.report import write_plots, write_report
+
+    task_list = parse_tasks(tasks)
+    method_list: list[str] | None = None
+    if methods is not None:
+        method_list = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+        if not method_list:
+            raise UnigradError("no methods given; e.g. --methods spsa,backprop")
+    seed_list = parse_seeds(seeds)
+    _check_number("budget_scale", budget_scale)
+    _check_number("budget", budget)
+    if budget is not None and budget_scale != 1.0:
+        raise UnigradError("give either a budget (FE for every task) or a budget scale, not both")
+    check_positive("jobs", jobs, integer=True)
+    say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    plan: list[tuple[BenchTask, list[MethodSpec], list[str]]] = []
+    for task in task_list:
+        specs, notes = resolve_methods(task, method_list)
+        for note in notes:
+            say(f"note: skipping {note}")
+        plan.append((task, specs, notes))
+    for task, _, _ in plan:  # a missing dataset fails here, before a folder is made
+        problem = task.problem()
+        if task.kind == "classification":
+            problem.data()  # type: ignore[attr-defined]
+
+    folder = _out_dir(out)
+    config = {
+        "tasks": [t.name for t in task_list],
+        "methods": method_list,
+        "seeds": seed_list,
+        "budget_scale": float(budget_scale),
+        "budget": None if budget is None else float(budget),
+        "jobs": jobs,
+        "peers": list(PEERS),
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    config["command"] = command_line(config)
+    results: dict[str, Any] = {"config": config, "environment": environment(torch.device("cpu")), "tasks": {}}
+    calls = []
+    for task, specs, notes in plan:
+        fe = task_budget(task, budget_scale, budget)
+        results["tasks"][task.name] = {
+            "description": task.description,
+            "kind": task.kind,
+            "unit": task.unit,
+            "metric": task.metric,
+            "higher_is_better": task.higher_is_better,
+            "dim": task.dim,
+            "budget": fe,
+            "batch_size": task.batch_size,
+            "eval_points": task.eval_points,
+            "skipped": notes,
+            "methods": {m.label: {**m.to_dict(), "peer": m.name in PEERS, "runs": []} for m in specs},
+        }
+        calls += [(run_one, (task.name, spec, seed, fe)) for spec in specs for seed in seed_list]
+    if progress:
+        say(f"bench: {len(calls)} runs ({len(task_list)} tasks, seeds {seed_list}, {jobs} job(s)) -> {folder}")
+    t_start = time.perf_counter()
+    for (_, (task_name, spec, _seed, _)), run in zip(calls, run_calls(calls, jobs)):
+        results["tasks"][task_name]["methods"][spec.label]["runs"].append(run)
+        if progress:
+            value = "–" if run["final_metric"] is None else f"{run['final_metric']:.4g}"
+            extra = "" if run["status"] == "ok" else f"  {run['status'].upper()}: {run['message']}"
+            say(
+                f"  {task_name:<16} {spec.label:<14} seed {run['seed']}: {value}  "
+                f"{run['forward_equivalents']:.3g} FE  {run['seconds']:.1f} s{extra}"
+            )
+        write_json(folder / "results.json", results)
+    config["total_seconds"] = time.perf_counter() - t_start
+    write_json(folder / "results.json", results)
+    write_report(folder, results)
+    write_plots(folder, results)
+    return folder
+
+
+__all__ = ["bench", "command_line", "run_loop", "run_one", "task_budget", "write_json"]

@@ -1,0 +1,309 @@
+"""The tasks and default methods of ``unigrad bench``.
+
+Every task has a default budget in forward-pass equivalents (FE, :class:`unigrad.core.cost.Cost`),
+counted in the task's own unit of cost: a sample for the classification tasks (a forward pass of
+a batch of 64 is 64 FE, a backward pass twice that), an episode for ``cartpole``, a function
+evaluation for the black-box functions. All methods of a task get the same budget.
+
+===============  ==============  =================  ==========  ======================================
+task             kind            unit of cost       budget      metric
+===============  ==============  =================  ==========  ======================================
+mnist1d-mlp      classification  sample             5·10⁶       test accuracy (higher is better)
+digits-mlp       classification  sample             2·10⁶       test accuracy (higher is better)
+fashion-small    classification  sample             5·10⁶       test accuracy (higher is better)
+cartpole         control         episode            10⁴         mean greedy return, 50 episodes
+sphere-D         function        evaluation         see below   f(x) (lower is better)
+rosenbrock-D     function        evaluation         see below   f(x) (lower is better)
+rastrigin-D      function        evaluation         see below   f(x) (lower is better)
+===============  ==============  =================  ==========  ======================================
+
+The functions come in D = 10, 100 and 1000 dimensions with budgets of 2·10⁴, 10⁵ and 10⁵
+evaluations (2000·D, 1000·D and 100·D: in 1000 dimensions the full-covariance peers ``cma`` and
+``xnes`` spend up to seconds per generation, so a larger budget would take them hours per run).
+:mod:`unigrad.bench.problems` defines the problems.
+
+Default methods of a task: unigrad's zeroth-order estimators (``spsa``, ``es``, ``mezo``, plus
+``anp`` on the classification tasks: it perturbs ``nn.Linear`` outputs and needs per-sample
+losses), ``backprop`` as the first-order reference (not on ``cartpole``, whose return is not
+differentiable), and every peer of :data:`PEERS` (third-party black-box optimizers, run with
+``torch.optim.SGD(lr=1)``). A method whose estimator has a ``max_dim`` attribute smaller than the
+task's dimension is skipped with a note, as is a peer whose optional package is missing.
+
+Options come from :data:`unigrad.train.compare.DEFAULTS` (tuned on MNIST-1D), overridden per task
+by :attr:`BenchTask.overrides`, and a method spec given by the user overrides both key by key:
+
+* ``mnist1d-mlp``: ``spsa`` and ``mezo`` at lr 3e-3, as in ``unigrad compare``'s default set
+  (at 1e-3 they end 6–8 points lower on this task).
+* ``cartpole``: the greedy return is piecewise constant in the weights, so the perturbations must be
+  large enough to change actions: σ = 0.1 with 4 probes (pairs) per update and Adam at lr 0.05.
+* black-box functions: 4 probes and Adam at lr 10⁻² (3·10⁻³ in 1000 dimensions, where the estimates
+  are noisier); ``spsa``/``mezo`` with σ = 10⁻³ (a finite difference), ``es`` with σ = 0.1
+  (smoothing, which can step over Rastrigin's local minima); ``backprop`` with Adam at lr 10⁻².
+  Adam at a constant rate ends at a noise floor that grows with the rate: on sphere-100 (half the
+  budget, seed 0) spsa ends at 0.07 with lr 0.05 and at 10⁻³⁴ with lr 0.01; on sphere-1000 at 7.3
+  with 0.01 and 0.6 with 0.003. These were picked from such short runs of one seed; they are
+  reasonable, not tuned per function.
+* peers: their defaults (σ₀ = 0.05, the library's population size) on the classification tasks;
+  σ₀ = 0.1 on ``cartpole`` (as unigrad's σ) and on the functions about a quarter of the start
+  point's spread (:data:`FUNCTION_SIGMA0`: 0.5 for sphere and rosenbrock, 2 for rastrigin), the
+  usual advice for CMA-ES.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from unigrad.core.errors import UnigradError, unknown_name
+from unigrad.train.compare import MethodSpec, check_available, method_names, parse_method, variants
+
+PEERS = ("cma", "sep-cma", "nevergrad", "pgpe", "snes", "cem", "xnes")
+"""Registry names of the third-party black-box optimizers (``unigrad.peers``)."""
+
+KINDS = ("classification", "control", "function")
+
+ZEROTH = ("spsa", "es", "mezo")
+"""unigrad's zeroth-order methods run on every task (``anp`` is added on classification tasks)."""
+
+
+@dataclass(frozen=True)
+class BenchTask:
+    """One task of the suite (module docs).
+
+    Attributes:
+        name, description: as listed by ``unigrad bench --list``.
+        kind: ``"classification"`` (trained by :func:`unigrad.train.train`), ``"control"`` or ``"function"``.
+        budget: default budget in FE of the task's unit of cost.
+        batch_size: samples per step (classification only).
+        eval_points: evaluation points per run (plus the initial one).
+        metric: what is measured at each evaluation point; ``higher_is_better`` says which way is good.
+        unit: what one unit of cost (one FE) is on this task.
+        dim: number of trainable parameters.
+        methods: unigrad's default methods (the peers are added by :func:`default_methods`).
+        overrides: method name → ``key=value:...`` options replacing the defaults on this task.
+        excluded: method name → why it cannot run on this task.
+    """
+
+    name: str
+    description: str
+    kind: str
+    budget: float
+    batch_size: int | None
+    eval_points: int
+    metric: str
+    higher_is_better: bool
+    unit: str
+    dim: int
+    methods: tuple[str, ...]
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    excluded: Mapping[str, str] = field(default_factory=dict)
+
+    def problem(self) -> object:
+        """A :class:`~unigrad.data.tasks.Task` (classification) or a problem of :mod:`unigrad.bench.problems`."""
+        from unigrad.bench import problems
+
+        if self.kind == "classification":
+            from unigrad.data.tasks import get_task
+
+            return problems.FASHION_SMALL if self.name == "fashion-small" else get_task(self.name)
+        if self.kind == "control":
+            return problems.CartPoleProblem()
+        fn, dim = self.name.rsplit("-", 1)
+        return problems.FunctionProblem(fn, int(dim))
+
+
+FUNCTION_SIGMA0 = {"sphere": 0.5, "rosenbrock": 0.5, "rastrigin": 2.0}
+"""Initial step size of the peers on the black-box functions: about a quarter of the start point's spread."""
+
+_NN_METHODS = (*ZEROTH, "anp", "backprop")
+_NOT_DIFFERENTIABLE = "the objective is not differentiable (greedy returns of a simulator)"
+
+
+def _classification(name: str, description: str, budget: float, dim: int, **overrides: str) -> BenchTask:
+    return BenchTask(
+        name,
+        description,
+        "classification",
+        budget,
+        64,
+        20,
+        "test accuracy",
+        True,
+        "sample",
+        dim,
+        _NN_METHODS,
+        overrides,
+    )
+
+
+def _function(fn: str, dim: int) -> BenchTask:
+    from unigrad.bench.problems import FUNCTIONS
+
+    budget = {10: 2e4, 100: 1e5, 1000: 1e5}[dim]
+    lr = 3e-3 if dim >= 1000 else 1e-2
+    return BenchTask(
+        f"{fn}-{dim}",
+        f"{fn} function in {dim} dimensions, start {FUNCTIONS[fn].start_text}, f(x*) = 0",
+        "function",
+        budget,
+        None,
+        40,
+        "f(x)",
+        False,
+        "function evaluation",
+        dim,
+        (*ZEROTH, "backprop"),
+        {
+            "spsa": f"probes=4:sigma=1e-3:lr={lr:g}",
+            "mezo": f"probes=4:sigma=1e-3:lr={lr:g}",
+            "es": f"probes=4:sigma=0.1:lr={lr:g}",
+            "backprop": "lr=0.01",
+            **dict.fromkeys(PEERS, f"sigma0={FUNCTION_SIGMA0[fn]:g}"),
+        },
+        {"anp": "it perturbs nn.Linear outputs and the model here has none"},
+    )
+
+
+TASKS: dict[str, BenchTask] = {
+    t.name: t
+    for t in (
+        _classification(
+            "mnist1d-mlp",
+            "MNIST-1D (4,000/1,000 sequences of 40), MLP 40-100-100-10",
+            5e6,
+            15_210,
+            spsa="lr=3e-3",
+            mezo="lr=3e-3",
+        ),
+        _classification("digits-mlp", "sklearn 8x8 digits (1,437/360), MLP 64-64-10", 2e6, 4_810),
+        _classification("fashion-small", "Fashion-MNIST pooled to 7x7 (60,000/10,000), MLP 49-16-10", 5e6, 970),
+        BenchTask(
+            "cartpole",
+            "CartPole-v1, policy MLP 4-16-2 (tanh), 4 episodes per update, greedy actions",
+            "control",
+            1e4,
+            None,
+            10,
+            "mean return",
+            True,
+            "episode",
+            114,
+            ZEROTH,
+            {
+                "spsa": "probes=4:sigma=0.1:lr=0.05",
+                "es": "probes=4:sigma=0.1:lr=0.05",
+                "mezo": "probes=4:sigma=0.1:lr=0.05",
+                **dict.fromkeys(PEERS, "sigma0=0.1"),
+            },
+            {"backprop": _NOT_DIFFERENTIABLE, "anp": "it needs per-sample losses of a supervised batch"},
+        ),
+        *(_function(fn, d) for fn in ("sphere", "rosenbrock", "rastrigin") for d in (10, 100, 1000)),
+    )
+}
+
+
+def get_bench_task(name: str) -> BenchTask:
+    """The suite's task called ``name`` (unknown names raise an error listing the valid ones)."""
+    if name not in TASKS:
+        raise unknown_name("task", name, TASKS)
+    return TASKS[name]
+
+
+def parse_tasks(tasks: str | Sequence[str] | None) -> list[BenchTask]:
+    """A comma-separated list (or a sequence) of task names; ``None`` means every task."""
+    if tasks is None:
+        return list(TASKS.values())
+    names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
+    if not names:
+        raise UnigradError(f"no tasks given; valid tasks: {', '.join(TASKS)}")
+    if len(set(names)) != len(names):
+        raise UnigradError(f"tasks given twice: {', '.join(sorted({n for n in names if names.count(n) > 1}))}")
+    return [get_bench_task(n) for n in names]
+
+
+def default_methods(task: BenchTask) -> tuple[str, ...]:
+    """unigrad's default methods of ``task`` followed by every peer."""
+    return (*task.methods, *PEERS)
+
+
+def _split(spec: str) -> tuple[str, dict[str, str]]:
+    name, *parts = spec.strip().split(":")
+    options: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise UnigradError(f"malformed method spec {spec!r}: {part!r} is not key=value")
+        if key.strip() in options:
+            raise UnigradError(f"malformed method spec {spec!r}: option {key.strip()} given twice")
+        options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def method_spec(task: BenchTask, spec: str) -> MethodSpec:
+    """``spec`` parsed for ``task``: its overrides of the defaults, then the options of ``spec`` itself."""
+    name, given = _split(spec)
+    base = _split(f"{name}:{task.overrides[name]}")[1] if name in task.overrides else {}
+    merged = {**base, **given}
+    text = ":".join([name, *(f"{k}={v}" for k, v in merged.items())])
+    parsed = parse_method(text)
+    parsed.label = spec.strip() if given else name
+    return parsed
+
+
+def _estimator_name(name: str) -> str:
+    return variants().get(name, (name, {}))[0]
+
+
+def resolve_methods(task: BenchTask, specs: Sequence[str] | None = None) -> tuple[list[MethodSpec], list[str]]:
+    """The methods to run on ``task`` (``specs``, or :func:`default_methods`) and notes on those skipped.
+
+    Unknown names and bad options raise :class:`UnigradError`. Skipped with a note instead: a method
+    the task excludes, a method whose estimator has a ``max_dim`` below the task's dimension, and a
+    peer that is not registered or not available here (its optional package missing).
+    """
+    from unigrad.core.registry import make_estimator
+
+    out: list[MethodSpec] = []
+    notes: list[str] = []
+    for spec in specs if specs is not None else default_methods(task):
+        name = _split(spec)[0]
+        valid = method_names()
+        if name in PEERS and name not in valid:
+            notes.append(f"{name}: not registered in this installation")
+            continue
+        if name not in valid:
+            raise unknown_name("method", name, valid)
+        estimator = _estimator_name(name)
+        if estimator in task.excluded:
+            notes.append(f"{name}: not run on {task.name}: {task.excluded[estimator]}")
+            continue
+        if name in PEERS:
+            try:
+                check_available(name)
+                parse_method(name)
+            except UnigradError as e:
+                notes.append(f"{name}: not available: {e}")
+                continue
+        parsed = method_spec(task, spec)
+        max_dim = getattr(make_estimator(parsed.name, **parsed.options), "max_dim", None)
+        if isinstance(max_dim, int) and not isinstance(max_dim, bool) and task.dim > max_dim:
+            notes.append(f"{name}: not run on {task.name}: its dimension {task.dim} exceeds max_dim {max_dim}")
+            continue
+        out.append(parsed)
+    labels = [m.label for m in out]
+    if len(set(labels)) != len(labels):
+        raise UnigradError(f"methods given twice: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}")
+    return out, notes
+
+
+__all__ = [
+    "KINDS",
+    "PEERS",
+    "TASKS",
+    "BenchTask",
+    "default_methods",
+    "get_bench_task",
+    "method_spec",
+    "parse_tasks",
+    "resolve_methods",
+]
