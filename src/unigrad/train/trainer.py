@@ -65,6 +65,21 @@
   estimator's state and the global RNG as the training step left them, so a run with diagnostics
   ends bitwise where the same run without them does. The checkpoint holds the entries so far (a
   resumed run continues the list), and the names and ``k`` are part of its fingerprint.
+* **Several processes** (``exchange=``, a :class:`~unigrad.core.exchange.ProbeExchange`; see
+  :mod:`unigrad.distributed`, which builds one over ``torch.distributed`` and calls this function on
+  every process): the exchange is handed to the estimator (``rge``, ``spsa``, ``es``, ``mezo``), which
+  evaluates this process's probes and all-gathers the scalar losses. Every process sees the same
+  batches (or, with a data-parallel exchange, its shard of each batch), takes the same step and so
+  holds the same parameters. The forward-pass equivalents of a step are summed over the processes and
+  the step's wall time is the slowest process's (one small all-gather per step), so every process
+  takes the same budget decisions and the history equals the one-process run's (wall times aside);
+  each evaluation point also records ``bytes``, what this process has sent in the estimators'
+  exchanges so far. Only rank 0 writes checkpoints and calls ``on_record``; all processes read the
+  checkpoint when resuming (the world size may differ from the run that wrote it: the split of the
+  probes changes, the update does not). ``exchange_check_every=k`` all-gathers a hash of the
+  parameters every ``k`` steps and raises :class:`~unigrad.core.errors.UnigradError` if they differ.
+  Diagnostics and decorrelation are refused (their extra passes are local to a process). Without an
+  exchange nothing changes: same fingerprint, same checkpoints.
 """
 
 from __future__ import annotations
@@ -84,6 +99,7 @@ from tqdm import tqdm
 
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive, unknown_name
 from unigrad.core.estimator import Estimator
+from unigrad.core.exchange import ProbeExchange
 from unigrad.core.memory import peak_memory
 from unigrad.core.objective import supervised
 from unigrad.core.params import trainable
@@ -328,6 +344,31 @@ def _build_estimator(method: Estimator | str, seed: int, options: dict[str, Any]
     return make_estimator(method, **{"seed": seed, **(options or {})})
 
 
+def _attach_exchange(
+    estimator: Estimator,
+    exchange: ProbeExchange,
+    diagnostics: Sequence[str],
+    decor: dict[str, Any] | None,
+    check_every: int | None,
+) -> None:
+    """Hand ``exchange`` to ``estimator``; refuse what cannot run on several processes."""
+    if not hasattr(estimator, "exchange"):
+        raise UnigradError(
+            f"method {estimator.name} cannot spread its work over processes; use one of es, mezo, rge, spsa"
+        )
+    if diagnostics:
+        raise UnigradError("diagnostics cannot run on several processes; drop them or train in one process")
+    if decor is not None:
+        raise UnigradError("decorrelation cannot run on several processes; drop it or train in one process")
+    if check_every is not None:
+        check_positive("exchange_check_every", check_every, integer=True)
+    estimator.exchange = exchange  # type: ignore[attr-defined]
+
+
+def _slice(rows: range) -> slice:
+    return slice(rows.start, rows.stop)
+
+
 def _batches_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
@@ -387,6 +428,8 @@ def train(
     on_record: Callable[[dict[str, float | None]], None] | None = None,
     diagnostics: Sequence[str] = (),
     diagnostics_every: int | None = None,
+    exchange: ProbeExchange | None = None,
+    exchange_check_every: int | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs)."""
     task = get_task(task) if isinstance(task, str) else task
@@ -402,6 +445,9 @@ def train(
         check_positive("diagnostics_every", diagnostics_every, integer=True)
 
     estimator = _build_estimator(method, seed, estimator_options)
+    if exchange is not None:
+        _attach_exchange(estimator, exchange, names, decor, exchange_check_every)
+    lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
     data: TaskData = task.data().to(dev, dt)
     model = build_model(task, seed, dev, dt, decor, local_heads=_wants_heads(estimator))
     opt = make_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
@@ -436,6 +482,9 @@ def train(
     if names:  # runs without diagnostics keep the fingerprint (and checkpoints) they always had
         fingerprint["diagnostics"] = list(names)
         fingerprint["diagnostics_every"] = diagnostics_every
+    if exchange is not None and exchange.data_parallel:  # sharded batches round differently
+        fingerprint["data_parallel"] = True
+    sent = 0  # bytes this process sent in the estimators' exchanges (distributed runs)
     diag_records: list[dict[str, float | None]] = []
     diag_seconds = 0.0
     diag_due = True  # default schedule: the step after each evaluation point (checkpoints are taken at those)
@@ -456,10 +505,17 @@ def train(
         status, message, finished = state["status"], state["message"], state["finished"]
         diag_records = [dict(d) for d in state.get("diagnostics", [])]
         diag_seconds = float(state.get("diagnostics_seconds", 0.0))
+        sent = int(state.get("bytes", 0))
         snapshot = _Snapshot(model, opt, estimator, state["last_good_step"])
+    if exchange is not None:  # every process starts from the same point before rank 0 writes anything
+        starts = exchange.all_gather(torch.tensor([step], dtype=torch.int64)).view(-1).tolist()
+        if len(set(starts)) > 1:
+            raise UnigradError(
+                f"the processes start from different steps {starts}; they must all see the same checkpoint file"
+            )
 
     def save(done: bool = False) -> None:
-        if checkpoint is None:
+        if checkpoint is None or not lead:
             return
         assert snapshot is not None
         save_checkpoint(
@@ -480,6 +536,7 @@ def train(
                 "finished": done,
                 "last_good_step": snapshot.step,
                 **({"diagnostics": diag_records, "diagnostics_seconds": diag_seconds} if names else {}),
+                **({"bytes": sent} if exchange is not None else {}),
             },
         )
 
@@ -503,11 +560,12 @@ def train(
                 "train_loss": sum(window) / len(window) if window else None,
                 "test_loss": test_loss,
                 "test_accuracy": test_acc,
+                **({"bytes": sent} if exchange is not None else {}),
             }
         )
         window.clear()
         snapshot = _Snapshot(model, opt, estimator, step)
-        if on_record is not None:
+        if on_record is not None and lead:
             on_record(dict(history[-1]))
         return True
 
@@ -516,7 +574,8 @@ def train(
             raise UnigradError(f"the initial model of task {task.name} gives a non-finite test loss")
         save()
     label = desc or f"{estimator.name} seed {seed}"
-    bar = tqdm(total=1000, desc=label, leave=False, disable=not progress or not sys.stderr.isatty(), file=sys.stderr)
+    quiet = not progress or not lead or not sys.stderr.isatty()
+    bar = tqdm(total=1000, desc=label, leave=False, disable=quiet, file=sys.stderr)
     perm = torch.empty(0, dtype=torch.long)
     if pos != 0:  # resumed within an epoch: the same permutation, regenerated from its key
         perm = torch.randperm(n, generator=generator(seed, seen // n, _DATA_TAG)).to(dev)
@@ -525,7 +584,8 @@ def train(
             if pos == 0:
                 perm = torch.randperm(n, generator=generator(seed, seen // n, _DATA_TAG)).to(dev)
             idx = perm[pos : pos + batch_size]
-            xb, yb = data.x_train[idx], data.y_train[idx]
+            rows = idx if exchange is None else idx[_slice(exchange.shard(idx.shape[0]))]
+            xb, yb = data.x_train[rows], data.y_train[rows]
             due = bool(names) and (diag_due if diagnostics_every is None else step % diagnostics_every == 0)
             pending: Pending | None = None
             state_before: dict[str, Any] | None = None
@@ -564,14 +624,21 @@ def train(
                 seconds += time.perf_counter() - t0 - in_step
                 status, message, failed = "diverged", f"{e}".split(";")[0], step + 1
                 break
-            seconds += time.perf_counter() - t0 - in_step
+            took, step_fe = time.perf_counter() - t0 - in_step, est.cost.forward_equivalents
+            if exchange is not None:  # all processes agree on the work done (sum) and the time taken (slowest)
+                both = exchange.all_gather(torch.tensor([step_fe, took], dtype=torch.float64))
+                step_fe, took = float(both[:, 0].sum()), float(both[:, 1].max())
+                sent += est.cost.bytes
+            seconds += took
             if pending is not None:
                 t1 = time.perf_counter()
                 diag_records.append({"step": diag_step, "epoch": diag_epoch, **measure_step(pending, model)})
                 diag_seconds += time.perf_counter() - t1
             step += 1
-            fe += est.cost.forward_equivalents
+            fe += step_fe
             seen += idx.shape[0]
+            if exchange_check_every is not None and exchange is not None and step % exchange_check_every == 0:
+                exchange.check_identical([p for _, p in trainable(model)], step)
             pos = 0 if pos + batch_size >= n else pos + batch_size
             window.append(est.loss)
             frac = spent()

@@ -5,6 +5,12 @@ for antithetic schemes, ``s = −1``), batching probes with ``vmap`` in chunks t
 memory budget (see :func:`~unigrad.core.probe.perturbed_losses`, whose linear fast path makes an
 antithetic pair cost little more than one forward in layers whose input is unperturbed).
 ``combine`` forms ``Σ_i c_i u_i`` per tensor, regenerating ``u_i`` from its key.
+
+With a :class:`~unigrad.core.exchange.ProbeExchange` (several processes), ``probe_losses`` evaluates
+only this process's probes and all-gathers the scalar losses (``gather_losses`` adds the bytes sent to
+the cost); ``combine`` then runs over all ``q`` probes on every process, exactly as in one process.
+Probe blocks follow the same grid of ``chunk`` probes whatever the split, so each probe is evaluated
+by the same operations as in a single process.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_positive
+from unigrad.core.exchange import ProbeExchange
 from unigrad.core.objective import Objective
 from unigrad.core.precision import warn_if_sigma_too_small
 from unigrad.core.probe import perturbed_losses, probe_means
@@ -53,23 +60,37 @@ def probe_losses(
     signs: Sequence[float],
     cost: Cost,
     chunk: int,
+    exchange: ProbeExchange | None = None,
 ) -> Tensor:
     """Mean losses at ``θ + s·σ·u_i``: a ``(len(signs), probes)`` tensor.
 
     Runs :func:`~unigrad.core.probe.perturbed_losses` on blocks of ``chunk`` directions, so with
     two signs the linear fast path shares each layer's unperturbed-input products across a pair.
+    With an ``exchange``, only ``exchange.local_probes(probes)`` are evaluated here and the table is
+    all-gathered (:func:`gather_losses`).
     """
     if step == 0:
         warn_if_sigma_too_small(params, sigma)  # once, on the first step: perturbations that round away
+    ids = range(probes) if exchange is None else exchange.local_probes(probes)
     values = [p.detach() for _, p in params]
     scales = torch.tensor([s * sigma for s in signs], dtype=values[0].dtype, device=values[0].device)
-    out = torch.empty(len(signs), probes, dtype=torch.float64)
-    for lo in range(0, probes, chunk):
-        block = range(lo, min(probes, lo + chunk))
+    out = torch.empty(len(signs), len(ids), dtype=torch.float64)
+    for lo in range(ids.start - ids.start % chunk, ids.stop, chunk):  # the grid of one process, clipped to ids
+        block = range(max(lo, ids.start), min(ids.stop, lo + chunk))
+        if not block:  # more processes than probes: this one has none
+            continue
         dirs = noise.block(seed, step, block, values)
         losses = perturbed_losses(model, objective, values, dirs, scales, cost)
-        out[:, lo : block.stop] = probe_means(losses, probe_dims=2).double()
-    return out
+        out[:, block.start - ids.start : block.stop - ids.start] = probe_means(losses, probe_dims=2).double()
+    return out if exchange is None else gather_losses(exchange, out, probes, cost)
+
+
+def gather_losses(exchange: ProbeExchange, local: Tensor, probes: int, cost: Cost) -> Tensor:
+    """The full ``(signs, probes)`` loss table from this process's block; adds the bytes sent to ``cost``."""
+    before = exchange.bytes_sent
+    table = exchange.gather(local, probes)
+    cost.bytes += exchange.bytes_sent - before
+    return table
 
 
 @torch.no_grad()

@@ -32,6 +32,9 @@ Options:
         fit ``memory_budget``.
     memory_budget: bytes of stacked perturbed parameters allowed at once (default 256 MiB).
     seed: names the noise stream; each perturbation is keyed by (seed, step, probe, tensor).
+    exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the pairs over processes
+        (``unigrad.distributed``); the shaping and the combination always see all 2q losses.
+        ``None`` (default) evaluates them all here; not listed in ``options()``.
 
 Cost: ``2qB`` forward samples for a batch of B. ``Estimate.loss`` is the mean of the 2q probe
 losses (``loss_is_probe_mean=True``): the unperturbed loss is never evaluated.
@@ -46,6 +49,7 @@ from torch import nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_positive
 from unigrad.core.estimator import Estimate, Estimator
+from unigrad.core.exchange import ProbeExchange
 from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
@@ -68,6 +72,7 @@ class ES(Estimator):
         probe_batch: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
+        exchange: ProbeExchange | None = None,
     ) -> None:
         super().__init__(seed)
         check_positive("probes", probes, integer=True)
@@ -77,13 +82,15 @@ class ES(Estimator):
         self.noise = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.fitness_shaping = probes, float(sigma), fitness_shaping
         self.noise_source, self.probe_batch, self.memory_budget = noise_source, probe_batch, memory_budget
+        self.exchange = exchange
 
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         cost = Cost()
         q, sigma = self.probes, self.sigma
         chunk = probes_per_chunk(params, 2, self.probe_batch, self.memory_budget)
         # probe: losses at θ ± σε_i, shape (2, q)
-        f = probe_losses(model, objective, params, self.noise, self.seed, self.step, q, sigma, (1.0, -1.0), cost, chunk)
+        ex, signs = self.exchange, (1.0, -1.0)
+        f = probe_losses(model, objective, params, self.noise, self.seed, self.step, q, sigma, signs, cost, chunk, ex)
         # measure: shape all 2q losses together, then difference each pair
         shaped = self._shape(f)
         coeffs = (shaped[0] - shaped[1]) / (2 * sigma)

@@ -47,6 +47,12 @@ Options:
     table_size: entries of the shared table (``noise_source="table"``).
     write_grad: write the dense direction into ``.grad`` (True) or only return it compressed (False).
     seed: names the noise stream; each perturbation is keyed by (seed, step, probe, tensor).
+    exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
+        (``unigrad.distributed``): each process perturbs, measures and restores its own probes, the
+        scalar losses are all-gathered, then every process accumulates ``g`` over all ``q`` probes by
+        regenerating each ``z_i`` (one more noise pass per probe; ``.grad`` is bitwise the same as in
+        one process, since the sum runs in the same order). ``None`` (default): all probes here.
+        Not listed in ``options()``.
 
 Cost: ``2qB`` forward samples for a batch of B; three passes of noise generation per probe (plus one
 per probe for :class:`~unigrad.core.replay.ReplaySGD`), as in the paper's algorithm. The loss reported
@@ -68,9 +74,11 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
+from unigrad.core.exchange import ProbeExchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.replay import ReplayDirection, flat_view
 from unigrad.core.rng import CHUNK, Noise
+from unigrad.zeroth._probing import gather_losses
 
 DISTRIBUTIONS = ("gaussian", "rademacher")
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -94,6 +102,7 @@ class MeZO(Estimator):
         table_size: int = 1 << 22,
         write_grad: bool = True,
         seed: int = 0,
+        exchange: ProbeExchange | None = None,
     ) -> None:
         super().__init__(seed)
         check_positive("probes", probes, integer=True)
@@ -104,6 +113,7 @@ class MeZO(Estimator):
         self.noise = Noise(distribution, noise_source, table_size)
         self.probes, self.sigma, self.distribution = probes, float(sigma), distribution
         self.noise_source, self.table_size, self.write_grad = noise_source, table_size, write_grad
+        self.exchange = exchange
         self._fixed = self._perturbed = self._fixup_bytes = 0  # fix-up statistics of the current estimate
 
     @torch.no_grad()
@@ -112,19 +122,32 @@ class MeZO(Estimator):
         flats = [flat_view(p) for _, p in params]
         grads = self._zeroed_grads(params) if self.write_grad else None
         self._fixed = self._perturbed = self._fixup_bytes = 0
-        f = torch.empty(2, q, dtype=torch.float64)
+        ex = self.exchange
+        mine = range(q) if ex is None else ex.local_probes(q)
+        f = torch.empty(2, len(mine), dtype=torch.float64)
         projected, coeffs = [], []
-        for i in range(q):
+        for k, i in enumerate(mine):
             # probe: θ+σz_i, measure, then θ (exact) and θ−σz_i, measure, then θ (exact) again
-            fix = self._sweep(flats, i, undo=0.0, do=1.0, fixups={}, check_sigma=i == 0)
-            f[0, i] = self._measure(model, objective, cost, flats, i, 1.0, fix)
+            fix = self._sweep(flats, i, undo=0.0, do=1.0, fixups={}, check_sigma=k == 0)
+            f[0, k] = self._measure(model, objective, cost, flats, i, 1.0, fix)
             fix = self._sweep(flats, i, undo=1.0, do=-1.0, fixups=fix)
-            f[1, i] = self._measure(model, objective, cost, flats, i, -1.0, fix)
+            f[1, k] = self._measure(model, objective, cost, flats, i, -1.0, fix)
+            if ex is not None:  # restore only: the combination waits for every process's losses
+                self._sweep(flats, i, undo=-1.0, do=0.0, fixups=fix)
+                continue
             # combine: c_i = (f+ − f−)/(2σ); g += (c_i/q) z_i while restoring
-            c = float(f[0, i] - f[1, i]) / (2 * self.sigma)
+            c = float(f[0, k] - f[1, k]) / (2 * self.sigma)
             projected.append(c)
             coeffs.append(c / q)
             self._sweep(flats, i, undo=-1.0, do=0.0, fixups=fix, grads=grads, coeff=c / q)
+        if ex is not None:
+            # gather the scalar losses of all processes, then combine all q probes, regenerating each z_i
+            f = gather_losses(ex, f, q, cost)
+            projected = [float(f[0, i] - f[1, i]) / (2 * self.sigma) for i in range(q)]
+            coeffs = [c / q for c in projected]
+            if grads is not None:
+                for i in range(q):
+                    self._sweep(flats, i, undo=0.0, do=0.0, fixups={}, grads=grads, coeff=coeffs[i])
         direction = ReplayDirection(self.noise, self.seed, self.step, tuple(coeffs), tuple(p for _, p in params))
         info: dict[str, Any] = {
             "projected_gradients": torch.tensor(projected, dtype=torch.float64),

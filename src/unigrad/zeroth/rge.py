@@ -26,6 +26,9 @@ Options:
         fit ``memory_budget``.
     memory_budget: bytes of stacked perturbed parameters allowed at once (default 256 MiB).
     seed: names the noise stream; each perturbation is keyed by (seed, step, probe, tensor).
+    exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
+        (``unigrad.distributed``); ``None`` (default) evaluates them all here. Not an option of the
+        method (the result does not depend on it), so it is not listed in ``options()``.
 
 Cost: ``2qB`` forward samples (central), ``(q+1)B`` (forward), ``qB`` (one-point), for a batch of B.
 """
@@ -40,10 +43,18 @@ from torch import nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
+from unigrad.core.exchange import ProbeExchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
-from unigrad.zeroth._probing import DEFAULT_MEMORY_BUDGET, check_batching, combine, probe_losses, probes_per_chunk
+from unigrad.zeroth._probing import (
+    DEFAULT_MEMORY_BUDGET,
+    check_batching,
+    combine,
+    gather_losses,
+    probe_losses,
+    probes_per_chunk,
+)
 
 SCHEMES = ("central", "forward", "one-point")
 
@@ -64,6 +75,7 @@ class RGE(Estimator):
         probe_batch: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
+        exchange: ProbeExchange | None = None,
     ) -> None:
         super().__init__(seed)
         check_positive("probes", probes, integer=True)
@@ -74,6 +86,7 @@ class RGE(Estimator):
         self.probes, self.sigma, self.scheme = probes, float(sigma), scheme
         self.distribution, self.noise_source = distribution, noise_source
         self.probe_batch, self.memory_budget = probe_batch, memory_budget
+        self.exchange = exchange
 
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         cost = Cost()
@@ -81,12 +94,15 @@ class RGE(Estimator):
         signs = (1.0, -1.0) if self.scheme == "central" else (1.0,)
         chunk = probes_per_chunk(params, len(signs), self.probe_batch, self.memory_budget)
         # probe: losses at θ ± σu_i, shape (len(signs), q)
-        f = probe_losses(model, objective, params, self.noise, self.seed, self.step, q, sigma, signs, cost, chunk)
+        ex = self.exchange
+        f = probe_losses(model, objective, params, self.noise, self.seed, self.step, q, sigma, signs, cost, chunk, ex)
         # measure: finite differences along each direction
         f0 = None
         if self.scheme == "forward":
             with torch.no_grad():
                 f0 = float(reduce(evaluate(objective, model, cost)))
+            if ex is not None and ex.data_parallel:  # each process saw a shard: average f(θ) too
+                f0 = float(gather_losses(ex, torch.tensor([[f0]], dtype=torch.float64), 1, cost))
         if self.scheme == "central":
             coeffs = (f[0] - f[1]) / (2 * sigma)
         elif self.scheme == "forward":

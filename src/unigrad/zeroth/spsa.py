@@ -11,6 +11,7 @@ with ``distribution="rademacher"`` and ``scheme="central"``; the options are RGE
 
 from __future__ import annotations
 
+from unigrad.core.exchange import ProbeExchange
 from unigrad.zeroth._probing import DEFAULT_MEMORY_BUDGET
 from unigrad.zeroth.rge import RGE
 
@@ -29,5 +30,8 @@ class SPSA(RGE):
         probe_batch: int | None = None,
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
+        exchange: ProbeExchange | None = None,
     ) -> None:
-        super().__init__(probes, sigma, "rademacher", "central", noise_source, probe_batch, memory_budget, seed)
+        super().__init__(
+            probes, sigma, "rademacher", "central", noise_source, probe_batch, memory_budget, seed, exchange
+        )
