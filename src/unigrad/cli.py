@@ -136,6 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--budget", default=None, help=f"epochs=N, steps=N, forwards=N or seconds=N ({DEFAULT_BUDGET})")
     t.add_argument("--seed", type=_nonneg_int, default=0, help="seed of data order, init and noise (default 0)")
     _run_options(t)
+    d = t.add_argument_group("distributed (launch with torchrun; docs/distributed.md)")
+    d.add_argument(
+        "--distributed",
+        action="store_true",
+        help="spread the probes of rge, spsa, es or mezo over the processes torchrun started, exchanging only "
+        "the scalar losses; needs --out (the folder every process shares) and resumes from its checkpoint",
+    )
+    d.add_argument(
+        "--timeout", type=_positive_float, default=None, help="seconds a process waits for the others (default 300)"
+    )
+    d.add_argument("--backend", default="auto", help="auto (gloo on CPU, nccl on CUDA), gloo or nccl")
+    d.add_argument("--data-parallel", action="store_true", help="shard each batch over the processes, not the probes")
+    d.add_argument(
+        "--check-every", type=_positive_int, default=None, help="check every K steps that all processes agree bitwise"
+    )
 
     c = sub.add_parser("compare", help="compare methods on one task at equal budget")
     c.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK})")
@@ -269,6 +284,10 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     _apply_threads(args.threads)
     spec = parse_method(args.method, optimizer=args.optimizer, lr=args.lr)
     budget = f"epochs={args.epochs:g}" if args.epochs is not None else (args.budget or DEFAULT_BUDGET)
+    if args.distributed:
+        return _train_distributed(args, argv, spec, budget)
+    if args.data_parallel or args.check_every is not None or args.timeout is not None or args.backend != "auto":
+        raise UnigradError("--timeout, --backend, --data-parallel and --check-every need --distributed")
     folder, results = compare(
         args.task,
         [spec],
@@ -288,6 +307,79 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         **_diagnostics(args),
     )
     return _finish(folder, results)
+
+
+def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any, budget: str) -> int:
+    """``train --distributed``: every process trains; rank 0 writes ``results.json`` and the checkpoint."""
+    import json
+
+    from unigrad.distributed import (
+        DEFAULT_TIMEOUT,
+        METHODS,
+        distributed_train,
+        exit_process,
+        failed,
+        is_lead,
+        world_size,
+    )
+    from unigrad.train.compare import environment, finite_json, jsonable
+
+    if args.out is None:
+        raise UnigradError("--distributed needs --out DIR: the folder every process shares (checkpoint, results)")
+    if spec.name not in METHODS:
+        raise UnigradError(f"--distributed trains {', '.join(METHODS)}; got {spec.name}")
+    if getattr(args, "diagnostics", None):
+        raise UnigradError("--diagnostics is not available with --distributed")
+    folder = Path(args.out)
+    try:
+        run = distributed_train(
+            args.task,
+            spec.name,
+            backend=args.backend,
+            timeout=args.timeout if args.timeout is not None else DEFAULT_TIMEOUT,
+            data_parallel=args.data_parallel,
+            check_every=args.check_every,
+            optimizer=spec.optimizer,
+            lr=spec.lr,
+            estimator_options=spec.options,
+            budget=budget,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            device=args.device,
+            dtype=args.dtype,
+            eval_points=args.eval_points,
+            progress=not args.no_progress,
+            checkpoint=folder / "checkpoint.pt",
+            resume=True,
+        )
+    except UnigradError as e:
+        if failed():  # a collective failed: the process group cannot be torn down cleanly
+            print(f"error: {_one_line(str(e))}", file=sys.stderr)
+            exit_process(2)
+        raise
+    if is_lead():
+        world = world_size()
+        data = {
+            "command": _command(argv),
+            "world_size": world,
+            "data_parallel": args.data_parallel,
+            "environment": environment(next(run.model.parameters()).device),
+            "method": spec.to_dict(),
+            "run": run.to_dict(),
+        }
+        (folder / "results.json").write_text(
+            json.dumps(finite_json(data), indent=1, default=jsonable, allow_nan=False) + "\n"
+        )
+        final = run.final
+        print(
+            f"{spec.name} on {world} process{'es' * (world != 1)}: test accuracy {final['test_accuracy']:.4f}, "
+            f"{run.forward_equivalents:.3g} forward-pass equivalents, {run.train_seconds:.1f} s; "
+            f"wrote {folder}/results.json"
+        )
+    if run.status != "ok":
+        print(f"diverged: {run.message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:

@@ -16,7 +16,7 @@ from unigrad.distributed.group import (
     launched,
     shutdown,
 )
-from unigrad.distributed.train import METHODS, distributed_train, is_lead
+from unigrad.distributed.train import METHODS, distributed_train, is_lead, world_size
 
 __all__ = [
     "BACKENDS",
@@ -30,4 +30,5 @@ __all__ = [
     "is_lead",
     "launched",
     "shutdown",
+    "world_size",
 ]

@@ -20,6 +20,7 @@ Probe-parallel methods: ``rge``, ``spsa``, ``es`` and ``mezo`` (see :mod:`unigra
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch.distributed as dist
@@ -27,15 +28,25 @@ import torch.distributed as dist
 from unigrad.core.errors import check_positive
 from unigrad.core.estimator import Estimator
 from unigrad.data.tasks import Task
-from unigrad.distributed.group import DEFAULT_TIMEOUT, TorchExchange, init, shutdown
+from unigrad.distributed.group import DEFAULT_TIMEOUT, TorchExchange, init, launched, shutdown
 from unigrad.train.trainer import RunResult, train
 
 METHODS = ("es", "mezo", "rge", "spsa")
 
 
 def is_lead() -> bool:
-    """Whether this process writes results: rank 0, or the only process when none was launched."""
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    """Whether this process writes results: rank 0 (also after the group was left), or the only process when
+    none was launched."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return not launched() or int(os.environ["RANK"]) == 0
+
+
+def world_size() -> int:
+    """Processes in this launch (torchrun's ``WORLD_SIZE``; 1 when none was launched)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return int(os.environ["WORLD_SIZE"]) if launched() else 1
 
 
 def distributed_train(
