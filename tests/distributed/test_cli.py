@@ -5,40 +5,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.distributed._launch import launch
 from unigrad.cli import main
 
 ARGS = ["--task", "digits-mlp", "--method", "spsa:probes=5", "--budget", "steps=12", "--eval-points", "3"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_write_the_one_process_results(tmp_path: Path) -> None:
     out = tmp_path / "dist"
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-        }
-        cmd = [sys.executable, "-m", "unigrad", "train", *ARGS, "--distributed", "--out", str(out), "--no-progress"]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    cmd = [sys.executable, "-m", "unigrad", "train", *ARGS, "--distributed", "--out", str(out), "--no-progress"]
+    procs = launch(cmd)
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "on 2 processes" in outputs[0][0] and outputs[1][0] == ""  # only rank 0 reports and writes

@@ -5,8 +5,6 @@ the timeout, and resuming a checkpoint with another world size."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.distributed._launch import launch
 from tests.distributed._worker import synthetic_task
 from unigrad import make_estimator
 from unigrad.core.errors import UnigradError
@@ -31,38 +30,10 @@ METHODS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(tmp: Path, jobs: list[dict], *, timeout: float = 20.0, fault: dict | None = None) -> list[subprocess.Popen]:
     cfg = tmp / f"config-{len(list(tmp.glob('config-*')))}.json"
     cfg.write_text(json.dumps({"jobs": jobs, "out": str(tmp), "timeout": timeout, "fault": fault}))
-    port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = {
-            **os.environ,
-            "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "WORLD_SIZE": "2",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "OMP_NUM_THREADS": "1",
-            "PYTHONWARNINGS": "ignore",
-        }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(WORKER), str(cfg)],
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    return procs
+    return launch([sys.executable, str(WORKER), str(cfg)], PYTHONWARNINGS="ignore")
 
 
 def _finish(procs: list[subprocess.Popen], wait: float = 120.0) -> list[tuple[int, str]]:
