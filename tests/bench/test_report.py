@@ -22,12 +22,13 @@ def test_time_to_reach_interpolates_between_points():
     assert time_to_reach(xs, down, 0.1, higher_is_better=False) is None
 
 
-def test_mean_curve_averages_on_the_common_range():
+def test_mean_curve_holds_each_run_at_its_last_value_and_ends_at_the_mean_final():
     a = [{"seconds": 0.0, "metric": 0.0}, {"seconds": 2.0, "metric": 2.0}]
     b = [{"seconds": 0.0, "metric": 0.0}, {"seconds": 1.0, "metric": 4.0}, {"seconds": 4.0, "metric": 4.0}]
     x, y = mean_curve([a, b], "seconds", points=5)
-    assert x[0] == 0 and x[-1] == 2.0  # up to the shortest run's end
-    np.testing.assert_allclose(y, [0.0, 1.25, 2.5, 2.75, 3.0])
+    assert x[0] == 0 and x[-1] == 4.0  # up to the longest run's end
+    np.testing.assert_allclose(y, [0.0, 2.5, 3.0, 3.0, 3.0])  # a holds 2 after 2 s
+    assert y[-1] == (a[-1]["metric"] + b[-1]["metric"]) / 2
     x1, y1 = mean_curve([a], "seconds")
     np.testing.assert_allclose(x1, [0, 2])
     np.testing.assert_allclose(y1, [0, 2])

@@ -28,3 +28,25 @@ def test_snes_trains_digits_through_the_trainer():
 def test_adam_is_refused_with_advice():
     with pytest.raises(UnigradError, match="--optimizer sgd --lr 1"):
         train("digits-mlp", "snes", optimizer="adam", lr=1e-3, budget="steps=3", batch_size=64, progress=False)
+
+
+def test_nevergrad_ngopt_keeps_going_past_its_cma_generations_in_970_dimensions():
+    """Asking nevergrad's CMA for a whole batch before telling failed after ~1,400 evaluations at d ≈ 1,000."""
+    pytest.importorskip("nevergrad")
+    import torch
+    from torch import nn
+
+    from unigrad import make_estimator
+    from unigrad.core.objective import objective
+
+    model = nn.Module()
+    model.x = nn.Parameter(torch.full((970,), 0.5))
+    quadratic = objective(lambda m: (m.x**2).sum(), n_samples=1)
+    est = make_estimator("nevergrad", seed=3)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    first = float(quadratic(model))
+    for _ in range(70):  # 70 × 24 candidates: past where the batched version failed
+        opt.zero_grad()
+        est.estimate(model, quadratic)
+        opt.step()
+    assert float(quadratic(model)) < first

@@ -9,8 +9,9 @@ How the comparison is computed (all from ``results.json``):
 * **Best ZO vs a peer at equal FE**: both spent the task's budget; the one with the better mean
   final metric wins.
 * **Time to reach**: ``target`` is the best value on the peer's mean curve against wall seconds
-  (:func:`mean_curve`: every seed's curve interpolated onto a common grid up to the shortest run's
-  end, then averaged). :func:`time_to_reach` is the first time a mean curve gets at least as good
+  (:func:`mean_curve`: every seed's curve interpolated onto a common grid from the earliest start to
+  the latest end, a run holding its last value after it ended, then averaged; so a curve's last
+  point is the mean final metric). :func:`time_to_reach` is the first time a mean curve gets at least as good
   as ``target``, interpolating linearly between evaluation points (``None``: never, "not reached").
   The speed-up is the peer's time over the best ZO method's time (> 1: unigrad's is faster).
 * **Win matrix** (:func:`win_matrix`): over every task and every seed both methods ran, the fraction
@@ -39,8 +40,9 @@ def better(a: float, b: float, higher_is_better: bool) -> bool:
 def mean_curve(
     histories: Sequence[Sequence[Mapping[str, Any]]], x: str, y: str = "metric", points: int = CURVE_POINTS
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over runs of ``y`` against ``x``: each run's points interpolated onto a grid from the largest
-    first ``x`` to the smallest last ``x`` (where every run is defined), then averaged."""
+    """Mean over runs of ``y`` against ``x``: each run's points interpolated onto a grid from the smallest
+    first ``x`` to the largest last ``x`` (a run holds its first value before it starts and its last
+    value after it ended, as ``np.interp`` does), then averaged."""
     curves = []
     for h in histories:
         pts = [(float(p[x]), float(p[y])) for p in h if p.get(x) is not None and p.get(y) is not None]
@@ -49,7 +51,7 @@ def mean_curve(
             curves.append((xs, ys))
     if not curves:
         return np.empty(0), np.empty(0)
-    lo, hi = max(c[0][0] for c in curves), min(c[0][-1] for c in curves)
+    lo, hi = min(c[0][0] for c in curves), max(c[0][-1] for c in curves)
     if len(curves) == 1:
         return curves[0]
     if not hi > lo:

@@ -3,8 +3,7 @@
 nevergrad (Rapin & Teytaud, 2018, github.com/facebookresearch/nevergrad) optimizes an ``ng.p.Array``
 initialised at θ with mutation scale ``sigma0``. One generation::
 
-    x_1 … x_λ = optimizer.ask()  (λ times)
-    optimizer.tell(x_i, f(x_i))  for every i
+    for i = 1 … λ:  x_i = optimizer.ask();  optimizer.tell(x_i, f(x_i))     (all on this call's batch)
     m' = optimizer.provide_recommendation().value
 
 The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``. The centre
@@ -19,15 +18,16 @@ Options:
     budget: the total evaluations nevergrad plans for (10,000 by default; ``NGOpt`` uses it to choose).
         Training may ask for more; nevergrad then goes on.
     popsize: candidates asked per generation, also passed as ``num_workers`` (``None``: max(16, 4 + ⌊3 ln d⌋),
-        which is also nevergrad's CMA population, so a CMA generation is one ``estimate``; asking fewer
-        candidates than nevergrad's CMA population makes pycma raise "Mean shift samples are expected but missing").
+        which is also nevergrad's CMA population, so a CMA generation is one ``estimate``).
     sigma0: the mutation scale of the parameter array (0.05).
     max_dim: the largest d accepted (``None``: no limit).
     seed: keys ``parametrization.random_state``, a private numpy ``RandomState``.
 
-nevergrad 1.0.12 with numpy 2.4 has known failures (``NGOpt`` near d≈1000 may raise "Mean shift samples
-are expected but missing", some meta-model choices a ``TypeError``); a library exception during a
-generation is re-raised as a :class:`UnigradError` naming the algorithm and suggesting another.
+Candidates are asked and told one at a time: with nevergrad 1.0.12, asking a whole batch before telling
+makes its CMA in about 1,000 dimensions fail after ~1,400 evaluations ("Mean shift samples are expected but
+missing", pycma's TPA step-size rule). Other library failures (some meta-model choices raise a
+``TypeError`` with numpy 2.4) are re-raised as a :class:`UnigradError` naming the algorithm and suggesting
+another.
 """
 
 from __future__ import annotations
@@ -94,13 +94,15 @@ class Nevergrad(PeerEstimator):
             )
 
     def _generation(self, f: Callable[[np.ndarray], np.ndarray]) -> None:
-        with self._library_errors():
-            cands = [self._peer.ask() for _ in range(self._peer.num_workers)]
-            X = np.stack([np.asarray(c.value, dtype=np.float64).reshape(-1) for c in cands])
-        losses = f(X)  # outside: the objective's own errors are not nevergrad's
-        with self._library_errors():
-            for c, loss in zip(cands, losses):
-                self._peer.tell(c, float(loss))
+        # ask and tell one candidate at a time (all on this call's batch): asking a whole batch before telling
+        # breaks nevergrad's CMA in ~1,000 dimensions ("Mean shift samples are expected but missing")
+        for _ in range(self._peer.num_workers):
+            with self._library_errors():
+                cand = self._peer.ask()
+                x = np.asarray(cand.value, dtype=np.float64).reshape(1, -1)
+            loss = f(x)[0]  # outside: the objective's own errors are not nevergrad's
+            with self._library_errors():
+                self._peer.tell(cand, float(loss))
 
     def _centre(self) -> np.ndarray:
         with self._library_errors():
