@@ -67,3 +67,12 @@ def test_win_matrix_counts_seeds_and_tasks_with_half_ties():
     assert counts[i["a"], i["c"]] == 1 and frac[i["a"], i["c"]] == 1.0 and frac[i["c"], i["b"]] == 0.0
     assert np.isnan(frac[i["a"], i["a"]])
     np.testing.assert_allclose(frac + frac.T, np.where(counts > 0, 1.0, np.nan))
+
+
+def test_best_zeroth_order_breaks_ties_by_wall_time():
+    methods = {
+        "spsa": {"name": "spsa", "order": 0, "mean": 500.0, "seconds_median": 14.0},
+        "mezo": {"name": "mezo", "order": 0, "mean": 500.0, "seconds_median": 7.7},
+        "es": {"name": "es", "order": 0, "mean": 455.0, "seconds_median": 1.0},
+    }
+    assert best_zeroth_order(methods, higher_is_better=True) == "mezo"

@@ -78,7 +78,8 @@ def time_to_reach(xs: Sequence[float], ys: Sequence[float], target: float, highe
 
 
 def best_zeroth_order(methods: Mapping[str, Mapping[str, Any]], higher_is_better: bool) -> str | None:
-    """The label of the order-0, non-peer method with the best ``mean`` (``None`` if there is none).
+    """The label of the order-0, non-peer method with the best ``mean`` (``None`` if there is none); of
+    methods with equal means (a task's ceiling), the one with the smaller ``seconds_median`` if given.
 
     ``methods`` maps labels to dicts with ``name``, ``order`` and ``mean`` (``None`` when no run finished).
     """
@@ -88,6 +89,10 @@ def best_zeroth_order(methods: Mapping[str, Mapping[str, Any]], higher_is_better
             continue
         if best is None or better(m["mean"], methods[best]["mean"], higher_is_better):
             best = label
+        elif m["mean"] == methods[best]["mean"]:
+            mine, theirs = m.get("seconds_median"), methods[best].get("seconds_median")
+            if mine is not None and theirs is not None and mine < theirs:
+                best = label
     return best
 
 
