@@ -140,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--distributed",
         action="store_true",
-        help="spread the probes of rge, spsa, es or mezo over the processes torchrun started, exchanging only "
+        help="spread the probes of rge, spsa, es, mezo or np over the processes torchrun started, exchanging only "
         "the scalar losses; needs --out (the folder every process shares) and resumes from its checkpoint",
     )
     d.add_argument(

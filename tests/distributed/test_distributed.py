@@ -27,6 +27,7 @@ METHODS = {
     "spsa": {"probes": Q, "sigma": 1e-2},
     "es": {"probes": Q, "sigma": 1e-2},
     "mezo": {"probes": Q, "sigma": 1e-2},
+    "np": {"probes": Q, "sigma": 1e-2},
 }
 
 
@@ -119,6 +120,23 @@ def test_two_processes_train_bitwise_like_one(two_process_run, method):
         assert all(torch.equal(a, b) for a, b in zip(got["params"], ref)), (method, rank)
     h0, h1 = _load(two_process_run, method, 0)["history"], _load(two_process_run, method, 1)["history"]
     assert [h["train_loss"] for h in h0] == [h["train_loss"] for h in h1]
+
+
+def test_node_perturbation_gathers_per_sample_losses_and_refuses_data_parallel(two_process_run):
+    batch = 64
+    for rank in range(2):
+        costs = _load(two_process_run, "np", rank)["costs"]
+        # B per-sample losses per probe: (W−1)·B·⌈q/W⌉·8 = 1,536 bytes a step, whatever the width
+        assert [b for _, b in costs] == [gather_bytes(Q, batch, 2)] * 4
+        # the clean pass and this process's noisy passes
+        assert [f for f, _ in costs] == [(1 + len(probe_block(Q, rank, 2))) * batch] * 4
+    ex = LocalExchange()
+    ex.data_parallel = True
+    task = synthetic_task()
+    with pytest.raises(UnigradError, match="np cannot run data-parallel"):
+        make_estimator("np", exchange=ex).estimate(
+            task.build_model(0), supervised(task.loss_fn, task.data().x_train[:8], task.data().y_train[:8])
+        )
 
 
 def test_bytes_per_step_follow_the_probes_not_the_parameters(two_process_run):

@@ -15,7 +15,7 @@ world size and ends where an uninterrupted run ends. ``check_every=k`` compares 
 parameters across processes every ``k`` steps. A process that dies or hangs makes the others fail
 with a one-line :class:`~unigrad.core.errors.UnigradError` within ``timeout`` seconds.
 
-Probe-parallel methods: ``rge``, ``spsa``, ``es`` and ``mezo`` (see :mod:`unigrad.core.exchange`).
+Probe-parallel methods: ``rge``, ``spsa``, ``es``, ``mezo`` and ``np`` (see :mod:`unigrad.core.exchange`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from unigrad.data.tasks import Task
 from unigrad.distributed.group import DEFAULT_TIMEOUT, TorchExchange, init, launched, shutdown
 from unigrad.train.trainer import RunResult, train
 
-METHODS = ("es", "mezo", "rge", "spsa")
+METHODS = ("es", "mezo", "np", "rge", "spsa")
 
 
 def is_lead() -> bool:

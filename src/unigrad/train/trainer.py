@@ -67,7 +67,7 @@
   resumed run continues the list), and the names and ``k`` are part of its fingerprint.
 * **Several processes** (``exchange=``, a :class:`~unigrad.core.exchange.ProbeExchange`; see
   :mod:`unigrad.distributed`, which builds one over ``torch.distributed`` and calls this function on
-  every process): the exchange is handed to the estimator (``rge``, ``spsa``, ``es``, ``mezo``), which
+  every process): the exchange is handed to the estimator (``rge``, ``spsa``, ``es``, ``mezo``, ``np``), which
   evaluates this process's probes and all-gathers the scalar losses. Every process sees the same
   batches (or, with a data-parallel exchange, its shard of each batch), takes the same step and so
   holds the same parameters. The forward-pass equivalents of a step are summed over the processes and
@@ -354,7 +354,7 @@ def _attach_exchange(
     """Hand ``exchange`` to ``estimator``; refuse what cannot run on several processes."""
     if not hasattr(estimator, "exchange"):
         raise UnigradError(
-            f"method {estimator.name} cannot spread its work over processes; use one of es, mezo, rge, spsa"
+            f"method {estimator.name} cannot spread its work over processes; use one of es, mezo, np, rge, spsa"
         )
     if diagnostics:
         raise UnigradError("diagnostics cannot run on several processes; drop them or train in one process")

@@ -34,6 +34,13 @@ Options:
     sigma: node noise scale σ (> 0).
     noise_source: ``"auto"`` (default), ``"generator"`` or ``"table"``; see ``core/rng.py``.
     seed: names the noise stream; the noise of layer l in probe i is keyed by (seed, step, i, l).
+    exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
+        (``None``: all local). Each process runs the clean pass and its block of noisy passes, the
+        processes all-gather the **per-sample** losses ``L̃_{i,b}`` (``B·q`` scalars, independent of the
+        number of weights), and every process regenerates ``ε_{i,l}`` of every probe from its key, shaped
+        like the clean pass's outputs, and combines them in probe order: the result is bitwise the
+        one-process result. The data-parallel variant is refused: a process cannot form another shard's
+        ``ε·xᵀ`` without that shard's activations, so it would need the d-sized all-reduce of DDP.
 
 Cost: ``(1 + q)·B`` forward samples for a batch of B. ``Estimate.loss`` is the clean (exact) loss.
 """
@@ -48,6 +55,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimate, Estimator
+from unigrad.core.exchange import ProbeExchange
 from unigrad.core.objective import Objective, evaluate
 from unigrad.core.rng import Noise
 from unigrad.nn.perturbation import (
@@ -58,6 +66,7 @@ from unigrad.nn.perturbation import (
     per_sample_losses,
     write_layer_grads,
 )
+from unigrad.zeroth._probing import gather_losses
 
 
 class NP(Estimator):
@@ -66,25 +75,40 @@ class NP(Estimator):
     description = "node perturbation: noise on Linear/Conv2d outputs, δL·ε·xᵀ/σ² per layer"
     _options = ("probes", "sigma", "noise_source")
 
-    def __init__(self, probes: int = 1, sigma: float = 1e-3, noise_source: str = "auto", seed: int = 0) -> None:
+    def __init__(
+        self,
+        probes: int = 1,
+        sigma: float = 1e-3,
+        noise_source: str = "auto",
+        seed: int = 0,
+        exchange: ProbeExchange | None = None,
+    ) -> None:
         super().__init__(seed)
         check_positive("probes", probes, integer=True)
         check_positive("sigma", sigma)
         self.noise = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.noise_source = probes, float(sigma), noise_source
+        self.exchange = exchange
 
     @torch.no_grad()
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         owners = layer_owners(model, params, self.name)
         cost = Cost()
-        q, sigma = self.probes, self.sigma
-        # clean pass: per-sample losses L_b and each layer's input x_{l−1}
-        with LayerTaps(model, record_inputs=True) as clean:
+        q, sigma, ex = self.probes, self.sigma, self.exchange
+        if ex is not None and ex.data_parallel:
+            raise UnigradError(
+                "np cannot run data-parallel: each shard's ε·xᵀ needs that shard's activations (a d-sized "
+                "all-reduce); spread the probes instead (data_parallel=False)"
+            )
+        # clean pass: per-sample losses L_b and each layer's input x_{l−1} (and output shapes, to regenerate ε)
+        with LayerTaps(model, record_inputs=True, record_outputs=ex is not None) as clean:
             f0 = per_sample_losses(evaluate(objective, model, cost), self.name)
         batch = f0.shape[0]
         signals: list[Tensor | None] = [None] * len(clean.layers)
         probe_losses = torch.empty(q, dtype=torch.float64)
-        for i in range(q):
+        mine = range(q) if ex is None else ex.local_probes(q)
+        local = torch.empty(batch, len(mine), dtype=torch.float64)
+        for k, i in enumerate(mine):
             # probe: h_l ← h_l + ε_{i,l} in every layer, per sample
             noise = gaussian_node_noise(self.noise, self.seed, self.step, i, sigma)
             with LayerTaps(model, node_noise=noise) as noisy:
@@ -93,19 +117,33 @@ class NP(Estimator):
                 raise UnigradError(
                     f"np: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
                 )
-            probe_losses[i] = f.double().mean()
-            # measure: δL_b/σ² per sample, spread over that sample's noise
-            coeff = (f - f0) / (sigma * sigma * batch * q)
             for layer_index, eps in enumerate(noisy.added):
-                if eps is None:
-                    continue
-                if eps.shape[0] != batch:
+                if eps is not None and eps.shape[0] != batch:
                     raise UnigradError(
                         f"np: layer {noisy.layers[layer_index][0]!r} saw a batch of {eps.shape[0]} but the "
                         f"objective returned {batch} per-sample losses"
                     )
-                accumulate_signal(signals, layer_index, coeff, eps)
+            if ex is None:
+                probe_losses[i] = f.double().mean()
+                self._measure(signals, f, f0, noisy.added)
+            else:
+                local[:, k] = f.double()
+        if ex is not None:  # every process gets every probe's per-sample losses and regenerates its noise
+            table = gather_losses(ex, local, q, cost)
+            for i in range(q):
+                f = table[:, i].to(f0.dtype)
+                probe_losses[i] = table[:, i].mean()
+                draw = gaussian_node_noise(self.noise, self.seed, self.step, i, sigma)
+                added = [None if out is None else draw(index, out) for index, out in enumerate(clean.outputs)]
+                self._measure(signals, f, f0, added)
         # combine: Σ G_l x_{l−1}ᵀ per layer, written into .grad
         write_layer_grads(params, owners, clean.layers, clean.inputs, signals)
         info: dict[str, Any] = {"probe_losses": probe_losses.float()}
         return Estimate(loss=float(f0.double().mean()), cost=cost, loss_is_probe_mean=False, info=info)
+
+    def _measure(self, signals: list[Tensor | None], f: Tensor, f0: Tensor, added: list[Tensor | None]) -> None:
+        """Add one probe's ``δL_b/σ²·ε_{l,b}/(qB)`` to every layer's signal."""
+        coeff = (f - f0) / (self.sigma * self.sigma * f0.shape[0] * self.probes)
+        for layer_index, eps in enumerate(added):
+            if eps is not None:
+                accumulate_signal(signals, layer_index, coeff, eps)
