@@ -41,7 +41,7 @@ import torch
 from unigrad.bench.suite import PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.train.compare import MethodSpec, environment, finite_json, jsonable, parse_seeds
+from unigrad.train.compare import MethodSpec, environment, finite_json, jsonable, parse_seeds, run_dir
 from unigrad.train.report import write_atomic
 
 
@@ -146,25 +146,6 @@ def run_one(task_name: str, spec: MethodSpec, seed: int, budget: float) -> dict[
     return {"seed": seed, **out, "final_metric": final, "total_seconds": time.perf_counter() - t0}
 
 
-def _out_dir(out: str | Path | None) -> Path:
-    if out is not None:
-        if str(out) == "" or "\x00" in str(out):
-            raise UnigradError(f"the output folder must be a non-empty path without NUL characters, got {str(out)!r}")
-        path = Path(out)
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path, k = Path("runs") / f"bench-{stamp}", 2
-        while path.exists():
-            path, k = Path("runs") / f"bench-{stamp}-{k}", k + 1
-    if path.exists() and not path.is_dir():
-        raise UnigradError(f"output path {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UnigradError(f"cannot create the output folder {path}: {e.strerror}") from None
-    return path
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """``data`` as strict JSON (non-finite floats become ``null``), written atomically."""
     text = json.dumps(finite_json(data), indent=1, default=jsonable, allow_nan=False) + "\n"
@@ -244,7 +225,7 @@ def bench(
         if task.kind == "classification":
             problem.data()  # type: ignore[attr-defined]
 
-    folder = _out_dir(out)
+    folder = run_dir(None, out, prefix="bench")
     config = {
         "tasks": [t.name for t in task_list],
         "methods": method_list,

@@ -371,19 +371,19 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
-def run_dir(task: str, out: str | Path | None, prefix: str = "compare") -> Path:
-    """``out`` if given, else a fresh ``runs/<prefix>-<task>-<YYYYmmdd-HHMMSS>`` folder."""
+def run_dir(task: str | None, out: str | Path | None, prefix: str = "compare") -> Path:
+    """``out`` if given, else a fresh ``runs/<prefix>-<task>-<YYYYmmdd-HHMMSS>`` folder (``runs/<prefix>-<time>``
+    without a task)."""
     if out is not None:
         if str(out) == "" or "\x00" in str(out):  # Path("") is the current folder
             raise UnigradError(f"the output folder must be a non-empty path without NUL characters, got {str(out)!r}")
         path = Path(out)
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = Path("runs") / f"{prefix}-{task}-{stamp}"
-        k = 2
+        name = f"{prefix}-{stamp}" if task is None else f"{prefix}-{task}-{stamp}"
+        path, k = Path("runs") / name, 2
         while path.exists():
-            path = Path("runs") / f"{prefix}-{task}-{stamp}-{k}"
-            k += 1
+            path, k = Path("runs") / f"{name}-{k}", k + 1
     if path.exists() and not path.is_dir():
         raise UnigradError(f"output path {path} exists and is not a folder")
     try:
