@@ -1,16 +1,28 @@
-# Each target does its own set-up on a fresh machine: venv, pinned CPU torch, the package, the data.
+# Each target does its own set-up on a fresh machine: venv, the locked packages (CPU torch 2.13.0 among
+# them), the package itself, the data. Every version installed is pinned: requirements.lock (hashes
+# included) for Python packages, PIP_VERSION for pip, FASHION_DEB for the Debian data package.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+PIP_VERSION := 26.3
+PIP_TOOLS   := pip-tools==7.6.2
+LOCKENV     := .venv-lock
+FASHION_DEB := dataset-fashion-mnist=0.0~git20200523.55506a9-1
 
-.PHONY: setup data run test lint bench clean
+.PHONY: setup data run test lint bench lock clean
 
-$(STAMP): pyproject.toml
+# The lock holds every dependency (torch's CPU wheel, setuptools to build unigrad) with its hashes, so
+# pip installs exactly it (--no-deps: nothing is resolved anew), then unigrad itself without build
+# isolation (its build backend is the locked setuptools).
+$(STAMP): $(LOCK) pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "$(LOCK) is for Python 3.11; run make with PYTHON=python3.11")'
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,peers]' torch==2.13.0
+	$(BIN)/pip install -q pip==$(PIP_VERSION)
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $(STAMP)
 
 setup: $(STAMP) data
@@ -19,8 +31,8 @@ setup: $(STAMP) data
 data:
 	@if [ ! -d /usr/share/datasets/fashion-mnist ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "note: Fashion-MNIST absent; install it with: sudo apt-get install -y dataset-fashion-mnist"; fi; \
+	    apt-get update -qq && apt-get install -y -qq $(FASHION_DEB); \
+	  else echo "note: Fashion-MNIST absent; install it with: sudo apt-get install -y $(FASHION_DEB)"; fi; \
 	fi
 
 run: setup
@@ -37,5 +49,17 @@ bench: setup
 	$(BIN)/python benchmarks/p1_step_time.py
 	$(BIN)/python benchmarks/p2_memory.py
 
+# Refresh the lock from pyproject.toml's ranges. It keeps every pin that still satisfies them, so on an
+# unchanged tree it rewrites the same file; `make lock UPGRADE=1` moves everything to the newest
+# versions the ranges allow, `make lock UPGRADE=numpy` just that package. Needs the CPU torch wheel
+# where pip can find it (a --find-links folder or PyTorch's CPU index in pip's configuration).
+lock:
+	test -d $(LOCKENV) || $(PYTHON) -m venv $(LOCKENV)
+	$(LOCKENV)/bin/pip install -q pip==$(PIP_VERSION) $(PIP_TOOLS)
+	$(LOCKENV)/bin/pip-compile -q --extra dev --extra peers --all-build-deps --allow-unsafe --strip-extras \
+	  --generate-hashes --no-emit-index-url --no-emit-find-links --newline LF \
+	  $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE))) \
+	  --output-file $(LOCK) pyproject.toml
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(LOCKENV) runs .pytest_cache
