@@ -15,16 +15,22 @@ def load(name):
 def test_quickstart_learns_with_every_method(capsys):
     results = load("quickstart").main(steps=80)
     assert set(results) == {"backprop", "spsa", "mezo"}
-    assert all(acc > 0.3 for acc in results.values()), results  # chance is 0.1
+    # chance is 0.1; over data orders and seeds 0–11 spsa, the slowest, reaches 0.61 ± 0.07 (0.61 at seed 0, the
+    # example's; min 0.47): 0.25 is ≥ 4.8 seed-to-seed SDs below it (backprop 0.92, mezo 0.73)
+    assert all(acc > 0.25 for acc in results.values()), results
     assert "forward-pass equivalents" in capsys.readouterr().out
 
 
 def test_anp_learns_from_noise_it_cannot_read(capsys):
     before, after = load("inaccessible_noise").main(steps=100)
+    # over seeds 0–5: before 0.06–0.16 (the untrained net, near chance 0.1; SD 0.03, 0.064 at seed 0, 4 SDs below
+    # 0.2), after 0.81–0.88 (SD 0.03: 0.5 is > 10 SDs below)
     assert before < 0.2 and after > 0.5, (before, after)
 
 
 def test_in_situ_training_beats_deployed_backprop_on_a_mismatched_crossbar(capsys):
     results = load("in_situ_crossbar").main(steps=400)
-    assert results["in-situ-anp"] > results["deployed-backprop"] + 0.05, results
+    # over training seeds 0–5 on this device: in-situ 0.86–0.89, deployed 0.67–0.79, the gap 0.09–0.20 (SD 0.05;
+    # 0.197 at seed 0, the example's): "beats" (> 0) is 4 SDs below seed 0's gap, the former "+ 0.05" only 3
+    assert results["in-situ-anp"] > results["deployed-backprop"], results
     assert "accuracy on the device" in capsys.readouterr().out

@@ -18,9 +18,10 @@ from unigrad.core.objective import evaluate
 def test_minimum_is_zero_and_a_minimum(name, dim):
     fn = FUNCTIONS[name]
     x_star = fn.minimizer(dim)
-    assert float(fn.f(x_star)) == pytest.approx(0.0, abs=1e-9)
+    assert float(fn.f(x_star)) == pytest.approx(0.0, abs=1e-9)  # exact: sums of integers (cos 0 = 1) at x*
     g = torch.Generator().manual_seed(dim)
     for _ in range(5):
+        # f rises by ≳ 1e-6 per coordinate, ≫ the float64 rounding of sums of size 10·D (≲ D·eps64·10 ≈ 2e-12)
         assert float(fn.f(x_star + 1e-3 * torch.randn(dim, generator=g, dtype=torch.float64))) > 0
 
 
@@ -40,12 +41,14 @@ def _formula_gradients(x: torch.Tensor) -> dict[str, torch.Tensor]:
 def test_autograd_gradient_matches_the_formula(name):
     x = torch.randn(7, generator=torch.Generator().manual_seed(1), dtype=torch.float64, requires_grad=True)
     FUNCTIONS[name].f(x).backward()
+    # float64, the same derivative written two ways: a few eps64 relative to terms ≤ 1e4 ≪ 1e-7 (the defaults)
     torch.testing.assert_close(x.grad, _formula_gradients(x.detach())[name])
 
 
 def test_known_values():
     assert float(sphere(torch.tensor([1.0, 2.0]))) == 5.0
     assert float(rosenbrock(torch.tensor([0.0, 0.0]))) == 1.0
+    # float32 10 + 1 − 10·cos(2π): exact when cos rounds to 1, 1 + 6e-7 if it is 1 ulp low: < rel 1e-6
     assert float(rastrigin(torch.tensor([1.0]))) == pytest.approx(1.0)
 
 
@@ -53,7 +56,7 @@ def test_start_points_are_keyed_by_seed():
     p = FunctionProblem("rastrigin", 100)
     a, b, c = (p.build_model(s).x.detach() for s in (0, 0, 1))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert a.dtype == torch.float64 and a.abs().max() <= 5.12
+    assert a.dtype == torch.float64 and a.abs().max() <= 5.12  # (2u − 1)·5.12: |2u − 1| ≤ 1 and rounding is monotone
     x = FunctionProblem("sphere", 10).build_model(3)
     cost = Cost()
     evaluate(FunctionProblem("sphere", 10).objective(3, 0), x, cost)

@@ -10,6 +10,9 @@ import pytest
 from unigrad.bench.report import best_zeroth_order, mean_curve, speedup, time_to_reach, win_matrix
 from unigrad.bench.suite import PEERS
 
+# Every comparison here is of float64 interpolations and means of small integers and halves: exact or within a few
+# eps64, ≪ pytest.approx's rel 1e-6 and assert_allclose's rtol 1e-7.
+
 
 def test_time_to_reach_interpolates_between_points():
     xs, ys = [0, 10, 20, 30], [0.1, 0.3, 0.5, 0.6]

@@ -39,20 +39,29 @@ def test_jobs_is_refused_for_other_experiments(capsys) -> None:
 
 
 def test_parallel_cells_reproduce_the_serial_ones(tmp_path) -> None:
+    import torch
+
     from unigrad.bio.experiments import RULES, bio_table
 
     rules = tuple(r for r in RULES if r.label in ("BPTT", "Miconi"))
-    for jobs in (1, 2):
-        bio_table(
-            tmp_path / f"j{jobs}",
-            seeds=2,
-            trials=32,
-            tasks=("dnms",),
-            rules=rules,
-            episodes=4,
-            control_tasks=("cartpole",),
-            jobs=jobs,
-        )
+    # the pool's workers run one torch thread each; the serial cells run here, so this process runs one thread
+    # too: then both sides are the same ops in the same order on the same machine, and compare bitwise
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for jobs in (1, 2):
+            bio_table(
+                tmp_path / f"j{jobs}",
+                seeds=2,
+                trials=32,
+                tasks=("dnms",),
+                rules=rules,
+                episodes=4,
+                control_tasks=("cartpole",),
+                jobs=jobs,
+            )
+    finally:
+        torch.set_num_threads(threads)
     serial = json.loads((tmp_path / "j1" / "results.json").read_text())
     parallel = json.loads((tmp_path / "j2" / "results.json").read_text())
     for key, cell in serial["cells"].items():
@@ -71,6 +80,7 @@ def test_table_cells_build_the_network_each_rule_needs() -> None:
     miconi = next(r for r in RULES if r.label == "Miconi")
     bptt = next(r for r in RULES if r.label == "BPTT")
     task, net = build(miconi, "dnms", 0)
+    # exact float equalities of Python floats: correctly rounded IEEE operations, the same on any machine
     assert net.dt / net.tau == miconi.alpha and task.dt == net.dt
     assert not net.out.weight.requires_grad and torch.equal(net.out.weight[0, :2], torch.tensor([1.0, 0.0]))
     task, net = build(bptt, "dnms", 0)
@@ -88,4 +98,5 @@ def test_a_finer_step_keeps_the_evidence_of_a_perceptual_decision_trial() -> Non
     fine, _ = build(miconi, "perceptual-decision", 0)
     coarse, _ = build(bptt, "perceptual-decision", 0)
     assert fine.dt < coarse.dt
+    # the same Φ(c·√n/σ) with n and σ rescaled together: the erf arguments differ by a few eps64, so ≲ 1e-15
     assert abs(fine.ideal_accuracy() - coarse.ideal_accuracy()) < 1e-9

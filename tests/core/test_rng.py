@@ -73,7 +73,7 @@ def test_rademacher_is_plus_minus_one(source: str) -> None:
     n = 100_000
     x = Noise("rademacher", source).raw(5, 0, 0, 0, (n,))
     assert torch.equal(x.abs(), torch.ones(n))
-    assert abs(float(x.double().mean())) < 5 / math.sqrt(n)
+    assert abs(float(x.double().mean())) < 5 / math.sqrt(n)  # 5 standard errors of a mean of ±1
 
 
 @pytest.mark.parametrize("source", SOURCES)
@@ -81,6 +81,7 @@ def test_sphere_has_norm_sqrt_d_over_all_tensors(source: str) -> None:
     tensors = like([torch.Size([40, 30]), torch.Size([30]), torch.Size([5, 30])])
     d = sum(t.numel() for t in tensors)
     noise = Noise("sphere", source)
+    # the norm is taken in float64 and the float32 raws scaled by its float32 factor: ‖u‖ is √d within ~2u = 1.2e-7
     for p in range(3):
         u = noise.direction(0, 4, p, tensors)
         norm = math.sqrt(sum(float(x.double().square().sum()) for x in u))
@@ -88,7 +89,8 @@ def test_sphere_has_norm_sqrt_d_over_all_tensors(source: str) -> None:
     block = noise.block(0, 4, range(3), tensors)
     norms = torch.sqrt(sum(b.double().square().flatten(1).sum(1) for b in block))
     assert torch.allclose(norms, torch.full((3,), math.sqrt(d), dtype=torch.float64), rtol=1e-6)
-    scale = noise.scale(0, 4, 1, [t.shape for t in tensors])  # the streaming form of the same factor
+    # the streaming form of the same factor (float64 sums in other chunks: the float32 products differ by ≤ 1 ulp)
+    scale = noise.scale(0, 4, 1, [t.shape for t in tensors])
     raw = [noise.raw(0, 4, 1, i, t.shape) for i, t in enumerate(tensors)]
     assert all(torch.allclose(r * scale, x, rtol=1e-6) for r, x in zip(raw, noise.direction(0, 4, 1, tensors)))
 

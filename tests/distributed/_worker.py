@@ -67,6 +67,7 @@ def run_job(job: dict, fault: dict | None, rank: int, out: Path, timeout: float)
         data_parallel=job.get("data_parallel", False),
         check_every=job.get("check_every"),
         lr=job.get("lr", 1e-2),
+        optimizer=job.get("optimizer", "adam"),
         budget=job.get("budget", "steps=4"),
         batch_size=job.get("batch_size", 64),
         seed=job.get("seed", 0),

@@ -30,6 +30,8 @@ def test_two_processes_write_the_one_process_results(tmp_path: Path) -> None:
     assert main(["train", *ARGS, "--out", str(single), "--no-store", "--no-memory", "--no-progress"]) == 0
     one = json.loads((single / "results.json").read_text())
     (run,) = one["methods"]["spsa"]["runs"]
+    # exact: each probe is evaluated by one process on the whole batch with the ops of one process, and both CLIs
+    # run with the default --threads 1
     for key in ("test_loss", "test_accuracy", "train_loss", "forward_equivalents"):
         assert dist["run"]["final"][key] == run["final"][key], key
 

@@ -29,6 +29,17 @@ METHODS = {
     "mezo": {"probes": Q, "sigma": 1e-2},
     "np": {"probes": Q, "sigma": 1e-2},
 }
+# the data-parallel comparison: raw ES (no ranks) and SGD, so that rounding moves the parameters smoothly (below)
+DATA_PARALLEL = {"options": {**METHODS["es"], "fitness_shaping": "raw"}, "optimizer": "sgd"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The workers run one thread each; bitwise equality with them needs the same thread count here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _launch(tmp: Path, jobs: list[dict], *, timeout: float = 20.0, fault: dict | None = None) -> list[subprocess.Popen]:
@@ -49,8 +60,8 @@ def _finish(procs: list[subprocess.Popen], wait: float = 120.0) -> list[tuple[in
     return out
 
 
-def _reference(method: str, **kw) -> list[torch.Tensor]:
-    est = make_estimator(method, seed=0, **METHODS[method])
+def _reference(method: str, options: dict | None = None, **kw) -> list[torch.Tensor]:
+    est = make_estimator(method, seed=0, **(METHODS[method] if options is None else options))
     r = train(synthetic_task(kw.pop("hidden", 16)), est, lr=1e-2, budget="steps=4", batch_size=64, eval_points=2, **kw)
     return [p.detach().clone() for p in r.model.parameters()]
 
@@ -105,7 +116,7 @@ def two_process_run(tmp_path_factory):
         )
     jobs = [{"name": m, "method": m, "options": METHODS[m], "check_every": 1} for m in METHODS]
     jobs.append({"name": "spsa-wide", "method": "spsa", "options": METHODS["spsa"], "hidden": 64})
-    jobs.append({"name": "es-data", "method": "es", "options": METHODS["es"], "data_parallel": True})
+    jobs.append({"name": "es-data", "method": "es", **DATA_PARALLEL, "data_parallel": True})
     jobs.append({"name": "resume", "method": "es", "options": METHODS["es"], "checkpoint": str(ckpt), "resume": True})
     results = _finish(_launch(tmp, jobs))
     assert [rc for rc, _ in results] == [0, 0], results
@@ -159,10 +170,16 @@ def test_bytes_per_step_follow_the_probes_not_the_parameters(two_process_run):
 
 
 def test_data_parallel_matches_one_process_to_rounding(two_process_run):
-    ref = _reference("es")
+    # The loss table is a weighted mean of two 32-sample float32 means instead of one 64-sample mean: ≲ 100·u·L
+    # ≈ 1.4e-5 apart (u = 6e-8, L ≈ 2.3). Each coefficient (f⁺ − f⁻)/2σ then moves by ≲ 1.4e-3, each gradient entry
+    # by ≲ 1.4e-3·max_j (1/q)Σ|ε_ij| ≈ 2.8e-3, and 4 SGD steps of lr 1e-2 by ≲ 1.1e-4, 3e-4 with room for the feedback
+    # through later steps (measured with ±1.4e-5 on every loss: ≤ 4.2e-5). With centred ranks and Adam (the other
+    # jobs) no such bound exists: a step's losses come within 1e-6 of each other, and a swapped rank or a flipped
+    # Adam sign moves a parameter by up to 2·lr (measured: 0.03).
+    ref = _reference("es", DATA_PARALLEL["options"], optimizer=DATA_PARALLEL["optimizer"])
     for rank in range(2):
         got = _load(two_process_run, "es-data", rank)
-        assert all(torch.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(got["params"], ref))
+        assert all(torch.allclose(a, b, rtol=0, atol=3e-4) for a, b in zip(got["params"], ref))
         # every process evaluates all probes on its half of the batch and sends its table and shard size
         assert [f for f, _ in got["costs"]] == [Q * 2 * 32] * 4
         assert [b for _, b in got["costs"]] == [(2 * Q + 1) * 8] * 4

@@ -27,10 +27,14 @@ def test_gradient_descent_is_linear_with_rate_kappa_minus_one_over_kappa_plus_on
         errors.append(float((model.x.detach() - 1.0).norm()))
     ratios = [b / a for a, b in itertools.pairwise(errors)]
     rate = (kappa - 1.0) / (kappa + 1.0)
-    # never slower than the bound, and the bound is attained: the extreme modes both contract by exactly `rate`
-    assert all(r <= rate + 1e-12 for r in ratios), (max(ratios), rate)
+    # never slower than the bound, and the bound is attained: the extreme modes both contract by exactly `rate`.
+    # In exact arithmetic r ≤ rate; one step's float64 rounding of x ≈ 1 moves e by ≲ 3·√8·eps64 ≈ 2e-15, i.e. the
+    # ratio by ≲ 2e-10 while ‖e‖ ≥ 8e-6 (κ = 10 at step 60), so 1e-9 (was 1e-12; measured max r − rate: −7.8e-7).
+    assert all(r <= rate + 1e-9 for r in ratios), (max(ratios), rate)
+    # the approach to the bound is exact arithmetic: rate − r = 7.8e-7 (κ = 10) and 9.5e-4 (κ = 100) at step 60
+    # (the inner modes' remaining share); the 1e-3 margin to 2e-3 dwarfs rounding (≲ 2e-10)
     assert ratios[-1] > rate - 2e-3, (ratios[-1], rate)
-    # a larger step than 2/L diverges: the contraction factor of the stiffest mode exceeds 1
+    # a larger step than 2/L diverges: the stiffest mode's factor is |1 − 2.2| = 1.2, and 1.2^200 ≈ 7e15 ≫ 1
     model, obj = quadratic(8, kappa)
     opt = torch.optim.SGD(model.parameters(), lr=2.2 / kappa)
     for _ in range(200):
@@ -53,7 +57,10 @@ def test_experiment_orders_the_methods_by_convergence_and_writes_its_figure(tmp_
         traces = {t["method"]: t for t in results["problems"][key]["traces"]}
         assert set(traces) == {"rge", "backprop", "lbfgs", "newton", "cubic-newton"}
         assert all(t["errors"][-1] < t["errors"][0] for t in traces.values())
-        # orders 2 and 3 reach 1e-10 within their budget; orders 0 and 1 are slower per iteration
+        # orders 2 and 3 reach 1e-10 within their budget; orders 0 and 1 are slower per iteration. Iterations to
+        # 1e-10 measured (rosenbrock / quadratic): lbfgs 35 / 16, newton 24 / 2, cubic-newton 30 / 4 of a 200-step
+        # budget; rge and GD never reach it in 300 (GD on the quadratic ends at 9.6e-10, ≈ 28 steps short), so a
+        # step or two either way from rounding in the line searches changes none of these verdicts
         for name in ("lbfgs", "newton", "cubic-newton"):
             assert traces[name]["iterations_to_target"] is not None, name
         newton = traces["newton"]["iterations_to_target"]
@@ -62,7 +69,8 @@ def test_experiment_orders_the_methods_by_convergence_and_writes_its_figure(tmp_
             assert reached is None or reached > 5 * newton, (name, reached, newton)
         assert all(b > a for t in traces.values() for a, b in itertools.pairwise(t["fe"]))  # work accumulates
     quad = {t["method"]: t for t in results["problems"]["quadratic"]["traces"]}
-    assert quad["newton"]["iterations_to_target"] <= 2  # one Newton step solves a quadratic (plus the radius)
+    # one Newton step solves a quadratic (plus the radius): f − f* is then at rounding level (measured 0.0) ≪ 1e-10
+    assert quad["newton"]["iterations_to_target"] <= 2
 
 
 def test_unknown_experiment_lists_the_valid_ones(capsys) -> None:

@@ -43,7 +43,7 @@ def test_unbiased_on_mlp_and_the_check_has_power() -> None:
     g = problem.grad()
     samples = estimates(ActivityForwardGradient(probes=2, seed=3), problem, 150)
     assert_mean_matches(samples, g)
-    assert mean_mismatch(samples, 0.75 * g)
+    assert mean_mismatch(samples, 0.75 * g)  # 17 SE along g (measured) vs the 5 SE threshold
 
 
 @pytest.mark.parametrize("distribution", ["rademacher", "sphere"])
@@ -69,6 +69,7 @@ def test_lower_variance_than_weight_tangents() -> None:
     mse_act = float(((act - g) ** 2).sum(1).mean())
     mse_wgt = float(((wgt - g) ** 2).sum(1).mean())
     # weight tangents: E‖g̃ − g‖² = (d + 1)‖g‖²/q ≈ 57‖g‖² here; measured ~30× above the activity estimate
+    # (ratio 0.030–0.037 over seeds 0–5)
     assert mse_act < 0.25 * mse_wgt, (mse_act, mse_wgt)
 
 
@@ -89,7 +90,10 @@ def test_contract_and_hooks_removed() -> None:
 
 @pytest.mark.parametrize("vmappable", [True, False])
 def test_cost_counts_samples_and_loss_is_exact(vmappable: bool) -> None:
-    problem = mlp(batch=32)
+    # float64 (was float32): vmapped vs per-tangent jvps are different kernels, whose float32 sums (≈ 32 samples +
+    # 16 units) may differ by ≲ 2·50·eps32 ≈ 1e-5 of the largest entry, above the old atol 1e-7 for small ones;
+    # in float64 that is ≲ 2e-14 ≪ 1e-12. The losses: a float64 mean of the same per-sample losses either way.
+    problem = mlp(batch=32, dtype=torch.float64)
     x, y = problem.objective.inputs, problem.objective.targets
     obj = unigrad.objective(lambda model: F.cross_entropy(model(x), y, reduction="none"), n_samples=32)
     obj.vmappable = vmappable
@@ -100,13 +104,13 @@ def test_cost_counts_samples_and_loss_is_exact(vmappable: bool) -> None:
     assert e.loss == pytest.approx(problem.loss(), rel=1e-6) and not e.loss_is_probe_mean
     g = flat_grad(problem.model)
     ActivityForwardGradient(probes=5, seed=7).estimate(problem.model, problem.objective)
-    assert torch.allclose(g, flat_grad(problem.model), rtol=1e-5, atol=1e-7)  # same noise either way
+    assert torch.allclose(g, flat_grad(problem.model), rtol=1e-9, atol=1e-12)  # same noise either way
 
 
 def test_training_lowers_the_loss() -> None:
     problem = mlp(batch=128, seed=1)
     first, last = train_losses(ActivityForwardGradient(probes=2, seed=0), problem)
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.75 * first, (first, last)  # 0.27–0.31 of the first loss over seeds 0–5
 
 
 def test_rejects_other_parameters_and_scalar_losses() -> None:
@@ -171,12 +175,14 @@ def test_local_losses_unbiased_for_the_greedy_objective() -> None:
     problem = _local_problem()
     g = _local_reference(problem)
     samples = estimates(ActivityForwardGradient(probes=2, local_losses=True, seed=4), problem, 150)
-    assert_mean_matches(samples, g)
-    # the heads' part is exact (no noise): every sample has it
+    # the heads' part is exact (no noise), so there the check is rounding only: float32 sums of 32 samples of
+    # entries ≤ 0.32 by two routes, ≲ 2·32·eps32·0.32 ≈ 2.5e-6 (atol 1e-5: the default 1e-6 was below that bound)
+    assert_mean_matches(samples, g, atol=1e-5)
+    # ... every sample has it (same bound; atol was 1e-6; measured bitwise)
     n_heads = sum(p.numel() for p in problem.model.heads.parameters())
-    assert torch.allclose(samples[:, -n_heads:], g[-n_heads:].expand(150, -1), rtol=1e-4, atol=1e-6)
+    assert torch.allclose(samples[:, -n_heads:], g[-n_heads:].expand(150, -1), rtol=1e-4, atol=1e-5)
     # and the check has power: the end-to-end gradient of the model's loss is a different target
-    assert mean_mismatch(samples[:, :-n_heads], problem.grad()[:-n_heads])
+    assert mean_mismatch(samples[:, :-n_heads], problem.grad()[:-n_heads])  # 49 SE on one coordinate (measured)
 
 
 def test_local_losses_train_every_block_and_report_head_losses() -> None:
@@ -187,7 +193,7 @@ def test_local_losses_train_every_block_and_report_head_losses() -> None:
     assert e.info["directional_derivatives"].shape == (2, 3, 128)  # probes × blocks × samples
     assert e.cost.forwards == 2 * 128 and e.cost.jvps == 2 * 128
     first, last = train_losses(est, problem)
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.75 * first, (first, last)  # 0.06–0.08 of the first loss over seeds 0–5
 
 
 def test_local_losses_contract_and_errors() -> None:
@@ -209,7 +215,7 @@ def test_train_adds_heads_for_local_losses() -> None:
         "digits-mlp", "activity-forward-gradient", lr=1e-2, estimator_options={"local_losses": True}, budget="steps=60"
     )
     assert isinstance(result.model, LocallySupervised)
-    assert result.final["test_accuracy"] > 0.2  # chance is 0.1
+    assert result.final["test_accuracy"] > 0.2  # chance is 0.1; measured 0.69–0.77 over seeds 0–3
 
 
 def test_unbiased_on_decorrelated_conv() -> None:

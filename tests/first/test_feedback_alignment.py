@@ -19,6 +19,15 @@ from unigrad.first.feedback_alignment import FeedbackAlignment, random_feedback
 from unigrad.nn.decorrelation import DecorrelatedLinear
 from unigrad.nn.perturbation import perturbable_layers
 
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def assert_same_sums(actual: torch.Tensor, expected: torch.Tensor, terms: int) -> None:
+    """Two float32 routes to the same sums of ≤ ``terms`` terms (a hand-written reference vs the estimator, or
+    two kernels) differ by ≲ terms·eps32·scale, scale the largest |entry|; allow twice that."""
+    tol = 2 * terms * EPS32 * float(expected.abs().max())
+    assert torch.allclose(actual, expected, rtol=0, atol=tol), (float((actual - expected).abs().max()), tol)
+
 
 def deep(batch: int = 128, seed: int = 1, sizes: tuple[int, ...] = (10, 32, 32, 3)) -> Problem:
     """A Linear-Tanh chain with two hidden layers, labelled by a random one-hidden-layer teacher."""
@@ -84,10 +93,12 @@ def inplace_relu() -> Problem:
     ids=["mlp", "deep", "conv", "conv-same", "conv-reflect", "norm-shared", "inplace-relu"],
 )
 def test_transposed_feedback_is_backprop(build) -> None:
-    # B_l = W_l sends δ back as W_lᵀδ: the machinery must reproduce autograd exactly
+    # B_l = W_l sends δ back as W_lᵀδ: the machinery must reproduce autograd exactly (up to rounding: the
+    # longest sums are the first conv's weight gradients, 6 samples × 64 positions = 384 terms; measured bitwise;
+    # was rtol 1e-5, atol 1e-7, below that bound)
     problem = build()
     FeedbackAlignment(feedback="transpose").estimate(problem.model, problem.objective)
-    assert torch.allclose(flat_grad(problem.model), problem.grad(), rtol=1e-5, atol=1e-7)
+    assert_same_sums(flat_grad(problem.model), problem.grad(), terms=400)
 
 
 @pytest.mark.parametrize("feedback", ["random", "sign"])
@@ -113,13 +124,16 @@ def test_follows_the_fa_recursion(feedback: str) -> None:
             r = random_feedback(4, i, tuple(lin[i].weight.shape), torch.float32, torch.device("cpu"))
             b = r if feedback == "random" else torch.sign(lin[i].weight.detach()) * r.abs()
             delta = (delta @ b) * (1 - xs[i] ** 2)
+    # each entry: ≤ 32 samples and ≤ 32 units per recursion step, two steps: ≲ 100 terms (atol was 1e-6 with
+    # rtol 1e-5, below that bound for the small entries; measured ≤ 1.2e-8)
     for i, layer in enumerate(lin):
-        assert torch.allclose(layer.weight.grad, expected[i][0], atol=1e-6)
-        assert torch.allclose(layer.bias.grad, expected[i][1], atol=1e-6)
-    # the output layer's update is its exact gradient; the hidden ones are not
+        assert_same_sums(layer.weight.grad, expected[i][0], terms=100)
+        assert_same_sums(layer.bias.grad, expected[i][1], terms=100)
+    # the output layer's update is its exact gradient; the hidden ones are not (cosine measured −0.19…0.05 with
+    # random B, 0.44–0.65 with sign B, over seeds 0–5)
     g, f = problem.grad(), flat_grad(model)
     n_hidden = sum(p.numel() for _, p in trainable(model)[:4])
-    assert torch.allclose(f[n_hidden:], g[n_hidden:], atol=1e-6)
+    assert_same_sums(f[n_hidden:], g[n_hidden:], terms=100)
     assert cosine(f[:n_hidden], g[:n_hidden]) < 0.99
 
 
@@ -129,6 +143,8 @@ def test_feedback_matrices_are_a_pure_function_of_seed_layer_and_shape() -> None
     assert torch.equal(b, random_feedback(7, 2, (64, 100), torch.float32, cpu))
     assert not torch.equal(b, random_feedback(8, 2, (64, 100), torch.float32, cpu))
     assert not torch.equal(b, random_feedback(7, 3, (64, 100), torch.float32, cpu))
+    # 6400 draws of N(0, 0.1²): SE(mean) = 0.1/80 = 1.25e-3, so 0.01 is 8 SE; SE(std)/std = 1/√12800 ≈ 0.009, so 5%
+    # is 5.7 SE
     assert abs(float(b.mean())) < 0.01
     assert float(b.std()) == pytest.approx(1 / math.sqrt(100), rel=0.05)  # N(0, 1/fan_in)
     assert torch.equal(random_feedback(7, 2, (64, 100), torch.float64, cpu), b.double())  # drawn in float32
@@ -145,7 +161,7 @@ def test_feedback_matrices_are_a_pure_function_of_seed_layer_and_shape() -> None
 def test_training_lowers_the_loss() -> None:
     problem = mlp(batch=128, seed=1)
     first, last = train_losses(FeedbackAlignment(), problem)
-    assert last < 0.5 * first, (first, last)  # 1.10 → 0.22
+    assert last < 0.5 * first, (first, last)  # 1.10 → 0.22; 0.18–0.27 of the first loss over seeds 0–5
 
 
 def hidden_cosine(est: FeedbackAlignment, problem: Problem, n_hidden: int) -> float:
@@ -157,7 +173,9 @@ def hidden_cosine(est: FeedbackAlignment, problem: Problem, n_hidden: int) -> fl
 def test_hidden_updates_align_with_the_gradient_during_training() -> None:
     # Lillicrap et al.'s alignment: with random B the hidden layers' update starts at a random angle to the
     # gradient (cosine ≈ 0 on average over B), and training turns it below 90°. Measured over seeds 0–7
-    # (SGD lr 0.5, 100 steps, two hidden layers): start −0.21…0.16 (mean −0.00), end 0.30–0.45 (mean 0.37).
+    # (SGD lr 0.5, 100 steps, two hidden layers): start −0.21…0.16 (mean −0.00, SD 0.12), end 0.30–0.45 (mean
+    # 0.37, SD 0.057). Bounds ≈ 4.5 SD: an end 0.1 below 0 (was 0.2: 3 SD, the worst seed 1.8 SD above it), and a
+    # rise of the 6-seed mean by 0.2 (SD 0.054; measured 0.435; was 0.25, 3.4 SD)
     starts, ends = [], []
     for seed in range(6):
         problem = deep()
@@ -169,8 +187,8 @@ def test_hidden_updates_align_with_the_gradient_during_training() -> None:
             est.estimate(problem.model, problem.objective)
             opt.step()
         ends.append(hidden_cosine(est, problem, 4))
-    assert min(ends) > 0.2, ends
-    assert sum(ends) / len(ends) > sum(starts) / len(starts) + 0.25, (starts, ends)
+    assert min(ends) > 0.1, ends
+    assert sum(ends) / len(ends) > sum(starts) / len(starts) + 0.2, (starts, ends)
 
 
 @pytest.mark.parametrize("feedback", ["random", "sign"])
@@ -189,7 +207,7 @@ def test_cost_and_loss() -> None:
     assert e.cost.forwards == e.cost.backwards == 32
     assert e.cost.jvps == e.cost.hvps == 0
     assert not e.loss_is_probe_mean
-    assert e.loss == pytest.approx(problem.loss(), rel=1e-6)
+    assert e.loss == pytest.approx(problem.loss(), rel=1e-6)  # the same float32 forward and mean on both sides
 
 
 def test_hooks_removed_even_if_the_objective_raises() -> None:
@@ -212,8 +230,8 @@ def test_hooks_removed_even_if_the_objective_raises() -> None:
     fa = problem.model[0].weight.grad.clone()
     gw = torch.autograd.grad(problem.objective(problem.model).mean(), problem.model[0].weight)[0]
     FeedbackAlignment(feedback="transpose").estimate(problem.model, problem.objective)
-    assert torch.allclose(gw, problem.model[0].weight.grad)
-    assert not torch.allclose(gw, fa)
+    assert_same_sums(problem.model[0].weight.grad, gw, terms=70)  # B = 64 samples, 3 output units
+    assert not torch.allclose(gw, fa, rtol=0, atol=0.01)  # measured max |difference| 0.31
 
 
 def test_rejects_decorrelated_layers() -> None:

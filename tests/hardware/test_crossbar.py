@@ -25,7 +25,7 @@ def test_quantize_has_the_stated_levels_and_clips() -> None:
     x = torch.linspace(-3, 3, 10001, dtype=torch.float64)
     q = quantize(x, 4, 2.0)
     assert q.unique().numel() == 2 * (2**3 - 1) + 1 and q.abs().max() == 2.0
-    assert (q - x.clamp(-2, 2)).abs().max() <= 2.0 / 7 / 2 + 1e-12
+    assert (q - x.clamp(-2, 2)).abs().max() <= 2.0 / 7 / 2 + 1e-12  # half a step, plus float64 rounding (≈ 4e-16)
     assert torch.equal(quantize(x, None, 2.0), x.clamp(-2, 2))
 
 
@@ -38,6 +38,7 @@ def test_ideal_device_computes_what_its_digital_twin_computes() -> None:
     x = torch.rand(7, 6, dtype=torch.float64)
     with torch.no_grad():
         assert float(twin[2](twin[1](x)).max()) == 0.5
+        # float64 sums of ≤ 6 terms along two routes: ≲ 6·eps64·Σ|terms| ≈ 1e-15 (allclose's default rtol is 1e-5)
         assert torch.allclose(dev(x), twin(x), atol=1e-12)
 
 
@@ -45,6 +46,8 @@ def test_mismatch_is_a_fixed_per_cell_gain_of_the_stated_spread() -> None:
     a = layer(CrossbarConfig(mismatch=0.1), seed=1)
     b = layer(CrossbarConfig(mismatch=0.1), seed=2)
     gain = a.effective_weight() / a._cells.g
+    # 4 SE of the mean (0.1/√n) and of the sample SD (0.1/√(2n), Gaussian gains) over n = 2000 cells: measured
+    # 0.3 and 0.1 SE at seed 1 (within 2 SE at seeds 2 and 3)
     assert abs(float(gain.mean()) - 1) < 4 * 0.1 / math.sqrt(gain.numel())
     assert abs(float(gain.std()) - 0.1) < 0.1 * 4 / math.sqrt(2 * gain.numel())
     assert not torch.equal(a.effective_weight(), b.effective_weight())
@@ -56,6 +59,7 @@ def test_programming_noise_has_the_stated_spread_and_respects_the_range() -> Non
     lin = layer(cfg)
     err = lin._cells.g - lin.weight.detach()
     inside = lin.weight.detach().abs() < 0.6 - 0.3  # far from the clip
+    # 5 SE of the sample SD (0.03/√(2n)); measured −1.95 SE here, within 1.3 SE at two other seeds
     assert abs(float(err[inside].std()) - 0.03) < 0.03 * 5 / math.sqrt(2 * int(inside.sum()))
     assert float(lin._cells.g.abs().max()) <= 0.6
 
@@ -68,6 +72,8 @@ def test_read_noise_is_fresh_every_read_and_unbiased() -> None:
     reads = torch.cat([lin(x) for _ in range(400)])
     assert not torch.equal(reads[0], reads[1])
     sd = 0.02 * float(x.norm())  # each output sums 40 independent cell errors weighted by x
+    # 5 SE of each of the 50 means of 400 reads (P(any beyond) ≈ 3e-5; measured max 2.9 SE); each of the 50
+    # sample SDs has relative SE 1/√798 = 0.035, their mean ≈ 0.005, so 0.1 is ≈ 20 SE (measured 0.002)
     assert float((reads.mean(0) - clean[0]).abs().max()) < 5 * sd / math.sqrt(400)
     assert abs(float(reads.std(0).mean()) / sd - 1) < 0.1
 
@@ -77,6 +83,7 @@ def test_drift_follows_the_power_law_since_the_last_write() -> None:
     lin = layer(cfg)
     g0 = lin.effective_weight().clone()
     lin.tick(10.0)
+    # the same float64 power law on both sides: one or two roundings (≈ 4e-16) against rtol=1e-12
     assert torch.allclose(lin.effective_weight(), g0 * (1 + 10.0 / 2.0) ** -0.05, rtol=1e-12)
     with torch.no_grad():
         lin.weight[0, 0] += 0.01  # rewritten at t = 10: that cell starts drifting again
@@ -93,7 +100,7 @@ def test_updates_land_asymmetrically_and_count_one_write_per_changed_cell() -> N
         lin.weight[0, :3] += 0.01
         lin.weight[1, :2] -= 0.01
     lin(torch.zeros(1, 40, dtype=torch.float64))
-    d = lin._cells.g - g0
+    d = lin._cells.g - g0  # a difference of conductances ≤ 0.5: rounding ≤ eps64·0.5 ≈ 1e-16, 1e-14 of 0.01
     assert torch.allclose(d[0, :3], torch.full((3,), 0.013, dtype=torch.float64), rtol=1e-9)
     assert torch.allclose(d[1, :2], torch.full((2,), -0.007, dtype=torch.float64), rtol=1e-9)
     assert lin.counts.writes == 5 and int((d != 0).sum()) == 5
@@ -173,7 +180,11 @@ def test_in_situ_anp_learns_from_the_device_noise_alone() -> None:
         opt.zero_grad()
         est.estimate(dev, unigrad.supervised(F.cross_entropy, xtr[i], ytr[i]))
         opt.step()
-    assert before < 0.2 and accuracy() > 0.6, (before, accuracy())
+    # `before` is fixed by the seeded weights (0.094; rounding moves a prediction only at a quantizer tie). The
+    # trained accuracy is not: float32 rounding flips 8-bit quantizations and the run drifts (AVX2: 0.744 → 0.758), so
+    # it varies like a new seed: 0.686–0.811 over seeds 0–9 (mean 0.739, SD 0.035). 0.55 is 5 SD below (was 0.6:
+    # 3.9 SD); chance is 0.1
+    assert before < 0.2 and accuracy() > 0.55, (before, accuracy())
     assert dev.counts.random_bits == 0 and dev.counts.writes > 0
 
 
@@ -191,8 +202,9 @@ def test_node_noise_is_a_time_series_over_the_samples_a_layer_processes() -> Non
     lin = AnalogLinear(3, 50, config=CrossbarConfig(), node_noise=mtj, dtype=torch.float64)  # zero weights
     x = torch.zeros(700, 3, dtype=torch.float64)
     s = torch.cat([lin(x), lin(x), lin(x)]) - 0.042  # 2,100 consecutive time steps
-    assert torch.allclose(s.abs(), torch.full_like(s, 0.0059))
+    assert torch.allclose(s.abs(), torch.full_like(s, 0.0059))  # offset ± amplitude, float64 (measured 4e-18)
     flips = (torch.sign(s[1:]) != torch.sign(s[:-1])).double()
+    # 5 binomial SE over 2,099 × 50 transitions (measured 1.0 SE)
     assert abs(float(flips.mean()) - 0.0809) < 5 * math.sqrt(0.0809 * 0.9191 / flips.numel())
     saved = lin.device_state()
     nxt = lin(x)

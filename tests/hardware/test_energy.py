@@ -28,7 +28,7 @@ def test_counts_add_and_subtract() -> None:
 def test_energy_is_the_sum_of_counts_times_energies() -> None:
     model = EnergyModel(digital_mac=2.0, analog_mac=1.0, read=0.5, write=10.0, adc=3.0, dac=4.0, random_bit=0.25)
     counts = OpCounts(analog_macs=2, digital_macs=1, reads=4, writes=1, adc=1, dac=1, random_bits=8)
-    parts = model.breakdown(counts)
+    parts = model.breakdown(counts)  # small integers times binary fractions: every sum and product is exact, so ==
     assert parts["writes"] == 10.0 and parts["random_bits"] == 2.0
     assert model.energy(counts) == 2 + 2 + 2 + 10 + 3 + 4 + 2
 
@@ -56,6 +56,7 @@ def test_latency_counts_products_and_shares_converters() -> None:
         random_bit=0.5,
     )
     c = OpCounts(analog_macs=10**6, reads=10**6, mvms=2, adc=8, dac=4, writes=6, digital_macs=20, random_bits=2)
+    # exact: each term (count × time) / parallelism is a whole number (8·2/4, 4·1/2, 6·3/3, 20·1/10), 2·0.5 = 1
     assert m.latency(c) == 2 + 4 + 2 + 6 + 2 + 1  # analog MACs and reads happen inside the products
     with pytest.raises(UnigradError, match="adc_parallel"):
         LatencyModel(adc_parallel=0)

@@ -20,7 +20,7 @@ def test_mlp_heads_read_each_block_output_and_forward_is_unchanged() -> None:
     model = with_local_heads(body, x[:2], seed=3)
     assert torch.equal(torch.get_rng_state(), rng)  # heads are initialised from their own generator
     assert isinstance(model, LocallySupervised) and model.body is body
-    assert torch.equal(model(x), expected)
+    assert torch.equal(model(x), expected)  # bitwise: the wrapper's forward is the body's, the same ops on the same x
     assert model.head_inputs == ["3", "5"]  # the inputs of the 2nd and 3rd Linear
     assert model.heads[head_key("3")].in_features == 9 and model.heads[head_key("5")].in_features == 7
     assert all(h.out_features == 4 for h in model.heads.values())

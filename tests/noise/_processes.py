@@ -22,5 +22,10 @@ IDS = [p.name for p in PROCESSES]
 
 
 def zscore(estimate: float, expected: float, se: float) -> float:
-    """How many standard errors ``estimate`` lies from ``expected``."""
+    """How many standard errors ``estimate`` lies from ``expected``.
+
+    The noise tests assert ``zscore(...) < 5`` with ``se`` the estimator's standard error, from theory or
+    from the spread of independent entries (each call says which). A correct process fails one such check
+    with probability ≈ 6e-7, so any machine's draws pass (CPU kernels may differ in the last bits of a draw).
+    """
     return abs(estimate - expected) / se

@@ -26,7 +26,7 @@ def test_stationary_std_and_autocorrelation(dt: float, tau: float) -> None:
     proc = OrnsteinUhlenbeck(sigma, tau)
     x = proc.sequence(400, (500,), seed=1, trial=0, dt=dt, dtype=torch.float64)
     a = math.exp(-dt / tau)
-    assert proc.decay(dt) == pytest.approx(a)
+    assert proc.decay(dt) == pytest.approx(a)  # the same float64 exp: a few eps64 ≪ rel 1e-6
     n = x.numel()
     assert zscore(float(x.var()), sigma**2, ar1_variance_se(a, n, sigma)) < 5
     var = float(x.square().mean())
@@ -45,7 +45,7 @@ def test_first_sample_already_stationary() -> None:
     # correlation with the first sample is already a^k (a zero start would make ξ_0 = 0)
     a = math.exp(-dt / tau)
     for k in (1, 10, 29):
-        r = float((x[0] * x[k]).mean()) / sigma**2
+        r = float((x[0] * x[k]).mean()) / sigma**2  # Var(ξ_0ξ_k)/σ⁴ = 1 + ρ² for jointly Gaussian, ρ = a^k
         assert zscore(r, a**k, math.sqrt((1 + a ** (2 * k)) / n)) < 5, k
 
 
@@ -55,7 +55,7 @@ def test_exact_discretisation_innovations() -> None:
     x = OrnsteinUhlenbeck(sigma, tau).sequence(300, (300,), seed=4, trial=0, dt=dt, dtype=torch.float64)
     a = math.exp(-dt / tau)
     eps = (x[1:] - a * x[:-1]) / (sigma * math.sqrt(1 - a * a))
-    n = eps.numel()
+    n = eps.numel()  # i.i.d. N(0, 1): the SEs below are those of means of unit-variance, uncorrelated terms
     assert zscore(float(eps.mean()), 0.0, 1 / math.sqrt(n)) < 5
     assert zscore(float(eps.std()), 1.0, 1 / math.sqrt(2 * n)) < 5
     assert zscore(float((eps[1:] * eps[:-1]).mean()), 0.0, 1 / math.sqrt(n)) < 5
@@ -66,6 +66,8 @@ def test_limits_of_tau() -> None:
     # τ ≪ dt: white noise; τ ≫ T·dt: nearly constant over the trial
     white = OrnsteinUhlenbeck(1.0, tau=1e-3).sequence(200, (200,), seed=0, trial=0, dtype=torch.float64)
     r = float((white[1:] * white[:-1]).mean())
-    assert abs(r) < 5 / math.sqrt(white[1:].numel())
+    assert abs(r) < 5 / math.sqrt(white[1:].numel())  # 5 SE: each product has variance 1, products uncorrelated
     frozen = OrnsteinUhlenbeck(1.0, tau=1e6).sequence(50, (200,), seed=0, trial=0, dtype=torch.float64)
+    # ξ_t − ξ_0 has SD ≤ √(2·49/τ) = 0.01, so ≲ 0.05 over 10⁴ entries, while max|ξ_0| over 200 entries is > 1.5
+    # but with probability 1e-12: a bound of 0.1·max|ξ_0| > 0.15 has a margin of 10 SD
     assert float((frozen - frozen[0]).abs().max()) < 0.1 * float(frozen[0].abs().max())

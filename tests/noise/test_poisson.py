@@ -16,7 +16,7 @@ def test_counts_mean_equals_variance(rate: float, dt: float) -> None:
     n = poisson_counts(rates, dt, seed=0, trial=0)
     lam = rate * dt
     assert n.dtype == torch.float64
-    assert bool((n >= 0).all()) and torch.equal(n, n.round())
+    assert bool((n >= 0).all()) and torch.equal(n, n.round())  # counts are integers in any float format
     size = n.numel()
     assert zscore(float(n.mean()), lam, math.sqrt(lam / size)) < 5
     assert zscore(float(n.var()), lam, math.sqrt((lam + 2 * lam**2) / size)) < 5
@@ -77,6 +77,7 @@ def test_variability_process_moments(rate: float, dt: float) -> None:
     assert zscore(float(x.var()), sigma**2, sigma**2 * math.sqrt((2 + 1 / lam) / n)) < 5
     # lattice values σ(k − λ)/√λ and skewness 1/√λ: shot noise, not Gaussian
     k = x / sigma * math.sqrt(lam) + lam
+    # float64 round trip (k − λ)·σ/√λ → k of counts ≤ ~30: a few eps64·30 ≈ 1e-14 ≪ 1e-9 ≪ a lattice step of 1
     torch.testing.assert_close(k, k.round(), rtol=0, atol=1e-9)
     skew = float((x / sigma).pow(3).mean())
     # Var of the sample third moment of a standardised variable ≈ (μ6 − μ3²)/n; for Poisson μ6 ≈ 15 + 25/λ + 1/λ²

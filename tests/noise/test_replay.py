@@ -24,6 +24,11 @@ def ar1(n: int, a: float, seed: int, columns: int = 1) -> np.ndarray:
     return x[:, 0] if columns == 1 else x
 
 
+def bartlett_se(a: float, k: int, n: int) -> float:
+    """Bartlett's standard error of the lag-``k`` sample autocorrelation of ``n`` products of an AR(1)."""
+    return math.sqrt(((1 + a * a) * (1 - a ** (2 * k)) / (1 - a * a) - 2 * k * a ** (2 * k)) / n)
+
+
 def save(tmp_path: Path, name: str, data: np.ndarray) -> Path:
     path = tmp_path / name
     if name.endswith(".npy"):
@@ -92,7 +97,8 @@ def test_wraps_around_the_end(tmp_path: Path) -> None:
 def test_starts_are_uniform(trace: tuple[Path, np.ndarray]) -> None:
     rows, _ = RecordedNoise(trace[0]).starts((20000,), seed=9, trial=0)
     counts = np.bincount(rows.numpy().ravel(), minlength=500)
-    assert stats.chisquare(counts).pvalue > 1e-4
+    # the p-value is uniform for uniform starts: 1e-6 is the ≈ 5σ false-alarm rate (measured p = 0.92)
+    assert stats.chisquare(counts).pvalue > 1e-6
 
 
 def test_devices_sum_independent_reads(tmp_path: Path) -> None:
@@ -103,10 +109,12 @@ def test_devices_sum_independent_reads(tmp_path: Path) -> None:
     rows, _ = proc.starts(9, seed=2, trial=5)
     centred = (data - data.mean()) * scale
     windows = centred[(rows.numpy()[:, None, :] + np.arange(30)[None, :, None]) % data.size]  # (n, steps, 9)
+    # float64, |values| ≤ 10: the centring means (1000-term pairwise sums) differ by ≲ 20·eps64·5 and the sums of
+    # 4 reads by ≲ 3·eps64·10, so ≲ 4e-14 apart in all, < 1e-13; likewise |mean| of the centred trace ≪ 1e-12
     np.testing.assert_allclose(x, windows.sum(0), rtol=0, atol=1e-13)
     assert len({tuple(rows[:, e].tolist()) for e in range(9)}) == 9
     assert proc.mean == pytest.approx(0.0, abs=1e-12)
-    assert proc.variance == pytest.approx(n * scale**2 * data.var())
+    assert proc.variance == pytest.approx(n * scale**2 * data.var())  # float64 sums of 1000 terms: ≪ rel 1e-6
 
 
 @pytest.mark.parametrize("center, normalize", [(False, False), (True, False), (True, True), (False, True)])
@@ -118,14 +126,19 @@ def test_mean_and_variance_of_the_sum(tmp_path: Path, center: bool, normalize: b
     if normalize:
         processed = processed / processed.std()
     processed = processed * scale
+    # float64 (pairwise) means of 4000 values ≤ 60, ×3: ≲ 3·50·eps64·10 ≈ 3e-13 apart, < 1e-12; variance ≪ rel 1e-6
     assert proc.mean == pytest.approx(n * processed.mean(), abs=1e-12)
     assert proc.variance == pytest.approx(n * processed.var())
     if normalize:
         assert proc.variance == pytest.approx(n * scale**2)
     x = proc.sequence(50, (4000,), seed=6, trial=0, dtype=torch.float64)
-    m, v = x.mean(0), x.var(0, correction=0)  # the trace is white: per-entry bias is variance/steps
+    m, v = x.mean(0), x.var(0, correction=0)  # entries are i.i.d. over keys: SEs from their spread
     assert zscore(float(m.mean()), proc.mean, float(m.std()) / math.sqrt(m.numel())) < 5
-    expected_v = proc.variance * (1 - 1 / x.shape[0])
+    # a per-entry variance about its own mean is biased low by Var(mean of T steps), from the trace's exact
+    # circular autocovariances (a finite white trace still has sample autocorrelations of order 1/√4000)
+    steps = x.shape[0]
+    lag_sum = sum((1 - k / steps) * proc.autocovariance(k) for k in range(1, steps))
+    expected_v = proc.variance - (proc.variance + 2 * lag_sum) / steps
     assert zscore(float(v.mean()), expected_v, float(v.std()) / math.sqrt(v.numel())) < 5
 
 
@@ -140,12 +153,13 @@ def test_autocorrelation_of_an_ar1_trace_is_kept(tmp_path: Path, devices: int) -
     for k in (1, 5, 20):
         measured = float((x[k:] * x[:-k]).mean() / var)
         trace_r = float((c * np.roll(c, -k)).mean() / c.var())  # circular, as the reads wrap
+        # float64 sums of 50000 terms: ≪ rel 1e-6
         assert proc.autocovariance(k) / proc.variance == pytest.approx(trace_r)
-        n_eff = x[k:].size
-        se = math.sqrt(((1 + a * a) * (1 - a ** (2 * k)) / (1 - a * a) - 2 * k * a ** (2 * k)) / n_eff)
-        assert zscore(measured, trace_r, se) < 5, (k, measured, trace_r)
-        assert abs(trace_r - a**k) < 0.05  # and the trace is the AR(1) it was made to be
-    assert float((x[1:] * x[:-1]).mean() / var) > 0.8  # not white: consecutive samples really are consecutive
+        assert zscore(measured, trace_r, bartlett_se(a, k, x[k:].size)) < 5, (k, measured, trace_r)
+        # and the trace is the AR(1) it was made to be (5 Bartlett SEs of a 50000-sample trace: 0.01 to 0.07)
+        assert zscore(trace_r, a**k, bartlett_se(a, k, data.size)) < 5, (k, trace_r)
+    # not white: consecutive samples really are consecutive (measured 0.90, SE 0.002)
+    assert float((x[1:] * x[:-1]).mean() / var) > 0.8
 
 
 def test_two_dimensional_trace_is_several_devices(tmp_path: Path) -> None:
@@ -158,6 +172,7 @@ def test_two_dimensional_trace_is_several_devices(tmp_path: Path) -> None:
     assert set(np.unique(cols)) == {0, 1, 2}
     np.testing.assert_array_equal(x, data[(rows[None] + np.arange(130)[:, None]) % 100, cols[None]])
     centred = RecordedNoise(save(tmp_path, "three.npy", data), center=True)
+    # the same numpy ops on the same array (equal); |mean| of the centred trace ≲ 20·eps64·1200 ≈ 5e-12 < 1e-10
     np.testing.assert_allclose(centred.trace.numpy(), data - data.mean(0), atol=1e-12)
     assert centred.mean == pytest.approx(0.0, abs=1e-10)
 

@@ -26,8 +26,12 @@ PEERS = {
     "xnes": ("evotorch", "evotorch"),
 }
 # the final loss must be below this fraction of the initial one after STEPS generations; pgpe (Adam on the
-# centre, lr 0.01) and cem (its σ shrinks to the elite's spread) move more slowly with their defaults
-RATIO = {"pgpe": 0.8, "cem": 0.9}
+# centre, lr 0.01) and cem (its σ shrinks to the elite's spread) move more slowly with their defaults.
+# Measured final/initial over seeds 0–15 (cma, sep-cma, nevergrad, pgpe: 0–5), mean ± SD: cma 0.06 ± 0.01,
+# sep-cma 0.06 ± 0.02, nevergrad 0.12 ± 0.03, pgpe 0.65 ± 0.01, snes 0.20 ± 0.03, xnes 0.19 ± 0.02,
+# cem 0.82 ± 0.045 (max 0.894, the same after 80 generations: it stalls). Each bound is ≥ 5 SDs above the mean,
+# except cem's, which only claims a lower loss (4 SDs).
+RATIO = {"pgpe": 0.8, "cem": 1.0, "snes": 0.4, "xnes": 0.35}
 STEPS = 40
 BATCH = 32
 
@@ -121,7 +125,7 @@ def test_same_seed_replays_bitwise_other_seed_differs(name):
         model, objective = problem()
         run(make(name, seed=seed), model, objective, 4)
         finals.append(flat(model))
-    assert torch.equal(finals[0], finals[1])
+    assert torch.equal(finals[0], finals[1])  # replay: the same ops
     assert not torch.equal(finals[0], finals[2])
 
 
@@ -149,6 +153,7 @@ def test_sgd_lr_one_lands_on_the_peer_centre(name):
     est = make(name, seed=0)
     run(est, model, objective, 3)
     centre = torch.as_tensor(est._mean, dtype=torch.float32)
+    # float32 θ − (θ − m'): two roundings of numbers ≤ 0.3 here, ≤ 2·6e-8·0.3 ≈ 4e-8 < atol 1e-7 (measured ≤ 4e-9)
     assert torch.allclose(flat(model), centre, rtol=1e-6, atol=1e-7)
 
 

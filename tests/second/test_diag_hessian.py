@@ -42,6 +42,15 @@ def _samples(problem: Problem, n: int, distribution: str = "rademacher") -> torc
     return torch.stack([hutchinson_diagonal(flat, noise, 3, step, 1) for step in range(n)])
 
 
+def _assert_variance_ratio(samples: torch.Tensor, predicted: torch.Tensor, k: float = 5.0) -> None:
+    """``Σ_j s_j² / Σ_j predicted_j = 1`` within ``k`` standard errors. The ratio is the mean over rows ``i`` of
+    ``u_i = n/(n−1)·Σ_j (x_ij − x̄_j)² / Σ_j predicted_j``; its SE is estimated as ``std(u)/√n``."""
+    n = samples.shape[0]
+    u = ((samples - samples.mean(0)) ** 2).sum(1) / predicted.sum() * n / (n - 1)
+    ratio, se = float(u.mean()), float(u.std()) / math.sqrt(n)
+    assert abs(ratio - 1.0) < k * se, (ratio, se)
+
+
 @pytest.mark.parametrize(
     "problem",
     [quadratic(12, dense=True, dtype=torch.float64), mlp((4, 6, 3), batch=32, dtype=torch.float64)],
@@ -51,21 +60,25 @@ def test_hutchinson_is_unbiased_with_the_rademacher_variance(problem: Problem) -
     h = _hessian(problem)
     diag = torch.diagonal(h)
     samples = _samples(problem, 400)
+    # 5 SE (the helper's); atol 1e-12 only absorbs rounding: entries ≲ 10, sums of ≤ 51 terms → ≲ 1e-13
     assert_mean_matches(samples, diag, k=5.0, atol=1e-12)
-    # Var[z_j (Hz)_j] = Σ_{k≠j} H_jk² for Rademacher z: compare the sample variances in aggregate
+    # Var[z_j (Hz)_j] = Σ_{k≠j} H_jk² for Rademacher z: compare the sample variances in aggregate, within 5 SE
+    # (measured ratio 0.998 with SE 0.023 on the quadratic, 0.992 with SE 0.012 on the MLP; a variance off by
+    # 30% reads 13 and 25 SE off)
     predicted = (h * h).sum(1) - diag * diag
-    ratio = float(samples.var(0).sum() / predicted.sum())
-    assert 0.85 < ratio < 1.15, ratio
-    # Gaussian probes are unbiased too but add 2·H_jj²
+    _assert_variance_ratio(samples, predicted)
+    # Gaussian probes are unbiased too but add 2·H_jj² (measured 1.034, SE 0.058; 1.023, SE 0.033; leaving the
+    # 2·H_jj² out reads 15 and 9 SE off)
     gauss = _samples(problem, 400, "gaussian")
     assert_mean_matches(gauss, diag, k=5.0, atol=1e-12)
-    ratio_g = float(gauss.var(0).sum() / (predicted + 2 * diag * diag).sum())
-    assert 0.85 < ratio_g < 1.15, ratio_g
+    _assert_variance_ratio(gauss, predicted + 2 * diag * diag)
 
 
 def test_hutchinson_is_exact_for_a_diagonal_hessian_and_q_probes_average() -> None:
     problem = quadratic(20, dense=False, cond=1e3, dtype=torch.float64)
     samples = _samples(problem, 20)
+    # every operation is exact on any IEEE machine (products with ±1 and ½, a sum of two equal halves, a mean over
+    # one sample), so z ⊙ Hz = diag(A) bit for bit (measured) and the variance is exactly 0
     torch.testing.assert_close(samples, problem.model.a.expand(20, -1), rtol=1e-15, atol=0)
     assert float(samples.std(0).max()) < 1e-12  # zero variance
     # q probes are the mean of the single probes 0..q−1 of that step
@@ -86,6 +99,8 @@ def test_diagonal_newton_solves_a_diagonal_quadratic_in_one_step_unlike_gradient
     e = DiagHessian(rule="newton").estimate(model, obj)
     assert e.loss > 1.0
     opt.step()
+    # the diagonal is exact here, so each coordinate moves by g_j/h_j = −1 up to a few roundings: ≲ 4·eps64,
+    # whatever κ (measured ≤ 2.2e-16)
     assert float((model.x.detach() - 1.0).abs().max()) < 1e-10
     # gradient descent with step 1/L = 1/κ: the unit-curvature coordinate shrinks by (1 − 1/κ) per step
     model, obj = classic.quadratic(10, kappa=kappa)
@@ -97,6 +112,7 @@ def test_diagonal_newton_solves_a_diagonal_quadratic_in_one_step_unlike_gradient
         model.x.grad = g
         opt.step()
     error = abs(float(model.x.detach()[0]) - 1.0)
+    # 100 steps of a few roundings each: ≲ 300·eps64 absolute against an error ≥ 0.36 (measured rel ≤ 5e-15)
     assert error == pytest.approx((1.0 - 1.0 / kappa) ** steps, rel=1e-9)
     assert error > 0.3
 
@@ -109,7 +125,7 @@ def test_diagonal_newton_on_a_dense_quadratic_converges_at_the_jacobi_rate() -> 
     s = torch.diagonal(a).rsqrt()
     eig = torch.linalg.eigvalsh(s[:, None] * a * s[None, :])
     rho = float((1.0 - lr * eig).abs().max())
-    assert rho < 1.0 < float((1.0 - eig).abs().max())  # the full step (η = 1) diverges here
+    assert rho < 1.0 < float((1.0 - eig).abs().max())  # the full step (η = 1) diverges here (0.861 and 1.364)
     for eta, converges in ((lr, True), (1.0, False)):
         problem = quadratic(16, dense=True, cond=10.0, dtype=torch.float64)
         est = DiagHessian(rule="newton")
@@ -121,15 +137,24 @@ def test_diagonal_newton_on_a_dense_quadratic_converges_at_the_jacobi_rate() -> 
             opt.step()
             losses.append(problem.loss())
         if converges:
+            # The curvature is a Hutchinson estimate (EMA of one Rademacher probe per step), so the rate is ρ only
+            # up to its noise: rate − ρ measured +0.002 for seed 0, mean −0.005 and SD 0.010 over seeds 0–39;
+            # 0.05 is 5 SD. The iteration is linear in the error with the same maps on every machine (the probes
+            # are exact ±1), so rounding moves these figures by ~1e-13 only.
             rate = (losses[60] / losses[30]) ** (1 / 60)  # per-step error contraction (loss ∝ error²)
-            assert abs(rate - rho) < 0.03, (rate, rho)
+            assert abs(rate - rho) < 0.05, (rate, rho)
+            # a property of seed 0's probes (measured 1.5e-9; over seeds 0–39 an unlucky first probe can make the
+            # first steps expand, up to 0.5), reproduced on any machine up to a relative ~1e-13 (above)
             assert losses[60] < 1e-6 * losses[0]
         else:
-            assert losses[60] > losses[0]
+            assert losses[60] > losses[0]  # measured 9e20 times larger
 
 
 @pytest.mark.parametrize("rule", ["sophia", "adahessian", "newton"])
 def test_the_rules_apply_their_formulas_to_the_stored_curvature(rule: str) -> None:
+    # both sides use the same probes (seed 5, step 0) and the same gradient; the formulas differ by a few roundings
+    # (1 − β against 0.1, the EMA's products) and |D̂| ≥ 1.9e-3, so ≲ 10·eps64 relative (measured ≤ 4e-15 absolute
+    # on directions ≤ 54) ≪ the float64 defaults of assert_close and approx
     problem = mlp((4, 6, 3), batch=32, dtype=torch.float64)
     est = DiagHessian(rule=rule, beta=0.9, gamma=1.0, probes=2, seed=5)
     flat = FlatLoss(problem.model, problem.objective, trainable(problem.model))
@@ -145,23 +170,30 @@ def test_the_rules_apply_their_formulas_to_the_stored_curvature(rule: str) -> No
         torch.testing.assert_close(state["curvature"], 0.1 * diag)
         h = 0.1 * diag  # Sophia does not bias-correct
         torch.testing.assert_close(d, (g / h.clamp_min(est.eps)).clamp(-1, 1))
-        assert 0 < e.info["clipped_fraction"] < 1
+        assert 0 < e.info["clipped_fraction"] < 1  # 47 of 51 (every |ratio| is ≥ 0.25 away from 1)
     else:
         torch.testing.assert_close(d, g / diag.abs().clamp_min(est.eps))
     assert e.info["gradient_norm"] == pytest.approx(float(g.norm()))
 
 
-@pytest.mark.parametrize(("rule", "lr"), [("sophia", 0.05), ("adahessian", 0.1), ("newton", 0.1)])
-def test_the_rules_with_sgd_train_an_mlp(rule: str, lr: float) -> None:
+@pytest.mark.parametrize(
+    ("rule", "lr", "options"), [("sophia", 0.05, {}), ("adahessian", 0.1, {}), ("newton", 0.1, {"eps": 1e-2})]
+)
+def test_the_rules_with_sgd_train_an_mlp(rule: str, lr: float, options: dict) -> None:
+    """Measured loss after / before over seeds 0–5: sophia 0.027–0.036, adahessian 0.18–0.26, newton (ε = 1e-2)
+    0.027–0.050; a 1e-12 change of the start changes them by ≤ 1e-11. Diagonal Newton needs a floor on |h| on a
+    non-convex MLP (Becker & LeCun's μ): with the default ε = 1e-8, near-zero Hutchinson entries give steps of 10² to
+    10³ and the run is chaotic (the same 1e-12 change moves the final loss by O(1); seed 0 ended at 7.6× the start
+    with AVX-512 kernels and at 0.11× with AVX2 ones)."""
     problem = mlp((4, 8, 3), batch=32, dtype=torch.float64)
-    est = DiagHessian(rule=rule)
+    est = DiagHessian(rule=rule, **options)
     opt = torch.optim.SGD(problem.model.parameters(), lr=lr)
     first = problem.loss()
     for _ in range(40):
         opt.zero_grad()
         e = est.estimate(problem.model, problem.objective)
         if rule == "sophia":
-            assert float(flat_grad(problem.model).abs().max()) <= 1.0
+            assert float(flat_grad(problem.model).abs().max()) <= 1.0  # clamp(−1, 1): exact
         opt.step()
     assert problem.loss() < 0.5 * first, (first, problem.loss())
     assert math.isfinite(e.info["curvature_mean"])
@@ -179,7 +211,8 @@ def test_momentum_is_the_papers_moving_average() -> None:
         plain = flat_grad(problem.model)
         g = true_grad(problem.model, problem.objective)
         m = 0.9 * m + 0.1 * g
-        # d = m̂ / (√v̂ + ε) and plain = g / (√v̂ + ε): their ratio is m̂ / g
+        # d = m̂ / (√v̂ + ε) and plain = g / (√v̂ + ε): their ratio is m̂ / g (a few roundings apart: measured
+        # ≤ 9e-16 on values ≤ 3, against the float64 defaults rtol = atol = 1e-7)
         torch.testing.assert_close(d * g, plain * m / (1 - 0.9**t))
         with torch.no_grad():  # move, so the gradients differ between steps
             for _, p in trainable(problem.model):
@@ -197,9 +230,10 @@ def test_curvature_is_updated_only_every_interval_calls() -> None:
         assert (e.cost.forwards, e.cost.backwards, e.cost.hvps) == (16, 16, 2 * 16 if updated else 0)
         assert est.updates == step // 3 + 1
         if not updated:
-            assert torch.equal(est.curvature, before)
+            assert torch.equal(est.curvature, before)  # not recomputed: the stored tensor is kept as it is
             h = est.curvature / (1 - est.beta**est.updates)
             g = true_grad(problem.model, problem.objective)
+            # the estimator's own formula on the same values (measured bitwise equal)
             torch.testing.assert_close(flat_grad(problem.model), g / h.abs().clamp_min(est.eps))
 
 
@@ -217,6 +251,8 @@ def test_spatial_average_over_convolution_kernels() -> None:
     obj = unigrad.supervised(torch.nn.functional.cross_entropy, x, y)
     est = DiagHessian(rule="adahessian", spatial_average=True, beta=0.0)
     est.estimate(conv, obj)
+    # float32; the test repeats the estimator's probe (seed 0, step 0), HVP, mean and square (β = 0, no bias
+    # correction left: 1 − 0¹ = 1), so the two sides agree to a few eps32 (measured bitwise) ≪ rtol 1.3e-6
     kernel = est.curvature[: 3 * 2 * 3 * 3].view(3, 2, 3, 3)
     torch.testing.assert_close(kernel, kernel[:, :, :1, :1].expand_as(kernel))  # constant over each 3×3 kernel
     flat = FlatLoss(conv, obj, trainable(conv))
@@ -239,7 +275,7 @@ def test_cost_and_info() -> None:
     problem = mlp((4, 6, 3), batch=16, dtype=torch.float64)
     e = DiagHessian(probes=3).estimate(problem.model, problem.objective)
     assert (e.cost.forwards, e.cost.backwards, e.cost.hvps, e.cost.jvps) == (16, 16, 48, 0)
-    assert e.loss == pytest.approx(problem.loss())
+    assert e.loss == pytest.approx(problem.loss())  # the same forward (measured equal); rel 1e-6 is loose
     assert set(e.info) >= {"curvature_mean", "gradient_norm", "curvature_updated"}
     assert DiagHessian.order == 2 and DiagHessian.name == "diag-hessian"
 

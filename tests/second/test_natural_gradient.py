@@ -72,6 +72,8 @@ def test_empirical_fisher_direction_equals_the_explicit_solve() -> None:
         problem.model, problem.objective
     )
     expected = torch.linalg.solve(fisher + lam * torch.eye(d, dtype=torch.float64), g)
+    # CG stops at ‖r‖ ≤ 1e-13‖g‖ (‖g‖ = 1.06) with λ_min ≥ λ = 1e-2: ≤ 1.1e-11; the explicit solve errs by
+    # ≲ κ·eps64·‖x‖ with κ = 252: ≈ 4e-14 (measured ≤ 7e-15)
     torch.testing.assert_close(flat_grad(problem.model), expected, atol=1e-9, rtol=1e-7)
     # per-sample gradients once; the products are matrix–vector products that cost no passes
     assert (e.cost.forwards, e.cost.backwards, e.cost.jvps, e.cost.hvps) == (16, 32, 0, 0)
@@ -94,6 +96,7 @@ def test_true_fisher_direction_equals_the_solve_with_the_explicit_fisher(build, 
         problem.model, problem.objective
     )
     expected = torch.linalg.solve(fisher + lam * torch.eye(d, dtype=torch.float64), g)
+    # as above: CG ≤ 1e-13‖g‖/λ ≤ 1.1e-11, the solve ≲ κ·eps64·‖x‖ with κ ≤ 141 (measured ≤ 2.1e-12)
     torch.testing.assert_close(flat_grad(problem.model), expected, atol=1e-9, rtol=1e-7)
     k = e.info["cg_iterations"]
     assert (e.cost.forwards, e.cost.backwards, e.cost.jvps) == (batch, batch * (1 + k), batch * k)
@@ -110,7 +113,7 @@ def test_sampled_fisher_is_unbiased_for_the_true_fisher() -> None:
     rows = rows.view(batch, m, d)
     # draw j gives the unbiased estimate (1/B) Σ_b ∇ℓ(z_b, ŷ_bj) ∇ℓ(z_b, ŷ_bj)ᵀ; draws are independent
     samples = torch.einsum("bjd,bje->jde", rows, rows).reshape(m, d * d) / batch
-    assert_mean_matches(samples, target.reshape(-1), atol=1e-10)
+    assert_mean_matches(samples, target.reshape(-1), atol=1e-10)  # 5 SE; atol: rounding of entries ≲ 1 only
     assert fl.cost.backwards == batch * (1 + m) and fl.cost.forwards == 2 * batch
 
 
@@ -141,14 +144,18 @@ def test_natural_gradient_is_invariant_to_a_linear_reparametrisation_of_the_inpu
 
     x2, w2 = x @ a.T, w @ torch.linalg.inv(a)
     natural, natural2 = logit_change(x, w, make()), logit_change(x2, w2, make())
+    # the damping breaks the invariance by ≈ 130·λ relative (measured 1.3e-7; 1.3e-5 at λ = 1e-7, 1.3e-3 at 1e-5);
+    # rounding (κ(A) = 14, CG to 1e-14) is far smaller
     torch.testing.assert_close(natural2, natural, atol=1e-6 * float(natural.abs().max()), rtol=0)
     backprop = unigrad.make_estimator("backprop")
     plain, plain2 = logit_change(x, w, backprop), logit_change(x2, w2, backprop)
-    assert float((plain2 - plain).norm()) > 0.1 * float(plain.norm())  # the test can tell
+    assert float((plain2 - plain).norm()) > 0.1 * float(plain.norm())  # the test can tell (measured 8.2)
 
 
 @pytest.mark.parametrize(("fisher", "lr"), [("true", 0.5), ("empirical", 0.5), ("sampled", 0.5)])
 def test_natural_gradient_with_sgd_trains_an_mlp(fisher: str, lr: float) -> None:
+    # measured loss after / before: 3.3e-3, 1.0e-3, 1.7e-3, the same to 1e-9 relative on AVX-512 and AVX2 and after
+    # a 1e-12 change of the start (the runs are not chaotic)
     problem = mlp(dtype=torch.float64)
     est = NaturalGradient(fisher=fisher, mc_samples=4)
     opt = torch.optim.SGD(problem.model.parameters(), lr=lr)

@@ -66,7 +66,7 @@ SCRIPT = textwrap.dedent(
     """
     import os, signal, sys
     import torch
-    torch.set_num_threads(1)
+    torch.set_num_threads({threads})
     from unigrad.train import train
     from unigrad.{module} import {cls}
 
@@ -97,7 +97,10 @@ def test_resume_after_kill_9_is_bitwise_exact(
     kill_at = random.Random(f"{name}-{os.getpid()}").randrange(25, 115)  # a random step, past the first checkpoint
     decor_arg = f", decorrelation={decor!r}" if decor else ""
     run_arg = ", ".join(f"{k}={v!r}" for k, v in RUN.items())
-    script = SCRIPT.format(module=module, cls=cls, options=options, run=run_arg, decor=decor_arg)
+    # bitwise resume is promised for the same ops on the same machine and thread count: the killed run uses this
+    # process's threads (a matmul split over another number of threads may round differently)
+    threads = torch.get_num_threads()
+    script = SCRIPT.format(module=module, cls=cls, options=options, run=run_arg, decor=decor_arg, threads=threads)
     path = tmp_path / "run.pt"
     proc = subprocess.run(
         [sys.executable, "-c", script, str(path), str(kill_at)],

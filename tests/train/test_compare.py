@@ -65,6 +65,7 @@ def test_seeds():
 
 
 def test_mean_curve_averages_shared_points_and_interpolates_others():
+    # float64 means and linear interpolation of numbers ≤ 2: a few eps64 ≪ allclose's atol 1e-8
     x = np.array([0.0, 1.0, 2.0])
     gx, gy = mean_curve([(x, np.array([0.0, 0.5, 1.0])), (x, np.array([0.2, 0.7, 0.8]))])
     assert np.array_equal(gx, x) and np.allclose(gy, [0.1, 0.6, 0.9])
@@ -90,6 +91,7 @@ def test_compare_writes_results_report_and_plots(tmp_path):
         assert len(m["runs"]) == 2 and m["peak_memory_bytes"] > 0
         assert all(r["steps"] == 12 and len(r["history"]) == 5 for r in m["runs"])
         accs = [r["final"]["test_accuracy"] for r in m["runs"]]
+        # float64 mean and SD of two numbers, in another order of operations: a few eps64 ≪ rel 1e-6
         assert m["summary"]["test_accuracy_mean"] == pytest.approx(np.mean(accs))
         assert m["summary"]["test_accuracy_sd"] == pytest.approx(np.std(accs, ddof=1))
     # same data order and initial weights for every method: the starting points agree

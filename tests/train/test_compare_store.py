@@ -79,6 +79,7 @@ def test_killed_compare_resumes_to_the_uninterrupted_result(tmp_path: Path) -> N
     resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert main([*args[:-2], "--no-store", "--out", str(tmp_path / "clean")]) == 0
     clean = json.loads((tmp_path / "clean" / "results.json").read_text())
+    # bitwise: the killed CLI, the resumed and the clean run all use the CLI's default --threads 1 on this machine
     assert _histories(resumed) == _histories(clean), killed_at
     assert resumed["methods"]["spsa"]["runs"][0]["steps"] == 400
 

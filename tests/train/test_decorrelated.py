@@ -38,8 +38,10 @@ def test_dbp_learns_and_decorrelates_digits():
     r = train(task, spec.name, lr=spec.lr, budget="epochs=2", seed=0, decorrelation=spec.decorrelation)
     assert r.status == "ok" and r.to_dict()["decorrelation"] == spec.decorrelation
     h = r.history
+    # measured over seeds 0–5: last/first train loss 0.16–0.21, accuracy 0.894–0.908 (chance 0.1), and the first
+    # layer's mean |offdiag(C)| at 0.3006–0.3008 of its start (below): all ≥ 10 seed-to-seed SDs from the thresholds
     assert h[-1]["train_loss"] < 0.5 * h[1]["train_loss"]
-    assert h[-1]["test_accuracy"] > 0.8  # chance is 0.1
+    assert h[-1]["test_accuracy"] > 0.8
     decors = _decors(r.model)
     assert len(decors) == 2  # one per Linear of the 64-64-10 MLP
     for d in decors:
@@ -65,7 +67,7 @@ def test_spsa_decorrelate_spec_parses_and_runs():
     assert r.status == "ok" and r.steps == 3
     assert all(d.step == 3 for d in _decors(r.model))
     # spsa's probes all run batched, so each step adds one plain forward of the batch for the statistics
-    assert r.forward_equivalents == pytest.approx(3 * 64 * (2 * 4 + 1))
+    assert r.forward_equivalents == pytest.approx(3 * 64 * (2 * 4 + 1))  # sums of integers: exact
     assert all(not torch.equal(d.R, torch.eye(d.features)) for d in _decors(r.model))
 
 
@@ -96,7 +98,7 @@ def test_divergence_restores_R_with_the_parameters():
     decors = _decors(r.model)
     assert all(d.step == good and torch.isfinite(d.R).all() for d in decors)
     assert not torch.allclose(decors[0].R, torch.eye(decors[0].features))
-    # the restored model is the one evaluated at the last good point: R and W belong together
+    # the restored model is the one evaluated at the last good point (the same evaluation): R and W belong together
     data = task.data()
     assert evaluate(r.model, task, data.x_test, data.y_test)[0] == r.history[-1]["test_loss"]
     # and equals a run stopped at that step, bit for bit

@@ -63,6 +63,8 @@ def test_default_schedule_is_the_step_after_each_evaluation_point() -> None:
     r = train(TASK, "backprop", budget="steps=20", batch_size=32, eval_points=4, diagnostics=["alignment", "drift"])
     assert [h["step"] for h in r.history] == [0, 5, 10, 15, 20]
     assert [d["step"] for d in r.diagnostics] == [0, 5, 10, 15]  # the last point has no following step
+    # backprop's estimate and the diagnostic's true gradient are the same forward and backward on the same batch;
+    # cos in float64 over ~5000 terms: ≲ 5000·eps64 ≈ 1e-12 ≪ 1e-6 (measured ≤ 4.4e-16)
     assert all(d["alignment"] == pytest.approx(1.0, abs=1e-6) for d in r.diagnostics)
     drifts = [d["drift"] for d in r.diagnostics]
     assert drifts[0] == 0.0 and all(b > a for a, b in itertools.pairwise(drifts))
@@ -123,7 +125,7 @@ def test_cli_train_records_diagnostics_and_writes_their_plots(tmp_path: Path, ca
     (run,) = results["methods"]["backprop"]["runs"]
     assert results["config"]["diagnostics"] == {"names": ["alignment", "norms"], "every": None}
     assert [d["step"] for d in run["diagnostics"]] == [0, 10, 20, 30]
-    for d in run["diagnostics"]:
+    for d in run["diagnostics"]:  # backprop vs the same true gradient, in float64 (see above): ≪ 1e-6
         assert d["alignment"] == pytest.approx(1.0, abs=1e-6) and d["norm_ratio"] == pytest.approx(1.0, abs=1e-6)
         assert math.isfinite(d["gradient_norm"]) and d["gradient_norm"] > 0
     assert run["diagnostics_seconds"] > 0

@@ -24,11 +24,14 @@ def test_backprop_lowers_the_loss_and_learns_digits():
     h = r.history
     assert r.status == "ok" and h[0]["step"] == 0 and h[0]["train_loss"] is None
     first, last = h[1]["train_loss"], h[-1]["train_loss"]
+    # measured over seeds 0–5: last/first 0.16–0.22, test loss down by 1.83–1.99, accuracy 0.883–0.897 (chance
+    # 0.1); each threshold is ≥ 10 seed-to-seed SDs away
     assert last < 0.5 * first
     assert h[-1]["test_loss"] < h[0]["test_loss"] - 1.0
-    assert h[-1]["test_accuracy"] > 0.8  # chance is 0.1
+    assert h[-1]["test_accuracy"] > 0.8
     assert len(h) >= 11  # ≥ 10 points after the start, for the plots
     data = get_task(TASK).data()
+    # the trainer's last point is this same evaluation of this same model
     assert evaluate(r.model, get_task(TASK), data.x_test, data.y_test)[1] == h[-1]["test_accuracy"]
 
 
@@ -36,7 +39,7 @@ def test_epoch_budget_counts_steps_and_samples():
     n, batch = 1437, 100
     r = train(TASK, "backprop", budget="epochs=2", batch_size=batch)
     assert r.steps == 2 * math.ceil(n / batch)
-    assert r.final["epoch"] == pytest.approx(2.0)
+    assert r.final["epoch"] == pytest.approx(2.0)  # float64 samples/n: a few eps64 ≪ rel 1e-6
     # every sample is seen once per epoch: forwards = 2n, backwards = 2n, FE = forwards + 2·backwards
     assert r.forward_equivalents == 3 * 2 * n
     half = train(TASK, "backprop", budget="epochs=0.5", batch_size=batch)
@@ -58,7 +61,8 @@ def test_steps_and_seconds_budgets():
     t = train(TASK, "backprop", budget="seconds=0.3")
     assert t.train_seconds >= 0.3
     assert t.train_seconds - t.final["seconds"] == 0  # the last point is at the end of training
-    # stopped right after the budget: the overshoot is one step (about a millisecond here)
+    # stopped right after the budget: the overshoot is one step (about a millisecond here; 0.5 s allows a machine
+    # hundreds of times slower or busy)
     assert t.train_seconds < 0.3 + 0.5
 
 
@@ -68,7 +72,7 @@ def test_same_seed_same_run_and_seed_changes_data_order():
     c = train(TASK, "spsa", seed=2, **kw)
     strip = [{k: v for k, v in p.items() if k != "seconds"} for p in a.history]
     assert strip == [{k: v for k, v in p.items() if k != "seconds"} for p in b.history]
-    assert all(torch.equal(x, y) for x, y in zip(_params(a.model), _params(b.model)))
+    assert all(torch.equal(x, y) for x, y in zip(_params(a.model), _params(b.model)))  # replay: the same ops
     assert not all(torch.equal(x, y) for x, y in zip(_params(a.model), _params(c.model)))
 
 

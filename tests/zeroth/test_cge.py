@@ -52,8 +52,11 @@ def test_full_estimate_is_the_finite_difference_gradient(build, scheme: str) -> 
     problem = build(dtype=torch.float64)
     reference = finite_differences(problem, 1e-4, scheme)
     e = CGE(sigma=1e-4, scheme=scheme, probe_batch=50).estimate(problem.model, problem.objective)
+    # float64 losses (means of B = 64 samples, |f| ≈ 1) by two routes (vmapped vs one call each): each
+    # ≲ 64·eps64·|f| ≈ 2e-14, so the quotients over σ = 1e-4 differ by ≲ 4e-10 < 1e-9 (measured ≤ 6e-13)
     assert torch.allclose(flat_grad(problem.model), reference, rtol=1e-9, atol=1e-9)
-    # and the finite differences are the gradient up to O(σ) (forward) or O(σ²) (central)
+    # and the finite differences are the gradient up to O(σ) (forward: σ/2·|∂²f|, measured ≤ 1.7e-5) or O(σ²)
+    # (central, plus the 4e-10 rounding above)
     tol = 1e-3 if scheme == "forward" else 1e-6
     assert torch.allclose(reference, problem.grad(), rtol=0, atol=tol)
     assert e.loss_is_probe_mean == (scheme == "central")
@@ -61,12 +64,14 @@ def test_full_estimate_is_the_finite_difference_gradient(build, scheme: str) -> 
 
 def test_quadratic_exactly() -> None:
     # central differences are exact on a quadratic; forward ones are off by (σ/2)·diag(A)
+    # (up to rounding: float64 f ≈ 30 summed from 2×16 terms, ≲ 32·eps64·|f| ≈ 2e-13 per loss, so ≲ 1e-12 per
+    # quotient over σ = 0.5; 1e-11, was 1e-12 which that bound reaches; measured ≤ 1e-14)
     problem = quadratic(16, dtype=torch.float64)
     g, diag = problem.grad(), torch.diagonal(problem.model.a)
     CGE(sigma=0.5, scheme="central").estimate(problem.model, problem.objective)
-    assert torch.allclose(flat_grad(problem.model), g, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(flat_grad(problem.model), g, rtol=1e-11, atol=1e-11)
     CGE(sigma=0.5, scheme="forward").estimate(problem.model, problem.objective)
-    assert torch.allclose(flat_grad(problem.model), g + 0.25 * diag, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(flat_grad(problem.model), g + 0.25 * diag, rtol=1e-11, atol=1e-11)
 
 
 @pytest.mark.parametrize(
@@ -84,7 +89,9 @@ def test_block_estimate_is_unbiased(build, block: int, n: int) -> None:
     d = problem.dim
     nonzero = samples != 0
     assert (nonzero.sum(1) <= block).all() and (nonzero.sum(1) >= block - (full == 0).sum()).all()
-    assert torch.allclose(samples[nonzero], (d / block * full.expand_as(samples))[nonzero], rtol=1e-9, atol=1e-12)
+    # float64 losses from differently batched calls: ≲ 32·eps64·|f| ≈ 2e-13 (quadratic, |f| ≈ 30) each, over
+    # σ = 1e-2 and times d/k ≤ 7: ≲ 3e-10 (atol 1e-9, was 1e-12, below that bound; measured bitwise equal)
+    assert torch.allclose(samples[nonzero], (d / block * full.expand_as(samples))[nonzero], rtol=1e-9, atol=1e-9)
 
 
 def test_coordinates_are_distinct_and_cover_every_coordinate() -> None:
@@ -94,7 +101,7 @@ def test_coordinates_are_distinct_and_cover_every_coordinate() -> None:
         idx = est.coordinates(50, step)
         assert idx.numel() == 7 and idx.unique().numel() == 7
         seen[idx] += 1
-    # inclusion counts are Binomial(100, 7/50): mean 14, sd ≈ 3.5
+    # inclusion counts are Binomial(100, 7/50): mean 14, sd ≈ 3.5; 5 sd over 50 counts: P(fail) ≈ 3e-5
     assert ((seen - 14).abs() < 5 * 3.5).all(), seen
     assert torch.equal(CGE(block=7, seed=5).coordinates(50, 3), est.coordinates(50, 3))
     assert torch.equal(CGE(block=80).coordinates(50, 0), torch.arange(50))
@@ -102,11 +109,13 @@ def test_coordinates_are_distinct_and_cover_every_coordinate() -> None:
 
 def test_cosine_scales_like_sqrt_k_over_d() -> None:
     dims = [64, 256, 1024, 4096]
+    # over seeds 0–5: slope + 0.5 in −0.026…0.009 (SD 0.013; 0.08 is ≥ 4.4 SE, see test_rge), ratio 2.10–2.29
+    # (SD 0.07, mean 2.2; √(16/4) = 2 times a Jensen factor): [1.5, 2.7] (was [1.6, 2.4]) is ≥ 7 SD either side
     cos4 = mean_cosines(lambda: CGE(sigma=0.5, scheme="central", block=4, seed=1), dims)
     slope = loglog_slope(dims, cos4)
     assert abs(slope + 0.5) < 0.08, (slope, cos4)
     (cos16,) = mean_cosines(lambda: CGE(sigma=0.5, scheme="central", block=16, seed=1), [1024])
-    assert 1.6 < cos16 / cos4[2] < 2.4, (cos16, cos4[2])
+    assert 1.5 < cos16 / cos4[2] < 2.7, (cos16, cos4[2])
 
 
 @pytest.mark.parametrize("scheme", ["forward", "central"])
@@ -131,14 +140,14 @@ def test_chunking_does_not_change_the_estimate() -> None:
     for options in ({}, {"probe_batch": 1}, {"probe_batch": 17}, {"memory_budget": 3 * 227 * 8}):
         CGE(scheme="central", **options).estimate(problem.model, problem.objective)
         grads.append(flat_grad(problem.model))
-    for g in grads[1:]:
+    for g in grads[1:]:  # float64, B = 64, σ = 1e-3: ≲ 2·64·eps64·|f|/(2σ) ≈ 2e-11 ≪ 1e-9 (measured bitwise)
         assert torch.allclose(g, grads[0], rtol=1e-9, atol=1e-9)
 
 
 def test_training_lowers_the_loss() -> None:
     problem = mlp(batch=128, seed=1)
     first, last = train_losses(CGE(block=16, seed=0), problem)
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.75 * first, (first, last)  # 0.41–0.43 of the first loss over seeds 0–5 (SD 0.01)
 
 
 @pytest.mark.parametrize(

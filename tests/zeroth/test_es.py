@@ -35,6 +35,7 @@ def test_raw_shaping_is_central_gaussian_rge(source: str) -> None:
         a = es.estimate(problem.model, problem.objective)
         g_es = flat_grad(problem.model)
         b = rge.estimate(problem.model, problem.objective)
+        # bitwise: raw shaping is the identity, and both call the same probe_losses/combine ops on the same noise
         assert torch.equal(g_es, flat_grad(problem.model))
         assert a.loss == b.loss and a.cost == b.cost
 
@@ -75,18 +76,26 @@ def test_shaped_estimate_is_invariant_to_the_loss_scale(shaping: str) -> None:
     g = flat_grad(problem.model)
     ES(probes=8, fitness_shaping=shaping, seed=1).estimate(problem.model, scaled)
     if shaping == "centered_ranks":
+        # same ranks, so the same ops follow: the 16 probe losses are ≥ 3.8e-4 apart (measured), far more than
+        # the ≲ 1e-6 by which float32 rounding of 4f + 3 could move them, so no order can flip on any machine
         assert torch.equal(flat_grad(problem.model), g)
     else:
+        # z-scores of float32 4f + 3 vs f: each fitness moves by ≲ ulp(8) ≈ 1e-6 against a spread of ≈ 5e-2, so the
+        # z-scores (and the estimate, linear in them) by ≲ 1e-4 relative ≪ 1e-3 (measured 4e-3 of the tolerance)
         assert torch.allclose(flat_grad(problem.model), g, rtol=1e-3, atol=1e-3 * float(g.abs().max()))
 
 
 def test_cosine_scales_like_sqrt_q_over_d() -> None:
+    # over seeds 0–5: slope + 0.5 in −0.017…0.028 (SD 0.016; theory: 40 cosines of relative SD 1/√(2q) give
+    # SE(log cos) ≈ 0.056 at each d, SE(slope) ≈ 0.056/√Σ(Δlog d)² ≈ 0.018), so 0.08 is ≈ 4.5 SE; ratio
+    # 1.94–2.31 (SD 0.13 as theory gives, mean 2.10: √(16/4) = 2 times the Jensen factor E√χ²₁₆/E√χ²₄ ≈ 1.05):
+    # [1.5, 2.7] is 4.6 SD either side (was [1.6, 2.4], 2.3 SD above the mean; seed 1 gives 2.31)
     dims = [64, 256, 1024, 4096]
     cos4 = mean_cosines(lambda: ES(probes=4, sigma=0.01, seed=1), dims)
     slope = loglog_slope(dims, cos4)
     assert abs(slope + 0.5) < 0.08, (slope, cos4)
     (cos16,) = mean_cosines(lambda: ES(probes=16, sigma=0.01, seed=1), [1024])
-    assert 1.6 < cos16 / cos4[2] < 2.4, (cos16, cos4[2])
+    assert 1.5 < cos16 / cos4[2] < 2.7, (cos16, cos4[2])
 
 
 @pytest.mark.parametrize("shaping", ["centered_ranks", "zscore", "raw"])
@@ -103,7 +112,9 @@ def test_cost_and_loss() -> None:
     e = ES(probes=5, probe_batch=2).estimate(problem.model, problem.objective)
     assert e.cost.forwards == 2 * 5 * 32
     assert e.loss_is_probe_mean
-    assert float(e.info["probe_losses"].mean()) == pytest.approx(e.loss, rel=1e-6)
+    # float32 vs float64 mean of the same 10 losses: ≲ 10·eps32 = 1.2e-6 relative (rel was 1e-6, below that)
+    assert float(e.info["probe_losses"].mean()) == pytest.approx(e.loss, rel=1e-5)
+    # probes σ = 0.02 away: measured |diff| ≤ 1.1e-3 over seeds 0–7 (SD 5e-4)
     assert abs(e.loss - problem.loss()) < 0.05
 
 
@@ -111,7 +122,7 @@ def test_cost_and_loss() -> None:
 def test_training_lowers_the_loss(shaping: str) -> None:
     problem = mlp(batch=128, seed=1)
     first, last = train_losses(ES(probes=8, fitness_shaping=shaping, seed=0), problem)
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.75 * first, (first, last)  # 0.36–0.42 of the first loss over seeds 0–5 (SD 0.02)
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,7 @@ def test_unbiased_on_a_linear_layer() -> None:
     problem = linear_mse()
     samples = estimates(INP(probes=4, sigma=0.1, seed=2), problem, 300)
     assert_mean_matches(samples, problem.grad())
-    assert mean_mismatch(samples, 0.75 * problem.grad())  # the check has power
+    assert mean_mismatch(samples, 0.75 * problem.grad())  # the check has power: 20 SE along g (measured) vs 5
 
 
 def test_lower_error_than_np_at_equal_probes_per_layer() -> None:
@@ -61,8 +61,8 @@ def test_lower_error_than_np_at_equal_probes_per_layer() -> None:
     n = errs["inp"][0].numel()
     total_inp, total_np = errs["inp"][0], errs["np"][0]
     se = ((total_inp.var() + total_np.var()) / n).sqrt()
-    assert total_np.mean() - total_inp.mean() > 5 * se, (total_inp.mean(), total_np.mean(), se)
-    for layer in (1, 2):
+    assert total_np.mean() - total_inp.mean() > 5 * se, (total_inp.mean(), total_np.mean(), se)  # 31 SE measured
+    for layer in (1, 2):  # measured gaps: 34 SE (first layer), 5.5 SE (second)
         assert errs["inp"][layer].mean() < errs["np"][layer].mean(), layer
 
 
@@ -87,7 +87,9 @@ def test_cost_and_loss(probes: int) -> None:
     assert e.cost.forwards == (1 + layers * probes) * 32
     assert e.info["probe_losses"].shape == (layers, probes)
     assert not e.loss_is_probe_mean
-    assert e.loss == pytest.approx(problem.loss(), rel=1e-6)
+    # the clean losses averaged in float64 vs float32: ≤ B·eps32 = 3.8e-6 relative for B = 32 positive terms
+    # (rel was 1e-6, below that bound)
+    assert e.loss == pytest.approx(problem.loss(), rel=1e-5)
     assert torch.equal(flat_params(problem.model), before)
     assert all(not m._forward_hooks for _, m in perturbable_layers(problem.model))
 
@@ -104,6 +106,7 @@ def test_noise_reaches_one_layer_per_pass() -> None:
     h1.remove()
     h2.remove()
     assert len(hidden) == len(logits) == 3
+    # the equalities below are bitwise: each side runs the same op (same kernel, shapes, inputs) on this machine
     with torch.no_grad():
         unperturbed_head = model[2](torch.tanh(hidden[1]))
     assert not torch.equal(hidden[1], hidden[0])  # layer 0 is perturbed in its own pass
@@ -115,7 +118,7 @@ def test_noise_reaches_one_layer_per_pass() -> None:
 def test_training_lowers_the_loss() -> None:
     problem = mlp(batch=128, seed=1)
     first, last = train_losses(INP(probes=2, sigma=1e-2, seed=0), problem)
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.75 * first, (first, last)  # 0.24–0.28 of the first loss over seeds 0–5 (SD 0.015)
 
 
 def test_rejects_scalar_losses_and_foreign_parameters() -> None:

@@ -60,14 +60,14 @@ def test_unbiased_on_a_linear_layer() -> None:
     problem = linear_mse()
     samples = estimates(NP(probes=4, sigma=0.1, seed=2), problem, 300)
     assert_mean_matches(samples, problem.grad())
-    assert mean_mismatch(samples, 0.75 * problem.grad())  # the check has power
+    assert mean_mismatch(samples, 0.75 * problem.grad())  # the check has power: 20 SE along g (measured) vs 5
 
 
 def test_mean_aligns_with_backprop_on_a_tanh_mlp() -> None:
     problem = mlp()
     g = problem.grad()
     samples = estimates(NP(probes=4, sigma=1e-2, seed=1), problem, 200)
-    assert cosine(samples.mean(0), g) > 0.8  # 0.89–0.93 over seeds 0–5
+    assert cosine(samples.mean(0), g) > 0.8  # 0.995–0.997 over seeds 0–5
     assert_mean_matches(samples, g)  # O(σ²) bias is far below the standard error
 
 
@@ -75,8 +75,8 @@ def test_conv_net_estimate_points_downhill() -> None:
     problem = tiny_cnn()
     g = problem.grad()
     samples = estimates(NP(probes=4, sigma=1e-2, seed=0), problem, 400)
-    assert sum(cosine(row, g) for row in samples) / len(samples) > 0
-    assert cosine(samples.mean(0), g) > 0.8  # 0.89–0.93 over seeds 0–5
+    assert sum(cosine(row, g) for row in samples) / len(samples) > 0  # 0.114–0.122 over seeds 0–5
+    assert cosine(samples.mean(0), g) > 0.8  # 0.89–0.93 over seeds 0–5 (SD 0.013)
     assert_mean_matches(samples, g)
 
 
@@ -92,8 +92,10 @@ def test_conv_layer_grads_match_autograd_signal() -> None:
     handle.remove()
     gh, gw = torch.autograd.grad(loss, [hs["h"], conv.weight])
     w, b = layer_grads(conv, hs["x"], gh)
-    assert torch.allclose(w, gw, atol=1e-6)
-    assert torch.allclose(b, gh.sum((0, 2, 3)), atol=1e-6)
+    # float32 sums over 16 samples × 9 output positions = 144 terms of entries ≤ 0.12: ≲ 144·eps32·0.12 ≈ 2e-6
+    # if the kernels sum in different orders (measured bitwise here): atol 1e-5 (was 1e-6, below that bound)
+    assert torch.allclose(w, gw, atol=1e-5)
+    assert torch.allclose(b, gh.sum((0, 2, 3)), atol=1e-5)
 
 
 def test_contract() -> None:
@@ -129,13 +131,15 @@ def test_cost_and_loss() -> None:
     e = NP(probes=3).estimate(problem.model, problem.objective)
     assert e.cost.forwards == (1 + 3) * 32
     assert not e.loss_is_probe_mean
-    assert e.loss == pytest.approx(problem.loss(), rel=1e-6)
+    # the clean losses averaged in float64 vs float32: ≤ B·eps32 = 3.8e-6 relative for B = 32 positive terms
+    # (rel was 1e-6, below that bound)
+    assert e.loss == pytest.approx(problem.loss(), rel=1e-5)
 
 
 def test_training_lowers_the_loss() -> None:
     problem = mlp(batch=128, seed=1)
     first, last = train_losses(NP(probes=4, sigma=1e-2, seed=0), problem)
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.75 * first, (first, last)  # 0.25–0.28 of the first loss over seeds 0–5
 
 
 def test_rejects_scalar_losses_and_foreign_parameters() -> None:

@@ -35,7 +35,7 @@ def test_unbiased_on_quadratic(scheme: str, distribution: str) -> None:
     est = RGE(probes=probes, sigma=sigma, distribution=distribution, scheme=scheme, seed=3)
     samples = estimates(est, problem, n)
     assert_mean_matches(samples, problem.grad())
-    if scheme != "one-point":
+    if scheme != "one-point":  # measured: 8–9 SE along g, and a chi-square ≈ 3× its limit
         assert mean_mismatch(samples, 0.75 * problem.grad())
 
 
@@ -51,12 +51,14 @@ def test_unbiased_on_networks(build, scheme: str, distribution: str) -> None:
 
 
 def test_mean_check_has_power() -> None:
-    # The same samples must reject a gradient that is 25% too small or has one coordinate flipped.
+    # The same samples must reject a gradient that is 50% too small or has one coordinate flipped: ≈ 15 SE along g
+    # and 27 SE on that coordinate (measured). A 25% error (tested before) is only 6–8.5 SE along g over seeds
+    # 0–7, too close to the 5 SE threshold for a claim that must hold whatever the seed.
     problem = mlp()
     g = problem.grad()
     samples = estimates(RGE(probes=16, sigma=1e-3, seed=5), problem, 100)
     assert not mean_mismatch(samples, g)
-    assert mean_mismatch(samples, 0.75 * g)
+    assert mean_mismatch(samples, 0.5 * g)
     flipped = g.clone()
     j = int(g.abs().argmax())
     flipped[j] = -flipped[j]
@@ -64,12 +66,16 @@ def test_mean_check_has_power() -> None:
 
 
 def test_cosine_scales_like_sqrt_q_over_d() -> None:
+    # Each cosine has relative SD ≈ 1/√(2q), so the mean of 40 has SE(log cos) ≈ 0.056 (q = 4) and the fitted
+    # slope SE ≈ 0.056/√Σ(Δlog d)² ≈ 0.018: 0.08 is 4.4 SE (measured slope + 0.5 in −0.016…0.026 over seeds 0–5).
+    # Ratio: √(16/4) = 2 times the Jensen factor E√χ²₁₆/E√χ²₄ ≈ 1.05, SE ≈ 2.1·√(1/32 + 1/8)/√40 ≈ 0.13;
+    # measured 1.94–2.31 (seed 1: 2.31): [1.5, 2.7] is 4.6 SE either side (was [1.6, 2.4]: 2.3 SE above)
     dims = [64, 256, 1024, 4096]
     cos4 = mean_cosines(lambda: RGE(probes=4, sigma=0.5, seed=1), dims)
     slope = loglog_slope(dims, cos4)
     assert abs(slope + 0.5) < 0.08, (slope, cos4)
     (cos16,) = mean_cosines(lambda: RGE(probes=16, sigma=0.5, seed=1), [1024])
-    assert 1.6 < cos16 / cos4[2] < 2.4, (cos16, cos4[2])  # √(16/4) = 2
+    assert 1.5 < cos16 / cos4[2] < 2.7, (cos16, cos4[2])
 
 
 @pytest.mark.parametrize("scheme", ["central", "forward", "one-point"])
@@ -94,20 +100,24 @@ def test_cost_counts_samples(scheme: str, forwards: int) -> None:
 
 
 def test_probe_batch_does_not_change_the_estimate() -> None:
-    problem = mlp()
+    # In float64 (was float32): batching the probes differently (plain calls vs vmap) may round each loss
+    # differently, by ≲ 80·eps·|f| (64 samples, 16 hidden units; |f| ≈ 1.3), and c = Δf/(2σ) divides that by
+    # 2e-3: ≈ 1e-2 in float32, so the float32 claim held only while the kernels happened to agree bitwise. In
+    # float64 that is ≲ 2e-11 per coefficient and ≲ 1e-10 per entry of g (|u| ≲ 5, 7 probes): 1e-9 covers it.
+    problem = mlp(dtype=torch.float64)
     grads = []
     for batch in (1, 3, None):
         RGE(probes=7, probe_batch=batch, seed=4).estimate(problem.model, problem.objective)
         grads.append(torch.cat([p.grad.reshape(-1) for p in problem.model.parameters()]))
-    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)
-    assert torch.allclose(grads[1], grads[2], rtol=1e-5, atol=1e-6)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-9)
+    assert torch.allclose(grads[1], grads[2], rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("scheme", ["central", "forward"])
 def test_training_lowers_the_loss(scheme: str) -> None:
     problem = mlp(batch=128, seed=1)
     first, last = train_losses(RGE(probes=8, scheme=scheme, seed=0), problem)
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.75 * first, (first, last)  # 0.40–0.46 of the first loss over seeds 0–5 (SD 0.02)
 
 
 @pytest.mark.parametrize(

@@ -37,16 +37,19 @@ def test_is_rademacher_central_rge() -> None:
     SPSA(probes=5, seed=11).estimate(problem.model, problem.objective)
     g_spsa = flat_grad(problem.model)
     RGE(probes=5, distribution="rademacher", scheme="central", seed=11).estimate(problem.model, problem.objective)
+    # bitwise: SPSA is RGE with these options, so both run the same ops on the same noise
     assert torch.equal(g_spsa, flat_grad(problem.model))
 
 
 def test_cosine_scales_like_sqrt_q_over_d() -> None:
+    # SEs as in test_rge: slope ≈ 0.018 (0.08 is 4.4 SE; measured slope + 0.5 in −0.029…0.042 over seeds 0–5),
+    # ratio ≈ 0.13 around 2.1 (measured 1.90–2.18): [1.5, 2.7] is ≥ 4.6 SE either side (was [1.6, 2.4])
     dims = [64, 256, 1024, 4096]
     cos4 = mean_cosines(lambda: SPSA(probes=4, sigma=0.5, seed=1), dims)
     slope = loglog_slope(dims, cos4)
     assert abs(slope + 0.5) < 0.08, (slope, cos4)
     (cos16,) = mean_cosines(lambda: SPSA(probes=16, sigma=0.5, seed=1), [1024])
-    assert 1.6 < cos16 / cos4[2] < 2.4, (cos16, cos4[2])
+    assert 1.5 < cos16 / cos4[2] < 2.7, (cos16, cos4[2])
 
 
 def test_contract() -> None:
@@ -63,7 +66,7 @@ def test_cost_counts_samples() -> None:
 def test_training_lowers_the_loss() -> None:
     problem = mlp(batch=128, seed=1)
     first, last = train_losses(SPSA(probes=8, seed=0), problem)
-    assert last < 0.75 * first, (first, last)
+    assert last < 0.75 * first, (first, last)  # 0.41–0.47 of the first loss over seeds 0–5 (SD 0.02)
 
 
 @pytest.mark.parametrize(

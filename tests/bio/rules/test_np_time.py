@@ -48,7 +48,12 @@ def assert_unbiased(samples: torch.Tensor, target: torch.Tensor, *, k: float = 5
     """The mean of independent ``samples`` (rows) equals ``target``: per coordinate and along the target within
     ``k`` standard errors (:func:`tests.problems.mean_mismatch`), and jointly by Hotelling's T² test (p > 1e-6)
     over the coordinates that vary, which allows for the strong correlations between coordinates (the weights
-    of one unit share its noise), where a chi-square over independent coordinates would not."""
+    of one unit share its noise), where a chi-square over independent coordinates would not.
+
+    Tolerances: k = 5 standard errors estimated from the rows; atol = 1e-9 only matters for a coordinate that barely
+    varies, and exceeds the float64 rounding of these estimates (≲ eps64·|L|/σ ≈ 2e-13 at σ = 1e-3); p > 1e-6 is a
+    5-SD event for T². Coordinates varying by less than 1e-12 (rounding level) are left out of T² since they would
+    make the covariance singular. Measured over estimator seeds 0–3: p ≥ 0.03 in every test using this."""
     reasons = [r for r in mean_mismatch(samples, target, k=k, atol=1e-9) if not r.startswith("chi-square")]
     assert not reasons, "; ".join(reasons)
     samples, target = samples.double(), target.double().reshape(-1)
@@ -62,7 +67,8 @@ def assert_unbiased(samples: torch.Tensor, target: torch.Tensor, *, k: float = 5
 
 
 def along(samples: torch.Tensor, target: torch.Tensor) -> float:
-    """Standard error of the mean of ``samples`` along ``target``, relative to ``‖target‖``."""
+    """Standard error of the mean of ``samples`` along ``target``, relative to ``‖target‖`` (the tests bound it to
+    show that enough samples were drawn to see an error of a few percent; the measured values are in each test)."""
     v = target / target.norm()
     return float((samples @ v).std() / math.sqrt(samples.shape[0]) / target.norm())
 
@@ -72,7 +78,8 @@ def test_np_in_time_is_unbiased_for_bptt(readout: str) -> None:
     problem = rnn_problem()
     g = true_grad(problem.model, problem.objective)
     samples = estimates(NPTime(sigma=1e-3, readout=readout, seed=1), problem, 200)
-    # the test can see an error of a few percent (dropping α = 0.5 would double the recurrent part)
+    # the test can see an error of a few percent (dropping α = 0.5 would double the recurrent part); measured along:
+    # 0.016 (perturb) and 0.002 (local), SD over estimator seeds 0–3 ≤ 0.001
     assert along(samples, g) < 0.03
     assert_unbiased(samples, g)
 
@@ -83,6 +90,8 @@ def test_local_readout_is_the_exact_readout_gradient() -> None:
     with torch.enable_grad():
         gw, gb = torch.autograd.grad(problem.objective(model).mean(), [model.out.weight, model.out.bias])
     NPTime(sigma=1e-3, readout="local", seed=0).estimate(model, problem.objective)
+    # float64: the same Σ_t,b (∂L/∂y)·rᵀ of T·B = 512 terms, in another order than autograd's: ≲ 2·512·eps64·Σ|terms|,
+    # which is ≤ 0.003 of rtol·|g| + atol here (computed from the terms)
     assert torch.allclose(model.out.weight.grad, gw, rtol=1e-10, atol=1e-14)
     assert torch.allclose(model.out.bias.grad, gb, rtol=1e-10, atol=1e-14)
 
@@ -99,6 +108,7 @@ def test_anp_aligns_with_bptt_on_the_recurrent_weights() -> None:
         est.estimate(model, problem.objective)
         cos.append(cosine(model.rec.weight.grad, g_rec))
     c = torch.tensor(cos)
+    # 4 SE below the mean cosine (0.37 ± 0.018; the lower end is 0.28–0.29 over estimator seeds 0–3)
     assert float(c.mean()) - 4 * float(c.std()) / math.sqrt(len(cos)) > 0.1, cos
 
 
@@ -109,6 +119,8 @@ def test_anp_scale_option_multiplies_the_update() -> None:
         NPTime(sigma=1e-2, variant="anp", scale=scale, seed=5).estimate(problem.model, problem.objective)
         out[scale] = flat_grad(problem.model)
     n = 8 * 5 + 8 * 1  # T·n_rec units and T·n_out outputs
+    # float64: c multiplies each trial's coefficient, so the sums of T·B = 32 terms round differently; ≲ 2·36·eps64
+    # ·c·Σ|terms| (Σ|terms| ≤ 23·|g| here) is ≤ 0.004 of rtol·|g| + atol (computed from the terms)
     assert torch.allclose(out["n"], n * out["none"], rtol=1e-10, atol=1e-15)
     assert torch.allclose(out["sqrt"], math.sqrt(n) * out["none"], rtol=1e-10, atol=1e-15)
 
@@ -128,6 +140,7 @@ def test_np_refuses_inaccessible_intrinsic_noise_and_anp_learns_from_it() -> Non
         cos.append(cosine(flat_grad(noisy.model), g))
     assert noisy.model.trial == 40  # each pass drew a fresh trial of the network's own noise
     c = torch.tensor(cos)
+    # 4 SE below the mean cosine: measured 0.74 (the noise is the network's own, keyed by the model's seed)
     assert float(c.mean()) - 4 * float(c.std()) / math.sqrt(len(cos)) > 0.3, cos
 
 
@@ -137,7 +150,7 @@ def test_np_reads_accessible_intrinsic_noise_without_bias() -> None:
     clean = rnn_problem()
     g = true_grad(clean.model, clean.objective)
     samples = estimates(NPTime(passes="two-noisy", noise="external", readout="local", seed=0), noisy, 200)
-    assert along(samples, g) < 0.03
+    assert along(samples, g) < 0.03  # measured 0.002
     assert_unbiased(samples, g)
 
 
@@ -147,7 +160,7 @@ def test_np_with_injected_and_intrinsic_noise_is_unbiased() -> None:
     clean = rnn_problem()
     g = true_grad(clean.model, clean.objective)
     samples = estimates(NPTime(sigma=1e-3, passes="two-noisy", seed=0), noisy, 200)
-    assert along(samples, g) < 0.03
+    assert along(samples, g) < 0.03  # measured 0.017–0.018 over estimator seeds 0–3
     assert_unbiased(samples, g)
 
 
@@ -160,7 +173,7 @@ def test_decorrelated_layers_use_the_decorrelated_inputs() -> None:
     assert not torch.allclose(model.rec.decor.R, torch.eye(5, dtype=torch.float64))
     g = true_grad(model, problem.objective)
     samples = estimates(NPTime(sigma=1e-3, seed=3), problem, 200)
-    assert along(samples, g) < 0.03
+    assert along(samples, g) < 0.03  # measured 0.020–0.024 over estimator seeds 0–3 (SD 0.0014)
     assert_unbiased(samples, g)
     # in training mode every decorrelation holds the baseline pass's rows of all steps (T·B), not only the last
     assert model.rec.decor.last.shape == (8 * 32, 5)
@@ -185,6 +198,8 @@ def test_training_lowers_the_mackey_glass_error(variant: str) -> None:
         est.estimate(model, task.objective(task.sample(16, seed=0, step=k)))
         opt.step()
     after = error()
+    # measured after/before 0.052 (np) and 0.10 (anp), 0.035–0.18 over model and estimator seeds 0–5 (SDs 0.02 and
+    # 0.04); after/chance 0.17 and 0.34 (0.17–0.77); unchanged when the initial weights are perturbed by 1 ulp
     assert after < 0.3 * before and after < task.chance, (before, after)
 
 
@@ -210,8 +225,9 @@ def test_cost_and_loss(passes: str) -> None:
     if passes == "clean-noisy":
         assert not est.loss_is_probe_mean
         assert est.loss == pytest.approx(problem.loss(), rel=1e-12)
-    else:
+    else:  # the clean pass is the model's forward: a few float64 roundings apart
         assert est.loss_is_probe_mean
+        # the mean over noisy passes: measured 2e-4 to 9e-4 away over estimator seeds 0–3
         assert est.loss == pytest.approx(problem.loss(), rel=1e-2)
 
 
@@ -220,7 +236,7 @@ def test_wp_works_on_a_rate_rnn() -> None:
     assert_contract(lambda seed: make_estimator("wp", sigma=1e-3, seed=seed), rnn_problem(batch=8))
     g = true_grad(problem.model, problem.objective)
     samples = estimates(make_estimator("wp", sigma=1e-4, probes=32, seed=0), problem, 60)
-    assert along(samples, g) < 0.1
+    assert along(samples, g) < 0.1  # measured 0.029–0.035 over estimator seeds 0–3
     assert_unbiased(samples, g)
 
 
@@ -287,12 +303,14 @@ def lif_problem(batch: int = 64, steps: int = 12) -> Problem:
 def test_lif_local_readout_is_the_exact_gradient_of_the_leaky_readout() -> None:
     problem = lif_problem()
     model = problem.model
-    with torch.no_grad():
+    with torch.no_grad():  # 0.069 measured, a deterministic forward pass: rounding flips no spike that matters
         assert model.run(problem.objective.inputs).spikes.mean() > 0.05  # the readout sees spikes
     with torch.enable_grad():
         gw, gb = torch.autograd.grad(problem.objective(model).mean(), [model.out.weight, model.out.bias])
     NPTime(sigma=1e-3, readout="local", seed=0).estimate(model, problem.objective)
-    assert gw.abs().max() > 1e-3
+    assert gw.abs().max() > 1e-3  # 0.83 measured
+    # float64: the leaky trace and Σ_t,b over T·B = 768 terms, ordered differently from autograd's backward through
+    # the readout recursion: ≲ 2·780·eps64·Σ|terms| is ≤ 0.004 of rtol·|g| + atol here (computed from the terms)
     assert torch.allclose(model.out.weight.grad, gw, rtol=1e-10, atol=1e-14)
     assert torch.allclose(model.out.bias.grad, gb, rtol=1e-10, atol=1e-14)
 
@@ -325,6 +343,7 @@ def test_np_on_a_spiking_network_points_along_the_surrogate_gradient() -> None:
         est.estimate(model, problem.objective)
         rows.append(torch.cat([p.grad.reshape(-1) for p in hidden]))
     mean = torch.stack(rows).mean(0)
+    # measured 0.945 (0.94–0.96 over estimator seeds 0–3, SD 0.008)
     assert float(torch.nn.functional.cosine_similarity(mean, g, dim=0)) > 0.85
 
 
@@ -348,4 +367,8 @@ def test_np_trains_a_spiking_network(variant: str) -> None:
         est.estimate(model, task.objective(task.sample(16, seed=0, step=k)))
         opt.step()
     after = error()
-    assert after < 0.9 * task.chance < 0.2 * before, (before, after)
+    # Spiking + noise makes this run sensitive: after/chance is 0.79 (np) / 0.72 (anp) at seed 0, but 0.73–0.91 /
+    # 0.72–0.87 over twelve 1-ulp perturbations of the initial weights (SDs 0.041 / 0.048; 0.75–0.80 / 0.72–0.90
+    # over seeds 0–5), so the old bound 0.9·chance was within 2 SDs. Beating chance (1.0) has ≥ 4 SDs of margin; the
+    # start is 4.8× chance (a forward pass of the seed-0 network, 2.9–5.1× over seeds 0–5)
+    assert after < task.chance < 0.25 * before, (before, after)
