@@ -11,7 +11,7 @@ PIP_TOOLS   := pip-tools==7.6.2
 LOCKENV     := .venv-lock
 FASHION_DEB := dataset-fashion-mnist=0.0~git20200523.55506a9-1
 
-.PHONY: setup data run test lint bench lock clean
+.PHONY: setup data run test test-matrix lint bench lock clean
 
 # The lock holds every dependency (torch's CPU wheel, setuptools to build unigrad) with its hashes, so
 # pip installs exactly it (--no-deps: nothing is resolved anew), then unigrad itself without build
@@ -41,6 +41,17 @@ run: setup
 test: setup
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/python -m pytest -n 2 -q
+
+# The suite on four configurations (docs/reproducibility.md): torch with 1 and 2 threads, each with this
+# CPU's own kernels and with those of an AVX2-only CPU (torch, MKL, oneDNN, numpy and OpenBLAS told not
+# to use AVX-512). About four times `make test`.
+AVX2 := ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2 OPENBLAS_CORETYPE=Haswell \
+        NPY_DISABLE_CPU_FEATURES="X86_V4 AVX512_ICL AVX512_SPR"
+test-matrix: setup
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+	$(AVX2) OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+	$(AVX2) OMP_NUM_THREADS=2 $(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks examples

@@ -71,13 +71,15 @@ def test_damping_keeps_a_descent_direction_where_the_hessian_is_indefinite() -> 
 
 
 def test_trust_region_rejects_bad_steps_and_shrinks() -> None:
-    model, obj = rosenbrock((-1.2, 1.0))
+    # from (0, 0) the full Newton step (radius 100 does not bind) lands at (1, 0), where f = 100 > f(0, 0) = 1:
+    # ρ = −99, far from the acceptance threshold, so the rejection does not hinge on rounding
+    model, obj = rosenbrock((0.0, 0.0))
     est = Newton(radius=100.0, max_radius=1000.0)
     before = model.x.detach().clone()
     e = est.estimate(model, obj)
-    if not e.info["accepted"]:
-        assert torch.equal(model.x.grad, torch.zeros(2, dtype=torch.float64))  # a rejected step writes exact zeros
-        assert est.radius == 25.0  # 100/4: exact
+    assert not e.info["accepted"]
+    assert torch.equal(model.x.grad, torch.zeros(2, dtype=torch.float64))  # a rejected step writes exact zeros
+    assert est.radius == 25.0  # 100/4: exact
     state = est.state_dict()
     other = Newton()
     other.load_state_dict(state)
