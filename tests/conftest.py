@@ -8,6 +8,14 @@ import tempfile
 
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw their examples from a seed fixed per test, not from the clock, and keep no example
+# database: every machine and every fresh clone runs the same examples, so a verdict does not depend on
+# the day. `pytest --hypothesis-profile=explore` searches new examples instead (random seed, no database).
+settings.register_profile("unigrad", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False, database=None)
+settings.load_profile("unigrad")
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ["UNIGRAD_STORE"] = os.path.join(tempfile.mkdtemp(prefix="unigrad-test-store-"), "unigrad.sqlite")
