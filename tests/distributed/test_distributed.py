@@ -196,12 +196,12 @@ def test_resume_with_two_processes_from_a_one_process_checkpoint(two_process_run
 def test_a_dead_process_stops_the_other_and_a_one_process_resume_finishes_the_run(tmp_path):
     ckpt = tmp_path / "two-to-one.ckpt"
     job = {"name": "dies", "method": "mezo", "options": METHODS["mezo"], "checkpoint": str(ckpt), "budget": "steps=4"}
-    t0 = time.perf_counter()
     (rc0, err0), (rc1, _) = _finish(_launch(tmp_path, [job], timeout=20.0, fault={"rank": 1, "step": 3, "kind": "die"}))
     assert rc1 == 17 and rc0 == 2, err0
     lines = [line for line in err0.splitlines() if line.startswith("error:")]
+    # the dead peer is noticed, not waited out: a timeout would say "did not answer within the 20 s timeout"
+    # (no wall-clock bound here: two processes importing torch on a loaded machine took 23 s)
     assert len(lines) == 1 and "rank 0: the all-gather failed: another process died" in lines[0], err0
-    assert time.perf_counter() - t0 < 20.0  # a dead peer is noticed at once, well within the timeout
     # rank 0 wrote the checkpoint of step 2 (eval_points=2); one process finishes the run from it
     est = make_estimator("mezo", seed=0, **METHODS["mezo"])
     r = train(
@@ -224,6 +224,7 @@ def test_a_hung_process_makes_the_other_fail_within_the_timeout(tmp_path):
     assert procs[0].returncode == 2, err0
     lines = [line for line in err0.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "did not answer within the 2 s timeout" in lines[0], err0
+    # the 2 s timeout plus a process start that imports torch: a few seconds, up to ~20 s on an overloaded machine
     assert waited < 30.0
 
 
