@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -122,3 +123,33 @@ def test_subprocess_unknown_method_exits_2_without_traceback():
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("error: unknown method 'warp-drive'")
+
+
+def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """Every parser of the command line with the words that reach it: (path, parser)."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+@pytest.mark.parametrize(
+    ("argv", "word"),
+    [
+        (["compare", "--seed", "5", "--no-store"], "--seed"),  # was read as --seeds 5: seeds 0-4 ran
+        (["train", "--epoch", "1", "--no-store"], "--epoch"),
+        (["runs", "list", "--stor", "x.sqlite"], "--stor"),
+    ],
+)
+def test_no_option_is_taken_by_a_prefix_of_its_name(argv: list[str], word: str, capsys):
+    assert cli.main(argv) == 2
+    err = _err(capsys)
+    assert err.count("error:") == 1 and f"unrecognized arguments: {word}" in err, err
+
+
+def test_every_parser_refuses_abbreviations():
+    parsers = list(_parsers(cli.build_parser()))
+    assert len(parsers) > 10 and all(not p.allow_abbrev for _, p in parsers), [
+        path for path, p in parsers if p.allow_abbrev
+    ]

@@ -70,7 +70,7 @@ Rules:
 * **Command-line flags win** (:func:`merge`): a flag the user typed replaces the file's value,
   even when it equals the flag's default (``--batch-size 64`` beats ``batch_size = 32``); a flag
   left out does not. :func:`given_options` finds the flags typed by parsing the arguments again
-  with every default suppressed, so abbreviations (``--batch 32``) count too. ``--epochs`` or
+  with every default suppressed (options are spelled in full: ``--batch 32`` is refused). ``--epochs`` or
   ``--budget`` on the command line replaces both ``epochs`` and ``budget`` of the file. The file's
   ``lr`` and ``optimizer`` are dropped when a ``--method`` typed on the command line sets that key
   in its spec (``--method spsa:lr=1e-3``). A switch (``--no-progress``) can only turn on what the
