@@ -153,3 +153,14 @@ def test_every_parser_refuses_abbreviations():
     assert len(parsers) > 10 and all(not p.allow_abbrev for _, p in parsers), [
         path for path, p in parsers if p.allow_abbrev
     ]
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_mezo_without_grad_is_refused_before_training(command: str, tmp_path, capsys):
+    # it used to exit 0 with the test accuracy at its initial value at every point
+    flag = "--method" if command == "train" else "--methods"
+    argv = [command, "--task", "digits-mlp", flag, "mezo:write_grad=false:lr=3e-2", "--budget", "steps=2"]
+    assert cli.main([*argv, "--no-store", "--out", str(tmp_path / "run")]) == 2
+    err = _err(capsys)
+    assert err.count("error:") == 1 and "write_grad=false of mezo leaves .grad empty" in err, err
+    assert not (tmp_path / "run").exists()

@@ -166,3 +166,13 @@ def test_a_built_estimator_can_be_passed():
     est = make_estimator("spsa", probes=2, seed=5)
     r = train(TASK, est, budget="steps=3")
     assert r.estimator is est and est.step == 3
+
+
+def test_an_estimator_that_leaves_grad_empty_is_refused() -> None:
+    # mezo with write_grad=False returns its direction compressed for ReplaySGD; the loop steps from .grad, so it
+    # would report success and train nothing
+    task = get_task("digits-mlp")
+    for method in ("mezo", make_estimator("mezo", write_grad=False)):
+        options = {"write_grad": False} if method == "mezo" else None
+        with pytest.raises(UnigradError, match=r"write_grad=false of mezo leaves \.grad empty"):
+            train(task, method, estimator_options=options, budget="steps=1")

@@ -91,6 +91,7 @@ from unigrad.train.trainer import (
     Budget,
     RunResult,
     check_decorrelation,
+    check_trainable,
     measure_peak_memory,
     resolve_device,
     resolve_dtype,
@@ -281,7 +282,7 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
     if "seed" in given:
         raise UnigradError(f"option seed of {name} is set by the run's seeds; remove it from the method spec")
     options = {**default_options, **given}
-    make_estimator(name, **options)  # validate now, not after an hour of other methods
+    check_trainable(make_estimator(name, **options))  # validate now, not after an hour of other methods
     label = (variant or f"{name}+decorrelation") if decor is not None else name
     return MethodSpec(name, opt, float(rate), options, label=label, decorrelation=decor)
 

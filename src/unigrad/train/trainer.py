@@ -336,12 +336,25 @@ def evaluate(model: nn.Module, task: Task, x: Tensor, y: Tensor, batch: int = 20
     return loss_sum / n, correct / n
 
 
+def check_trainable(estimator: Estimator) -> Estimator:
+    """Refuse an estimator that would leave ``.grad`` empty: the loop steps a ``torch.optim`` optimizer from
+    ``.grad``, so it would report success and train nothing (MeZO with ``write_grad=False`` returns its
+    direction compressed, for :class:`~unigrad.core.replay.ReplaySGD` in a loop of one's own)."""
+    if getattr(estimator, "write_grad", True) is False:
+        raise UnigradError(
+            f"option write_grad=false of {estimator.name} leaves .grad empty and the training loop steps from .grad, "
+            "so nothing would train; drop the option (memory-lean MeZO-SGD: unigrad.core.replay.ReplaySGD in your "
+            "own loop, see examples/quickstart.py)"
+        )
+    return estimator
+
+
 def _build_estimator(method: Estimator | str, seed: int, options: dict[str, Any] | None) -> Estimator:
     if isinstance(method, Estimator):
         if options:
             raise UnigradError("estimator options were given for an already built estimator")
-        return method
-    return make_estimator(method, **{"seed": seed, **(options or {})})
+        return check_trainable(method)
+    return check_trainable(make_estimator(method, **{"seed": seed, **(options or {})}))
 
 
 def _attach_exchange(
