@@ -188,21 +188,28 @@ def test_fresh_state_dict_round_trips_before_the_first_step():
     assert torch.equal(flat(model), flat(model2))
 
 
-def test_the_objective_draws_from_the_global_rng_as_usual():
-    """Dropout-like draws inside the objective come from the caller's global stream, not the peer's."""
-    model, inner = problem()
-    est = make("sep-cma", popsize=6, seed=0)
+def test_global_draws_in_the_objective_are_keyed_by_the_step_and_the_callers_stream_is_kept():
+    """Draws from the global generator inside the objective (dropout-like) are keyed by (seed, step), whatever
+    the peer does with its own randomness, and the caller's stream is left as it was (core/step_state.py)."""
 
-    def noisy(m):
-        torch.rand(1)
-        return inner(m)
+    def draws_of_one_step() -> list[torch.Tensor]:
+        model, inner = problem()
+        est = make("sep-cma", popsize=6, seed=0)
+        draws = []
 
-    state = torch.get_rng_state()
-    est.estimate(model, noisy)
-    after = torch.get_rng_state()
-    torch.set_rng_state(state)
-    torch.rand(6)  # six candidates, one draw each
-    assert torch.equal(torch.get_rng_state(), after)
+        def noisy(m):
+            draws.append(torch.rand(1))
+            return inner(m)
+
+        state = torch.get_rng_state()
+        est.estimate(model, noisy)
+        assert torch.equal(torch.get_rng_state(), state)
+        return draws
+
+    first = draws_of_one_step()
+    torch.rand(3)  # another caller stream: the step's draws do not depend on it
+    second = draws_of_one_step()
+    assert len(first) == 6 and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
 def test_an_error_in_the_objective_restores_the_parameters():

@@ -135,6 +135,9 @@ class NoisyNetwork(nn.Module):
     seed: int
     dt: float
     intrinsic: NoiseProcess | None
+    live_buffers = ("trial_counter",)
+    """Buffers every evaluation advances, even within one estimator step (each trial draws new intrinsic
+    noise): see :mod:`unigrad.core.step_state`."""
 
     def _init_noise(self, seed: int, intrinsic: NoiseProcess | None) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:

@@ -5,7 +5,9 @@
 1. evaluates ``objective`` as often as the method needs (perturbed, differentiated, …),
 2. writes its direction ``d`` into ``p.grad`` of every trainable parameter, so any
    ``torch.optim`` optimizer takes the step ``θ ← θ − η·d``,
-3. leaves the parameters exactly (bitwise) as it found them, and
+3. leaves the parameters exactly (bitwise) as it found them, and the buffers as one forward would
+   (updated at most once; every evaluation in the step draws the same dropout masks): see
+   :mod:`unigrad.core.step_state`, and
 4. returns an :class:`Estimate`: the loss it saw, the :class:`~unigrad.core.cost.Cost` and
    diagnostics.
 
@@ -25,6 +27,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
 from unigrad.core.objective import Objective, check_finite
 from unigrad.core.params import trainable
+from unigrad.core.step_state import StepState
 
 
 @dataclass
@@ -55,20 +58,32 @@ class Estimator(abc.ABC):
     name: ClassVar[str] = ""
     order: ClassVar[int] = 0
     description: ClassVar[str] = ""
+    buffer_rule: ClassVar[str | None] = None
+    """How a step's evaluations update the buffers (:mod:`unigrad.core.step_state`): ``"mean"`` (the
+    default of order 0: the evaluations are probes around ``θ``) or ``"first"`` (the default of higher
+    orders: the first evaluation is at ``θ``)."""
 
     def __init__(self, seed: int = 0) -> None:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
         self.seed = seed
         self.step = 0
+        self._step_state: StepState | None = None  # the buffer and RNG rules of the step under way
 
     def estimate(self, model: nn.Module, objective: Objective) -> Estimate:
         """Write the direction into ``.grad`` and return the :class:`Estimate` (see module docs)."""
         params = trainable(model)
         if not params:
             raise UnigradError("the model has no trainable parameters (none with requires_grad=True)")
-        est = self._estimate(model, objective, params)
-        check_finite(est.loss)
+        with StepState(
+            model, self.seed, self.step, self.buffer_rule or ("mean" if self.order == 0 else "first")
+        ) as state:
+            self._step_state = state
+            try:
+                est = self._estimate(model, objective, params)
+                check_finite(est.loss)
+            finally:
+                self._step_state = None
         self.step += 1
         return est
 

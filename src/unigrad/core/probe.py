@@ -108,7 +108,7 @@ def batched_losses(
             part = [s[lo : lo + chunk] for s in stacked]
             if chunk > 1 and getattr(objective, "vmappable", True):
                 try:
-                    outs.append(torch.vmap(one, randomness="different")(*part))
+                    outs.append(torch.vmap(one, randomness="same")(*part))
                     continue
                 except RuntimeError:
                     pass  # not vmappable: fall through to the loop

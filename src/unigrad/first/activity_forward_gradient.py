@@ -283,7 +283,7 @@ def _jvps(
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
         if q > 1 and vmappable:
             try:
-                return torch.vmap(one, randomness="different")(*tangents), 1
+                return torch.vmap(one, randomness="same")(*tangents), 1
             except RuntimeError:
                 pass  # not vmappable: one tangent at a time
         return torch.stack([one(*[t[i] for t in tangents]) for i in range(q)]), q

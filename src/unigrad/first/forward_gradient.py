@@ -48,6 +48,7 @@ from unigrad.core.objective import Objective, n_samples, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.probe import _Bound
 from unigrad.core.rng import Noise
+from unigrad.core.step_state import StepState
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
@@ -81,7 +82,8 @@ class ForwardGradient(Estimator):
         q, values = self.probes, [p.detach() for _, p in params]
         per_tangent = sum(v.numel() * v.element_size() for v in values)
         chunk = self.probe_batch or max(1, self.memory_budget // max(1, per_tangent))
-        f = _losses_at(model, objective, [n for n, _ in params])
+        state = self._step_state
+        f = _losses_at(model, objective, [n for n, _ in params], state)
         grads = [torch.zeros_like(v) for v in values]
         derivs, loss = torch.empty(q, dtype=torch.float64), 0.0
         for lo in range(0, q, chunk):
@@ -89,7 +91,9 @@ class ForwardGradient(Estimator):
             # probe: tangents v_i, regenerated from their keys
             tangents = self.noise.block(self.seed, self.step, block, values)
             # measure: directional derivatives ∇f·v_i (and the primal loss) by forward-mode AD
-            losses, d, primals = _jvps(f, values, tangents, getattr(objective, "vmappable", True))
+            losses, d, primals, buffers = _jvps(f, values, tangents, getattr(objective, "vmappable", True))
+            if lo == 0 and state is not None:  # the primal's buffer update: one forward's
+                state.record_values(buffers, "model.")
             b = n_samples(objective, losses)
             cost.forwards += primals * b
             cost.jvps += len(block) * b
@@ -102,36 +106,44 @@ class ForwardGradient(Estimator):
         return Estimate(loss=loss, cost=cost, info={"directional_derivatives": derivs.float()})
 
 
-def _losses_at(model: nn.Module, objective: Objective, names: Sequence[str]) -> Any:
-    """``f(*values)``: the per-sample losses with the trainable parameters replaced by ``values``."""
+def _losses_at(model: nn.Module, objective: Objective, names: Sequence[str], state: StepState | None = None) -> Any:
+    """``f(*values) -> (losses, buffers)``: the per-sample losses with the trainable parameters replaced by
+    ``values``, and the buffers that evaluation left.
+
+    A ``torch.func`` transform may not update a tensor it captured, so the buffers (batch-norm running
+    statistics) are passed in as copies of their pre-step values, made inside the transform, and
+    returned; the caller records them (:meth:`~unigrad.core.step_state.StepState.record_values`)."""
     bound = _Bound(model, objective)
     keys = ["model." + n for n in names]
+    buffers = {} if state is None else state.functional_buffers("model.")
 
-    def f(*vals: Tensor) -> Tensor:
-        return functional_call(bound, dict(zip(keys, vals, strict=True)), (), strict=False)
+    def f(*vals: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        copies = {k: b.clone() for k, b in buffers.items()}
+        out = functional_call(bound, {**dict(zip(keys, vals, strict=True)), **copies}, (), strict=False)
+        return out, copies
 
     return f
 
 
 def _jvps(
     f: Any, values: Sequence[Tensor], tangents: Sequence[Tensor], vmappable: bool = True
-) -> tuple[Tensor, Tensor, int]:
+) -> tuple[Tensor, Tensor, int, dict[str, Tensor]]:
     """Losses ``f(θ)``, the mean-loss JVPs ``∇f·v_i`` for a block of tangents ``(P, *shape)`` per
-    tensor, and how many primal evaluations that took."""
+    tensor, how many primal evaluations that took, and the buffers the (first) primal left."""
     primals, P = tuple(values), tangents[0].shape[0]
 
-    def one(*tangent: Tensor) -> tuple[Tensor, Tensor]:
-        losses, dlosses = jvp(f, primals, tangent)
-        return losses, reduce(dlosses)
+    def one(*tangent: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        losses, dlosses, buffers = jvp(f, primals, tangent, has_aux=True)
+        return losses, reduce(dlosses), buffers
 
     with torch.no_grad(), warnings.catch_warnings():
         # PyTorch's own forward-AD decompositions are loaded with a deprecated torch.jit.script on first use
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
         if P > 1 and vmappable:
             try:
-                losses, d = torch.vmap(one, randomness="different")(*tangents)
-                return losses[0], d, 1
+                losses, d, buffers = torch.vmap(one, randomness="same")(*tangents)
+                return losses[0], d, 1, {k: b[0] for k, b in buffers.items()}
             except RuntimeError:
                 pass  # not vmappable: one tangent at a time
         outs = [one(*[t[i] for t in tangents]) for i in range(P)]
-        return outs[0][0], torch.stack([d for _, d in outs]), P
+        return outs[0][0], torch.stack([d for _, d, _ in outs]), P, outs[0][2]
