@@ -665,7 +665,7 @@ def test_a_corrupted_checkpoint_is_one_line_naming_it_and_saying_what_to_do(
             assert [(r.status, r.result["steps"]) for r in db.runs()] == [("ok", 12)]
 
 
-@pytest.mark.parametrize("how", ["garbage", "scrambled pages", "truncated"])
+@pytest.mark.parametrize("how", ["garbage", "scrambled pages", "truncated", "page headers"])
 def test_a_corrupted_store_is_one_line(how: str, tmp_path: Path) -> None:
     store = tmp_path / "s.sqlite"
     with Store(store) as db:  # enough runs and points to fill several pages
@@ -682,13 +682,20 @@ def test_a_corrupted_store_is_one_line(how: str, tmp_path: Path) -> None:
         with store.open("r+b") as f:  # the header page stays, the rest is noise
             f.seek(4096)
             f.write(bytes((i * 7 + 13) % 256 for i in range(size - 4096)))
-    else:
+    elif how == "truncated":
         with store.open("r+b") as f:
             f.truncate(4096 + 100)
+    else:  # the runs table's page (page 2, at page_size * 1) looks like an empty leaf: "no run 1" before
+        with store.open("r+b") as f:
+            f.seek(4096)
+            f.write(bytes([0x0D, 0, 0, 0, 0, 0x10, 0, 0]))
     damaged = store.read_bytes()
     train = [*TRAIN, *QUIET, "--store", str(store), "--out", str(tmp_path / "x")]
-    for command in (train, ["runs", "list", "--store", str(store)]):
+    runs = [["runs", *words, "--store", str(store)] for words in (["list"], ["show", "1"], ["compare", "1", "2"])]
+    runs += [["runs", "export", "--csv", str(tmp_path / "p.csv"), "--store", str(store)]]
+    for command in (train, *runs):
         code, _, err = _call(command)
         message = _one_line_error(code, err)
         assert str(store) in message and ("corrupt" in message or "not an SQLite database" in message), message
     assert store.read_bytes() == damaged  # left as it was, for the user to restore or move away
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]  # no -wal/-shm, no run folder, no CSV

@@ -55,10 +55,13 @@ the existing record).
   stored as ``null``, as in ``results.json``; in ``points`` the loss and accuracy columns store it as
   ``NULL`` (read back as ``None``), while a non-finite step, epoch, forward-pass count or time is
   refused.
-* A folder that cannot be written, a file that is not an SQLite database or not a unigrad store, a
-  corrupt database, or a store written by a newer unigrad (a larger ``user_version``) raise a
-  one-line :class:`~unigrad.UnigradError` that says what to do, never an ``sqlite3`` traceback.
-  WAL needs its ``-wal``/``-shm`` files beside the database, so even reading needs a writable folder.
+* An existing file is checked before anything is written to it (``PRAGMA integrity_check`` on a
+  read-only connection, :meth:`Store._check_file`): a corrupt database, a file that is not an SQLite
+  database or not a unigrad store, or a store written by a newer unigrad (a larger ``user_version``)
+  is refused and left byte for byte as it was, with no ``-wal``/``-shm`` file added beside it.
+* Those, and a folder that cannot be written, raise a one-line :class:`~unigrad.UnigradError` that
+  says what to do, never an ``sqlite3`` traceback. WAL needs its ``-wal``/``-shm`` files beside the
+  database, so even reading needs a writable folder.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ STATUSES = ("running", "ok", "diverged", "failed")
 FINISHED = ("ok", "diverged", "failed")
 ENV_VAR = "UNIGRAD_STORE"
 DEFAULT_PATH = Path("runs") / "unigrad.sqlite"
+FULL_CHECK_BYTES = 64 * 2**20  # stores up to this size get PRAGMA integrity_check when opened, larger ones quick_check
 
 # the columns of ``points`` after run_id and step, in the order of the trainer's history
 POINT_COLUMNS = ("epoch", "forward_equivalents", "seconds", "train_loss", "test_loss", "test_accuracy")
@@ -382,6 +386,8 @@ class Store:
             )
         if self.path.exists() and self.path.stat().st_size == 0 and not create:
             raise UnigradError(f"{self.path} is an empty file, not an experiment store; give another path with --store")
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._check_file(create=create, timeout=timeout)  # before any connection that may write to it
         if not self.path.exists():
             if not create:
                 raise UnigradError(f"no experiment store at {self.path}; give its path with --store or ${ENV_VAR}")
@@ -405,6 +411,69 @@ class Store:
             raise
 
     # -- connection and errors
+
+    def _check_file(self, *, create: bool, timeout: float) -> None:
+        """Refuse a damaged, foreign or newer database before anything is written to it.
+
+        The read-write connection of a store writes as soon as it is used: switching to WAL, creating
+        the schema, a first run, or the checkpoint that closing it runs. So the file is checked first,
+        on a read-only connection. With no ``-wal`` and no ``-journal`` file beside it (no other
+        connection has it open, no write was cut short) that connection is ``immutable``: SQLite takes
+        no lock and creates no ``-wal``/``-shm`` file, and a refused store is left byte for byte, with
+        nothing added beside it. With a ``-wal`` (another process is using the store, or one was killed)
+        it is read-only: it reads what was committed there and never checkpoints into the file (it may
+        add the ``-shm`` index that any reader needs). A ``-journal`` (a rollback-mode write cut short)
+        is rolled back first, as by any SQLite reader.
+
+        ``PRAGMA integrity_check`` reads every page and checks every index against its table; that
+        also finds a table page whose damaged header makes it look empty (its rows vanish, ``no run 1``,
+        while their index entries stay), which ``quick_check`` passes. Both are O(size): measured on
+        one core with a warm page cache, a 4 MiB store (1,000 runs of 40 points) takes 25 ms
+        (``quick_check`` 12 ms), a 43 MiB one (10,000 runs) 0.44 s (0.13 s). Above
+        :data:`FULL_CHECK_BYTES` the quicker check is used, about 3 ms per MiB.
+        """
+        where = f"--store or ${ENV_VAR}"
+        wal, journal = Path(f"{self.path}-wal"), Path(f"{self.path}-journal")
+        if journal.exists():
+            uri = self.path.resolve().as_uri()
+        else:
+            uri = self.path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+        check = "integrity_check" if self.path.stat().st_size <= FULL_CHECK_BYTES else "quick_check"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        try:
+            with self._errors():
+                rows = conn.execute(f"PRAGMA {check}").fetchall()
+                problems = [line for row in rows for line in str(row[0]).splitlines() if line.strip()]
+                problems = [line for line in problems if not line.startswith("***")]  # "*** in database main ***"
+                if problems != ["ok"]:
+                    raise self._corrupt(problems[0] if problems else "no answer from the check")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                app = conn.execute("PRAGMA application_id").fetchone()[0]
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            conn.close()
+        if version > SCHEMA_VERSION:
+            raise UnigradError(
+                f"the experiment store {self.path} has schema version {version}, newer than this unigrad "
+                f"understands ({SCHEMA_VERSION}); upgrade unigrad or use another store with {where}"
+            )
+        if (version == SCHEMA_VERSION and app != APPLICATION_ID) or (version != SCHEMA_VERSION and (version or tables)):
+            raise UnigradError(
+                f"{self.path} is an SQLite database but not a unigrad experiment store; use another path with {where}"
+            )
+        if version == 0 and not create:  # an empty SQLite database: a command that only reads does not set it up
+            raise UnigradError(
+                f"{self.path} is an empty SQLite database, not a unigrad experiment store; give its path with {where}"
+            )
+
+    def _corrupt(self, detail: str) -> UnigradError:
+        return UnigradError(
+            f"the experiment store {self.path} is corrupt ({detail}); restore it from a backup, "
+            f"or move it away to start a new one"
+        )
 
     def _open(self) -> None:
         conn = self._db
@@ -461,10 +530,7 @@ class Store:
                 f"move it away or use another path with {where}"
             )
         if "malformed" in low or "corrupt" in low:
-            return UnigradError(
-                f"the experiment store {self.path} is corrupt ({text}); restore it from a backup, "
-                f"or move it away to start a new one"
-            )
+            return self._corrupt(text)
         if "locked" in low or "busy" in low:
             return UnigradError(
                 f"the experiment store {self.path} is busy: another process holds its write lock ({text}); "
