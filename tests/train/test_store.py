@@ -618,6 +618,11 @@ def test_export_csv(tmp_path):
         b = store.start_run(_config("spsa:probes=4", seed=1), ENV)
         store.add_points(b.id, _history(2, acc0=0.2))
         store.start_run(_config(seed=5), ENV)  # no points: no rows
+        with pytest.raises(UnigradError, match=r"the folder .*out does not exist; create it first") as e:
+            store.export_csv(tmp_path / "out" / "all.csv")
+        _one_line(e)
+        assert not (tmp_path / "out").exists()  # a file path does not create folders
+        (tmp_path / "out").mkdir()
         assert store.export_csv(tmp_path / "out" / "all.csv") == 5
         rows = list(csv.DictReader((tmp_path / "out" / "all.csv").open(newline="")))
         assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 5
@@ -636,6 +641,51 @@ def test_export_csv(tmp_path):
         with pytest.raises(UnigradError, match="no run 99"):
             store.export_csv(tmp_path / "x.csv", [99])
         assert not (tmp_path / "x.csv").exists()
+        first = (tmp_path / "out" / "all.csv").read_bytes()
+        with pytest.raises(UnigradError, match=r"all\.csv exists; pass --force to replace it"):
+            store.export_csv(tmp_path / "out" / "all.csv", [b.id])
+        assert (tmp_path / "out" / "all.csv").read_bytes() == first
+        assert store.export_csv(tmp_path / "out" / "all.csv", [b.id], overwrite=True) == 2
+        assert len((tmp_path / "out" / "all.csv").read_text().splitlines()) == 3
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["all.csv"]  # no temporary file left
+        for own in ("s.sqlite", "s.sqlite-wal"):  # never over the store's own files, even with overwrite
+            with pytest.raises(UnigradError, match="is the experiment store's own file"):
+                store.export_csv(tmp_path / own, overwrite=True)
+
+
+def test_export_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+
+    from unigrad.train import store as store_module
+
+    with Store(tmp_path / "s.sqlite") as store:
+        run = store.start_run(_config(), ENV)
+        store.add_points(run.id, _history(2))
+        target = tmp_path / "points.csv"
+        target.write_text("earlier\n")
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as mp:
+            mp.setattr(store_module.os, "fsync", full)
+            with pytest.raises(UnigradError, match=r"No space left on device; the earlier points\.csv there is kept"):
+                store.export_csv(target, overwrite=True)
+        assert target.read_text() == "earlier\n"
+
+        def no_links(src, dst):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        with monkeypatch.context() as mp:  # a file system without hard links: check, then rename
+            mp.setattr(store_module.os, "link", no_links)
+            with pytest.raises(UnigradError, match="exists; pass --force"):
+                store.export_csv(target)
+            assert target.read_text() == "earlier\n"
+            assert store.export_csv(tmp_path / "new.csv") == 2
+        assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".csv" or ".tmp" in p.name) == [
+            "new.csv",
+            "points.csv",
+        ]
 
 
 # ------------------------------------------------------------------------------------------------ unigrad runs

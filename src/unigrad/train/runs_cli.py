@@ -7,11 +7,13 @@
 * ``runs compare RUN... | GROUP``: the Markdown table of ``report.md`` (method, order, optimizer,
   test accuracy mean ± sd over seeds, ...) for the given runs or for the runs of a group (one
   ``unigrad compare`` invocation); runs still running count with their latest point.
-* ``runs export --csv PATH [RUN... | GROUP]``: one CSV row per evaluation point (``-`` for stdout).
+* ``runs export --csv PATH [--force] [RUN... | GROUP]``: one CSV row per evaluation point (``-`` for
+  stdout). ``PATH``'s folder must exist; an existing file is refused unless ``--force``; the file is
+  written whole or not at all.
 * ``runs groups``: the groups (named comparisons).
 
 Every sub-command takes ``--store PATH`` (default ``$UNIGRAD_STORE`` or ``runs/unigrad.sqlite``)
-and only reads: a missing store is an error, not created.
+and only reads: a missing store is an error, not created; a corrupt one is refused unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from unigrad.core.errors import UnigradError
-from unigrad.train.store import ENV_VAR, POINT_COLUMNS, STATUSES, GroupRecord, RunRecord, Store, default_store_path
+from unigrad.train.store import (
+    ENV_VAR,
+    POINT_COLUMNS,
+    STATUSES,
+    GroupRecord,
+    RunRecord,
+    Store,
+    check_file_path,
+    default_store_path,
+)
 
 SUBCOMMANDS = ("list", "show", "compare", "export", "groups")
 
@@ -57,7 +68,13 @@ def add_runs_parser(subparsers: Any) -> argparse.ArgumentParser:
     store_option(cmp)
 
     ex = sub.add_parser("export", help="evaluation points as CSV, one row per point")
-    ex.add_argument("--csv", required=True, metavar="PATH", help="output file (- for stdout)")
+    ex.add_argument(
+        "--csv",
+        required=True,
+        metavar="PATH",
+        help="output file (- for stdout); its folder must exist, and an existing file is kept unless --force",
+    )
+    ex.add_argument("--force", action="store_true", help="replace PATH if it exists (it is written whole, atomically)")
     ex.add_argument("refs", nargs="*", metavar="RUN|GROUP", help="run ids or keys, or a group name (default all)")
     ex.add_argument("--group", default=None, help="the runs of this group")
     store_option(ex)
@@ -72,6 +89,8 @@ def run_runs(args: argparse.Namespace) -> int:
     command = getattr(args, "runs_command", None)
     if command is None:
         raise UnigradError(f"runs needs a sub-command: {', '.join(SUBCOMMANDS)} (see: unigrad runs --help)")
+    if command == "export" and args.csv != "-":  # before the store is opened: a bad target costs nothing
+        check_file_path(args.csv, "--csv", overwrite=args.force)
     with Store(args.store or default_store_path(), create=False) as store:
         if command == "list":
             return _list(store, args)
@@ -340,7 +359,7 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     if args.csv == "-":
         store.export_csv(sys.stdout, ids)
         return 0
-    n = store.export_csv(args.csv, ids)
+    n = store.export_csv(args.csv, ids, overwrite=args.force)
     print(f"wrote {n} rows to {args.csv}")
     return 0
 

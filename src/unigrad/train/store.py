@@ -68,11 +68,13 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -149,6 +151,63 @@ def default_store_path() -> Path:
     """``$UNIGRAD_STORE`` if set (and not empty), else ``runs/unigrad.sqlite`` relative to the current folder."""
     env = os.environ.get(ENV_VAR, "").strip()
     return Path(env).expanduser() if env else DEFAULT_PATH
+
+
+def check_file_path(path: str | Path, option: str, *, overwrite: bool = True) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, if it can name a file to write; else a one-line error.
+
+    For a file path typed by the user (``option`` is how the error names it, e.g. ``--csv``): its
+    folder must exist already (nothing creates folders the user did not ask for, such as ``/nonexistent``
+    for a typo); it must not be a folder; unless ``overwrite``, it must not exist yet. Nothing is created.
+    """
+    if "\x00" in str(path):
+        raise UnigradError(f"{option} {str(path)!r} contains a NUL character")
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise UnigradError(f"{option} {path}: the folder {folder} {state}; create it first or give another path")
+    if path.is_dir():
+        raise UnigradError(f"{option} {path} is a folder; give a file path")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise UnigradError(f"{option} {path} exists; pass --force to replace it")
+    return path
+
+
+def _write_whole(path: Path, text: str, *, overwrite: bool) -> None:
+    """Write ``text`` to ``path`` whole or not at all, never over an existing file unless ``overwrite``.
+
+    The text goes to a new temporary file beside ``path`` (a unique name: no other file is touched),
+    is ``fsync``-ed, then renamed over ``path`` (``overwrite``) or hard-linked to it, which fails if
+    ``path`` appeared meanwhile. On a file system without hard links the check and the rename are two
+    steps. A failure removes the temporary file and leaves an earlier ``path`` as it was.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise UnigradError(f"--csv {path} exists; pass --force to replace it") from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+                raise
+            if path.exists() or path.is_symlink():  # no hard links here (e.g. FAT, some network file systems)
+                raise UnigradError(f"--csv {path} exists; pass --force to replace it") from None
+            os.replace(tmp, path)
+    except OSError as e:
+        kept = f"the earlier {path.name} there is kept" if path.is_file() else f"no {path.name} was written"
+        raise UnigradError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------------------------ JSON and keys
@@ -847,12 +906,22 @@ class Store:
 
     # -- export
 
-    def export_csv(self, file_or_path: str | Path | IO[str], run_ids: Iterable[int] | None = None) -> int:
+    def export_csv(
+        self, file_or_path: str | Path | IO[str], run_ids: Iterable[int] | None = None, *, overwrite: bool = False
+    ) -> int:
         """Write one CSV row per evaluation point (columns :data:`CSV_COLUMNS`); return the number of rows.
 
         ``run_ids`` (default: every run) picks and orders the runs. Empty cells are ``NULL``
-        (no train loss at step 0, a non-finite value). A path is written whole or not at all.
+        (no train loss at step 0, a non-finite value). A path is written whole or not at all: its
+        folder must exist (it is not created), an existing file is refused unless ``overwrite``
+        (``--force``), and the store's own files are refused always (:func:`check_file_path`).
         """
+        path = None
+        if isinstance(file_or_path, str | Path):
+            path = check_file_path(file_or_path, "--csv", overwrite=overwrite)
+            own = [Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+            if any(path.resolve() == p.resolve() or (p.exists() and path.exists() and path.samefile(p)) for p in own):
+                raise UnigradError(f"--csv {path} is the experiment store's own file; give another path")
         with self._read():
             if run_ids is None:
                 runs = self.runs()
@@ -869,18 +938,10 @@ class Store:
                     writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
                     n += 1
         text = buffer.getvalue()
-        if isinstance(file_or_path, str | Path):
-            path = Path(file_or_path)
-            tmp = path.with_name(path.name + ".tmp")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(text, newline="")
-                os.replace(tmp, path)
-            except OSError as e:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                raise UnigradError(f"cannot write {path}: {e.strerror or e}") from None
+        if path is not None:
+            _write_whole(path, text, overwrite=overwrite)
         else:
+            assert not isinstance(file_or_path, str | Path)
             file_or_path.write(text)
         return n
 
@@ -906,6 +967,7 @@ __all__ = [
     "RunRecord",
     "Store",
     "canonical_json",
+    "check_file_path",
     "default_store_path",
     "run_config",
     "run_key",
