@@ -788,6 +788,29 @@ def test_runs_groups_and_errors(filled, tmp_path, capsys):
         _runs("list", "--status", "done")
 
 
+def test_runs_compare_names_the_groups_when_a_group_is_unknown(filled, tmp_path, capsys):
+    store = ["--store", str(filled)]
+    known = r"its groups are 'compare-digits-mlp-x' \(see unigrad runs groups\)$"
+    for argv in (["compare", "nosuchgroup"], ["compare", "abcd"], ["export", "--csv", "-", "nosuchgroup"]):
+        with pytest.raises(
+            UnigradError,
+            match=r"no group '(nosuchgroup|abcd)' in the experiment store .*store\.sqlite, "
+            r"nor a run with that id or key; " + known,
+        ) as e:  # before: "neither a run id nor ..."
+            _runs(*argv, *store)
+        _one_line(e)
+    with pytest.raises(UnigradError, match=r"no group 'nosuchgroup' in the experiment store .*; " + known):
+        _runs("compare", "--group", "nosuchgroup", *store)
+    assert _runs("compare", " 1 ", *store) == 0  # an id with spaces is still a run
+    assert capsys.readouterr().out.startswith("# runs 1")
+    empty = tmp_path / "empty.sqlite"
+    Store(empty).close()
+    with pytest.raises(UnigradError, match=r"no group 'nosuchgroup' .*; it has no groups$"):
+        _runs("compare", "nosuchgroup", "--store", str(empty))
+    with pytest.raises(UnigradError, match=r"no group 'g' .*; it has no groups$"):
+        _runs("compare", "--group", "g", "--store", str(empty))
+
+
 def test_a_real_training_run_round_trips(tmp_path, capsys):
     import torch
 

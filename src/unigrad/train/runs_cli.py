@@ -35,6 +35,7 @@ from unigrad.train.store import (
     Store,
     check_file_path,
     default_store_path,
+    groups_hint,
 )
 
 SUBCOMMANDS = ("list", "show", "compare", "export", "groups")
@@ -143,10 +144,22 @@ def _resolve(store: Store, refs: Sequence[str], group: str | None) -> tuple[list
         g = store.group(group)
         return [store.get(i) for i in g.run_ids], g
     if len(refs) == 1 and not refs[0].isdigit():
-        names = {g.name for g in store.groups()}
-        if refs[0] in names:
+        groups = store.groups()
+        if refs[0] in {g.name for g in groups}:
             g = store.group(refs[0])
             return [store.get(i) for i in g.run_ids], g
+        text = refs[0].strip().lower()
+        key_like = len(text) >= 4 and all(ch in "0123456789abcdef" for ch in text)  # a run key (prefix)?
+        if text.isdigit() or key_like:
+            try:
+                return [store.get(refs[0])], None
+            except UnigradError as e:
+                if text.isdigit() or "no run with key" not in str(e):  # no such id; a prefix of several keys
+                    raise
+        raise UnigradError(
+            f"no group {refs[0]!r} in the experiment store {store.path}, nor a run with that id or key; "
+            f"{groups_hint([g.name for g in groups])}"
+        )
     runs = [store.get(ref) for ref in refs]
     seen: set[int] = set()
     out = []

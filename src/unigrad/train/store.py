@@ -210,6 +210,16 @@ def _write_whole(path: Path, text: str, *, overwrite: bool) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def groups_hint(names: Sequence[str], shown: int = 10) -> str:
+    """``its groups are 'a', 'b' (see unigrad runs groups)`` (the first ``shown``), or ``it has no groups``."""
+    if not names:
+        return "it has no groups"
+    listed = ", ".join(repr(n) for n in names[:shown])
+    if len(names) > shown:
+        listed += f" and {len(names) - shown} more"
+    return f"its groups are {listed} (see unigrad runs groups)"
+
+
 # ------------------------------------------------------------------------------------------------ JSON and keys
 
 
@@ -848,7 +858,8 @@ class Store:
         else:
             row = conn.execute(f"SELECT {_GROUP_FIELDS} FROM groups WHERE name = ?", (str(group),)).fetchone()
         if row is None:
-            raise UnigradError(f"no group {group!r} in the experiment store {self.path}; see unigrad runs groups")
+            names = [r[0] for r in conn.execute("SELECT name FROM groups ORDER BY id")]
+            raise UnigradError(f"no group {group!r} in the experiment store {self.path}; {groups_hint(names)}")
         ids = [
             r[0] for r in conn.execute("SELECT run_id FROM group_runs WHERE group_id = ? ORDER BY position", (row[0],))
         ]
@@ -969,6 +980,7 @@ __all__ = [
     "canonical_json",
     "check_file_path",
     "default_store_path",
+    "groups_hint",
     "run_config",
     "run_key",
     "to_json",
