@@ -344,6 +344,8 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
         raise UnigradError(f"--distributed trains {', '.join(METHODS)}; got {spec.name}")
     if getattr(args, "diagnostics", None):
         raise UnigradError("--diagnostics is not available with --distributed")
+    if args.store is not None or args.rerun:  # not silently ignored: no run would be recorded or skipped
+        raise UnigradError("--store and --rerun do not apply to --distributed, which does not use the experiment store")
     folder = Path(args.out)
     try:
         run = distributed_train(
