@@ -437,8 +437,12 @@ def _point_row(run_id: int, point: Mapping[str, Any]) -> tuple[Any, ...]:
 class Store:
     """The experiment store at ``path`` (module docs); a context manager that closes on exit.
 
-    ``create=False`` refuses a path where no store exists yet (for commands that only read).
-    ``timeout`` is how long a writer waits for another process's write to finish, in seconds.
+    ``create=False`` refuses a path where no store exists yet (for commands that only read), and an
+    empty SQLite database. With ``create=True`` a missing store is created, with its folder (the
+    command line lets only the default location do that: a typed ``--store`` must be in an existing
+    folder, :func:`check_file_path`). An existing file is checked before anything is written to it
+    (module docs, Guarantees). ``timeout`` is how long a writer waits for another process's write to
+    finish, in seconds.
     """
 
     def __init__(self, path: str | Path | None = None, *, create: bool = True, timeout: float = 30.0) -> None:
