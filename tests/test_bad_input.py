@@ -235,6 +235,8 @@ def runs_argv(draw: Any, files: dict[str, Any]) -> list[str]:
             argv += ["--group", draw(st.sampled_from(["grp", "nope", "", "1"]))]
         if sub == "export" and draw(st.integers(0, 5)):
             argv += ["--csv", draw(st.sampled_from(files["csv"]))]
+        if sub == "export" and draw(st.booleans()):
+            argv.append("--force")
     elif sub == "list":
         for option, choices in (("--task", TASKS), ("--method", METHODS), ("--status", ["ok", "running", "done"])):
             if draw(st.booleans()):
@@ -313,7 +315,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "runs_stores": [str(filled)] * 3
         + [str(empty_store)] * 2
         + [str(root / "none.sqlite"), str(garbage_store), str(root), ""],
-        "csv": ["-", str(root / "points.csv"), str(file / "x.csv"), str(root), "", ".", "/proc/unigrad-points.csv"],
+        "csv": [
+            "-",
+            str(root / "points.csv"),
+            str(file / "x.csv"),
+            str(root),
+            "",
+            ".",
+            "/proc/unigrad-points.csv",
+            str(root / "missing" / "x.csv"),  # a folder that does not exist
+            str(filled),  # the store itself
+        ],
     }
 
 
@@ -348,6 +360,7 @@ def test_fuzzed_runs_commands_exit_0_or_one_line_error(files: dict[str, Any], da
     assert code != 1, (argv, err)
     if code == 0 and argv[1:2] == ["export"] and argv[argv.index("--csv") + 1] != "-":
         assert Path(argv[argv.index("--csv") + 1]).is_file()
+    assert not (Path(files["root"]) / "missing").exists(), argv
     filled = files["runs_stores"][0]
     if filled in argv:  # the runs commands only read
         with Store(filled, create=False) as db:
@@ -424,7 +437,7 @@ def test_config_values_that_used_to_raise_out_of_main(files: dict[str, Any], tmp
 
 def test_export_into_a_path_under_a_file_is_one_line(files: dict[str, Any]) -> None:
     code, _, err = _call(["runs", "export", "--csv", str(files["file"] / "x.csv"), "--store", files["runs_stores"][0]])
-    assert "cannot write" in _one_line_error(code, err) and "x.csv" in err
+    assert f"the folder {files['file']} is not a folder" in _one_line_error(code, err) and "x.csv" in err
     assert files["file"].read_text() == "a regular file\n"
 
 
@@ -454,6 +467,53 @@ def test_out_under_a_regular_file_and_out_that_is_a_file(tmp_path: Path) -> None
     code, _, err = _call([*TRAIN, *QUIET, "--no-store", "--out", str(file)])
     assert f"output path {file} exists and is not a folder" in _one_line_error(code, err)
     assert file.read_text() == "keep me\n" and sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_store_and_csv_paths_in_a_missing_folder_create_no_folder(files: dict[str, Any], tmp_path: Path) -> None:
+    missing = tmp_path / "nonexistent" / "dir"
+    store = ["--store", str(missing / "x.sqlite")]
+    commands = [[*TRAIN, *QUIET, *store, "--out", str(tmp_path / "o")]]
+    commands += [
+        ["compare", "--task", "digits-mlp", "--methods", "backprop", *QUIET, *store, "--out", str(tmp_path / "o")]
+    ]
+    commands += [["runs", "export", "--csv", str(missing / "x.csv"), "--store", files["runs_stores"][0]]]
+    for argv in commands:
+        code, _, err = _call(argv)
+        assert f"the folder {missing} does not exist; create it first" in _one_line_error(code, err), argv
+    code, _, err = _call(["runs", "list", *store])  # only reads: no store there, and nothing is made
+    assert "no experiment store at" in _one_line_error(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # before, --store and --csv made nonexistent/dir
+    with _sandbox(tmp_path) as mp:  # the default location ($UNIGRAD_STORE) is ours: its folder is made
+        mp.setenv("UNIGRAD_STORE", str(tmp_path / "env" / "dir" / "x.sqlite"))
+        code, _, err = _call([*TRAIN, *QUIET, "--out", str(tmp_path / "o")])
+    assert code == 0, err
+    assert (tmp_path / "env" / "dir" / "x.sqlite").is_file()
+
+
+def test_export_keeps_an_existing_file_unless_force(files: dict[str, Any], tmp_path: Path) -> None:
+    filled = Path(files["runs_stores"][0])
+    target = tmp_path / "report.md"
+    target.write_text("my report\n")
+    (tmp_path / "report.md.tmp").write_text("mine too\n")  # the old fixed temporary name
+    export = ["runs", "export", "--csv", str(target), "--store", str(filled)]
+    code, _, err = _call(export)
+    assert f"--csv {target} exists; pass --force to replace it" in _one_line_error(code, err)
+    assert target.read_text() == "my report\n"
+    code, out, err = _call([*export, "--force"])
+    assert code == 0 and f"rows to {target}" in out, err
+    assert target.read_text().startswith("run_id,key,task,")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "report.md.tmp"]  # no temporary left
+    assert (tmp_path / "report.md.tmp").read_text() == "mine too\n"
+    before = filled.read_bytes()
+    code, _, err = _call(["runs", "export", "--csv", str(filled), "--force", "--store", str(filled)])
+    assert "is the experiment store's own file" in _one_line_error(code, err)
+    assert filled.read_bytes() == before
+
+
+def test_export_help_documents_force(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["runs", "export", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--force replace PATH if it exists" in text and "its folder must exist" in text
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -665,7 +725,7 @@ def test_a_corrupted_checkpoint_is_one_line_naming_it_and_saying_what_to_do(
             assert [(r.status, r.result["steps"]) for r in db.runs()] == [("ok", 12)]
 
 
-@pytest.mark.parametrize("how", ["garbage", "scrambled pages", "truncated"])
+@pytest.mark.parametrize("how", ["garbage", "scrambled pages", "truncated", "page headers"])
 def test_a_corrupted_store_is_one_line(how: str, tmp_path: Path) -> None:
     store = tmp_path / "s.sqlite"
     with Store(store) as db:  # enough runs and points to fill several pages
@@ -682,13 +742,20 @@ def test_a_corrupted_store_is_one_line(how: str, tmp_path: Path) -> None:
         with store.open("r+b") as f:  # the header page stays, the rest is noise
             f.seek(4096)
             f.write(bytes((i * 7 + 13) % 256 for i in range(size - 4096)))
-    else:
+    elif how == "truncated":
         with store.open("r+b") as f:
             f.truncate(4096 + 100)
+    else:  # the runs table's page (page 2, at page_size * 1) looks like an empty leaf: "no run 1" before
+        with store.open("r+b") as f:
+            f.seek(4096)
+            f.write(bytes([0x0D, 0, 0, 0, 0, 0x10, 0, 0]))
     damaged = store.read_bytes()
     train = [*TRAIN, *QUIET, "--store", str(store), "--out", str(tmp_path / "x")]
-    for command in (train, ["runs", "list", "--store", str(store)]):
+    runs = [["runs", *words, "--store", str(store)] for words in (["list"], ["show", "1"], ["compare", "1", "2"])]
+    runs += [["runs", "export", "--csv", str(tmp_path / "p.csv"), "--store", str(store)]]
+    for command in (train, *runs):
         code, _, err = _call(command)
         message = _one_line_error(code, err)
         assert str(store) in message and ("corrupt" in message or "not an SQLite database" in message), message
     assert store.read_bytes() == damaged  # left as it was, for the user to restore or move away
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]  # no -wal/-shm, no run folder, no CSV

@@ -226,14 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _store(args: argparse.Namespace) -> Any:
-    """The experiment store path of a train/compare command (``None`` with ``--no-store``)."""
-    from unigrad.train.store import default_store_path
+    """The experiment store path of a train/compare command (``None`` with ``--no-store``).
+
+    A ``--store`` path must be in an existing folder: a typo must not create folders (``/nonexistent/...``).
+    The default location (``$UNIGRAD_STORE``, else ``runs/unigrad.sqlite``) gets its folder created.
+    """
+    from unigrad.train.store import check_file_path, default_store_path
 
     if args.no_store:
         if args.store is not None or args.rerun:
             raise UnigradError("--no-store cannot be combined with --store or --rerun")
         return None
-    return args.store if args.store is not None else default_store_path()
+    if args.store is None:
+        return default_store_path()
+    check_file_path(args.store, "--store")
+    return args.store
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -337,6 +344,8 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
         raise UnigradError(f"--distributed trains {', '.join(METHODS)}; got {spec.name}")
     if getattr(args, "diagnostics", None):
         raise UnigradError("--diagnostics is not available with --distributed")
+    if args.store is not None or args.rerun:  # not silently ignored: no run would be recorded or skipped
+        raise UnigradError("--store and --rerun do not apply to --distributed, which does not use the experiment store")
     folder = Path(args.out)
     try:
         run = distributed_train(

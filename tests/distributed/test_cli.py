@@ -43,6 +43,8 @@ def test_two_processes_write_the_one_process_results(tmp_path: Path) -> None:
         (["train", "--method", "backprop", "--distributed", "--out", "x"], "--distributed trains es, mezo"),
         (["train", "--method", "spsa", "--timeout", "5"], "need --distributed"),
         (["train", "--method", "spsa", "--distributed", "--out", "x"], "not started by torchrun"),
+        (["train", "--method", "spsa", "--distributed", "--out", "x", "--store", "s.sqlite"], "do not apply to --dist"),
+        (["train", "--method", "spsa", "--distributed", "--out", "x", "--rerun"], "do not apply to --distributed"),
     ],
 )
 def test_user_errors_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -462,6 +462,110 @@ def test_a_corrupt_database(tmp_path):
     _one_line(e)
 
 
+def _two_runs(path: Path) -> int:
+    """A store with two runs of 40 points each (several pages); its page size."""
+    with Store(path) as store:
+        for seed in range(2):
+            run = store.start_run(_config(seed=seed), {"note": "x" * 500})
+            store.add_points(run.id, _history(40))
+    conn = sqlite3.connect(path)
+    try:
+        pages = {name: page for name, page in conn.execute("SELECT name, rootpage FROM sqlite_master WHERE rootpage")}
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        conn.close()
+    assert pages["runs"] == 2 and not Path(f"{path}-wal").exists()  # the runs table: page 2, at page_size * 1
+    return page_size
+
+
+def _damage_page_header(path: Path, page: int, header: bytes, page_size: int = 4096) -> None:
+    """Overwrite the start of ``page`` (1-based: page k starts at page_size * (k - 1)), past the file header."""
+    with path.open("r+b") as f:
+        f.seek(page_size * (page - 1))
+        f.write(header)
+
+
+_EMPTY_LEAF = bytes([0x0D, 0, 0, 0, 0, 0x10, 0, 0])  # a valid header of an empty table leaf page (4 KiB pages)
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("page", "header"),
+    [
+        (2, _EMPTY_LEAF),  # the runs page looks empty: its rows vanish, their index entries stay
+        (3, b"\xff\x00\x13\x37" * 4),  # an invalid page type in an index page
+        (6, _EMPTY_LEAF),  # the points table's root page looks empty
+        (7, bytes(8)),  # page type 0
+    ],
+    ids=["runs-page-emptied", "index-page-invalid", "points-root-emptied", "page-type-zero"],
+)
+def test_damaged_page_headers_are_found_before_anything_is_written(tmp_path, page, header):
+    path = tmp_path / "s.sqlite"
+    assert _two_runs(path) == 4096
+    _damage_page_header(path, page, header)
+    damaged = _sha256(path)
+    for create in (True, False):
+        with pytest.raises(UnigradError, match=r"the experiment store .*s\.sqlite is corrupt .*restore it") as e:
+            with Store(path, create=create) as store:  # before the fix the write went through
+                store.start_run(_config(seed=7), ENV)
+        _one_line(e)
+    assert _sha256(path) == damaged  # byte for byte as it was
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite"]  # no -wal, -shm or -journal beside it
+
+
+def test_a_damaged_store_with_a_wal_left_by_a_killed_writer_is_not_checkpointed(tmp_path):
+    path = tmp_path / "s.sqlite"
+    _two_runs(path)
+    conn = sqlite3.connect(path, isolation_level=None)  # a writer whose commit is only in the -wal
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("UPDATE runs SET updated = 1")
+    saved = {name: (tmp_path / name).read_bytes() for name in ("s.sqlite", "s.sqlite-wal")}
+    conn.close()  # checkpoints and removes the -wal: put back the files as a killed process leaves them
+    for name, data in saved.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "s.sqlite-shm").unlink(missing_ok=True)
+    _damage_page_header(path, 3, bytes(8))
+    damaged, wal = _sha256(path), _sha256(tmp_path / "s.sqlite-wal")
+    with pytest.raises(UnigradError, match="is corrupt"):
+        Store(path)
+    assert _sha256(path) == damaged and _sha256(tmp_path / "s.sqlite-wal") == wal
+
+
+def test_foreign_newer_and_empty_databases_are_refused_unchanged(tmp_path):
+    newer = tmp_path / "newer.sqlite"
+    Store(newer).close()
+    conn = sqlite3.connect(newer)
+    conn.execute("PRAGMA journal_mode=DELETE")  # as a newer unigrad might leave it
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE photos (id INTEGER)")
+    conn.commit()
+    conn.close()
+    empty = tmp_path / "empty.sqlite"
+    conn = sqlite3.connect(empty)
+    conn.execute("VACUUM")  # a valid SQLite file without tables
+    conn.close()
+    assert empty.stat().st_size > 0
+    cases = [(newer, True, "newer than this unigrad"), (other, True, "not a unigrad experiment store")]
+    cases += [(empty, False, "an empty SQLite database, not a unigrad experiment store")]
+    for path, create, message in cases:
+        before = _sha256(path)
+        with pytest.raises(UnigradError, match=message) as e:
+            Store(path, create=create)
+        _one_line(e)
+        assert _sha256(path) == before, path  # no switch to WAL, no schema: the header bytes stay
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite", "newer.sqlite", "other.sqlite"]
+    with Store(empty) as store:  # a command that records runs sets up an empty database
+        assert store.schema_version == SCHEMA_VERSION
+
+
 def test_a_read_only_folder(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
@@ -514,6 +618,11 @@ def test_export_csv(tmp_path):
         b = store.start_run(_config("spsa:probes=4", seed=1), ENV)
         store.add_points(b.id, _history(2, acc0=0.2))
         store.start_run(_config(seed=5), ENV)  # no points: no rows
+        with pytest.raises(UnigradError, match=r"the folder .*out does not exist; create it first") as e:
+            store.export_csv(tmp_path / "out" / "all.csv")
+        _one_line(e)
+        assert not (tmp_path / "out").exists()  # a file path does not create folders
+        (tmp_path / "out").mkdir()
         assert store.export_csv(tmp_path / "out" / "all.csv") == 5
         rows = list(csv.DictReader((tmp_path / "out" / "all.csv").open(newline="")))
         assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == 5
@@ -532,6 +641,51 @@ def test_export_csv(tmp_path):
         with pytest.raises(UnigradError, match="no run 99"):
             store.export_csv(tmp_path / "x.csv", [99])
         assert not (tmp_path / "x.csv").exists()
+        first = (tmp_path / "out" / "all.csv").read_bytes()
+        with pytest.raises(UnigradError, match=r"all\.csv exists; pass --force to replace it"):
+            store.export_csv(tmp_path / "out" / "all.csv", [b.id])
+        assert (tmp_path / "out" / "all.csv").read_bytes() == first
+        assert store.export_csv(tmp_path / "out" / "all.csv", [b.id], overwrite=True) == 2
+        assert len((tmp_path / "out" / "all.csv").read_text().splitlines()) == 3
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["all.csv"]  # no temporary file left
+        for own in ("s.sqlite", "s.sqlite-wal"):  # never over the store's own files, even with overwrite
+            with pytest.raises(UnigradError, match="is the experiment store's own file"):
+                store.export_csv(tmp_path / own, overwrite=True)
+
+
+def test_export_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    import errno
+
+    from unigrad.train import store as store_module
+
+    with Store(tmp_path / "s.sqlite") as store:
+        run = store.start_run(_config(), ENV)
+        store.add_points(run.id, _history(2))
+        target = tmp_path / "points.csv"
+        target.write_text("earlier\n")
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        with monkeypatch.context() as mp:
+            mp.setattr(store_module.os, "fsync", full)
+            with pytest.raises(UnigradError, match=r"No space left on device; the earlier points\.csv there is kept"):
+                store.export_csv(target, overwrite=True)
+        assert target.read_text() == "earlier\n"
+
+        def no_links(src, dst):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+        with monkeypatch.context() as mp:  # a file system without hard links: check, then rename
+            mp.setattr(store_module.os, "link", no_links)
+            with pytest.raises(UnigradError, match="exists; pass --force"):
+                store.export_csv(target)
+            assert target.read_text() == "earlier\n"
+            assert store.export_csv(tmp_path / "new.csv") == 2
+        assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".csv" or ".tmp" in p.name) == [
+            "new.csv",
+            "points.csv",
+        ]
 
 
 # ------------------------------------------------------------------------------------------------ unigrad runs
@@ -632,6 +786,29 @@ def test_runs_groups_and_errors(filled, tmp_path, capsys):
 
     with pytest.raises(_UsageError, match="invalid choice"):
         _runs("list", "--status", "done")
+
+
+def test_runs_compare_names_the_groups_when_a_group_is_unknown(filled, tmp_path, capsys):
+    store = ["--store", str(filled)]
+    known = r"its groups are 'compare-digits-mlp-x' \(see unigrad runs groups\)$"
+    for argv in (["compare", "nosuchgroup"], ["compare", "abcd"], ["export", "--csv", "-", "nosuchgroup"]):
+        with pytest.raises(
+            UnigradError,
+            match=r"no group '(nosuchgroup|abcd)' in the experiment store .*store\.sqlite, "
+            r"nor a run with that id or key; " + known,
+        ) as e:  # before: "neither a run id nor ..."
+            _runs(*argv, *store)
+        _one_line(e)
+    with pytest.raises(UnigradError, match=r"no group 'nosuchgroup' in the experiment store .*; " + known):
+        _runs("compare", "--group", "nosuchgroup", *store)
+    assert _runs("compare", " 1 ", *store) == 0  # an id with spaces is still a run
+    assert capsys.readouterr().out.startswith("# runs 1")
+    empty = tmp_path / "empty.sqlite"
+    Store(empty).close()
+    with pytest.raises(UnigradError, match=r"no group 'nosuchgroup' .*; it has no groups$"):
+        _runs("compare", "nosuchgroup", "--store", str(empty))
+    with pytest.raises(UnigradError, match=r"no group 'g' .*; it has no groups$"):
+        _runs("compare", "--group", "g", "--store", str(empty))
 
 
 def test_a_real_training_run_round_trips(tmp_path, capsys):

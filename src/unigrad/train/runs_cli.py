@@ -7,11 +7,13 @@
 * ``runs compare RUN... | GROUP``: the Markdown table of ``report.md`` (method, order, optimizer,
   test accuracy mean ± sd over seeds, ...) for the given runs or for the runs of a group (one
   ``unigrad compare`` invocation); runs still running count with their latest point.
-* ``runs export --csv PATH [RUN... | GROUP]``: one CSV row per evaluation point (``-`` for stdout).
+* ``runs export --csv PATH [--force] [RUN... | GROUP]``: one CSV row per evaluation point (``-`` for
+  stdout). ``PATH``'s folder must exist; an existing file is refused unless ``--force``; the file is
+  written whole or not at all.
 * ``runs groups``: the groups (named comparisons).
 
 Every sub-command takes ``--store PATH`` (default ``$UNIGRAD_STORE`` or ``runs/unigrad.sqlite``)
-and only reads: a missing store is an error, not created.
+and only reads: a missing store is an error, not created; a corrupt one is refused unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from unigrad.core.errors import UnigradError
-from unigrad.train.store import ENV_VAR, POINT_COLUMNS, STATUSES, GroupRecord, RunRecord, Store, default_store_path
+from unigrad.train.store import (
+    ENV_VAR,
+    POINT_COLUMNS,
+    STATUSES,
+    GroupRecord,
+    RunRecord,
+    Store,
+    check_file_path,
+    default_store_path,
+    groups_hint,
+)
 
 SUBCOMMANDS = ("list", "show", "compare", "export", "groups")
 
@@ -57,7 +69,13 @@ def add_runs_parser(subparsers: Any) -> argparse.ArgumentParser:
     store_option(cmp)
 
     ex = sub.add_parser("export", help="evaluation points as CSV, one row per point")
-    ex.add_argument("--csv", required=True, metavar="PATH", help="output file (- for stdout)")
+    ex.add_argument(
+        "--csv",
+        required=True,
+        metavar="PATH",
+        help="output file (- for stdout); its folder must exist, and an existing file is kept unless --force",
+    )
+    ex.add_argument("--force", action="store_true", help="replace PATH if it exists (it is written whole, atomically)")
     ex.add_argument("refs", nargs="*", metavar="RUN|GROUP", help="run ids or keys, or a group name (default all)")
     ex.add_argument("--group", default=None, help="the runs of this group")
     store_option(ex)
@@ -72,6 +90,8 @@ def run_runs(args: argparse.Namespace) -> int:
     command = getattr(args, "runs_command", None)
     if command is None:
         raise UnigradError(f"runs needs a sub-command: {', '.join(SUBCOMMANDS)} (see: unigrad runs --help)")
+    if command == "export" and args.csv != "-":  # before the store is opened: a bad target costs nothing
+        check_file_path(args.csv, "--csv", overwrite=args.force)
     with Store(args.store or default_store_path(), create=False) as store:
         if command == "list":
             return _list(store, args)
@@ -124,10 +144,22 @@ def _resolve(store: Store, refs: Sequence[str], group: str | None) -> tuple[list
         g = store.group(group)
         return [store.get(i) for i in g.run_ids], g
     if len(refs) == 1 and not refs[0].isdigit():
-        names = {g.name for g in store.groups()}
-        if refs[0] in names:
+        groups = store.groups()
+        if refs[0] in {g.name for g in groups}:
             g = store.group(refs[0])
             return [store.get(i) for i in g.run_ids], g
+        text = refs[0].strip().lower()
+        key_like = len(text) >= 4 and all(ch in "0123456789abcdef" for ch in text)  # a run key (prefix)?
+        if text.isdigit() or key_like:
+            try:
+                return [store.get(refs[0])], None
+            except UnigradError as e:
+                if text.isdigit() or "no run with key" not in str(e):  # no such id; a prefix of several keys
+                    raise
+        raise UnigradError(
+            f"no group {refs[0]!r} in the experiment store {store.path}, nor a run with that id or key; "
+            f"{groups_hint([g.name for g in groups])}"
+        )
     runs = [store.get(ref) for ref in refs]
     seen: set[int] = set()
     out = []
@@ -340,7 +372,7 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     if args.csv == "-":
         store.export_csv(sys.stdout, ids)
         return 0
-    n = store.export_csv(args.csv, ids)
+    n = store.export_csv(args.csv, ids, overwrite=args.force)
     print(f"wrote {n} rows to {args.csv}")
     return 0
 

@@ -55,21 +55,26 @@ the existing record).
   stored as ``null``, as in ``results.json``; in ``points`` the loss and accuracy columns store it as
   ``NULL`` (read back as ``None``), while a non-finite step, epoch, forward-pass count or time is
   refused.
-* A folder that cannot be written, a file that is not an SQLite database or not a unigrad store, a
-  corrupt database, or a store written by a newer unigrad (a larger ``user_version``) raise a
-  one-line :class:`~unigrad.UnigradError` that says what to do, never an ``sqlite3`` traceback.
-  WAL needs its ``-wal``/``-shm`` files beside the database, so even reading needs a writable folder.
+* An existing file is checked before anything is written to it (``PRAGMA integrity_check`` on a
+  read-only connection, :meth:`Store._check_file`): a corrupt database, a file that is not an SQLite
+  database or not a unigrad store, or a store written by a newer unigrad (a larger ``user_version``)
+  is refused and left byte for byte as it was, with no ``-wal``/``-shm`` file added beside it.
+* Those, and a folder that cannot be written, raise a one-line :class:`~unigrad.UnigradError` that
+  says what to do, never an ``sqlite3`` traceback. WAL needs its ``-wal``/``-shm`` files beside the
+  database, so even reading needs a writable folder.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import hashlib
 import io
 import json
 import math
 import os
+import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -86,6 +91,7 @@ STATUSES = ("running", "ok", "diverged", "failed")
 FINISHED = ("ok", "diverged", "failed")
 ENV_VAR = "UNIGRAD_STORE"
 DEFAULT_PATH = Path("runs") / "unigrad.sqlite"
+FULL_CHECK_BYTES = 64 * 2**20  # stores up to this size get PRAGMA integrity_check when opened, larger ones quick_check
 
 # the columns of ``points`` after run_id and step, in the order of the trainer's history
 POINT_COLUMNS = ("epoch", "forward_equivalents", "seconds", "train_loss", "test_loss", "test_accuracy")
@@ -145,6 +151,73 @@ def default_store_path() -> Path:
     """``$UNIGRAD_STORE`` if set (and not empty), else ``runs/unigrad.sqlite`` relative to the current folder."""
     env = os.environ.get(ENV_VAR, "").strip()
     return Path(env).expanduser() if env else DEFAULT_PATH
+
+
+def check_file_path(path: str | Path, option: str, *, overwrite: bool = True) -> Path:
+    """``path`` as a :class:`~pathlib.Path`, if it can name a file to write; else a one-line error.
+
+    For a file path typed by the user (``option`` is how the error names it, e.g. ``--csv``): its
+    folder must exist already (nothing creates folders the user did not ask for, such as ``/nonexistent``
+    for a typo); it must not be a folder; unless ``overwrite``, it must not exist yet. Nothing is created.
+    """
+    if "\x00" in str(path):
+        raise UnigradError(f"{option} {str(path)!r} contains a NUL character")
+    path = Path(path)
+    folder = path.parent
+    if not folder.is_dir():
+        state = "is not a folder" if folder.exists() else "does not exist"
+        raise UnigradError(f"{option} {path}: the folder {folder} {state}; create it first or give another path")
+    if path.is_dir():
+        raise UnigradError(f"{option} {path} is a folder; give a file path")
+    if not overwrite and (path.exists() or path.is_symlink()):
+        raise UnigradError(f"{option} {path} exists; pass --force to replace it")
+    return path
+
+
+def _write_whole(path: Path, text: str, *, overwrite: bool) -> None:
+    """Write ``text`` to ``path`` whole or not at all, never over an existing file unless ``overwrite``.
+
+    The text goes to a new temporary file beside ``path`` (a unique name: no other file is touched),
+    is ``fsync``-ed, then renamed over ``path`` (``overwrite``) or hard-linked to it, which fails if
+    ``path`` appeared meanwhile. On a file system without hard links the check and the rename are two
+    steps. A failure removes the temporary file and leaves an earlier ``path`` as it was.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise UnigradError(f"--csv {path} exists; pass --force to replace it") from None
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+                raise
+            if path.exists() or path.is_symlink():  # no hard links here (e.g. FAT, some network file systems)
+                raise UnigradError(f"--csv {path} exists; pass --force to replace it") from None
+            os.replace(tmp, path)
+    except OSError as e:
+        kept = f"the earlier {path.name} there is kept" if path.is_file() else f"no {path.name} was written"
+        raise UnigradError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def groups_hint(names: Sequence[str], shown: int = 10) -> str:
+    """``its groups are 'a', 'b' (see unigrad runs groups)`` (the first ``shown``), or ``it has no groups``."""
+    if not names:
+        return "it has no groups"
+    listed = ", ".join(repr(n) for n in names[:shown])
+    if len(names) > shown:
+        listed += f" and {len(names) - shown} more"
+    return f"its groups are {listed} (see unigrad runs groups)"
 
 
 # ------------------------------------------------------------------------------------------------ JSON and keys
@@ -364,8 +437,12 @@ def _point_row(run_id: int, point: Mapping[str, Any]) -> tuple[Any, ...]:
 class Store:
     """The experiment store at ``path`` (module docs); a context manager that closes on exit.
 
-    ``create=False`` refuses a path where no store exists yet (for commands that only read).
-    ``timeout`` is how long a writer waits for another process's write to finish, in seconds.
+    ``create=False`` refuses a path where no store exists yet (for commands that only read), and an
+    empty SQLite database. With ``create=True`` a missing store is created, with its folder (the
+    command line lets only the default location do that: a typed ``--store`` must be in an existing
+    folder, :func:`check_file_path`). An existing file is checked before anything is written to it
+    (module docs, Guarantees). ``timeout`` is how long a writer waits for another process's write to
+    finish, in seconds.
     """
 
     def __init__(self, path: str | Path | None = None, *, create: bool = True, timeout: float = 30.0) -> None:
@@ -382,6 +459,8 @@ class Store:
             )
         if self.path.exists() and self.path.stat().st_size == 0 and not create:
             raise UnigradError(f"{self.path} is an empty file, not an experiment store; give another path with --store")
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._check_file(create=create, timeout=timeout)  # before any connection that may write to it
         if not self.path.exists():
             if not create:
                 raise UnigradError(f"no experiment store at {self.path}; give its path with --store or ${ENV_VAR}")
@@ -405,6 +484,69 @@ class Store:
             raise
 
     # -- connection and errors
+
+    def _check_file(self, *, create: bool, timeout: float) -> None:
+        """Refuse a damaged, foreign or newer database before anything is written to it.
+
+        The read-write connection of a store writes as soon as it is used: switching to WAL, creating
+        the schema, a first run, or the checkpoint that closing it runs. So the file is checked first,
+        on a read-only connection. With no ``-wal`` and no ``-journal`` file beside it (no other
+        connection has it open, no write was cut short) that connection is ``immutable``: SQLite takes
+        no lock and creates no ``-wal``/``-shm`` file, and a refused store is left byte for byte, with
+        nothing added beside it. With a ``-wal`` (another process is using the store, or one was killed)
+        it is read-only: it reads what was committed there and never checkpoints into the file (it may
+        add the ``-shm`` index that any reader needs). A ``-journal`` (a rollback-mode write cut short)
+        is rolled back first, as by any SQLite reader.
+
+        ``PRAGMA integrity_check`` reads every page and checks every index against its table; that
+        also finds a table page whose damaged header makes it look empty (its rows vanish, ``no run 1``,
+        while their index entries stay), which ``quick_check`` passes. Both are O(size): measured on
+        one core with a warm page cache, a 4 MiB store (1,000 runs of 40 points) takes 25 ms
+        (``quick_check`` 12 ms), a 43 MiB one (10,000 runs) 0.44 s (0.13 s). Above
+        :data:`FULL_CHECK_BYTES` the quicker check is used, about 3 ms per MiB.
+        """
+        where = f"--store or ${ENV_VAR}"
+        wal, journal = Path(f"{self.path}-wal"), Path(f"{self.path}-journal")
+        if journal.exists():
+            uri = self.path.resolve().as_uri()
+        else:
+            uri = self.path.resolve().as_uri() + ("?mode=ro" if wal.exists() else "?mode=ro&immutable=1")
+        check = "integrity_check" if self.path.stat().st_size <= FULL_CHECK_BYTES else "quick_check"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        except sqlite3.Error as e:
+            raise self._error(e) from None
+        try:
+            with self._errors():
+                rows = conn.execute(f"PRAGMA {check}").fetchall()
+                problems = [line for row in rows for line in str(row[0]).splitlines() if line.strip()]
+                problems = [line for line in problems if not line.startswith("***")]  # "*** in database main ***"
+                if problems != ["ok"]:
+                    raise self._corrupt(problems[0] if problems else "no answer from the check")
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                app = conn.execute("PRAGMA application_id").fetchone()[0]
+                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        finally:
+            conn.close()
+        if version > SCHEMA_VERSION:
+            raise UnigradError(
+                f"the experiment store {self.path} has schema version {version}, newer than this unigrad "
+                f"understands ({SCHEMA_VERSION}); upgrade unigrad or use another store with {where}"
+            )
+        if (version == SCHEMA_VERSION and app != APPLICATION_ID) or (version != SCHEMA_VERSION and (version or tables)):
+            raise UnigradError(
+                f"{self.path} is an SQLite database but not a unigrad experiment store; use another path with {where}"
+            )
+        if version == 0 and not create:  # an empty SQLite database: a command that only reads does not set it up
+            raise UnigradError(
+                f"{self.path} is an empty SQLite database, not a unigrad experiment store; give its path with {where}"
+            )
+
+    def _corrupt(self, detail: str) -> UnigradError:
+        return UnigradError(
+            f"the experiment store {self.path} is corrupt ({detail}); restore it from a backup, "
+            f"or move it away to start a new one"
+        )
 
     def _open(self) -> None:
         conn = self._db
@@ -461,10 +603,7 @@ class Store:
                 f"move it away or use another path with {where}"
             )
         if "malformed" in low or "corrupt" in low:
-            return UnigradError(
-                f"the experiment store {self.path} is corrupt ({text}); restore it from a backup, "
-                f"or move it away to start a new one"
-            )
+            return self._corrupt(text)
         if "locked" in low or "busy" in low:
             return UnigradError(
                 f"the experiment store {self.path} is busy: another process holds its write lock ({text}); "
@@ -723,7 +862,8 @@ class Store:
         else:
             row = conn.execute(f"SELECT {_GROUP_FIELDS} FROM groups WHERE name = ?", (str(group),)).fetchone()
         if row is None:
-            raise UnigradError(f"no group {group!r} in the experiment store {self.path}; see unigrad runs groups")
+            names = [r[0] for r in conn.execute("SELECT name FROM groups ORDER BY id")]
+            raise UnigradError(f"no group {group!r} in the experiment store {self.path}; {groups_hint(names)}")
         ids = [
             r[0] for r in conn.execute("SELECT run_id FROM group_runs WHERE group_id = ? ORDER BY position", (row[0],))
         ]
@@ -781,12 +921,22 @@ class Store:
 
     # -- export
 
-    def export_csv(self, file_or_path: str | Path | IO[str], run_ids: Iterable[int] | None = None) -> int:
+    def export_csv(
+        self, file_or_path: str | Path | IO[str], run_ids: Iterable[int] | None = None, *, overwrite: bool = False
+    ) -> int:
         """Write one CSV row per evaluation point (columns :data:`CSV_COLUMNS`); return the number of rows.
 
         ``run_ids`` (default: every run) picks and orders the runs. Empty cells are ``NULL``
-        (no train loss at step 0, a non-finite value). A path is written whole or not at all.
+        (no train loss at step 0, a non-finite value). A path is written whole or not at all: its
+        folder must exist (it is not created), an existing file is refused unless ``overwrite``
+        (``--force``), and the store's own files are refused always (:func:`check_file_path`).
         """
+        path = None
+        if isinstance(file_or_path, str | Path):
+            path = check_file_path(file_or_path, "--csv", overwrite=overwrite)
+            own = [Path(f"{self.path}{suffix}") for suffix in ("", "-wal", "-shm", "-journal")]
+            if any(path.resolve() == p.resolve() or (p.exists() and path.exists() and path.samefile(p)) for p in own):
+                raise UnigradError(f"--csv {path} is the experiment store's own file; give another path")
         with self._read():
             if run_ids is None:
                 runs = self.runs()
@@ -803,18 +953,10 @@ class Store:
                     writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in row])
                     n += 1
         text = buffer.getvalue()
-        if isinstance(file_or_path, str | Path):
-            path = Path(file_or_path)
-            tmp = path.with_name(path.name + ".tmp")
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(text, newline="")
-                os.replace(tmp, path)
-            except OSError as e:
-                with contextlib.suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                raise UnigradError(f"cannot write {path}: {e.strerror or e}") from None
+        if path is not None:
+            _write_whole(path, text, overwrite=overwrite)
         else:
+            assert not isinstance(file_or_path, str | Path)
             file_or_path.write(text)
         return n
 
@@ -840,7 +982,9 @@ __all__ = [
     "RunRecord",
     "Store",
     "canonical_json",
+    "check_file_path",
     "default_store_path",
+    "groups_hint",
     "run_config",
     "run_key",
     "to_json",
