@@ -184,6 +184,23 @@ def test_supervised_refuses_a_bad_loss_function_output(method: str, kind: str) -
         make_estimator(method).estimate(model, unigrad.supervised(loss_fn, x, y))
 
 
+@pytest.mark.parametrize("method", FIRST + SECOND)
+def test_differentiating_estimators_refuse_losses_cut_off_from_the_parameters(method: str) -> None:
+    """A detached loss gave a raw autograd error, or (lbfgs, forward gradients) silently a zero direction."""
+    model, x, y = tiny()
+    detached = lambda m: F.cross_entropy(m(x), y, reduction="none").detach()  # noqa: E731
+    with pytest.raises(UnigradError, match=f"^{method} differentiates the objective, but its losses do not depend"):
+        make_estimator(method, **ANY_OBJECTIVE.get(method, {})).estimate(model, detached)
+
+
+@pytest.mark.parametrize("method", ZEROTH)
+def test_zeroth_order_estimators_take_detached_losses(method: str) -> None:
+    """Order 0 only measures losses: a black box (a device, numpy) may well return a detached tensor."""
+    model, x, y = tiny()
+    e = make_estimator(method).estimate(model, lambda m: F.cross_entropy(m(x), y, reduction="none").detach())
+    assert math.isfinite(e.loss)
+
+
 def test_check_losses_passes_valid_losses_through_unchanged() -> None:
     for losses in (torch.rand(5), torch.tensor(1.5), torch.rand(1, dtype=torch.float64), torch.rand(3).half()):
         assert check_losses(losses) is losses

@@ -17,6 +17,8 @@ import math
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
@@ -140,6 +142,22 @@ def check_losses(losses: object, source: str = "the objective", *, elementwise: 
 def losses_of(objective: Objective, model: nn.Module) -> Tensor:
     """``objective(model)``, checked by :func:`check_losses` (every estimator calls objectives through this)."""
     return check_losses(objective(model))
+
+
+def check_differentiable(losses: Tensor, method: str, *, forward_mode: bool = False) -> None:
+    """Raise if ``losses`` are cut off from what ``method`` differentiates them by.
+
+    Reverse mode (``torch.autograd``): the losses must require grad. Forward mode (inside
+    ``torch.func.jvp``): they must carry a tangent. A detached loss, or one rebuilt from ``.item()`` or
+    numpy, would otherwise give an autograd error or, silently, a zero direction.
+    """
+    cut = fwAD.unpack_dual(losses).tangent is None if forward_mode else not losses.requires_grad
+    if cut and (forward_mode or torch.is_grad_enabled()):
+        raise UnigradError(
+            f"{method} differentiates the objective, but its losses do not depend on the trainable parameters "
+            f"through torch operations (a detached tensor, or one rebuilt from .item() or numpy); compute them "
+            f"from the model's outputs with torch operations, or use a zeroth-order method"
+        )
 
 
 def evaluate(objective: Objective, model: nn.Module, cost: Cost, *, probes: int = 1) -> Tensor:

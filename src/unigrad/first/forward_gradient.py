@@ -44,7 +44,7 @@ from torch.func import functional_call, jvp
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, n_samples, reduce
+from unigrad.core.objective import Objective, check_differentiable, n_samples, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.probe import _Bound
 from unigrad.core.rng import Noise
@@ -108,7 +108,9 @@ def _losses_at(model: nn.Module, objective: Objective, names: Sequence[str]) -> 
     keys = ["model." + n for n in names]
 
     def f(*vals: Tensor) -> Tensor:
-        return functional_call(bound, dict(zip(keys, vals, strict=True)), (), strict=False)
+        losses = functional_call(bound, dict(zip(keys, vals, strict=True)), (), strict=False)
+        check_differentiable(losses, "forward-gradient", forward_mode=True)
+        return losses
 
     return f
 
