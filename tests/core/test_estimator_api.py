@@ -1,0 +1,97 @@
+"""The Python API refuses bad input with one-line ``UnigradError``s, as the command line does: wrong option
+types, bad states, swapped or non-callable arguments to ``estimate``."""
+
+from __future__ import annotations
+
+import inspect
+import typing
+
+import pytest
+import torch
+from torch import nn
+
+from unigrad import UnigradError, make_estimator
+from unigrad.core.registry import _SIMPLE, ESTIMATORS, estimator_class
+from unigrad.second.newton import Newton
+from unigrad.zeroth.es import ES
+from unigrad.zeroth.spsa import SPSA
+
+
+def tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    return model, torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)
+
+
+# -- option types ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "message"),
+    [
+        ("spsa", {"sigma": "abc"}, "option sigma of spsa must be a number, got 'abc' (str)"),
+        ("spsa", {"probes": "8"}, "option probes of spsa must be an integer, got '8' (str)"),
+        ("spsa", {"probes": 2.5}, "option probes of spsa must be an integer, got 2.5 (float)"),
+        ("es", {"sigma": [0.1]}, "option sigma of es must be a number, got [0.1] (list)"),
+        ("es", {"sigma": True}, "option sigma of es must be a number, got True (bool)"),
+        ("rge", {"scheme": 3}, "option scheme of rge must be a string, got 3 (int)"),
+        ("rge", {"probe_batch": "4"}, "option probe_batch of rge must be an integer or none, got '4' (str)"),
+        ("newton", {"trust_region": "yes"}, "option trust_region of newton must be true or false, got 'yes' (str)"),
+        ("newton", {"radius": None}, "option radius of newton must be a number, got None (NoneType)"),
+        ("lbfgs", {"reuse": 2}, "option reuse of lbfgs must be true or false, got 2 (int)"),
+        ("diag-hessian", {"eps": True}, "option eps of diag-hessian must be a number or none, got True (bool)"),
+    ],
+)
+def test_make_estimator_names_the_option_its_type_and_the_value(name: str, options: dict, message: str) -> None:
+    with pytest.raises(UnigradError) as e:
+        make_estimator(name, **options)
+    assert str(e.value) == message
+
+
+def _wrong_values(hint: object) -> list[object]:
+    members = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, type(int | None)) else (hint,)
+    members = tuple(m for m in members if m is not type(None))
+    if not members or not all(m in _SIMPLE for m in members):
+        return []
+    candidates = ["abc", 2.5, [1], {"a": 1}, b"x", 7]
+    return [v for v in candidates if not any(_SIMPLE[m][1](v) for m in members)]
+
+
+def _simple_options() -> list[tuple[str, str, object]]:
+    cases = []
+    for name in ESTIMATORS:
+        try:
+            cls = estimator_class(name)
+        except ImportError:  # a peer whose optional package is not installed
+            continue
+        hints = typing.get_type_hints(cls.__init__)
+        for option in inspect.signature(cls.__init__).parameters:
+            cases += [(name, option, value) for value in _wrong_values(hints.get(option))]
+    return cases
+
+
+def test_every_simple_option_of_every_estimator_refuses_a_wrong_type_in_one_line() -> None:
+    cases = _simple_options()
+    assert len(cases) > 400  # every registered estimator's int, float, bool and str options
+    for name, option, value in cases:
+        with pytest.raises(UnigradError, match=f"^option {option} of {name} must be .*, got ") as e:
+            make_estimator(name, **{option: value})
+        assert "\n" not in str(e.value)
+
+
+def test_valid_option_types_are_still_accepted() -> None:
+    assert make_estimator("spsa", sigma=1, probes=2).sigma == 1  # an int where a number is needed
+    assert make_estimator("lbfgs", reuse=1).reuse  # 1 and 0 for true and false, as typed on the command line
+    assert make_estimator("rge", probe_batch=None).probe_batch is None
+    assert make_estimator("diag-hessian", eps=None).eps == 1e-12  # none: the rule's default
+
+
+@pytest.mark.parametrize("value", ["abc", [1e-3], None, True])
+def test_constructors_called_directly_refuse_a_non_number(value: object) -> None:
+    for cls, option in ((SPSA, "sigma"), (ES, "sigma"), (Newton, "radius")):
+        with pytest.raises(
+            UnigradError, match=f"^option {option} must be a number > 0, got {value!r}$".replace("[", r"\[")
+        ):
+            cls(**{option: value})
