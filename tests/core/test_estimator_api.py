@@ -95,3 +95,68 @@ def test_constructors_called_directly_refuse_a_non_number(value: object) -> None
             UnigradError, match=f"^option {option} must be a number > 0, got {value!r}$".replace("[", r"\[")
         ):
             cls(**{option: value})
+
+
+# -- load_state_dict ------------------------------------------------------------------------------------
+
+
+def _constructible() -> list[str]:
+    names = []
+    for name in ESTIMATORS:
+        try:
+            estimator_class(name)
+        except ImportError:  # a peer whose optional package is not installed
+            continue
+        names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("name", _constructible())
+def test_every_estimator_refuses_an_empty_state_and_round_trips_its_own(name: str) -> None:
+    est = make_estimator(name, seed=3)
+    state = est.state_dict()
+    assert state["name"] == name
+    with pytest.raises(UnigradError, match=f"^{name} state: missing keys? .*'seed'.*; {name}'s state_dict"):
+        est.load_state_dict({})
+    fresh = make_estimator(name)
+    fresh.load_state_dict(state)
+    assert fresh.seed == 3
+    older = {k: v for k, v in state.items() if k != "name"}  # states saved before they carried the name
+    make_estimator(name).load_state_dict(older)
+
+
+def test_load_state_dict_names_missing_and_unexpected_keys_and_changes_nothing() -> None:
+    est = make_estimator("lbfgs", seed=5)
+    state = est.state_dict()
+    del state["theta_prev"], state["y"]
+    state["momentum"] = 1.0
+    with pytest.raises(UnigradError) as e:
+        est.load_state_dict({**state, "seed": 9})
+    assert str(e.value) == (
+        "lbfgs state: missing keys 'theta_prev', 'y'; unexpected key 'momentum'; "
+        "lbfgs's state_dict() has the keys g_prev, s, seed, step, theta_prev, y"
+    )
+    assert est.seed == 5  # refused before anything was loaded
+
+
+def test_a_state_of_another_estimator_is_refused() -> None:
+    with pytest.raises(UnigradError, match=r"^this state belongs to the estimator spsa; it cannot be loaded into es$"):
+        make_estimator("es").load_state_dict(make_estimator("spsa").state_dict())
+    with pytest.raises(
+        UnigradError, match=r"^this state belongs to the estimator lbfgs; it cannot be loaded into kfac$"
+    ):
+        make_estimator("kfac").load_state_dict(make_estimator("lbfgs").state_dict())
+
+
+@pytest.mark.parametrize(
+    ("state", "message"),
+    [
+        ([("seed", 0)], "spsa: load_state_dict needs a dict from state_dict(), got list"),
+        (None, "spsa: load_state_dict needs a dict from state_dict(), got NoneType"),
+        ({"seed": "x", "step": 0}, "spsa state: seed and step must be integers, got 'x' and 0"),
+    ],
+)
+def test_load_state_dict_refuses_garbage(state: object, message: str) -> None:
+    with pytest.raises(UnigradError) as e:
+        make_estimator("spsa").load_state_dict(state)  # type: ignore[arg-type]
+    assert str(e.value) == message

@@ -16,6 +16,7 @@ counter that keys the noise, histories, curvature factors).
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -77,12 +78,47 @@ class Estimator(abc.ABC):
         """Compute the direction for ``params`` (the trainable ones, in order) and write ``.grad``."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: seed and step (subclasses add their state)."""
-        return {"seed": self.seed, "step": self.step}
+        """Everything needed to continue exactly: seed and step (subclasses add their state), and the
+        estimator's name, so a state is not loaded into another method."""
+        return {"name": self.name, "seed": self.seed, "step": self.step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self.step = int(state["step"])
+        """Continue from ``state``, a :meth:`state_dict` of an estimator of the same name.
+
+        Raises :class:`UnigradError`, before anything is changed, for something other than a dict, a state
+        of another estimator, or missing or unexpected keys. States saved without a name load as before.
+        """
+        self._check_state(state)
+        try:
+            seed, step = int(state["seed"]), int(state["step"])
+        except (TypeError, ValueError):
+            raise UnigradError(
+                f"{self.name} state: seed and step must be integers, got {state['seed']!r} and {state['step']!r}"
+            ) from None
+        self.seed, self.step = seed, step
+
+    def _check_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping):
+            raise UnigradError(
+                f"{self.name}: load_state_dict needs a dict from state_dict(), got {type(state).__name__}"
+            )
+        if "name" in state and state["name"] != self.name:
+            raise UnigradError(
+                f"this state belongs to the estimator {state['name']}; it cannot be loaded into {self.name}"
+            )
+        keys = self.__dict__.get("_state_keys")
+        if keys is None:  # the keys this estimator's state_dict has (always the same ones)
+            keys = self.__dict__["_state_keys"] = frozenset(self.state_dict()) - {"name"}
+        missing, unexpected = sorted(keys - set(state)), sorted(set(state) - keys - {"name"})
+        if missing or unexpected:
+            found = "; ".join(
+                f"{what} key{'s' if len(ks) > 1 else ''} {', '.join(map(repr, ks))}"
+                for what, ks in (("missing", missing), ("unexpected", unexpected))
+                if ks
+            )
+            raise UnigradError(
+                f"{self.name} state: {found}; {self.name}'s state_dict() has the keys {', '.join(sorted(keys))}"
+            )
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
