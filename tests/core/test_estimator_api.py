@@ -8,8 +8,10 @@ import typing
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+import unigrad
 from unigrad import UnigradError, make_estimator
 from unigrad.core.registry import _SIMPLE, ESTIMATORS, estimator_class
 from unigrad.second.newton import Newton
@@ -160,3 +162,32 @@ def test_load_state_dict_refuses_garbage(state: object, message: str) -> None:
     with pytest.raises(UnigradError) as e:
         make_estimator("spsa").load_state_dict(state)  # type: ignore[arg-type]
     assert str(e.value) == message
+
+
+# -- estimate(model, objective) arguments ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["spsa", "backprop", "lbfgs"])
+def test_estimate_with_swapped_arguments_says_the_order(method: str) -> None:
+    model, x, y = tiny()
+    objective = unigrad.supervised(F.cross_entropy, x, y)
+    for swapped in (objective, lambda m: F.cross_entropy(m(x), y, reduction="none")):
+        with pytest.raises(UnigradError) as e:
+            make_estimator(method).estimate(swapped, model)  # type: ignore[arg-type]
+        assert str(e.value) == (
+            "estimate got the objective first and the model second; the order is estimate(model, objective)"
+        )
+
+
+@pytest.mark.parametrize("objective", [3, "loss", None, torch.tensor([1.0])])
+def test_estimate_refuses_an_objective_that_cannot_be_called(objective: object) -> None:
+    model, _, _ = tiny()
+    with pytest.raises(UnigradError, match=r"^estimate\(model, objective\) needs a callable objective\(model\)"):
+        make_estimator("spsa").estimate(model, objective)  # type: ignore[arg-type]
+
+
+def test_estimate_refuses_a_model_that_is_not_a_module() -> None:
+    _, x, y = tiny()
+    objective = unigrad.supervised(F.cross_entropy, x, y)
+    with pytest.raises(UnigradError, match=r"^estimate\(model, objective\) needs an nn.Module as model, got list$"):
+        make_estimator("spsa").estimate([torch.zeros(3)], objective)  # type: ignore[arg-type]

@@ -64,7 +64,23 @@ class Estimator(abc.ABC):
         self.step = 0
 
     def estimate(self, model: nn.Module, objective: Objective) -> Estimate:
-        """Write the direction into ``.grad`` and return the :class:`Estimate` (see module docs)."""
+        """Write the direction into ``.grad`` and return the :class:`Estimate` (see module docs).
+
+        Args:
+            model: the ``nn.Module`` whose trainable parameters get ``.grad``.
+            objective: a callable ``objective(model) -> losses`` (per-sample ``(B,)`` or a 0-d scalar).
+        """
+        if not isinstance(model, nn.Module):
+            if isinstance(objective, nn.Module) and callable(model):
+                raise UnigradError(
+                    "estimate got the objective first and the model second; the order is estimate(model, objective)"
+                )
+            raise UnigradError(f"estimate(model, objective) needs an nn.Module as model, got {type(model).__name__}")
+        if not callable(objective):
+            raise UnigradError(
+                f"estimate(model, objective) needs a callable objective(model) -> losses (e.g. "
+                f"unigrad.supervised(loss_fn, x, y)), got {type(objective).__name__}"
+            )
         params = trainable(model)
         if not params:
             raise UnigradError("the model has no trainable parameters (none with requires_grad=True)")
