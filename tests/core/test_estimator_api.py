@@ -191,3 +191,48 @@ def test_estimate_refuses_a_model_that_is_not_a_module() -> None:
     objective = unigrad.supervised(F.cross_entropy, x, y)
     with pytest.raises(UnigradError, match=r"^estimate\(model, objective\) needs an nn.Module as model, got list$"):
         make_estimator("spsa").estimate([torch.zeros(3)], objective)  # type: ignore[arg-type]
+
+
+# -- .grad after a failed estimate -------------------------------------------------------------------------
+
+NAN_OPTIONS = {"kfac": {"fisher": "empirical"}}
+
+
+@pytest.mark.parametrize(
+    "method", ["spsa", "mezo", "es", "np", "backprop", "forward-gradient", "lbfgs", "kfac", "newton"]
+)
+def test_grad_is_left_as_it_was_when_estimate_raises(method: str) -> None:
+    model, x, _ = tiny()
+    before = [torch.full_like(p, 7.0) for p in model.parameters()]
+    for p, g in zip(model.parameters(), before):
+        p.grad = g
+    nan = lambda m: m(x).sum(dim=1) * float("nan")  # noqa: E731
+    with pytest.raises(unigrad.NonFiniteLossError):
+        make_estimator(method, **NAN_OPTIONS.get(method, {})).estimate(model, nan)
+    for p, g in zip(model.parameters(), before):
+        assert p.grad is g and bool((g == 7.0).all())  # the caller's tensors, unchanged
+    model.zero_grad(set_to_none=True)
+    with pytest.raises(UnigradError):  # any error: here a bad objective after the NaN one
+        make_estimator(method, **NAN_OPTIONS.get(method, {})).estimate(model, lambda m: m(x).sum().item())
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("method", ["spsa", "mezo", "backprop", "kfac"])
+def test_a_successful_estimate_writes_the_same_grad_whether_or_not_grad_was_set(method: str) -> None:
+    model, x, y = tiny()
+    objective = unigrad.supervised(F.cross_entropy, x, y)
+    make_estimator(method, seed=1).estimate(model, objective)
+    fresh = [p.grad.clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad.fill_(3.0)
+    make_estimator(method, seed=1).estimate(model, objective)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), fresh))
+
+
+def test_mezo_without_grad_leaves_the_callers_grad_alone() -> None:
+    model, x, y = tiny()
+    before = [torch.full_like(p, 5.0) for p in model.parameters()]
+    for p, g in zip(model.parameters(), before):
+        p.grad = g
+    make_estimator("mezo", write_grad=False).estimate(model, unigrad.supervised(F.cross_entropy, x, y))
+    assert all(p.grad is g and bool((g == 5.0).all()) for p, g in zip(model.parameters(), before))

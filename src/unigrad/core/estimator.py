@@ -4,7 +4,7 @@
 
 1. evaluates ``objective`` as often as the method needs (perturbed, differentiated, …),
 2. writes its direction ``d`` into ``p.grad`` of every trainable parameter, so any
-   ``torch.optim`` optimizer takes the step ``θ ← θ − η·d``,
+   ``torch.optim`` optimizer takes the step ``θ ← θ − η·d`` (if it raises, ``.grad`` stays as it was),
 3. leaves the parameters exactly (bitwise) as it found them, and
 4. returns an :class:`Estimate`: the loss it saw, the :class:`~unigrad.core.cost.Cost` and
    diagnostics.
@@ -66,6 +66,10 @@ class Estimator(abc.ABC):
     def estimate(self, model: nn.Module, objective: Objective) -> Estimate:
         """Write the direction into ``.grad`` and return the :class:`Estimate` (see module docs).
 
+        If the call raises (a :class:`~unigrad.core.errors.NonFiniteLossError` for a NaN or infinite loss,
+        a :class:`UnigradError` for a bad objective, …), ``.grad`` is left as it was before the call: the
+        direction is written into tensors of its own, which replace the caller's only when it succeeds.
+
         Args:
             model: the ``nn.Module`` whose trainable parameters get ``.grad``.
             objective: a callable ``objective(model) -> losses`` (per-sample ``(B,)`` or a 0-d scalar).
@@ -84,8 +88,19 @@ class Estimator(abc.ABC):
         params = trainable(model)
         if not params:
             raise UnigradError("the model has no trainable parameters (none with requires_grad=True)")
-        est = self._estimate(model, objective, params)
-        check_finite(est.loss)
+        before = [p.grad for _, p in params]
+        for _, p in params:
+            p.grad = None
+        try:
+            est = self._estimate(model, objective, params)
+            check_finite(est.loss)
+        except BaseException:
+            for (_, p), grad in zip(params, before, strict=True):
+                p.grad = grad
+            raise
+        for (_, p), grad in zip(params, before, strict=True):
+            if p.grad is None:  # a method that leaves .grad alone (mezo with write_grad=False)
+                p.grad = grad
         self.step += 1
         return est
 
