@@ -56,7 +56,7 @@ def method_spec(draw: Any) -> str:
     parts = [name]
     if name in SLOW:
         parts.append(SLOW[name])
-    options = _options(name) + ["bogus", "lr", "optimizer"]
+    options = [*_options(name), "bogus", "lr", "optimizer"]
     for _ in range(draw(st.integers(0, 3))):
         value = draw(st.one_of(st.sampled_from(VALUE_POOL), st.text(max_size=5)))
         parts.append(f"{draw(st.sampled_from(options))}={value}")
@@ -195,7 +195,7 @@ def test_generated_api_misuse_raises_one_line_user_errors(
     model, objective = _tiny()
     try:
         est = unigrad.make_estimator(name, **options)
-    except Exception as e:  # noqa: BLE001 - the property: only one-line user errors
+    except Exception as e:
         assert _is_one_line_user_error(e), (name, options, repr(e))
         return
     before = [p.detach().clone() for p in model.parameters()]
@@ -212,7 +212,7 @@ def test_generated_api_misuse_raises_one_line_user_errors(
             est.estimate(None, objective)  # type: ignore[arg-type]
         else:
             est.estimate(model, objective)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         assert _is_one_line_user_error(e), (name, options, misuse, objective_kind, repr(e))
     # whatever happened, the parameters are as they were and no .grad holds NaN
     assert all(torch.equal(a, p) for a, p in zip(before, model.parameters(), strict=True))

@@ -367,6 +367,7 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
             progress=not args.no_progress,
             checkpoint=folder / "checkpoint.pt",
             resume=True,
+            threads=None,  # --threads, applied to the whole process above
         )
     except UnigradError as e:
         if failed():  # a collective failed: the process group cannot be torn down cleanly

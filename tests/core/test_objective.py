@@ -11,7 +11,7 @@ from torch import nn
 
 import unigrad
 from unigrad import Cost, NonFiniteLossError, UnigradError, make_estimator
-from unigrad.core.objective import check_finite, evaluate, n_samples, reduce
+from unigrad.core.objective import check_finite, check_losses, evaluate, n_samples, reduce
 
 
 def data(batch: int = 12, features: int = 5, classes: int = 4) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -125,3 +125,88 @@ def test_non_finite_loss_is_an_error(bad: float) -> None:
     with pytest.raises(NonFiniteLossError):
         make_estimator("backprop").estimate(model, obj)
     assert issubclass(NonFiniteLossError, UnigradError) and not math.isfinite(bad)
+
+
+# -- what an objective must return: every estimator refuses anything else with one line ----------------
+
+ZEROTH = ["rge", "spsa", "cge", "es", "mezo", "np", "anp", "inp", "wp", "mgd"]
+FIRST = ["backprop", "forward-gradient", "activity-forward-gradient", "feedback-alignment", "dfa"]
+SECOND = ["newton", "lbfgs", "hessian-free", "natural-gradient", "diag-hessian", "kfac", "cubic-newton"]
+# the curvature methods that need unigrad.supervised by default are switched to their any-objective forms
+ANY_OBJECTIVE = {"hessian-free": {"curvature": "hessian"}, "natural-gradient": {"fisher": "empirical"}}
+ANY_OBJECTIVE["kfac"] = {"fisher": "empirical"}
+
+
+def tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A two-layer MLP (every estimator above can train it) and a batch of 6."""
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
+    return model, torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)
+
+
+def bad_outputs(x: torch.Tensor, y: torch.Tensor) -> dict[str, object]:
+    per_sample = lambda m: F.cross_entropy(m(x), y, reduction="none")  # noqa: E731
+    return {
+        "python float": lambda m: F.cross_entropy(m(x), y).item(),
+        "(B, k) matrix": lambda m: F.mse_loss(m(x), torch.zeros(6, 3), reduction="none"),
+        "integer losses": lambda m: (per_sample(m) * 100).long(),
+        "a string": lambda m: "loss",
+        "a list": lambda m: per_sample(m).tolist(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["python float", "(B, k) matrix", "integer losses", "a string", "a list"])
+@pytest.mark.parametrize("method", ZEROTH + FIRST + SECOND)
+def test_every_estimator_refuses_a_bad_objective_output_in_one_line(method: str, kind: str) -> None:
+    model, x, y = tiny()
+    before = [p.detach().clone() for p in model.parameters()]
+    est = make_estimator(method, **ANY_OBJECTIVE.get(method, {}))
+    with pytest.raises(UnigradError, match=r"must return per-sample losses of shape \(B,\) or a 0-d scalar") as e:
+        est.estimate(model, bad_outputs(x, y)[kind])
+    assert "\n" not in str(e.value) and str(e.value).startswith("the objective returned")
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # nothing was changed
+    assert est.step == 0
+
+
+@pytest.mark.parametrize("kind", ["python float", "integer losses", "a string"])
+@pytest.mark.parametrize("method", ["spsa", "backprop", "kfac", "natural-gradient", "hessian-free"])
+def test_supervised_refuses_a_bad_loss_function_output(method: str, kind: str) -> None:
+    """The Gauss-Newton and Fisher paths call the loss function on the outputs themselves."""
+    model, x, y = tiny()
+    loss_fn = {
+        "python float": lambda out, t: F.cross_entropy(out, t).item(),
+        "integer losses": lambda out, t: F.cross_entropy(out, t, reduction="none").long(),
+        "a string": lambda out, t: "loss",
+    }[kind]
+    with pytest.raises(UnigradError, match=r"^the loss function returned .* must return per-sample losses"):
+        make_estimator(method).estimate(model, unigrad.supervised(loss_fn, x, y))
+
+
+@pytest.mark.parametrize("method", FIRST + SECOND)
+def test_differentiating_estimators_refuse_losses_cut_off_from_the_parameters(method: str) -> None:
+    """A detached loss gave a raw autograd error, or (lbfgs, forward gradients) silently a zero direction."""
+    model, x, y = tiny()
+    detached = lambda m: F.cross_entropy(m(x), y, reduction="none").detach()  # noqa: E731
+    with pytest.raises(UnigradError, match=f"^{method} differentiates the objective, but its losses do not depend"):
+        make_estimator(method, **ANY_OBJECTIVE.get(method, {})).estimate(model, detached)
+
+
+@pytest.mark.parametrize("method", ZEROTH)
+def test_zeroth_order_estimators_take_detached_losses(method: str) -> None:
+    """Order 0 only measures losses: a black box (a device, numpy) may well return a detached tensor."""
+    model, x, y = tiny()
+    e = make_estimator(method).estimate(model, lambda m: F.cross_entropy(m(x), y, reduction="none").detach())
+    assert math.isfinite(e.loss)
+
+
+def test_check_losses_passes_valid_losses_through_unchanged() -> None:
+    for losses in (torch.rand(5), torch.tensor(1.5), torch.rand(1, dtype=torch.float64), torch.rand(3).half()):
+        assert check_losses(losses) is losses
+    matrix = torch.rand(4, 2)
+    assert check_losses(matrix, elementwise=True) is matrix  # a loss function's elementwise losses
+    with pytest.raises(UnigradError, match=r"shape \(4, 2\), which is ambiguous.*losses.mean\(dim=1\)"):
+        check_losses(matrix)
+    with pytest.raises(UnigradError, match=r"torch\.complex64"):
+        check_losses(torch.rand(3, dtype=torch.complex64))

@@ -60,7 +60,9 @@ def _params(model: torch.nn.Module) -> list[torch.Tensor]:
     return [t.detach().clone() for t in model.state_dict().values()]
 
 
-RUN = dict(budget="steps=120", eval_points=6, lr=3e-3)
+# threads=None: both sides run on the suite's thread count (train's own default is one thread), so the suite's
+# two-thread configuration checks bitwise resume on two threads
+RUN = dict(budget="steps=120", eval_points=6, lr=3e-3, threads=None)
 
 SCRIPT = textwrap.dedent(
     """

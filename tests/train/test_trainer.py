@@ -176,3 +176,39 @@ def test_an_estimator_that_leaves_grad_empty_is_refused() -> None:
         options = {"write_grad": False} if method == "mezo" else None
         with pytest.raises(UnigradError, match=r"write_grad=false of mezo leaves \.grad empty"):
             train(task, method, estimator_options=options, budget="steps=1")
+
+
+def _threads_during(**options) -> list[int]:
+    seen: list[int] = []
+    train(
+        TASK,
+        "spsa",
+        budget="steps=2",
+        eval_points=1,
+        on_record=lambda _: seen.append(torch.get_num_threads()),
+        **options,
+    )
+    return seen
+
+
+def test_train_runs_on_one_thread_by_default_and_restores_the_process_setting() -> None:
+    """torch's default (every core) made the quickstart 14x slower on a busy 2-core machine."""
+    torch.set_num_threads(2)  # the suite's fixture puts the test's thread count back afterwards
+    assert set(_threads_during()) == {1} and torch.get_num_threads() == 2
+    assert set(_threads_during(threads=3)) == {3} and torch.get_num_threads() == 2
+    assert set(_threads_during(threads=None)) == {2} and torch.get_num_threads() == 2  # left alone
+
+    def fail(_: dict) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TASK, "spsa", budget="steps=2", eval_points=1, on_record=fail)
+    assert torch.get_num_threads() == 2  # restored after a failure too
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, "2", True])
+def test_bad_thread_counts_are_refused(threads) -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(UnigradError, match=f"^option threads must be an integer >= 1, got {threads!r}$"):
+        train(TASK, "spsa", budget="steps=1", threads=threads)
+    assert torch.get_num_threads() == before

@@ -126,6 +126,7 @@ def run_one(task_name: str, spec: MethodSpec, seed: int, budget: float) -> dict[
                 seed=seed,
                 eval_points=task.eval_points,
                 decorrelation=spec.decorrelation,
+                threads=None,  # set by `unigrad bench --threads` / one per job
             )
             history = [{**p, "metric": p["test_accuracy"]} for p in r.history]
             out = {

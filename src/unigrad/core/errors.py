@@ -7,6 +7,7 @@ never a traceback.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 
 
@@ -24,9 +25,11 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnigradError:
 
 
 def check_positive(option: str, value: float, *, integer: bool = False) -> None:
-    """Raise if ``value`` is not > 0 (and an integer, when asked)."""
+    """Raise if ``value`` is not > 0 (and an integer, when asked; a real number, not a bool, otherwise)."""
     if integer and (isinstance(value, bool) or not isinstance(value, int)):
         raise UnigradError(f"option {option} must be an integer >= 1, got {value!r}")
+    if not integer and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+        raise UnigradError(f"option {option} must be a number > 0, got {value!r}")
     if not value > 0:  # also catches NaN
         allowed = "an integer >= 1" if integer else "a number > 0"
         raise UnigradError(f"option {option} must be {allowed}, got {value!r}")

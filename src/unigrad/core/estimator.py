@@ -4,7 +4,7 @@
 
 1. evaluates ``objective`` as often as the method needs (perturbed, differentiated, …),
 2. writes its direction ``d`` into ``p.grad`` of every trainable parameter, so any
-   ``torch.optim`` optimizer takes the step ``θ ← θ − η·d``,
+   ``torch.optim`` optimizer takes the step ``θ ← θ − η·d`` (if it raises, ``.grad`` stays as it was),
 3. leaves the parameters exactly (bitwise) as it found them, and the buffers as one forward would
    (updated at most once; every evaluation in the step draws the same dropout masks): see
    :mod:`unigrad.core.step_state`, and
@@ -18,6 +18,7 @@ counter that keys the noise, histories, curvature factors).
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -71,19 +72,50 @@ class Estimator(abc.ABC):
         self._step_state: StepState | None = None  # the buffer and RNG rules of the step under way
 
     def estimate(self, model: nn.Module, objective: Objective) -> Estimate:
-        """Write the direction into ``.grad`` and return the :class:`Estimate` (see module docs)."""
+        """Write the direction into ``.grad`` and return the :class:`Estimate` (see module docs).
+
+        If the call raises (a :class:`~unigrad.core.errors.NonFiniteLossError` for a NaN or infinite loss,
+        a :class:`UnigradError` for a bad objective, …), ``.grad`` is left as it was before the call: the
+        direction is written into tensors of its own, which replace the caller's only when it succeeds.
+
+        Args:
+            model: the ``nn.Module`` whose trainable parameters get ``.grad``.
+            objective: a callable ``objective(model) -> losses`` (per-sample ``(B,)`` or a 0-d scalar).
+        """
+        if not isinstance(model, nn.Module):
+            if isinstance(objective, nn.Module) and callable(model):
+                raise UnigradError(
+                    "estimate got the objective first and the model second; the order is estimate(model, objective)"
+                )
+            raise UnigradError(f"estimate(model, objective) needs an nn.Module as model, got {type(model).__name__}")
+        if not callable(objective):
+            raise UnigradError(
+                f"estimate(model, objective) needs a callable objective(model) -> losses (e.g. "
+                f"unigrad.supervised(loss_fn, x, y)), got {type(objective).__name__}"
+            )
         params = trainable(model)
         if not params:
             raise UnigradError("the model has no trainable parameters (none with requires_grad=True)")
-        with StepState(
-            model, self.seed, self.step, self.buffer_rule or ("mean" if self.order == 0 else "first")
-        ) as state:
-            self._step_state = state
-            try:
-                est = self._estimate(model, objective, params)
-                check_finite(est.loss)
-            finally:
-                self._step_state = None
+        before = [p.grad for _, p in params]
+        for _, p in params:
+            p.grad = None
+        try:
+            with StepState(
+                model, self.seed, self.step, self.buffer_rule or ("mean" if self.order == 0 else "first")
+            ) as state:
+                self._step_state = state
+                try:
+                    est = self._estimate(model, objective, params)
+                    check_finite(est.loss)
+                finally:
+                    self._step_state = None
+        except BaseException:
+            for (_, p), grad in zip(params, before, strict=True):
+                p.grad = grad
+            raise
+        for (_, p), grad in zip(params, before, strict=True):
+            if p.grad is None:  # a method that leaves .grad alone (mezo with write_grad=False)
+                p.grad = grad
         self.step += 1
         return est
 
@@ -92,12 +124,47 @@ class Estimator(abc.ABC):
         """Compute the direction for ``params`` (the trainable ones, in order) and write ``.grad``."""
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: seed and step (subclasses add their state)."""
-        return {"seed": self.seed, "step": self.step}
+        """Everything needed to continue exactly: seed and step (subclasses add their state), and the
+        estimator's name, so a state is not loaded into another method."""
+        return {"name": self.name, "seed": self.seed, "step": self.step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.seed = int(state["seed"])
-        self.step = int(state["step"])
+        """Continue from ``state``, a :meth:`state_dict` of an estimator of the same name.
+
+        Raises :class:`UnigradError`, before anything is changed, for something other than a dict, a state
+        of another estimator, or missing or unexpected keys. States saved without a name load as before.
+        """
+        self._check_state(state)
+        try:
+            seed, step = int(state["seed"]), int(state["step"])
+        except (TypeError, ValueError):
+            raise UnigradError(
+                f"{self.name} state: seed and step must be integers, got {state['seed']!r} and {state['step']!r}"
+            ) from None
+        self.seed, self.step = seed, step
+
+    def _check_state(self, state: Any) -> None:
+        if not isinstance(state, Mapping):
+            raise UnigradError(
+                f"{self.name}: load_state_dict needs a dict from state_dict(), got {type(state).__name__}"
+            )
+        if "name" in state and state["name"] != self.name:
+            raise UnigradError(
+                f"this state belongs to the estimator {state['name']}; it cannot be loaded into {self.name}"
+            )
+        keys = self.__dict__.get("_state_keys")
+        if keys is None:  # the keys this estimator's state_dict has (always the same ones)
+            keys = self.__dict__["_state_keys"] = frozenset(self.state_dict()) - {"name"}
+        missing, unexpected = sorted(keys - set(state)), sorted(set(state) - keys - {"name"})
+        if missing or unexpected:
+            found = "; ".join(
+                f"{what} key{'s' if len(ks) > 1 else ''} {', '.join(map(repr, ks))}"
+                for what, ks in (("missing", missing), ("unexpected", unexpected))
+                if ks
+            )
+            raise UnigradError(
+                f"{self.name} state: {found}; {self.name}'s state_dict() has the keys {', '.join(sorted(keys))}"
+            )
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())

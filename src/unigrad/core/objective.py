@@ -2,7 +2,9 @@
 
 An objective is a callable ``objective(model) -> losses``. It returns per-sample losses of shape
 ``(B,)`` (the estimators minimise their mean), or a 0-d scalar where no batch exists (an RL return,
-a black-box device). Estimators may call it many times, under perturbed parameters.
+a black-box device), as a floating-point tensor. Estimators may call it many times, under perturbed
+parameters; every call's result passes :func:`check_losses`, which refuses anything else with a one-line
+:class:`~unigrad.core.errors.UnigradError`.
 
 :func:`supervised` builds the common case ``loss_fn(model(x), y)``. Wrap any other callable with
 :func:`objective` to state how many samples one call costs, so cost accounting stays honest.
@@ -15,6 +17,8 @@ import math
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
@@ -55,7 +59,7 @@ class Supervised:
 
     def score(self, outputs: Tensor) -> Tensor:
         """Per-sample losses of ``outputs`` against this batch's targets (also used by local heads)."""
-        losses = self.loss_fn(outputs, self.targets)
+        losses = check_losses(self.loss_fn(outputs, self.targets), "the loss function", elementwise=True)
         if losses.dim() > 1:  # elementwise losses (F.mse_loss on (B, k) outputs): the mean of each sample
             losses = losses.reshape(losses.shape[0], -1).mean(dim=1)
         return losses
@@ -108,9 +112,57 @@ def reduce(losses: Tensor) -> Tensor:
     return losses if losses.dim() == 0 else losses.mean(dim=-1)
 
 
+_MUST = "must return per-sample losses of shape (B,) or a 0-d scalar, as a floating-point tensor"
+
+
+def check_losses(losses: object, source: str = "the objective", *, elementwise: bool = False) -> Tensor:
+    """Return ``losses`` if it is what an objective must return, else raise a one-line :class:`UnigradError`.
+
+    An objective returns per-sample losses of shape ``(B,)`` or a 0-d scalar, as a floating-point tensor.
+    ``elementwise`` also allows ``(B, k, …)`` (a loss function's elementwise losses, which
+    :class:`Supervised` averages per sample). Only the type, shape and dtype are read, never the values,
+    so the check holds under ``torch.func`` transforms (``vmap`` sees one probe's shape).
+    """
+    if not isinstance(losses, Tensor):
+        raise UnigradError(
+            f"{source} returned a {type(losses).__name__}, not a tensor: it {_MUST} (keep the loss a tensor: "
+            f"no .item(), float() or numpy)"
+        )
+    if not losses.is_floating_point():
+        raise UnigradError(f"{source} returned {losses.dtype} losses: it {_MUST} (e.g. losses.float())")
+    if losses.dim() > 1 and not elementwise:
+        raise UnigradError(
+            f"{source} returned losses of shape {tuple(losses.shape)}, which is ambiguous: it {_MUST}; reduce "
+            f"each sample's losses yourself (e.g. losses.mean(dim=1)), or use unigrad.supervised(loss_fn, x, y), "
+            f"which averages elementwise losses per sample"
+        )
+    return losses
+
+
+def losses_of(objective: Objective, model: nn.Module) -> Tensor:
+    """``objective(model)``, checked by :func:`check_losses` (every estimator calls objectives through this)."""
+    return check_losses(objective(model))
+
+
+def check_differentiable(losses: Tensor, method: str, *, forward_mode: bool = False) -> None:
+    """Raise if ``losses`` are cut off from what ``method`` differentiates them by.
+
+    Reverse mode (``torch.autograd``): the losses must require grad. Forward mode (inside
+    ``torch.func.jvp``): they must carry a tangent. A detached loss, or one rebuilt from ``.item()`` or
+    numpy, would otherwise give an autograd error or, silently, a zero direction.
+    """
+    cut = fwAD.unpack_dual(losses).tangent is None if forward_mode else not losses.requires_grad
+    if cut and (forward_mode or torch.is_grad_enabled()):
+        raise UnigradError(
+            f"{method} differentiates the objective, but its losses do not depend on the trainable parameters "
+            f"through torch operations (a detached tensor, or one rebuilt from .item() or numpy); compute them "
+            f"from the model's outputs with torch operations, or use a zeroth-order method"
+        )
+
+
 def evaluate(objective: Objective, model: nn.Module, cost: Cost, *, probes: int = 1) -> Tensor:
     """Call ``objective(model)``, add its forward samples to ``cost`` and return the per-sample losses."""
-    losses = objective(model)
+    losses = losses_of(objective, model)
     cost.forwards += probes * n_samples(objective, losses)
     return losses
 

@@ -65,7 +65,7 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from unigrad.core.cost import Cost
-from unigrad.core.objective import Objective, n_samples
+from unigrad.core.objective import Objective, losses_of, n_samples
 from unigrad.core.params import trainable
 
 
@@ -78,7 +78,7 @@ class _Bound(nn.Module):
         self.objective = objective
 
     def forward(self) -> Tensor:
-        return self.objective(self.model)
+        return losses_of(self.objective, self.model)
 
 
 def losses_at(model: nn.Module, objective: Objective, values: Sequence[Tensor], cost: Cost) -> Tensor:
@@ -324,7 +324,7 @@ def _linear_fast_path(
                 for j, s in enumerate(scales):
                     mode.i, mode.s = i, s
                     if not others:
-                        rows[j].append(objective(model))
+                        rows[j].append(losses_of(objective, model))
                         continue
                     values = {name: torch.add(b, u[i], alpha=s) for name, b, u in others}
                     _mark(list(values.values()))

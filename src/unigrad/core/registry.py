@@ -7,6 +7,10 @@ not take the whole registry down.
 from __future__ import annotations
 
 import importlib
+import inspect
+import numbers
+import types
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,12 +174,50 @@ def estimator_class(name: str) -> type[Estimator]:
 
 
 def make_estimator(name: str, **options: Any) -> Estimator:
-    """Build the estimator called ``name`` with ``options`` (invalid options raise :class:`UnigradError`)."""
+    """Build the estimator called ``name`` with ``options`` (invalid options raise :class:`UnigradError`).
+
+    Options whose constructor annotation is a simple type (``int``, ``float``, ``bool``, ``str``, or one
+    of them ``| None``) are type-checked first, so a wrong type is named with the option, the type it
+    needs and the value given; the constructor then checks the ranges.
+    """
     cls = estimator_class(name)
+    check_option_types(name, cls, options)
     try:
         return cls(**options)
     except TypeError as e:  # unexpected keyword
-        import inspect
-
         valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
         raise UnigradError(f"bad options for {name}: {e}; valid options: {', '.join(valid)}") from None
+
+
+# what each simple annotation accepts (ints count as floats; a bool option also takes 1 and 0, as typed on the
+# command line), and how the error names it
+_SIMPLE: dict[type, tuple[str, typing.Callable[[Any], bool]]] = {
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)),
+    bool: ("true or false", lambda v: isinstance(v, bool) or (type(v) is int and v in (0, 1))),
+    str: ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def check_option_types(name: str, cls: type, options: dict[str, Any]) -> None:
+    """Raise :class:`UnigradError` for an option of a simple annotated type given a value of another type.
+
+    Options with other annotations (objects, callables, unions with classes) and unknown names are left
+    to the constructor.
+    """
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation that cannot be resolved: nothing to check against
+        return
+    for key, value in options.items():
+        hint = hints.get(key)
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        members = typing.get_args(hint) if union else (hint,)
+        optional = type(None) in members
+        members = tuple(m for m in members if m is not type(None))
+        if not members or not all(m in _SIMPLE for m in members):
+            continue
+        if (value is None and optional) or any(_SIMPLE[m][1](value) for m in members):
+            continue
+        expected = " or ".join(_SIMPLE[m][0] for m in members) + (" or none" if optional else "")
+        raise UnigradError(f"option {key} of {name} must be {expected}, got {value!r} ({type(value).__name__})")

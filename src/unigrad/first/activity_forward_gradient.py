@@ -74,7 +74,7 @@ from torch.func import jvp
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, evaluate, n_samples
+from unigrad.core.objective import Objective, check_differentiable, evaluate, losses_of, n_samples
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.nn.local_heads import LocallySupervised, head_key, pool
@@ -252,7 +252,8 @@ def _losses_with_offsets(
             return offsets[slot[layer_index]]
 
         with LayerTaps(body, node_noise=add, stop_gradient=blocks is not None) as taps:
-            losses = objective(model)
+            losses = losses_of(objective, model)
+        check_differentiable(losses, "activity-forward-gradient", forward_mode=True)
         if blocks is None:
             return losses
         assert isinstance(model, LocallySupervised)

@@ -13,7 +13,7 @@ from torch import nn
 
 from unigrad.core.cost import Cost
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, evaluate, reduce
+from unigrad.core.objective import Objective, check_differentiable, evaluate, reduce
 from unigrad.core.params import write_grad
 
 
@@ -26,6 +26,7 @@ class Backprop(Estimator):
         cost = Cost()
         with torch.enable_grad():
             losses = evaluate(objective, model, cost)
+            check_differentiable(losses, self.name)
             loss = reduce(losses)
             grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
         cost.backwards += cost.forwards

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, evaluate, reduce
+from unigrad.core.objective import Objective, check_differentiable, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.first._layer_hooks import LayerHooks
 from unigrad.first.feedback_alignment import random_feedback
@@ -134,6 +134,7 @@ class DFA(Estimator):
             # forward: each layer's output a_l from its detached input, and the next layer's live input
             with _LocalTaps(layers) as taps:
                 losses = evaluate(objective, model, cost)
+            check_differentiable(losses, self.name)
             loss = reduce(losses)
             ran = taps.order
             if not ran:

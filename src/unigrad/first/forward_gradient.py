@@ -44,7 +44,7 @@ from torch.func import functional_call, jvp
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, n_samples, reduce
+from unigrad.core.objective import Objective, check_differentiable, n_samples, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.probe import _Bound
 from unigrad.core.rng import Noise
@@ -120,6 +120,7 @@ def _losses_at(model: nn.Module, objective: Objective, names: Sequence[str], sta
     def f(*vals: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         copies = {k: b.clone() for k, b in buffers.items()}
         out = functional_call(bound, {**dict(zip(keys, vals, strict=True)), **copies}, (), strict=False)
+        check_differentiable(out, "forward-gradient", forward_mode=True)
         return out, copies
 
     return f

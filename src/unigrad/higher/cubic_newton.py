@@ -332,7 +332,7 @@ class CubicNewton(Estimator):
         self.sigma, self.accepted = float(state["sigma"]), int(state["accepted"])
 
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
-        fl = FlatLoss(model, objective, params)
+        fl = FlatLoss(model, objective, params, method=self.name)
         g, f0, d = fl.grad, fl.loss, fl.dim
         step_index = self.step
 

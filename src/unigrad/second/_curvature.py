@@ -35,7 +35,7 @@ from torch.func import functional_call
 
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
-from unigrad.core.objective import Objective, Supervised, n_samples, reduce
+from unigrad.core.objective import Objective, Supervised, check_differentiable, n_samples, reduce
 from unigrad.core.probe import _Bound
 
 
@@ -48,6 +48,7 @@ class FlatLoss:
         params: the trainable ``(name, parameter)`` pairs, in order.
         outputs: also build the graph of the model's outputs (needs a :class:`Supervised` objective),
             for :meth:`ggn_vp`.
+        method: the estimator's name, for the error raised when the losses cannot be differentiated.
 
     Attributes:
         theta0: the current parameters, flattened (detached).
@@ -64,8 +65,9 @@ class FlatLoss:
         params: list[tuple[str, nn.Parameter]],
         *,
         outputs: bool = False,
+        method: str = "this estimator",
     ) -> None:
-        self.model, self.objective = model, objective
+        self.model, self.objective, self.method = model, objective, method
         self.shapes = [p.shape for _, p in params]
         self.sizes = [p.numel() for _, p in params]
         self.names = [n for n, _ in params]
@@ -87,6 +89,7 @@ class FlatLoss:
             else:
                 self._z = None
                 self._losses = functional_call(self._bound, self._prefixed(self._theta), (), strict=False)
+            check_differentiable(self._losses, method)
             self._f = reduce(self._losses)
             (self._g,) = torch.autograd.grad(self._f, self._theta, create_graph=True)
         self.cost.forwards += self.batch
@@ -119,7 +122,9 @@ class FlatLoss:
         """``f(θ)`` and ``∇f(θ)`` at another point (one forward and one backward per sample)."""
         with torch.enable_grad():
             t = theta.detach().clone().requires_grad_(True)
-            out = reduce(functional_call(self._bound, self._prefixed(t), (), strict=False))
+            losses = functional_call(self._bound, self._prefixed(t), (), strict=False)
+            check_differentiable(losses, self.method)
+            out = reduce(losses)
             (g,) = torch.autograd.grad(out, t)
         self.cost.forwards += self.batch
         self.cost.backwards += self.batch

@@ -96,7 +96,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, check_finite, evaluate, reduce
+from unigrad.core.objective import Objective, check_differentiable, check_finite, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.second._curvature import FlatLoss
@@ -222,6 +222,7 @@ class DiagHessian(Estimator):
         """Loss and flat gradient by one plain forward and backward (calls without a curvature update)."""
         with torch.enable_grad():
             losses = evaluate(objective, model, cost)
+            check_differentiable(losses, self.name)
             loss = reduce(losses)
             grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
         cost.backwards += cost.forwards
@@ -239,7 +240,7 @@ class DiagHessian(Estimator):
             )
         update = self.curvature is None or self.step % self.interval == 0
         if update:
-            flat = FlatLoss(model, objective, params)
+            flat = FlatLoss(model, objective, params, method=self.name)
             diag = hutchinson_diagonal(flat, self.noise, self.seed, self.step, self.probes)
             loss, g, cost = flat.loss, flat.grad, flat.cost
             if self.rule == "adahessian":

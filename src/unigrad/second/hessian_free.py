@@ -182,7 +182,7 @@ class HessianFree(Estimator):
                 "hessian-free with curvature=ggn needs a supervised objective (unigrad.supervised) to see the "
                 "model's outputs; use curvature=hessian for other objectives"
             )
-        fl = FlatLoss(model, objective, params, outputs=ggn)
+        fl = FlatLoss(model, objective, params, outputs=ggn, method=self.name)
         product: Callable[[Tensor], Tensor] = fl.ggn_vp if ggn else fl.hvp
         lam = self.damping
         g = fl.grad

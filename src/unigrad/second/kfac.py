@@ -105,7 +105,15 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, Supervised, check_finite, n_samples, reduce
+from unigrad.core.objective import (
+    Objective,
+    Supervised,
+    check_differentiable,
+    check_finite,
+    losses_of,
+    n_samples,
+    reduce,
+)
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
 from unigrad.nn.decorrelation import _DecorrelatedLayer
@@ -218,7 +226,8 @@ class KFAC(Estimator):
                     outputs = model(objective.inputs)
                     losses = objective.score(outputs)
                 else:
-                    losses = objective(model)
+                    losses = losses_of(objective, model)
+                check_differentiable(losses, self.name)
                 batch_cost = n_samples(objective, losses)
                 cost.forwards += batch_cost
                 loss = reduce(losses)

@@ -99,7 +99,7 @@ from torch.func import functional_call
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, n_samples, reduce
+from unigrad.core.objective import Objective, check_differentiable, n_samples, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.probe import _Bound
 
@@ -197,11 +197,9 @@ class LBFGS(Estimator):
                 t = point.detach().clone().requires_grad_(True)
                 values = [v.view(s) for v, s in zip(t.split(sizes), shapes, strict=True)]
                 losses = functional_call(bound, dict(zip(names, values, strict=True)), (), strict=False)
+                check_differentiable(losses, self.name)
                 loss = reduce(losses)
-                if loss.requires_grad:
-                    (grad,) = torch.autograd.grad(loss, t, allow_unused=True)
-                else:
-                    grad = None
+                (grad,) = torch.autograd.grad(loss, t, allow_unused=True)
             batch = n_samples(objective, losses)
             cost.forwards += batch
             cost.backwards += batch

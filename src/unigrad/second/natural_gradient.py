@@ -114,7 +114,7 @@ class NaturalGradient(Estimator):
                 f"natural-gradient with fisher={self.fisher} needs a supervised objective (unigrad.supervised) to "
                 "see the model's outputs; use fisher=empirical for other objectives"
             )
-        fl = FlatLoss(model, objective, params, outputs=self.fisher == "true")
+        fl = FlatLoss(model, objective, params, outputs=self.fisher == "true", method=self.name)
         g = fl.grad
         product: Callable[[Tensor], Tensor]
         if self.fisher == "true":

@@ -107,7 +107,7 @@ class Newton(Estimator):
                 f"newton forms the exact Hessian: {d:,} parameters exceed max_params={self.max_params:,} "
                 f"(use hessian-free, kfac or lbfgs for larger models, or raise max_params)"
             )
-        fl = FlatLoss(model, objective, params)
+        fl = FlatLoss(model, objective, params, method=self.name)
         g, h, f0 = fl.grad, fl.hessian(), fl.loss
         info: dict[str, Any] = {}
         if self.trust_region:

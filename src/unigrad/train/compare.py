@@ -565,6 +565,7 @@ def compare(
                     on_record=record,
                     diagnostics=diag_names,
                     diagnostics_every=diagnostics_every,
+                    threads=None,  # the caller's (the command line's --threads), recorded in the environment
                 )
             runs.append(r.to_dict())
             if db is not None and ckpt is not None:

@@ -80,11 +80,21 @@
   parameters every ``k`` steps and raises :class:`~unigrad.core.errors.UnigradError` if they differ.
   Diagnostics and decorrelation are refused (their extra passes are local to a process). Without an
   exchange nothing changes: same fingerprint, same checkpoints.
+* **Threads** (``threads=1`` by default): torch's intra-op thread count for the duration of the call,
+  restored afterwards (``torch.set_num_threads`` is process-wide), as ``unigrad train --threads``
+  defaults to 1. The small default models gain nothing from more threads and lose much when other
+  processes share the cores: on a 2-core machine shared with other jobs, ``examples/quickstart.py``
+  took 158 s with torch's default (a thread per core) and 8.4 s with one thread (median of 3), with
+  the same accuracies. ``threads=None``
+  leaves the process's setting alone (the command line, :func:`~unigrad.train.compare.compare` and
+  the benchmark runner pass it: they have set the threads already). Bitwise resume needs the same
+  thread count as the interrupted run.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import sys
 import time
@@ -419,6 +429,30 @@ def _load_state(
     estimator.load_state_dict(state["estimator"])
 
 
+def _with_threads(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """Run ``fn`` with torch's intra-op thread count set to its ``threads`` argument, restored afterwards."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, threads: int | None = 1, **kwargs: Any) -> RunResult:
+        if threads is None:
+            return fn(*args, threads=None, **kwargs)
+        check_positive("threads", threads, integer=True)
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+        except (RuntimeError, ValueError, OverflowError):  # beyond the C int torch takes
+            raise UnigradError(
+                f"option threads={threads} is more threads than torch can use; give a small count"
+            ) from None
+        try:
+            return fn(*args, threads=threads, **kwargs)
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+@_with_threads
 def train(
     task: Task | str,
     method: Estimator | str,
@@ -443,8 +477,13 @@ def train(
     diagnostics_every: int | None = None,
     exchange: ProbeExchange | None = None,
     exchange_check_every: int | None = None,
+    threads: int | None = 1,
 ) -> RunResult:
-    """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs)."""
+    """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs).
+
+    ``threads`` (default 1) is torch's intra-op thread count during the call, restored afterwards;
+    ``None`` leaves the process's setting alone (see "Threads" in the module docs).
+    """
     task = get_task(task) if isinstance(task, str) else task
     budget = Budget.parse(budget)
     check_positive("batch_size", batch_size, integer=True)
