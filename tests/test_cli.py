@@ -164,3 +164,15 @@ def test_mezo_without_grad_is_refused_before_training(command: str, tmp_path, ca
     err = _err(capsys)
     assert err.count("error:") == 1 and "write_grad=false of mezo leaves .grad empty" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method", ["spsa", "rge", "es", "mezo", "np"])
+def test_object_valued_options_are_refused_in_a_method_spec(method: str, tmp_path, capsys):
+    # exchange=1 used to reach the estimator and end in a 29-line traceback at the first step
+    argv = ["train", "--task", "digits-mlp", "--method", f"{method}:exchange=1", "--budget", "steps=1", "--no-store"]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1 and f"option exchange of {method} takes a Python object" in err, err
+    assert "unigrad train --distributed" in err
+    assert "exchange," not in err.split("valid options:")[1] and not err.rstrip().endswith("exchange")
+    assert not (tmp_path / "run").exists()

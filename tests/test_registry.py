@@ -88,3 +88,16 @@ def test_unknown_name_lists_the_valid_ones():
 def test_unknown_option_lists_the_valid_ones():
     with pytest.raises(unigrad.UnigradError, match="valid options: probes"):
         unigrad.make_estimator("spsa", probez=3)
+
+
+def test_object_valued_options_are_not_offered_and_are_type_checked():
+    with pytest.raises(
+        unigrad.UnigradError,
+        match=r"valid options: probes, sigma, noise_source, probe_batch, "
+        r"memory_budget, seed$",
+    ):
+        unigrad.make_estimator("spsa", probez=3)
+    # from Python an exchange is accepted, but only a ProbeExchange: an int used to fail at the first step
+    for name in ("rge", "spsa", "es", "mezo", "np"):
+        with pytest.raises(unigrad.UnigradError, match="option exchange must be a ProbeExchange"):
+            unigrad.make_estimator(name, exchange=1)

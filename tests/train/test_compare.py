@@ -103,3 +103,26 @@ def test_compare_writes_results_report_and_plots(tmp_path):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in report
     assert results["methods"]["spsa"]["summary"]["seeds"] == 2
+
+
+def test_the_valid_options_of_a_spec_leave_out_the_object_valued_and_the_run_set_ones():
+    from unigrad.core.registry import ESTIMATORS, object_options, value_options
+
+    objects = {name: object_options(name) for name in ESTIMATORS if name not in ("cma", "sep-cma", "nevergrad")}
+    # exchange (a ProbeExchange the distributed launcher builds) is the only object-valued option
+    assert {name for name, o in objects.items() if o} == {"rge", "spsa", "es", "mezo", "np"}
+    assert all(set(o) <= {"exchange"} for o in objects.values())
+    # options that take a string as well as an object stay settable by name
+    assert "noise" in value_options("miconi") and "reward" in value_options("oua")
+    with pytest.raises(
+        UnigradError,
+        match=r"unknown option 'colour'.*valid options: probes, sigma, noise_source, "
+        r"probe_batch, memory_budget$",
+    ):
+        parse_method("spsa:colour=red")
+    with pytest.raises(
+        UnigradError,
+        match=r"option exchange of np takes a Python object .*valid options: probes, "
+        r"sigma, noise_source$",
+    ):
+        parse_method("np:exchange=none")

@@ -81,7 +81,7 @@ import numpy as np
 import torch
 
 from unigrad.core.errors import UnigradError, unknown_name
-from unigrad.core.registry import ESTIMATORS, estimator_class, make_estimator
+from unigrad.core.registry import ESTIMATORS, SET_BY, estimator_class, make_estimator, object_options, value_options
 from unigrad.data.tasks import Task, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.train.report import write_atomic
@@ -281,10 +281,29 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
         raise UnigradError(f"option lr of {name} must be a number > 0, got {rate!r}")
     if "seed" in given:
         raise UnigradError(f"option seed of {name} is set by the run's seeds; remove it from the method spec")
+    _check_option_names(spec, name, given)
     options = {**default_options, **given}
     check_trainable(make_estimator(name, **options))  # validate now, not after an hour of other methods
     label = (variant or f"{name}+decorrelation") if decor is not None else name
     return MethodSpec(name, opt, float(rate), options, label=label, decorrelation=decor)
+
+
+def _check_option_names(spec: str, name: str, given: dict[str, Any]) -> None:
+    """Refuse a key of a method spec that is no option of estimator ``name``, or one that takes only a Python
+    object (``exchange``): a spec gives numbers, strings and booleans. The message lists the valid options."""
+    valid = [k for k in value_options(name) if k != "seed"]
+    objects = object_options(name)
+    for key in given:
+        if key in objects:
+            how = SET_BY.get(key, "it is set from Python")
+            raise UnigradError(
+                f"option {key} of {name} takes a Python object ({objects[key]}), not a value a method spec can give: "
+                f"{how}; valid options: {', '.join(valid)}"
+            )
+        if key not in valid:
+            raise UnigradError(
+                f"bad options for {name}: unknown option {key!r} in {spec!r}; valid options: {', '.join(valid)}"
+            )
 
 
 def _decorrelation(spec: str, variant: str | None, given: dict[str, Any]) -> dict[str, Any] | None:

@@ -99,7 +99,7 @@ from tqdm import tqdm
 
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive, unknown_name
 from unigrad.core.estimator import Estimator
-from unigrad.core.exchange import ProbeExchange
+from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.memory import peak_memory
 from unigrad.core.objective import supervised
 from unigrad.core.params import trainable
@@ -375,7 +375,7 @@ def _attach_exchange(
         raise UnigradError("decorrelation cannot run on several processes; drop it or train in one process")
     if check_every is not None:
         check_positive("exchange_check_every", check_every, integer=True)
-    estimator.exchange = exchange  # type: ignore[attr-defined]
+    estimator.exchange = check_exchange(exchange)  # type: ignore[attr-defined]
 
 
 def _slice(rows: range) -> slice:
