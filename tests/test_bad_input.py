@@ -382,7 +382,7 @@ def test_help_returns_0_instead_of_raising_systemexit(capsys: pytest.CaptureFixt
         (["train", "--seed", "9" * 25], "seeds must be integers from 0 to 9223372036854775807"),
         (["compare", "--seeds", "0," + "9" * 20], "seeds must be integers from 0 to"),
         (["compare", "--seeds", "9" * 25], "the number of seeds must be <= 1000000"),
-        (["train", "--threads", "9" * 25], "--threads 9999999999999999999999999 is more threads than torch"),
+        (["train", "--threads", "9" * 25], "--threads 9999999999999999999999999 is more threads than this machine"),
         (["train", "--method", "spsa:probes=" + "9" * 20], "option probes of 'spsa:probes=9999"),
         (["train", "--method", "spsa:probes=9223372036854775807"], "spsa seed 0: out of memory"),
         (["train", "--out", ""], "the output folder must be a non-empty path"),

@@ -176,3 +176,29 @@ def test_object_valued_options_are_refused_in_a_method_spec(method: str, tmp_pat
     assert "unigrad train --distributed" in err
     assert "exchange," not in err.split("valid options:")[1] and not err.rstrip().endswith("exchange")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "experiment", "bench"])
+def test_thread_counts_beyond_the_machine_are_refused(command: str, tmp_path, capsys):
+    # --threads 100000 used to crash the process in the threading runtime (no message, no exit status 2)
+    argv = {"experiment": ["experiment", "werfel", "--quick"], "bench": ["bench", "--tasks", "sphere-10"]}
+    out = tmp_path / "run"
+    assert cli.main([*argv.get(command, [command]), "--threads", "100000", "--out", str(out)]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1 and err.startswith("error: --threads 100000 is more threads than this machine"), err
+    assert not out.exists()
+
+
+def test_threads_above_the_cpus_warn_and_above_four_per_cpu_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_cpus", lambda: (2, 2))  # a 2-CPU machine
+    run = ["train", "--task", "digits-mlp", "--budget", "steps=1", "--no-store", "--no-memory", "--no-progress"]
+    assert cli.main([*run, "--threads", "9", "--out", str(tmp_path / "a")]) == 2
+    assert "at most 8 (4 per logical CPU, it has 2)" in _err(capsys) and not (tmp_path / "a").exists()
+    assert cli.main([*run, "--threads", "3", "--out", str(tmp_path / "b")]) == 0
+    warnings = [line for line in _err(capsys).splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: --threads 3 is more than the 2 CPUs this process can use; the extra threads take turns on the "
+        "cores and usually slow training down"
+    ]
+    assert cli.main([*run, "--threads", "2", "--out", str(tmp_path / "c")]) == 0
+    assert "warning" not in _err(capsys)
