@@ -89,6 +89,10 @@ BP = ["compare", "--task", "digits-mlp", "--methods", "backprop"]
         (["train", "--task", "digits-mlp", "--batch-size", "0"], "--batch-size"),
         (["train", "--task", "digits-mlp", "--dtype", "int8"], "unknown dtype"),
         (["train", "--task", "digits-mlp", "--device", "tpu"], "device"),
+        (
+            ["train", "--task", "digits-mlp", "--method", "spsa:sigma=inf"],
+            "option sigma of spsa must be a finite number",
+        ),
         (["frobnicate"], "invalid choice"),
     ],
 )

@@ -1,10 +1,12 @@
 """Every registered estimator honours the contract and trains, with the defaults `unigrad compare` uses."""
 
+import math
+
 import pytest
 import torch
 
 import unigrad
-from unigrad.core.registry import ESTIMATORS
+from unigrad.core.registry import ESTIMATORS, estimator_class
 from unigrad.train.compare import DEFAULTS
 from unigrad.train.trainer import train
 
@@ -101,3 +103,29 @@ def test_object_valued_options_are_not_offered_and_are_type_checked():
     for name in ("rge", "spsa", "es", "mezo", "np"):
         with pytest.raises(unigrad.UnigradError, match="option exchange must be a ProbeExchange"):
             unigrad.make_estimator(name, exchange=1)
+
+
+def _float_options() -> list[tuple[str, str]]:
+    import inspect
+
+    out = []
+    for name in ESTIMATORS:
+        try:
+            cls = estimator_class(name)
+        except ImportError:  # an optional peer package is missing
+            continue
+        for option, p in inspect.signature(cls.__init__).parameters.items():
+            if "float" in [t.strip() for t in str(p.annotation).split("|")]:  # float, float | None
+                out.append((name, option))
+    return out
+
+
+@pytest.mark.parametrize(("name", "option"), _float_options())
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_float_options_are_refused(name: str, option: str, value: float):
+    # sigma=inf passed every check (check_positive let +inf through), as did newton's damping, lbfgs's curvature_eps
+    # and hessian-free's progress_tol; NaN was refused
+    with pytest.raises(unigrad.UnigradError, match=rf"option {option} .*must be .*, got -?(inf|nan)"):
+        unigrad.make_estimator(name, **{option: value})
+    with pytest.raises(unigrad.UnigradError, match=rf"option {option} must be .*, got -?(inf|nan)"):
+        estimator_class(name)(**{option: value})  # the constructors' own checks, without the registry's

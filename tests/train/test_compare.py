@@ -40,6 +40,13 @@ def test_method_spec_routes_optimizer_keys_and_fills_defaults():
         ("spsa:lr=abc", "option lr"),
         ("spsa:optimizer=lion", "unknown optimizer 'lion'"),
         ("spsa:seed=3", "seed"),
+        # non-finite values: sigma=inf used to pass (check_positive let +inf through)
+        ("spsa:sigma=inf", "option sigma of spsa must be a finite number, got inf"),
+        ("rge:sigma=1e999", "option sigma of rge must be a finite number, got inf"),
+        ("diag-hessian:momentum=inf", "option momentum of diag-hessian must be a finite number"),
+        ("newton:damping=inf", "option damping of newton must be a finite number"),
+        ("spsa:lr=inf", "option lr of spsa must be a finite number > 0"),
+        ("spsa:decorrelate=1:decor_lr=inf", "option decorrelation lr must be a finite number > 0"),
     ],
 )
 def test_bad_method_specs(spec, match):

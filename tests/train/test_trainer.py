@@ -127,6 +127,11 @@ def test_optimizers_by_name():
         make_optimizer("adam", model.parameters(), 0.0)
     with pytest.raises(UnigradError, match="momentum"):
         make_optimizer("sgd", model.parameters(), 0.1, momentum=-1.0)
+    for bad in (math.inf, math.nan):  # torch's SGD accepted an infinite momentum
+        with pytest.raises(UnigradError, match="option momentum of optimizer sgd must be a finite number"):
+            make_optimizer("sgd", model.parameters(), 0.1, momentum=bad)
+    with pytest.raises(UnigradError, match="option lr must be a finite number > 0"):
+        make_optimizer("sgd", model.parameters(), math.inf)
 
 
 def test_bad_run_options():

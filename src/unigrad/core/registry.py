@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from unigrad.core.errors import UnigradError, unknown_name
+from unigrad.core.errors import UnigradError, check_finite_options, unknown_name
 from unigrad.core.estimator import Estimator
 
 # name: (module:Class, order, one-line description)
@@ -230,9 +230,11 @@ def make_estimator(name: str, **options: Any) -> Estimator:
     """Build the estimator called ``name`` with ``options`` (invalid options raise :class:`UnigradError`).
 
     The valid options listed in the error are :func:`value_options`; the object-valued ones
-    (:func:`object_options`, such as ``exchange``) are accepted from Python but not listed.
+    (:func:`object_options`, such as ``exchange``) are accepted from Python but not listed. A NaN or
+    infinite float option is refused (:func:`~unigrad.core.errors.check_finite_options`).
     """
     cls = estimator_class(name)
+    check_finite_options(name, options)
     try:
         return cls(**options)
     except TypeError as e:  # unexpected keyword

@@ -278,7 +278,7 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
     if not isinstance(opt, str) or opt not in OPTIMIZERS:
         raise unknown_name("optimizer", str(opt), OPTIMIZERS)
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
-        raise UnigradError(f"option lr of {name} must be a number > 0, got {rate!r}")
+        raise UnigradError(f"option lr of {name} must be a finite number > 0, got {rate!r}")
     if "seed" in given:
         raise UnigradError(f"option seed of {name} is set by the run's seeds; remove it from the method spec")
     _check_option_names(spec, name, given)

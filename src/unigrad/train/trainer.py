@@ -97,7 +97,14 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive, unknown_name
+from unigrad.core.errors import (
+    NonFiniteLossError,
+    UnigradError,
+    check_choice,
+    check_finite_options,
+    check_positive,
+    unknown_name,
+)
 from unigrad.core.estimator import Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.memory import peak_memory
@@ -239,6 +246,7 @@ def make_optimizer(name: str, params: Iterable[Tensor], lr: float, **options: An
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr):
         raise UnigradError(f"option lr must be a finite number > 0, got {lr!r}")
     check_positive("lr", lr)
+    check_finite_options(f"optimizer {name}", options)
     try:
         return OPTIMIZERS[name](params, lr=lr, **options)
     except (TypeError, ValueError) as e:
