@@ -206,3 +206,19 @@ def test_threads_above_the_cpus_warn_and_above_four_per_cpu_are_refused(tmp_path
     ]
     assert cli.main([*run, "--threads", "2", "--out", str(tmp_path / "c")]) == 0
     assert "warning" not in _err(capsys)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        # cut to the 1,437 training samples silently, while the report said 1e9
+        (["--batch-size", "1000000000"], "batch size 1000000000 is larger than the training set of digits-mlp (1437"),
+    ],
+)
+def test_impossible_plans_are_refused_before_anything_is_written(options, match, tmp_path, capsys):
+    store, out = tmp_path / "store.sqlite", tmp_path / "run"
+    argv = ["compare", "--task", "digits-mlp", "--methods", "backprop", "--budget", "steps=5", *options]
+    assert cli.main([*argv, "--store", str(store), "--out", str(out)]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1 and err.startswith("error: ") and match in err, err
+    assert not out.exists() and not store.exists()

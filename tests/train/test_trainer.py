@@ -181,3 +181,11 @@ def test_an_estimator_that_leaves_grad_empty_is_refused() -> None:
         options = {"write_grad": False} if method == "mezo" else None
         with pytest.raises(UnigradError, match=r"write_grad=false of mezo leaves \.grad empty"):
             train(task, method, estimator_options=options, budget="steps=1")
+
+
+def test_a_batch_larger_than_the_training_set_is_refused() -> None:
+    # it used to be cut to the 1,437 samples silently while the run's configuration kept the number asked for
+    with pytest.raises(UnigradError, match=r"^batch size 1438 is larger than the training set of digits-mlp \(1437 "):
+        train(TASK, "backprop", batch_size=1438, budget="steps=1")
+    r = train(TASK, "backprop", batch_size=1437, budget="steps=2")  # the whole set is a batch
+    assert r.steps == 2 and r.final["epoch"] == 2.0

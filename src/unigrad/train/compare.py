@@ -91,6 +91,7 @@ from unigrad.train.trainer import (
     Budget,
     RunResult,
     check_decorrelation,
+    check_plan,
     check_trainable,
     measure_peak_memory,
     resolve_device,
@@ -497,6 +498,7 @@ def compare(
                 f"({torch.finfo(dt).max:g}); lower it"
             )
     task.data()  # a missing dataset fails here, before a folder is made
+    check_plan(task, budget=budget, batch_size=batch_size)  # so does a batch beyond the training set
     db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
     folder = run_dir(task.name, out, prefix)
     say = log or (lambda _: None)

@@ -239,6 +239,19 @@ class Budget:
         return f"{self.kind}={self.value:g}"
 
 
+def check_plan(task: Task | str, *, budget: Budget | str, batch_size: int) -> None:
+    """Refuse, before anything is trained or written, a run that cannot be what was asked: a batch larger than
+    the training set (the loop would silently take the whole set each step)."""
+    task = get_task(task) if isinstance(task, str) else task
+    Budget.parse(budget)
+    check_positive("batch_size", batch_size, integer=True)
+    n = int(task.data().x_train.shape[0])
+    if batch_size > n:
+        raise UnigradError(
+            f"batch size {batch_size} is larger than the training set of {task.name} ({n} samples); give at most {n}"
+        )
+
+
 def make_optimizer(name: str, params: Iterable[Tensor], lr: float, **options: Any) -> torch.optim.Optimizer:
     """The ``torch.optim`` optimizer called ``name`` (one of :data:`OPTIMIZERS`) with learning rate ``lr``."""
     if name not in OPTIMIZERS:
@@ -466,6 +479,7 @@ def train(
         check_positive("diagnostics_every", diagnostics_every, integer=True)
 
     estimator = _build_estimator(method, seed, estimator_options)
+    check_plan(task, budget=budget, batch_size=batch_size)
     if exchange is not None:
         _attach_exchange(estimator, exchange, names, decor, exchange_check_every)
     lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
