@@ -213,6 +213,8 @@ def test_threads_above_the_cpus_warn_and_above_four_per_cpu_are_refused(tmp_path
     [
         # cut to the 1,437 training samples silently, while the report said 1e9
         (["--batch-size", "1000000000"], "batch size 1000000000 is larger than the training set of digits-mlp (1437"),
+        # accepted without comment
+        (["--eval-points", "1000000", "--budget", "steps=50"], "1000000 evaluation points are more than the 50 steps"),
     ],
 )
 def test_impossible_plans_are_refused_before_anything_is_written(options, match, tmp_path, capsys):
@@ -222,3 +224,14 @@ def test_impossible_plans_are_refused_before_anything_is_written(options, match,
     err = _err(capsys)
     assert err.count("\n") == 1 and err.startswith("error: ") and match in err, err
     assert not out.exists() and not store.exists()
+
+
+def test_a_warning_is_one_line(tmp_path, capsys):
+    # a forwards budget cannot know its steps in advance: backprop's 192 forward samples a step make 1000 six steps
+    argv = ["train", "--task", "digits-mlp", "--budget", "forwards=1000", "--eval-points", "10", "--no-store"]
+    assert cli.main([*argv, "--no-progress", "--no-memory", "--out", str(tmp_path / "run")]) == 0
+    err = _err(capsys)
+    assert err == (
+        "warning: 10 evaluation points were asked for, but budget forwards=1000 allowed backprop (seed 0) only 6 "
+        "steps: it was evaluated after every step\n"
+    )

@@ -98,7 +98,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="torch intra-op threads (default 1: the small default models gain nothing from more, "
         f"and lose a lot when other processes share the cores; {_THREADS_LIMIT})",
     )
-    p.add_argument("--eval-points", type=_positive_int, default=20, help="evaluation points per run (default 20)")
+    p.add_argument(
+        "--eval-points",
+        type=_positive_int,
+        default=None,
+        help="evaluation points per run (default 20, or every step of a shorter run); at most one a step: more "
+        "than an epochs or steps budget has steps is refused",
+    )
     p.add_argument("--out", default=None, help="run folder (default runs/<command>-<task>-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -594,8 +600,21 @@ def _run_runs(args: argparse.Namespace) -> int:
         raise UnigradError(f"cannot write {args.csv}: {e.strerror or e}") from None
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Warnings as one line ``warning: ...`` on stderr (not Python's two lines with a file and a source line)."""
+    print(f"warning: {_one_line(str(message))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unigrad`` script; returns the exit status."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if any("\x00" in a for a in argv):  # no path can hold one; the OS never passes one in sys.argv

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from unigrad import UnigradError, make_estimator
 from unigrad.data import get_task
 from unigrad.train import Budget, make_optimizer, measure_peak_memory, train
-from unigrad.train.trainer import evaluate
+from unigrad.train.trainer import PlanWarning, evaluate
 
 TASK = "digits-mlp"
 
@@ -92,7 +93,8 @@ def test_divergence_restores_the_last_good_state():
     params = _params(r.model)
     assert all(torch.isfinite(p).all() for p in params)
     # the same run stopped at the snapshot's step has exactly these parameters and momentum buffers
-    ref = train(TASK, "backprop", budget=f"steps={r.last_good_step}", **kw)
+    # (evaluations do not change the trajectory; more points than steps would be refused)
+    ref = train(TASK, "backprop", budget=f"steps={r.last_good_step}", **{**kw, "eval_points": None})
     assert ref.status == "ok"
     assert all(torch.equal(x, y) for x, y in zip(params, _params(ref.model)))
     bufs = [r.optimizer.state[p]["momentum_buffer"] for p in r.model.parameters()]
@@ -189,3 +191,28 @@ def test_a_batch_larger_than_the_training_set_is_refused() -> None:
         train(TASK, "backprop", batch_size=1438, budget="steps=1")
     r = train(TASK, "backprop", batch_size=1437, budget="steps=2")  # the whole set is a batch
     assert r.steps == 2 and r.final["epoch"] == 2.0
+
+
+def test_more_evaluation_points_than_steps_are_refused_when_the_budget_knows_its_steps() -> None:
+    with pytest.raises(UnigradError, match=r"^6 evaluation points are more than the 5 steps of budget steps=5;"):
+        train(TASK, "backprop", budget="steps=5", eval_points=6)
+    # epochs=1 at batch 64 is 23 steps
+    with pytest.raises(UnigradError, match=r"more than the 23 steps of budget epochs=1 \(23 an epoch at batch size 64"):
+        train(TASK, "backprop", budget="epochs=1", eval_points=24)
+    r = train(TASK, "backprop", budget="steps=5", eval_points=5)
+    assert [p["step"] for p in r.history] == [0, 1, 2, 3, 4, 5]
+    # the default number is no request: a run shorter than 20 steps is evaluated after every step, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        short = train(TASK, "backprop", budget="steps=2")
+    assert [p["step"] for p in short.history] == [0, 1, 2]
+
+
+def test_evaluation_points_a_forwards_budget_cannot_reach_warn_after_the_run() -> None:
+    # backprop costs 3 × 64 forward-pass equivalents a step: forwards=1000 is 6 steps
+    with pytest.warns(PlanWarning, match=r"^10 evaluation points were asked for, but budget forwards=1000 allowed "):
+        r = train(TASK, "backprop", budget="forwards=1000", eval_points=10)
+    assert r.steps == 6 and len(r.history) == 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(TASK, "backprop", budget="forwards=1000")  # the default: no warning

@@ -87,6 +87,7 @@ from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.train.report import write_atomic
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
+    DEFAULT_EVAL_POINTS,
     OPTIMIZERS,
     Budget,
     RunResult,
@@ -451,7 +452,7 @@ def compare(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "cpu",
     dtype: str = "float32",
-    eval_points: int = 20,
+    eval_points: int | None = None,
     memory: bool = True,
     progress: bool = True,
     command: str | None = None,
@@ -498,7 +499,9 @@ def compare(
                 f"({torch.finfo(dt).max:g}); lower it"
             )
     task.data()  # a missing dataset fails here, before a folder is made
-    check_plan(task, budget=budget, batch_size=batch_size)  # so does a batch beyond the training set
+    # so does a plan no run can carry out (a batch beyond the training set, more evaluation points than steps)
+    check_plan(task, budget=budget, batch_size=batch_size, eval_points=eval_points)
+    asked_points, eval_points = eval_points, DEFAULT_EVAL_POINTS if eval_points is None else eval_points
     db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
     folder = run_dir(task.name, out, prefix)
     say = log or (lambda _: None)
@@ -577,7 +580,7 @@ def compare(
                     seed=seed,
                     device=dev,
                     dtype=dt,
-                    eval_points=eval_points,
+                    eval_points=asked_points,
                     progress=progress,
                     desc=f"{spec.label} seed {seed}",
                     decorrelation=spec.decorrelation,

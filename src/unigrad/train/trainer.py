@@ -13,7 +13,13 @@
 * **Evaluation points**: the initial model and every ``1/eval_points`` of the budget (20 by
   default, so curves have enough points), and the end. Each records the fractional epoch, step,
   forward-pass equivalents, training wall seconds, the running mean of ``Estimate.loss`` since the
-  previous point, test accuracy and test loss.
+  previous point, test accuracy and test loss. The model is evaluated at most once a step: asking for
+  more points than an ``epochs`` or ``steps`` budget has steps is refused (:func:`check_plan`), and a
+  ``forwards`` or ``seconds`` budget that ends up with fewer steps than the points asked for warns
+  after the run (:class:`PlanWarning`). The default (``eval_points=None``: 20) is neither refused nor
+  warned about: a short run is simply evaluated after every step.
+* **Plans that cannot be carried out** (:func:`check_plan`): a batch larger than the training set, or
+  more evaluation points than steps, are refused before anything is built.
 * **Divergence**: a NaN or infinite loss (the estimator raises :class:`~unigrad.NonFiniteLossError`;
   the trainer also checks the loss and the test loss itself) stops the run. The parameters, the
   optimizer state and the estimator state are restored from the copy taken at the last evaluation
@@ -88,6 +94,7 @@ import copy
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,16 +246,50 @@ class Budget:
         return f"{self.kind}={self.value:g}"
 
 
-def check_plan(task: Task | str, *, budget: Budget | str, batch_size: int) -> None:
-    """Refuse, before anything is trained or written, a run that cannot be what was asked: a batch larger than
-    the training set (the loop would silently take the whole set each step)."""
+DEFAULT_EVAL_POINTS = 20
+"""Evaluation points of a run that does not ask for a number (``eval_points=None``)."""
+
+
+class PlanWarning(UserWarning):
+    """A run could not do what was asked in a way only training revealed (fewer steps than evaluation points)."""
+
+
+def planned_steps(budget: Budget, n_train: int, batch_size: int) -> float | None:
+    """The steps an ``epochs`` or ``steps`` budget takes with ``n_train`` training samples (a float: the
+    count can be beyond any integer a loop reaches); ``None`` for ``forwards`` and ``seconds`` budgets."""
+    if budget.kind == "epochs":
+        steps = budget.value * _batches_per_epoch(n_train, batch_size)
+        return math.ceil(steps) if math.isfinite(steps) else math.inf
+    if budget.kind == "steps":
+        return budget.value
+    return None
+
+
+def check_plan(task: Task | str, *, budget: Budget | str, batch_size: int, eval_points: int | None) -> None:
+    """Refuse, before anything is trained or written, a run that cannot be what was asked.
+
+    * a batch larger than the training set (the loop would silently take the whole set each step);
+    * more evaluation points than the steps of an ``epochs`` or ``steps`` budget (a model is evaluated at
+      most once a step; a ``forwards`` or ``seconds`` budget cannot know its steps in advance: :func:`train`
+      then warns after the run). ``eval_points=None`` (the default of :func:`train`) is not checked.
+    """
     task = get_task(task) if isinstance(task, str) else task
-    Budget.parse(budget)
+    budget = Budget.parse(budget)
     check_positive("batch_size", batch_size, integer=True)
+    if eval_points is not None:
+        check_positive("eval_points", eval_points, integer=True)
     n = int(task.data().x_train.shape[0])
     if batch_size > n:
         raise UnigradError(
             f"batch size {batch_size} is larger than the training set of {task.name} ({n} samples); give at most {n}"
+        )
+    steps = planned_steps(budget, n, batch_size)
+    if steps is not None and eval_points is not None and eval_points > steps:
+        per_epoch = f" ({_batches_per_epoch(n, batch_size)} an epoch at batch size {batch_size})"
+        raise UnigradError(
+            f"{eval_points} evaluation points are more than the {int(steps)} steps of budget {budget}"
+            f"{per_epoch * (budget.kind == 'epochs')}; the model is evaluated at most once a step, so ask for "
+            f"at most {int(steps)}"
         )
 
 
@@ -453,7 +494,7 @@ def train(
     seed: int = 0,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
-    eval_points: int = 20,
+    eval_points: int | None = None,
     progress: bool = False,
     desc: str | None = None,
     decorrelation: dict[str, Any] | None = None,
@@ -469,6 +510,8 @@ def train(
     task = get_task(task) if isinstance(task, str) else task
     budget = Budget.parse(budget)
     check_positive("batch_size", batch_size, integer=True)
+    asked = eval_points  # None: the default number, which a short run may not reach (module docs)
+    eval_points = DEFAULT_EVAL_POINTS if eval_points is None else eval_points
     check_positive("eval_points", eval_points, integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
@@ -479,7 +522,7 @@ def train(
         check_positive("diagnostics_every", diagnostics_every, integer=True)
 
     estimator = _build_estimator(method, seed, estimator_options)
-    check_plan(task, budget=budget, batch_size=batch_size)
+    check_plan(task, budget=budget, batch_size=batch_size, eval_points=asked)
     if exchange is not None:
         _attach_exchange(estimator, exchange, names, decor, exchange_check_every)
     lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
@@ -490,8 +533,8 @@ def train(
     initial = [p.detach().clone() for _, p in trainable(model)] if "drift" in names else None
 
     n = data.x_train.shape[0]
-    per_epoch = _batches_per_epoch(n, batch_size)
-    total_steps = {"epochs": math.ceil(budget.value * per_epoch), "steps": int(budget.value)}.get(budget.kind)
+    planned = planned_steps(budget, n, batch_size)
+    total_steps = None if planned is None else int(planned)
 
     step, fe, seconds, seen = 0, 0.0, 0.0, 0
     window: list[float] = []
@@ -688,6 +731,13 @@ def train(
     finally:
         bar.close()
 
+    if asked is not None and budget.kind in ("forwards", "seconds") and step < eval_points and status == "ok":
+        warnings.warn(
+            f"{eval_points} evaluation points were asked for, but budget {budget} allowed {estimator.name} (seed "
+            f"{seed}) only {step} step{'s' * (step != 1)}: it was evaluated after every step",
+            PlanWarning,
+            stacklevel=2,
+        )
     if status == "diverged" and not finished:
         assert snapshot is not None
         snapshot.restore(model, opt, estimator)
