@@ -215,6 +215,9 @@ def test_threads_above_the_cpus_warn_and_above_four_per_cpu_are_refused(tmp_path
         (["--batch-size", "1000000000"], "batch size 1000000000 is larger than the training set of digits-mlp (1437"),
         # accepted without comment
         (["--eval-points", "1000000", "--budget", "steps=50"], "1000000 evaluation points are more than the 50 steps"),
+        # ran until killed
+        (["--budget", "epochs=1e12"], "budget epochs=1e+12 is 2.3e+13 steps"),
+        (["--budget", "steps=1", "--methods", "spsa:probes=1000000000"], "spsa runs at least 6.4e+10 forward samples"),
     ],
 )
 def test_impossible_plans_are_refused_before_anything_is_written(options, match, tmp_path, capsys):

@@ -80,6 +80,9 @@ def test_every_estimator_lowers_the_loss_on_digits(name):
     # every trainable parameter received a direction, and the cost was counted
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in run.model.parameters())
     assert run.forward_equivalents > 0
+    # the lower bound train() refuses impossible plans with holds: min_forwards_per_sample × the mean batch (an
+    # epoch's 1,437 samples come in 23 batches, the last one short)
+    assert run.forward_equivalents >= run.steps * 1437 / 23 * run.estimator.min_forwards_per_sample()
 
 
 def test_unknown_name_lists_the_valid_ones():

@@ -216,3 +216,45 @@ def test_evaluation_points_a_forwards_budget_cannot_reach_warn_after_the_run() -
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(TASK, "backprop", budget="forwards=1000")  # the default: no warning
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "budget", "match"),
+    [
+        # these ran until killed: 2.3e13 steps; 2e9 forward passes of the batch per step
+        ("backprop", {}, "epochs=1e12", r"budget epochs=1e\+12 is 2.3e\+13 steps .*more than 1e\+09 steps is refused"),
+        ("backprop", {}, "epochs=1e308", r"budget epochs=1e\+308 is inf steps"),
+        ("backprop", {}, "steps=1000000001", r"more than 1e\+09 steps is refused"),
+        ("spsa", {"probes": 10**9}, "steps=1", r"spsa runs at least 6.4e\+10 forward samples a step \(1e\+09 probes"),
+        ("spsa", {"probes": 10**9}, "seconds=1", r"more than 1e\+10 a step is refused as beyond any machine"),
+        (
+            "spsa",
+            {"probes": 10**7},
+            "steps=20000",
+            r"is 20000 steps at batch size 64 with 1e\+07 probes: at least 1.25e\+13 forward samples",
+        ),
+        ("backprop", {}, "forwards=2e13", r"budget forwards=2e\+13 is more than 1e\+13 forward-pass equivalents"),
+    ],
+)
+def test_plans_beyond_any_machine_are_refused_before_training(method, options, budget, match) -> None:
+    with pytest.raises(UnigradError, match=match):
+        train(TASK, method, estimator_options=options, budget=budget, progress=False)
+
+
+def test_the_planned_work_is_a_lower_bound_of_the_work_done() -> None:
+    # check_plan refuses from batch × min_forwards_per_sample() a step: that must never exceed a real step's cost,
+    # or a valid run would be refused (every estimator is checked the same way in tests/test_registry.py)
+    cases = [
+        ("spsa", {"probes": 3}),
+        ("es", {"probes": 2}),
+        ("mezo", {"probes": 2}),
+        ("np", {"probes": 3}),
+        ("forward-gradient", {"probes": 3}),
+        ("diag-hessian", {"probes": 4, "interval": 3}),  # its probes run on every third step only
+    ]
+    for method, options in cases:
+        r = train(TASK, method, estimator_options=options, budget="steps=4", batch_size=16)
+        lower = r.estimator.min_forwards_per_sample()
+        steps = [b["forward_equivalents"] - a["forward_equivalents"] for a, b in zip(r.history, r.history[1:])]
+        assert len(steps) == 4 and min(steps) >= 16 * lower, (method, steps, lower)
+        assert lower == (1.0 if method == "diag-hessian" else options["probes"])

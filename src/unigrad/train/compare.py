@@ -499,8 +499,15 @@ def compare(
                 f"({torch.finfo(dt).max:g}); lower it"
             )
     task.data()  # a missing dataset fails here, before a folder is made
-    # so does a plan no run can carry out (a batch beyond the training set, more evaluation points than steps)
-    check_plan(task, budget=budget, batch_size=batch_size, eval_points=eval_points)
+    for spec in specs:  # so does a plan no run can carry out (a batch beyond the data, too many steps or points)
+        check_plan(
+            task,
+            spec.name,
+            budget=budget,
+            batch_size=batch_size,
+            eval_points=eval_points,
+            estimator_options=spec.options,
+        )
     asked_points, eval_points = eval_points, DEFAULT_EVAL_POINTS if eval_points is None else eval_points
     db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
     folder = run_dir(task.name, out, prefix)

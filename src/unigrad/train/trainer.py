@@ -18,8 +18,10 @@
   ``forwards`` or ``seconds`` budget that ends up with fewer steps than the points asked for warns
   after the run (:class:`PlanWarning`). The default (``eval_points=None``: 20) is neither refused nor
   warned about: a short run is simply evaluated after every step.
-* **Plans that cannot be carried out** (:func:`check_plan`): a batch larger than the training set, or
-  more evaluation points than steps, are refused before anything is built.
+* **Plans that cannot be carried out** (:func:`check_plan`): a batch larger than the training set,
+  more evaluation points than steps, and plans beyond any machine — more than :data:`MAX_STEPS` steps,
+  a step of more than :data:`MAX_STEP_FORWARDS` forward samples, or more than :data:`MAX_FORWARDS`
+  forward-pass equivalents in all — are refused before anything is built.
 * **Divergence**: a NaN or infinite loss (the estimator raises :class:`~unigrad.NonFiniteLossError`;
   the trainer also checks the loss and the test loss itself) stops the run. The parameters, the
   optimizer state and the estimator state are restored from the copy taken at the last evaluation
@@ -254,6 +256,21 @@ class PlanWarning(UserWarning):
     """A run could not do what was asked in a way only training revealed (fewer steps than evaluation points)."""
 
 
+MAX_STEPS = 10**9
+"""A plan of more steps is refused (:func:`check_plan`): the loop's own work per step (tens of microseconds
+at least, before any model runs) makes 1e9 steps a day or more."""
+
+MAX_FORWARDS = 1e13
+"""A plan that needs more forward-pass equivalents (samples through the model) than this is refused
+(:func:`check_plan`): 12 days even at 10 million samples a second, and a 2-core CPU manages a few hundred
+thousand a second on the small tasks."""
+
+MAX_STEP_FORWARDS = 1e10
+"""A step that needs more forward samples than this is refused (:func:`check_plan`): a step runs to its end
+(the budget, the progress bar and the checkpoints act only between steps), and 1e10 samples is hours
+even at a million samples a second."""
+
+
 def planned_steps(budget: Budget, n_train: int, batch_size: int) -> float | None:
     """The steps an ``epochs`` or ``steps`` budget takes with ``n_train`` training samples (a float: the
     count can be beyond any integer a loop reaches); ``None`` for ``forwards`` and ``seconds`` budgets."""
@@ -265,13 +282,26 @@ def planned_steps(budget: Budget, n_train: int, batch_size: int) -> float | None
     return None
 
 
-def check_plan(task: Task | str, *, budget: Budget | str, batch_size: int, eval_points: int | None) -> None:
-    """Refuse, before anything is trained or written, a run that cannot be what was asked.
+def check_plan(
+    task: Task | str,
+    method: Estimator | str,
+    *,
+    budget: Budget | str,
+    batch_size: int,
+    eval_points: int | None,
+    estimator_options: dict[str, Any] | None = None,
+) -> None:
+    """Refuse, before anything is trained or written, a run that cannot be what was asked or cannot finish.
 
     * a batch larger than the training set (the loop would silently take the whole set each step);
     * more evaluation points than the steps of an ``epochs`` or ``steps`` budget (a model is evaluated at
       most once a step; a ``forwards`` or ``seconds`` budget cannot know its steps in advance: :func:`train`
-      then warns after the run). ``eval_points=None`` (the default of :func:`train`) is not checked.
+      then warns after the run). ``eval_points=None`` (the default of :func:`train`) is not checked;
+    * a plan beyond any machine: more than :data:`MAX_STEPS` steps, a step of more than
+      :data:`MAX_STEP_FORWARDS` forward samples, or more than :data:`MAX_FORWARDS` forward-pass equivalents
+      in all. The work is a lower bound: the samples of a step (a full batch, or on average over the steps
+      ``n / ⌈n / batch⌉`` since an epoch's last batch may be short) × the estimator's
+      :meth:`~unigrad.core.estimator.Estimator.min_forwards_per_sample` (its probes).
     """
     task = get_task(task) if isinstance(task, str) else task
     budget = Budget.parse(budget)
@@ -283,13 +313,42 @@ def check_plan(task: Task | str, *, budget: Budget | str, batch_size: int, eval_
         raise UnigradError(
             f"batch size {batch_size} is larger than the training set of {task.name} ({n} samples); give at most {n}"
         )
-    steps = planned_steps(budget, n, batch_size)
-    if steps is not None and eval_points is not None and eval_points > steps:
-        per_epoch = f" ({_batches_per_epoch(n, batch_size)} an epoch at batch size {batch_size})"
+    estimator = method if isinstance(method, Estimator) else make_estimator(method, **(estimator_options or {}))
+    evals = estimator.min_forwards_per_sample()
+    per_step = batch_size * evals
+    beyond = "refused as beyond any machine"
+    if per_step > MAX_STEP_FORWARDS:
         raise UnigradError(
-            f"{eval_points} evaluation points are more than the {int(steps)} steps of budget {budget}"
-            f"{per_epoch * (budget.kind == 'epochs')}; the model is evaluated at most once a step, so ask for "
-            f"at most {int(steps)}"
+            f"{estimator.name} runs at least {per_step:.3g} forward samples a step ({evals:g} probes × batch size "
+            f"{batch_size}); a step runs to its end (the budget and the checkpoints act between steps) and more than "
+            f"{MAX_STEP_FORWARDS:g} a step is {beyond}; lower the probes or the batch size"
+        )
+    steps = planned_steps(budget, n, batch_size)
+    if steps is not None:
+        per_epoch = f" ({_batches_per_epoch(n, batch_size)} an epoch at batch size {batch_size})"
+        if steps > MAX_STEPS:
+            raise UnigradError(
+                f"budget {budget} is {steps:.3g} steps{per_epoch * (budget.kind == 'epochs')}; more than "
+                f"{MAX_STEPS:.0e} steps is {beyond} (the loop alone needs a day for 1e9); lower the budget"
+            )
+        # an epoch's last batch may be short: any run of steps averages at least n / (batches an epoch) samples
+        total = steps * n / _batches_per_epoch(n, batch_size) * evals
+        if total > MAX_FORWARDS:
+            raise UnigradError(
+                f"budget {budget} is {int(steps)} steps at batch size {batch_size} with {evals:g} probes: at least "
+                f"{total:.3g} forward samples; more than {MAX_FORWARDS:g} forward-pass equivalents is {beyond} "
+                "(12 days even at 1e7 samples a second); lower the budget, the probes or the batch size"
+            )
+        if eval_points is not None and eval_points > steps:
+            raise UnigradError(
+                f"{eval_points} evaluation points are more than the {int(steps)} steps of budget {budget}"
+                f"{per_epoch * (budget.kind == 'epochs')}; the model is evaluated at most once a step, so ask for "
+                f"at most {int(steps)}"
+            )
+    elif budget.kind == "forwards" and budget.value > MAX_FORWARDS:
+        raise UnigradError(
+            f"budget {budget} is more than {MAX_FORWARDS:g} forward-pass equivalents, {beyond} (12 days even at "
+            "1e7 samples a second); lower it"
         )
 
 
@@ -522,7 +581,7 @@ def train(
         check_positive("diagnostics_every", diagnostics_every, integer=True)
 
     estimator = _build_estimator(method, seed, estimator_options)
-    check_plan(task, budget=budget, batch_size=batch_size, eval_points=asked)
+    check_plan(task, estimator, budget=budget, batch_size=batch_size, eval_points=asked)
     if exchange is not None:
         _attach_exchange(estimator, exchange, names, decor, exchange_check_every)
     lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
