@@ -89,6 +89,10 @@ BP = ["compare", "--task", "digits-mlp", "--methods", "backprop"]
         (["train", "--task", "digits-mlp", "--batch-size", "0"], "--batch-size"),
         (["train", "--task", "digits-mlp", "--dtype", "int8"], "unknown dtype"),
         (["train", "--task", "digits-mlp", "--device", "tpu"], "device"),
+        (
+            ["train", "--task", "digits-mlp", "--method", "spsa:sigma=inf"],
+            "option sigma of spsa must be a finite number",
+        ),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -164,3 +168,73 @@ def test_mezo_without_grad_is_refused_before_training(command: str, tmp_path, ca
     err = _err(capsys)
     assert err.count("error:") == 1 and "write_grad=false of mezo leaves .grad empty" in err, err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method", ["spsa", "rge", "es", "mezo", "np"])
+def test_object_valued_options_are_refused_in_a_method_spec(method: str, tmp_path, capsys):
+    # exchange=1 used to reach the estimator and end in a 29-line traceback at the first step
+    argv = ["train", "--task", "digits-mlp", "--method", f"{method}:exchange=1", "--budget", "steps=1", "--no-store"]
+    assert cli.main([*argv, "--out", str(tmp_path / "run")]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1 and f"option exchange of {method} takes a Python object" in err, err
+    assert "unigrad train --distributed" in err
+    assert "exchange," not in err.split("valid options:")[1] and not err.rstrip().endswith("exchange")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "experiment", "bench"])
+def test_thread_counts_beyond_the_machine_are_refused(command: str, tmp_path, capsys):
+    # --threads 100000 used to crash the process in the threading runtime (no message, no exit status 2)
+    argv = {"experiment": ["experiment", "werfel", "--quick"], "bench": ["bench", "--tasks", "sphere-10"]}
+    out = tmp_path / "run"
+    assert cli.main([*argv.get(command, [command]), "--threads", "100000", "--out", str(out)]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1 and err.startswith("error: --threads 100000 is more threads than this machine"), err
+    assert not out.exists()
+
+
+def test_threads_above_the_cpus_warn_and_above_four_per_cpu_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cli, "_cpus", lambda: (2, 2))  # a 2-CPU machine
+    run = ["train", "--task", "digits-mlp", "--budget", "steps=1", "--no-store", "--no-memory", "--no-progress"]
+    assert cli.main([*run, "--threads", "9", "--out", str(tmp_path / "a")]) == 2
+    assert "at most 8 (4 per logical CPU, it has 2)" in _err(capsys) and not (tmp_path / "a").exists()
+    assert cli.main([*run, "--threads", "3", "--out", str(tmp_path / "b")]) == 0
+    warnings = [line for line in _err(capsys).splitlines() if line.startswith("warning:")]
+    assert warnings == [
+        "warning: --threads 3 is more than the 2 CPUs this process can use; the extra threads take turns on the "
+        "cores and usually slow training down"
+    ]
+    assert cli.main([*run, "--threads", "2", "--out", str(tmp_path / "c")]) == 0
+    assert "warning" not in _err(capsys)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        # cut to the 1,437 training samples silently, while the report said 1e9
+        (["--batch-size", "1000000000"], "batch size 1000000000 is larger than the training set of digits-mlp (1437"),
+        # accepted without comment
+        (["--eval-points", "1000000", "--budget", "steps=50"], "1000000 evaluation points are more than the 50 steps"),
+        # ran until killed
+        (["--budget", "epochs=1e12"], "budget epochs=1e+12 is 2.3e+13 steps"),
+        (["--budget", "steps=1", "--methods", "spsa:probes=1000000000"], "spsa runs at least 6.4e+10 forward samples"),
+    ],
+)
+def test_impossible_plans_are_refused_before_anything_is_written(options, match, tmp_path, capsys):
+    store, out = tmp_path / "store.sqlite", tmp_path / "run"
+    argv = ["compare", "--task", "digits-mlp", "--methods", "backprop", "--budget", "steps=5", *options]
+    assert cli.main([*argv, "--store", str(store), "--out", str(out)]) == 2
+    err = _err(capsys)
+    assert err.count("\n") == 1 and err.startswith("error: ") and match in err, err
+    assert not out.exists() and not store.exists()
+
+
+def test_a_warning_is_one_line(tmp_path, capsys):
+    # a forwards budget cannot know its steps in advance: backprop's 192 forward samples a step make 1000 six steps
+    argv = ["train", "--task", "digits-mlp", "--budget", "forwards=1000", "--eval-points", "10", "--no-store"]
+    assert cli.main([*argv, "--no-progress", "--no-memory", "--out", str(tmp_path / "run")]) == 0
+    err = _err(capsys)
+    assert err == (
+        "warning: 10 evaluation points were asked for, but budget forwards=1000 allowed backprop (seed 0) only 6 "
+        "steps: it was evaluated after every step\n"
+    )

@@ -1,10 +1,12 @@
 """Every registered estimator honours the contract and trains, with the defaults `unigrad compare` uses."""
 
+import math
+
 import pytest
 import torch
 
 import unigrad
-from unigrad.core.registry import ESTIMATORS
+from unigrad.core.registry import ESTIMATORS, estimator_class
 from unigrad.train.compare import DEFAULTS
 from unigrad.train.trainer import train
 
@@ -78,6 +80,9 @@ def test_every_estimator_lowers_the_loss_on_digits(name):
     # every trainable parameter received a direction, and the cost was counted
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in run.model.parameters())
     assert run.forward_equivalents > 0
+    # the lower bound train() refuses impossible plans with holds: min_forwards_per_sample × the mean batch (an
+    # epoch's 1,437 samples come in 23 batches, the last one short)
+    assert run.forward_equivalents >= run.steps * 1437 / 23 * run.estimator.min_forwards_per_sample()
 
 
 def test_unknown_name_lists_the_valid_ones():
@@ -88,3 +93,42 @@ def test_unknown_name_lists_the_valid_ones():
 def test_unknown_option_lists_the_valid_ones():
     with pytest.raises(unigrad.UnigradError, match="valid options: probes"):
         unigrad.make_estimator("spsa", probez=3)
+
+
+def test_object_valued_options_are_not_offered_and_are_type_checked():
+    with pytest.raises(
+        unigrad.UnigradError,
+        match=r"valid options: probes, sigma, noise_source, probe_batch, "
+        r"memory_budget, seed$",
+    ):
+        unigrad.make_estimator("spsa", probez=3)
+    # from Python an exchange is accepted, but only a ProbeExchange: an int used to fail at the first step
+    for name in ("rge", "spsa", "es", "mezo", "np"):
+        with pytest.raises(unigrad.UnigradError, match="option exchange must be a ProbeExchange"):
+            unigrad.make_estimator(name, exchange=1)
+
+
+def _float_options() -> list[tuple[str, str]]:
+    import inspect
+
+    out = []
+    for name in ESTIMATORS:
+        try:
+            cls = estimator_class(name)
+        except ImportError:  # an optional peer package is missing
+            continue
+        for option, p in inspect.signature(cls.__init__).parameters.items():
+            if "float" in [t.strip() for t in str(p.annotation).split("|")]:  # float, float | None
+                out.append((name, option))
+    return out
+
+
+@pytest.mark.parametrize(("name", "option"), _float_options())
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_non_finite_float_options_are_refused(name: str, option: str, value: float):
+    # sigma=inf passed every check (check_positive let +inf through), as did newton's damping, lbfgs's curvature_eps
+    # and hessian-free's progress_tol; NaN was refused
+    with pytest.raises(unigrad.UnigradError, match=rf"option {option} .*must be .*, got -?(inf|nan)"):
+        unigrad.make_estimator(name, **{option: value})
+    with pytest.raises(unigrad.UnigradError, match=rf"option {option} must be .*, got -?(inf|nan)"):
+        estimator_class(name)(**{option: value})  # the constructors' own checks, without the registry's

@@ -21,6 +21,7 @@ malformed method spec, a missing dataset), printed as one ``error: ...`` line wi
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -81,6 +82,11 @@ def _positive_float(text: str) -> float:
     return value
 
 
+THREADS_PER_CPU = 4
+"""``--threads`` is refused above this many threads per logical CPU (see ``_apply_threads``)."""
+_THREADS_LIMIT = f"at most {THREADS_PER_CPU} per logical CPU, a warning above the CPUs this process may use"
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64, help="samples per step (default 64)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -90,9 +96,15 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         type=_positive_int,
         default=1,
         help="torch intra-op threads (default 1: the small default models gain nothing from more, "
-        "and lose a lot when other processes share the cores)",
+        f"and lose a lot when other processes share the cores; {_THREADS_LIMIT})",
     )
-    p.add_argument("--eval-points", type=_positive_int, default=20, help="evaluation points per run (default 20)")
+    p.add_argument(
+        "--eval-points",
+        type=_positive_int,
+        default=None,
+        help="evaluation points per run (default 20, or every step of a shorter run); at most one a step: more "
+        "than an epochs or steps budget has steps is refused",
+    )
     p.add_argument("--out", default=None, help="run folder (default runs/<command>-<task>-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
@@ -184,7 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default=None, help="output folder (default runs/experiment-<name>-<YYYYmmdd-HHMMSS>)")
     e.add_argument("--seeds", type=_positive_int, default=3, help="seeds per configuration (default 3)")
     e.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the pipeline, not results")
-    e.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads (default 1)")
+    e.add_argument(
+        "--threads", type=_positive_int, default=1, help=f"torch intra-op threads (default 1; {_THREADS_LIMIT})"
+    )
     e.add_argument("--no-progress", action="store_true", help="do not print what is running")
     e.add_argument(
         "--jobs",
@@ -217,7 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget", type=_positive_float, default=None, help="budget in FE for every task (replaces the defaults)"
     )
     b.add_argument("--jobs", type=_positive_int, default=1, help="runs at once, one process and one thread each")
-    b.add_argument("--threads", type=_positive_int, default=1, help="torch intra-op threads with --jobs 1 (default 1)")
+    b.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        help=f"torch intra-op threads with --jobs 1 (default 1; {_THREADS_LIMIT})",
+    )
     b.add_argument("--out", default=None, help="output folder (default runs/bench-<YYYYmmdd-HHMMSS>)")
     b.add_argument("--no-progress", action="store_true", help="do not print a line per finished run")
     b.add_argument("--list", action="store_true", help="list the tasks with their default budgets and methods")
@@ -267,13 +286,40 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cpus() -> tuple[int, int]:
+    """The machine's logical CPUs and those this process may run on (its affinity mask, where the OS has one)."""
+    total = os.cpu_count() or 1
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = total
+    return total, max(1, min(usable, total))
+
+
 def _apply_threads(n: int) -> None:
+    """Set torch's intra-op threads to ``n`` (``--threads``).
+
+    More threads than CPUs never run at once: they only take turns on the cores, which slows the many small
+    operations of these models down, and far too many cannot even be created (the BLAS or OpenMP runtime
+    crashes). So ``n`` above :data:`THREADS_PER_CPU` per logical CPU is refused, and ``n`` above the CPUs
+    this process may use gets a one-line warning on stderr.
+    """
     import torch
 
-    try:
-        torch.set_num_threads(n)
-    except (RuntimeError, ValueError, OverflowError):  # beyond the C int torch takes
-        raise UnigradError(f"--threads {n} is more threads than torch can use; give a small count") from None
+    total, usable = _cpus()
+    cap = THREADS_PER_CPU * total
+    if n > cap:
+        raise UnigradError(
+            f"--threads {n} is more threads than this machine can use: at most {cap} ({THREADS_PER_CPU} per logical "
+            f"CPU, it has {total}); extra threads only take turns on the cores, so give at most {usable}"
+        )
+    if n > usable:
+        print(
+            f"warning: --threads {n} is more than the {usable} CPU{'s' * (usable != 1)} this process can use; "
+            "the extra threads take turns on the cores and usually slow training down",
+            file=sys.stderr,
+        )
+    torch.set_num_threads(n)
 
 
 def _finish(folder: Any, results: dict[str, Any]) -> int:
@@ -564,8 +610,21 @@ def _run_runs(args: argparse.Namespace) -> int:
         raise UnigradError(f"cannot write {args.csv}: {e.strerror or e}") from None
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    """Warnings as one line ``warning: ...`` on stderr (not Python's two lines with a file and a source line)."""
+    print(f"warning: {_one_line(str(message))}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unigrad`` script; returns the exit status."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if any("\x00" in a for a in argv):  # no path can hold one; the OS never passes one in sys.argv

@@ -62,6 +62,9 @@ Rules:
   exist, a method spec is parsed (:func:`unigrad.train.compare.parse_method`, which builds the
   estimator once), a budget is parsed (:meth:`unigrad.train.trainer.Budget.parse`), numbers
   must be in range. Types are strict: ``batch_size = 64.0`` or ``lr = "1e-3"`` are errors.
+* Checks that join several options or the machine (a batch size beyond the task's training set, more
+  evaluation points than the budget's steps, a plan beyond any machine, more threads than the machine
+  can run) are made when the command starts, before anything is written, as for the command line.
 * A top-level key the command does not take (``method`` for ``compare``, ``seeds`` for
   ``train``) is an error: it belongs in that command's table. Unknown keys are errors. The table
   of the other command is not read.

@@ -40,6 +40,13 @@ def test_method_spec_routes_optimizer_keys_and_fills_defaults():
         ("spsa:lr=abc", "option lr"),
         ("spsa:optimizer=lion", "unknown optimizer 'lion'"),
         ("spsa:seed=3", "seed"),
+        # non-finite values: sigma=inf used to pass (check_positive let +inf through)
+        ("spsa:sigma=inf", "option sigma of spsa must be a finite number, got inf"),
+        ("rge:sigma=1e999", "option sigma of rge must be a finite number, got inf"),
+        ("diag-hessian:momentum=inf", "option momentum of diag-hessian must be a finite number"),
+        ("newton:damping=inf", "option damping of newton must be a finite number"),
+        ("spsa:lr=inf", "option lr of spsa must be a finite number > 0"),
+        ("spsa:decorrelate=1:decor_lr=inf", "option decorrelation lr must be a finite number > 0"),
     ],
 )
 def test_bad_method_specs(spec, match):
@@ -103,3 +110,26 @@ def test_compare_writes_results_report_and_plots(tmp_path):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in report
     assert results["methods"]["spsa"]["summary"]["seeds"] == 2
+
+
+def test_the_valid_options_of_a_spec_leave_out_the_object_valued_and_the_run_set_ones():
+    from unigrad.core.registry import ESTIMATORS, object_options, value_options
+
+    objects = {name: object_options(name) for name in ESTIMATORS if name not in ("cma", "sep-cma", "nevergrad")}
+    # exchange (a ProbeExchange the distributed launcher builds) is the only object-valued option
+    assert {name for name, o in objects.items() if o} == {"rge", "spsa", "es", "mezo", "np"}
+    assert all(set(o) <= {"exchange"} for o in objects.values())
+    # options that take a string as well as an object stay settable by name
+    assert "noise" in value_options("miconi") and "reward" in value_options("oua")
+    with pytest.raises(
+        UnigradError,
+        match=r"unknown option 'colour'.*valid options: probes, sigma, noise_source, "
+        r"probe_batch, memory_budget$",
+    ):
+        parse_method("spsa:colour=red")
+    with pytest.raises(
+        UnigradError,
+        match=r"option exchange of np takes a Python object .*valid options: probes, "
+        r"sigma, noise_source$",
+    ):
+        parse_method("np:exchange=none")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ import torch
 from unigrad import UnigradError, make_estimator
 from unigrad.data import get_task
 from unigrad.train import Budget, make_optimizer, measure_peak_memory, train
-from unigrad.train.trainer import evaluate
+from unigrad.train.trainer import PlanWarning, evaluate
 
 TASK = "digits-mlp"
 
@@ -92,7 +93,8 @@ def test_divergence_restores_the_last_good_state():
     params = _params(r.model)
     assert all(torch.isfinite(p).all() for p in params)
     # the same run stopped at the snapshot's step has exactly these parameters and momentum buffers
-    ref = train(TASK, "backprop", budget=f"steps={r.last_good_step}", **kw)
+    # (evaluations do not change the trajectory; more points than steps would be refused)
+    ref = train(TASK, "backprop", budget=f"steps={r.last_good_step}", **{**kw, "eval_points": None})
     assert ref.status == "ok"
     assert all(torch.equal(x, y) for x, y in zip(params, _params(ref.model)))
     bufs = [r.optimizer.state[p]["momentum_buffer"] for p in r.model.parameters()]
@@ -127,6 +129,11 @@ def test_optimizers_by_name():
         make_optimizer("adam", model.parameters(), 0.0)
     with pytest.raises(UnigradError, match="momentum"):
         make_optimizer("sgd", model.parameters(), 0.1, momentum=-1.0)
+    for bad in (math.inf, math.nan):  # torch's SGD accepted an infinite momentum
+        with pytest.raises(UnigradError, match="option momentum of optimizer sgd must be a finite number"):
+            make_optimizer("sgd", model.parameters(), 0.1, momentum=bad)
+    with pytest.raises(UnigradError, match="option lr must be a finite number > 0"):
+        make_optimizer("sgd", model.parameters(), math.inf)
 
 
 def test_bad_run_options():
@@ -212,3 +219,78 @@ def test_bad_thread_counts_are_refused(threads) -> None:
     with pytest.raises(UnigradError, match=f"^option threads must be an integer >= 1, got {threads!r}$"):
         train(TASK, "spsa", budget="steps=1", threads=threads)
     assert torch.get_num_threads() == before
+
+
+def test_a_batch_larger_than_the_training_set_is_refused() -> None:
+    # it used to be cut to the 1,437 samples silently while the run's configuration kept the number asked for
+    with pytest.raises(UnigradError, match=r"^batch size 1438 is larger than the training set of digits-mlp \(1437 "):
+        train(TASK, "backprop", batch_size=1438, budget="steps=1")
+    r = train(TASK, "backprop", batch_size=1437, budget="steps=2")  # the whole set is a batch
+    assert r.steps == 2 and r.final["epoch"] == 2.0
+
+
+def test_more_evaluation_points_than_steps_are_refused_when_the_budget_knows_its_steps() -> None:
+    with pytest.raises(UnigradError, match=r"^6 evaluation points are more than the 5 steps of budget steps=5;"):
+        train(TASK, "backprop", budget="steps=5", eval_points=6)
+    # epochs=1 at batch 64 is 23 steps
+    with pytest.raises(UnigradError, match=r"more than the 23 steps of budget epochs=1 \(23 an epoch at batch size 64"):
+        train(TASK, "backprop", budget="epochs=1", eval_points=24)
+    r = train(TASK, "backprop", budget="steps=5", eval_points=5)
+    assert [p["step"] for p in r.history] == [0, 1, 2, 3, 4, 5]
+    # the default number is no request: a run shorter than 20 steps is evaluated after every step, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        short = train(TASK, "backprop", budget="steps=2")
+    assert [p["step"] for p in short.history] == [0, 1, 2]
+
+
+def test_evaluation_points_a_forwards_budget_cannot_reach_warn_after_the_run() -> None:
+    # backprop costs 3 × 64 forward-pass equivalents a step: forwards=1000 is 6 steps
+    with pytest.warns(PlanWarning, match=r"^10 evaluation points were asked for, but budget forwards=1000 allowed "):
+        r = train(TASK, "backprop", budget="forwards=1000", eval_points=10)
+    assert r.steps == 6 and len(r.history) == 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(TASK, "backprop", budget="forwards=1000")  # the default: no warning
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "budget", "match"),
+    [
+        # these ran until killed: 2.3e13 steps; 2e9 forward passes of the batch per step
+        ("backprop", {}, "epochs=1e12", r"budget epochs=1e\+12 is 2.3e\+13 steps .*more than 1e\+09 steps is refused"),
+        ("backprop", {}, "epochs=1e308", r"budget epochs=1e\+308 is inf steps"),
+        ("backprop", {}, "steps=1000000001", r"more than 1e\+09 steps is refused"),
+        ("spsa", {"probes": 10**9}, "steps=1", r"spsa runs at least 6.4e\+10 forward samples a step \(1e\+09 probes"),
+        ("spsa", {"probes": 10**9}, "seconds=1", r"more than 1e\+10 a step is refused as beyond any machine"),
+        (
+            "spsa",
+            {"probes": 10**7},
+            "steps=20000",
+            r"is 20000 steps at batch size 64 with 1e\+07 probes: at least 1.25e\+13 forward samples",
+        ),
+        ("backprop", {}, "forwards=2e13", r"budget forwards=2e\+13 is more than 1e\+13 forward-pass equivalents"),
+    ],
+)
+def test_plans_beyond_any_machine_are_refused_before_training(method, options, budget, match) -> None:
+    with pytest.raises(UnigradError, match=match):
+        train(TASK, method, estimator_options=options, budget=budget, progress=False)
+
+
+def test_the_planned_work_is_a_lower_bound_of_the_work_done() -> None:
+    # check_plan refuses from batch × min_forwards_per_sample() a step: that must never exceed a real step's cost,
+    # or a valid run would be refused (every estimator is checked the same way in tests/test_registry.py)
+    cases = [
+        ("spsa", {"probes": 3}),
+        ("es", {"probes": 2}),
+        ("mezo", {"probes": 2}),
+        ("np", {"probes": 3}),
+        ("forward-gradient", {"probes": 3}),
+        ("diag-hessian", {"probes": 4, "interval": 3}),  # its probes run on every third step only
+    ]
+    for method, options in cases:
+        r = train(TASK, method, estimator_options=options, budget="steps=4", batch_size=16)
+        lower = r.estimator.min_forwards_per_sample()
+        steps = [b["forward_equivalents"] - a["forward_equivalents"] for a, b in zip(r.history, r.history[1:])]
+        assert len(steps) == 4 and min(steps) >= 16 * lower, (method, steps, lower)
+        assert lower == (1.0 if method == "diag-hessian" else options["probes"])

@@ -170,6 +170,19 @@ class Estimator(abc.ABC):
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
         return f"{type(self).__name__}({opts})"
 
+    def min_forwards_per_sample(self) -> float:
+        """A lower bound on the forward-pass equivalents one :meth:`estimate` costs per sample of the batch.
+
+        Each of the ``probes`` evaluations runs the batch through the model at least once, so the default is
+        that count, and 1 for an estimator without one. The trainer multiplies it by the batch size and the
+        steps to refuse plans no machine finishes (:func:`unigrad.train.trainer.check_plan`). An estimator
+        whose probes do not run on every step overrides it.
+        """
+        probes = getattr(self, "probes", None)
+        if isinstance(probes, int) and not isinstance(probes, bool) and probes >= 1:
+            return float(probes)
+        return 1.0
+
     def options(self) -> dict[str, Any]:
         """The constructor options (for reports); subclasses list theirs in ``_options``."""
         return {k: getattr(self, k) for k in ("seed", *getattr(self, "_options", ()))}

@@ -160,6 +160,16 @@ class ProbeExchange(abc.ABC):
             )
 
 
+def check_exchange(exchange: object) -> ProbeExchange | None:
+    """``exchange`` when it is a :class:`ProbeExchange` or ``None``; anything else is a one-line error."""
+    if exchange is not None and not isinstance(exchange, ProbeExchange):
+        raise UnigradError(
+            f"option exchange must be a ProbeExchange (unigrad.core.exchange) or None, got {type(exchange).__name__}; "
+            "unigrad train --distributed builds it"
+        )
+    return exchange
+
+
 class LocalExchange(ProbeExchange):
     """One process: every probe is local and gathering is the identity."""
 

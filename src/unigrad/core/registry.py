@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from unigrad.core.errors import UnigradError, unknown_name
+from unigrad.core.errors import UnigradError, check_finite_options, unknown_name
 from unigrad.core.estimator import Estimator
 
 # name: (module:Class, order, one-line description)
@@ -173,20 +173,77 @@ def estimator_class(name: str) -> type[Estimator]:
     return getattr(importlib.import_module(module), cls)
 
 
+_PLAIN_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+# what sets an option that takes only a Python object, for the error that refuses it in a method spec
+SET_BY = {"exchange": "the distributed launcher builds it (unigrad train --distributed)"}
+
+
+def _split_union(text: str) -> list[str]:
+    """The top-level members of a ``X | Y[Z | W]`` annotation string."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "[(":
+            depth += 1
+        elif ch in "])":
+            depth -= 1
+        elif ch == "|" and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    return [*parts, text[start:].strip()]
+
+
+def _takes_plain_value(annotation: Any) -> bool:
+    """Whether an annotation admits a number, a string or a boolean (a value a method spec can give)."""
+    if annotation is inspect.Parameter.empty or annotation is Any or annotation == "Any":
+        return True
+    if isinstance(annotation, str):
+        return any(part in _PLAIN_TYPES for part in _split_union(annotation))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_plain_value(a) for a in typing.get_args(annotation))
+    return annotation in _PLAIN_TYPES.values()
+
+
+def _parameters(name: str) -> list[inspect.Parameter]:
+    cls = estimator_class(name)
+    return [
+        p
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+
+
+def value_options(name: str) -> list[str]:
+    """The constructor options of estimator ``name`` that take a value (a number, a string, a boolean or
+    None), in signature order: those a method spec or a configuration file can set (and ``seed``, which
+    the run sets). Options that take only a Python object are left out (see :func:`object_options`)."""
+    return [p.name for p in _parameters(name) if _takes_plain_value(p.annotation)]
+
+
+def object_options(name: str) -> dict[str, str]:
+    """The constructor options of estimator ``name`` that take only a Python object, with their annotation
+    (``{"exchange": "ProbeExchange | None"}`` for the probe-parallel estimators). The library sets them
+    (the distributed launcher hands ``exchange`` over); no method spec can give one."""
+    return {p.name: str(p.annotation) for p in _parameters(name) if not _takes_plain_value(p.annotation)}
+
+
 def make_estimator(name: str, **options: Any) -> Estimator:
     """Build the estimator called ``name`` with ``options`` (invalid options raise :class:`UnigradError`).
 
     Options whose constructor annotation is a simple type (``int``, ``float``, ``bool``, ``str``, or one
     of them ``| None``) are type-checked first, so a wrong type is named with the option, the type it
-    needs and the value given; the constructor then checks the ranges.
+    needs and the value given; a NaN or infinite float option is refused
+    (:func:`~unigrad.core.errors.check_finite_options`); the constructor then checks the ranges. The valid
+    options listed in the error are :func:`value_options`; the object-valued ones (:func:`object_options`,
+    such as ``exchange``) are accepted from Python but not listed.
     """
     cls = estimator_class(name)
     check_option_types(name, cls, options)
+    check_finite_options(name, options)
     try:
         return cls(**options)
     except TypeError as e:  # unexpected keyword
-        valid = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        raise UnigradError(f"bad options for {name}: {e}; valid options: {', '.join(valid)}") from None
+        raise UnigradError(f"bad options for {name}: {e}; valid options: {', '.join(value_options(name))}") from None
 
 
 # what each simple annotation accepts (ints count as floats; a bool option also takes 1 and 0, as typed on the

@@ -231,6 +231,10 @@ class DiagHessian(Estimator):
         )
         return float(loss.detach()), flat
 
+    def min_forwards_per_sample(self) -> float:
+        """One gradient per step: the ``probes`` HVPs run only on every ``interval``-th step."""
+        return 1.0
+
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         d = sum(p.numel() for _, p in params)
         if self.curvature is not None and self.curvature.numel() != d:

@@ -95,8 +95,8 @@ def _check_flag(option: str, value: object) -> bool:
 
 
 def _check_number(option: str, value: object, low: float, high: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise UnigradError(f"option {option} must be {what}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high or value == math.inf:
+        raise UnigradError(f"option {option} must be a finite {what.removeprefix('a ')}, got {value!r}")
     return float(value)
 
 

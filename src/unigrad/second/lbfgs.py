@@ -143,8 +143,12 @@ class LBFGS(Estimator):
         if not c1 < c2:
             raise UnigradError(f"option c2 ({c2}) must be larger than c1 ({c1}) for the strong Wolfe conditions")
         check_positive("max_evals", max_evals, integer=True)
-        if isinstance(curvature_eps, bool) or not isinstance(curvature_eps, int | float) or not curvature_eps >= 0:
-            raise UnigradError(f"option curvature_eps must be a number >= 0, got {curvature_eps!r}")
+        if (
+            isinstance(curvature_eps, bool)
+            or not isinstance(curvature_eps, int | float)
+            or not 0 <= curvature_eps < math.inf
+        ):
+            raise UnigradError(f"option curvature_eps must be a finite number >= 0, got {curvature_eps!r}")
         if not isinstance(reuse, bool | int) or reuse not in (0, 1):
             raise UnigradError(f"option reuse must be true or false, got {reuse!r}")
         self.history, self.line_search = history, line_search

@@ -79,8 +79,8 @@ class Newton(Estimator):
         super().__init__(seed)
         if not isinstance(trust_region, bool | int) or trust_region not in (0, 1):
             raise UnigradError(f"option trust_region must be true or false, got {trust_region!r}")
-        if isinstance(damping, bool) or not isinstance(damping, int | float) or not damping >= 0:
-            raise UnigradError(f"option damping must be a number >= 0, got {damping!r}")
+        if isinstance(damping, bool) or not isinstance(damping, int | float) or not 0 <= damping < math.inf:
+            raise UnigradError(f"option damping must be a finite number >= 0, got {damping!r}")
         check_positive("radius", radius)
         check_positive("max_radius", max_radius)
         if not radius <= max_radius:

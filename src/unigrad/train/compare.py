@@ -81,16 +81,18 @@ import numpy as np
 import torch
 
 from unigrad.core.errors import UnigradError, unknown_name
-from unigrad.core.registry import ESTIMATORS, estimator_class, make_estimator
+from unigrad.core.registry import ESTIMATORS, SET_BY, estimator_class, make_estimator, object_options, value_options
 from unigrad.data.tasks import Task, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.train.report import write_atomic
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
+    DEFAULT_EVAL_POINTS,
     OPTIMIZERS,
     Budget,
     RunResult,
     check_decorrelation,
+    check_plan,
     check_trainable,
     measure_peak_memory,
     resolve_device,
@@ -278,13 +280,32 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
     if not isinstance(opt, str) or opt not in OPTIMIZERS:
         raise unknown_name("optimizer", str(opt), OPTIMIZERS)
     if isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate) or rate <= 0:
-        raise UnigradError(f"option lr of {name} must be a number > 0, got {rate!r}")
+        raise UnigradError(f"option lr of {name} must be a finite number > 0, got {rate!r}")
     if "seed" in given:
         raise UnigradError(f"option seed of {name} is set by the run's seeds; remove it from the method spec")
+    _check_option_names(spec, name, given)
     options = {**default_options, **given}
     check_trainable(make_estimator(name, **options))  # validate now, not after an hour of other methods
     label = (variant or f"{name}+decorrelation") if decor is not None else name
     return MethodSpec(name, opt, float(rate), options, label=label, decorrelation=decor)
+
+
+def _check_option_names(spec: str, name: str, given: dict[str, Any]) -> None:
+    """Refuse a key of a method spec that is no option of estimator ``name``, or one that takes only a Python
+    object (``exchange``): a spec gives numbers, strings and booleans. The message lists the valid options."""
+    valid = [k for k in value_options(name) if k != "seed"]
+    objects = object_options(name)
+    for key in given:
+        if key in objects:
+            how = SET_BY.get(key, "it is set from Python")
+            raise UnigradError(
+                f"option {key} of {name} takes a Python object ({objects[key]}), not a value a method spec can give: "
+                f"{how}; valid options: {', '.join(valid)}"
+            )
+        if key not in valid:
+            raise UnigradError(
+                f"bad options for {name}: unknown option {key!r} in {spec!r}; valid options: {', '.join(valid)}"
+            )
 
 
 def _decorrelation(spec: str, variant: str | None, given: dict[str, Any]) -> dict[str, Any] | None:
@@ -431,7 +452,7 @@ def compare(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str = "cpu",
     dtype: str = "float32",
-    eval_points: int = 20,
+    eval_points: int | None = None,
     memory: bool = True,
     progress: bool = True,
     command: str | None = None,
@@ -478,6 +499,16 @@ def compare(
                 f"({torch.finfo(dt).max:g}); lower it"
             )
     task.data()  # a missing dataset fails here, before a folder is made
+    for spec in specs:  # so does a plan no run can carry out (a batch beyond the data, too many steps or points)
+        check_plan(
+            task,
+            spec.name,
+            budget=budget,
+            batch_size=batch_size,
+            eval_points=eval_points,
+            estimator_options=spec.options,
+        )
+    asked_points, eval_points = eval_points, DEFAULT_EVAL_POINTS if eval_points is None else eval_points
     db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
     folder = run_dir(task.name, out, prefix)
     say = log or (lambda _: None)
@@ -556,7 +587,7 @@ def compare(
                     seed=seed,
                     device=dev,
                     dtype=dt,
-                    eval_points=eval_points,
+                    eval_points=asked_points,
                     progress=progress,
                     desc=f"{spec.label} seed {seed}",
                     decorrelation=spec.decorrelation,

@@ -13,7 +13,15 @@
 * **Evaluation points**: the initial model and every ``1/eval_points`` of the budget (20 by
   default, so curves have enough points), and the end. Each records the fractional epoch, step,
   forward-pass equivalents, training wall seconds, the running mean of ``Estimate.loss`` since the
-  previous point, test accuracy and test loss.
+  previous point, test accuracy and test loss. The model is evaluated at most once a step: asking for
+  more points than an ``epochs`` or ``steps`` budget has steps is refused (:func:`check_plan`), and a
+  ``forwards`` or ``seconds`` budget that ends up with fewer steps than the points asked for warns
+  after the run (:class:`PlanWarning`). The default (``eval_points=None``: 20) is neither refused nor
+  warned about: a short run is simply evaluated after every step.
+* **Plans that cannot be carried out** (:func:`check_plan`): a batch larger than the training set,
+  more evaluation points than steps, and plans beyond any machine — more than :data:`MAX_STEPS` steps,
+  a step of more than :data:`MAX_STEP_FORWARDS` forward samples, or more than :data:`MAX_FORWARDS`
+  forward-pass equivalents in all — are refused before anything is built.
 * **Divergence**: a NaN or infinite loss (the estimator raises :class:`~unigrad.NonFiniteLossError`;
   the trainer also checks the loss and the test loss itself) stops the run. The parameters, the
   optimizer state and the estimator state are restored from the copy taken at the last evaluation
@@ -98,6 +106,7 @@ import functools
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,9 +116,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive, unknown_name
+from unigrad.core.errors import (
+    NonFiniteLossError,
+    UnigradError,
+    check_choice,
+    check_finite_options,
+    check_positive,
+    unknown_name,
+)
 from unigrad.core.estimator import Estimator
-from unigrad.core.exchange import ProbeExchange
+from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.memory import peak_memory
 from unigrad.core.objective import supervised
 from unigrad.core.params import trainable
@@ -242,6 +258,110 @@ class Budget:
         return f"{self.kind}={self.value:g}"
 
 
+DEFAULT_EVAL_POINTS = 20
+"""Evaluation points of a run that does not ask for a number (``eval_points=None``)."""
+
+
+class PlanWarning(UserWarning):
+    """A run could not do what was asked in a way only training revealed (fewer steps than evaluation points)."""
+
+
+MAX_STEPS = 10**9
+"""A plan of more steps is refused (:func:`check_plan`): the loop's own work per step (tens of microseconds
+at least, before any model runs) makes 1e9 steps a day or more."""
+
+MAX_FORWARDS = 1e13
+"""A plan that needs more forward-pass equivalents (samples through the model) than this is refused
+(:func:`check_plan`): 12 days even at 10 million samples a second, and a 2-core CPU manages a few hundred
+thousand a second on the small tasks."""
+
+MAX_STEP_FORWARDS = 1e10
+"""A step that needs more forward samples than this is refused (:func:`check_plan`): a step runs to its end
+(the budget, the progress bar and the checkpoints act only between steps), and 1e10 samples is hours
+even at a million samples a second."""
+
+
+def planned_steps(budget: Budget, n_train: int, batch_size: int) -> float | None:
+    """The steps an ``epochs`` or ``steps`` budget takes with ``n_train`` training samples (a float: the
+    count can be beyond any integer a loop reaches); ``None`` for ``forwards`` and ``seconds`` budgets."""
+    if budget.kind == "epochs":
+        steps = budget.value * _batches_per_epoch(n_train, batch_size)
+        return math.ceil(steps) if math.isfinite(steps) else math.inf
+    if budget.kind == "steps":
+        return budget.value
+    return None
+
+
+def check_plan(
+    task: Task | str,
+    method: Estimator | str,
+    *,
+    budget: Budget | str,
+    batch_size: int,
+    eval_points: int | None,
+    estimator_options: dict[str, Any] | None = None,
+) -> None:
+    """Refuse, before anything is trained or written, a run that cannot be what was asked or cannot finish.
+
+    * a batch larger than the training set (the loop would silently take the whole set each step);
+    * more evaluation points than the steps of an ``epochs`` or ``steps`` budget (a model is evaluated at
+      most once a step; a ``forwards`` or ``seconds`` budget cannot know its steps in advance: :func:`train`
+      then warns after the run). ``eval_points=None`` (the default of :func:`train`) is not checked;
+    * a plan beyond any machine: more than :data:`MAX_STEPS` steps, a step of more than
+      :data:`MAX_STEP_FORWARDS` forward samples, or more than :data:`MAX_FORWARDS` forward-pass equivalents
+      in all. The work is a lower bound: the samples of a step (a full batch, or on average over the steps
+      ``n / ⌈n / batch⌉`` since an epoch's last batch may be short) × the estimator's
+      :meth:`~unigrad.core.estimator.Estimator.min_forwards_per_sample` (its probes).
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    budget = Budget.parse(budget)
+    check_positive("batch_size", batch_size, integer=True)
+    if eval_points is not None:
+        check_positive("eval_points", eval_points, integer=True)
+    n = int(task.data().x_train.shape[0])
+    if batch_size > n:
+        raise UnigradError(
+            f"batch size {batch_size} is larger than the training set of {task.name} ({n} samples); give at most {n}"
+        )
+    estimator = method if isinstance(method, Estimator) else make_estimator(method, **(estimator_options or {}))
+    evals = estimator.min_forwards_per_sample()
+    per_step = batch_size * evals
+    beyond = "refused as beyond any machine"
+    if per_step > MAX_STEP_FORWARDS:
+        raise UnigradError(
+            f"{estimator.name} runs at least {per_step:.3g} forward samples a step ({evals:g} probes × batch size "
+            f"{batch_size}); a step runs to its end (the budget and the checkpoints act between steps) and more than "
+            f"{MAX_STEP_FORWARDS:g} a step is {beyond}; lower the probes or the batch size"
+        )
+    steps = planned_steps(budget, n, batch_size)
+    if steps is not None:
+        per_epoch = f" ({_batches_per_epoch(n, batch_size)} an epoch at batch size {batch_size})"
+        if steps > MAX_STEPS:
+            raise UnigradError(
+                f"budget {budget} is {steps:.3g} steps{per_epoch * (budget.kind == 'epochs')}; more than "
+                f"{MAX_STEPS:.0e} steps is {beyond} (the loop alone needs a day for 1e9); lower the budget"
+            )
+        # an epoch's last batch may be short: any run of steps averages at least n / (batches an epoch) samples
+        total = steps * n / _batches_per_epoch(n, batch_size) * evals
+        if total > MAX_FORWARDS:
+            raise UnigradError(
+                f"budget {budget} is {int(steps)} steps at batch size {batch_size} with {evals:g} probes: at least "
+                f"{total:.3g} forward samples; more than {MAX_FORWARDS:g} forward-pass equivalents is {beyond} "
+                "(12 days even at 1e7 samples a second); lower the budget, the probes or the batch size"
+            )
+        if eval_points is not None and eval_points > steps:
+            raise UnigradError(
+                f"{eval_points} evaluation points are more than the {int(steps)} steps of budget {budget}"
+                f"{per_epoch * (budget.kind == 'epochs')}; the model is evaluated at most once a step, so ask for "
+                f"at most {int(steps)}"
+            )
+    elif budget.kind == "forwards" and budget.value > MAX_FORWARDS:
+        raise UnigradError(
+            f"budget {budget} is more than {MAX_FORWARDS:g} forward-pass equivalents, {beyond} (12 days even at "
+            "1e7 samples a second); lower it"
+        )
+
+
 def make_optimizer(name: str, params: Iterable[Tensor], lr: float, **options: Any) -> torch.optim.Optimizer:
     """The ``torch.optim`` optimizer called ``name`` (one of :data:`OPTIMIZERS`) with learning rate ``lr``."""
     if name not in OPTIMIZERS:
@@ -249,6 +369,7 @@ def make_optimizer(name: str, params: Iterable[Tensor], lr: float, **options: An
     if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr):
         raise UnigradError(f"option lr must be a finite number > 0, got {lr!r}")
     check_positive("lr", lr)
+    check_finite_options(f"optimizer {name}", options)
     try:
         return OPTIMIZERS[name](params, lr=lr, **options)
     except (TypeError, ValueError) as e:
@@ -385,7 +506,7 @@ def _attach_exchange(
         raise UnigradError("decorrelation cannot run on several processes; drop it or train in one process")
     if check_every is not None:
         check_positive("exchange_check_every", check_every, integer=True)
-    estimator.exchange = exchange  # type: ignore[attr-defined]
+    estimator.exchange = check_exchange(exchange)  # type: ignore[attr-defined]
 
 
 def _slice(rows: range) -> slice:
@@ -466,7 +587,7 @@ def train(
     seed: int = 0,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
-    eval_points: int = 20,
+    eval_points: int | None = None,
     progress: bool = False,
     desc: str | None = None,
     decorrelation: dict[str, Any] | None = None,
@@ -487,6 +608,8 @@ def train(
     task = get_task(task) if isinstance(task, str) else task
     budget = Budget.parse(budget)
     check_positive("batch_size", batch_size, integer=True)
+    asked = eval_points  # None: the default number, which a short run may not reach (module docs)
+    eval_points = DEFAULT_EVAL_POINTS if eval_points is None else eval_points
     check_positive("eval_points", eval_points, integer=True)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
@@ -497,6 +620,7 @@ def train(
         check_positive("diagnostics_every", diagnostics_every, integer=True)
 
     estimator = _build_estimator(method, seed, estimator_options)
+    check_plan(task, estimator, budget=budget, batch_size=batch_size, eval_points=asked)
     if exchange is not None:
         _attach_exchange(estimator, exchange, names, decor, exchange_check_every)
     lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
@@ -507,8 +631,8 @@ def train(
     initial = [p.detach().clone() for _, p in trainable(model)] if "drift" in names else None
 
     n = data.x_train.shape[0]
-    per_epoch = _batches_per_epoch(n, batch_size)
-    total_steps = {"epochs": math.ceil(budget.value * per_epoch), "steps": int(budget.value)}.get(budget.kind)
+    planned = planned_steps(budget, n, batch_size)
+    total_steps = None if planned is None else int(planned)
 
     step, fe, seconds, seen = 0, 0.0, 0.0, 0
     window: list[float] = []
@@ -705,6 +829,13 @@ def train(
     finally:
         bar.close()
 
+    if asked is not None and budget.kind in ("forwards", "seconds") and step < eval_points and status == "ok":
+        warnings.warn(
+            f"{eval_points} evaluation points were asked for, but budget {budget} allowed {estimator.name} (seed "
+            f"{seed}) only {step} step{'s' * (step != 1)}: it was evaluated after every step",
+            PlanWarning,
+            stacklevel=2,
+        )
     if status == "diverged" and not finished:
         assert snapshot is not None
         snapshot.restore(model, opt, estimator)

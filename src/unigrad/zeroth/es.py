@@ -49,7 +49,7 @@ from torch import nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.exchange import ProbeExchange
+from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
@@ -82,7 +82,7 @@ class ES(Estimator):
         self.noise = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.fitness_shaping = probes, float(sigma), fitness_shaping
         self.noise_source, self.probe_batch, self.memory_budget = noise_source, probe_batch, memory_budget
-        self.exchange = exchange
+        self.exchange = check_exchange(exchange)
 
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         cost = Cost()

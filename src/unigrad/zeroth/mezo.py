@@ -74,7 +74,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.exchange import ProbeExchange
+from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.replay import ReplayDirection, flat_view
 from unigrad.core.rng import CHUNK, Noise
@@ -113,7 +113,7 @@ class MeZO(Estimator):
         self.noise = Noise(distribution, noise_source, table_size)
         self.probes, self.sigma, self.distribution = probes, float(sigma), distribution
         self.noise_source, self.table_size, self.write_grad = noise_source, table_size, write_grad
-        self.exchange = exchange
+        self.exchange = check_exchange(exchange)
         self._fixed = self._perturbed = self._fixup_bytes = 0  # fix-up statistics of the current estimate
 
     @torch.no_grad()

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.exchange import ProbeExchange
+from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate
 from unigrad.core.rng import Noise
 from unigrad.nn.perturbation import (
@@ -88,7 +88,7 @@ class NP(Estimator):
         check_positive("sigma", sigma)
         self.noise = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.noise_source = probes, float(sigma), noise_source
-        self.exchange = exchange
+        self.exchange = check_exchange(exchange)
 
     @torch.no_grad()
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:

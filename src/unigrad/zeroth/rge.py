@@ -43,7 +43,7 @@ from torch import nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.exchange import ProbeExchange
+from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
@@ -86,7 +86,7 @@ class RGE(Estimator):
         self.probes, self.sigma, self.scheme = probes, float(sigma), scheme
         self.distribution, self.noise_source = distribution, noise_source
         self.probe_batch, self.memory_budget = probe_batch, memory_budget
-        self.exchange = exchange
+        self.exchange = check_exchange(exchange)
 
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         cost = Cost()
