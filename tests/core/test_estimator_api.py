@@ -94,7 +94,7 @@ def test_valid_option_types_are_still_accepted() -> None:
 def test_constructors_called_directly_refuse_a_non_number(value: object) -> None:
     for cls, option in ((SPSA, "sigma"), (ES, "sigma"), (Newton, "radius")):
         with pytest.raises(
-            UnigradError, match=f"^option {option} must be a number > 0, got {value!r}$".replace("[", r"\[")
+            UnigradError, match=f"^option {option} must be a finite number > 0, got {value!r}$".replace("[", r"\[")
         ):
             cls(**{option: value})
 
