@@ -17,7 +17,7 @@ from torch.func import functional_call
 from tests.problems import mlp, quadratic
 from unigrad import UnigradError
 from unigrad.core.params import trainable
-from unigrad.second._curvature import FlatLoss, conjugate_gradient
+from unigrad.second.curvature import FlatLoss, conjugate_gradient
 
 
 def _flat_fns(problem):

@@ -17,7 +17,7 @@ from unigrad.core.params import trainable
 from unigrad.core.probe import _Bound
 from unigrad.core.rng import Noise
 from unigrad.data import classic
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 from unigrad.second.diag_hessian import DiagHessian, hutchinson_diagonal
 
 

@@ -22,7 +22,7 @@ from tests.problems import (
 )
 from unigrad import UnigradError
 from unigrad.core.params import trainable
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 from unigrad.second.natural_gradient import NaturalGradient
 
 

@@ -84,7 +84,7 @@ from unigrad.core.objective import Objective, reduce
 from unigrad.core.params import trainable
 from unigrad.core.probe import _Bound
 from unigrad.core.rng import Noise
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 
 _LANCZOS_TAG = 0x1A2C05
 _TRACE_TAG = 0x7ACE

@@ -14,7 +14,7 @@ with ``g = 0`` *and* ``H ⪰ 0`` (second-order stationary points) rather than sa
 
 1. *Subspace.* ``k = min(krylov_dim, d)`` steps of Lanczos with full reorthogonalisation, started at
    ``g/‖g‖``, give an orthonormal basis ``Q`` (``d × k``) and the tridiagonal ``T = QᵀHQ``: one
-   Hessian–vector product per step (:class:`~unigrad.second._curvature.FlatLoss`).
+   Hessian–vector product per step (:class:`~unigrad.second.curvature.FlatLoss`).
 
    *Breakdown and saddles.* If the Krylov space of ``g`` is invariant under ``H`` before ``k``
    vectors (the residual ``w`` of a Lanczos step has ``‖w‖ ≤ √ε·‖T‖``), the process is restarted
@@ -93,7 +93,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 
 _RESTART_KEY = 0xA4C3
 """Names the stream of Lanczos restart vectors: ``(seed, step, _RESTART_KEY, restart)``."""

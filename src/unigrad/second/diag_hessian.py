@@ -6,7 +6,8 @@ Saad 2007, "An estimator for the diagonal of a matrix") is, for ``q`` random pro
 
     D̂ = (1/q) Σ_i z_i ⊙ (H z_i)
 
-Each ``H z_i`` is one Hessian-vector product (Pearlmutter's double backward, ``_curvature.FlatLoss``).
+Each ``H z_i`` is one Hessian-vector product (Pearlmutter's double backward,
+:class:`~unigrad.second.curvature.FlatLoss`).
 ``E[z zᵀ] = I`` makes it unbiased: ``E[D̂_j] = Σ_k H_jk E[z_j z_k] = H_jj``. With Rademacher ``z``
 (±1 entries) its variance is ``Var D̂_j = (1/q) Σ_{k≠j} H_jk²``, so it is *exact* when ``H`` is diagonal;
 Gaussian ``z`` (Sophia-H's choice) adds ``2H_jj²/q``. :func:`hutchinson_diagonal` computes ``D̂`` alone.
@@ -99,7 +100,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, check_finite, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 
 RULES = ("sophia", "adahessian", "newton")
 DISTRIBUTIONS = ("rademacher", "gaussian")

@@ -5,7 +5,7 @@ matrix that is never formed, each call solves::
 
     (F + λI) d = g
 
-by conjugate gradients (:func:`~unigrad.second._curvature.conjugate_gradient`) from products
+by conjugate gradients (:func:`~unigrad.second.curvature.conjugate_gradient`) from products
 ``v ↦ F v``, and writes ``d`` itself into ``.grad``. Unlike ``hessian-free`` (which writes the
 negated Newton step ``−s``), this is a *preconditioned gradient*: the outer optimizer's learning
 rate ``η`` is the step size, ``θ ← θ − η d`` (``η = 1`` is the full natural-gradient step of the
@@ -20,7 +20,7 @@ Options:
         * ``"true"`` (default) — the Fisher of the model's predictive distribution,
           ``F = (1/B) Σ_b E_{y∼p(y|z_b)}[∇ log p(y|z_b) ∇ log p(y|z_b)ᵀ]``, computed *exactly* (no
           sampling) as the generalized Gauss-Newton matrix ``G = Jᵀ H_z J`` by
-          :meth:`~unigrad.second._curvature.FlatLoss.ggn_vp`. The identity ``F = G`` holds when the
+          :meth:`~unigrad.second.curvature.FlatLoss.ggn_vp`. The identity ``F = G`` holds when the
           per-sample loss is the negative log-likelihood ``−log p(y|z)`` of an exponential family
           whose natural parameter is the model's output ``z``: then ``H_z = ∇²_z(−log p) =
           Cov_{p(y|z)}[T(y)]``, the Fisher in ``z`` (Martens 2020, §9.2). That covers softmax
@@ -72,7 +72,7 @@ from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, Supervised
 from unigrad.core.params import write_grad
-from unigrad.second._curvature import FlatLoss, conjugate_gradient
+from unigrad.second.curvature import FlatLoss, conjugate_gradient
 
 _FISHERS = ("true", "empirical", "sampled")
 _LABEL_STREAM = 0x1AB31  # names the label-sampling stream among this estimator's keys
