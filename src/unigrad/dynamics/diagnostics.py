@@ -7,7 +7,8 @@ it wrote into ``.grad``, ``g = ∇f(θ)`` the true gradient on the same batch):
 
 * :func:`top_hessian_eigenvalue` — the *sharpness* ``λ_max(∇²f(θ))``, the largest **algebraic**
   eigenvalue of the Hessian (not the largest magnitude: a negative eigenvalue of larger modulus
-  is ignored), by the Lanczos iteration on Hessian–vector products (Lanczos 1950; as used for
+  is ignored), by the Lanczos iteration on Hessian–vector products
+  (:func:`unigrad.second.curvature.lanczos`, modified form; Lanczos 1950; as used for
   sharpness by Ghorbani, Krishnan & Xiao 2019, arXiv:1901.10159, and Cohen et al. 2021,
   arXiv:2103.00065, "edge of stability": for gradient descent with step ``η`` the sharpness
   rises to about ``2/η``). After ``j`` products, the Krylov basis ``V_j`` (re-orthogonalized
@@ -84,7 +85,7 @@ from unigrad.core.objective import Objective, reduce
 from unigrad.core.params import trainable
 from unigrad.core.probe import _Bound
 from unigrad.core.rng import Noise
-from unigrad.second.curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss, lanczos, tridiagonal
 
 _LANCZOS_TAG = 0x1A2C05
 _TRACE_TAG = 0x7ACE
@@ -185,41 +186,30 @@ def _flat(tensors: Sequence[Tensor | None], like: Sequence[Tensor] | None = None
 
 
 def _lanczos_top(flat: FlatLoss, iters: int, seed: int, tol: float) -> tuple[float, int]:
-    """Top Ritz value of ``∇²f`` after at most ``iters`` HVPs (module docs); returns it and the products used."""
+    """Top Ritz value of ``∇²f`` after at most ``iters`` HVPs (module docs); returns it and the products used.
+
+    Lanczos (:func:`unigrad.second.curvature.lanczos`, modified form, full reorthogonalisation) in
+    float64 from the Gaussian vector keyed ``(seed, _LANCZOS_TAG)``, stopped by the Ritz residual test
+    or where the Krylov space is invariant (``β ≤ 10⁻¹²`` times the largest Ritz value so far).
+    """
     d, dtype, dev = flat.dim, flat.theta0.dtype, flat.theta0.device
-    v = Noise("gaussian").raw(seed, _LANCZOS_TAG, 0, 0, (d,), torch.float64, dev)
-    v = v / v.norm()
-    basis: list[Tensor] = []
-    alphas: list[float] = []
-    betas: list[float] = []
-    beta, v_prev = 0.0, torch.zeros_like(v)
-    top, used = float("nan"), 0
+    start = Noise("gaussian").raw(seed, _LANCZOS_TAG, 0, 0, (d,), torch.float64, dev)
     scale = 0.0
-    for j in range(min(iters, d)):
-        basis.append(v)
-        w = flat.hvp(v.to(dtype)).to(torch.float64)
-        used += 1
-        w = w - beta * v_prev
-        alpha = float(w @ v)
-        w = w - alpha * v
-        alphas.append(alpha)
-        q = torch.stack(basis, 1)
-        for _ in range(2):  # full re-orthogonalization, twice is enough (Parlett)
-            w = w - q @ (q.T @ w)
-        beta = float(w.norm())
-        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if betas:
-            off = torch.tensor(betas, dtype=torch.float64)
-            t = t + torch.diag(off, 1) + torch.diag(off, -1)
-        evals, evecs = torch.linalg.eigh(t)
+
+    def converged(alphas: list[float], betas: list[float], beta: float) -> bool:
+        nonlocal scale
+        evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
         top = float(evals[-1])
         scale = max(scale, float(evals.abs().max()))
         residual = beta * abs(float(evecs[-1, -1]))
-        if residual <= tol * max(abs(top), 1e-30) or beta <= 1e-12 * max(scale, 1e-30) or j + 1 == min(iters, d):
-            break
-        betas.append(beta)
-        v_prev, v = v, w / beta
-    return top, used
+        return residual <= tol * max(abs(top), 1e-30) or beta <= 1e-12 * max(scale, 1e-30)
+
+    def hvp(v: Tensor) -> Tensor:
+        return flat.hvp(v.to(dtype)).to(torch.float64)
+
+    lz = lanczos(hvp, start, min(iters, d), form="modified", stop=converged)
+    evals, _ = torch.linalg.eigh(lz.tridiagonal)
+    return float(evals[-1]), len(lz.alphas)
 
 
 def top_hessian_eigenvalue(

@@ -1,10 +1,21 @@
-"""Curvature products on the flattened parameters, shared by the order-2 and order-3 estimators.
+"""Curvature: the products, solvers and estimators that the order-2 and order-3 methods and the
+training diagnostics share — one home for each.
 
-:class:`FlatLoss` views the mean loss ``f(θ)`` of an objective as a function of one flat vector ``θ``
-(the trainable parameters concatenated in ``trainable`` order), evaluated through
-``torch.func.functional_call`` so the model's own parameters are never modified. It builds the
-autograd graph of ``f`` (and, for supervised objectives, of the outputs ``z(θ)``) once, at the current
-point; every product below then reuses that graph:
+It lives in ``second/`` because of the floor plan's dependency rule: the estimators of ``second/``
+(``kfac``, ``natural-gradient``, ``hessian-free``, ``newton``, ``diag-hessian``) and of ``higher/``
+(``cubic-newton``, which may import ``second/``) use it, and so do the diagnostics of ``dynamics/``
+(which may import ``second/`` and ``core/``), while no estimator may import ``dynamics/``. ``core/``
+would also be reachable from all three, but nothing in ``core/`` may import from above it, and
+:class:`FlatLoss` needs the objective machinery of an estimator (:mod:`unigrad.core.probe`) and is
+second-order machinery, not part of the contract. The module itself imports only ``core/``.
+
+Notation: ``f(θ)`` is the mean loss of an objective, ``θ`` the trainable parameters flattened in
+:func:`unigrad.core.params.trainable` order, ``H = ∇²f(θ)``, ``z`` the model's outputs.
+
+**Products** (:class:`FlatLoss`). :class:`FlatLoss` views ``f`` as a function of one flat vector ``θ``,
+evaluated through ``torch.func.functional_call`` so the model's own parameters are never modified. It
+builds the autograd graph of ``f`` (and, for supervised objectives, of the outputs ``z(θ)``) once, at the
+current point; every product then reuses that graph:
 
 * ``hvp(v) = ∇²f(θ) v`` — Pearlmutter's R-operator by double backward (``∂(∇f·v)/∂θ``; Pearlmutter
   1994, "Fast exact multiplication by the Hessian"). Cost: one HVP per sample.
@@ -19,14 +30,32 @@ point; every product below then reuses that graph:
 * ``per_sample_grads()`` — the ``(B, d)`` matrix of per-sample gradients ``∇ℓ_b`` (for the empirical
   Fisher ``(1/B) Σ_b ∇ℓ_b ∇ℓ_bᵀ``). Cost: one backward per sample.
 
-:func:`conjugate_gradient` solves ``A x = b`` for a symmetric ``A`` given only ``v ↦ A v``, stopping on the
-residual, on Martens' relative-progress test of the quadratic model, or on negative curvature.
+**Solver.** :func:`conjugate_gradient` solves ``A x = b`` for a symmetric ``A`` given only ``v ↦ A v``,
+stopping on the residual, on Martens' relative-progress test of the quadratic model, or on negative
+curvature.
+
+**Lanczos** (:func:`lanczos`; Lanczos 1950). From a unit vector ``q₀``, ``k`` products with a symmetric
+``A`` build an orthonormal basis ``Q = [q₀ … q_{k−1}]`` of the Krylov space ``span{q₀, Aq₀, …}`` and
+the tridiagonal ``T = QᵀAQ`` (diagonal ``α``, off-diagonal ``β``) by the three-term recurrence::
+
+    w = A q_j − α_j q_j − β_{j−1} q_{j−1},     α_j = q_jᵀ A q_j,     β_j = ‖w‖,     q_{j+1} = w / β_j
+
+The eigenvalues of ``T`` (Ritz values) approximate the extreme eigenvalues of ``A`` from inside, the
+top one rising monotonically to ``λ_max``; the residual of a Ritz pair ``(μ, Q y)`` is
+``‖A Q y − μ Q y‖ = β_j |y_last|`` (Parlett, *The Symmetric Eigenvalue Problem*, 1998, ch. 13). In
+floating point the ``q_j`` lose orthogonality as Ritz values converge; full reorthogonalisation
+(``w ← w − Q(Qᵀw)``, twice: "twice is enough", Parlett) keeps ``Q`` orthonormal to rounding. Two
+orderings of the step are in use (Paige 1972, "Computational variants of the Lanczos method for the
+eigenproblem"): the classical one above, and the modified one ``w = Aq_j − β_{j−1}q_{j−1}``,
+``α_j = q_jᵀw``, ``w ← w − α_j q_j``, which is the more stable without reorthogonalisation. When the
+Krylov space becomes invariant (``β_j ≤ √ε·‖T‖``) a keyed random vector orthogonalised against ``Q``
+continues the process (keeping the coupling ``q_{j+1}ᵀw`` in ``T``, so ``T = QᵀAQ`` stays exact).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +63,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError
+from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.objective import Objective, Supervised, check_differentiable, n_samples, reduce
 from unigrad.core.probe import _Bound
 
@@ -268,3 +297,162 @@ def conjugate_gradient(
             if i > k and phis[-1] < 0 and (phis[-1] - phis[-1 - k]) / phis[-1] < k * progress_tol:
                 break
     return CGResult(x=x, iterations=iterations, residual=math.sqrt(rr), negative_curvature=negative, iterates=iterates)
+
+
+# -- Lanczos ------------------------------------------------------------------------------------------
+
+FORMS = ("classical", "modified")
+"""The orderings of the Lanczos step (module docs)."""
+
+
+def tridiagonal(alphas: Sequence[float], betas: Sequence[float]) -> Tensor:
+    """The symmetric tridiagonal ``T`` (float64) with diagonal ``alphas`` and off-diagonal ``betas``."""
+    t = torch.diag(torch.tensor(list(alphas), dtype=torch.float64))
+    if len(betas):
+        off = torch.tensor(list(betas), dtype=torch.float64)
+        t = t + torch.diag(off, 1) + torch.diag(off, -1)
+    return t
+
+
+@dataclass
+class Lanczos:
+    """What :func:`lanczos` returns.
+
+    Attributes:
+        basis: the orthonormal basis ``Q``, one vector per row (``m × d``, ``m`` the steps taken).
+        alphas: the diagonal ``α_0 … α_{m−1}`` of ``T = QᵀAQ``.
+        betas: its off-diagonal ``β_0 … β_{m−2}``.
+        restarts: random vectors drawn (a start from a zero vector counts as one).
+    """
+
+    basis: Tensor
+    alphas: list[float]
+    betas: list[float]
+    restarts: int
+
+    @property
+    def tridiagonal(self) -> Tensor:
+        """``T = QᵀAQ`` (``m × m``, float64)."""
+        return tridiagonal(self.alphas, self.betas)
+
+
+def orthogonalize(v: Tensor, basis: Tensor) -> Tensor:
+    """``v`` minus its projection on the rows of ``basis``: ``v − Qᵀ(Qv)``, twice (classical Gram–Schmidt
+    repeated, which is orthogonal to rounding; Parlett's "twice is enough")."""
+    if basis.shape[0] == 0:
+        return v
+    for _ in range(2):
+        v = v - basis.T @ (basis @ v)
+    return v
+
+
+def lanczos(
+    matvec: Callable[[Tensor], Tensor],
+    start: Tensor,
+    steps: int,
+    *,
+    form: str = "classical",
+    reorthogonalize: bool = True,
+    random_vector: Callable[[int], Tensor] | None = None,
+    stop: Callable[[list[float], list[float], float], bool] | None = None,
+) -> Lanczos:
+    """At most ``steps`` Lanczos steps (``steps`` products with the symmetric ``A`` of ``matvec``) from
+    ``start/‖start‖`` (module docs for the recurrence).
+
+    Args:
+        matvec: ``v ↦ A v`` (same dtype and device as ``start``, the working precision).
+        start: the first direction; a zero vector draws ``random_vector(0)`` instead.
+        steps: the most products, ``1 ≤ steps ≤ d``.
+        form: ``"classical"`` (``α_j = q_jᵀAq_j`` first, then both subtractions) or ``"modified"``
+            (``β_{j−1}q_{j−1}`` subtracted first, ``α_j`` from what remains; Paige 1972). The classical
+            form stores the basis as rows, the modified one as columns: the layout fixes the summation
+            order of the reorthogonalisation's matrix products, and so belongs to each form's bit-for-bit
+            results (the cubic-newton steps use the classical form, the sharpness diagnostic the modified).
+        reorthogonalize: orthogonalise every new vector against the whole basis (twice).
+        random_vector: ``i ↦`` the ``i``-th random vector, drawn from a keyed stream
+            (:func:`unigrad.core.rng.generator` or :class:`~unigrad.core.rng.Noise`; never the global
+            RNG). With it, a breakdown (``β_j ≤ √ε·s``, ``s`` the largest ``|α|``, ``|β|`` so far, ``ε``
+            the working precision's) continues with a random vector orthogonalised against the basis,
+            keeping the coupling ``q_{j+1}ᵀw`` as ``β_j``. Without it, only ``β_j = 0`` ends the run.
+        stop: ``stop(alphas, betas, β_j)``, asked after each step but the last with the ``α`` so far, the
+            ``β`` before this step's and this step's ``β_j``; ``True`` ends the run there (a convergence
+            test on the Ritz values of ``tridiagonal(alphas, betas)``, whose top Ritz pair has the
+            residual ``β_j·|y_last|``).
+
+    The last step computes ``α`` only. Cost: one ``matvec`` per step; memory: the ``steps × d`` basis.
+    """
+    check_choice("form", form, FORMS)
+    d = start.numel()
+    if not 1 <= steps <= d:
+        raise UnigradError(f"lanczos needs 1 <= steps <= {d}, got {steps}")
+    tol = math.sqrt(torch.finfo(start.dtype).eps)
+    if form == "classical":
+        store = torch.zeros(steps, d, dtype=start.dtype, device=start.device)
+
+        def rows(m: int) -> Tensor:
+            return store[:m]
+
+    else:
+        store = torch.zeros(d, steps, dtype=start.dtype, device=start.device)
+
+        def rows(m: int) -> Tensor:
+            return store[:, :m].T
+
+    alphas: list[float] = []
+    betas: list[float] = []
+    restarts = 0
+
+    def fresh(m: int) -> Tensor:
+        nonlocal restarts
+        if random_vector is None:
+            raise UnigradError("lanczos needs a nonzero start vector or a random_vector to draw one")
+        for _ in range(8):  # a random vector has a component outside an m < d dimensional space
+            r = random_vector(restarts)
+            restarts += 1
+            size = float(r.norm())
+            r = orthogonalize(r, rows(m))
+            norm = float(r.norm())
+            if norm > tol * size:
+                return r / norm
+        raise UnigradError("lanczos: could not extend the basis with random vectors (non-finite products?)")
+
+    norm0 = float(start.norm())
+    q = start / norm0 if norm0 > 0 else fresh(0)
+    q_prev = q
+    scale, m = 0.0, 0
+    for j in range(steps):
+        if form == "classical":
+            store[j] = q
+        else:
+            store[:, j] = q
+        m = j + 1
+        w = matvec(q)
+        if form == "classical":
+            alpha = float(q @ w)
+        else:
+            if j > 0:
+                w = w - betas[j - 1] * q_prev
+            alpha = float(w @ q)
+        alphas.append(alpha)
+        scale = max(scale, abs(alpha))
+        if j == steps - 1:
+            break
+        w = w - alpha * q
+        if form == "classical" and j > 0:
+            w = w - betas[j - 1] * q_prev
+        if reorthogonalize:
+            w = orthogonalize(w, rows(m))
+        beta = float(w.norm())
+        if stop is not None and stop(alphas, betas, beta):
+            break
+        q_prev = q
+        if beta > tol * scale or (random_vector is None and beta != 0):
+            q = w / beta
+        elif random_vector is not None:  # invariant subspace: continue with a random direction
+            q = fresh(m)
+            beta = float(q @ w)
+        else:  # β = 0: the Krylov space is invariant and nothing continues it
+            break
+        betas.append(beta)
+        scale = max(scale, abs(beta))
+    return Lanczos(basis=rows(m), alphas=alphas, betas=betas, restarts=restarts)
