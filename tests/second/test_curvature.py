@@ -1,5 +1,5 @@
 """The curvature module: products against explicit matrices (Hessian, Gauss-Newton, per-sample gradients); CG;
-Lanczos's extreme eigenvalues against eigvalsh.
+Lanczos's extreme eigenvalues against eigvalsh; Hutchinson's unbiasedness.
 
 Tolerances of the products: the products, gradients and losses are float64 computations of the same sums (≤ 227
 parameters, 64 samples, 3 outputs) by two routes (double backward against torch.func's explicit matrices): rounding
@@ -10,19 +10,23 @@ parameters, 64 samples, 3 outputs) by two routes (double backward against torch.
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
 from torch.func import functional_call
 
-from tests.problems import mlp, quadratic
+from tests.problems import assert_mean_matches, mlp, quadratic
 from unigrad import UnigradError
 from unigrad.core.params import trainable
-from unigrad.core.rng import generator
+from unigrad.core.rng import Noise, generator
 from unigrad.second.curvature import (
     FORMS,
     FlatLoss,
     conjugate_gradient,
+    hutchinson_diagonal,
+    hutchinson_trace,
+    keyed_probes,
     lanczos,
     tridiagonal,
 )
@@ -221,3 +225,48 @@ def test_lanczos_stop_and_refusals() -> None:
         lanczos(lambda v: a @ v, torch.zeros(12, dtype=torch.float64), 3)
     with pytest.raises(UnigradError, match="form"):
         lanczos(lambda v: a @ v, start, 3, form="block")
+
+
+# -- Hutchinson ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distribution", ["rademacher", "gaussian"])
+def test_hutchinson_diagonal_and_trace_are_unbiased(distribution: str) -> None:
+    a = _symmetric(torch.linspace(-2.0, 3.0, 8, dtype=torch.float64), seed=4)
+    off = (a * a).sum() - (torch.diagonal(a) ** 2).sum()  # Σ_{j≠k} A_jk²
+    noise = Noise(distribution, source="generator")
+    like = [torch.zeros(8, dtype=torch.float64)]
+    n = 2000
+    diag = torch.stack([hutchinson_diagonal(lambda v: a @ v, keyed_probes(noise, 1, s, like), 1) for s in range(n)])
+    # single-probe estimates over independent keys: mean diag A within 5 SE (the helper's; atol: rounding only)
+    assert_mean_matches(diag, torch.diagonal(a), atol=1e-12)
+    traces = torch.tensor([hutchinson_trace(lambda v: a @ v, keyed_probes(noise, 2, s, like), 2)[0] for s in range(n)])
+    se = float(traces.std()) / math.sqrt(n)
+    assert abs(float(traces.mean()) - float(torch.trace(a))) < 5 * se
+    # the variance of one sample zᵀAz is 2Σ_{j≠k}A_jk² (Rademacher) plus 2Σ_j A_jj² (Gaussian); 2-probe means
+    # have half of it. A variance from 2000 samples has a relative SE of about √(2/n)·√(1 + κ/2) ≈ 0.03–0.05
+    # (κ the excess kurtosis), so 0.15 is at least 3 SE (measured ratios 1.02 and 0.96)
+    predicted = 2 * float(off) + (2 * float((torch.diagonal(a) ** 2).sum()) if distribution == "gaussian" else 0.0)
+    assert abs(float(traces.var()) / (predicted / 2) - 1) < 0.15
+    # the estimate's own standard error is the sample sd over √q
+    mean, err = hutchinson_trace(lambda v: a @ v, keyed_probes(noise, 3, 0, like), 400)
+    assert abs(mean - float(torch.trace(a))) < 5 * err
+    # an sd from 400 samples has a relative SE of about √(1/(2n))·√(1 + κ/2) ≈ 0.04–0.07; 0.3 is over 4 SE
+    # (measured ratios 0.91 and 0.98)
+    assert abs(err / math.sqrt(predicted / 400) - 1) < 0.3
+
+
+def test_hutchinson_probes_are_keyed_and_exact_on_a_diagonal_matrix() -> None:
+    a = torch.diag(torch.tensor([1.0, -2.0, 0.5, 4.0, 3.0], dtype=torch.float64))
+    like = [torch.zeros(2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)]  # two tensors, flattened
+    rng_state = torch.get_rng_state()
+    probe = keyed_probes(Noise("rademacher"), 0, 5, like)
+    first = hutchinson_diagonal(lambda v: a @ v, probe, 3)
+    assert torch.equal(torch.get_rng_state(), rng_state)
+    assert torch.equal(first, hutchinson_diagonal(lambda v: a @ v, keyed_probes(Noise("rademacher"), 0, 5, like), 3))
+    assert torch.equal(first, torch.diagonal(a))  # z ⊙ Az = z² ⊙ diag A = diag A exactly for ±1 entries
+    assert not torch.equal(probe(0), probe(1))  # the probes of one key differ
+    trace, err = hutchinson_trace(lambda v: a @ v, probe, 3)
+    assert trace == float(torch.trace(a)) and err == 0.0
+    with pytest.raises(UnigradError, match="probes"):
+        hutchinson_trace(lambda v: a @ v, probe, 0)

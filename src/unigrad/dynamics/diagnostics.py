@@ -17,7 +17,8 @@ it wrote into ``.grad``, ``g = ∇f(θ)`` the true gradient on the same batch):
   ``‖∇²f y − μ y‖ = β_j |s_j|`` (``s_j`` the last component of ``T_j``'s top eigenvector), is at
   most ``tol · |μ|``, or after ``iters`` products. Cost: one forward and one backward per sample
   (the gradient graph) plus one HVP per sample and iteration.
-* :func:`hessian_trace` — Hutchinson's estimator (Hutchinson 1989) ``tr ∇²f = E[vᵀ ∇²f v]`` with
+* :func:`hessian_trace` — Hutchinson's estimator (Hutchinson 1989;
+  :func:`unigrad.second.curvature.hutchinson_trace`) ``tr ∇²f = E[vᵀ ∇²f v]`` with
   Rademacher ``v`` (``E[vvᵀ] = I``; among distributions with that property it has the smallest
   variance, ``2 Σ_{i≠j} H_ij²``): the mean of ``probes`` samples and its standard error
   ``sd/√probes``. Cost: one forward and one backward, plus ``probes`` HVPs, per sample.
@@ -69,7 +70,6 @@ Nothing a diagnostic does changes the training trajectory.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,7 +85,7 @@ from unigrad.core.objective import Objective, reduce
 from unigrad.core.params import trainable
 from unigrad.core.probe import _Bound
 from unigrad.core.rng import Noise
-from unigrad.second.curvature import FlatLoss, lanczos, tridiagonal
+from unigrad.second.curvature import FlatLoss, hutchinson_trace, keyed_probes, lanczos, tridiagonal
 
 _LANCZOS_TAG = 0x1A2C05
 _TRACE_TAG = 0x7ACE
@@ -244,14 +244,10 @@ def _flat_loss(model: nn.Module, objective: Objective) -> FlatLoss:
 
 
 def _hutchinson(flat: FlatLoss, probes: int, seed: int) -> tuple[float, float]:
-    noise = Noise("rademacher", source="generator")
-    d, dtype, dev = flat.dim, flat.theta0.dtype, flat.theta0.device
-    samples = []
-    for i in range(probes):
-        v = noise.raw(seed, _TRACE_TAG, i, 0, (d,), dtype, dev)
-        samples.append(float(v.to(torch.float64) @ flat.hvp(v).to(torch.float64)))
-    s = torch.tensor(samples, dtype=torch.float64)
-    return float(s.mean()), float(s.std(correction=1) / math.sqrt(probes))
+    """Hutchinson's trace estimate (:func:`unigrad.second.curvature.hutchinson_trace`) of ``∇²f`` with
+    Rademacher probes keyed ``(seed, _TRACE_TAG, probe)`` over the flat parameter vector."""
+    probe = keyed_probes(Noise("rademacher", source="generator"), seed, _TRACE_TAG, [flat.theta0])
+    return hutchinson_trace(flat.hvp, probe, probes)
 
 
 def hessian_trace(model: nn.Module, objective: Objective, *, probes: int = 32, seed: int = 0) -> tuple[float, float]:

@@ -50,6 +50,18 @@ eigenproblem"): the classical one above, and the modified one ``w = Aq_j − β_
 ``α_j = q_jᵀw``, ``w ← w − α_j q_j``, which is the more stable without reorthogonalisation. When the
 Krylov space becomes invariant (``β_j ≤ √ε·‖T‖``) a keyed random vector orthogonalised against ``Q``
 continues the process (keeping the coupling ``q_{j+1}ᵀw`` in ``T``, so ``T = QᵀAQ`` stays exact).
+
+**Hutchinson** (:func:`hutchinson_diagonal`, :func:`hutchinson_trace`; Hutchinson 1989, "A stochastic
+estimator of the trace of the influence matrix for Laplacian smoothing splines"; Bekas, Kokiopoulou &
+Saad 2007, "An estimator for the diagonal of a matrix"). For probes ``z`` with ``E[zzᵀ] = I``::
+
+    diag A ≈ (1/q) Σ_i z_i ⊙ (A z_i),       tr A ≈ (1/q) Σ_i z_iᵀ A z_i
+
+both unbiased (``E[z_j (Az)_j] = Σ_k A_jk E[z_j z_k] = A_jj``). With Rademacher ``z`` (±1 entries) the
+diagonal estimate has variance ``(1/q) Σ_{k≠j} A_jk²`` (exact for a diagonal ``A``) and the trace
+``(2/q) Σ_{j≠k} A_jk²``, the smallest among probes with ``E[zzᵀ] = I``; Gaussian ``z`` adds ``2A_jj²/q``
+to the first and ``(2/q) Σ_j A_jj²`` to the second. Probe ``i`` comes from a keyed stream
+(:func:`keyed_probes`), never the global RNG.
 """
 
 from __future__ import annotations
@@ -63,9 +75,10 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_choice
+from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.objective import Objective, Supervised, check_differentiable, n_samples, reduce
 from unigrad.core.probe import _Bound
+from unigrad.core.rng import Noise
 
 
 class FlatLoss:
@@ -456,3 +469,45 @@ def lanczos(
         betas.append(beta)
         scale = max(scale, abs(beta))
     return Lanczos(basis=rows(m), alphas=alphas, betas=betas, restarts=restarts)
+
+
+# -- Hutchinson ---------------------------------------------------------------------------------------
+
+
+def keyed_probes(noise: Noise, seed: int, step: int, like: Sequence[Tensor]) -> Callable[[int], Tensor]:
+    """``i ↦`` probe ``i``: ``noise``'s direction keyed ``(seed, step, i, tensor)`` for tensors shaped
+    like ``like``, concatenated flat (a single flat tensor in ``like`` is one stream)."""
+
+    def probe(i: int) -> Tensor:
+        return torch.cat([t.reshape(-1) for t in noise.direction(seed, step, i, like)])
+
+    return probe
+
+
+def hutchinson_diagonal(matvec: Callable[[Tensor], Tensor], probe: Callable[[int], Tensor], probes: int) -> Tensor:
+    """Hutchinson's estimate ``(1/q) Σ_i z_i ⊙ (A z_i)`` of ``diag A`` from ``q = probes`` probes
+    ``z_i = probe(i)``, in their dtype (module docs). Cost: ``probes`` products."""
+    check_positive("probes", probes, integer=True)
+    total: Tensor | None = None
+    for i in range(probes):
+        z = probe(i)
+        if total is None:
+            total = torch.zeros_like(z)
+        total += z * matvec(z)
+    assert total is not None
+    return total / probes
+
+
+def hutchinson_trace(
+    matvec: Callable[[Tensor], Tensor], probe: Callable[[int], Tensor], probes: int
+) -> tuple[float, float]:
+    """Hutchinson's estimate of ``tr A``: the mean of the ``q = probes`` samples ``z_iᵀ A z_i``
+    (``z_i = probe(i)``, each dot product in float64) and its standard error ``sd/√q`` (NaN for
+    ``q = 1``). Cost: ``probes`` products."""
+    check_positive("probes", probes, integer=True)
+    samples = []
+    for i in range(probes):
+        z = probe(i)
+        samples.append(float(z.to(torch.float64) @ matvec(z).to(torch.float64)))
+    s = torch.tensor(samples, dtype=torch.float64)
+    return float(s.mean()), float(s.std(correction=1) / math.sqrt(probes))
