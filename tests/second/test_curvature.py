@@ -1,5 +1,6 @@
 """The curvature module: products against explicit matrices (Hessian, Gauss-Newton, per-sample gradients); CG;
-Lanczos's extreme eigenvalues against eigvalsh; Hutchinson's unbiasedness.
+Lanczos's extreme eigenvalues against eigvalsh; Hutchinson's unbiasedness; the likelihoods' sampling distributions,
+output gradients and refusals.
 
 Tolerances of the products: the products, gradients and losses are float64 computations of the same sums (≤ 227
 parameters, 64 samples, 3 outputs) by two routes (double backward against torch.func's explicit matrices): rounding
@@ -14,8 +15,10 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
+import unigrad
 from tests.problems import assert_mean_matches, mlp, quadratic
 from unigrad import UnigradError
 from unigrad.core.params import trainable
@@ -23,11 +26,14 @@ from unigrad.core.rng import Noise, generator
 from unigrad.second.curvature import (
     FORMS,
     FlatLoss,
+    Likelihood,
     conjugate_gradient,
     hutchinson_diagonal,
     hutchinson_trace,
     keyed_probes,
     lanczos,
+    likelihood_of,
+    loss_kind,
     tridiagonal,
 )
 
@@ -270,3 +276,82 @@ def test_hutchinson_probes_are_keyed_and_exact_on_a_diagonal_matrix() -> None:
     assert trace == float(torch.trace(a)) and err == 0.0
     with pytest.raises(UnigradError, match="probes"):
         hutchinson_trace(lambda v: a @ v, probe, 0)
+
+
+# -- likelihoods --------------------------------------------------------------------------------------
+
+
+def _outputs(shape: tuple[int, ...]) -> torch.Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+
+
+def test_likelihood_samples_from_the_predictive_distribution() -> None:
+    n = 20000
+    # categorical: class frequencies against softmax(z), per input and class within 5 SE √(p(1−p)/n)
+    z = _outputs((3, 4))
+    labels = Likelihood("cross_entropy").sample(z, generator(1, 2), n)
+    assert labels.shape == (3, n) and labels.dtype == torch.int64
+    freq = F.one_hot(labels, 4).double().mean(1)
+    p = torch.softmax(z, dim=1)
+    assert bool(((freq - p).abs() < 5 * torch.sqrt(p * (1 - p) / n)).all())
+    # Bernoulli: the mean of the 0/1 targets against σ(z)
+    z = _outputs((3, 2))
+    y = Likelihood("bce").sample(z, generator(1, 3), n)
+    assert y.shape == (3, n, 2) and set(y.unique().tolist()) <= {0.0, 1.0}
+    p = torch.sigmoid(z)
+    assert bool(((y.mean(1) - p).abs() < 5 * torch.sqrt(p * (1 - p) / n)).all())
+    # Gaussian N(z, k/2): mean z (SE √(k/(2n))) and variance k/2 (SE ≈ (k/2)√(2/n)) for k = 2 outputs
+    y = Likelihood("mse").sample(z, generator(1, 4), n)
+    assert bool(((y.mean(1) - z).abs() < 5 * math.sqrt(1.0 / n)).all())
+    assert bool(((y.var(1) - 1.0).abs() < 5 * math.sqrt(2.0 / n)).all())
+
+
+_PER_SAMPLE = {  # ℓ(z_b, y_b) of one sample, as the objective computes it
+    "cross_entropy": lambda zb, yb: F.cross_entropy(zb[None], yb[None]),
+    "bce": F.binary_cross_entropy_with_logits,
+    "mse": F.mse_loss,
+}
+
+
+@pytest.mark.parametrize("loss", list(_PER_SAMPLE))
+def test_likelihood_output_gradients_are_the_scores_at_the_sampled_targets(loss: str) -> None:
+    fn = _PER_SAMPLE[loss]
+    z = _outputs((3, 4))
+    like = Likelihood(loss)
+    m = 5
+    y = like.sample(z, generator(4, 4), m)
+    g = like.output_grads(z, generator(4, 4), m)  # the same key: the same draws
+    assert g.shape == (3, m, 4) and g.dtype == z.dtype
+    scale = 2.0 if loss == "bce" else 1.0  # √k with k = 4: bce's loss is its negative log-likelihood over k
+    for b in range(3):
+        for j in range(m):
+            zb = z[b].clone().requires_grad_(True)
+            (grad,) = torch.autograd.grad(fn(zb, y[b, j]), zb)
+            # the same quantity by two routes (closed form, autograd): rounding of O(1) numbers only
+            torch.testing.assert_close(g[b, j], scale * grad, rtol=1e-12, atol=1e-14)
+    # the output Fisher: E[g gᵀ] = ∇²_z ℓ per input (the Hessian does not depend on y), over 4000 draws (5 SE;
+    # atol: rounding only)
+    draws = like.output_grads(z, generator(4, 5), 4000)
+    outer = torch.einsum("bmk,bml->mbkl", draws, draws).reshape(4000, -1)
+    hessians = [torch.func.hessian(lambda zz, yb=y[b, 0]: fn(zz, yb))(z[b]) for b in range(3)]
+    assert_mean_matches(outer, torch.stack(hessians).reshape(-1), atol=1e-12)
+
+
+def test_likelihood_refuses_other_losses_in_one_line() -> None:
+    for other in ("hinge", F.mse_loss, None):
+        with pytest.raises(UnigradError, match=r"cross_entropy \(categorical\), bce .* and mse") as info:
+            Likelihood(other)
+        assert "\n" not in str(info.value) and repr(other) in str(info.value)
+    z = _outputs((6, 3))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    smooth = unigrad.supervised(torch.nn.CrossEntropyLoss(label_smoothing=0.2), torch.zeros(6, 1), y)
+    with pytest.raises(UnigradError, match="matches none") as info:
+        likelihood_of(smooth, z, smooth.score(z), method="this estimator", instead="use another")
+    assert "\n" not in str(info.value) and "mean squared error" in str(info.value)
+    targets = {"cross_entropy": y, "bce": (z > 0).double(), "mse": _outputs((6, 3)) + 1}
+    fns = {"cross_entropy": F.cross_entropy, "bce": F.binary_cross_entropy_with_logits, "mse": F.mse_loss}
+    for loss, fn in fns.items():
+        objective = unigrad.supervised(fn, torch.zeros(6, 1), targets[loss])
+        assert likelihood_of(objective, z, objective.score(z), method="m", instead="i") == Likelihood(loss)
+    scalar = unigrad.supervised(lambda out, tgt: F.mse_loss(out, tgt), torch.zeros(6, 1), targets["mse"])
+    assert loss_kind(scalar, z, scalar.score(z)) is None  # one loss for the batch: no per-sample comparison
