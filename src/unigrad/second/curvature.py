@@ -659,3 +659,22 @@ def likelihood_of(objective: Supervised, z: Tensor, losses: Tensor, *, method: s
             f"losses on per-sample outputs; this objective's loss matches none of them ({instead})"
         )
     return Likelihood(kind)
+
+
+__all__ = [
+    "FORMS",
+    "LOSSES",
+    "CGResult",
+    "FlatLoss",
+    "Lanczos",
+    "Likelihood",
+    "conjugate_gradient",
+    "hutchinson_diagonal",
+    "hutchinson_trace",
+    "keyed_probes",
+    "lanczos",
+    "likelihood_of",
+    "loss_kind",
+    "orthogonalize",
+    "tridiagonal",
+]
