@@ -433,9 +433,17 @@ def measure(
 
     ``estimator`` and ``state_before`` (its ``state_dict()`` before the estimate) are needed for
     ``"variance"`` (``repeats`` estimates in all, the training one included); ``initial`` (``θ₀``)
-    for ``"drift"``. ``seed`` keys the Lanczos start and the Hutchinson probes. Values are floats
-    (NaN where undefined); pass the result to :func:`measure_step` after the optimizer step.
+    for ``"drift"``. ``seed`` keys the Lanczos start and the Hutchinson probes; ``lanczos_iters``
+    (``"sharpness"``) must be at least 1 and ``trace_probes`` (``"trace"``) at least 2, for the standard
+    error. Values are floats (NaN where undefined); pass the result to :func:`measure_step` after the
+    optimizer step.
     """
+    if "sharpness" in names:
+        check_positive("lanczos_iters", lanczos_iters, integer=True)
+    if "trace" in names:
+        check_positive("trace_probes", trace_probes, integer=True)
+        if trace_probes < 2:
+            raise UnigradError(f"option trace_probes must be >= 2 for a standard error, got {trace_probes}")
     params = trainable(model)
     values: dict[str, float | None] = {}
     gradient: list[Tensor] | None = None
