@@ -26,7 +26,7 @@ from unigrad import make_estimator
 from unigrad.core.objective import Objective
 from unigrad.core.params import trainable
 from unigrad.data.classic import logistic_digits, quadratic, rosenbrock
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 
 Builder = Callable[[], tuple[nn.Module, Objective]]
 

@@ -232,6 +232,24 @@ def test_measure_leaves_batchnorm_statistics_and_dropout_rng_alone() -> None:
     assert _same(before, _state(model)) and torch.equal(rng, torch.get_rng_state())
 
 
+@pytest.mark.parametrize(
+    ("names", "options", "match"),
+    [
+        (("sharpness",), {"lanczos_iters": 0}, "lanczos_iters"),
+        (("sharpness",), {"lanczos_iters": 2.5}, "lanczos_iters"),
+        (("trace",), {"trace_probes": 1}, "trace_probes must be >= 2"),
+        (("trace",), {"trace_probes": 0}, "trace_probes"),
+    ],
+)
+def test_measure_refuses_too_few_lanczos_steps_or_trace_probes(names: tuple, options: dict, match: str) -> None:
+    # they once gave NaN silently (no Lanczos step; an empty or one-sample Hutchinson mean and its error)
+    problem = mlp((4, 5, 3), 16, dtype=torch.float64)
+    with pytest.raises(UnigradError, match=match) as info:
+        measure(names, problem.model, problem.objective, **options)
+    assert "\n" not in str(info.value)
+    measure(("alignment",), problem.model, problem.objective, lanczos_iters=0, trace_probes=1)  # unused: no check
+
+
 def test_names_are_checked() -> None:
     assert check_diagnostics("alignment, sharpness,alignment") == ("alignment", "sharpness")
     assert check_diagnostics(None) == () and check_diagnostics(["trace"]) == ("trace",)

@@ -9,7 +9,7 @@ from scipy.optimize import minimize
 from unigrad import make_estimator
 from unigrad.core.params import trainable
 from unigrad.data.classic import logistic_digits
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 
 
 def _scipy_problem(samples: int):

@@ -12,6 +12,8 @@ from torch.func import functional_call
 
 import unigrad
 from tests.problems import (
+    Problem,
+    _init,
     assert_contract,
     assert_mean_matches,
     flat_grad,
@@ -22,7 +24,7 @@ from tests.problems import (
 )
 from unigrad import UnigradError
 from unigrad.core.params import trainable
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 from unigrad.second.natural_gradient import NaturalGradient
 
 
@@ -50,6 +52,25 @@ def _true_fisher_softmax(problem) -> torch.Tensor:
     p = torch.softmax(outputs(theta), dim=1)
     cov = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # (B, k, k)
     return torch.einsum("bkd,bkl,ble->de", jac, cov, jac) / p.shape[0]
+
+
+def _true_fisher_gaussian(problem) -> torch.Tensor:
+    """``(1/B) Σ_b (2/k) J_bᵀ J_b``: the Fisher of the Gaussian whose negative log-likelihood is the mean squared
+    error over ``k`` outputs, ``‖z − y‖²/k`` (variance ``k/2``)."""
+    _, outputs, _ = _functions(problem)
+    jac = torch.func.jacrev(outputs)(flat_params(problem.model))  # (B, k, d)
+    return 2.0 / jac.shape[1] * torch.einsum("bkd,bke->de", jac, jac) / jac.shape[0]
+
+
+def _regression(batch: int = 8) -> Problem:
+    """A float64 ``Linear-Tanh-Linear`` 3-4-2 regression with mean squared error (d = 26)."""
+    g = torch.Generator().manual_seed(5)
+    with torch.random.fork_rng(devices=[]):
+        model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).to(torch.float64)
+    _init(model, g, gain=2.0)
+    x = torch.randn(batch, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(batch, 2, generator=g, dtype=torch.float64)
+    return Problem(model, unigrad.supervised(F.mse_loss, x, y), "regression")
 
 
 def _true_fisher_bernoulli(problem) -> torch.Tensor:
@@ -102,9 +123,18 @@ def test_true_fisher_direction_equals_the_solve_with_the_explicit_fisher(build, 
     assert (e.cost.forwards, e.cost.backwards, e.cost.jvps) == (batch, batch * (1 + k), batch * k)
 
 
-def test_sampled_fisher_is_unbiased_for_the_true_fisher() -> None:
-    problem = mlp((3, 4, 3), 8, dtype=torch.float64)  # d = 31
-    target = _true_fisher_softmax(problem)
+@pytest.mark.parametrize("likelihood", ["categorical", "gaussian", "bernoulli"])
+def test_sampled_fisher_is_unbiased_for_the_true_fisher(likelihood: str) -> None:
+    # cross-entropy, mean squared error and binary cross-entropy: targets drawn from the likelihood of the loss
+    if likelihood == "categorical":
+        problem = mlp((3, 4, 3), 8, dtype=torch.float64)  # d = 31
+        target = _true_fisher_softmax(problem)
+    elif likelihood == "gaussian":
+        problem = _regression()  # d = 26
+        target = _true_fisher_gaussian(problem)
+    else:
+        problem = logistic(4, 8, dtype=torch.float64)  # d = 5, (B, 1) logits
+        target = _true_fisher_bernoulli(problem)
     m = 400
     est = NaturalGradient(fisher="sampled", mc_samples=m)
     fl = FlatLoss(problem.model, problem.objective, trainable(problem.model))
@@ -115,6 +145,22 @@ def test_sampled_fisher_is_unbiased_for_the_true_fisher() -> None:
     samples = torch.einsum("bjd,bje->jde", rows, rows).reshape(m, d * d) / batch
     assert_mean_matches(samples, target.reshape(-1), atol=1e-10)  # 5 SE; atol: rounding of entries ≲ 1 only
     assert fl.cost.backwards == batch * (1 + m) and fl.cost.forwards == 2 * batch
+
+
+def test_sampled_fisher_on_mean_squared_error_is_not_the_categorical_one() -> None:
+    # squared error on two outputs was once sampled as if the outputs were softmax logits: its Fisher then has the
+    # categorical covariance diag(p) − ppᵀ (rank 1 for two outputs) where the Gaussian's is (2/k)·I. On the trace,
+    # the sampled mean must be the Gaussian's within 5 SE (measured 0.6 SE off), and far from the categorical one
+    # (measured 44 SE off: tr 1.7 against 11.1)
+    problem = _regression()
+    fl = FlatLoss(problem.model, problem.objective, trainable(problem.model))
+    rows = NaturalGradient(fisher="sampled", mc_samples=400)._sampled_grads(fl, problem.objective).view(8, 400, -1)
+    traces = torch.einsum("bjd,bjd->j", rows, rows) / 8  # tr of each draw's Fisher estimate
+    categorical = float(torch.trace(_true_fisher_softmax(problem)))
+    gaussian = float(torch.trace(_true_fisher_gaussian(problem)))
+    se = float(traces.std()) / 20.0
+    assert abs(float(traces.mean()) - gaussian) < 5 * se
+    assert abs(float(traces.mean()) - categorical) > 20 * se
 
 
 def test_natural_gradient_is_invariant_to_a_linear_reparametrisation_of_the_inputs() -> None:
@@ -185,9 +231,17 @@ def test_fisher_choices_and_objectives() -> None:
             NaturalGradient(fisher=fisher).estimate(problem.model, problem.objective)
     with pytest.raises(UnigradError, match="per-sample"):
         NaturalGradient(fisher="empirical").estimate(problem.model, problem.objective)
-    logit = logistic(5, 32, dtype=torch.float64)  # (B, 1) outputs are not categorical logits
-    with pytest.raises(UnigradError, match="logits"):
-        NaturalGradient(fisher="sampled").estimate(logit.model, logit.objective)
+    # the sampled Fisher needs the loss's likelihood: label smoothing has none, and is refused in one line that
+    # names the supported losses; the empirical and true Fisher take it
+    smooth = mlp((4, 5, 3), 16, dtype=torch.float64)
+    objective = unigrad.supervised(
+        nn.CrossEntropyLoss(label_smoothing=0.2), smooth.objective.inputs, smooth.objective.targets
+    )
+    with pytest.raises(UnigradError, match=r"mean squared error.*matches none") as info:
+        NaturalGradient(fisher="sampled").estimate(smooth.model, objective)
+    assert "\n" not in str(info.value) and "fisher=true or fisher=empirical" in str(info.value)
+    for fisher in ("true", "empirical"):
+        NaturalGradient(fisher=fisher).estimate(smooth.model, objective)
 
 
 @pytest.mark.parametrize(

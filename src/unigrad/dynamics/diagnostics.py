@@ -7,7 +7,8 @@ it wrote into ``.grad``, ``g = ∇f(θ)`` the true gradient on the same batch):
 
 * :func:`top_hessian_eigenvalue` — the *sharpness* ``λ_max(∇²f(θ))``, the largest **algebraic**
   eigenvalue of the Hessian (not the largest magnitude: a negative eigenvalue of larger modulus
-  is ignored), by the Lanczos iteration on Hessian–vector products (Lanczos 1950; as used for
+  is ignored), by the Lanczos iteration on Hessian–vector products
+  (:func:`unigrad.second.curvature.lanczos`, modified form; Lanczos 1950; as used for
   sharpness by Ghorbani, Krishnan & Xiao 2019, arXiv:1901.10159, and Cohen et al. 2021,
   arXiv:2103.00065, "edge of stability": for gradient descent with step ``η`` the sharpness
   rises to about ``2/η``). After ``j`` products, the Krylov basis ``V_j`` (re-orthogonalized
@@ -16,7 +17,8 @@ it wrote into ``.grad``, ``g = ∇f(θ)`` the true gradient on the same batch):
   ``‖∇²f y − μ y‖ = β_j |s_j|`` (``s_j`` the last component of ``T_j``'s top eigenvector), is at
   most ``tol · |μ|``, or after ``iters`` products. Cost: one forward and one backward per sample
   (the gradient graph) plus one HVP per sample and iteration.
-* :func:`hessian_trace` — Hutchinson's estimator (Hutchinson 1989) ``tr ∇²f = E[vᵀ ∇²f v]`` with
+* :func:`hessian_trace` — Hutchinson's estimator (Hutchinson 1989;
+  :func:`unigrad.second.curvature.hutchinson_trace`) ``tr ∇²f = E[vᵀ ∇²f v]`` with
   Rademacher ``v`` (``E[vvᵀ] = I``; among distributions with that property it has the smallest
   variance, ``2 Σ_{i≠j} H_ij²``): the mean of ``probes`` samples and its standard error
   ``sd/√probes``. Cost: one forward and one backward, plus ``probes`` HVPs, per sample.
@@ -68,7 +70,6 @@ Nothing a diagnostic does changes the training trajectory.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ from unigrad.core.objective import Objective, reduce
 from unigrad.core.params import trainable
 from unigrad.core.probe import _Bound
 from unigrad.core.rng import Noise
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss, hutchinson_trace, keyed_probes, lanczos, tridiagonal
 
 _LANCZOS_TAG = 0x1A2C05
 _TRACE_TAG = 0x7ACE
@@ -185,41 +186,30 @@ def _flat(tensors: Sequence[Tensor | None], like: Sequence[Tensor] | None = None
 
 
 def _lanczos_top(flat: FlatLoss, iters: int, seed: int, tol: float) -> tuple[float, int]:
-    """Top Ritz value of ``∇²f`` after at most ``iters`` HVPs (module docs); returns it and the products used."""
+    """Top Ritz value of ``∇²f`` after at most ``iters`` HVPs (module docs); returns it and the products used.
+
+    Lanczos (:func:`unigrad.second.curvature.lanczos`, modified form, full reorthogonalisation) in
+    float64 from the Gaussian vector keyed ``(seed, _LANCZOS_TAG)``, stopped by the Ritz residual test
+    or where the Krylov space is invariant (``β ≤ 10⁻¹²`` times the largest Ritz value so far).
+    """
     d, dtype, dev = flat.dim, flat.theta0.dtype, flat.theta0.device
-    v = Noise("gaussian").raw(seed, _LANCZOS_TAG, 0, 0, (d,), torch.float64, dev)
-    v = v / v.norm()
-    basis: list[Tensor] = []
-    alphas: list[float] = []
-    betas: list[float] = []
-    beta, v_prev = 0.0, torch.zeros_like(v)
-    top, used = float("nan"), 0
+    start = Noise("gaussian").raw(seed, _LANCZOS_TAG, 0, 0, (d,), torch.float64, dev)
     scale = 0.0
-    for j in range(min(iters, d)):
-        basis.append(v)
-        w = flat.hvp(v.to(dtype)).to(torch.float64)
-        used += 1
-        w = w - beta * v_prev
-        alpha = float(w @ v)
-        w = w - alpha * v
-        alphas.append(alpha)
-        q = torch.stack(basis, 1)
-        for _ in range(2):  # full re-orthogonalization, twice is enough (Parlett)
-            w = w - q @ (q.T @ w)
-        beta = float(w.norm())
-        t = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-        if betas:
-            off = torch.tensor(betas, dtype=torch.float64)
-            t = t + torch.diag(off, 1) + torch.diag(off, -1)
-        evals, evecs = torch.linalg.eigh(t)
+
+    def converged(alphas: list[float], betas: list[float], beta: float) -> bool:
+        nonlocal scale
+        evals, evecs = torch.linalg.eigh(tridiagonal(alphas, betas))
         top = float(evals[-1])
         scale = max(scale, float(evals.abs().max()))
         residual = beta * abs(float(evecs[-1, -1]))
-        if residual <= tol * max(abs(top), 1e-30) or beta <= 1e-12 * max(scale, 1e-30) or j + 1 == min(iters, d):
-            break
-        betas.append(beta)
-        v_prev, v = v, w / beta
-    return top, used
+        return residual <= tol * max(abs(top), 1e-30) or beta <= 1e-12 * max(scale, 1e-30)
+
+    def hvp(v: Tensor) -> Tensor:
+        return flat.hvp(v.to(dtype)).to(torch.float64)
+
+    lz = lanczos(hvp, start, min(iters, d), form="modified", stop=converged)
+    evals, _ = torch.linalg.eigh(lz.tridiagonal)
+    return float(evals[-1]), len(lz.alphas)
 
 
 def top_hessian_eigenvalue(
@@ -254,14 +244,10 @@ def _flat_loss(model: nn.Module, objective: Objective) -> FlatLoss:
 
 
 def _hutchinson(flat: FlatLoss, probes: int, seed: int) -> tuple[float, float]:
-    noise = Noise("rademacher", source="generator")
-    d, dtype, dev = flat.dim, flat.theta0.dtype, flat.theta0.device
-    samples = []
-    for i in range(probes):
-        v = noise.raw(seed, _TRACE_TAG, i, 0, (d,), dtype, dev)
-        samples.append(float(v.to(torch.float64) @ flat.hvp(v).to(torch.float64)))
-    s = torch.tensor(samples, dtype=torch.float64)
-    return float(s.mean()), float(s.std(correction=1) / math.sqrt(probes))
+    """Hutchinson's trace estimate (:func:`unigrad.second.curvature.hutchinson_trace`) of ``∇²f`` with
+    Rademacher probes keyed ``(seed, _TRACE_TAG, probe)`` over the flat parameter vector."""
+    probe = keyed_probes(Noise("rademacher", source="generator"), seed, _TRACE_TAG, [flat.theta0])
+    return hutchinson_trace(flat.hvp, probe, probes)
 
 
 def hessian_trace(model: nn.Module, objective: Objective, *, probes: int = 32, seed: int = 0) -> tuple[float, float]:
@@ -447,9 +433,17 @@ def measure(
 
     ``estimator`` and ``state_before`` (its ``state_dict()`` before the estimate) are needed for
     ``"variance"`` (``repeats`` estimates in all, the training one included); ``initial`` (``θ₀``)
-    for ``"drift"``. ``seed`` keys the Lanczos start and the Hutchinson probes. Values are floats
-    (NaN where undefined); pass the result to :func:`measure_step` after the optimizer step.
+    for ``"drift"``. ``seed`` keys the Lanczos start and the Hutchinson probes; ``lanczos_iters``
+    (``"sharpness"``) must be at least 1 and ``trace_probes`` (``"trace"``) at least 2, for the standard
+    error. Values are floats (NaN where undefined); pass the result to :func:`measure_step` after the
+    optimizer step.
     """
+    if "sharpness" in names:
+        check_positive("lanczos_iters", lanczos_iters, integer=True)
+    if "trace" in names:
+        check_positive("trace_probes", trace_probes, integer=True)
+        if trace_probes < 2:
+            raise UnigradError(f"option trace_probes must be >= 2 for a standard error, got {trace_probes}")
     params = trainable(model)
     values: dict[str, float | None] = {}
     gradient: list[Tensor] | None = None

@@ -12,9 +12,10 @@ where ``H`` is indefinite, and it moves along negative curvature, so the iterate
 with ``g = 0`` *and* ``H ⪰ 0`` (second-order stationary points) rather than saddles (Nesterov & Polyak
 2006; Cartis, Gould & Toint 2011, Part I).
 
-1. *Subspace.* ``k = min(krylov_dim, d)`` steps of Lanczos with full reorthogonalisation, started at
-   ``g/‖g‖``, give an orthonormal basis ``Q`` (``d × k``) and the tridiagonal ``T = QᵀHQ``: one
-   Hessian–vector product per step (:class:`~unigrad.second._curvature.FlatLoss`).
+1. *Subspace.* ``k = min(krylov_dim, d)`` steps of Lanczos with full reorthogonalisation
+   (:func:`unigrad.second.curvature.lanczos`, the classical form), started at ``g/‖g‖``, give an
+   orthonormal basis ``Q`` (``d × k``) and the tridiagonal ``T = QᵀHQ``: one Hessian–vector product per
+   step (:class:`~unigrad.second.curvature.FlatLoss`).
 
    *Breakdown and saddles.* If the Krylov space of ``g`` is invariant under ``H`` before ``k``
    vectors (the residual ``w`` of a Lanczos step has ``‖w‖ ≤ √ε·‖T‖``), the process is restarted
@@ -93,7 +94,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss, Lanczos, lanczos
 
 _RESTART_KEY = 0xA4C3
 """Names the stream of Lanczos restart vectors: ``(seed, step, _RESTART_KEY, restart)``."""
@@ -103,88 +104,6 @@ _HARD_CASE_TOL = 1e-13
 
 _CLUSTER_TOL = 1e-9
 """Eigenvalues of ``T`` within this fraction of ``‖T‖`` of ``λ_min`` form its eigenspace."""
-
-
-# -- Lanczos ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Lanczos:
-    """What :func:`lanczos` returns.
-
-    Attributes:
-        basis: the orthonormal basis, one vector per row (``k × d``).
-        tridiagonal: ``T = basis · H · basisᵀ`` (``k × k``, float64).
-        restarts: random vectors drawn (a start from ``g = 0`` counts as one).
-    """
-
-    basis: Tensor
-    tridiagonal: np.ndarray
-    restarts: int
-
-
-def _orthogonalize(v: Tensor, basis: Tensor) -> Tensor:
-    """``v`` minus its projection on the rows of ``basis`` (classical Gram–Schmidt, twice)."""
-    if basis.shape[0] == 0:
-        return v
-    for _ in range(2):
-        v = v - basis.T @ (basis @ v)
-    return v
-
-
-def lanczos(
-    matvec: Callable[[Tensor], Tensor], start: Tensor, k: int, random_vector: Callable[[int], Tensor]
-) -> Lanczos:
-    """``k`` Lanczos steps (``k ≤ len(start)``) with full reorthogonalisation from ``start``.
-
-    If ``start`` is zero, or the Krylov space becomes invariant (``‖w‖ ≤ √ε·‖T‖``), the next vector is
-    ``random_vector(i)`` (``i`` = restarts so far) orthogonalised against the basis; the coupling
-    ``qᵀw`` is kept in ``T`` so that ``T = QᵀHQ`` holds exactly. Uses ``k`` products.
-    """
-    d = start.numel()
-    if not 1 <= k <= d:
-        raise UnigradError(f"lanczos needs 1 <= k <= {d}, got {k}")
-    tol = math.sqrt(torch.finfo(start.dtype).eps)
-    basis = torch.zeros(k, d, dtype=start.dtype, device=start.device)
-    alpha, beta = np.zeros(k), np.zeros(k - 1)
-    restarts = 0
-
-    def fresh(j: int) -> Tensor:
-        nonlocal restarts
-        for _ in range(8):  # a random vector has a component outside a j < d dimensional space
-            r = random_vector(restarts)
-            restarts += 1
-            size = float(r.norm())
-            r = _orthogonalize(r, basis[:j])
-            norm = float(r.norm())
-            if norm > tol * size:
-                return r / norm
-        raise UnigradError("lanczos: could not extend the basis with random vectors (non-finite products?)")
-
-    norm0 = float(start.norm())
-    q = start / norm0 if norm0 > 0 else fresh(0)
-    scale = 0.0
-    for j in range(k):
-        basis[j] = q
-        w = matvec(q)
-        alpha[j] = float(q @ w)
-        scale = max(scale, abs(alpha[j]))
-        if j == k - 1:
-            break
-        w = w - alpha[j] * q
-        if j > 0:
-            w = w - beta[j - 1] * basis[j - 1]
-        w = _orthogonalize(w, basis[: j + 1])
-        norm = float(w.norm())
-        if norm > tol * scale:
-            q = w / norm
-            beta[j] = norm
-        else:  # invariant subspace: continue with a random direction, keeping the (tiny) coupling
-            q = fresh(j + 1)
-            beta[j] = float(q @ w)
-        scale = max(scale, abs(beta[j]))
-    t = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
-    return Lanczos(basis=basis, tridiagonal=t, restarts=restarts)
 
 
 # -- the cubic subproblem ---------------------------------------------------------------------------
@@ -273,9 +192,9 @@ def krylov_cubic_step(
 ) -> tuple[Tensor, CubicSolution, Lanczos]:
     """The minimiser ``s = Qy`` of ``gᵀs + ½ sᵀHs + (σ/3)‖s‖³`` over the ``k``-dimensional Lanczos space
     (``H`` given by ``matvec``); also the subproblem's solution and the Lanczos data."""
-    lz = lanczos(matvec, g, k, random_vector)
+    lz = lanczos(matvec, g, k, random_vector=random_vector)
     b = (lz.basis @ g).double().cpu().numpy()
-    sol = solve_cubic_subproblem(lz.tridiagonal, b, sigma)
+    sol = solve_cubic_subproblem(lz.tridiagonal.numpy(), b, sigma)
     step = lz.basis.T @ torch.as_tensor(sol.y, dtype=g.dtype, device=g.device)
     return step, sol, lz
 

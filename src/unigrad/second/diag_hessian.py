@@ -6,10 +6,13 @@ Saad 2007, "An estimator for the diagonal of a matrix") is, for ``q`` random pro
 
     D̂ = (1/q) Σ_i z_i ⊙ (H z_i)
 
-Each ``H z_i`` is one Hessian-vector product (Pearlmutter's double backward, ``_curvature.FlatLoss``).
+Each ``H z_i`` is one Hessian-vector product (Pearlmutter's double backward,
+:class:`~unigrad.second.curvature.FlatLoss`).
 ``E[z zᵀ] = I`` makes it unbiased: ``E[D̂_j] = Σ_k H_jk E[z_j z_k] = H_jj``. With Rademacher ``z``
 (±1 entries) its variance is ``Var D̂_j = (1/q) Σ_{k≠j} H_jk²``, so it is *exact* when ``H`` is diagonal;
-Gaussian ``z`` (Sophia-H's choice) adds ``2H_jj²/q``. :func:`hutchinson_diagonal` computes ``D̂`` alone.
+Gaussian ``z`` (Sophia-H's choice) adds ``2H_jj²/q``. ``D̂`` is
+:func:`unigrad.second.curvature.hutchinson_diagonal`, with the probes of
+:func:`~unigrad.second.curvature.keyed_probes`.
 
 The estimate is smoothed by an exponential moving average, updated on every ``interval``-th call
 (calls ``0, k, 2k, …``; Sophia's ``k``), and the direction written into ``.grad`` (so that
@@ -99,28 +102,13 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, check_finite, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss, hutchinson_diagonal, keyed_probes
 
 RULES = ("sophia", "adahessian", "newton")
 DISTRIBUTIONS = ("rademacher", "gaussian")
 _DEFAULT_BETA = {"sophia": 0.99, "adahessian": 0.999, "newton": 0.99}
 _DEFAULT_EPS = {"sophia": 1e-12, "adahessian": 1e-4, "newton": 1e-8}
 _DEFAULT_BIAS_CORRECTION = {"sophia": False, "adahessian": True, "newton": True}
-
-
-def hutchinson_diagonal(flat: FlatLoss, noise: Noise, seed: int, step: int, probes: int = 1) -> Tensor:
-    """Hutchinson's estimate ``(1/q) Σ_i z_i ⊙ (H z_i)`` of the Hessian's diagonal, flattened.
-
-    Probe ``i`` is ``noise``'s direction keyed ``(seed, step, i, tensor)``; costs ``probes`` HVPs
-    (counted in ``flat.cost``).
-    """
-    check_positive("probes", probes, integer=True)
-    like = flat.unflatten(flat.theta0)
-    total = torch.zeros_like(flat.theta0)
-    for i in range(probes):
-        z = torch.cat([t.reshape(-1) for t in noise.direction(seed, step, i, like)])
-        total += z * flat.hvp(z)
-    return total / probes
 
 
 def _check_fraction(option: str, value: float) -> None:
@@ -245,7 +233,8 @@ class DiagHessian(Estimator):
         update = self.curvature is None or self.step % self.interval == 0
         if update:
             flat = FlatLoss(model, objective, params, method=self.name)
-            diag = hutchinson_diagonal(flat, self.noise, self.seed, self.step, self.probes)
+            probe = keyed_probes(self.noise, self.seed, self.step, flat.unflatten(flat.theta0))
+            diag = hutchinson_diagonal(flat.hvp, probe, self.probes)
             loss, g, cost = flat.loss, flat.grad, flat.cost
             if self.rule == "adahessian":
                 if self.spatial_average:

@@ -5,7 +5,7 @@ curvature matrix that is never formed, each call solves::
 
     (C + λI) s = −g
 
-by conjugate gradients (:func:`~unigrad.second._curvature.conjugate_gradient`) using only products
+by conjugate gradients (:func:`~unigrad.second.curvature.conjugate_gradient`) using only products
 ``v ↦ C v``, and writes ``−s`` into ``.grad``, so ``torch.optim.SGD(lr=1)`` (no momentum, no weight
 decay) takes the step ``θ ← θ + s``; a smaller learning rate takes a fraction of it.
 
@@ -81,7 +81,7 @@ from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, Supervised
 from unigrad.core.params import write_grad
-from unigrad.second._curvature import FlatLoss, conjugate_gradient
+from unigrad.second.curvature import FlatLoss, conjugate_gradient
 
 _CURVATURES = ("ggn", "hessian")
 _BACKTRACK_BASE = 1.3  # Martens §4.6: iterates saved at ⌈1.3^j⌉

@@ -38,12 +38,13 @@ training mode). A loss that returns a scalar counts as one sample.
   from the model's outputs ``z`` and a second backward of ``Σ_b ℓ(z_b, ŷ_b)`` runs through the same
   forward graph. Only for :func:`unigrad.supervised` objectives whose loss is (checked numerically on
   the batch) cross-entropy over class indices or probabilities, ``ŷ ~ softmax(z)``; binary
-  cross-entropy with logits, ``ŷ ~ Bernoulli(σ(z))``; or mean squared error, ``ŷ = z + √(k/2)·ε``
+  cross-entropy with logits, ``ŷ ~ Bernoulli(σ(z))``; or mean squared error, ``ŷ = z − √(k/2)·ε``
   with ``ε ~ N(0, I)`` — the Gaussian whose negative log-likelihood is ``‖z − y‖²/k`` per sample of
   ``k`` outputs. Losses averaged over ``k`` elements are scaled so that in every case
   ``E[g_z g_zᵀ] = ∇²_z ℓ``, the loss's output Hessian (the Gauss–Newton factor, equal to the output
   Fisher of the exponential-family likelihood). The labels come from the keyed stream
-  ``(seed, step, tag)`` of :func:`unigrad.core.rng.generator`.
+  ``(seed, step, tag)`` of :func:`unigrad.core.rng.generator`. The loss check and the draws are
+  :func:`unigrad.second.curvature.likelihood_of` and :class:`~unigrad.second.curvature.Likelihood`.
 * ``"empirical"`` — ``g`` from the real labels' backward (the empirical Fisher); any objective, no
   extra pass, and no randomness at all.
 
@@ -117,6 +118,7 @@ from unigrad.core.objective import (
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
 from unigrad.nn.decorrelation import _DecorrelatedLayer
+from unigrad.second.curvature import likelihood_of
 
 FISHERS = ("sampled", "empirical")
 
@@ -299,25 +301,10 @@ class KFAC(Estimator):
     def _sampled_output_grads(self, objective: Supervised, outputs: Tensor, losses: Tensor) -> Tensor:
         """Per-sample ``∂ℓ(z_b, ŷ_b)/∂z_b`` for labels ``ŷ`` drawn from the model (module docstring)."""
         z = outputs.detach()
-        kind = _likelihood(objective, z, losses.detach())
-        if kind is None:
-            raise UnigradError(
-                "kfac with fisher='sampled' supports cross-entropy, binary cross-entropy with logits and "
-                "mean squared error losses on per-sample outputs; this objective's loss matches none of them "
-                "(use fisher='empirical')"
-            )
-        gen = generator(self.seed, self.step, _TAG, device=z.device)
-        if kind == "cross_entropy":
-            p = torch.softmax(z, dim=1)
-            y = torch.multinomial(p, 1, generator=gen).squeeze(1)
-            return p - F.one_hot(y, z.shape[1]).to(p.dtype)
-        k = z[0].numel()
-        if kind == "bce":
-            p = torch.sigmoid(z)
-            y = (torch.rand(z.shape, generator=gen, dtype=z.dtype, device=z.device) < p).to(z.dtype)
-            return (p - y) / math.sqrt(k)
-        eps = torch.randn(z.shape, generator=gen, dtype=z.dtype, device=z.device)  # mse
-        return eps * math.sqrt(2.0 / k)
+        likelihood = likelihood_of(
+            objective, z, losses, method="kfac with fisher='sampled'", instead="use fisher='empirical'"
+        )
+        return likelihood.output_grads(z, generator(self.seed, self.step, _TAG, device=z.device))[:, 0]
 
     def _update_factors(self, name: str, a: Tensor, g: Tensor) -> bool:
         """Fold the batch's factors into the running ones; True on the layer's first update."""
@@ -460,31 +447,3 @@ def _statistics(layer: _Layer, rec: _Record, phase: str, batch: int, scale: floa
     positions = a.shape[1]
     a2, g2 = a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1])
     return a2.T @ a2 / (batch * positions), g2.T @ g2 / batch
-
-
-def _likelihood(objective: Supervised, z: Tensor, losses: Tensor) -> str | None:
-    """Which loss the objective computes on this batch (``cross_entropy``, ``bce``, ``mse``), by comparing
-    its per-sample losses with each candidate's; None if none matches."""
-    y = objective.targets
-    b = z.shape[0]
-    if losses.dim() != 1 or losses.shape[0] != b or z.dim() < 2:
-        return None
-
-    def close(candidate: Tensor) -> bool:
-        candidate = candidate.reshape(b, -1).mean(dim=1).to(losses.dtype)
-        return bool(torch.allclose(losses, candidate, rtol=1e-4, atol=1e-6))
-
-    with torch.no_grad():
-        if z.dim() == 2:
-            if not y.is_floating_point() and y.shape == (b,) and bool(((y >= 0) & (y < z.shape[1])).all()):
-                if close(F.cross_entropy(z, y, reduction="none")):
-                    return "cross_entropy"
-            if y.is_floating_point() and y.shape == z.shape and close(F.cross_entropy(z, y, reduction="none")):
-                return "cross_entropy"
-        if y.is_floating_point() and y.numel() == z.numel():
-            t = y.reshape(z.shape).to(z.dtype)
-            if bool(((t >= 0) & (t <= 1)).all()) and close(F.binary_cross_entropy_with_logits(z, t, reduction="none")):
-                return "bce"
-            if close((z - t).square()):
-                return "mse"
-    return None

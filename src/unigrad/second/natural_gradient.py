@@ -5,7 +5,7 @@ matrix that is never formed, each call solves::
 
     (F + λI) d = g
 
-by conjugate gradients (:func:`~unigrad.second._curvature.conjugate_gradient`) from products
+by conjugate gradients (:func:`~unigrad.second.curvature.conjugate_gradient`) from products
 ``v ↦ F v``, and writes ``d`` itself into ``.grad``. Unlike ``hessian-free`` (which writes the
 negated Newton step ``−s``), this is a *preconditioned gradient*: the outer optimizer's learning
 rate ``η`` is the step size, ``θ ← θ − η d`` (``η = 1`` is the full natural-gradient step of the
@@ -20,7 +20,7 @@ Options:
         * ``"true"`` (default) — the Fisher of the model's predictive distribution,
           ``F = (1/B) Σ_b E_{y∼p(y|z_b)}[∇ log p(y|z_b) ∇ log p(y|z_b)ᵀ]``, computed *exactly* (no
           sampling) as the generalized Gauss-Newton matrix ``G = Jᵀ H_z J`` by
-          :meth:`~unigrad.second._curvature.FlatLoss.ggn_vp`. The identity ``F = G`` holds when the
+          :meth:`~unigrad.second.curvature.FlatLoss.ggn_vp`. The identity ``F = G`` holds when the
           per-sample loss is the negative log-likelihood ``−log p(y|z)`` of an exponential family
           whose natural parameter is the model's output ``z``: then ``H_z = ∇²_z(−log p) =
           Cov_{p(y|z)}[T(y)]``, the Fisher in ``z`` (Martens 2020, §9.2). That covers softmax
@@ -35,10 +35,14 @@ Options:
           once; each product ``J_ℓᵀ(J_ℓ v)/B`` is two matrix–vector products, no further passes.
           Works on any objective that returns per-sample losses.
         * ``"sampled"`` — the Monte Carlo true Fisher ``(1/(BM)) Σ_b Σ_m ∇ℓ(z_b, ŷ_bm) ∇ℓ(z_b, ŷ_bm)ᵀ``
-          with labels ``ŷ_bm ∼ softmax(z_b)`` drawn from the keyed stream ``(seed, step)`` and
-          ``ℓ`` the softmax cross-entropy. It assumes the outputs ``z`` are ``(B, k)`` logits of a
-          categorical model (what ``F.cross_entropy`` trains); the objective's own loss is used
-          only for ``f`` and ``g``. Needs a supervised objective.
+          with targets ``ŷ_bm ∼ p(y|z_b)`` drawn (in float64) from the keyed stream ``(seed, step)``.
+          ``p(y|z)`` is the predictive distribution of the objective's loss, recognised numerically
+          on the batch (:func:`~unigrad.second.curvature.likelihood_of`): categorical ``softmax(z)``
+          for cross-entropy on ``(B, k)`` logits (class indices or probabilities as targets), Bernoulli
+          ``σ(z)`` for binary cross-entropy with logits, Gaussian for mean squared error
+          (:class:`~unigrad.second.curvature.Likelihood`, whose output gradients are scaled so that
+          the expectation is the true Fisher ``= G`` above). Any other loss is refused. Needs a
+          supervised objective.
 
     damping: ``λ > 0`` added to ``F`` (default 1e-2); it bounds the step where ``F`` is (nearly)
         singular — always the case for the empirical Fisher when ``d > B``.
@@ -63,7 +67,6 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -72,7 +75,7 @@ from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, Supervised
 from unigrad.core.params import write_grad
-from unigrad.second._curvature import FlatLoss, conjugate_gradient
+from unigrad.second.curvature import FlatLoss, conjugate_gradient, likelihood_of
 
 _FISHERS = ("true", "empirical", "sampled")
 _LABEL_STREAM = 0x1AB31  # names the label-sampling stream among this estimator's keys
@@ -138,28 +141,28 @@ class NaturalGradient(Estimator):
         return Estimate(loss=fl.loss, cost=fl.cost, info=info)
 
     def _sampled_grads(self, fl: FlatLoss, objective: Supervised) -> Tensor:
-        """Per-sample gradients of the cross-entropy at labels drawn from the model (``(B·M, d)``).
+        """Per-sample gradients of the loss at targets drawn from the model (``(B·M, d)``).
 
-        Row ``b·M + j`` is ``∇_θ ℓ(z_b, ŷ_bj) = J_bᵀ (softmax(z_b) − e_{ŷ_bj})``: one vector–Jacobian
-        product of the outputs per row (batched), no per-row forward.
+        Row ``b·M + j`` is ``∇_θ ℓ(z_b, ŷ_bj) = J_bᵀ g_bj`` with ``g_bj`` the sampled output gradient of
+        the objective's likelihood (:meth:`~unigrad.second.curvature.Likelihood.output_grads`, drawn in
+        float64): one vector–Jacobian product of the outputs per row (batched), no per-row forward.
         """
         with torch.enable_grad():
             theta = fl.theta0.clone().requires_grad_(True)
             z = functional_call(fl.model, dict(zip(fl.names, fl.unflatten(theta), strict=True)), (objective.inputs,))
-            if z.dim() != 2 or z.shape[1] < 2:
-                raise UnigradError(
-                    "fisher=sampled needs (batch, classes >= 2) logits of a softmax model, got outputs of shape "
-                    f"{tuple(z.shape)}; use fisher=true or fisher=empirical"
-                )
-            b, k = z.shape
-            m = self.mc_samples
-            probs = torch.softmax(z.detach(), dim=1)
+            likelihood = likelihood_of(
+                objective,
+                z,
+                fl.losses,
+                method="natural-gradient with fisher=sampled",
+                instead="use fisher=true or fisher=empirical",
+            )
+            b, m = z.shape[0], self.mc_samples
             gen = rng.generator(self.seed, self.step, _LABEL_STREAM, device=z.device)
-            labels = torch.multinomial(probs.double(), m, replacement=True, generator=gen)  # (B, M)
-            residual = probs[:, None, :] - F.one_hot(labels, k).to(probs.dtype)  # (B, M, k) = ∂ℓ/∂z
+            residual = likelihood.output_grads(z, gen, m, dtype=torch.float64)  # (B, M, *outputs) = ∂ℓ/∂z
             rows = torch.arange(b * m, device=z.device)
-            cotangents = torch.zeros(b * m, b, k, dtype=z.dtype, device=z.device)
-            cotangents[rows, rows // m] = residual.reshape(b * m, k)
+            cotangents = torch.zeros(b * m, *z.shape, dtype=z.dtype, device=z.device)
+            cotangents[rows, rows // m] = residual.reshape(b * m, *z.shape[1:])
             try:
                 (jac,) = torch.autograd.grad(z, theta, grad_outputs=cotangents, is_grads_batched=True)
             except RuntimeError:  # an op without a batching rule: one vector–Jacobian product per row

@@ -2,7 +2,7 @@
 
 With ``f`` the mean loss, ``g = ∇f(θ)`` and ``H = ∇²f(θ)`` (formed exactly over the flattened trainable
 parameters from ``d`` Hessian–vector products by batched double backward,
-``unigrad.second._curvature.FlatLoss.hessian``, so only for small models), the step is ``s`` and the
+``unigrad.second.curvature.FlatLoss.hessian``, so only for small models), the step is ``s`` and the
 estimate written to ``.grad`` is ``−s``, so that ``torch.optim.SGD(lr=1)`` (no momentum) moves
 ``θ ← θ + s``:
 
@@ -57,7 +57,7 @@ from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
-from unigrad.second._curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss
 
 
 class Newton(Estimator):

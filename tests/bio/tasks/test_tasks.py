@@ -440,7 +440,7 @@ def test_backprop_on_task_objective_matches_autograd(name):
 
 
 def test_recurrent_model_and_gauss_newton_products_work_on_task_objectives():
-    from unigrad.second._curvature import FlatLoss
+    from unigrad.second.curvature import FlatLoss
 
     task = get_bio_task("copy", length=3, delay=2)
     b = task.sample(8, seed=0, step=0)
