@@ -90,7 +90,11 @@ _THREADS_LIMIT = f"at most {THREADS_PER_CPU} per logical CPU, a warning above th
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64, help="samples per step (default 64)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", default="float32", help="float32, float64, bfloat16 or float16 (default float32)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        help="float32, float64, bfloat16 or float16 (default float32); half precision steps float32 master weights",
+    )
     p.add_argument(
         "--threads",
         type=_positive_int,

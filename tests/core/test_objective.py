@@ -120,6 +120,10 @@ def test_non_finite_loss_is_an_error(bad: float) -> None:
     with pytest.raises(NonFiniteLossError):
         check_finite(torch.tensor(bad))
     assert check_finite(torch.tensor(2.5)) == 2.5
+    # it says what became non-finite; it does not guess a cause (it used to advise lowering the learning rate or
+    # sigma, which was wrong for half-precision runs that diverged through Adam's eps)
+    with pytest.raises(NonFiniteLossError, match=r"^the reward became nan; stopping$"):
+        check_finite(math.nan, "the reward")
     model, x, _ = data()
     obj = unigrad.objective(lambda m: m(x).sum() * bad, n_samples=12)
     with pytest.raises(NonFiniteLossError):

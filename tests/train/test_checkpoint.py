@@ -84,21 +84,25 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    ("name", "module", "cls", "options", "decor"),
+    ("name", "module", "cls", "options", "decor", "dtype"),
     [
-        ("spsa", "zeroth.spsa", "SPSA", {"probes": 4}, None),
-        ("anp", "zeroth.anp", "ANP", {"probes": 2}, {"lr": 1e-3}),  # danp: decorrelation counters and R too
-        ("backprop", "first.backprop", "Backprop", {}, None),
-        ("kfac", "second.kfac", "KFAC", {"inverse_interval": 3}, None),  # running factors and inverses
-        ("lbfgs", "second.lbfgs", "LBFGS", {"history": 4}, None),  # the (s, y) history
+        ("spsa", "zeroth.spsa", "SPSA", {"probes": 4}, None, "float32"),
+        ("anp", "zeroth.anp", "ANP", {"probes": 2}, {"lr": 1e-3}, "float32"),  # danp: decorrelation counters, R too
+        ("backprop", "first.backprop", "Backprop", {}, None, "float32"),
+        ("kfac", "second.kfac", "KFAC", {"inverse_interval": 3}, None, "float32"),  # running factors and inverses
+        ("lbfgs", "second.lbfgs", "LBFGS", {"history": 4}, None, "float32"),  # the (s, y) history
+        # half precision: the float32 master weights the optimizer steps are in the checkpoint too
+        ("spsa", "zeroth.spsa", "SPSA", {"probes": 4}, None, "float16"),
+        ("backprop", "first.backprop", "Backprop", {}, None, "bfloat16"),
     ],
 )
 def test_resume_after_kill_9_is_bitwise_exact(
-    tmp_path: Path, name: str, module: str, cls: str, options: dict, decor: dict | None
+    tmp_path: Path, name: str, module: str, cls: str, options: dict, decor: dict | None, dtype: str
 ) -> None:
     kill_at = random.Random(f"{name}-{os.getpid()}").randrange(25, 115)  # a random step, past the first checkpoint
     decor_arg = f", decorrelation={decor!r}" if decor else ""
-    run_arg = ", ".join(f"{k}={v!r}" for k, v in RUN.items())
+    run = {**RUN, "dtype": dtype}
+    run_arg = ", ".join(f"{k}={v!r}" for k, v in run.items())
     # bitwise resume is promised for the same ops on the same machine and thread count: the killed run uses this
     # process's threads (a matmul split over another number of threads may round differently)
     threads = torch.get_num_threads()
@@ -114,12 +118,24 @@ def test_resume_after_kill_9_is_bitwise_exact(
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     interrupted = load_checkpoint(path)
     assert 0 < interrupted["step"] <= kill_at and not interrupted["finished"]  # the last checkpoint before the kill
+    half = dtype != "float32"
+    assert ("masters" in interrupted) == half
+    if half:
+        assert all(m.dtype == torch.float32 for m in interrupted["masters"])
 
-    kw = {"estimator_options": options, "decorrelation": decor, **RUN}
+    kw = {"estimator_options": options, "decorrelation": decor, **run}
     resumed = train("digits-mlp", name, checkpoint=path, resume=True, **kw)
     whole = train("digits-mlp", name, **kw)
     assert resumed.steps == whole.steps == 120
     assert all(torch.equal(a, b) for a, b in zip(_params(resumed.model), _params(whole.model), strict=True)), kill_at
+    moments = [[t for t in s.values() if torch.is_tensor(t)] for s in resumed.optimizer.state_dict()["state"].values()]
+    whole_moments = [
+        [t for t in s.values() if torch.is_tensor(t)] for s in whole.optimizer.state_dict()["state"].values()
+    ]
+    assert all(
+        torch.equal(a, b) for x, y in zip(moments, whole_moments, strict=True) for a, b in zip(x, y, strict=True)
+    )
+    assert all(p.dtype == torch.float32 for g in resumed.optimizer.param_groups for p in g["params"])
     assert resumed.forward_equivalents == whole.forward_equivalents
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history]
     assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in whole.history]

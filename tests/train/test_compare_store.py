@@ -87,3 +87,15 @@ def test_killed_compare_resumes_to_the_uninterrupted_result(tmp_path: Path) -> N
 def test_store_options_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["train", "--task", "digits-mlp", "--no-store", "--rerun", "--budget", "steps=2"]) == 2
     assert "--no-store cannot be combined" in capsys.readouterr().err
+
+
+def test_half_precision_runs_are_stored_as_runs_with_float32_master_weights(tmp_path: Path) -> None:
+    # half-precision runs stored before the trainer stepped float32 masters (float16 with Adam diverged at step 2)
+    # are other computations: their key differs, so they are trained again rather than reused
+    store = tmp_path / "s.sqlite"
+    kw = dict(budget="steps=4", seeds=1, eval_points=2, memory=False, progress=False, log=None, store=store)
+    for dtype in ("float32", "float16"):
+        _, results = compare("digits-mlp", "backprop", out=tmp_path / dtype, dtype=dtype, **kw)
+        assert results["methods"]["backprop"]["runs"][0]["status"] == "ok"
+    configs = {r.config["dtype"]: r.config for r in Store(store).runs()}
+    assert configs["float16"]["master_weights"] == "float32" and "master_weights" not in configs["float32"]

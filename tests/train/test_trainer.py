@@ -101,6 +101,9 @@ def test_divergence_restores_the_last_good_state():
     ref_bufs = [ref.optimizer.state[p]["momentum_buffer"] for p in ref.model.parameters()]
     assert all(torch.equal(x, y) for x, y in zip(bufs, ref_bufs))
     assert r.estimator.step == ref.estimator.step
+    # the message says what diverged and what could change, without naming a cause it does not know
+    assert "diverged at step" in r.message and ": the training loss became " in r.message
+    assert r.message.endswith("the cause is not known; to try: a learning rate below 1e+06")
 
 
 def test_budget_parsing_and_errors():
@@ -294,3 +297,37 @@ def test_the_planned_work_is_a_lower_bound_of_the_work_done() -> None:
         steps = [b["forward_equivalents"] - a["forward_equivalents"] for a, b in zip(r.history, r.history[1:])]
         assert len(steps) == 4 and min(steps) >= 16 * lower, (method, steps, lower)
         assert lower == (1.0 if method == "diag-hessian" else options["probes"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_trains_with_adam_through_float32_master_weights(dtype: str) -> None:
+    # float16 with the default Adam diverged at step 2 for every method: Adam's eps = 1e-8 is 0 in float16, so a
+    # coordinate without gradient gave 0/0; the optimizer now steps float32 masters of the half-precision weights
+    half = getattr(torch, dtype)
+    r = train(TASK, "backprop", budget="steps=100", dtype=dtype)
+    assert r.status == "ok" and all(p.dtype == half for p in r.model.parameters())
+    masters = [p for group in r.optimizer.param_groups for p in group["params"]]
+    assert all(m.dtype == torch.float32 for m in masters)
+    assert all(torch.equal(p, m.to(half)) for p, m in zip(r.model.parameters(), masters, strict=True))
+    assert all(t.dtype == torch.float32 for s in r.optimizer.state.values() for t in s.values() if t.dim() > 0)
+    # measured over seeds 0-3: accuracy 0.925-0.942 and test loss down by 2.10-2.20 in both dtypes (float32: the
+    # same to 0.003), far above these bounds
+    assert r.final["test_accuracy"] > 0.85 and r.history[0]["test_loss"] - r.final["test_loss"] > 1.5
+
+
+def test_half_precision_zeroth_order_learns_and_its_divergence_names_the_dtype() -> None:
+    r = train(TASK, "spsa", estimator_options={"probes": 16}, budget="steps=100", dtype="float16")
+    # seeds 0-3: test loss down by 0.148-0.179 (float32: 0.166-0.195); it used to diverge at step 2
+    assert r.status == "ok" and r.history[0]["test_loss"] - r.final["test_loss"] > 0.08
+    bad = train(TASK, "spsa", estimator_options={"probes": 16}, lr=10.0, budget="steps=40", dtype="float16")
+    assert bad.status == "diverged"
+    assert bad.message.endswith(
+        "the cause is not known; to try: a learning rate below 10, another sigma than 0.001, float32 instead of float16"
+    )
+
+
+def test_float32_and_float64_runs_have_no_master_weights() -> None:
+    for dtype in ("float32", "float64"):
+        r = train(TASK, "backprop", budget="steps=2", dtype=dtype)
+        model = list(r.model.parameters())
+        assert all(a is b for a, b in zip(r.optimizer.param_groups[0]["params"], model, strict=True))

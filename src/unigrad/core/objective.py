@@ -171,5 +171,5 @@ def check_finite(value: float | Tensor, what: str = "loss") -> float:
     """Return ``value`` as a float, raising :class:`NonFiniteLossError` if it is NaN or infinite."""
     v = float(value)
     if not math.isfinite(v):
-        raise NonFiniteLossError(f"{what} became {v}; stopping (lower the learning rate or sigma)")
+        raise NonFiniteLossError(f"{what} became {v}; stopping")
     return v

@@ -4,6 +4,10 @@ In float16/bfloat16 (and, for large weights, even float32) ``fl(θ + σu) == θ`
 below half a unit in the last place of θ. Then every finite difference is exactly 0 and the
 "gradient" is 0. :func:`warn_if_sigma_too_small` warns once per (dtype, σ) when the typical
 perturbation is below the typical spacing of the parameters' floating-point grid.
+
+The trainer's float32 master weights (:class:`unigrad.train.trainer.MasterWeights`) keep the optimizer's
+updates from rounding away, but the estimators perturb the half-precision model itself, so this guard
+still applies to half-precision runs.
 """
 
 from __future__ import annotations

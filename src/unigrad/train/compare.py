@@ -88,6 +88,7 @@ from unigrad.train.report import write_atomic
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
     DEFAULT_EVAL_POINTS,
+    HALF_DTYPES,
     OPTIMIZERS,
     Budget,
     RunResult,
@@ -492,11 +493,13 @@ def compare(
     ):
         raise UnigradError(f"option diagnostics_every must be an integer >= 1, got {diagnostics_every!r}")
     diag_config = {"names": list(diag_names), "every": diagnostics_every} if diag_names else None
-    for spec in specs:  # torch cannot apply a learning rate the parameters' dtype cannot hold
-        if spec.lr > torch.finfo(dt).max:
+    # torch cannot apply a learning rate the optimizer's parameters cannot hold (float32 masters for half models)
+    step_dt = torch.float32 if dt in HALF_DTYPES else dt
+    for spec in specs:
+        if spec.lr > torch.finfo(step_dt).max:
             raise UnigradError(
-                f"lr {spec.lr:g} of {spec.label} is larger than the largest {str(dt).removeprefix('torch.')} "
-                f"({torch.finfo(dt).max:g}); lower it"
+                f"lr {spec.lr:g} of {spec.label} is larger than the largest {str(step_dt).removeprefix('torch.')} "
+                f"({torch.finfo(step_dt).max:g}); lower it"
             )
     task.data()  # a missing dataset fails here, before a folder is made
     for spec in specs:  # so does a plan no run can carry out (a batch beyond the data, too many steps or points)
@@ -554,6 +557,8 @@ def compare(
                 )
                 if diag_config is not None:  # a run with diagnostics is another record than one without
                     config["diagnostics"] = diag_config
+                if dt in HALF_DTYPES:  # half precision steps float32 masters: not the runs stored before it did
+                    config["master_weights"] = "float32"
                 rec = db.start_run(config, results["environment"])
                 db.add_to_group(group.name, [rec.id])
                 ckpt = db.path.parent / "checkpoints" / f"{rec.key[:32]}.pt"

@@ -26,6 +26,12 @@
   the trainer also checks the loss and the test loss itself) stops the run. The parameters, the
   optimizer state and the estimator state are restored from the copy taken at the last evaluation
   point, and the result has ``status="diverged"`` and a message saying where.
+* **Half precision** (``dtype="float16"`` or ``"bfloat16"``): the model computes in its dtype and the
+  estimator writes ``.grad`` in it, while the optimizer steps float32 master weights
+  (:class:`MasterWeights`): the gradients are copied to the masters, the ``torch.optim`` optimizer and
+  its state work in float32, and the model's weights are rounded from the masters after each step.
+  Snapshots and checkpoints hold the masters (and the fingerprint says ``master_weights``), so a
+  resumed run is bitwise exact. float32 and float64 runs have none.
 * **Peak memory** (:func:`measure_peak_memory`): the peak bytes of tensor storage allocated while
   building a fresh model, estimator and optimizer and taking two training steps on one batch:
   parameters, gradients, optimizer state (allocated on the first step), activations and the
@@ -517,37 +523,128 @@ def _batches_per_epoch(n: int, batch_size: int) -> int:
     return math.ceil(n / batch_size)
 
 
-class _Snapshot:
-    """An in-memory copy of parameters and buffers (decorrelation ``R`` included), optimizer and estimator state."""
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+"""Dtypes whose models train through float32 master weights (:class:`MasterWeights`)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator, step: int) -> None:
-        self.state = copy.deepcopy(_dump_state(model, optimizer, estimator))
+
+class MasterWeights:
+    """Float32 master copies of a half-precision model's parameters, which the optimizer steps.
+
+    The model computes in its own dtype and the estimator writes ``.grad`` in it; :meth:`grads_in` hands the
+    gradients to the masters as float32, the ``torch.optim`` optimizer steps the masters (its state is float32
+    too), and :meth:`weights_out` rounds the masters into the model. Half precision cannot hold what the
+    optimizer needs: Adam's ``eps = 1e-8`` is zero in float16, so a coordinate with a zero gradient gives
+    ``0/0`` at the first step, and updates smaller than half a unit in the last place of a weight (most of
+    them, at learning rates around 1e-3) round away.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.pairs = [(p, p.detach().float().clone().requires_grad_(p.requires_grad)) for p in model.parameters()]
+
+    @property
+    def params(self) -> list[Tensor]:
+        """The float32 masters, in the order of ``model.parameters()`` (what the optimizer steps)."""
+        return [m for _, m in self.pairs]
+
+    def grads_in(self) -> None:
+        """Each master's ``.grad``: its parameter's ``.grad`` in float32 (``None`` stays ``None``)."""
+        for p, m in self.pairs:
+            m.grad = None if p.grad is None else p.grad.detach().float()
+
+    @torch.no_grad()
+    def weights_out(self) -> None:
+        """Round the masters into the model's parameters."""
+        for p, m in self.pairs:
+            p.copy_(m)
+
+    @torch.no_grad()
+    def adopt_changes(self) -> None:
+        """Take over parameters changed in the model since :meth:`weights_out` (a decorrelation update with
+        weight compensation rewrites ``W``); the others keep their float32 values."""
+        for p, m in self.pairs:
+            if not torch.equal(p, m.to(p.dtype)):
+                m.copy_(p)
+
+    def state(self) -> list[Tensor]:
+        """The masters (references), for a checkpoint or a snapshot."""
+        return [m.detach() for _, m in self.pairs]
+
+    @torch.no_grad()
+    def load(self, tensors: Sequence[Tensor]) -> None:
+        """Set the masters from :meth:`state`'s tensors (the model's parameters are left as they are)."""
+        if len(tensors) != len(self.pairs):
+            raise UnigradError(f"the checkpoint holds {len(tensors)} master weights, the model {len(self.pairs)}")
+        for (_, m), t in zip(self.pairs, tensors):
+            m.copy_(t)
+
+
+class _Snapshot:
+    """An in-memory copy of parameters and buffers (decorrelation ``R`` included), master weights, optimizer and
+    estimator state."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        estimator: Estimator,
+        step: int,
+        masters: MasterWeights | None = None,
+    ) -> None:
+        self.state = copy.deepcopy(_dump_state(model, optimizer, estimator, masters))
         self.step = step
 
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator) -> None:
-        _load_state(copy.deepcopy(self.state), model, optimizer, estimator)
+    def restore(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        estimator: Estimator,
+        masters: MasterWeights | None = None,
+    ) -> None:
+        _load_state(copy.deepcopy(self.state), model, optimizer, estimator, masters)
 
 
-def _dump_state(model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator) -> dict[str, Any]:
+def _dump_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator, masters: MasterWeights | None = None
+) -> dict[str, Any]:
     """Model (parameters and buffers), decorrelation counters, optimizer and estimator state (references, not
-    copies), for a checkpoint or a snapshot."""
+    copies), for a checkpoint or a snapshot; the float32 master weights of a half-precision model too."""
     return {
         "model": {k: v.detach() for k, v in model.state_dict().items()},
         "decor_steps": {k: m.step for k, m in model.named_modules() if isinstance(m, Decorrelation)},
         "optimizer": optimizer.state_dict(),
         "estimator": estimator.state_dict(),
+        **({"masters": masters.state()} if masters is not None else {}),
     }
 
 
 def _load_state(
-    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, estimator: Estimator
+    state: dict[str, Any],
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    estimator: Estimator,
+    masters: MasterWeights | None = None,
 ) -> None:
     model.load_state_dict(state["model"])
     for k, m in model.named_modules():
         if isinstance(m, Decorrelation):
             m.step, m.last = int(state["decor_steps"][k]), None
+    if masters is not None:
+        masters.load(state["masters"])
     optimizer.load_state_dict(state["optimizer"])
     estimator.load_state_dict(state["estimator"])
+
+
+def _what_to_try(estimator: Estimator, lr: float, decor: dict[str, Any] | None, dt: torch.dtype) -> str:
+    """The settings a diverged run could change, without naming a cause the trainer does not know."""
+    tries = [f"a learning rate below {lr:g}"]
+    sigma = getattr(estimator, "sigma", None)
+    if isinstance(sigma, float):
+        tries.append(f"another sigma than {sigma:g}")
+    if decor is not None:
+        tries.append(f"a decorrelation lr below {decor['lr']:g}" if "lr" in decor else "a lower decorrelation lr")
+    if dt in HALF_DTYPES:
+        tries.append(f"float32 instead of {str(dt).removeprefix('torch.')}")
+    return "the cause is not known; to try: " + ", ".join(tries)
 
 
 def _with_threads(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
@@ -626,7 +723,10 @@ def train(
     lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
     data: TaskData = task.data().to(dev, dt)
     model = build_model(task, seed, dev, dt, decor, local_heads=_wants_heads(estimator))
-    opt = make_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
+    masters = MasterWeights(model) if dt in HALF_DTYPES else None  # the optimizer steps float32 copies
+    opt = make_optimizer(
+        optimizer, masters.params if masters is not None else model.parameters(), lr, **(optimizer_options or {})
+    )
     model.train()
     initial = [p.detach().clone() for _, p in trainable(model)] if "drift" in names else None
 
@@ -655,6 +755,8 @@ def train(
         "eval_points": eval_points,
         "decorrelation": decor,
     }
+    if masters is not None:  # half-precision checkpoints hold the masters; those of older versions did not
+        fingerprint["master_weights"] = "float32"
     if names:  # runs without diagnostics keep the fingerprint (and checkpoints) they always had
         fingerprint["diagnostics"] = list(names)
         fingerprint["diagnostics_every"] = diagnostics_every
@@ -674,7 +776,7 @@ def train(
                 f"checkpoint {checkpoint} belongs to a different run (differs in {', '.join(diff)}); "
                 f"use another checkpoint path or delete it"
             )
-        _load_state(state, model, opt, estimator)
+        _load_state(state, model, opt, estimator, masters)
         step, fe, seconds, seen = state["step"], state["forward_equivalents"], state["seconds"], state["seen"]
         pos, next_eval = state["pos"], state["next_eval"]
         window, history = list(state["window"]), [dict(h) for h in state["history"]]
@@ -682,7 +784,7 @@ def train(
         diag_records = [dict(d) for d in state.get("diagnostics", [])]
         diag_seconds = float(state.get("diagnostics_seconds", 0.0))
         sent = int(state.get("bytes", 0))
-        snapshot = _Snapshot(model, opt, estimator, state["last_good_step"])
+        snapshot = _Snapshot(model, opt, estimator, state["last_good_step"], masters)
     if exchange is not None:  # every process starts from the same point before rank 0 writes anything
         starts = exchange.all_gather(torch.tensor([step], dtype=torch.int64)).view(-1).tolist()
         if len(set(starts)) > 1:
@@ -698,7 +800,7 @@ def train(
             checkpoint,
             {
                 "fingerprint": fingerprint,
-                **_dump_state(model, opt, estimator),
+                **_dump_state(model, opt, estimator, masters),
                 "step": step,
                 "forward_equivalents": fe,
                 "seconds": seconds,
@@ -740,7 +842,7 @@ def train(
             }
         )
         window.clear()
-        snapshot = _Snapshot(model, opt, estimator, step)
+        snapshot = _Snapshot(model, opt, estimator, step, masters)
         if on_record is not None and lead:
             on_record(dict(history[-1]))
         return True
@@ -773,6 +875,8 @@ def train(
             t0 = time.perf_counter()
             try:
                 opt.zero_grad(set_to_none=True)
+                if masters is not None:  # the optimizer holds the masters: the model's .grad is cleared here
+                    model.zero_grad(set_to_none=True)
                 objective = supervised(task.loss_fn, xb, yb)
                 est = estimator.estimate(model, objective)
                 if not math.isfinite(est.loss):
@@ -793,12 +897,20 @@ def train(
                     diag_due = False
                 if decor is not None:
                     fe += record_decorrelation_inputs(model, xb)
+                if masters is not None:
+                    masters.grads_in()
                 opt.step()
+                if masters is not None:
+                    masters.weights_out()
                 if decor is not None:
                     update_decorrelation(model)
+                    if masters is not None:
+                        masters.adopt_changes()
             except NonFiniteLossError as e:
                 seconds += time.perf_counter() - t0 - in_step
-                status, message, failed = "diverged", f"{e}".split(";")[0], step + 1
+                what = f"{e}".split(";")[0]  # "loss became nan" (the estimate's loss), or the estimator's own words
+                status, failed = "diverged", step + 1
+                message = f"the training {what}" if what.startswith("loss became") else what
                 break
             took, step_fe = time.perf_counter() - t0 - in_step, est.cost.forward_equivalents
             if exchange is not None:  # all processes agree on the work done (sum) and the time taken (slowest)
@@ -838,11 +950,10 @@ def train(
         )
     if status == "diverged" and not finished:
         assert snapshot is not None
-        snapshot.restore(model, opt, estimator)
+        snapshot.restore(model, opt, estimator, masters)
         message = (
             f"{estimator.name} (seed {seed}) diverged at step {failed} (epoch {seen / n:.2f}): {message}; "
-            f"kept the last good state (step {snapshot.step}); lower the learning rate or sigma"
-            + (" or the decorrelation lr" if decor is not None else "")
+            f"kept the last good state (step {snapshot.step}); {_what_to_try(estimator, lr, decor, dt)}"
         )
     assert snapshot is not None
     if not finished:
@@ -894,15 +1005,25 @@ def measure_peak_memory(
     def two_steps() -> None:
         model = build_model(task, seed, dev, dt, decor, local_heads=heads)
         est = _build_estimator(method, seed, estimator_options)
-        opt = make_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
+        masters = MasterWeights(model) if dt in HALF_DTYPES else None
+        params = masters.params if masters is not None else model.parameters()
+        opt = make_optimizer(optimizer, params, lr, **(optimizer_options or {}))
         for _ in range(2):
             opt.zero_grad(set_to_none=True)
+            if masters is not None:
+                model.zero_grad(set_to_none=True)
             est.estimate(model, supervised(task.loss_fn, xb, yb))
             if decor is not None:
                 record_decorrelation_inputs(model, xb)
+            if masters is not None:
+                masters.grads_in()
             opt.step()
+            if masters is not None:
+                masters.weights_out()
             if decor is not None:
                 update_decorrelation(model)
+                if masters is not None:
+                    masters.adopt_changes()
 
     # one unmeasured step first builds what lives for the whole process (a shared noise table)
     _build_estimator(method, seed, estimator_options).estimate(
