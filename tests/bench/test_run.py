@@ -82,3 +82,16 @@ def test_command_line_reproduces_the_seeds():
 def test_budget_and_budget_scale_are_exclusive(tmp_path):
     with pytest.raises(UnigradError, match="either a budget"):
         bench(tasks="sphere-10", budget=100, budget_scale=0.5, out=tmp_path / "x")
+
+
+def test_a_scaled_down_budget_does_not_warn_about_the_suites_evaluation_points():
+    import warnings
+
+    from unigrad.bench.run import run_one
+
+    # 1,000 forward-pass equivalents are 6 backprop steps, fewer than the task's evaluation points: the suite chose
+    # those points, so the trainer's warning about points a run could not reach is not for the user
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = run_one("digits-mlp", method_spec(get_bench_task("digits-mlp"), "backprop"), 0, 1000.0)
+    assert out["status"] == "ok" and out["steps"] == 6

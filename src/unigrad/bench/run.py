@@ -31,6 +31,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -113,21 +114,24 @@ def run_one(task_name: str, spec: MethodSpec, seed: int, budget: float) -> dict[
     try:
         if task.kind == "classification":
             from unigrad.train import train
+            from unigrad.train.trainer import PlanWarning
 
             assert task.batch_size is not None
-            r = train(
-                task.problem(),  # type: ignore[arg-type]
-                spec.name,
-                optimizer=spec.optimizer,
-                lr=spec.lr,
-                estimator_options=spec.options,
-                budget=f"forwards={budget!r}",
-                batch_size=task.batch_size,
-                seed=seed,
-                eval_points=task.eval_points,
-                decorrelation=spec.decorrelation,
-                threads=None,  # set by `unigrad bench --threads` / one per job
-            )
+            with warnings.catch_warnings():  # the suite sets the points; a scaled-down budget may have fewer steps
+                warnings.simplefilter("ignore", PlanWarning)
+                r = train(
+                    task.problem(),  # type: ignore[arg-type]
+                    spec.name,
+                    optimizer=spec.optimizer,
+                    lr=spec.lr,
+                    estimator_options=spec.options,
+                    budget=f"forwards={budget!r}",
+                    batch_size=task.batch_size,
+                    seed=seed,
+                    eval_points=task.eval_points,
+                    decorrelation=spec.decorrelation,
+                    threads=None,  # set by `unigrad bench --threads` / one per job
+                )
             history = [{**p, "metric": p["test_accuracy"]} for p in r.history]
             out = {
                 "status": r.status,
