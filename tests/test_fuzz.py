@@ -102,7 +102,7 @@ def _run_and_check(sandbox: dict[str, Any], argv: list[str], extra_allowed: tupl
     return code, err
 
 
-@settings(FUZZ, max_examples=60)
+@settings(FUZZ, max_examples=150)
 @given(spec=method_spec(), optimizer=st.sampled_from(["", "sgd", "adam"]))
 def test_generated_method_specs_train_or_fail_in_one_line(sandbox: dict[str, Any], spec: str, optimizer: str) -> None:
     argv = ["train", "--task", "digits-mlp", "--budget", "steps=1", "--method", spec, "--no-memory"]
@@ -139,7 +139,7 @@ def toml_document(draw: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=100)
 @given(doc=toml_document(), command=st.sampled_from(["train", "compare"]))
 def test_generated_config_files_run_or_fail_in_one_line(sandbox: dict[str, Any], doc: str, command: str) -> None:
     sandbox["count"] += 1
@@ -182,7 +182,7 @@ def _is_one_line_user_error(e: BaseException) -> bool:
     return isinstance(e, unigrad.UnigradError) and "\n" not in str(e) and bool(str(e))
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=400)
 @given(
     name=st.sampled_from([*FUZZED_METHODS, "nope", ""]),
     options=st.dictionaries(st.sampled_from(["probes", "sigma", "seed", "lr", "bogus", "distribution"]), _API_VALUES),
