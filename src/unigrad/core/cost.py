@@ -10,7 +10,7 @@ The weights are the usual arithmetic ratios of reverse- and forward-mode differe
 (Griewank & Walther, *Evaluating Derivatives*, 2008, §4): a backward pass costs about two forward
 passes; a JVP *tangent* propagation costs about one forward pass on top of the primal pass (which
 is counted separately in ``forwards``); a Hessian-vector product by forward-over-reverse costs
-about four. ``benchmarks/cost_weights.py`` measures these ratios on this machine.
+about four. They are these nominal ratios, not timings of the machine at hand.
 ``bytes`` counts bytes communicated between processes and is reported next to FE, not inside it.
 """
 

@@ -11,9 +11,9 @@ Two sources produce the same distributions:
     A fresh ``torch.Generator`` per key and per chunk of :data:`CHUNK` elements, seeded with a
     SplitMix64 hash of the key. The canonical stream of a tensor is the concatenation of its chunks,
     so an in-place consumer can stream a large tensor chunk by chunk (see :meth:`Noise.chunks`).
-    Gaussian entries cost one RNG draw each (about as expensive as a forward pass on a 2-core CPU);
-    Rademacher entries are the bits of 32-bit random words, 32 per draw
-    (``benchmarks/noise_speed.py`` measures both).
+    Gaussian entries cost one RNG draw each; Rademacher entries are the bits of 32-bit random words,
+    32 per draw (``benchmarks/noise_speed.py`` measures both against a forward pass; the figures are in
+    ``docs/benchmarks.md``, Noise generation).
 
 ``"table"``
     A shared table of ``table_size`` standard normals, generated once from ``table_seed`` (as in
@@ -28,9 +28,10 @@ Two sources produce the same distributions:
 
 ``"auto"``
     The table for every tensor that fits in it, the generator for larger ones (per tensor, so a key
-    still names exactly one stream). The default of the probing estimators: the table's noise is
-    about 20× cheaper than drawing it (``benchmarks/noise_speed.py``), at the price of the table's
-    memory (4·``table_size`` bytes, 16 MiB by default, twice that if Rademacher signs are used too).
+    still names exactly one stream). The default of the probing estimators: the table's noise is far
+    cheaper than drawing it (``benchmarks/noise_speed.py``; ``docs/benchmarks.md``, Noise generation), at
+    the price of the table's memory (4·``table_size`` bytes, 16 MiB by default, twice that if Rademacher
+    signs are used too).
 
 Distributions: ``"gaussian"`` (N(0, 1) entries), ``"rademacher"`` (±1 entries) and ``"sphere"``
 (uniform on the sphere of radius √d over *all* tensors of a probe, so E[uuᵀ] = I like the others).

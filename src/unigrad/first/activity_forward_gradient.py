@@ -1,64 +1,4 @@
-"""Activity-perturbed forward gradient — forward-mode directional derivatives along node tangents.
-
-Instead of a tangent on the weights, every ``nn.Linear`` / ``nn.Conv2d`` layer's pre-activation
-``h_l`` (its output, per sample) gets a tangent ``v_{l,b} ~ N(0, I)``. One forward-mode pass pushes
-all of them at once and gives, for each sample ``b``, the directional derivative::
-
-    d_b = Σ_l ∇_{h_l}L_b · v_{l,b}
-
-Since ``E[v vᵀ] = I``, ``d_b v_{l,b}`` is an unbiased estimate of ``∇_{h_l}L_b``, and the layer's
-weight gradient follows exactly from its clean input ``x_{l−1,b}`` (for Linear)::
-
-    g_{W_l} = (1/q) Σ_i (1/B) Σ_b d_{i,b} v_{i,l,b} x_{l−1,b}ᵀ
-    g_{b_l} = (1/q) Σ_i (1/B) Σ_b d_{i,b} v_{i,l,b}
-
-(for Conv2d the signal ``Σ_i d_{i,b} v_{i,l,b}/(qB)`` is passed to ``torch.nn.grad.conv2d_weight``).
-The search space has dimension (number of nodes) rather than (number of weights), so the variance
-is far lower than the weight-perturbed forward gradient's when layers have more weights than units.
-
-Reference: [1] M. Ren, S. Kornblith, R. Liao, G. Hinton, "Scaling Forward Gradient With Local
-Losses", ICLR 2023, arXiv:2210.03310 (activity perturbation, §3).
-
-Implementation: forward hooks add an offset ``o_l`` (zero) to each layer's output, and
-``torch.func.jvp`` differentiates the per-sample losses with respect to the offsets along the
-tangents ``v``, batched over tangents with ``torch.vmap`` (objectives that cannot be vmapped are
-evaluated tangent by tangent). A clean pass first records each layer's input and output shape.
-
-Local greedy losses ([1], §4; ``local_losses=True``): the model must carry one linear head per
-block (:func:`unigrad.nn.local_heads.with_local_heads`; ``unigrad.train.train`` adds them when this
-option is set). Every layer's input is cut from the derivative (a stop-gradient at each block
-boundary), so the tangent ``v_l`` on block ``l`` reaches only that block's local loss
-``ℓ_l = loss(head_l(pool(a_l)), y)`` (the model's own loss for the last block), and one forward-mode
-pass gives a separate directional derivative per block::
-
-    d_{l,b} = ∇_{h_l}ℓ_{l,b} · v_{l,b},        g_{W_l} = (1/q) Σ_i (1/B) Σ_b d_{i,l,b} v_{i,l,b} x_{l−1,b}ᵀ
-
-an unbiased estimate of the gradient of ``Σ_l ℓ_l`` with stop-gradients (each block learns greedily
-from its own loss). The heads get the exact gradient of their own loss, which is local (one linear
-layer on the block's output). The objective must be :func:`unigrad.supervised` (the heads are
-scored against its targets with its loss).
-
-Only the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers (and, with local losses, the
-heads) can be trained (any other trainable parameter raises a
-:class:`~unigrad.core.errors.UnigradError`); a layer that did not run gets a zero gradient. The
-objective must return per-sample losses ``(B,)``, and every layer must run at most once per
-objective call (feed-forward models).
-
-Options:
-    probes: number of tangent draws q (≥ 1); the estimate averages over them.
-    distribution: ``"gaussian"`` (default), ``"rademacher"`` or ``"sphere"`` (over all layers' outputs
-        of the batch jointly); all have ``E[v vᵀ] = I``.
-    noise_source: ``"auto"`` (default), ``"generator"`` or ``"table"``; see ``core/rng.py``.
-    local_losses: train each block on its own local loss through its head (above) instead of the
-        model's loss (default ``False``).
-    seed: names the noise stream; the tangent of layer l in probe i is keyed by (seed, step, i, l).
-
-Cost, for a batch of B: ``forwards`` 2B with vmapped tangents (the clean recording pass and the
-primal of the JVPs; (1 + q)B in the tangent-by-tangent fallback) and ``jvps`` qB. With local losses
-the heads' forwards and their one-layer gradients are not counted (a head has ``classes × features``
-weights, under 1% of the 3×500 MLP's multiply-adds per head). ``Estimate.loss`` is the exact (clean)
-loss of the model; with local losses ``info["local_losses"]`` holds each head's mean loss.
-"""
+"""Activity-perturbed forward gradient: the :class:`ActivityForwardGradient` estimator (tangents on layer outputs)."""
 
 from __future__ import annotations
 
@@ -82,6 +22,70 @@ from unigrad.nn.perturbation import LayerTaps, layer_grads, layer_owners, per_sa
 
 
 class ActivityForwardGradient(Estimator):
+    """Activity-perturbed forward gradient — forward-mode directional derivatives along node tangents.
+
+    Instead of a tangent on the weights, every ``nn.Linear`` / ``nn.Conv2d`` layer's pre-activation
+    ``h_l`` (its output, per sample) gets a tangent ``v_{l,b} ~ N(0, I)``. One forward-mode pass pushes
+    all of them at once and gives, for each sample ``b``, the directional derivative::
+
+        d_b = Σ_l ∇_{h_l}L_b · v_{l,b}
+
+    Since ``E[v vᵀ] = I``, ``d_b v_{l,b}`` is an unbiased estimate of ``∇_{h_l}L_b``, and the layer's
+    weight gradient follows exactly from its clean input ``x_{l−1,b}`` (for Linear)::
+
+        g_{W_l} = (1/q) Σ_i (1/B) Σ_b d_{i,b} v_{i,l,b} x_{l−1,b}ᵀ
+        g_{b_l} = (1/q) Σ_i (1/B) Σ_b d_{i,b} v_{i,l,b}
+
+    (for Conv2d the signal ``Σ_i d_{i,b} v_{i,l,b}/(qB)`` is passed to ``torch.nn.grad.conv2d_weight``).
+    The search space has dimension (number of nodes) rather than (number of weights), so the variance
+    is far lower than the weight-perturbed forward gradient's when layers have more weights than units.
+
+    Implementation: forward hooks add an offset ``o_l`` (zero) to each layer's output, and
+    ``torch.func.jvp`` differentiates the per-sample losses with respect to the offsets along the
+    tangents ``v``, batched over tangents with ``torch.vmap`` (objectives that cannot be vmapped are
+    evaluated tangent by tangent). A clean pass first records each layer's input and output shape.
+
+    Local greedy losses ([1], §4; ``local_losses=True``): the model must carry one linear head per
+    block (:func:`unigrad.nn.local_heads.with_local_heads`; ``unigrad.train.train`` adds them when this
+    option is set). Every layer's input is cut from the derivative (a stop-gradient at each block
+    boundary), so the tangent ``v_l`` on block ``l`` reaches only that block's local loss
+    ``ℓ_l = loss(head_l(pool(a_l)), y)`` (the model's own loss for the last block), and one forward-mode
+    pass gives a separate directional derivative per block::
+
+        d_{l,b} = ∇_{h_l}ℓ_{l,b} · v_{l,b},        g_{W_l} = (1/q) Σ_i (1/B) Σ_b d_{i,l,b} v_{i,l,b} x_{l−1,b}ᵀ
+
+    an unbiased estimate of the gradient of ``Σ_l ℓ_l`` with stop-gradients (each block learns greedily
+    from its own loss). The heads get the exact gradient of their own loss, which is local (one linear
+    layer on the block's output). The objective must be :func:`unigrad.supervised` (the heads are
+    scored against its targets with its loss).
+
+    Only the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers (and, with local losses, the
+    heads) can be trained (any other trainable parameter raises a
+    :class:`~unigrad.core.errors.UnigradError`); a layer that did not run gets a zero gradient. The
+    objective must return per-sample losses ``(B,)``, and every layer must run at most once per
+    objective call (feed-forward models).
+
+    Cost, for a batch of B: ``forwards`` 2B with vmapped tangents (the clean recording pass and the
+    primal of the JVPs; (1 + q)B in the tangent-by-tangent fallback) and ``jvps`` qB. With local losses
+    the heads' forwards and their one-layer gradients are not counted (a head has ``classes × features``
+    weights, under 1% of the 3×500 MLP's multiply-adds per head). ``Estimate.loss`` is the exact (clean)
+    loss of the model; with local losses ``info["local_losses"]`` holds each head's mean loss.
+
+    Args:
+        probes: number of tangent draws q (≥ 1); the estimate averages over them (default: 1).
+        distribution: ``"gaussian"``, ``"rademacher"`` or ``"sphere"`` (over all layers' outputs of the
+            batch jointly); all have ``E[v vᵀ] = I`` (default: ``"gaussian"``).
+        noise_source: ``"auto"``, ``"generator"`` or ``"table"``; see ``core/rng.py`` (default: ``"auto"``).
+        local_losses: train each block on its own local loss through its head (above) instead of the
+            model's loss (default: False).
+        seed: names the noise stream; the tangent of layer l in probe i is keyed by (seed, step, i, l)
+            (default: 0).
+
+    References:
+        [1] M. Ren, S. Kornblith, R. Liao, G. Hinton, "Scaling Forward Gradient With Local Losses",
+            ICLR 2023, arXiv:2210.03310 (activity perturbation, §3).
+    """
+
     name = "activity-forward-gradient"
     order = 1
     description = "forward gradient with tangents on Linear/Conv2d outputs: d·v·xᵀ per layer"

@@ -1,10 +1,4 @@
-"""Backprop — the reverse-mode gradient.
-
-    g = ∇_θ (1/B) Σ_b ℓ_b(θ)
-
-One forward and one backward pass per sample (Rumelhart, Hinton & Williams 1986). The reference
-every other estimator is compared with. It has no options besides ``seed`` (unused).
-"""
+"""The reverse-mode gradient: the :class:`Backprop` estimator, the reference every other estimator is compared with."""
 
 from __future__ import annotations
 
@@ -18,6 +12,24 @@ from unigrad.core.params import write_grad
 
 
 class Backprop(Estimator):
+    """Backprop — the reverse-mode gradient.
+
+    The exact gradient of the mean loss over the batch::
+
+        g = ∇_θ (1/B) Σ_b ℓ_b(θ)
+
+    The reference every other estimator is compared with.
+
+    Cost: one forward and one backward pass per sample (``B`` each for a batch of B).
+
+    Args:
+        seed: unused (the gradient draws no noise); it has no options besides ``seed`` (default: 0).
+
+    References:
+        D. E. Rumelhart, G. E. Hinton, R. J. Williams, "Learning representations by back-propagating
+        errors", Nature 323:533–536 (1986).
+    """
+
     name = "backprop"
     order = 1
     description = "reverse-mode autodiff gradient"

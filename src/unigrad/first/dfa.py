@@ -1,49 +1,4 @@
-"""DFA — direct feedback alignment: every hidden layer gets the output error through its own fixed random matrix.
-
-For a chain of layers ``a_l = W_l x_l + b_l``, ``x_{l+1} = φ(a_l)`` ending in the output layer ``L``
-(column convention, per sample), with ``e = ∂L/∂a_L`` the error at the output layer's
-pre-activation (``L`` the mean loss over the batch)::
-
-    δ_L = e,        δ_l = (B_l e) ⊙ φ'(a_l)  (l < L),        g_{W_l} = δ_l x_lᵀ,  g_{b_l} = δ_l
-
-summed over the batch (the 1/B is in ``e``). The output layer's update is its exact gradient; no
-error travels from layer to layer, so the hidden updates can be computed in parallel. With one
-hidden layer and ``B_1 = W_2ᵀ`` DFA is backprop.
-
-Reference: [1] A. Nøkland, "Direct Feedback Alignment Provides Learning in Deep Neural Networks",
-NeurIPS 2016, arXiv:1609.01596.
-
-Implementation: one forward pass with hooks on every ``nn.Linear`` / ``nn.Conv2d`` layer (the layers
-of :func:`~unigrad.nn.perturbation.perturbable_layers`; decorrelated layers count as one layer):
-each layer computes its output ``a_l`` from its detached input, so no derivative crosses a layer, and
-the input ``x_{l+1}`` of the next layer to run (with its autograd history back to ``a_l``) is kept.
-The layer that runs last is the output layer; ``e`` is the autograd derivative of the mean loss with
-respect to its output. ``B_l e`` is formed in the shape of ``x_{l+1}`` (per sample, everything after
-the batch dimension flattened) and carried back to ``a_l`` by a vector-Jacobian product of the
-parameter-free segment between them, ``torch.autograd.grad(x_{l+1}, a_l, B_l e)``. For an elementwise
-activation (a ``Linear → φ → Linear`` MLP; a flatten in between is fine) that is exactly
-``(B_l e) ⊙ φ'(a_l)``, without knowing ``φ``; for other segments (pooling) it is the derivative along
-that segment. The weight and bias updates are the vector-Jacobian products of ``a_l`` with ``δ_l``
-(``δ_l x_lᵀ`` and ``δ_l``, for Conv2d the usual weight gradient of a convolution).
-
-The model must be a feed-forward chain: every layer runs once per pass, only the last layer's output
-reaches the loss directly, and each layer's output reaches the next layer's input. Only the
-parameters of these layers can be trained; any other trainable parameter raises a
-:class:`~unigrad.core.errors.UnigradError` (freeze it with ``requires_grad_(False)``).
-
-Feedback matrices: ``B_l`` of shape ``(n_{l+1}, n_L)`` (``n_{l+1}`` the per-sample size of ``x_{l+1}``,
-``n_L`` that of ``a_L``), l the layer's position in run order, N(0, 1/n_L) entries so that ``B_l e``
-has entries of the size of ``e``'s. ``B_l`` is a pure function of ``(seed, l, shape)``
-(:func:`~unigrad.first.feedback_alignment.random_feedback` with its own tag), the same on every device,
-cached in memory and never saved.
-
-Options:
-    seed: names the feedback matrices (they do not depend on the step).
-
-Cost per call: one forward and one backward per sample (``B`` each for a batch of B: the local
-vector-Jacobian products together cost about one backward pass). ``Estimate.loss`` is the exact
-loss. State: ``seed`` and ``step`` only.
-"""
+"""Direct feedback alignment: the :class:`DFA` estimator (hidden layers get the output error through fixed matrices)."""
 
 from __future__ import annotations
 
@@ -104,6 +59,54 @@ def _rows(t: Tensor) -> int:
 
 
 class DFA(Estimator):
+    """DFA — direct feedback alignment: every hidden layer gets the output error through its own fixed random matrix.
+
+    For a chain of layers ``a_l = W_l x_l + b_l``, ``x_{l+1} = φ(a_l)`` ending in the output layer ``L``
+    (column convention, per sample), with ``e = ∂L/∂a_L`` the error at the output layer's
+    pre-activation (``L`` the mean loss over the batch)::
+
+        δ_L = e,        δ_l = (B_l e) ⊙ φ'(a_l)  (l < L),        g_{W_l} = δ_l x_lᵀ,  g_{b_l} = δ_l
+
+    summed over the batch (the 1/B is in ``e``). The output layer's update is its exact gradient; no
+    error travels from layer to layer, so the hidden updates can be computed in parallel. With one
+    hidden layer and ``B_1 = W_2ᵀ`` DFA is backprop.
+
+    Implementation: one forward pass with hooks on every ``nn.Linear`` / ``nn.Conv2d`` layer (the layers
+    of :func:`~unigrad.nn.perturbation.perturbable_layers`; decorrelated layers count as one layer):
+    each layer computes its output ``a_l`` from its detached input, so no derivative crosses a layer, and
+    the input ``x_{l+1}`` of the next layer to run (with its autograd history back to ``a_l``) is kept.
+    The layer that runs last is the output layer; ``e`` is the autograd derivative of the mean loss with
+    respect to its output. ``B_l e`` is formed in the shape of ``x_{l+1}`` (per sample, everything after
+    the batch dimension flattened) and carried back to ``a_l`` by a vector-Jacobian product of the
+    parameter-free segment between them, ``torch.autograd.grad(x_{l+1}, a_l, B_l e)``. For an elementwise
+    activation (a ``Linear → φ → Linear`` MLP; a flatten in between is fine) that is exactly
+    ``(B_l e) ⊙ φ'(a_l)``, without knowing ``φ``; for other segments (pooling) it is the derivative along
+    that segment. The weight and bias updates are the vector-Jacobian products of ``a_l`` with ``δ_l``
+    (``δ_l x_lᵀ`` and ``δ_l``, for Conv2d the usual weight gradient of a convolution).
+
+    The model must be a feed-forward chain: every layer runs once per pass, only the last layer's output
+    reaches the loss directly, and each layer's output reaches the next layer's input. Only the
+    parameters of these layers can be trained; any other trainable parameter raises a
+    :class:`~unigrad.core.errors.UnigradError` (freeze it with ``requires_grad_(False)``).
+
+    Feedback matrices: ``B_l`` of shape ``(n_{l+1}, n_L)`` (``n_{l+1}`` the per-sample size of ``x_{l+1}``,
+    ``n_L`` that of ``a_L``), l the layer's position in run order, N(0, 1/n_L) entries so that ``B_l e``
+    has entries of the size of ``e``'s. ``B_l`` is a pure function of ``(seed, l, shape)``
+    (:func:`~unigrad.first.feedback_alignment.random_feedback` with its own tag), the same on every device,
+    cached in memory and never saved.
+
+    Cost per call: one forward and one backward per sample (``B`` each for a batch of B: the local
+    vector-Jacobian products together cost about one backward pass). ``Estimate.loss`` is the exact
+    loss. State: ``seed`` and ``step`` only.
+
+    Args:
+        seed: names the feedback matrices (they do not depend on the step) (default: 0).
+
+    References:
+        [1] A. Nøkland, "Direct Feedback Alignment Provides Learning in Deep Neural Networks",
+            NeurIPS 2016, arXiv:1609.01596.
+    """
+
     name = "dfa"
     order = 1
     description = "direct feedback alignment: hidden layers get the output error through fixed random B_l"

@@ -1,49 +1,5 @@
-"""FA — feedback alignment: backprop with fixed random matrices in place of the transposed weights.
-
-For a chain of layers ``a_l = W_l x_l + b_l``, ``x_{l+1} = φ(a_l)`` (column convention), backprop
-sends the error back through ``W_lᵀ``. Feedback alignment sends it back through a fixed matrix
-``B_l`` of ``W_l``'s shape instead::
-
-    δ_L = ∂L/∂a_L,        δ_l = (B_{l+1}ᵀ δ_{l+1}) ⊙ φ'(a_l),        g_{W_l} = δ_l x_lᵀ,  g_{b_l} = δ_l
-
-with ``L`` the mean loss over the batch, so ``g`` is a pseudo-gradient averaged over the batch as the
-gradient is. The output layer's update is its exact gradient; hidden layers learn because the
-forward weights come to align with the feedback (``W_{l+1}ᵀ ≈ B_{l+1}ᵀ`` in direction), so ``g``
-turns towards the gradient during training.
-
-References:
-    [1] T. P. Lillicrap, D. Cownden, D. B. Tweed, C. J. Akerman, "Random synaptic feedback weights
-        support error backpropagation for deep learning", Nature Communications 7:13276, 2016.
-    [2] Q. Liao, J. Z. Leibo, T. Poggio, "How important is weight symmetry in backpropagation?",
-        AAAI 2016, arXiv:1510.05067 (sign-concordant feedback).
-
-Implementation: one autograd pass in which every ``nn.Linear`` / ``nn.Conv2d`` layer (the layers of
-:func:`~unigrad.nn.perturbation.perturbable_layers`, in module order; ``l`` is the position there)
-computes its output from its detached input and hands the error ``δ`` on its output back to the
-input as the input-gradient of the same layer with weight ``B_l`` and no bias: ``δ B_l`` for
-Linear (row convention), the transposed convolution with kernel ``B_l`` for Conv2d (with the
-layer's stride, padding, padding mode, dilation and groups). Weights and biases get their local
-gradients ``δ_l x_lᵀ`` and ``δ_l`` from autograd. Everything else (activations, pooling, norms,
-other modules) passes the error back exactly, as backprop does, and any trainable parameter outside
-the layers gets the derivative of the loss along this modified backward pass. A layer may run
-several times in a pass (shared weights); every call uses the same ``B_l``. Decorrelated layers
-(:mod:`unigrad.nn.decorrelation`) are refused.
-
-Feedback matrices: ``B_l = R_l``, drawn once from N(0, 1/fan_in) (the variance of the usual
-weight initialisation, so the backward signals keep backprop's scale at initialisation), with
-``fan_in = W_l[0].numel()``. ``R_l`` is a pure function of ``(seed, l, W_l.shape)``: it is drawn in
-float32 on the CPU from :func:`unigrad.core.rng.generator` keyed ``(seed, l, tag)`` and only then
-cast to the weight's dtype and device, so it is the same on every device and needs no storage (it is
-cached in memory, never saved).
-
-Options:
-    feedback: ``"random"`` (default) ``B_l = R_l`` (FA [1]); ``"sign"`` ``B_l = sign(W_l) ⊙ |R_l|``,
-        sign-concordant feedback with random magnitudes ([2], it follows the current weights);
-        ``"transpose"`` ``B_l = W_l``: exactly backprop (a reference for comparisons).
-    seed: names the feedback matrices (they do not depend on the step).
-
-Cost per call: one forward and one backward per sample (``B`` each for a batch of B).
-``Estimate.loss`` is the exact loss. State: ``seed`` and ``step`` only.
+"""Feedback alignment: the :class:`FeedbackAlignment` estimator and its fixed random feedback matrices
+(:func:`random_feedback`, also used by :mod:`unigrad.first.dfa`).
 """
 
 from __future__ import annotations
@@ -138,6 +94,55 @@ class _FeedbackHooks(LayerHooks):
 
 
 class FeedbackAlignment(Estimator):
+    """FA — feedback alignment: backprop with fixed random matrices in place of the transposed weights.
+
+    For a chain of layers ``a_l = W_l x_l + b_l``, ``x_{l+1} = φ(a_l)`` (column convention), backprop
+    sends the error back through ``W_lᵀ``. Feedback alignment sends it back through a fixed matrix
+    ``B_l`` of ``W_l``'s shape instead::
+
+        δ_L = ∂L/∂a_L,        δ_l = (B_{l+1}ᵀ δ_{l+1}) ⊙ φ'(a_l),        g_{W_l} = δ_l x_lᵀ,  g_{b_l} = δ_l
+
+    with ``L`` the mean loss over the batch, so ``g`` is a pseudo-gradient averaged over the batch as the
+    gradient is. The output layer's update is its exact gradient; hidden layers learn because the
+    forward weights come to align with the feedback (``W_{l+1}ᵀ ≈ B_{l+1}ᵀ`` in direction), so ``g``
+    turns towards the gradient during training.
+
+    Implementation: one autograd pass in which every ``nn.Linear`` / ``nn.Conv2d`` layer (the layers of
+    :func:`~unigrad.nn.perturbation.perturbable_layers`, in module order; ``l`` is the position there)
+    computes its output from its detached input and hands the error ``δ`` on its output back to the
+    input as the input-gradient of the same layer with weight ``B_l`` and no bias: ``δ B_l`` for
+    Linear (row convention), the transposed convolution with kernel ``B_l`` for Conv2d (with the
+    layer's stride, padding, padding mode, dilation and groups). Weights and biases get their local
+    gradients ``δ_l x_lᵀ`` and ``δ_l`` from autograd. Everything else (activations, pooling, norms,
+    other modules) passes the error back exactly, as backprop does, and any trainable parameter outside
+    the layers gets the derivative of the loss along this modified backward pass. A layer may run
+    several times in a pass (shared weights); every call uses the same ``B_l``. Decorrelated layers
+    (:mod:`unigrad.nn.decorrelation`) are refused.
+
+    Feedback matrices: ``B_l = R_l``, drawn once from N(0, 1/fan_in) (the variance of the usual
+    weight initialisation, so the backward signals keep backprop's scale at initialisation), with
+    ``fan_in = W_l[0].numel()``. ``R_l`` is a pure function of ``(seed, l, W_l.shape)``: it is drawn in
+    float32 on the CPU from :func:`unigrad.core.rng.generator` keyed ``(seed, l, tag)`` and only then
+    cast to the weight's dtype and device, so it is the same on every device and needs no storage (it is
+    cached in memory, never saved).
+
+    Cost per call: one forward and one backward per sample (``B`` each for a batch of B).
+    ``Estimate.loss`` is the exact loss. State: ``seed`` and ``step`` only.
+
+    Args:
+        feedback: ``"random"``: ``B_l = R_l`` (FA [1]); ``"sign"``: ``B_l = sign(W_l) ⊙ |R_l|``,
+            sign-concordant feedback with random magnitudes ([2], it follows the current weights);
+            ``"transpose"``: ``B_l = W_l``, exactly backprop (a reference for comparisons)
+            (default: ``"random"``).
+        seed: names the feedback matrices (they do not depend on the step) (default: 0).
+
+    References:
+        [1] T. P. Lillicrap, D. Cownden, D. B. Tweed, C. J. Akerman, "Random synaptic feedback weights
+            support error backpropagation for deep learning", Nature Communications 7:13276 (2016).
+        [2] Q. Liao, J. Z. Leibo, T. Poggio, "How important is weight symmetry in backpropagation?",
+            AAAI 2016, arXiv:1510.05067 (sign-concordant feedback).
+    """
+
     name = "feedback-alignment"
     order = 1
     description = "backprop with fixed random feedback matrices B_l in place of W_lᵀ (Lillicrap et al. 2016)"

@@ -1,35 +1,4 @@
-"""Forward gradient — unbiased gradient estimates from forward-mode directional derivatives.
-
-With ``q`` tangents ``v_i`` drawn with ``E[v vᵀ] = I`` (Gaussian, Rademacher, or uniform on the
-sphere of radius √d)::
-
-    g = (1/q) Σ_i (∇f·v_i) v_i
-
-Each directional derivative ``∇f·v_i`` is one Jacobian-vector product: the tangent is pushed
-forward alongside the primal, with no backward pass and no stored activations. ``E[g] = ∇f``
-exactly (no smoothing bias, unlike finite differences); for one Gaussian tangent
-``E‖g − ∇f‖² = (d+1)‖∇f‖²``, so the cosine with the gradient is of order √(q/d), as for RGE.
-
-Reference: [1] A. G. Baydin, B. A. Pearlmutter, D. Syme, F. Wood, P. Torr, "Gradients without
-Backpropagation", arXiv:2202.08587 (2022).
-
-The JVPs use ``torch.func.jvp`` on a ``functional_call`` of the model, batched over tangents with
-``torch.vmap`` (the primal, which does not depend on the tangent, is computed once per batch);
-objectives that cannot be vmapped are evaluated tangent by tangent.
-
-Options:
-    probes: number of tangents q (≥ 1).
-    distribution: ``"gaussian"``, ``"rademacher"`` or ``"sphere"``.
-    noise_source: ``"auto"`` (default: the shared noise table for tensors that fit, else the generator),
-        ``"generator"`` (exact RNG per key) or ``"table"`` (shared noise table); see ``core/rng.py``.
-    probe_batch: tangents pushed forward together under ``vmap``; default: as many as fit ``memory_budget``.
-    memory_budget: bytes of stacked tangents allowed at once (default 256 MiB).
-    seed: names the noise stream; each tangent is keyed by (seed, step, probe, tensor).
-
-Cost, for a batch of B: ``forwards`` B per batch of tangents (the primal; once unless the memory
-budget splits the tangents, B per tangent in the fallback loop) and ``jvps`` qB (the tangent
-propagations). ``Estimate.loss`` is the exact loss (the primal).
-"""
+"""Forward gradient: the :class:`ForwardGradient` estimator (unbiased estimates from forward-mode derivatives)."""
 
 from __future__ import annotations
 
@@ -54,6 +23,42 @@ DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 
 class ForwardGradient(Estimator):
+    """Forward gradient — unbiased gradient estimates from forward-mode directional derivatives.
+
+    With ``q`` tangents ``v_i`` drawn with ``E[v vᵀ] = I`` (Gaussian, Rademacher, or uniform on the
+    sphere of radius √d)::
+
+        g = (1/q) Σ_i (∇f·v_i) v_i
+
+    Each directional derivative ``∇f·v_i`` is one Jacobian-vector product: the tangent is pushed
+    forward alongside the primal, with no backward pass and no stored activations. ``E[g] = ∇f``
+    exactly (no smoothing bias, unlike finite differences); for one Gaussian tangent
+    ``E‖g − ∇f‖² = (d+1)‖∇f‖²``, so the cosine with the gradient is of order √(q/d), as for RGE.
+
+    The JVPs use ``torch.func.jvp`` on a ``functional_call`` of the model, batched over tangents with
+    ``torch.vmap`` (the primal, which does not depend on the tangent, is computed once per batch);
+    objectives that cannot be vmapped are evaluated tangent by tangent.
+
+    Cost, for a batch of B: ``forwards`` B per batch of tangents (the primal; once unless the memory
+    budget splits the tangents, B per tangent in the fallback loop) and ``jvps`` qB (the tangent
+    propagations). ``Estimate.loss`` is the exact loss (the primal).
+
+    Args:
+        probes: number of tangents q (≥ 1) (default: 1).
+        distribution: ``"gaussian"``, ``"rademacher"`` or ``"sphere"`` (default: ``"gaussian"``).
+        noise_source: ``"auto"`` (the shared noise table for tensors that fit, else the generator),
+            ``"generator"`` (exact RNG per key) or ``"table"`` (shared noise table); see ``core/rng.py``
+            (default: ``"auto"``).
+        probe_batch: tangents pushed forward together under ``vmap``; ``None``: as many as fit
+            ``memory_budget`` (default: None).
+        memory_budget: bytes of stacked tangents allowed at once (default: 256 MiB).
+        seed: names the noise stream; each tangent is keyed by (seed, step, probe, tensor) (default: 0).
+
+    References:
+        [1] A. G. Baydin, B. A. Pearlmutter, D. Syme, F. Wood, P. Torr, "Gradients without
+            Backpropagation", arXiv:2202.08587 (2022).
+    """
+
     name = "forward-gradient"
     order = 1
     description = "(∇f·v)v from JVPs, q tangents"

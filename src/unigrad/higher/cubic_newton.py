@@ -1,81 +1,5 @@
-"""Cubic-regularized Newton: adaptive regularization with cubics (ARC) on a Lanczos subspace.
-
-With ``f`` the mean loss, ``θ`` the flattened trainable parameters, ``g = ∇f(θ)`` and ``H = ∇²f(θ)``
-(used only through Hessian–vector products), each call minimises the cubic model::
-
-    m(s) = f + gᵀs + ½ sᵀHs + (σ/3)‖s‖³
-
-over a Krylov subspace and writes ``−s`` into ``.grad``, so that ``torch.optim.SGD(lr=1)`` (no
-momentum) moves ``θ ← θ + s``. Where ``H`` is Lipschitz with constant ``L`` and ``σ ≥ L/2``, ``m``
-bounds ``f`` from above, so its minimiser decreases ``f``; unlike a Newton step it is defined
-where ``H`` is indefinite, and it moves along negative curvature, so the iterates approach points
-with ``g = 0`` *and* ``H ⪰ 0`` (second-order stationary points) rather than saddles (Nesterov & Polyak
-2006; Cartis, Gould & Toint 2011, Part I).
-
-1. *Subspace.* ``k = min(krylov_dim, d)`` steps of Lanczos with full reorthogonalisation
-   (:func:`unigrad.second.curvature.lanczos`, the classical form), started at ``g/‖g‖``, give an
-   orthonormal basis ``Q`` (``d × k``) and the tridiagonal ``T = QᵀHQ``: one Hessian–vector product per
-   step (:class:`~unigrad.second.curvature.FlatLoss`).
-
-   *Breakdown and saddles.* If the Krylov space of ``g`` is invariant under ``H`` before ``k``
-   vectors (the residual ``w`` of a Lanczos step has ``‖w‖ ≤ √ε·‖T‖``), the process is restarted
-   with a random vector orthogonalised against ``Q`` (the classic continuation of Lanczos past
-   breakdown; Parlett, *The Symmetric Eigenvalue Problem*, 1998), keeping the coupling
-   ``qᵀw`` in ``T`` so that ``T = QᵀHQ`` stays exact. With ``g = 0`` the process starts from a
-   random vector. This is what lets the method leave saddles: the Krylov space of ``g`` never meets
-   an eigenvector of ``H`` that ``g`` is orthogonal to, so where ``g = 0`` (a saddle), or where ``g``
-   lies in an invariant subspace of positive curvature (``f = x² − y² + y⁴/4`` on the line ``y = 0``),
-   a Krylov space grown from ``g`` alone sees no negative curvature and the step would converge to
-   the saddle as Newton's does. The random vectors are keyed ``(seed, step, restart)`` through
-   :func:`unigrad.core.rng.generator`; when no breakdown occurs (the usual case on a model whose
-   gradient is not exactly degenerate) the step is deterministic and does not depend on the seed.
-   With ``krylov_dim ≥ d`` the basis spans the whole space, so the step is the exact global
-   minimiser of ``m``, the hard case included.
-
-2. *Subproblem* (Cartis, Gould & Toint 2011, §6). With ``b = Qᵀg`` (``= ‖g‖e₁``), the step is
-   ``s = Qy`` for the global minimiser ``y`` of ``bᵀy + ½ yᵀTy + (σ/3)‖y‖³``, characterised by
-   (Thm 3.1 there) ``(T + λI) y = −b``, ``λ = σ‖y‖``, ``T + λI ⪰ 0``. Through the eigendecomposition
-   ``T = VΛVᵀ`` (``c = Vᵀb``), ``λ`` is the root in ``λ > max(0, −λ_min)`` of the secular equation
-   ``‖c/(Λ + λ)‖ = λ/σ``, found by Newton's method safeguarded by bisection on a bracket whose upper
-   end ``λ_u = (−λ_min + √(λ_min² + 4σ‖b‖))/2`` is known in closed form. *Hard case* (treated
-   approximately): when ``λ_min < 0`` and the root lies within a relative ``10⁻¹³`` of
-   ``−λ_min`` (``c`` has no weight on the eigenvectors of ``λ_min``, as at a saddle), ``λ = −λ_min``
-   and ``y = −Σ_{λ_i > λ_min} c_i/(λ_i + λ) v_i + τ u`` with ``u`` in the eigenspace of ``λ_min``
-   (eigenvalues within ``10⁻⁹‖T‖`` of it; ``u`` against the sign of ``c`` there) and ``τ ≥ 0`` such
-   that ``‖y‖ = λ/σ``.
-
-3. *Acceptance and σ* (Cartis, Gould & Toint 2011, Alg. 2.1). One extra forward evaluates
-   ``ρ = (f(θ) − f(θ + s)) / (f(θ) − m(s))`` (both differences shifted by ``δ = 10·ε·max(1, |f|)``
-   so that rounding at convergence reads as agreement; Conn, Gould & Toint, *Trust-Region
-   Methods*, 2000). ``ρ ≥ eta2`` (very successful): accept, ``σ ← max(sigma_min, σ/gamma)``;
-   ``eta1 ≤ ρ < eta2`` (successful): accept, ``σ`` kept; otherwise reject (``.grad`` is zero, so
-   ``θ`` stays) and ``σ ← gamma·σ``. Where the model predicts no decrease (``s = 0``: ``g = 0`` and
-   ``T ⪰ 0``, a second-order stationary point as far as the subspace sees) nothing is tried and
-   ``σ`` is kept.
-
-Near a nondegenerate minimum ``s`` differs from the Newton step by ``O(σ‖g‖²)``, so convergence is
-quadratic (Nesterov & Polyak 2006; Cartis, Gould & Toint 2011, Part I), with
-``krylov_dim ≥ d`` (a smaller subspace gives an inexact Newton step and, in general, only a linear rate).
-
-References: Y. Nesterov & B. Polyak, "Cubic regularization of Newton method and its global
-performance", Math. Prog. 108 (2006); C. Cartis, N. Gould & Ph. Toint, "Adaptive cubic
-regularisation methods for unconstrained optimization. Part I: motivation, convergence and
-numerical results", Math. Prog. 127 (2011); C. Lanczos 1950.
-
-Options:
-    sigma: initial regularization ``σ₀ > 0`` (default 1.0), at least ``sigma_min``.
-    sigma_min: lower bound on ``σ`` after decreases (default 1e-8, > 0).
-    eta1: acceptance threshold on ``ρ``, in ``(0, 1)`` (default 0.1).
-    eta2: very-successful threshold on ``ρ``, in ``[eta1, 1)`` (default 0.9).
-    gamma: factor ``> 1`` by which ``σ`` grows after a rejected step and shrinks after a very
-        successful one (default 2).
-    krylov_dim: Lanczos steps (Hessian–vector products) per call, at most ``d`` (default 50).
-    seed: keys the random Lanczos restart vectors.
-
-Cost per estimate, for ``B`` samples: ``forwards`` 2B (the loss, and the trial point when a step
-is tried), ``backwards`` B (the gradient), ``hvps`` ``k·B`` with ``k = min(krylov_dim, d)``.
-Memory: the ``k × d`` Lanczos basis. State (``state_dict``): ``σ``, the number of accepted steps
-and the step counter (which keys the restart vectors).
+"""Cubic-regularized Newton: the :class:`CubicNewton` estimator (ARC on a Lanczos subspace) and its cubic subproblem
+solver (:func:`solve_cubic_subproblem`, :func:`krylov_cubic_step`).
 """
 
 from __future__ import annotations
@@ -129,7 +53,7 @@ class CubicSolution:
 
 
 def solve_cubic_subproblem(t: np.ndarray, b: np.ndarray, sigma: float) -> CubicSolution:
-    """Global minimiser of ``bᵀy + ½ yᵀTy + (σ/3)‖y‖³`` for a small symmetric ``T`` (module docs, step 2)."""
+    """Global minimiser of ``bᵀy + ½ yᵀTy + (σ/3)‖y‖³`` for a small symmetric ``T`` (:class:`CubicNewton`, step 2)."""
     t = np.asarray(t, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     lam, v = np.linalg.eigh(0.5 * (t + t.T))
@@ -211,6 +135,89 @@ def _check_fraction(option: str, value: float, low: float, *, low_inclusive: boo
 
 
 class CubicNewton(Estimator):
+    """Cubic-regularized Newton: adaptive regularization with cubics (ARC) on a Lanczos subspace.
+
+    With ``f`` the mean loss, ``θ`` the flattened trainable parameters, ``g = ∇f(θ)`` and ``H = ∇²f(θ)``
+    (used only through Hessian–vector products), each call minimises the cubic model::
+
+        m(s) = f + gᵀs + ½ sᵀHs + (σ/3)‖s‖³
+
+    over a Krylov subspace and writes ``−s`` into ``.grad``, so that ``torch.optim.SGD(lr=1)`` (no
+    momentum) moves ``θ ← θ + s``. Where ``H`` is Lipschitz with constant ``L`` and ``σ ≥ L/2``, ``m``
+    bounds ``f`` from above, so its minimiser decreases ``f``; unlike a Newton step it is defined
+    where ``H`` is indefinite, and it moves along negative curvature, so the iterates approach points
+    with ``g = 0`` *and* ``H ⪰ 0`` (second-order stationary points) rather than saddles (Nesterov & Polyak
+    2006; Cartis, Gould & Toint 2011, Part I).
+
+    1. *Subspace.* ``k = min(krylov_dim, d)`` steps of Lanczos with full reorthogonalisation
+       (:func:`unigrad.second.curvature.lanczos`, the classical form), started at ``g/‖g‖``, give an
+       orthonormal basis ``Q`` (``d × k``) and the tridiagonal ``T = QᵀHQ``: one Hessian–vector product per
+       step (:class:`~unigrad.second.curvature.FlatLoss`).
+
+       *Breakdown and saddles.* If the Krylov space of ``g`` is invariant under ``H`` before ``k``
+       vectors (the residual ``w`` of a Lanczos step has ``‖w‖ ≤ √ε·‖T‖``), the process is restarted
+       with a random vector orthogonalised against ``Q`` (the classic continuation of Lanczos past
+       breakdown; Parlett, *The Symmetric Eigenvalue Problem*, 1998), keeping the coupling
+       ``qᵀw`` in ``T`` so that ``T = QᵀHQ`` stays exact. With ``g = 0`` the process starts from a
+       random vector. This is what lets the method leave saddles: the Krylov space of ``g`` never meets
+       an eigenvector of ``H`` that ``g`` is orthogonal to, so where ``g = 0`` (a saddle), or where ``g``
+       lies in an invariant subspace of positive curvature (``f = x² − y² + y⁴/4`` on the line ``y = 0``),
+       a Krylov space grown from ``g`` alone sees no negative curvature and the step would converge to
+       the saddle as Newton's does. The random vectors are keyed ``(seed, step, restart)`` through
+       :func:`unigrad.core.rng.generator`; when no breakdown occurs (the usual case on a model whose
+       gradient is not exactly degenerate) the step is deterministic and does not depend on the seed.
+       With ``krylov_dim ≥ d`` the basis spans the whole space, so the step is the exact global
+       minimiser of ``m``, the hard case included.
+
+    2. *Subproblem* (Cartis, Gould & Toint 2011, §6). With ``b = Qᵀg`` (``= ‖g‖e₁``), the step is
+       ``s = Qy`` for the global minimiser ``y`` of ``bᵀy + ½ yᵀTy + (σ/3)‖y‖³``, characterised by
+       (Thm 3.1 there) ``(T + λI) y = −b``, ``λ = σ‖y‖``, ``T + λI ⪰ 0``. Through the eigendecomposition
+       ``T = VΛVᵀ`` (``c = Vᵀb``), ``λ`` is the root in ``λ > max(0, −λ_min)`` of the secular equation
+       ``‖c/(Λ + λ)‖ = λ/σ``, found by Newton's method safeguarded by bisection on a bracket whose upper
+       end ``λ_u = (−λ_min + √(λ_min² + 4σ‖b‖))/2`` is known in closed form. *Hard case* (treated
+       approximately): when ``λ_min < 0`` and the root lies within a relative ``10⁻¹³`` of
+       ``−λ_min`` (``c`` has no weight on the eigenvectors of ``λ_min``, as at a saddle), ``λ = −λ_min``
+       and ``y = −Σ_{λ_i > λ_min} c_i/(λ_i + λ) v_i + τ u`` with ``u`` in the eigenspace of ``λ_min``
+       (eigenvalues within ``10⁻⁹‖T‖`` of it; ``u`` against the sign of ``c`` there) and ``τ ≥ 0`` such
+       that ``‖y‖ = λ/σ``.
+
+    3. *Acceptance and σ* (Cartis, Gould & Toint 2011, Alg. 2.1). One extra forward evaluates
+       ``ρ = (f(θ) − f(θ + s)) / (f(θ) − m(s))`` (both differences shifted by ``δ = 10·ε·max(1, |f|)``
+       so that rounding at convergence reads as agreement; Conn, Gould & Toint, *Trust-Region
+       Methods*, 2000). ``ρ ≥ eta2`` (very successful): accept, ``σ ← max(sigma_min, σ/gamma)``;
+       ``eta1 ≤ ρ < eta2`` (successful): accept, ``σ`` kept; otherwise reject (``.grad`` is zero, so
+       ``θ`` stays) and ``σ ← gamma·σ``. Where the model predicts no decrease (``s = 0``: ``g = 0`` and
+       ``T ⪰ 0``, a second-order stationary point as far as the subspace sees) nothing is tried and
+       ``σ`` is kept.
+
+    Near a nondegenerate minimum ``s`` differs from the Newton step by ``O(σ‖g‖²)``, so convergence is
+    quadratic (Nesterov & Polyak 2006; Cartis, Gould & Toint 2011, Part I), with
+    ``krylov_dim ≥ d`` (a smaller subspace gives an inexact Newton step and, in general, only a linear rate).
+
+    Cost per estimate, for ``B`` samples: ``forwards`` 2B (the loss, and the trial point when a step
+    is tried), ``backwards`` B (the gradient), ``hvps`` ``k·B`` with ``k = min(krylov_dim, d)``.
+    Memory: the ``k × d`` Lanczos basis. State (``state_dict``): ``σ``, the number of accepted steps
+    and the step counter (which keys the restart vectors).
+
+    Args:
+        sigma: initial regularization ``σ₀ > 0``, at least ``sigma_min`` (default: 1.0).
+        sigma_min: lower bound on ``σ`` after decreases, > 0 (default: 1e-8).
+        eta1: acceptance threshold on ``ρ``, in ``(0, 1)`` (default: 0.1).
+        eta2: very-successful threshold on ``ρ``, in ``[eta1, 1)`` (default: 0.9).
+        gamma: factor ``> 1`` by which ``σ`` grows after a rejected step and shrinks after a very
+            successful one (default: 2.0).
+        krylov_dim: Lanczos steps (Hessian–vector products) per call, at most ``d`` (default: 50).
+        seed: keys the random Lanczos restart vectors (default: 0).
+
+    References:
+        Y. Nesterov & B. Polyak, "Cubic regularization of Newton method and its global performance",
+        Math. Prog. 108 (2006).
+        C. Cartis, N. Gould & Ph. Toint, "Adaptive cubic regularisation methods for unconstrained
+        optimization. Part I: motivation, convergence and numerical results", Math. Prog. 127 (2011).
+        C. Lanczos, "An iteration method for the solution of the eigenvalue problem of linear differential
+        and integral operators", J. Res. Nat. Bur. Standards 45 (1950).
+    """
+
     name = "cubic-newton"
     order = 3
     description = "adaptive cubic-regularized Newton (ARC) step on a Lanczos subspace; escapes saddles"

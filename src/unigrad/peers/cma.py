@@ -1,25 +1,5 @@
-"""CMA-ES and sep-CMA-ES from pycma, on all trainable parameters (peers; see :mod:`unigrad.peers._adapter`).
-
-One generation of CMA-ES with mean ``m``, step size ``σ`` and covariance ``C``::
-
-    x_i = m + σ·y_i,   y_i ~ N(0, C),   i = 1 … λ
-    m' = m + c_m·Σ_{i≤μ} w_i (x_{i:λ} − m)        (x_{i:λ}: the i-th best by loss)
-    C, σ updated from the evolution paths and the rank-μ update
-
-The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``.
-
-* ``cma``: full covariance (Hansen & Ostermeier, Evolutionary Computation 9(2), 2001; pycma,
-  Hansen et al., arXiv:1604.00772). ``C`` is d×d: O(d²) memory and O(d²)–O(d³) time per generation.
-* ``sep-cma``: diagonal ``C`` (Ros & Hansen, PPSN 2008; pycma option ``CMA_diagonal=True``): linear in d.
-
-Options:
-    sigma0: initial step size σ (0.05 by default, on the scale of network weights).
-    popsize: λ, candidates per generation (``None``: pycma's default 4 + ⌊3 ln d⌋).
-    max_dim: the largest d accepted (2000 for ``cma``, none for ``sep-cma``).
-    seed: keys the sampler (a private numpy ``RandomState`` passed as pycma's ``randn``).
-
-pycma's printing and file logging are off, and its termination criteria are disabled (a training
-run decides when to stop); if pycma still reports a stop condition, generations simply go on.
+"""CMA-ES and sep-CMA-ES from pycma as peers: the :class:`CMA` and :class:`SepCMA` adapters (the rules are in
+:mod:`unigrad.peers._adapter`).
 """
 
 from __future__ import annotations
@@ -38,6 +18,36 @@ _SAMPLER_TAG = 0xC3A
 
 
 class CMA(PeerEstimator):
+    """CMA-ES (full covariance) from pycma, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
+
+    One generation of CMA-ES with mean ``m``, step size ``σ`` and covariance ``C``::
+
+        x_i = m + σ·y_i,   y_i ~ N(0, C),   i = 1 … λ
+        m' = m + c_m·Σ_{i≤μ} w_i (x_{i:λ} − m)        (x_{i:λ}: the i-th best by loss)
+        C, σ updated from the evolution paths and the rank-μ update
+
+    The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``.
+
+    Registry name ``cma``: full covariance; ``C`` is d×d: O(d²) memory and O(d²)–O(d³) time per generation.
+
+    pycma's printing and file logging are off, and its termination criteria are disabled (a training
+    run decides when to stop); if pycma still reports a stop condition, generations simply go on.
+
+    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
+    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
+
+    Args:
+        sigma0: initial step size σ, on the scale of network weights (default: 0.05).
+        popsize: λ, candidates per generation; ``None``: pycma's default 4 + ⌊3 ln d⌋ (default: None).
+        max_dim: the largest d accepted; ``None``: no limit (default: 2000).
+        seed: keys the sampler (a private numpy ``RandomState`` passed as pycma's ``randn``) (default: 0).
+
+    References:
+        N. Hansen, A. Ostermeier, "Completely derandomized self-adaptation in evolution strategies",
+        Evolutionary Computation 9(2) (2001).
+        pycma, Hansen et al., arXiv:1604.00772 (N. Hansen, "The CMA Evolution Strategy: A Tutorial", 2016).
+    """
+
     name = "cma"
     description = "pycma CMA-ES (full covariance) on all parameters; peer, needs .[peers]"
     library = "pycma"
@@ -95,6 +105,36 @@ class CMA(PeerEstimator):
 
 
 class SepCMA(CMA):
+    """sep-CMA-ES (diagonal covariance) from pycma, on all trainable parameters (a peer; see :class:`CMA`).
+
+    One generation of CMA-ES with mean ``m``, step size ``σ`` and covariance ``C``::
+
+        x_i = m + σ·y_i,   y_i ~ N(0, C),   i = 1 … λ
+        m' = m + c_m·Σ_{i≤μ} w_i (x_{i:λ} − m)        (x_{i:λ}: the i-th best by loss)
+        C, σ updated from the evolution paths and the rank-μ update
+
+    The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``.
+
+    Registry name ``sep-cma``: diagonal ``C`` (pycma option ``CMA_diagonal=True``): linear in d.
+
+    pycma's printing and file logging are off, and its termination criteria are disabled (a training
+    run decides when to stop); if pycma still reports a stop condition, generations simply go on.
+
+    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
+    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
+
+    Args:
+        sigma0: initial step size σ, on the scale of network weights (default: 0.05).
+        popsize: λ, candidates per generation; ``None``: pycma's default 4 + ⌊3 ln d⌋ (default: None).
+        max_dim: the largest d accepted; ``None``: no limit (default: None).
+        seed: keys the sampler (a private numpy ``RandomState`` passed as pycma's ``randn``) (default: 0).
+
+    References:
+        R. Ros, N. Hansen, "A simple modification in CMA-ES achieving linear time and space complexity",
+        Parallel Problem Solving from Nature (PPSN X) (2008).
+        pycma, Hansen et al., arXiv:1604.00772.
+    """
+
     name = "sep-cma"
     description = "pycma sep-CMA-ES (diagonal covariance, linear in d) on all parameters; peer, needs .[peers]"
     _diagonal = True

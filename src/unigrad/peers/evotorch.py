@@ -1,39 +1,11 @@
-"""EvoTorch's Gaussian search algorithms on all trainable parameters (peers; see :mod:`unigrad.peers._adapter`).
+"""EvoTorch's Gaussian search algorithms as peers: the :class:`PGPE`, :class:`SNES`, :class:`XNES` and :class:`CEM`
+adapters (the rules are in :mod:`unigrad.peers._adapter`). EvoTorch: Toklu et al., arXiv:2302.12600.
 
-Each keeps a Gaussian search distribution with centre ``m`` and runs one ``searcher.step()`` per call:
-λ candidates ``x_i = m + σ ⊙ z_i`` (``z_i ~ N(0, I)``; XNES: ``x_i = m + A z_i``) are evaluated by the
-adapter's objective and the distribution is updated. The centre after the step is
-``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
-parameters there. EvoTorch: Toklu et al., arXiv:2302.12600.
-
-EvoTorch's own ``step()`` updates the distribution from the *previous* generation's evaluations and then
-samples and evaluates a new one. The adapter applies each update right after its generation is evaluated
-(through the searcher's ``_update_distribution``, then marks the next step as a first step), so the move of
-every call uses that call's batch, as with the other peers, and the first call already moves.
-
-* ``pgpe`` — policy gradients with parameter-based exploration (Sehnke et al., Neural Networks 23(4),
-  2010), symmetric (antithetic) sampling, centered ranks. Its centre gradient ``∇m`` is handed to an
-  optimizer: ``m ← m + Adam(∇m; center_lr)``, and ``σ ← σ + stdev_lr·∇σ`` (change capped at 20 %).
-  Defaults ``center_lr=0.01`` with ``optimizer="adam"`` and ``stdev_lr=0.1``.
-* ``snes`` — separable natural evolution strategies (Schaul et al., GECCO 2011): ``m ← m + η_m Σ u_i σ z_i``,
-  ``σ ← σ·exp(½ η_σ Σ u_i (z_i² − 1))`` with rank utilities ``u_i``. Learning rates default to EvoTorch's
-  (``η_m = 1``, ``η_σ = (3 + ln d)/(5√d)``); xnes uses EvoTorch's defaults likewise.
-* ``cem`` — cross-entropy method (Rubinstein, Methodology and Computing in Applied Probability 1(2), 1999):
-  ``m`` and ``σ`` become the mean and standard deviation of the best ``elite_ratio·λ`` candidates.
-* ``xnes`` — exponential natural evolution strategies (Glasmachers et al., GECCO 2010): full covariance
-  ``AAᵀ``, O(d²) memory and O(d³) time per generation, so ``max_dim`` is 1000 by default.
-
-Options (where the algorithm has them):
-    popsize: λ (16 for pgpe and cem; ``None`` for snes and xnes: EvoTorch's 4 + ⌊3 ln d⌋). pgpe needs it even.
-    sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``; 0.05).
-    center_lr, stdev_lr: learning rates of the centre and the standard deviation. pgpe takes them as they
-        are; for snes and xnes ``None`` means EvoTorch's defaults and a given ``stdev_lr`` *multiplies*
-        EvoTorch's default (its ``scale_learning_rate``).
-    optimizer: pgpe's optimizer of the centre (``"adam"``, ``"clipup"`` or ``"sgd"``).
-    elite_ratio: cem's fraction of candidates the distribution is refitted to (0.25).
-    max_dim: the largest d accepted (xnes 1000, else none).
-    seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG).
-
+How the adapters drive EvoTorch. EvoTorch's own ``step()`` updates the distribution from the *previous*
+generation's evaluations and then samples and evaluates a new one. The adapter applies each update right after its
+generation is evaluated (through the searcher's ``_update_distribution``, then marks the next step as a first step),
+so the move of every call uses that call's batch, as with the other peers, and the first call already moves.
+Each ``seed`` keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG).
 The search runs on the CPU in float64 whatever the model's device. EvoTorch's informational log lines are
 silenced while a peer is built and stepped.
 """
@@ -163,6 +135,39 @@ class EvoTorchPeer(PeerEstimator):
 
 
 class PGPE(EvoTorchPeer):
+    """PGPE from EvoTorch, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
+
+    Each call runs one ``searcher.step()`` of a Gaussian search distribution with centre ``m``: λ candidates::
+
+        x_i = m + σ ⊙ z_i,   z_i ~ N(0, I),   i = 1 … λ
+
+    are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
+    ``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
+    parameters there (see the module docstring for how the update is ordered).
+
+    ``pgpe`` — policy gradients with parameter-based exploration, symmetric (antithetic) sampling,
+    centered ranks. Its centre gradient ``∇m`` is handed to an optimizer: ``m ← m + Adam(∇m; center_lr)``,
+    and ``σ ← σ + stdev_lr·∇σ`` (change capped at 20 %).
+
+    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
+    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
+
+    Args:
+        popsize: λ; pgpe needs it even (default: 16).
+        sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``) (default: 0.05).
+        center_lr: learning rate of the centre, taken as it is (default: 0.01).
+        stdev_lr: learning rate of the standard deviation, taken as it is (default: 0.1).
+        optimizer: pgpe's optimizer of the centre (``"adam"``, ``"clipup"`` or ``"sgd"``) (default: ``"adam"``).
+        max_dim: the largest d accepted; ``None``: no limit (default: None).
+        seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG)
+            (default: 0).
+
+    References:
+        F. Sehnke, C. Osendorfer, T. Rückstieß, A. Graves, J. Peters, J. Schmidhuber, "Parameter-exploring
+        policy gradients", Neural Networks 23(4) (2010).
+        N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
+    """
+
     name = "pgpe"
     description = "EvoTorch PGPE (Sehnke et al. 2010), symmetric sampling, Adam on the centre; peer, needs .[peers]"
     _options = ("popsize", "sigma0", "center_lr", "stdev_lr", "optimizer", "max_dim")
@@ -200,6 +205,39 @@ class PGPE(EvoTorchPeer):
 
 
 class SNES(EvoTorchPeer):
+    """SNES from EvoTorch, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
+
+    Each call runs one ``searcher.step()`` of a Gaussian search distribution with centre ``m``: λ candidates::
+
+        x_i = m + σ ⊙ z_i,   z_i ~ N(0, I),   i = 1 … λ
+
+    are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
+    ``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
+    parameters there (see the module docstring for how the update is ordered).
+
+    ``snes`` — separable natural evolution strategies: ``m ← m + η_m Σ u_i σ z_i``,
+    ``σ ← σ·exp(½ η_σ Σ u_i (z_i² − 1))`` with rank utilities ``u_i``. Learning rates default to EvoTorch's
+    (``η_m = 1``, ``η_σ = (3 + ln d)/(5√d)``).
+
+    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
+    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
+
+    Args:
+        popsize: λ; ``None``: EvoTorch's 4 + ⌊3 ln d⌋ (default: None).
+        sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``) (default: 0.05).
+        center_lr: learning rate of the centre; ``None`` means EvoTorch's default (default: None).
+        stdev_lr: learning rate of the standard deviation; ``None`` means EvoTorch's default, and a given
+            ``stdev_lr`` *multiplies* EvoTorch's default (its ``scale_learning_rate``) (default: None).
+        max_dim: the largest d accepted; ``None``: no limit (default: None).
+        seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG)
+            (default: 0).
+
+    References:
+        T. Schaul, T. Glasmachers, J. Schmidhuber, "High dimensions and heavy tails for natural evolution
+        strategies", GECCO (2011).
+        N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
+    """
+
     name = "snes"
     description = "EvoTorch separable NES (Schaul et al. 2011), diagonal Gaussian; peer, needs .[peers]"
     _options = ("popsize", "sigma0", "center_lr", "stdev_lr", "max_dim")
@@ -232,6 +270,38 @@ class SNES(EvoTorchPeer):
 
 
 class XNES(SNES):
+    """xNES from EvoTorch, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
+
+    Each call runs one ``searcher.step()`` of a Gaussian search distribution with centre ``m``: λ candidates::
+
+        x_i = m + A z_i,   z_i ~ N(0, I),   i = 1 … λ
+
+    are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
+    ``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
+    parameters there (see the module docstring for how the update is ordered).
+
+    ``xnes`` — exponential natural evolution strategies: full covariance ``AAᵀ``, O(d²) memory and O(d³)
+    time per generation, so ``max_dim`` is 1000 by default. Learning rates default to EvoTorch's.
+
+    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
+    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
+
+    Args:
+        popsize: λ; ``None``: EvoTorch's 4 + ⌊3 ln d⌋ (default: None).
+        sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``) (default: 0.05).
+        center_lr: learning rate of the centre; ``None`` means EvoTorch's default (default: None).
+        stdev_lr: learning rate of the standard deviation; ``None`` means EvoTorch's default, and a given
+            ``stdev_lr`` *multiplies* EvoTorch's default (its ``scale_learning_rate``) (default: None).
+        max_dim: the largest d accepted; ``None``: no limit (default: 1000).
+        seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG)
+            (default: 0).
+
+    References:
+        T. Glasmachers, T. Schaul, Y. Sun, D. Wierstra, J. Schmidhuber, "Exponential natural evolution
+        strategies", GECCO (2010).
+        N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
+    """
+
     name = "xnes"
     description = "EvoTorch exponential NES (Glasmachers et al. 2010), full covariance; peer, needs .[peers]"
 
@@ -260,6 +330,36 @@ class XNES(SNES):
 
 
 class CEM(EvoTorchPeer):
+    """The cross-entropy method from EvoTorch, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
+
+    Each call runs one ``searcher.step()`` of a Gaussian search distribution with centre ``m``: λ candidates::
+
+        x_i = m + σ ⊙ z_i,   z_i ~ N(0, I),   i = 1 … λ
+
+    are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
+    ``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
+    parameters there (see the module docstring for how the update is ordered).
+
+    ``cem`` — cross-entropy method: ``m`` and ``σ`` become the mean and standard deviation of the best
+    ``elite_ratio·λ`` candidates.
+
+    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
+    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
+
+    Args:
+        popsize: λ (default: 16).
+        sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``) (default: 0.05).
+        elite_ratio: cem's fraction of candidates the distribution is refitted to (default: 0.25).
+        max_dim: the largest d accepted; ``None``: no limit (default: None).
+        seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG)
+            (default: 0).
+
+    References:
+        R. Rubinstein, "The cross-entropy method for combinatorial and continuous optimization", Methodology
+        and Computing in Applied Probability 1(2) (1999).
+        N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
+    """
+
     name = "cem"
     description = "EvoTorch cross-entropy method (Rubinstein 1999), refit to the elite; peer, needs .[peers]"
     _options = ("popsize", "sigma0", "elite_ratio", "max_dim")

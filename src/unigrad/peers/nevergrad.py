@@ -1,34 +1,4 @@
-"""Any nevergrad optimizer on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
-
-nevergrad (Rapin & Teytaud, 2018, github.com/facebookresearch/nevergrad) optimizes an ``ng.p.Array``
-initialised at θ with mutation scale ``sigma0``. One generation::
-
-    for i = 1 … λ:  x_i = optimizer.ask();  optimizer.tell(x_i, f(x_i))     (all on this call's batch)
-    m' = optimizer.provide_recommendation().value
-
-The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``. The centre
-``m'`` is nevergrad's *recommendation*, its best estimate of the optimum: the distribution mean for
-CMA-like methods, but for others (``OnePlusOne``, ``TwoPointsDE``) the best point so far, whose loss was
-measured on an earlier batch.
-
-Options:
-    algorithm: a name in ``ng.optimizers.registry`` (``"NGOpt"`` by default, which picks a method from the
-        dimension, the budget and the number of workers; ``"CMA"``, ``"TwoPointsDE"``, ``"OnePlusOne"``,
-        ``"DiagonalCMA"`` are common choices).
-    budget: the total evaluations nevergrad plans for (10,000 by default; ``NGOpt`` uses it to choose).
-        Training may ask for more; nevergrad then goes on.
-    popsize: candidates asked per generation, also passed as ``num_workers`` (``None``: max(16, 4 + ⌊3 ln d⌋),
-        which is also nevergrad's CMA population, so a CMA generation is one ``estimate``).
-    sigma0: the mutation scale of the parameter array (0.05).
-    max_dim: the largest d accepted (``None``: no limit).
-    seed: keys ``parametrization.random_state``, a private numpy ``RandomState``.
-
-Candidates are asked and told one at a time: with nevergrad 1.0.12, asking a whole batch before telling
-makes its CMA in about 1,000 dimensions fail after ~1,400 evaluations ("Mean shift samples are expected but
-missing", pycma's TPA step-size rule). Other library failures (some meta-model choices raise a
-``TypeError`` with numpy 2.4) are re-raised as a :class:`UnigradError` naming the algorithm and suggesting
-another.
-"""
+"""Any nevergrad optimizer as a peer: the :class:`Nevergrad` adapter (rules in :mod:`unigrad.peers._adapter`)."""
 
 from __future__ import annotations
 
@@ -49,6 +19,45 @@ _SUGGESTED = ("NGOpt", "CMA", "DiagonalCMA", "TwoPointsDE", "OnePlusOne", "PSO")
 
 
 class Nevergrad(PeerEstimator):
+    """Any nevergrad optimizer on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
+
+    nevergrad (Rapin & Teytaud, 2018, github.com/facebookresearch/nevergrad) optimizes an ``ng.p.Array``
+    initialised at θ with mutation scale ``sigma0``. One generation::
+
+        for i = 1 … λ:  x_i = optimizer.ask();  optimizer.tell(x_i, f(x_i))     (all on this call's batch)
+        m' = optimizer.provide_recommendation().value
+
+    The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``. The centre
+    ``m'`` is nevergrad's *recommendation*, its best estimate of the optimum: the distribution mean for
+    CMA-like methods, but for others (``OnePlusOne``, ``TwoPointsDE``) the best point so far, whose loss was
+    measured on an earlier batch.
+
+    Candidates are asked and told one at a time: with nevergrad 1.0.12, asking a whole batch before telling
+    makes its CMA in about 1,000 dimensions fail after ~1,400 evaluations ("Mean shift samples are expected but
+    missing", pycma's TPA step-size rule). Other library failures (some meta-model choices raise a
+    ``TypeError`` with numpy 2.4) are re-raised as a :class:`UnigradError` naming the algorithm and suggesting
+    another.
+
+    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of B);
+    ``Estimate.loss`` is the mean candidate loss (a probe mean).
+
+    Args:
+        algorithm: a name in ``ng.optimizers.registry`` (``"NGOpt"``, the default, picks a method from the
+            dimension, the budget and the number of workers; ``"CMA"``, ``"TwoPointsDE"``, ``"OnePlusOne"``,
+            ``"DiagonalCMA"`` are common choices) (default: ``"NGOpt"``).
+        budget: the total evaluations nevergrad plans for (``NGOpt`` uses it to choose). Training may ask for
+            more; nevergrad then goes on (default: 10,000).
+        popsize: candidates asked per generation, also passed as ``num_workers``; ``None``: max(16, 4 + ⌊3 ln d⌋),
+            which is also nevergrad's CMA population, so a CMA generation is one ``estimate`` (default: None).
+        sigma0: the mutation scale of the parameter array (default: 0.05).
+        max_dim: the largest d accepted; ``None``: no limit (default: None).
+        seed: keys ``parametrization.random_state``, a private numpy ``RandomState`` (default: 0).
+
+    References:
+        J. Rapin, O. Teytaud, "Nevergrad – A gradient-free optimization platform", GitHub repository (2018),
+        github.com/facebookresearch/nevergrad.
+    """
+
     name = "nevergrad"
     description = "any nevergrad optimizer (NGOpt by default) on all parameters; peer, needs .[peers]"
     library = "nevergrad"

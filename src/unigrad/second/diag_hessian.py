@@ -1,93 +1,4 @@
-"""Diagonal-Hessian preconditioning by Hutchinson's estimator (AdaHessian, Sophia, diagonal Newton).
-
-With ``f`` the mean loss, ``g = ∇f(θ)`` and ``H = ∇²f(θ)``, Hutchinson's estimator of the diagonal
-(Hutchinson 1990, "A stochastic estimator of the trace of the influence matrix"; Bekas, Kokiopoulou &
-Saad 2007, "An estimator for the diagonal of a matrix") is, for ``q`` random probes ``z_i``::
-
-    D̂ = (1/q) Σ_i z_i ⊙ (H z_i)
-
-Each ``H z_i`` is one Hessian-vector product (Pearlmutter's double backward,
-:class:`~unigrad.second.curvature.FlatLoss`).
-``E[z zᵀ] = I`` makes it unbiased: ``E[D̂_j] = Σ_k H_jk E[z_j z_k] = H_jj``. With Rademacher ``z``
-(±1 entries) its variance is ``Var D̂_j = (1/q) Σ_{k≠j} H_jk²``, so it is *exact* when ``H`` is diagonal;
-Gaussian ``z`` (Sophia-H's choice) adds ``2H_jj²/q``. ``D̂`` is
-:func:`unigrad.second.curvature.hutchinson_diagonal`, with the probes of
-:func:`~unigrad.second.curvature.keyed_probes`.
-
-The estimate is smoothed by an exponential moving average, updated on every ``interval``-th call
-(calls ``0, k, 2k, …``; Sophia's ``k``), and the direction written into ``.grad`` (so that
-``torch.optim.SGD(lr=η)`` steps ``θ ← θ − η·d``) is, with ``u`` the number of curvature updates so far,
-``c = 1 − β^u`` the bias correction (``c = 1`` when ``bias_correction`` is off) and ``m`` the gradient
-(``momentum = 0``) or its moving average (below):
-
-* ``rule="sophia"`` (Liu, Li, Hall, Liang & Ma 2023, "Sophia: a scalable stochastic second-order
-  optimizer for language model pre-training", Algorithm 3, Sophia-H)::
-
-      h ← β h + (1 − β) D̂,        d = clip(m / max(γ·h/c, ε), −1, 1)
-
-  Entries with small or negative curvature fall back to ``±1`` (sign descent), so ``|d_j| ≤ 1`` and a
-  step is at most ``η`` per coordinate. Sophia starts from ``h = 0`` without bias correction (the
-  default here), so its first steps are mostly clipped.
-* ``rule="adahessian"`` (Yao, Gholami, Shen, Mustafa, Keutzer & Mahoney 2021, "ADAHESSIAN: an adaptive
-  second order optimizer for machine learning", AAAI, Algorithm 1 with Hessian power 1)::
-
-      v ← β v + (1 − β) D̂²,       d = m̂ / (√(v/c) + ε)
-
-  With ``spatial_average=True``, ``D̂`` of every parameter with 3 or more dimensions (a convolution
-  kernel ``(out, in, *kernel)``) is first replaced by the mean of ``|D̂|`` over its kernel dimensions,
-  AdaHessian's spatial averaging; the default (off) keeps the per-entry estimate.
-* ``rule="newton"`` (diagonal Newton; Becker & LeCun 1988, "Improving the convergence of
-  back-propagation learning with second order methods", with the diagonal estimated stochastically)::
-
-      h ← β h + (1 − β) D̂,        d = m / max(|h/c|, ε)
-
-  ``SGD(lr=1)`` then takes the diagonal Newton step: exact in one step on a quadratic with a diagonal
-  Hessian, whatever its condition number.
-
-Momentum. With ``momentum = β₁ > 0`` the estimator keeps ``m ← β₁ m + (1 − β₁) g`` (first call:
-``m = (1 − β₁) g``) and uses it in place of ``g``: for ``"adahessian"`` bias-corrected as in Adam and
-AdaHessian, ``m̂ = m / (1 − β₁^t)`` (``t`` the number of calls); for ``"sophia"`` and ``"newton"`` not,
-as in Sophia. Then ``SGD(lr=η)`` without momentum reproduces the papers' updates (without their weight
-decay, which the outer optimizer can add). With the default ``momentum = 0`` the direction uses the
-current gradient and the outer optimizer may supply momentum instead, but that is *not* the same
-method for ``"sophia"``: ``SGD(momentum=β₁, dampening=β₁)`` averages the clipped ratios,
-``Σ_j (1−β₁)β₁^j clip(g_{t−j} / max(γh_{t−j}, ε))``, whereas Sophia clips the ratio of the averaged
-gradient, ``clip(Σ_j (1−β₁)β₁^j g_{t−j} / max(γh_t, ε))``. The two agree only while no coordinate is
-clipped and ``h`` does not change within the averaging window (between curvature updates); otherwise
-averaging after clipping shrinks the steps of coordinates whose gradient changes sign from step to
-step. (For ``"adahessian"`` and ``"newton"`` the maps ``m ↦ d`` are linear for a fixed ``h``, so outer
-momentum differs only in using the curvature of each step rather than the current one, and in Adam's
-bias correction of ``m``.)
-
-Options:
-    rule: ``"sophia"`` (default), ``"adahessian"`` or ``"newton"`` (above).
-    probes: ``q ≥ 1`` probes per curvature update (default 1).
-    beta: EMA factor ``β ∈ [0, 1)`` of the curvature (default: 0.99 for sophia and newton — Sophia's
-        ``β₂`` —, 0.999 for adahessian — AdaHessian's ``β₂``). ``β = 0`` uses the latest ``D̂`` only.
-    interval: update the curvature on every ``k``-th call (default 1; Sophia uses 10). Between updates
-        the stored estimate is reused and no Hessian-vector product is done.
-    eps: ``ε > 0`` (default: 1e-12 for sophia, Sophia's; 1e-4 for adahessian, AdaHessian's; 1e-8 for
-        newton). A floor on ``γh`` (sophia) or ``|h|`` (newton), added to ``√v`` (adahessian).
-    gamma: Sophia's ``γ > 0`` (default 1.0); only used by ``"sophia"``. The paper's ``γ = 0.01``
-        multiplies a curvature estimate its code scales by the batch size (``ρ·B·h`` there, with
-        ``h`` the curvature of the mean loss, as here), so the comparable value here is ``γ·B``; at
-        ``γ = 0.01`` nearly every entry is clipped and the rule becomes sign descent (measured on a
-        small MLP: 100% clipped every step), which is why the default is 1.
-    momentum: ``β₁ ∈ [0, 1)``, the gradient's moving average kept here (default 0: none).
-    bias_correction: divide the curvature EMA by ``1 − β^u`` (default: as in the rule's paper — off for
-        sophia, on for adahessian and newton).
-    spatial_average: AdaHessian's averaging over convolution kernels (``"adahessian"`` only; default off).
-    distribution: probe entries, ``"rademacher"`` (default) or ``"gaussian"`` (Sophia-H's).
-    noise_source: ``"generator"`` (default: an exact RNG stream per key), ``"table"`` or ``"auto"``
-        (see ``core/rng.py``). Probe ``i`` of call ``t`` is keyed ``(seed, t, i, tensor)``.
-    seed: names the probe stream.
-
-Cost per call, for a batch of ``B`` samples: ``forwards`` B and ``backwards`` B (the loss and the
-gradient); on curvature-update calls ``hvps`` ``q·B`` in addition (and the gradient's graph is kept for
-the double backward). State (``state_dict``): the step counter, the curvature EMA (a flat tensor: of
-``D̂`` for sophia and newton, of ``D̂²`` for adahessian), the number of curvature updates ``u`` (for the
-bias correction) and the momentum buffer, so a resumed run continues bitwise.
-"""
+"""Diagonal-Hessian preconditioning: the :class:`DiagHessian` estimator (Hutchinson's diagonal; Sophia, AdaHessian)."""
 
 from __future__ import annotations
 
@@ -117,6 +28,114 @@ def _check_fraction(option: str, value: float) -> None:
 
 
 class DiagHessian(Estimator):
+    """Diagonal-Hessian preconditioning by Hutchinson's estimator (AdaHessian, Sophia, diagonal Newton).
+
+    With ``f`` the mean loss, ``g = ∇f(θ)`` and ``H = ∇²f(θ)``, Hutchinson's estimator of the diagonal
+    (Hutchinson 1990, "A stochastic estimator of the trace of the influence matrix"; Bekas, Kokiopoulou &
+    Saad 2007, "An estimator for the diagonal of a matrix") is, for ``q`` random probes ``z_i``::
+
+        D̂ = (1/q) Σ_i z_i ⊙ (H z_i)
+
+    Each ``H z_i`` is one Hessian-vector product (Pearlmutter's double backward,
+    :class:`~unigrad.second.curvature.FlatLoss`).
+    ``E[z zᵀ] = I`` makes it unbiased: ``E[D̂_j] = Σ_k H_jk E[z_j z_k] = H_jj``. With Rademacher ``z``
+    (±1 entries) its variance is ``Var D̂_j = (1/q) Σ_{k≠j} H_jk²``, so it is *exact* when ``H`` is diagonal;
+    Gaussian ``z`` (Sophia-H's choice) adds ``2H_jj²/q``. ``D̂`` is
+    :func:`unigrad.second.curvature.hutchinson_diagonal`, with the probes of
+    :func:`~unigrad.second.curvature.keyed_probes`.
+
+    The estimate is smoothed by an exponential moving average, updated on every ``interval``-th call
+    (calls ``0, k, 2k, …``; Sophia's ``k``), and the direction written into ``.grad`` (so that
+    ``torch.optim.SGD(lr=η)`` steps ``θ ← θ − η·d``) is, with ``u`` the number of curvature updates so far,
+    ``c = 1 − β^u`` the bias correction (``c = 1`` when ``bias_correction`` is off) and ``m`` the gradient
+    (``momentum = 0``) or its moving average (below):
+
+    * ``rule="sophia"`` (Liu, Li, Hall, Liang & Ma 2023, "Sophia: a scalable stochastic second-order
+      optimizer for language model pre-training", Algorithm 3, Sophia-H)::
+
+          h ← β h + (1 − β) D̂,        d = clip(m / max(γ·h/c, ε), −1, 1)
+
+      Entries with small or negative curvature fall back to ``±1`` (sign descent), so ``|d_j| ≤ 1`` and a
+      step is at most ``η`` per coordinate. Sophia starts from ``h = 0`` without bias correction (the
+      default here), so its first steps are mostly clipped.
+    * ``rule="adahessian"`` (Yao, Gholami, Shen, Mustafa, Keutzer & Mahoney 2021, "ADAHESSIAN: an adaptive
+      second order optimizer for machine learning", AAAI, Algorithm 1 with Hessian power 1)::
+
+          v ← β v + (1 − β) D̂²,       d = m̂ / (√(v/c) + ε)
+
+      With ``spatial_average=True``, ``D̂`` of every parameter with 3 or more dimensions (a convolution
+      kernel ``(out, in, *kernel)``) is first replaced by the mean of ``|D̂|`` over its kernel dimensions,
+      AdaHessian's spatial averaging; the default (off) keeps the per-entry estimate.
+    * ``rule="newton"`` (diagonal Newton; Becker & LeCun 1988, "Improving the convergence of
+      back-propagation learning with second order methods", with the diagonal estimated stochastically)::
+
+          h ← β h + (1 − β) D̂,        d = m / max(|h/c|, ε)
+
+      ``SGD(lr=1)`` then takes the diagonal Newton step: exact in one step on a quadratic with a diagonal
+      Hessian, whatever its condition number.
+
+    Momentum. With ``momentum = β₁ > 0`` the estimator keeps ``m ← β₁ m + (1 − β₁) g`` (first call:
+    ``m = (1 − β₁) g``) and uses it in place of ``g``: for ``"adahessian"`` bias-corrected as in Adam and
+    AdaHessian, ``m̂ = m / (1 − β₁^t)`` (``t`` the number of calls); for ``"sophia"`` and ``"newton"`` not,
+    as in Sophia. Then ``SGD(lr=η)`` without momentum reproduces the papers' updates (without their weight
+    decay, which the outer optimizer can add). With the default ``momentum = 0`` the direction uses the
+    current gradient and the outer optimizer may supply momentum instead, but that is *not* the same
+    method for ``"sophia"``: ``SGD(momentum=β₁, dampening=β₁)`` averages the clipped ratios,
+    ``Σ_j (1−β₁)β₁^j clip(g_{t−j} / max(γh_{t−j}, ε))``, whereas Sophia clips the ratio of the averaged
+    gradient, ``clip(Σ_j (1−β₁)β₁^j g_{t−j} / max(γh_t, ε))``. The two agree only while no coordinate is
+    clipped and ``h`` does not change within the averaging window (between curvature updates); otherwise
+    averaging after clipping shrinks the steps of coordinates whose gradient changes sign from step to
+    step. (For ``"adahessian"`` and ``"newton"`` the maps ``m ↦ d`` are linear for a fixed ``h``, so outer
+    momentum differs only in using the curvature of each step rather than the current one, and in Adam's
+    bias correction of ``m``.)
+
+    Cost per call, for a batch of ``B`` samples: ``forwards`` B and ``backwards`` B (the loss and the
+    gradient); on curvature-update calls ``hvps`` ``q·B`` in addition (and the gradient's graph is kept for
+    the double backward). State (``state_dict``): the step counter, the curvature EMA (a flat tensor: of
+    ``D̂`` for sophia and newton, of ``D̂²`` for adahessian), the number of curvature updates ``u`` (for the
+    bias correction) and the momentum buffer, so a resumed run continues bitwise.
+
+    Args:
+        rule: ``"sophia"``, ``"adahessian"`` or ``"newton"`` (above) (default: ``"sophia"``).
+        probes: ``q ≥ 1`` probes per curvature update (default: 1).
+        beta: EMA factor ``β ∈ [0, 1)`` of the curvature; ``None``: 0.99 for sophia and newton — Sophia's
+            ``β₂`` —, 0.999 for adahessian — AdaHessian's ``β₂``. ``β = 0`` uses the latest ``D̂`` only
+            (default: None).
+        interval: update the curvature on every ``k``-th call (Sophia uses 10). Between updates the stored
+            estimate is reused and no Hessian-vector product is done (default: 1).
+        eps: ``ε > 0``, a floor on ``γh`` (sophia) or ``|h|`` (newton), added to ``√v`` (adahessian);
+            ``None``: 1e-12 for sophia, Sophia's; 1e-4 for adahessian, AdaHessian's; 1e-8 for newton
+            (default: None).
+        gamma: Sophia's ``γ > 0``; only used by ``"sophia"``. The paper's ``γ = 0.01`` multiplies a
+            curvature estimate its code scales by the batch size (``ρ·B·h`` there, with ``h`` the
+            curvature of the mean loss, as here), so the comparable value here is ``γ·B``; at
+            ``γ = 0.01`` nearly every entry is clipped and the rule becomes sign descent (measured on a
+            small MLP in ``docs/second-order.md``), which is why the default is 1 (default: 1.0).
+        momentum: ``β₁ ∈ [0, 1)``, the gradient's moving average kept here; 0: none (default: 0.0).
+        bias_correction: divide the curvature EMA by ``1 − β^u``; ``None``: as in the rule's paper — off
+            for sophia, on for adahessian and newton (default: None).
+        spatial_average: AdaHessian's averaging over convolution kernels (``"adahessian"`` only)
+            (default: False).
+        distribution: probe entries, ``"rademacher"`` or ``"gaussian"`` (Sophia-H's)
+            (default: ``"rademacher"``).
+        noise_source: ``"generator"`` (an exact RNG stream per key), ``"table"`` or ``"auto"`` (see
+            ``core/rng.py``). Probe ``i`` of call ``t`` is keyed ``(seed, t, i, tensor)``
+            (default: ``"generator"``).
+        seed: names the probe stream (default: 0).
+
+    References:
+        M. F. Hutchinson, "A stochastic estimator of the trace of the influence matrix for Laplacian
+        smoothing splines", Communications in Statistics – Simulation and Computation 19(2) (1990).
+        C. Bekas, E. Kokiopoulou, Y. Saad, "An estimator for the diagonal of a matrix", Applied
+        Numerical Mathematics 57 (2007).
+        H. Liu, Z. Li, D. Hall, P. Liang, T. Ma, "Sophia: a scalable stochastic second-order optimizer for
+        language model pre-training", arXiv:2305.14342 (2023).
+        Z. Yao, A. Gholami, S. Shen, M. Mustafa, K. Keutzer, M. W. Mahoney, "ADAHESSIAN: an adaptive second
+        order optimizer for machine learning", AAAI (2021).
+        S. Becker, Y. LeCun, "Improving the convergence of back-propagation learning with second order
+        methods", Proceedings of the 1988 Connectionist Models Summer School (1988).
+    """
+
     name = "diag-hessian"
     order = 2
     description = "gradient preconditioned by a Hutchinson estimate of the Hessian diagonal (Sophia, AdaHessian)"

@@ -1,72 +1,4 @@
-"""Hessian-free optimization: a truncated conjugate-gradient solve of the damped Newton system.
-
-With ``f`` the mean loss, ``θ`` the flattened trainable parameters, ``g = ∇f(θ)`` and ``C`` a
-curvature matrix that is never formed, each call solves::
-
-    (C + λI) s = −g
-
-by conjugate gradients (:func:`~unigrad.second.curvature.conjugate_gradient`) using only products
-``v ↦ C v``, and writes ``−s`` into ``.grad``, so ``torch.optim.SGD(lr=1)`` (no momentum, no weight
-decay) takes the step ``θ ← θ + s``; a smaller learning rate takes a fraction of it.
-
-Reference: J. Martens, "Deep learning via Hessian-free optimization", ICML 2010 (the damping
-heuristic is its §4.1, CG initialisation §4.5, CG-iterate backtracking §4.6, the relative-progress
-stopping rule §4.4); the Hessian-vector product is Pearlmutter's R-operator (Pearlmutter 1994) and
-the Gauss-Newton product Schraudolph's (2002).
-
-Options:
-    curvature: ``"ggn"`` (default) — the generalized Gauss-Newton matrix ``G = Jᵀ H_z J`` (``J`` the
-        Jacobian of the model's outputs, ``H_z`` the Hessian of the loss in the outputs), positive
-        semi-definite for a convex loss, so ``G + λI`` is positive definite and CG is well posed;
-        needs a supervised objective (``unigrad.supervised``). ``"hessian"`` — the exact Hessian
-        ``∇²f`` by Pearlmutter products; works on any objective. Where the Hessian is indefinite, CG
-        stops at the first search direction ``p`` with ``pᵀ(H + λI)p ≤ 0`` and returns the iterate
-        reached so far (a descent direction of the damped model; if that happens on the very first
-        direction, ``−g`` scaled by ``‖g‖² / |gᵀ(H + λI)g|``). ``info["negative_curvature"]`` says
-        when it happened; the damping rule then usually raises ``λ`` until ``H + λI`` is
-        positive definite along the directions CG explores.
-    damping: the initial ``λ > 0`` (default 1.0).
-    adapt_damping: the Levenberg–Marquardt rule of Martens §4.1 (default True): with the reduction
-        ratio ``ρ = (f(θ + s) − f(θ)) / (q(s) − q(0))``, where ``q(s) − q(0) = gᵀs + ½ sᵀCs`` is
-        the change predicted by the quadratic model with the *undamped* curvature (so ``ρ = 1`` when
-        ``C`` predicts ``f`` exactly, as on a quadratic with ``C = ∇²f``), ``ρ < 1/4`` sets
-        ``λ ← 3λ/2`` and ``ρ > 3/4`` sets ``λ ← 2λ/3``. A model that predicts no decrease gives
-        ``ρ = −∞``, and so does a step to a non-finite loss (NaN or ``±∞``), which is moreover not
-        taken: ``.grad`` is zero for that call. Where the predicted decrease is below
-        ``100·ε·|f(θ)|`` (``ε`` the machine epsilon of the parameters' dtype) the measured change is
-        rounding noise, and ``λ`` is left as it is. The rule assumes the outer optimizer takes the
-        full step ``s`` (SGD with ``lr=1``); with a smaller learning rate ``ρ`` still describes the
-        full step.
-    min_damping: a floor for the adapted ``λ`` (default 0). On minibatches the rule measures ``ρ`` on
-        the batch the model was fitted to, so it keeps lowering ``λ`` while the steps grow along
-        directions that batch's curvature does not see (the Gauss-Newton matrix of ``B`` samples has
-        rank at most ``B·k``); a floor near 1 keeps minibatch training stable (``digits-mlp``, batch
-        64: ``λ`` adapted freely reached test loss > 2 within 150 steps; ``λ`` held at 1 reached 0.15).
-    max_cg: the most curvature products per CG solve (default 50).
-    cg_tol: CG stops when ``‖r‖ ≤ cg_tol·‖g‖`` (default 1e-10).
-    progress_tol: Martens' relative-progress test of the CG objective ``φ``, with
-        ``k = max(10, ⌈0.1 i⌉)``: stop when ``(φ_i − φ_{i−k}) / φ_i < k·progress_tol``
-        (default 5e-4; 0 switches it off).
-    warm_start: start CG from ``warm_decay·s_prev``, the previous call's CG solution decayed
-        (Martens §4.5; default True). The start costs one curvature product. A previous solution of
-        another size (another model) is ignored.
-    warm_decay: the decay ``ζ ∈ [0, 1]`` of the warm start (default 0.95).
-    backtrack: evaluate ``f`` at the CG iterates saved at iterations ``⌈1.3^j⌉`` and at the last one,
-        walking back from the last while ``f`` decreases, and take the best (Martens §4.6; default
-        False). The warm start still uses the last CG iterate.
-
-Cost per estimate, for ``B`` samples: ``B`` forwards and ``B`` backwards (``f`` and ``g``); per CG
-product ``B`` Hessian-vector products (``"hessian"``) or ``B`` JVPs and ``B`` backwards (``"ggn"``);
-with ``adapt_damping`` one more product (``sᵀCs`` for the predicted change) and ``B`` forwards at
-``θ + s``; with ``backtrack`` ``B`` forwards per iterate evaluated (the one at ``θ + s`` is shared
-with the damping rule).
-
-``info``: ``cg_iterations`` (products in the solve, the warm start's included), ``damping`` (the
-``λ`` used for this step), ``rho`` (``None`` when not computed), ``negative_curvature``,
-``gradient_norm``, ``step_norm``, ``backtracked_to`` (the CG iteration taken, with ``backtrack``).
-
-State (``state_dict``): the current damping ``λ`` and the previous CG solution (for the warm start).
-"""
+"""Hessian-free optimization: the :class:`HessianFree` estimator (truncated CG on the damped Newton system)."""
 
 from __future__ import annotations
 
@@ -115,6 +47,78 @@ def _save_points(max_cg: int) -> set[int]:
 
 
 class HessianFree(Estimator):
+    """Hessian-free optimization: a truncated conjugate-gradient solve of the damped Newton system.
+
+    With ``f`` the mean loss, ``θ`` the flattened trainable parameters, ``g = ∇f(θ)`` and ``C`` a
+    curvature matrix that is never formed, each call solves::
+
+        (C + λI) s = −g
+
+    by conjugate gradients (:func:`~unigrad.second.curvature.conjugate_gradient`) using only products
+    ``v ↦ C v``, and writes ``−s`` into ``.grad``, so ``torch.optim.SGD(lr=1)`` (no momentum, no weight
+    decay) takes the step ``θ ← θ + s``; a smaller learning rate takes a fraction of it.
+
+    Cost per estimate, for ``B`` samples: ``B`` forwards and ``B`` backwards (``f`` and ``g``); per CG
+    product ``B`` Hessian-vector products (``"hessian"``) or ``B`` JVPs and ``B`` backwards (``"ggn"``);
+    with ``adapt_damping`` one more product (``sᵀCs`` for the predicted change) and ``B`` forwards at
+    ``θ + s``; with ``backtrack`` ``B`` forwards per iterate evaluated (the one at ``θ + s`` is shared
+    with the damping rule).
+
+    ``info``: ``cg_iterations`` (products in the solve, the warm start's included), ``damping`` (the
+    ``λ`` used for this step), ``rho`` (``None`` when not computed), ``negative_curvature``,
+    ``gradient_norm``, ``step_norm``, ``backtracked_to`` (the CG iteration taken, with ``backtrack``).
+
+    State (``state_dict``): the current damping ``λ`` and the previous CG solution (for the warm start).
+
+    Args:
+        curvature: ``"ggn"`` — the generalized Gauss-Newton matrix ``G = Jᵀ H_z J`` (``J`` the
+            Jacobian of the model's outputs, ``H_z`` the Hessian of the loss in the outputs), positive
+            semi-definite for a convex loss, so ``G + λI`` is positive definite and CG is well posed;
+            needs a supervised objective (``unigrad.supervised``). ``"hessian"`` — the exact Hessian
+            ``∇²f`` by Pearlmutter products; works on any objective. Where the Hessian is indefinite, CG
+            stops at the first search direction ``p`` with ``pᵀ(H + λI)p ≤ 0`` and returns the iterate
+            reached so far (a descent direction of the damped model; if that happens on the very first
+            direction, ``−g`` scaled by ``‖g‖² / |gᵀ(H + λI)g|``). ``info["negative_curvature"]`` says
+            when it happened; the damping rule then usually raises ``λ`` until ``H + λI`` is
+            positive definite along the directions CG explores (default: ``"ggn"``).
+        damping: the initial ``λ > 0`` (default: 1.0).
+        adapt_damping: the Levenberg–Marquardt rule of Martens §4.1: with the reduction
+            ratio ``ρ = (f(θ + s) − f(θ)) / (q(s) − q(0))``, where ``q(s) − q(0) = gᵀs + ½ sᵀCs`` is
+            the change predicted by the quadratic model with the *undamped* curvature (so ``ρ = 1`` when
+            ``C`` predicts ``f`` exactly, as on a quadratic with ``C = ∇²f``), ``ρ < 1/4`` sets
+            ``λ ← 3λ/2`` and ``ρ > 3/4`` sets ``λ ← 2λ/3``. A model that predicts no decrease gives
+            ``ρ = −∞``, and so does a step to a non-finite loss (NaN or ``±∞``), which is moreover not
+            taken: ``.grad`` is zero for that call. Where the predicted decrease is below
+            ``100·ε·|f(θ)|`` (``ε`` the machine epsilon of the parameters' dtype) the measured change is
+            rounding noise, and ``λ`` is left as it is. The rule assumes the outer optimizer takes the
+            full step ``s`` (SGD with ``lr=1``); with a smaller learning rate ``ρ`` still describes the
+            full step (default: True).
+        min_damping: a floor for the adapted ``λ``. On minibatches the rule measures ``ρ`` on
+            the batch the model was fitted to, so it keeps lowering ``λ`` while the steps grow along
+            directions that batch's curvature does not see (the Gauss-Newton matrix of ``B`` samples has
+            rank at most ``B·k``); a floor near 1 keeps minibatch training stable (on ``digits-mlp``, see
+            ``docs/second-order.md``) (default: 0.0).
+        max_cg: the most curvature products per CG solve (default: 50).
+        cg_tol: CG stops when ``‖r‖ ≤ cg_tol·‖g‖`` (default: 1e-10).
+        progress_tol: Martens' relative-progress test of the CG objective ``φ``, with
+            ``k = max(10, ⌈0.1 i⌉)``: stop when ``(φ_i − φ_{i−k}) / φ_i < k·progress_tol``;
+            0 switches it off (default: 5e-4).
+        warm_start: start CG from ``warm_decay·s_prev``, the previous call's CG solution decayed
+            (Martens §4.5). The start costs one curvature product. A previous solution of
+            another size (another model) is ignored (default: True).
+        warm_decay: the decay ``ζ ∈ [0, 1]`` of the warm start (default: 0.95).
+        backtrack: evaluate ``f`` at the CG iterates saved at iterations ``⌈1.3^j⌉`` and at the last one,
+            walking back from the last while ``f`` decreases, and take the best (Martens §4.6). The warm
+            start still uses the last CG iterate (default: False).
+        seed: unused (the method draws no noise) (default: 0).
+
+    References:
+        J. Martens, "Deep learning via Hessian-free optimization", ICML 2010 (the damping
+        heuristic is its §4.1, CG initialisation §4.5, CG-iterate backtracking §4.6, the relative-progress
+        stopping rule §4.4); the Hessian-vector product is Pearlmutter's R-operator (Pearlmutter 1994) and
+        the Gauss-Newton product Schraudolph's (2002).
+    """
+
     name = "hessian-free"
     order = 2
     description = "Hessian-free (truncated CG on the damped Gauss-Newton or Hessian system), Martens 2010"

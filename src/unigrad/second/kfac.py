@@ -1,97 +1,4 @@
-"""K-FAC — Kronecker-factored approximate curvature (natural gradient by layer-wise Kronecker factors).
-
-For every ``nn.Linear`` and ``nn.Conv2d`` module ``l`` whose weight is trainable, the Fisher block of
-its weight matrix ``W̄ = [W, b]`` (the bias, when it is trainable, as a last column; a Conv2d weight
-flattened to ``(out, in·kh·kw)``) is approximated by a Kronecker product and the direction written to
-``.grad`` is the preconditioned gradient::
-
-    F_l ≈ A_l ⊗ G_l,     V_l = (G_l + γ_G I)⁻¹ ∇_W̄ f (A_l + γ_A I)⁻¹
-
-with factored Tikhonov damping ``γ_A = π·√λ``, ``γ_G = √λ/π``,
-``π = √((tr A_l / dim A_l) / (tr G_l / dim G_l))`` (Martens & Grosse §6.3), ``λ = damping``. Any
-``torch.optim`` optimizer then steps ``θ ← θ − η·V`` (typically SGD with momentum).
-
-The factors, for ``B`` samples, layer inputs ``ā`` (with a 1 appended when the bias is trained) and
-``g = ∂ℓ_b/∂s``, the gradient of one sample's loss with respect to the layer's output ``s`` (its
-pre-activation)::
-
-    A = (1/B) Σ_b (1/T) Σ_t ā_{b,t} ā_{b,t}ᵀ        G = (1/B) Σ_b Σ_t g_{b,t} g_{b,t}ᵀ
-
-``t`` runs over the ``T`` positions at which a sample uses the weight: one for a Linear layer on
-``(B, n)`` inputs; the spatial output locations of a Conv2d (``ā_{b,t}`` is the patch that
-``torch.nn.functional.unfold`` extracts); the extra leading dimensions of a Linear layer applied to
-``(B, …, n)`` inputs; and every call, when a module runs more than once per forward. The inputs are
-*averaged* over positions and the output gradients *summed*: the product ``A ⊗ G`` is KFC's
-``Ω ⊗ Γ`` (Grosse & Martens 2016); which factor carries the ``1/T`` does not matter, since the
-factored damping rebalances the two. Under KFC's assumptions (spatially
-homogeneous, uncorrelated derivatives) ``A ⊗ G ≈ E[vec(∇_W̄ ℓ_b) vec(∇_W̄ ℓ_b)ᵀ]``.
-
-The per-sample output gradients come from tensor hooks on the layers' outputs (registered by forward
-hooks that live only for the call), so they are gradients with respect to the pre-activation even
-when an in-place activation follows. With the mean loss ``f = (1/B) Σ_b ℓ_b`` a backward gives
-``g_b/B``, so it is scaled by ``B`` (this assumes the samples do not interact, e.g. no batch norm in
-training mode). A loss that returns a scalar counts as one sample.
-
-``fisher`` chooses where ``g`` comes from:
-
-* ``"sampled"`` (default) — the true Fisher by Monte Carlo: labels ``ŷ_b ~ p(y | z_b)`` are drawn
-  from the model's outputs ``z`` and a second backward of ``Σ_b ℓ(z_b, ŷ_b)`` runs through the same
-  forward graph. Only for :func:`unigrad.supervised` objectives whose loss is (checked numerically on
-  the batch) cross-entropy over class indices or probabilities, ``ŷ ~ softmax(z)``; binary
-  cross-entropy with logits, ``ŷ ~ Bernoulli(σ(z))``; or mean squared error, ``ŷ = z − √(k/2)·ε``
-  with ``ε ~ N(0, I)`` — the Gaussian whose negative log-likelihood is ``‖z − y‖²/k`` per sample of
-  ``k`` outputs. Losses averaged over ``k`` elements are scaled so that in every case
-  ``E[g_z g_zᵀ] = ∇²_z ℓ``, the loss's output Hessian (the Gauss–Newton factor, equal to the output
-  Fisher of the exponential-family likelihood). The labels come from the keyed stream
-  ``(seed, step, tag)`` of :func:`unigrad.core.rng.generator`. The loss check and the draws are
-  :func:`unigrad.second.curvature.likelihood_of` and :class:`~unigrad.second.curvature.Likelihood`.
-* ``"empirical"`` — ``g`` from the real labels' backward (the empirical Fisher); any objective, no
-  extra pass, and no randomness at all.
-
-Running statistics: every ``factor_interval`` steps the factors are averaged with the batch's,
-``A ← ε·A + (1 − ε)·A_batch`` with ``ε = min(1 − 1/k, decay)`` at the ``k``-th update (as in
-Martens & Grosse: the first update takes the batch's factors, ``decay = 1`` keeps the plain mean of all
-updates). Steps without a factor update run no hooks and no sampled backward.
-Every ``inverse_interval`` steps (and on the first call, and when a layer's factors are new) the
-damped factors are inverted, ``(A + γ_A I)⁻¹`` and ``(G + γ_G I)⁻¹``, by Cholesky factorisation in
-float64 (stored in the factors' dtype), with ``π`` from the factors' traces at that moment; between
-inversions the preconditioner is fixed, and a change of ``damping`` takes effect at the next
-inversion. (Inverses rather than eigendecompositions: on a CPU a Cholesky inverse costs about a
-quarter of a symmetric eigendecomposition, which matters because early in training the inverses go
-stale quickly — see ``inverse_interval``.)
-
-Parameters outside the supported layers (norms, embeddings, a bare parameter vector, a Conv2d with
-``groups > 1`` or a non-zero ``padding_mode``, a layer whose weight is frozen but whose bias is not,
-a layer whose forward never ran) receive the plain gradient of the mean loss. Models containing
-decorrelated layers (:mod:`unigrad.nn.decorrelation`) are refused, as are weights shared by two
-layers.
-
-References: J. Martens & R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
-Curvature", ICML 2015 (arXiv:1503.05671); R. Grosse & J. Martens, "A Kronecker-factored approximate
-Fisher matrix for convolution layers", ICML 2016 (arXiv:1602.01407); ``kl_clip`` as in the
-KFAC-Pytorch library (github.com/alecwangcq/KFAC-Pytorch).
-
-Options:
-    damping: ``λ > 0`` of the factored Tikhonov damping (default 0.03).
-    decay: ``decay`` in ``(0, 1]`` of the running factors (default 0.95).
-    factor_interval: update the factors every this many steps (integer ≥ 1, default 1).
-    inverse_interval: invert the damped factors every this many steps (integer ≥ 1, default 10). Early
-        in training the factors change fast and stale inverses can make the steps blow up; if a run
-        diverges in its first steps, lower it (1 is safest) or raise ``damping``.
-    fisher: ``"sampled"`` (default) or ``"empirical"`` (see above).
-    kl_clip: if set (``> 0``), scale the preconditioned layers' directions by
-        ``ν = min(1, √(kl_clip / (lr² Σ_l ⟨V_l, ∇_W̄ f⟩)))``, which bounds the step's predicted KL
-        change; the plain-gradient parameters are not scaled. Needs ``lr``. Default ``None`` (off).
-    lr: the optimizer's learning rate, used only by ``kl_clip`` (required with it, refused without).
-
-Cost per estimate, for ``B`` samples: ``forwards`` B, ``backwards`` B (the loss), plus ``backwards``
-B for the sampled-Fisher backward on steps that update the factors with ``fisher="sampled"``.
-``info``: ``damping``, ``factors_updated``, ``inverses_updated``, ``layers`` (the number of
-preconditioned layers) and, with ``kl_clip``, ``kl_scale`` (``ν``).
-
-State (``state_dict``): seed and step; per layer, keyed by module name, the factors ``A``, ``G`` and
-their number of updates, and the damped inverses — a resumed run continues bitwise.
-"""
+"""K-FAC: the :class:`KFAC` estimator (natural gradient by layer-wise Kronecker-factored curvature)."""
 
 from __future__ import annotations
 
@@ -144,6 +51,106 @@ class _Record:
 
 
 class KFAC(Estimator):
+    """K-FAC — Kronecker-factored approximate curvature (natural gradient by layer-wise Kronecker factors).
+
+    For every ``nn.Linear`` and ``nn.Conv2d`` module ``l`` whose weight is trainable, the Fisher block of
+    its weight matrix ``W̄ = [W, b]`` (the bias, when it is trainable, as a last column; a Conv2d weight
+    flattened to ``(out, in·kh·kw)``) is approximated by a Kronecker product and the direction written to
+    ``.grad`` is the preconditioned gradient::
+
+        F_l ≈ A_l ⊗ G_l,     V_l = (G_l + γ_G I)⁻¹ ∇_W̄ f (A_l + γ_A I)⁻¹
+
+    with factored Tikhonov damping ``γ_A = π·√λ``, ``γ_G = √λ/π``,
+    ``π = √((tr A_l / dim A_l) / (tr G_l / dim G_l))`` (Martens & Grosse §6.3), ``λ = damping``. Any
+    ``torch.optim`` optimizer then steps ``θ ← θ − η·V`` (typically SGD with momentum).
+
+    The factors, for ``B`` samples, layer inputs ``ā`` (with a 1 appended when the bias is trained) and
+    ``g = ∂ℓ_b/∂s``, the gradient of one sample's loss with respect to the layer's output ``s`` (its
+    pre-activation)::
+
+        A = (1/B) Σ_b (1/T) Σ_t ā_{b,t} ā_{b,t}ᵀ        G = (1/B) Σ_b Σ_t g_{b,t} g_{b,t}ᵀ
+
+    ``t`` runs over the ``T`` positions at which a sample uses the weight: one for a Linear layer on
+    ``(B, n)`` inputs; the spatial output locations of a Conv2d (``ā_{b,t}`` is the patch that
+    ``torch.nn.functional.unfold`` extracts); the extra leading dimensions of a Linear layer applied to
+    ``(B, …, n)`` inputs; and every call, when a module runs more than once per forward. The inputs are
+    *averaged* over positions and the output gradients *summed*: the product ``A ⊗ G`` is KFC's
+    ``Ω ⊗ Γ`` (Grosse & Martens 2016); which factor carries the ``1/T`` does not matter, since the
+    factored damping rebalances the two. Under KFC's assumptions (spatially
+    homogeneous, uncorrelated derivatives) ``A ⊗ G ≈ E[vec(∇_W̄ ℓ_b) vec(∇_W̄ ℓ_b)ᵀ]``.
+
+    The per-sample output gradients come from tensor hooks on the layers' outputs (registered by forward
+    hooks that live only for the call), so they are gradients with respect to the pre-activation even
+    when an in-place activation follows. With the mean loss ``f = (1/B) Σ_b ℓ_b`` a backward gives
+    ``g_b/B``, so it is scaled by ``B`` (this assumes the samples do not interact, e.g. no batch norm in
+    training mode). A loss that returns a scalar counts as one sample.
+
+    ``fisher`` chooses where ``g`` comes from:
+
+    * ``"sampled"`` (default) — the true Fisher by Monte Carlo: labels ``ŷ_b ~ p(y | z_b)`` are drawn
+      from the model's outputs ``z`` and a second backward of ``Σ_b ℓ(z_b, ŷ_b)`` runs through the same
+      forward graph. Only for :func:`unigrad.supervised` objectives whose loss is (checked numerically on
+      the batch) cross-entropy over class indices or probabilities, ``ŷ ~ softmax(z)``; binary
+      cross-entropy with logits, ``ŷ ~ Bernoulli(σ(z))``; or mean squared error, ``ŷ = z − √(k/2)·ε``
+      with ``ε ~ N(0, I)`` — the Gaussian whose negative log-likelihood is ``‖z − y‖²/k`` per sample of
+      ``k`` outputs. Losses averaged over ``k`` elements are scaled so that in every case
+      ``E[g_z g_zᵀ] = ∇²_z ℓ``, the loss's output Hessian (the Gauss–Newton factor, equal to the output
+      Fisher of the exponential-family likelihood). The labels come from the keyed stream
+      ``(seed, step, tag)`` of :func:`unigrad.core.rng.generator`. The loss check and the draws are
+      :func:`unigrad.second.curvature.likelihood_of` and :class:`~unigrad.second.curvature.Likelihood`.
+    * ``"empirical"`` — ``g`` from the real labels' backward (the empirical Fisher); any objective, no
+      extra pass, and no randomness at all.
+
+    Running statistics: every ``factor_interval`` steps the factors are averaged with the batch's,
+    ``A ← ε·A + (1 − ε)·A_batch`` with ``ε = min(1 − 1/k, decay)`` at the ``k``-th update (as in
+    Martens & Grosse: the first update takes the batch's factors, ``decay = 1`` keeps the plain mean of all
+    updates). Steps without a factor update run no hooks and no sampled backward.
+    Every ``inverse_interval`` steps (and on the first call, and when a layer's factors are new) the
+    damped factors are inverted, ``(A + γ_A I)⁻¹`` and ``(G + γ_G I)⁻¹``, by Cholesky factorisation in
+    float64 (stored in the factors' dtype), with ``π`` from the factors' traces at that moment; between
+    inversions the preconditioner is fixed, and a change of ``damping`` takes effect at the next
+    inversion. (Inverses rather than eigendecompositions: on a CPU a Cholesky inverse costs a fraction
+    of a symmetric eigendecomposition — measured in ``docs/second-order.md`` — which matters because
+    early in training the inverses go stale quickly — see ``inverse_interval``.)
+
+    Parameters outside the supported layers (norms, embeddings, a bare parameter vector, a Conv2d with
+    ``groups > 1`` or a non-zero ``padding_mode``, a layer whose weight is frozen but whose bias is not,
+    a layer whose forward never ran) receive the plain gradient of the mean loss. Models containing
+    decorrelated layers (:mod:`unigrad.nn.decorrelation`) are refused, as are weights shared by two
+    layers.
+
+    Cost per estimate, for ``B`` samples: ``forwards`` B, ``backwards`` B (the loss), plus ``backwards``
+    B for the sampled-Fisher backward on steps that update the factors with ``fisher="sampled"``.
+    ``info``: ``damping``, ``factors_updated``, ``inverses_updated``, ``layers`` (the number of
+    preconditioned layers) and, with ``kl_clip``, ``kl_scale`` (``ν``).
+
+    State (``state_dict``): seed and step; per layer, keyed by module name, the factors ``A``, ``G`` and
+    their number of updates, and the damped inverses — a resumed run continues bitwise.
+
+    Args:
+        damping: ``λ > 0`` of the factored Tikhonov damping (default: 0.03).
+        decay: ``decay`` in ``(0, 1]`` of the running factors (default: 0.95).
+        factor_interval: update the factors every this many steps (integer ≥ 1) (default: 1).
+        inverse_interval: invert the damped factors every this many steps (integer ≥ 1). Early in
+            training the factors change fast and stale inverses can make the steps blow up; if a run
+            diverges in its first steps, lower it (1 is safest) or raise ``damping`` (default: 10).
+        fisher: ``"sampled"`` or ``"empirical"`` (see above) (default: ``"sampled"``).
+        kl_clip: if set (``> 0``), scale the preconditioned layers' directions by
+            ``ν = min(1, √(kl_clip / (lr² Σ_l ⟨V_l, ∇_W̄ f⟩)))``, which bounds the step's predicted KL
+            change; the plain-gradient parameters are not scaled. Needs ``lr``. ``None``: off
+            (default: None).
+        lr: the optimizer's learning rate, used only by ``kl_clip`` (required with it, refused without)
+            (default: None).
+        seed: names the label-sampling stream of ``fisher="sampled"`` (default: 0).
+
+    References:
+        J. Martens & R. Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate
+        Curvature", ICML 2015 (arXiv:1503.05671).
+        R. Grosse & J. Martens, "A Kronecker-factored approximate Fisher matrix for convolution layers",
+        ICML 2016 (arXiv:1602.01407).
+        ``kl_clip`` as in the KFAC-Pytorch library (github.com/alecwangcq/KFAC-Pytorch).
+    """
+
     name = "kfac"
     order = 2
     description = "K-FAC: Kronecker-factored natural gradient for Linear and Conv2d layers"
@@ -299,7 +306,7 @@ class KFAC(Estimator):
 
     # -- pieces ----------------------------------------------------------------------------------
     def _sampled_output_grads(self, objective: Supervised, outputs: Tensor, losses: Tensor) -> Tensor:
-        """Per-sample ``∂ℓ(z_b, ŷ_b)/∂z_b`` for labels ``ŷ`` drawn from the model (module docstring)."""
+        """Per-sample ``∂ℓ(z_b, ŷ_b)/∂z_b`` for labels ``ŷ`` drawn from the model (class docs)."""
         z = outputs.detach()
         likelihood = likelihood_of(
             objective, z, losses, method="kfac with fisher='sampled'", instead="use fisher='empirical'"

@@ -1,89 +1,4 @@
-"""L-BFGS: a limited-memory quasi-Newton direction, with an optional strong-Wolfe line search.
-
-With ``f`` the mean loss, ``θ`` the flattened trainable parameters and ``g = ∇f(θ)``, each call
-
-1. evaluates ``f`` and ``g`` at the current ``θ`` (or reuses them, see *Reuse* below);
-2. stores the pair ``s = θ − θ_prev``, ``y = g − g_prev`` from the previous call (the step the
-   outer optimizer actually took), keeping the last ``history`` pairs, **unless**
-   ``sᵀy ≤ curvature_eps·‖s‖‖y‖``: such a pair (no step, or curvature that is not positive along
-   ``s``) would make the inverse-Hessian approximation indefinite or ill-defined and is skipped;
-3. computes the direction ``d = −H g`` by the two-loop recursion (Nocedal & Wright, Alg. 7.4)::
-
-       q ← g;  for i = newest … oldest:  a_i = ρ_i s_iᵀq,  q ← q − a_i y_i        (ρ_i = 1/(y_iᵀs_i))
-       r ← γ q,  γ = s_newestᵀy_newest / y_newestᵀy_newest                       (H₀ = γI)
-       for i = oldest … newest:  b = ρ_i y_iᵀr,  r ← r + s_i (a_i − b)
-       d = −r
-
-   With an empty history (the first call, or after a reset) it is the scaled gradient
-   ``d = −g·min(1, 1/‖g‖₁)`` (as ``torch.optim.LBFGS``). If ``gᵀd ≥ 0`` (no descent, which only
-   rounding can cause since every stored pair has ``sᵀy > 0``) the history is cleared and the
-   scaled gradient is used instead;
-4. chooses the step size ``α``:
-
-   * ``line_search="strong-wolfe"`` (default): the bracketing and zoom line search of Nocedal &
-     Wright (Alg. 3.5 and 3.6), trying ``α = 1`` first and interpolating with cubics, until
-     ``φ(α) ≤ φ(0) + c1·α·φ'(0)`` and ``|φ'(α)| ≤ c2·|φ'(0)|`` for ``φ(α) = f(θ + α d)``. The trial
-     points are evaluated by ``torch.func.functional_call`` (loss and gradient), never by touching
-     the model. If ``max_evals`` evaluations find no point that satisfies both, the best point
-     with sufficient decrease is taken; if none decreases ``f``, ``α = 0`` (no step) and the
-     history is cleared, so the next call restarts from a scaled gradient step.
-   * ``line_search="none"``: ``α = 1``; the outer optimizer's learning rate is then the step size.
-
-5. writes ``−α d`` into ``.grad``, so ``torch.optim.SGD(lr=1)`` (no momentum, no weight decay)
-   takes exactly the step ``θ ← θ + α d``.
-
-Because the pair ``(s, y)`` is formed from the parameters the next call finds, any outer optimizer
-or learning rate may be used; the quasi-Newton model then learns from the steps actually taken.
-
-References: J. Nocedal, "Updating quasi-Newton matrices with limited storage", Math. Comp. 35
-(1980); D. C. Liu & J. Nocedal, "On the limited memory BFGS method for large scale optimization",
-Math. Prog. 45 (1989); J. Nocedal & S. Wright, *Numerical Optimization*, 2nd ed. (2006), Alg. 3.5,
-3.6 (line search) and 7.4 (two-loop recursion).
-
-*Reuse.* On a deterministic objective the line search has already evaluated ``f`` and ``g`` at the
-point it accepted. If the next call receives the very same objective object and the same model,
-and the parameters are bitwise equal to that point (as after ``SGD(lr=1)``), those values are
-reused: that call then costs nothing but the line search. Any other objective object (a new
-minibatch), other parameters, or ``reuse=False`` evaluate afresh. The cache assumes that calling
-the same objective object again gives the same losses; pass a new object whenever the data change.
-
-*Minibatches.* ``y = g − g_prev`` then mixes the gradients of two different batches, which adds
-noise to the curvature pairs; the method is meant for deterministic (full-batch) objectives or
-large batches.
-
-Options:
-    history: number of stored pairs ``m`` (default 10).
-    line_search: ``"strong-wolfe"`` (default) or ``"none"``.
-    c1: sufficient-decrease constant, in ``(0, 1)`` (default 1e-4).
-    c2: curvature constant, in ``(c1, 1)`` (default 0.9).
-    max_evals: the most loss-and-gradient evaluations one line search may make (default 25).
-    curvature_eps: pairs with ``sᵀy ≤ curvature_eps·‖s‖‖y‖`` are skipped (default 1e-8, ≥ 0).
-    reuse: reuse the line search's last evaluation at the next call when it applies (default True).
-
-Cost per estimate, for ``B`` samples: ``B`` forwards and ``B`` backwards for ``f`` and ``g`` at the
-current point (none when reused), plus ``B`` forwards and ``B`` backwards per line-search trial.
-Memory: ``2m`` vectors of the parameters' size for the pairs, plus a few more (the current point
-and gradient, the direction, the line search's trials).
-
-Line-search details: the bracketing phase extrapolates with the cubic through the last two trials,
-clamped to ``[α + 1.1(α − α_prev), α + 4(α − α_prev)]`` (Moré & Thuente's bounds); the zoom takes the
-cubic's minimiser clamped to the inner 80% of the bracket (so the bracket shrinks by at least 10%
-per trial), bisects where the cubic has no minimiser or a trial's loss is not finite (a non-finite
-loss counts as a failed sufficient decrease), and treats a trial whose loss ties the best one by the
-sign of its derivative (N&W's ``φ(α) ≥ φ(α_lo)`` sends ties to the far end, which stalls once the loss
-differences fall below rounding).
-
-Info: ``alpha`` (the step size ``α``), ``evaluations`` (loss-and-gradient evaluations this call,
-the current point included unless reused), ``reused``, ``pair_stored`` (whether this call's pair
-passed the curvature test), ``history`` (pairs held), ``gradient_norm`` (``‖g‖₂`` at the current
-point) and, with the line search, ``wolfe`` (whether the accepted step satisfies both conditions).
-
-State (``state_dict``): the step counter, the stored pairs (lists of flat tensors ``s`` and ``y``,
-oldest first), and ``θ_prev``, ``g_prev`` of the last call. The reuse cache holds a (weak where possible)
-reference to the objective and is not part of the state: after ``load_state_dict`` the first call evaluates
-``f`` and ``g`` afresh — the same values, so the directions continue bitwise as without the
-interruption; only that call's cost differs.
-"""
+"""L-BFGS: the :class:`LBFGS` estimator (a limited-memory quasi-Newton direction, optional strong-Wolfe line search)."""
 
 from __future__ import annotations
 
@@ -118,6 +33,96 @@ def _ref(obj: Any) -> Callable[[], Any]:
 
 
 class LBFGS(Estimator):
+    """L-BFGS: a limited-memory quasi-Newton direction, with an optional strong-Wolfe line search.
+
+    With ``f`` the mean loss, ``θ`` the flattened trainable parameters and ``g = ∇f(θ)``, each call
+
+    1. evaluates ``f`` and ``g`` at the current ``θ`` (or reuses them, see *Reuse* below);
+    2. stores the pair ``s = θ − θ_prev``, ``y = g − g_prev`` from the previous call (the step the
+       outer optimizer actually took), keeping the last ``history`` pairs, **unless**
+       ``sᵀy ≤ curvature_eps·‖s‖‖y‖``: such a pair (no step, or curvature that is not positive along
+       ``s``) would make the inverse-Hessian approximation indefinite or ill-defined and is skipped;
+    3. computes the direction ``d = −H g`` by the two-loop recursion (Nocedal & Wright, Alg. 7.4)::
+
+           q ← g;  for i = newest … oldest:  a_i = ρ_i s_iᵀq,  q ← q − a_i y_i        (ρ_i = 1/(y_iᵀs_i))
+           r ← γ q,  γ = s_newestᵀy_newest / y_newestᵀy_newest                       (H₀ = γI)
+           for i = oldest … newest:  b = ρ_i y_iᵀr,  r ← r + s_i (a_i − b)
+           d = −r
+
+       With an empty history (the first call, or after a reset) it is the scaled gradient
+       ``d = −g·min(1, 1/‖g‖₁)`` (as ``torch.optim.LBFGS``). If ``gᵀd ≥ 0`` (no descent, which only
+       rounding can cause since every stored pair has ``sᵀy > 0``) the history is cleared and the
+       scaled gradient is used instead;
+    4. chooses the step size ``α``:
+
+       * ``line_search="strong-wolfe"`` (default): the bracketing and zoom line search of Nocedal &
+         Wright (Alg. 3.5 and 3.6), trying ``α = 1`` first and interpolating with cubics, until
+         ``φ(α) ≤ φ(0) + c1·α·φ'(0)`` and ``|φ'(α)| ≤ c2·|φ'(0)|`` for ``φ(α) = f(θ + α d)``. The trial
+         points are evaluated by ``torch.func.functional_call`` (loss and gradient), never by touching
+         the model. If ``max_evals`` evaluations find no point that satisfies both, the best point
+         with sufficient decrease is taken; if none decreases ``f``, ``α = 0`` (no step) and the
+         history is cleared, so the next call restarts from a scaled gradient step.
+       * ``line_search="none"``: ``α = 1``; the outer optimizer's learning rate is then the step size.
+
+    5. writes ``−α d`` into ``.grad``, so ``torch.optim.SGD(lr=1)`` (no momentum, no weight decay)
+       takes exactly the step ``θ ← θ + α d``.
+
+    Because the pair ``(s, y)`` is formed from the parameters the next call finds, any outer optimizer
+    or learning rate may be used; the quasi-Newton model then learns from the steps actually taken.
+
+    *Reuse.* On a deterministic objective the line search has already evaluated ``f`` and ``g`` at the
+    point it accepted. If the next call receives the very same objective object and the same model,
+    and the parameters are bitwise equal to that point (as after ``SGD(lr=1)``), those values are
+    reused: that call then costs nothing but the line search. Any other objective object (a new
+    minibatch), other parameters, or ``reuse=False`` evaluate afresh. The cache assumes that calling
+    the same objective object again gives the same losses; pass a new object whenever the data change.
+
+    *Minibatches.* ``y = g − g_prev`` then mixes the gradients of two different batches, which adds
+    noise to the curvature pairs; the method is meant for deterministic (full-batch) objectives or
+    large batches.
+
+    Cost per estimate, for ``B`` samples: ``B`` forwards and ``B`` backwards for ``f`` and ``g`` at the
+    current point (none when reused), plus ``B`` forwards and ``B`` backwards per line-search trial.
+    Memory: ``2m`` vectors of the parameters' size for the pairs, plus a few more (the current point
+    and gradient, the direction, the line search's trials).
+
+    Line-search details: the bracketing phase extrapolates with the cubic through the last two trials,
+    clamped to ``[α + 1.1(α − α_prev), α + 4(α − α_prev)]`` (Moré & Thuente's bounds); the zoom takes the
+    cubic's minimiser clamped to the inner 80% of the bracket (so the bracket shrinks by at least 10%
+    per trial), bisects where the cubic has no minimiser or a trial's loss is not finite (a non-finite
+    loss counts as a failed sufficient decrease), and treats a trial whose loss ties the best one by the
+    sign of its derivative (N&W's ``φ(α) ≥ φ(α_lo)`` sends ties to the far end, which stalls once the loss
+    differences fall below rounding).
+
+    Info: ``alpha`` (the step size ``α``), ``evaluations`` (loss-and-gradient evaluations this call,
+    the current point included unless reused), ``reused``, ``pair_stored`` (whether this call's pair
+    passed the curvature test), ``history`` (pairs held), ``gradient_norm`` (``‖g‖₂`` at the current
+    point) and, with the line search, ``wolfe`` (whether the accepted step satisfies both conditions).
+
+    State (``state_dict``): the step counter, the stored pairs (lists of flat tensors ``s`` and ``y``,
+    oldest first), and ``θ_prev``, ``g_prev`` of the last call. The reuse cache holds a (weak where possible)
+    reference to the objective and is not part of the state: after ``load_state_dict`` the first call evaluates
+    ``f`` and ``g`` afresh — the same values, so the directions continue bitwise as without the
+    interruption; only that call's cost differs.
+
+    Args:
+        history: number of stored pairs ``m`` (default: 10).
+        line_search: ``"strong-wolfe"`` or ``"none"`` (default: ``"strong-wolfe"``).
+        c1: sufficient-decrease constant, in ``(0, 1)`` (default: 1e-4).
+        c2: curvature constant, in ``(c1, 1)`` (default: 0.9).
+        max_evals: the most loss-and-gradient evaluations one line search may make (default: 25).
+        curvature_eps: pairs with ``sᵀy ≤ curvature_eps·‖s‖‖y‖`` are skipped; ≥ 0 (default: 1e-8).
+        reuse: reuse the line search's last evaluation at the next call when it applies (default: True).
+        seed: unused (the method draws no noise) (default: 0).
+
+    References:
+        J. Nocedal, "Updating quasi-Newton matrices with limited storage", Math. Comp. 35 (1980).
+        D. C. Liu & J. Nocedal, "On the limited memory BFGS method for large scale optimization",
+        Math. Prog. 45 (1989).
+        J. Nocedal & S. Wright, *Numerical Optimization*, 2nd ed. (2006), Alg. 3.5, 3.6 (line search)
+        and 7.4 (two-loop recursion).
+    """
+
     name = "lbfgs"
     order = 2
     description = "limited-memory BFGS direction (two-loop recursion) with a strong-Wolfe line search"

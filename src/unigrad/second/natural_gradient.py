@@ -1,65 +1,4 @@
-"""Natural gradient: the gradient preconditioned by the (damped) Fisher information, solved by CG.
-
-With ``f`` the mean loss, ``θ`` the flattened trainable parameters, ``g = ∇f(θ)`` and ``F`` a Fisher
-matrix that is never formed, each call solves::
-
-    (F + λI) d = g
-
-by conjugate gradients (:func:`~unigrad.second.curvature.conjugate_gradient`) from products
-``v ↦ F v``, and writes ``d`` itself into ``.grad``. Unlike ``hessian-free`` (which writes the
-negated Newton step ``−s``), this is a *preconditioned gradient*: the outer optimizer's learning
-rate ``η`` is the step size, ``θ ← θ − η d`` (``η = 1`` is the full natural-gradient step of the
-local quadratic model, usually too long early in training).
-
-References: S. Amari, "Natural gradient works efficiently in learning", Neural Computation 10
-(1998); J. Martens, "New insights and perspectives on the natural gradient method", JMLR 21 (2020).
-
-Options:
-    fisher: which Fisher matrix ``F``:
-
-        * ``"true"`` (default) — the Fisher of the model's predictive distribution,
-          ``F = (1/B) Σ_b E_{y∼p(y|z_b)}[∇ log p(y|z_b) ∇ log p(y|z_b)ᵀ]``, computed *exactly* (no
-          sampling) as the generalized Gauss-Newton matrix ``G = Jᵀ H_z J`` by
-          :meth:`~unigrad.second.curvature.FlatLoss.ggn_vp`. The identity ``F = G`` holds when the
-          per-sample loss is the negative log-likelihood ``−log p(y|z)`` of an exponential family
-          whose natural parameter is the model's output ``z``: then ``H_z = ∇²_z(−log p) =
-          Cov_{p(y|z)}[T(y)]``, the Fisher in ``z`` (Martens 2020, §9.2). That covers softmax
-          cross-entropy on logits (``F.cross_entropy``: ``H_z = diag(p) − ppᵀ``), sigmoid binary
-          cross-entropy on logits, and squared error (a Gaussian of fixed variance; ``F.mse_loss``
-          averages over the ``k`` outputs, which only rescales ``F`` by a constant). The estimator
-          cannot check the loss: with any other loss this is still the Gauss-Newton matrix, but not
-          a Fisher. Needs a supervised objective (``unigrad.supervised``).
-        * ``"empirical"`` — ``F = (1/B) Σ_b ∇ℓ_b ∇ℓ_bᵀ`` from the per-sample gradients of the
-          objective's own losses (the observed labels, not samples from the model; Martens 2020,
-          §11 explains how it differs from the true Fisher). The ``(B, d)`` matrix ``J_ℓ`` is formed
-          once; each product ``J_ℓᵀ(J_ℓ v)/B`` is two matrix–vector products, no further passes.
-          Works on any objective that returns per-sample losses.
-        * ``"sampled"`` — the Monte Carlo true Fisher ``(1/(BM)) Σ_b Σ_m ∇ℓ(z_b, ŷ_bm) ∇ℓ(z_b, ŷ_bm)ᵀ``
-          with targets ``ŷ_bm ∼ p(y|z_b)`` drawn (in float64) from the keyed stream ``(seed, step)``.
-          ``p(y|z)`` is the predictive distribution of the objective's loss, recognised numerically
-          on the batch (:func:`~unigrad.second.curvature.likelihood_of`): categorical ``softmax(z)``
-          for cross-entropy on ``(B, k)`` logits (class indices or probabilities as targets), Bernoulli
-          ``σ(z)`` for binary cross-entropy with logits, Gaussian for mean squared error
-          (:class:`~unigrad.second.curvature.Likelihood`, whose output gradients are scaled so that
-          the expectation is the true Fisher ``= G`` above). Any other loss is refused. Needs a
-          supervised objective.
-
-    damping: ``λ > 0`` added to ``F`` (default 1e-2); it bounds the step where ``F`` is (nearly)
-        singular — always the case for the empirical Fisher when ``d > B``.
-    max_cg: the most Fisher products per CG solve (default 50).
-    cg_tol: CG stops when ``‖r‖ ≤ cg_tol·‖g‖`` (default 1e-10).
-    mc_samples: labels ``M`` drawn per input with ``fisher="sampled"`` (default 1).
-
-Cost per estimate, for ``B`` samples: ``B`` forwards and ``B`` backwards (``f`` and ``g``), plus
-``"true"``: ``B`` JVPs and ``B`` backwards per CG product; ``"empirical"``: ``B`` backwards once (the
-per-sample gradients); ``"sampled"``: ``B`` forwards (the outputs again, for the
-sampled losses) and ``B·M`` backwards once.
-
-``info``: ``cg_iterations``, ``gradient_norm``, ``direction_norm``, ``residual`` (``‖g − (F + λI)d‖``
-from the CG recurrence).
-
-State (``state_dict``): the step counter only (it keys the label samples of ``"sampled"``).
-"""
+"""Natural gradient: the :class:`NaturalGradient` estimator (the gradient preconditioned by the damped Fisher)."""
 
 from __future__ import annotations
 
@@ -89,6 +28,71 @@ def _check_number(option: str, value: object) -> float:
 
 
 class NaturalGradient(Estimator):
+    """Natural gradient: the gradient preconditioned by the (damped) Fisher information, solved by CG.
+
+    With ``f`` the mean loss, ``θ`` the flattened trainable parameters, ``g = ∇f(θ)`` and ``F`` a Fisher
+    matrix that is never formed, each call solves::
+
+        (F + λI) d = g
+
+    by conjugate gradients (:func:`~unigrad.second.curvature.conjugate_gradient`) from products
+    ``v ↦ F v``, and writes ``d`` itself into ``.grad``. Unlike ``hessian-free`` (which writes the
+    negated Newton step ``−s``), this is a *preconditioned gradient*: the outer optimizer's learning
+    rate ``η`` is the step size, ``θ ← θ − η d`` (``η = 1`` is the full natural-gradient step of the
+    local quadratic model, usually too long early in training).
+
+    Cost per estimate, for ``B`` samples: ``B`` forwards and ``B`` backwards (``f`` and ``g``), plus
+    ``"true"``: ``B`` JVPs and ``B`` backwards per CG product; ``"empirical"``: ``B`` backwards once (the
+    per-sample gradients); ``"sampled"``: ``B`` forwards (the outputs again, for the
+    sampled losses) and ``B·M`` backwards once.
+
+    ``info``: ``cg_iterations``, ``gradient_norm``, ``direction_norm``, ``residual`` (``‖g − (F + λI)d‖``
+    from the CG recurrence).
+
+    State (``state_dict``): the step counter only (it keys the label samples of ``"sampled"``).
+
+    Args:
+        fisher: which Fisher matrix ``F`` (default: ``"true"``):
+
+            * ``"true"`` (default) — the Fisher of the model's predictive distribution,
+              ``F = (1/B) Σ_b E_{y∼p(y|z_b)}[∇ log p(y|z_b) ∇ log p(y|z_b)ᵀ]``, computed *exactly* (no
+              sampling) as the generalized Gauss-Newton matrix ``G = Jᵀ H_z J`` by
+              :meth:`~unigrad.second.curvature.FlatLoss.ggn_vp`. The identity ``F = G`` holds when the
+              per-sample loss is the negative log-likelihood ``−log p(y|z)`` of an exponential family
+              whose natural parameter is the model's output ``z``: then ``H_z = ∇²_z(−log p) =
+              Cov_{p(y|z)}[T(y)]``, the Fisher in ``z`` (Martens 2020, §9.2). That covers softmax
+              cross-entropy on logits (``F.cross_entropy``: ``H_z = diag(p) − ppᵀ``), sigmoid binary
+              cross-entropy on logits, and squared error (a Gaussian of fixed variance; ``F.mse_loss``
+              averages over the ``k`` outputs, which only rescales ``F`` by a constant). The estimator
+              cannot check the loss: with any other loss this is still the Gauss-Newton matrix, but not
+              a Fisher. Needs a supervised objective (``unigrad.supervised``).
+            * ``"empirical"`` — ``F = (1/B) Σ_b ∇ℓ_b ∇ℓ_bᵀ`` from the per-sample gradients of the
+              objective's own losses (the observed labels, not samples from the model; Martens 2020,
+              §11 explains how it differs from the true Fisher). The ``(B, d)`` matrix ``J_ℓ`` is formed
+              once; each product ``J_ℓᵀ(J_ℓ v)/B`` is two matrix–vector products, no further passes.
+              Works on any objective that returns per-sample losses.
+            * ``"sampled"`` — the Monte Carlo true Fisher ``(1/(BM)) Σ_b Σ_m ∇ℓ(z_b, ŷ_bm) ∇ℓ(z_b, ŷ_bm)ᵀ``
+              with targets ``ŷ_bm ∼ p(y|z_b)`` drawn (in float64) from the keyed stream ``(seed, step)``.
+              ``p(y|z)`` is the predictive distribution of the objective's loss, recognised numerically
+              on the batch (:func:`~unigrad.second.curvature.likelihood_of`): categorical ``softmax(z)``
+              for cross-entropy on ``(B, k)`` logits (class indices or probabilities as targets), Bernoulli
+              ``σ(z)`` for binary cross-entropy with logits, Gaussian for mean squared error
+              (:class:`~unigrad.second.curvature.Likelihood`, whose output gradients are scaled so that
+              the expectation is the true Fisher ``= G`` above). Any other loss is refused. Needs a
+              supervised objective.
+
+        damping: ``λ > 0`` added to ``F``; it bounds the step where ``F`` is (nearly) singular — always
+            the case for the empirical Fisher when ``d > B`` (default: 1e-2).
+        max_cg: the most Fisher products per CG solve (default: 50).
+        cg_tol: CG stops when ``‖r‖ ≤ cg_tol·‖g‖`` (default: 1e-10).
+        mc_samples: labels ``M`` drawn per input with ``fisher="sampled"`` (default: 1).
+        seed: names the label-sampling stream of ``fisher="sampled"`` (default: 0).
+
+    References:
+        S. Amari, "Natural gradient works efficiently in learning", Neural Computation 10 (1998).
+        J. Martens, "New insights and perspectives on the natural gradient method", JMLR 21 (2020).
+    """
+
     name = "natural-gradient"
     order = 2
     description = "natural gradient (F + λI)⁻¹g by CG on Fisher products: true (=GGN), empirical or sampled"

@@ -1,49 +1,4 @@
-"""Newton's method with the exact Hessian: Levenberg–Marquardt damping or a trust region.
-
-With ``f`` the mean loss, ``g = ∇f(θ)`` and ``H = ∇²f(θ)`` (formed exactly over the flattened trainable
-parameters from ``d`` Hessian–vector products by batched double backward,
-``unigrad.second.curvature.FlatLoss.hessian``, so only for small models), the step is ``s`` and the
-estimate written to ``.grad`` is ``−s``, so that ``torch.optim.SGD(lr=1)`` (no momentum) moves
-``θ ← θ + s``:
-
-* ``trust_region=False`` (damped Newton / Levenberg–Marquardt)::
-
-      s = −(H + λI)⁻¹ g
-
-  with ``λ = damping``, raised (×10 from ``max(damping, 1e-12·‖H‖)``) until ``H + λI`` is positive
-  definite, so ``s`` is always a descent direction.
-
-* ``trust_region=True`` (default; Moré & Sorensen 1983, as ``scipy.optimize.minimize(method="trust-exact")``)::
-
-      s = argmin_{‖s‖ ≤ Δ}  gᵀs + ½ sᵀHs
-
-  solved exactly through the eigendecomposition ``H = QΛQᵀ``: ``s(λ) = −Q (Λ + λI)⁻¹ Qᵀg`` with
-  ``λ = 0`` if ``H`` is positive definite and the Newton step fits, else the ``λ > max(0, −λ_min)``
-  with ``‖s(λ)‖ = Δ`` (bisection in log-space). The step is tried with one extra evaluation:
-  ``ρ = (f(θ) − f(θ + s)) / (−gᵀs − ½ sᵀHs)``; ``ρ > eta`` accepts it (else ``.grad`` is zero and
-  ``θ`` stays), ``ρ < 1/4`` shrinks ``Δ ← Δ/4``, ``ρ > 3/4`` with ``‖s‖ = Δ`` grows
-  ``Δ ← min(2Δ, max_radius)`` — the radius rule of scipy's trust-region methods. Both the actual and
-  the predicted change are shifted by ``10ε·max(1, |f|)`` before dividing, so that at convergence,
-  where both are rounding noise, the step counts as agreeing with the model rather than as a failure. In the hard case
-  (``g`` orthogonal to the eigenvectors of ``λ_min``) the step is ``s(−λ_min)`` plus the eigenvector
-  of ``λ_min`` out to the boundary (Moré & Sorensen §3).
-
-References: J. Nocedal & S. Wright, *Numerical Optimization*, 2nd ed., ch. 3–4 (2006); J. Moré &
-D. Sorensen, "Computing a trust region step", SIAM J. Sci. Stat. Comput. 4 (1983); K. Levenberg
-1944, D. Marquardt 1963.
-
-Options:
-    trust_region: use the trust region (default ``True``) or damping only.
-    damping: ``λ ≥ 0`` added to the Hessian's diagonal without a trust region (default 0).
-    radius: initial trust radius ``Δ₀ > 0`` (default 1.0); max_radius: its cap (default 1000).
-    eta: acceptance threshold on ``ρ``, in ``[0, 1/4)`` (default 0.15, scipy's).
-    max_params: refuse models with more trainable values than this (default 2,000: the Hessian
-        holds ``d²`` numbers and costs ``d`` Hessian–vector products).
-
-Cost per estimate, for ``B`` samples and ``d`` parameters: ``forwards`` B (the loss) plus B for the
-trial point with a trust region, ``backwards`` B (the gradient), ``hvps`` ``d·B`` (the Hessian's
-``d`` columns). State (``state_dict``): the trust radius and the number of accepted steps.
-"""
+"""Newton's method with the exact Hessian: the :class:`Newton` estimator (damped, or in a trust region)."""
 
 from __future__ import annotations
 
@@ -61,6 +16,56 @@ from unigrad.second.curvature import FlatLoss
 
 
 class Newton(Estimator):
+    """Newton's method with the exact Hessian: Levenberg–Marquardt damping or a trust region.
+
+    With ``f`` the mean loss, ``g = ∇f(θ)`` and ``H = ∇²f(θ)`` (formed exactly over the flattened trainable
+    parameters from ``d`` Hessian–vector products by batched double backward,
+    ``unigrad.second.curvature.FlatLoss.hessian``, so only for small models), the step is ``s`` and the
+    estimate written to ``.grad`` is ``−s``, so that ``torch.optim.SGD(lr=1)`` (no momentum) moves
+    ``θ ← θ + s``:
+
+    * ``trust_region=False`` (damped Newton / Levenberg–Marquardt)::
+
+          s = −(H + λI)⁻¹ g
+
+      with ``λ = damping``, raised (×10 from ``max(damping, 1e-12·‖H‖)``) until ``H + λI`` is positive
+      definite, so ``s`` is always a descent direction.
+
+    * ``trust_region=True`` (default; Moré & Sorensen 1983, as ``scipy.optimize.minimize(method="trust-exact")``)::
+
+          s = argmin_{‖s‖ ≤ Δ}  gᵀs + ½ sᵀHs
+
+      solved exactly through the eigendecomposition ``H = QΛQᵀ``: ``s(λ) = −Q (Λ + λI)⁻¹ Qᵀg`` with
+      ``λ = 0`` if ``H`` is positive definite and the Newton step fits, else the ``λ > max(0, −λ_min)``
+      with ``‖s(λ)‖ = Δ`` (bisection in log-space). The step is tried with one extra evaluation:
+      ``ρ = (f(θ) − f(θ + s)) / (−gᵀs − ½ sᵀHs)``; ``ρ > eta`` accepts it (else ``.grad`` is zero and
+      ``θ`` stays), ``ρ < 1/4`` shrinks ``Δ ← Δ/4``, ``ρ > 3/4`` with ``‖s‖ = Δ`` grows
+      ``Δ ← min(2Δ, max_radius)`` — the radius rule of scipy's trust-region methods. Both the actual and
+      the predicted change are shifted by ``10ε·max(1, |f|)`` before dividing, so that at convergence,
+      where both are rounding noise, the step counts as agreeing with the model rather than as a failure.
+      In the hard case (``g`` orthogonal to the eigenvectors of ``λ_min``) the step is ``s(−λ_min)`` plus
+      the eigenvector of ``λ_min`` out to the boundary (Moré & Sorensen §3).
+
+    Cost per estimate, for ``B`` samples and ``d`` parameters: ``forwards`` B (the loss) plus B for the
+    trial point with a trust region, ``backwards`` B (the gradient), ``hvps`` ``d·B`` (the Hessian's
+    ``d`` columns). State (``state_dict``): the trust radius and the number of accepted steps.
+
+    Args:
+        trust_region: use the trust region (True) or damping only (False) (default: True).
+        damping: ``λ ≥ 0`` added to the Hessian's diagonal without a trust region (default: 0.0).
+        radius: initial trust radius ``Δ₀ > 0`` (default: 1.0).
+        max_radius: the cap of the trust radius (default: 1000.0).
+        eta: acceptance threshold on ``ρ``, in ``[0, 1/4)``; 0.15 is scipy's (default: 0.15).
+        max_params: refuse models with more trainable values than this (the Hessian holds ``d²``
+            numbers and costs ``d`` Hessian–vector products) (default: 2000).
+        seed: unused (the method draws no noise) (default: 0).
+
+    References:
+        J. Nocedal & S. Wright, *Numerical Optimization*, 2nd ed., ch. 3–4 (2006).
+        J. Moré & D. Sorensen, "Computing a trust region step", SIAM J. Sci. Stat. Comput. 4 (1983).
+        K. Levenberg (1944); D. Marquardt (1963).
+    """
+
     name = "newton"
     order = 2
     description = "exact-Hessian Newton step, damped (Levenberg–Marquardt) or in a trust region"

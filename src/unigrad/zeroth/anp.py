@@ -1,65 +1,4 @@
-"""ANP — activity-based node perturbation: learn from measured activity changes, never the noise itself.
-
-Each pass records every ``nn.Linear`` / ``nn.Conv2d`` layer's output ``h_l`` as it leaves the layer.
-A *baseline* pass gives ``h_l``, each layer's input ``x_{l−1}`` and the per-sample losses ``L_b``; each
-of ``q`` noisy passes gives ``h̃_l`` and ``L̃_b``. With the measured differences ``δh_{l,b} = h̃_{l,b} −
-h_{l,b}`` and ``δL_b = L̃_b − L_b``, for each Linear layer::
-
-    g_{W_l} = (1/q) Σ_i (1/B) Σ_b c·δL_{i,b}·(δh_{i,l,b}/‖δh_{i,b}‖²)·x_{l−1,b}ᵀ
-    g_{b_l} = (1/q) Σ_i (1/B) Σ_b c·δL_{i,b}·(δh_{i,l,b}/‖δh_{i,b}‖²)
-
-where ``‖δh_{i,b}‖² = Σ_l ‖δh_{i,l,b}‖²`` sums over *all* layers' nodes of sample b (a global
-normalisation), ``N`` is the number of perturbed nodes per sample (the sum of the layers' output
-sizes) and ``c`` is set by ``scale``. For Conv2d the same signal is passed as ``grad_output`` to
-``torch.nn.grad.conv2d_weight`` as in NP. The optimizer descends along ``g``. A sample whose
-activities did not change (``‖δh_b‖ = 0``) contributes nothing.
-
-Why it works: with ``u = δh/‖δh‖``, ``δL ≈ ∇_h L·δh`` gives ``δL·δh/‖δh‖² ≈ (∇_h L·u)·u``, a
-directional derivative along the *measured* direction whatever its size or origin; for isotropic
-``u``, ``E[uuᵀ] = I/N``. In a single-layer model with internal noise and a clean baseline, ``δh = ε``
-and the update is NP's with a per-sample positive factor ``c·σ²/‖ε_b‖²``. In deeper models ``δh_l``
-also carries the noise of earlier layers propagated forward, which is exactly what the loss change
-responded to, so ANP correlates ``δL`` with the direction the activities really moved.
-
-``scale`` sets the step size, since ``c·(∇L·u)·u`` has norm about ``c·‖∇_h L‖/√N``:
-
-- ``"sqrt"`` (default, as in the authors' code): ``c = √N``; the update has about the gradient's norm.
-- ``"n"``: ``c = N``; the update is about unbiased (``E[N·uuᵀ] = I``) and matches NP's scale, √N
-  times larger than ``"sqrt"`` (so it needs a √N smaller learning rate).
-- ``"none"``: ``c = 1``.
-
-Inaccessible noise (ANP's point): ANP only ever reads activities and losses, so the noise may come
-from the model itself (device noise, e.g. a model made noisy by
-:func:`unigrad.nn.perturbation.attach_node_noise` or a noisy layer the estimator cannot read). With
-``noise="external"`` the estimator injects nothing: each pass is a plain call of the objective and
-the passes differ through the model's own noise. A clean pass is then impossible (the estimator
-cannot switch that noise off), so ``noise="external"`` requires ``passes="two-noisy"``.
-
-References:
-    [1] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural
-        Networks", arXiv:2310.00965.
-
-Only the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers can be trained (as NP); the
-objective must return per-sample losses of shape ``(B,)`` and every layer must run at most once per
-objective call (feed-forward models).
-
-Options:
-    probes: number of noisy passes q (≥ 1), each compared with the one baseline pass.
-    sigma: node noise scale σ (> 0) of the injected noise (``noise="internal"``; unused otherwise).
-    scale: ``"sqrt"`` (c = √N, default), ``"n"`` (c = N) or ``"none"`` (c = 1); see above.
-    passes: ``"clean-noisy"`` (default: the baseline pass is clean) or ``"two-noisy"`` (the baseline
-        pass is noisy too, with its own noise, for hardware where no clean pass exists).
-    noise: ``"internal"`` (default: Gaussian node noise added to every layer's output, as NP) or
-        ``"external"`` (add nothing; the model's own noise makes the passes differ; needs
-        ``passes="two-noisy"``).
-    noise_source: ``"auto"`` (default), ``"generator"`` or ``"table"``; see ``core/rng.py``.
-    seed: names the noise stream; internal noise of layer l in probe i is keyed by (seed, step, i, l),
-        the two-noisy baseline by (seed, step, q, l).
-
-Cost: ``(1 + q)·B`` forward samples for a batch of B. ``Estimate.loss`` is the clean loss with
-``passes="clean-noisy"``; with ``"two-noisy"`` it is the mean over all 1 + q noisy passes
-(``loss_is_probe_mean``).
-"""
+"""Activity-based node perturbation: the :class:`ANP` estimator (it learns from measured activity changes)."""
 
 from __future__ import annotations
 
@@ -90,6 +29,70 @@ NOISES = ("internal", "external")
 
 
 class ANP(Estimator):
+    """ANP — activity-based node perturbation: learn from measured activity changes, never the noise itself.
+
+    Each pass records every ``nn.Linear`` / ``nn.Conv2d`` layer's output ``h_l`` as it leaves the layer.
+    A *baseline* pass gives ``h_l``, each layer's input ``x_{l−1}`` and the per-sample losses ``L_b``; each
+    of ``q`` noisy passes gives ``h̃_l`` and ``L̃_b``. With the measured differences ``δh_{l,b} = h̃_{l,b} −
+    h_{l,b}`` and ``δL_b = L̃_b − L_b``, for each Linear layer::
+
+        g_{W_l} = (1/q) Σ_i (1/B) Σ_b c·δL_{i,b}·(δh_{i,l,b}/‖δh_{i,b}‖²)·x_{l−1,b}ᵀ
+        g_{b_l} = (1/q) Σ_i (1/B) Σ_b c·δL_{i,b}·(δh_{i,l,b}/‖δh_{i,b}‖²)
+
+    where ``‖δh_{i,b}‖² = Σ_l ‖δh_{i,l,b}‖²`` sums over *all* layers' nodes of sample b (a global
+    normalisation), ``N`` is the number of perturbed nodes per sample (the sum of the layers' output
+    sizes) and ``c`` is set by ``scale``. For Conv2d the same signal is passed as ``grad_output`` to
+    ``torch.nn.grad.conv2d_weight`` as in NP. The optimizer descends along ``g``. A sample whose
+    activities did not change (``‖δh_b‖ = 0``) contributes nothing.
+
+    Why it works: with ``u = δh/‖δh‖``, ``δL ≈ ∇_h L·δh`` gives ``δL·δh/‖δh‖² ≈ (∇_h L·u)·u``, a
+    directional derivative along the *measured* direction whatever its size or origin; for isotropic
+    ``u``, ``E[uuᵀ] = I/N``. In a single-layer model with internal noise and a clean baseline, ``δh = ε``
+    and the update is NP's with a per-sample positive factor ``c·σ²/‖ε_b‖²``. In deeper models ``δh_l``
+    also carries the noise of earlier layers propagated forward, which is exactly what the loss change
+    responded to, so ANP correlates ``δL`` with the direction the activities really moved.
+
+    ``scale`` sets the step size, since ``c·(∇L·u)·u`` has norm about ``c·‖∇_h L‖/√N``:
+
+    - ``"sqrt"`` (default, as in the authors' code): ``c = √N``; the update has about the gradient's norm.
+    - ``"n"``: ``c = N``; the update is about unbiased (``E[N·uuᵀ] = I``) and matches NP's scale, √N
+      times larger than ``"sqrt"`` (so it needs a √N smaller learning rate).
+    - ``"none"``: ``c = 1``.
+
+    Inaccessible noise (ANP's point): ANP only ever reads activities and losses, so the noise may come
+    from the model itself (device noise, e.g. a model made noisy by
+    :func:`unigrad.nn.perturbation.attach_node_noise` or a noisy layer the estimator cannot read). With
+    ``noise="external"`` the estimator injects nothing: each pass is a plain call of the objective and
+    the passes differ through the model's own noise. A clean pass is then impossible (the estimator
+    cannot switch that noise off), so ``noise="external"`` requires ``passes="two-noisy"``.
+
+    Only the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers can be trained (as NP); the
+    objective must return per-sample losses of shape ``(B,)`` and every layer must run at most once per
+    objective call (feed-forward models).
+
+    Cost: ``(1 + q)·B`` forward samples for a batch of B. ``Estimate.loss`` is the clean loss with
+    ``passes="clean-noisy"``; with ``"two-noisy"`` it is the mean over all 1 + q noisy passes
+    (``loss_is_probe_mean``).
+
+    Args:
+        probes: number of noisy passes q (≥ 1), each compared with the one baseline pass (default: 1).
+        sigma: node noise scale σ (> 0) of the injected noise (``noise="internal"``; unused otherwise)
+            (default: 1e-3).
+        scale: ``"sqrt"`` (c = √N), ``"n"`` (c = N) or ``"none"`` (c = 1); see above (default: ``"sqrt"``).
+        passes: ``"clean-noisy"`` (the baseline pass is clean) or ``"two-noisy"`` (the baseline pass is
+            noisy too, with its own noise, for hardware where no clean pass exists) (default: ``"clean-noisy"``).
+        noise: ``"internal"`` (Gaussian node noise added to every layer's output, as NP) or ``"external"``
+            (add nothing; the model's own noise makes the passes differ; needs ``passes="two-noisy"``)
+            (default: ``"internal"``).
+        noise_source: ``"auto"``, ``"generator"`` or ``"table"``; see ``core/rng.py`` (default: ``"auto"``).
+        seed: names the noise stream; internal noise of layer l in probe i is keyed by (seed, step, i, l),
+            the two-noisy baseline by (seed, step, q, l) (default: 0).
+
+    References:
+        [1] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural
+            Networks", arXiv:2310.00965.
+    """
+
     name = "anp"
     order = 0
     description = "activity-based node perturbation: c·δL·δh/‖δh‖²·xᵀ from measured activity changes"

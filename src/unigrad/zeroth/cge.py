@@ -1,32 +1,4 @@
-"""CGE — coordinate-wise gradient estimation (finite differences along the coordinate axes).
-
-With the unit vectors ``e_j`` and step σ::
-
-    forward      g = (d/k) Σ_{j∈S} [f(θ+σe_j) − f(θ)]        / σ  · e_j
-    central      g = (d/k) Σ_{j∈S} [f(θ+σe_j) − f(θ−σe_j)] / (2σ) · e_j
-
-where ``S`` is the set of ``k`` coordinates probed this step. By default ``S`` holds all ``d``
-coordinates and ``g`` is the deterministic finite-difference gradient (DeepZero's CGE, which beats
-random directions at equal query budget on pruned networks). With ``block=k < d``, ``S`` is drawn
-uniformly without replacement from the key ``(seed, step)``; each coordinate is then in ``S`` with
-probability ``k/d``, so the factor ``d/k`` makes ``g`` an unbiased estimate of the full
-finite-difference gradient (and its cosine with the gradient is about ``√(k/d)``).
-
-Reference: A. Chen, Y. Zhang, J. Jia, J. Diffenderfer, K. Parasyris, Y. Zhao, Z. Zhang,
-B. Kailkhura, S. Liu, "DeepZero: Scaling up zeroth-order optimization for deep model training",
-ICLR 2024, arXiv:2310.02025.
-
-Options:
-    sigma: finite-difference step σ (> 0).
-    scheme: ``"forward"`` (DeepZero's choice) or ``"central"``.
-    block: coordinates probed per step, k ≥ 1; ``None`` (default) or any k ≥ d probes all d.
-    probe_batch: coordinates evaluated together under ``vmap``; default: as many as fit ``memory_budget``.
-    memory_budget: bytes of stacked perturbed parameters allowed at once (default 256 MiB); each
-        probed coordinate holds one full copy of the parameters (two for ``"central"``).
-    seed: names the stream that draws the coordinate blocks.
-
-Cost: ``(k+1)B`` forward samples (forward), ``2kB`` (central), for a batch of B.
-"""
+"""Coordinate-wise gradient estimation: the :class:`CGE` estimator (finite differences along the coordinate axes)."""
 
 from __future__ import annotations
 
@@ -50,6 +22,38 @@ _BLOCK_KEY = 0xC0041  # names the coordinate-block stream, apart from the noise 
 
 
 class CGE(Estimator):
+    """CGE — coordinate-wise gradient estimation (finite differences along the coordinate axes).
+
+    With the unit vectors ``e_j`` and step σ::
+
+        forward      g = (d/k) Σ_{j∈S} [f(θ+σe_j) − f(θ)]        / σ  · e_j
+        central      g = (d/k) Σ_{j∈S} [f(θ+σe_j) − f(θ−σe_j)] / (2σ) · e_j
+
+    where ``S`` is the set of ``k`` coordinates probed this step. By default ``S`` holds all ``d``
+    coordinates and ``g`` is the deterministic finite-difference gradient (DeepZero's CGE, which beats
+    random directions at equal query budget on pruned networks). With ``block=k < d``, ``S`` is drawn
+    uniformly without replacement from the key ``(seed, step)``; each coordinate is then in ``S`` with
+    probability ``k/d``, so the factor ``d/k`` makes ``g`` an unbiased estimate of the full
+    finite-difference gradient (and its cosine with the gradient is about ``√(k/d)``).
+
+    Cost: ``(k+1)B`` forward samples (forward), ``2kB`` (central), for a batch of B.
+
+    Args:
+        sigma: finite-difference step σ (> 0) (default: 1e-3).
+        scheme: ``"forward"`` (DeepZero's choice) or ``"central"`` (default: ``"forward"``).
+        block: coordinates probed per step, k ≥ 1; ``None`` or any k ≥ d probes all d (default: None).
+        probe_batch: coordinates evaluated together under ``vmap``; ``None``: as many as fit
+            ``memory_budget`` (default: None).
+        memory_budget: bytes of stacked perturbed parameters allowed at once; each probed coordinate holds
+            one full copy of the parameters (two for ``"central"``) (default: 256 MiB).
+        seed: names the stream that draws the coordinate blocks (default: 0).
+
+    References:
+        A. Chen, Y. Zhang, J. Jia, J. Diffenderfer, K. Parasyris, Y. Zhao, Z. Zhang, B. Kailkhura, S. Liu,
+        "DeepZero: Scaling up zeroth-order optimization for deep model training", ICLR 2024,
+        arXiv:2310.02025.
+    """
+
     name = "cge"
     order = 0
     description = "coordinate-wise finite differences, optionally on a random block"

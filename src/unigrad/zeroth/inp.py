@@ -1,52 +1,4 @@
-"""INP — iterative node perturbation: node noise on one layer at a time, so each loss change has one cause.
-
-This is the *layer-wise* formulation. One clean pass records each ``nn.Linear`` / ``nn.Conv2d``
-layer's input ``x_{l−1,b}`` and the per-sample losses ``L_b``. Then, for each layer ``l`` in turn,
-``q`` noisy passes add ``ε_{l,i,b} ~ N(0, σ²I)`` to layer ``l``'s pre-activation ``h_l`` *only*
-(every other layer runs clean) and measure ``L̃_{l,i,b}``. With ``δL_{l,i,b} = L̃_{l,i,b} − L_b``,
-which is caused by layer ``l``'s noise alone, for each Linear layer::
-
-    g_{W_l} = (1/q) Σ_i (1/B) Σ_b (δL_{l,i,b}/σ²) ε_{l,i,b} x_{l−1,b}ᵀ
-    g_{b_l} = (1/q) Σ_i (1/B) Σ_b (δL_{l,i,b}/σ²) ε_{l,i,b}
-
-and for Conv2d the signal ``G_l = Σ_i δL_{l,i,b}/σ²·ε_{l,i}/(qB)`` goes through
-:func:`~unigrad.nn.perturbation.layer_grads` as in NP. The optimizer descends along ``g``.
-
-Why: in NP every noisy pass perturbs all layers at once, so ``δL_b ≈ Σ_k ∇_{h_k}L_b·ε_{k,b}`` and
-layer ``l``'s estimate ``δL_b ε_{l,b}/σ²`` carries the terms ``(∇_{h_k}L_b·ε_{k,b}) ε_{l,b}``, k ≠ l:
-zero mean, but variance that grows with the number of nodes in the *other* layers. Perturbing one
-layer per pass removes them; ``E[δL_{l,b} ε_{l,b}]/σ² = ∇_{h_l}L_b + O(σ²)`` as in NP (exact at any
-σ when the loss is quadratic in the layer's output), at the cost of ``L·q`` noisy passes instead of
-``q``.
-
-Relation to the paper: Dalm et al. [1] introduce INP to remove exactly this cross-layer
-interference, by attributing the loss change to each layer separately through an iteration over
-the layers of forward passes. The rule here does that attribution in its simplest form: one clean
-pass and ``q`` passes per layer with noise in that layer only, each estimate being NP's ``δL·ε/σ²``.
-It therefore matches the intent (no cross-layer noise in a layer's update) and, for small σ, the
-per-layer directional-derivative update of the paper; it is not a line-by-line reproduction of the
-authors' algorithm (e.g. their normalisation of the update, or activity-based variants, see
-:mod:`unigrad.zeroth.anp`).
-
-References:
-    [1] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural
-        Networks", arXiv:2310.00965.
-
-Only the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers can be trained (as NP); the
-objective must return per-sample losses of shape ``(B,)`` and every layer must run at most once per
-objective call (feed-forward models). A layer that did not run in the clean pass gets no noisy
-passes and a zero gradient.
-
-Options:
-    probes: number of noisy passes q per layer (≥ 1), all sharing one clean pass.
-    sigma: node noise scale σ (> 0).
-    noise_source: ``"auto"`` (default), ``"generator"`` or ``"table"``; see ``core/rng.py``.
-    seed: names the noise stream; the noise of layer l in its probe i is keyed by
-        (seed, step, l·q + i, l).
-
-Cost: ``(1 + L·q)·B`` forward samples for a batch of B and L layers that ran. ``Estimate.loss`` is
-the clean (exact) loss; ``info["probe_losses"]`` holds the mean noisy loss of each pass, ``(L, q)``.
-"""
+"""Iterative node perturbation: the :class:`INP` estimator (node noise on one layer at a time)."""
 
 from __future__ import annotations
 
@@ -81,6 +33,56 @@ def _only(layer: int, draw: NodeNoise) -> NodeNoise:
 
 
 class INP(Estimator):
+    """INP — iterative node perturbation: node noise on one layer at a time, so each loss change has one cause.
+
+    This is the *layer-wise* formulation. One clean pass records each ``nn.Linear`` / ``nn.Conv2d``
+    layer's input ``x_{l−1,b}`` and the per-sample losses ``L_b``. Then, for each layer ``l`` in turn,
+    ``q`` noisy passes add ``ε_{l,i,b} ~ N(0, σ²I)`` to layer ``l``'s pre-activation ``h_l`` *only*
+    (every other layer runs clean) and measure ``L̃_{l,i,b}``. With ``δL_{l,i,b} = L̃_{l,i,b} − L_b``,
+    which is caused by layer ``l``'s noise alone, for each Linear layer::
+
+        g_{W_l} = (1/q) Σ_i (1/B) Σ_b (δL_{l,i,b}/σ²) ε_{l,i,b} x_{l−1,b}ᵀ
+        g_{b_l} = (1/q) Σ_i (1/B) Σ_b (δL_{l,i,b}/σ²) ε_{l,i,b}
+
+    and for Conv2d the signal ``G_l = Σ_i δL_{l,i,b}/σ²·ε_{l,i}/(qB)`` goes through
+    :func:`~unigrad.nn.perturbation.layer_grads` as in NP. The optimizer descends along ``g``.
+
+    Why: in NP every noisy pass perturbs all layers at once, so ``δL_b ≈ Σ_k ∇_{h_k}L_b·ε_{k,b}`` and
+    layer ``l``'s estimate ``δL_b ε_{l,b}/σ²`` carries the terms ``(∇_{h_k}L_b·ε_{k,b}) ε_{l,b}``, k ≠ l:
+    zero mean, but variance that grows with the number of nodes in the *other* layers. Perturbing one
+    layer per pass removes them; ``E[δL_{l,b} ε_{l,b}]/σ² = ∇_{h_l}L_b + O(σ²)`` as in NP (exact at any
+    σ when the loss is quadratic in the layer's output), at the cost of ``L·q`` noisy passes instead of
+    ``q``.
+
+    Relation to the paper: Dalm et al. [1] introduce INP to remove exactly this cross-layer
+    interference, by attributing the loss change to each layer separately through an iteration over
+    the layers of forward passes. The rule here does that attribution in its simplest form: one clean
+    pass and ``q`` passes per layer with noise in that layer only, each estimate being NP's ``δL·ε/σ²``.
+    It therefore matches the intent (no cross-layer noise in a layer's update) and, for small σ, the
+    per-layer directional-derivative update of the paper; it is not a line-by-line reproduction of the
+    authors' algorithm (e.g. their normalisation of the update, or activity-based variants, see
+    :mod:`unigrad.zeroth.anp`).
+
+    Only the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers can be trained (as NP); the
+    objective must return per-sample losses of shape ``(B,)`` and every layer must run at most once per
+    objective call (feed-forward models). A layer that did not run in the clean pass gets no noisy
+    passes and a zero gradient.
+
+    Cost: ``(1 + L·q)·B`` forward samples for a batch of B and L layers that ran. ``Estimate.loss`` is
+    the clean (exact) loss; ``info["probe_losses"]`` holds the mean noisy loss of each pass, ``(L, q)``.
+
+    Args:
+        probes: number of noisy passes q per layer (≥ 1), all sharing one clean pass (default: 1).
+        sigma: node noise scale σ (> 0) (default: 1e-3).
+        noise_source: ``"auto"``, ``"generator"`` or ``"table"``; see ``core/rng.py`` (default: ``"auto"``).
+        seed: names the noise stream; the noise of layer l in its probe i is keyed by
+            (seed, step, l·q + i, l) (default: 0).
+
+    References:
+        [1] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural
+            Networks", arXiv:2310.00965.
+    """
+
     name = "inp"
     order = 0
     description = "iterative node perturbation: noise on one Linear/Conv2d layer per pass, δL·ε·xᵀ/σ²"

@@ -1,67 +1,4 @@
-"""MeZO — memory-efficient zeroth-order SPSA, run in place with seed replay.
-
-For ``q`` probes ``z_i`` (Gaussian or Rademacher), each regenerated from its key
-``(seed, step, i, tensor)``::
-
-    c_i = [f(θ+σz_i) − f(θ−σz_i)] / (2σ)        g = (1/q) Σ_i c_i z_i
-
-which is :class:`~unigrad.zeroth.rge.RGE` with the central scheme, evaluated *in place*: the model
-itself is perturbed, one chunk of :data:`~unigrad.core.rng.CHUNK` elements at a time, so no copy of
-θ and no full-size noise tensor ever exists and the memory is that of inference.
-
-Reference: S. Malladi, T. Gao, E. Nichani, A. Damian, J. D. Lee, D. Chen, S. Arora, "Fine-Tuning
-Language Models with Just Forward Passes", NeurIPS 2023, arXiv:2305.17333 (Algorithm 1).
-
-Exact restore. In floating point, θ+σz−2σz+σz is not θ: with σ = 1e-3 on PyTorch's default
-initialisation of an MLP 784-256-256-10, 45% of the entries come back changed; where |θ| ≪ σ, 99.5%.
-Here each move is exact: perturbing computes θ' = fl(θ+δ) chunk by chunk, with δ = ±σz, and records
-the positions where fl(θ'−δ) is not bitwise θ, with their original values (a sparse fix-up list);
-restoring computes fl(θ'−δ) and scatters the recorded values back. θ → θ−σz restores θ first, then
-perturbs by −δ. Fix-ups occur only where θ+δ lands in a binade with a coarser grid than θ's and a
-lost bit mattered, i.e. mostly where |θ| ≲ |δ|: measured with σ = 1e-3 on PyTorch's default
-initialisation (``benchmarks/p2_memory.py``), 5–6% of the perturbed entries of an MLP 784-256-256-10
-and 8% of an MLP 784-2048-2048-10 (smaller weights) need one; where |θ| ≪ σ nearly all do (θ's
-bits are rounded away). Each costs a 2-byte offset within its chunk and the original value (6 bytes
-in float32, so 1.5× the parameters in the worst case), and a list is freed chunk by chunk as it is
-consumed: 0.10 MiB at most for the small MLP (4% of its inference memory). ``Estimate.info``
-reports ``fixup_fraction`` and ``fixup_bytes`` (the most held at once).
-
-Update. With ``write_grad=True`` (default) ``g`` is accumulated into ``.grad`` (``d`` extra floats)
-while the last probe is restored, so any ``torch.optim`` optimizer can step. With
-``write_grad=False``, ``.grad`` is left untouched and ``Estimate.info["direction"]`` holds ``g`` in
-compressed form (a :class:`~unigrad.core.replay.ReplayDirection`: noise keys and the coefficients
-``c_i/q``); :class:`~unigrad.core.replay.ReplaySGD` applies θ ← θ − η(g + λθ) by regenerating
-``z_i`` chunk by chunk, which is the paper's MeZO-SGD. This departs from the ``.grad`` contract on
-purpose: ``.grad`` alone costs as much as the model (see :mod:`unigrad.core.replay`). The replayed
-direction is bitwise equal to the dense ``.grad`` of the same seed and step.
-
-Options:
-    probes: number of probes q (≥ 1).
-    sigma: perturbation scale σ (> 0).
-    distribution: ``"gaussian"`` or ``"rademacher"`` (the latter is SPSA).
-    noise_source: ``"generator"`` (regenerated per key and chunk; no memory) or ``"table"`` (a shared
-        table of ``table_size`` normals read at seeded offsets: faster, but the table is held in memory,
-        4·table_size bytes per cached table, and must be larger than every parameter tensor; for the
-        small MLP of ``benchmarks/p2_memory.py`` a 1 MiB table takes training from 1.04× to 1.65× the
-        memory of inference).
-    table_size: entries of the shared table (``noise_source="table"``).
-    write_grad: write the dense direction into ``.grad`` (True) or only return it compressed (False).
-    seed: names the noise stream; each perturbation is keyed by (seed, step, probe, tensor).
-    exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
-        (``unigrad.distributed``): each process perturbs, measures and restores its own probes, the
-        scalar losses are all-gathered, then every process accumulates ``g`` over all ``q`` probes by
-        regenerating each ``z_i`` (one more noise pass per probe; ``.grad`` is bitwise the same as in
-        one process, since the sum runs in the same order). ``None`` (default): all probes here.
-        Not listed in ``options()``.
-
-Cost: ``2qB`` forward samples for a batch of B; three passes of noise generation per probe (plus one
-per probe for :class:`~unigrad.core.replay.ReplaySGD`), as in the paper's algorithm. The loss reported
-is the mean of the 2q probe losses (``loss_is_probe_mean``). Warns when σ is too small to move most
-parameters at their precision. Measured by ``benchmarks/p2_memory.py`` (q = 1, batch 256): on one CPU
-thread a step (estimate + ReplaySGD) takes 4–5× the time of its two forwards (3.3× with the table);
-on a GPU the chunk-by-chunk work is bound by kernel launches and host syncs (34× for the 270k-parameter
-MLP, 425× for the 5.8M-parameter one, on an H100), so there memory, not speed, is what MeZO buys.
-"""
+"""Memory-efficient zeroth-order SPSA: the :class:`MeZO` estimator, run in place with seed replay and exact restore."""
 
 from __future__ import annotations
 
@@ -88,6 +25,74 @@ Fixups = dict[tuple[int, int], tuple[Tensor, Tensor]]  # (tensor, chunk start) -
 
 
 class MeZO(Estimator):
+    """MeZO — memory-efficient zeroth-order SPSA, run in place with seed replay.
+
+    For ``q`` probes ``z_i`` (Gaussian or Rademacher), each regenerated from its key
+    ``(seed, step, i, tensor)``::
+
+        c_i = [f(θ+σz_i) − f(θ−σz_i)] / (2σ)        g = (1/q) Σ_i c_i z_i
+
+    which is :class:`~unigrad.zeroth.rge.RGE` with the central scheme, evaluated *in place*: the model
+    itself is perturbed, one chunk of :data:`~unigrad.core.rng.CHUNK` elements at a time, so no copy of
+    θ and no full-size noise tensor ever exists and the memory is that of inference.
+
+    Exact restore. In floating point, θ+σz−2σz+σz is not θ: with σ = 1e-3 on PyTorch's default
+    initialisation of an MLP many entries come back changed, and where |θ| ≪ σ nearly all of them.
+    Here each move is exact: perturbing computes θ' = fl(θ+δ) chunk by chunk, with δ = ±σz, and records
+    the positions where fl(θ'−δ) is not bitwise θ, with their original values (a sparse fix-up list);
+    restoring computes fl(θ'−δ) and scatters the recorded values back. θ → θ−σz restores θ first, then
+    perturbs by −δ. Fix-ups occur only where θ+δ lands in a binade with a coarser grid than θ's and a
+    lost bit mattered, i.e. mostly where |θ| ≲ |δ|: a few percent of the perturbed entries of an MLP at
+    PyTorch's default initialisation, more for a wider one (smaller weights); where |θ| ≪ σ nearly all do
+    (θ's bits are rounded away). Each costs a 2-byte offset within its chunk and the original value (6 bytes
+    in float32, so 1.5× the parameters in the worst case), and a list is freed chunk by chunk as it is
+    consumed. ``Estimate.info`` reports ``fixup_fraction`` and ``fixup_bytes`` (the most held at once).
+    The fractions and bytes measured by ``benchmarks/p2_memory.py``, and the naive sequence's share of
+    changed entries, are in ``docs/benchmarks.md`` (P2 — memory).
+
+    Update. With ``write_grad=True`` (default) ``g`` is accumulated into ``.grad`` (``d`` extra floats)
+    while the last probe is restored, so any ``torch.optim`` optimizer can step. With
+    ``write_grad=False``, ``.grad`` is left untouched and ``Estimate.info["direction"]`` holds ``g`` in
+    compressed form (a :class:`~unigrad.core.replay.ReplayDirection`: noise keys and the coefficients
+    ``c_i/q``); :class:`~unigrad.core.replay.ReplaySGD` applies θ ← θ − η(g + λθ) by regenerating
+    ``z_i`` chunk by chunk, which is the paper's MeZO-SGD. This departs from the ``.grad`` contract on
+    purpose: ``.grad`` alone costs as much as the model (see :mod:`unigrad.core.replay`). The replayed
+    direction is bitwise equal to the dense ``.grad`` of the same seed and step.
+
+    Cost: ``2qB`` forward samples for a batch of B; three passes of noise generation per probe (plus one
+    per probe for :class:`~unigrad.core.replay.ReplaySGD`), as in the paper's algorithm. The loss reported
+    is the mean of the 2q probe losses (``loss_is_probe_mean``). Warns when σ is too small to move most
+    parameters at their precision. A step takes several times the time of its two forwards on a CPU, and
+    far more on a GPU, where the chunk-by-chunk work is bound by kernel launches and host syncs, so there
+    memory, not speed, is what MeZO buys: the ratios measured by ``benchmarks/p2_memory.py`` are in
+    ``docs/benchmarks.md`` (P2 — memory).
+
+    Args:
+        probes: number of probes q (≥ 1) (default: 1).
+        sigma: perturbation scale σ (> 0) (default: 1e-3).
+        distribution: ``"gaussian"`` or ``"rademacher"`` (the latter is SPSA) (default: ``"gaussian"``).
+        noise_source: ``"generator"`` (regenerated per key and chunk; no memory) or ``"table"`` (a shared
+            table of ``table_size`` normals read at seeded offsets: faster, but the table is held in memory,
+            4·table_size bytes per cached table, and must be larger than every parameter tensor; the memory
+            it adds for the small MLP of ``benchmarks/p2_memory.py`` is in ``docs/benchmarks.md``)
+            (default: ``"generator"``).
+        table_size: entries of the shared table (``noise_source="table"``); 4·2²⁰ entries are 16 MiB of
+            float32 (default: 4,194,304).
+        write_grad: write the dense direction into ``.grad`` (True) or only return it compressed (False)
+            (default: True).
+        seed: names the noise stream; each perturbation is keyed by (seed, step, probe, tensor) (default: 0).
+        exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
+            (``unigrad.distributed``): each process perturbs, measures and restores its own probes, the
+            scalar losses are all-gathered, then every process accumulates ``g`` over all ``q`` probes by
+            regenerating each ``z_i`` (one more noise pass per probe; ``.grad`` is bitwise the same as in
+            one process, since the sum runs in the same order). ``None``: all probes here.
+            Not listed in ``options()`` (default: None).
+
+    References:
+        S. Malladi, T. Gao, E. Nichani, A. Damian, J. D. Lee, D. Chen, S. Arora, "Fine-Tuning
+        Language Models with Just Forward Passes", NeurIPS 2023, arXiv:2305.17333 (Algorithm 1).
+    """
+
     name = "mezo"
     order = 0
     description = "in-place SPSA with seed replay: memory of inference"

@@ -1,113 +1,4 @@
-"""MGD — multiplexed gradient descent: every parameter carries its own dither, one scalar is broadcast.
-
-Over a window of ``T`` time steps ``t = 0..T−1`` every trainable entry ``k`` is dithered by its own
-signal ``δ_k(t) = σ·s_k(t)`` (``s_k`` a unit-power code, ``(1/T)Σ_t s_k(t)² = 1``), all entries at
-once. At each step the cost ``C(t) = L(θ + δ(t))`` (batch-mean loss, one forward pass of the batch)
-is measured, high-pass filtered, ``ΔC(t) = C(t) − C_ref``, and broadcast; each entry correlates it
-with its own dither::
-
-    g_k = (1/(T·σ²)) Σ_t ΔC(t)·δ_k(t) = (1/(T·σ)) Σ_t ΔC(t)·s_k(t)
-
-To first order ``ΔC(t) = σ Σ_j g*_j s_j(t)`` (``g*`` the gradient), so
-``g_k = Σ_j g*_j·⟨s_k, s_j⟩`` with ``⟨a, b⟩ = (1/T)Σ_t a(t)b(t)``: the estimate is exact for a
-loss linear in θ whenever the codes are orthonormal over the window, and the *crosstalk* between two
-entries is the overlap of their codes. The optimizer then descends along ``g``.
-
-Reference: A. N. McCaughan, B. G. Oripov, N. Ganesh, S. W. Nam, A. Dienstfrey, S. M. Buckley,
-"Multiplexed gradient descent: Fast online training of modern datasets on hardware neural networks
-without backpropagation", APL Machine Learning 1, 026118 (2023), arXiv:2303.03986.
-
-Dithers (option ``dither``):
-
-``"random-sign"`` (code multiplexing with random codes)
-    ``s_k(t) = ±1`` Rademacher, independent over entries and steps, keyed by
-    ``(seed, step, t, tensor)`` through :class:`~unigrad.core.rng.Noise` (exact generator
-    stream). Random codes are only orthogonal on average: ``E[g] = g*`` (for a linear loss, and up
-    to O(σ²) otherwise), with ``E‖g − g*‖² = ((d−1)/T)·‖g*‖²``, so the cosine with the gradient is
-    ``≈ 1/√(1 + (d−1)/T)``, about ``√(T/d)`` when ``T ≪ d``. Works for any ``d`` and ``T``.
-
-``"walsh"`` (code multiplexing with Walsh–Hadamard codes)
-    ``T`` must be a power of two. With ``H`` the ``T×T`` Sylvester Hadamard matrix
-    (``H[a, t] = (−1)^popcount(a AND t)``), entry ``k`` gets a code row ``c_k ∈ {1..T−1}`` (never
-    the constant row 0, which a high-pass filter removes) and a sign ``ε_k = ±1``:
-    ``s_k(t) = ε_k·H[c_k, t]``. Rows ``1..T−1`` are orthonormal over the window and sum to zero.
-
-``"sinusoid"`` (frequency multiplexing)
-    ``T ≥ 3``. With ``F = ⌊(T−1)/2⌋`` integer frequencies ``f ∈ 1..F`` and two quadrature phases
-    ``φ ∈ {0, π/2}`` there are ``2F`` codes ``√2·sin(2π f t/T + φ)``; entry ``k`` gets code ``c_k``
-    (a pair ``(f_k, φ_k)``) and a sign ``ε_k``: ``s_k(t) = ε_k·√2·sin(2π f_k t/T + φ_k)``, so its
-    phase is one of ``0, π/2, π, 3π/2``. Over a whole window codes of different frequency are
-    orthogonal for *any* phases (``f + f' ≤ 2F < T``, so no frequency aliases onto another), and the
-    sine and cosine of one frequency are orthogonal too: the ``2F`` codes are orthonormal and each
-    sums to zero over the window.
-
-Assignment of codes (walsh and sinusoid, ``K`` codes: ``T−1`` or ``2F``). At every call, keyed by
-``(seed, step)``, the ``d`` entries (flattened over all trainable tensors in order) are dealt the
-codes round-robin in a random order: ``c_k = τ[π_k mod K]`` with ``π`` a random permutation of the
-``d`` entries and ``τ`` one of the ``K`` codes, and each entry draws an independent sign ``ε_k``.
-
-- ``d ≤ K``: every entry has its own code (a random subset of the codes), the codes are orthonormal,
-  and for a loss linear in θ ``g`` equals the gradient exactly (up to rounding).
-- ``d > K``: codes are shared, each by ``⌊d/K⌋`` or ``⌈d/K⌉`` entries, and entries sharing a code
-  cannot be told apart. For a linear loss the estimate is exactly
-  ``g_k = g*_k + Σ_{j≠k, c_j = c_k} ε_k ε_j g*_j`` (crosstalk within a code group). Because the
-  signs are independent and re-drawn every call, the crosstalk has mean zero: ``E[g] = g*``, with
-  ``Var g_k = Σ_{j≠k, c_j=c_k} g*_j²`` (about ``(d/K − 1)·‖g*‖²/d`` per entry, as for random signs
-  with ``T ≈ K``).
-- For a nonlinear loss the second-order terms ``½σ² s_i s_j ∂²L/∂θ_i∂θ_j`` alias onto other codes
-  (the product of Walsh rows ``a, b`` is row ``a XOR b``; the product of two sinusoids holds the
-  sum and difference frequencies), an O(σ) error that also has mean zero over the random signs.
-
-Baselines (option ``baseline``, the high-pass filter):
-
-``"clean"``
-    One extra unperturbed pass gives ``C_ref = L(θ)``.
-``"mean"``
-    ``C_ref = C̄ = (1/T)Σ_t C(t)``, the window's mean: the removal of the zero frequency a high-pass
-    filter does, with no extra pass. The Walsh and sinusoid codes sum to zero over the window, so for
-    them subtracting any constant changes nothing and ``"mean"`` equals ``"clean"`` up to rounding.
-    Random signs do not sum to zero, and ``C̄`` contains every step's own dither; since
-    ``Σ_t (C(t) − C̄)s_k(t) = Σ_t (C(t) − C̄)(s_k(t) − s̄_k)`` is ``T − 1`` times an unbiased
-    covariance, the divisor ``T`` is replaced by ``T − 1`` for ``"random-sign"`` with ``"mean"``
-    (without it the estimate would be shrunk by ``1 − 1/T`` on average).
-
-Implementation: the parameters are perturbed in place, ``θ ← fl(θ₀ + σ·s(t))`` computed from an exact
-copy ``θ₀`` at every step (no drift from adding and subtracting), and restored by copying ``θ₀`` back,
-so they are bitwise unchanged on return. The correlation is accumulated step by step in float64
-(``Σ_t (C(t) − C_0)s(t)`` and, for ``"mean"``, ``Σ_t s(t)``), so no ``T×d`` dither is ever held. The
-correlation uses the nominal dither ``σ·s(t)``, not the rounded one the model saw.
-
-Hardware. MGD is meant to run on the hardware network itself. The dither is applied to the
-parameters themselves (each synapse or tunable element adds its own small, locally generated signal:
-a ±1 sequence from a counter or shift register, a Walsh code, or a sinusoid of its own frequency);
-the network runs forward on the input as it would for inference; the cost is measured once per time
-step, high-pass filtered (here: minus the clean cost or the window mean) and broadcast. That scalar
-ΔC is the only global signal: there is no backward pass, no weight transport, no per-layer error
-wiring. Each element multiplies ΔC by its own dither and integrates the product over the window in a
-local accumulator (here ``.grad``), then updates itself. As in CDMA or FDMA telecommunication, the
-codes let all elements share one channel at once; the window length ``T`` trades estimation time
-against crosstalk.
-
-Options:
-    dither: ``"random-sign"`` (default), ``"walsh"`` or ``"sinusoid"`` (see above).
-    window: ``T``, the time steps per estimate (≥ 2, default 16; a power of two for ``"walsh"``,
-        ≥ 3 for ``"sinusoid"``).
-    sigma: dither amplitude σ (> 0, default 1e-3); every entry's dither has RMS σ over the window.
-    baseline: ``"clean"`` (default) or ``"mean"`` (see above).
-    seed: names the noise stream: random signs are keyed by ``(seed, step, t, tensor)``, code
-        assignments and signs by ``(seed, step)``.
-
-Cost: ``T·B`` forward samples for a batch of B, plus ``B`` for ``baseline="clean"``. Noise: ``T``
-Rademacher draws of ``d`` entries (random-sign) or one permutation of ``d`` entries and ``d`` signs
-(walsh, sinusoid) per call. Memory: a copy of θ and two float64 accumulators of ``d`` entries.
-``Estimate.loss`` is the clean loss with ``baseline="clean"``, otherwise the window mean
-(``loss_is_probe_mean``). ``Estimate.info``: ``costs`` (the window's ``C(t)``, float64),
-``reference`` (``C_ref``), ``codes`` (``K``) and ``max_sharing`` (the most entries sharing one code:
-1 means orthogonal; both None for random signs).
-
-State: the step counter (``state_dict``), which keys all the noise, so a resumed estimator replays
-the same sequence.
-"""
+"""Multiplexed gradient descent: the :class:`MGD` estimator and its codes (:func:`hadamard`, :func:`sinusoid_codes`)."""
 
 from __future__ import annotations
 
@@ -149,6 +40,118 @@ def sinusoid_codes(window: int) -> Tensor:
 
 
 class MGD(Estimator):
+    """MGD — multiplexed gradient descent: every parameter carries its own dither, one scalar is broadcast.
+
+    Over a window of ``T`` time steps ``t = 0..T−1`` every trainable entry ``k`` is dithered by its own
+    signal ``δ_k(t) = σ·s_k(t)`` (``s_k`` a unit-power code, ``(1/T)Σ_t s_k(t)² = 1``), all entries at
+    once. At each step the cost ``C(t) = L(θ + δ(t))`` (batch-mean loss, one forward pass of the batch)
+    is measured, high-pass filtered, ``ΔC(t) = C(t) − C_ref``, and broadcast; each entry correlates it
+    with its own dither::
+
+        g_k = (1/(T·σ²)) Σ_t ΔC(t)·δ_k(t) = (1/(T·σ)) Σ_t ΔC(t)·s_k(t)
+
+    To first order ``ΔC(t) = σ Σ_j g*_j s_j(t)`` (``g*`` the gradient), so
+    ``g_k = Σ_j g*_j·⟨s_k, s_j⟩`` with ``⟨a, b⟩ = (1/T)Σ_t a(t)b(t)``: the estimate is exact for a
+    loss linear in θ whenever the codes are orthonormal over the window, and the *crosstalk* between two
+    entries is the overlap of their codes. The optimizer then descends along ``g``.
+
+    Dithers (option ``dither``):
+
+    ``"random-sign"`` (code multiplexing with random codes)
+        ``s_k(t) = ±1`` Rademacher, independent over entries and steps, keyed by
+        ``(seed, step, t, tensor)`` through :class:`~unigrad.core.rng.Noise` (exact generator
+        stream). Random codes are only orthogonal on average: ``E[g] = g*`` (for a linear loss, and up
+        to O(σ²) otherwise), with ``E‖g − g*‖² = ((d−1)/T)·‖g*‖²``, so the cosine with the gradient is
+        ``≈ 1/√(1 + (d−1)/T)``, about ``√(T/d)`` when ``T ≪ d``. Works for any ``d`` and ``T``.
+
+    ``"walsh"`` (code multiplexing with Walsh–Hadamard codes)
+        ``T`` must be a power of two. With ``H`` the ``T×T`` Sylvester Hadamard matrix
+        (``H[a, t] = (−1)^popcount(a AND t)``), entry ``k`` gets a code row ``c_k ∈ {1..T−1}`` (never
+        the constant row 0, which a high-pass filter removes) and a sign ``ε_k = ±1``:
+        ``s_k(t) = ε_k·H[c_k, t]``. Rows ``1..T−1`` are orthonormal over the window and sum to zero.
+
+    ``"sinusoid"`` (frequency multiplexing)
+        ``T ≥ 3``. With ``F = ⌊(T−1)/2⌋`` integer frequencies ``f ∈ 1..F`` and two quadrature phases
+        ``φ ∈ {0, π/2}`` there are ``2F`` codes ``√2·sin(2π f t/T + φ)``; entry ``k`` gets code ``c_k``
+        (a pair ``(f_k, φ_k)``) and a sign ``ε_k``: ``s_k(t) = ε_k·√2·sin(2π f_k t/T + φ_k)``, so its
+        phase is one of ``0, π/2, π, 3π/2``. Over a whole window codes of different frequency are
+        orthogonal for *any* phases (``f + f' ≤ 2F < T``, so no frequency aliases onto another), and the
+        sine and cosine of one frequency are orthogonal too: the ``2F`` codes are orthonormal and each
+        sums to zero over the window.
+
+    Assignment of codes (walsh and sinusoid, ``K`` codes: ``T−1`` or ``2F``). At every call, keyed by
+    ``(seed, step)``, the ``d`` entries (flattened over all trainable tensors in order) are dealt the
+    codes round-robin in a random order: ``c_k = τ[π_k mod K]`` with ``π`` a random permutation of the
+    ``d`` entries and ``τ`` one of the ``K`` codes, and each entry draws an independent sign ``ε_k``.
+
+    - ``d ≤ K``: every entry has its own code (a random subset of the codes), the codes are orthonormal,
+      and for a loss linear in θ ``g`` equals the gradient exactly (up to rounding).
+    - ``d > K``: codes are shared, each by ``⌊d/K⌋`` or ``⌈d/K⌉`` entries, and entries sharing a code
+      cannot be told apart. For a linear loss the estimate is exactly
+      ``g_k = g*_k + Σ_{j≠k, c_j = c_k} ε_k ε_j g*_j`` (crosstalk within a code group). Because the
+      signs are independent and re-drawn every call, the crosstalk has mean zero: ``E[g] = g*``, with
+      ``Var g_k = Σ_{j≠k, c_j=c_k} g*_j²`` (about ``(d/K − 1)·‖g*‖²/d`` per entry, as for random signs
+      with ``T ≈ K``).
+    - For a nonlinear loss the second-order terms ``½σ² s_i s_j ∂²L/∂θ_i∂θ_j`` alias onto other codes
+      (the product of Walsh rows ``a, b`` is row ``a XOR b``; the product of two sinusoids holds the
+      sum and difference frequencies), an O(σ) error that also has mean zero over the random signs.
+
+    Baselines (option ``baseline``, the high-pass filter):
+
+    ``"clean"``
+        One extra unperturbed pass gives ``C_ref = L(θ)``.
+    ``"mean"``
+        ``C_ref = C̄ = (1/T)Σ_t C(t)``, the window's mean: the removal of the zero frequency a high-pass
+        filter does, with no extra pass. The Walsh and sinusoid codes sum to zero over the window, so for
+        them subtracting any constant changes nothing and ``"mean"`` equals ``"clean"`` up to rounding.
+        Random signs do not sum to zero, and ``C̄`` contains every step's own dither; since
+        ``Σ_t (C(t) − C̄)s_k(t) = Σ_t (C(t) − C̄)(s_k(t) − s̄_k)`` is ``T − 1`` times an unbiased
+        covariance, the divisor ``T`` is replaced by ``T − 1`` for ``"random-sign"`` with ``"mean"``
+        (without it the estimate would be shrunk by ``1 − 1/T`` on average).
+
+    Implementation: the parameters are perturbed in place, ``θ ← fl(θ₀ + σ·s(t))`` computed from an exact
+    copy ``θ₀`` at every step (no drift from adding and subtracting), and restored by copying ``θ₀`` back,
+    so they are bitwise unchanged on return. The correlation is accumulated step by step in float64
+    (``Σ_t (C(t) − C_0)s(t)`` and, for ``"mean"``, ``Σ_t s(t)``), so no ``T×d`` dither is ever held. The
+    correlation uses the nominal dither ``σ·s(t)``, not the rounded one the model saw.
+
+    Hardware. MGD is meant to run on the hardware network itself. The dither is applied to the
+    parameters themselves (each synapse or tunable element adds its own small, locally generated signal:
+    a ±1 sequence from a counter or shift register, a Walsh code, or a sinusoid of its own frequency);
+    the network runs forward on the input as it would for inference; the cost is measured once per time
+    step, high-pass filtered (here: minus the clean cost or the window mean) and broadcast. That scalar
+    ΔC is the only global signal: there is no backward pass, no weight transport, no per-layer error
+    wiring. Each element multiplies ΔC by its own dither and integrates the product over the window in a
+    local accumulator (here ``.grad``), then updates itself. As in CDMA or FDMA telecommunication, the
+    codes let all elements share one channel at once; the window length ``T`` trades estimation time
+    against crosstalk.
+
+    Cost: ``T·B`` forward samples for a batch of B, plus ``B`` for ``baseline="clean"``. Noise: ``T``
+    Rademacher draws of ``d`` entries (random-sign) or one permutation of ``d`` entries and ``d`` signs
+    (walsh, sinusoid) per call. Memory: a copy of θ and two float64 accumulators of ``d`` entries.
+    ``Estimate.loss`` is the clean loss with ``baseline="clean"``, otherwise the window mean
+    (``loss_is_probe_mean``). ``Estimate.info``: ``costs`` (the window's ``C(t)``, float64),
+    ``reference`` (``C_ref``), ``codes`` (``K``) and ``max_sharing`` (the most entries sharing one code:
+    1 means orthogonal; both None for random signs).
+
+    State: the step counter (``state_dict``), which keys all the noise, so a resumed estimator replays
+    the same sequence.
+
+    Args:
+        dither: ``"random-sign"``, ``"walsh"`` or ``"sinusoid"`` (see above) (default: ``"random-sign"``).
+        window: ``T``, the time steps per estimate (≥ 2; a power of two for ``"walsh"``, ≥ 3 for
+            ``"sinusoid"``) (default: 16).
+        sigma: dither amplitude σ (> 0); every entry's dither has RMS σ over the window (default: 1e-3).
+        baseline: ``"clean"`` or ``"mean"`` (see above) (default: ``"clean"``).
+        seed: names the noise stream: random signs are keyed by ``(seed, step, t, tensor)``, code
+            assignments and signs by ``(seed, step)`` (default: 0).
+
+    References:
+        A. N. McCaughan, B. G. Oripov, N. Ganesh, S. W. Nam, A. Dienstfrey, S. M. Buckley,
+        "Multiplexed gradient descent: Fast online training of modern datasets on hardware neural networks
+        without backpropagation", APL Machine Learning 1, 026118 (2023), arXiv:2303.03986.
+    """
+
     name = "mgd"
     order = 0
     description = "multiplexed gradient descent: per-parameter dither codes correlated with the broadcast ΔC"

@@ -1,49 +1,4 @@
-"""NP — node perturbation: noise on every layer's output, correlated with the change in loss.
-
-One clean pass records each ``nn.Linear`` / ``nn.Conv2d`` layer's input ``x_{l−1,b}`` and the
-per-sample losses ``L_b``. Each of ``q`` noisy passes adds ``ε_{l,b} ~ N(0, σ²I)`` to every layer's
-pre-activation ``h_l`` (same shape as the layer's output) and measures ``L̃_b``; with
-``δL_b = L̃_b − L_b``, for each Linear layer::
-
-    g_{W_l} = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) ε_{i,l,b} x_{l−1,b}ᵀ
-    g_{b_l} = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) ε_{i,l,b}
-
-and for Conv2d the same signal ``G_l = Σ_i δL_{i,b}/σ²·ε_{i,l}/(qB)`` is passed as ``grad_output`` to
-``torch.nn.grad.conv2d_weight`` (summed over batch and space for the bias). The optimizer descends
-along ``g``. Since ``δL_b ≈ Σ_l ∇_{h_l}L_b·ε_{l,b}`` and ``E[εεᵀ] = σ²I``, ``E[δL_b ε_{l,b}]/σ² =
-∇_{h_l}L_b + O(σ²)``: ``g`` is the backprop gradient up to O(σ²) (exactly, at any σ, when the loss is
-quadratic in the outputs of a single layer, since the second-order term ``‖ε‖²ε`` has zero mean).
-NP searches a space of dimension (number of nodes) rather than (number of weights), so it is slower
-than gradient descent by about the number of outputs M, and WP by about M·N (Werfel, Xie & Seung).
-
-References:
-    [1] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural
-        Networks", arXiv:2310.00965.
-    [2] J. Werfel, X. Xie, H. S. Seung, "Learning Curves for Stochastic Gradient Descent in Linear
-        Feedforward Networks", Neural Computation 17(12), 2005.
-
-Only the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers can be trained: a trainable
-parameter that belongs to any other module (norm layers, embeddings, free parameters) raises a
-:class:`~unigrad.core.errors.UnigradError` at estimate time (freeze it with ``requires_grad_(False)``).
-A layer that did not run in the pass gets a zero gradient. The objective must return per-sample
-losses of shape ``(B,)`` (each sample's loss is correlated with its own noise), and every layer must
-run at most once per objective call (feed-forward models).
-
-Options:
-    probes: number of noisy passes q (≥ 1), sharing one clean pass.
-    sigma: node noise scale σ (> 0).
-    noise_source: ``"auto"`` (default), ``"generator"`` or ``"table"``; see ``core/rng.py``.
-    seed: names the noise stream; the noise of layer l in probe i is keyed by (seed, step, i, l).
-    exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
-        (``None``: all local). Each process runs the clean pass and its block of noisy passes, the
-        processes all-gather the **per-sample** losses ``L̃_{i,b}`` (``B·q`` scalars, independent of the
-        number of weights), and every process regenerates ``ε_{i,l}`` of every probe from its key, shaped
-        like the clean pass's outputs, and combines them in probe order: the result is bitwise the
-        one-process result. The data-parallel variant is refused: a process cannot form another shard's
-        ``ε·xᵀ`` without that shard's activations, so it would need the d-sized all-reduce of DDP.
-
-Cost: ``(1 + q)·B`` forward samples for a batch of B. ``Estimate.loss`` is the clean (exact) loss.
-"""
+"""Node perturbation: the :class:`NP` estimator (noise on every layer's output, correlated with the change in loss)."""
 
 from __future__ import annotations
 
@@ -70,6 +25,55 @@ from unigrad.zeroth._probing import gather_losses
 
 
 class NP(Estimator):
+    """NP — node perturbation: noise on every layer's output, correlated with the change in loss.
+
+    One clean pass records each ``nn.Linear`` / ``nn.Conv2d`` layer's input ``x_{l−1,b}`` and the
+    per-sample losses ``L_b``. Each of ``q`` noisy passes adds ``ε_{l,b} ~ N(0, σ²I)`` to every layer's
+    pre-activation ``h_l`` (same shape as the layer's output) and measures ``L̃_b``; with
+    ``δL_b = L̃_b − L_b``, for each Linear layer::
+
+        g_{W_l} = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) ε_{i,l,b} x_{l−1,b}ᵀ
+        g_{b_l} = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) ε_{i,l,b}
+
+    and for Conv2d the same signal ``G_l = Σ_i δL_{i,b}/σ²·ε_{i,l}/(qB)`` is passed as ``grad_output`` to
+    ``torch.nn.grad.conv2d_weight`` (summed over batch and space for the bias). The optimizer descends
+    along ``g``. Since ``δL_b ≈ Σ_l ∇_{h_l}L_b·ε_{l,b}`` and ``E[εεᵀ] = σ²I``, ``E[δL_b ε_{l,b}]/σ² =
+    ∇_{h_l}L_b + O(σ²)``: ``g`` is the backprop gradient up to O(σ²) (exactly, at any σ, when the loss is
+    quadratic in the outputs of a single layer, since the second-order term ``‖ε‖²ε`` has zero mean).
+    NP searches a space of dimension (number of nodes) rather than (number of weights), so it is slower
+    than gradient descent by about the number of outputs M, and WP by about M·N (Werfel, Xie & Seung [2]).
+
+    Only the weights and biases of ``nn.Linear`` and ``nn.Conv2d`` layers can be trained: a trainable
+    parameter that belongs to any other module (norm layers, embeddings, free parameters) raises a
+    :class:`~unigrad.core.errors.UnigradError` at estimate time (freeze it with ``requires_grad_(False)``).
+    A layer that did not run in the pass gets a zero gradient. The objective must return per-sample
+    losses of shape ``(B,)`` (each sample's loss is correlated with its own noise), and every layer must
+    run at most once per objective call (feed-forward models).
+
+    Cost: ``(1 + q)·B`` forward samples for a batch of B. ``Estimate.loss`` is the clean (exact) loss.
+
+    Args:
+        probes: number of noisy passes q (≥ 1), sharing one clean pass (default: 1).
+        sigma: node noise scale σ (> 0) (default: 1e-3).
+        noise_source: ``"auto"``, ``"generator"`` or ``"table"``; see ``core/rng.py`` (default: ``"auto"``).
+        seed: names the noise stream; the noise of layer l in probe i is keyed by (seed, step, i, l)
+            (default: 0).
+        exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
+            (``None``: all local). Each process runs the clean pass and its block of noisy passes, the
+            processes all-gather the **per-sample** losses ``L̃_{i,b}`` (``B·q`` scalars, independent of the
+            number of weights), and every process regenerates ``ε_{i,l}`` of every probe from its key, shaped
+            like the clean pass's outputs, and combines them in probe order: the result is bitwise the
+            one-process result. The data-parallel variant is refused: a process cannot form another shard's
+            ``ε·xᵀ`` without that shard's activations, so it would need the d-sized all-reduce of DDP
+            (default: None).
+
+    References:
+        [1] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural
+            Networks", arXiv:2310.00965.
+        [2] J. Werfel, X. Xie, H. S. Seung, "Learning Curves for Stochastic Gradient Descent in Linear
+            Feedforward Networks", Neural Computation 17(12), 2005.
+    """
+
     name = "np"
     order = 0
     description = "node perturbation: noise on Linear/Conv2d outputs, δL·ε·xᵀ/σ² per layer"

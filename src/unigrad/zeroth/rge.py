@@ -1,37 +1,4 @@
-"""RGE — random gradient estimation (Gaussian smoothing / random directions).
-
-With ``q`` directions ``u_i`` (Gaussian, uniform on the sphere of radius √d, or Rademacher) and
-smoothing scale σ::
-
-    central      g = (1/q) Σ_i [f(θ+σu_i) − f(θ−σu_i)] / (2σ) · u_i
-    forward      g = (1/q) Σ_i [f(θ+σu_i) − f(θ)]      / σ    · u_i
-    one-point    g = (1/q) Σ_i  f(θ+σu_i)              / σ    · u_i
-
-In expectation (Gaussian u) ``g`` is the gradient of the smoothed loss
-``f_σ(θ) = E_u f(θ+σu)`` (Nesterov & Spokoiny 2017, FoCM 17:527). For one Gaussian probe
-``E‖g − ∇f‖² ≈ (d+1)‖∇f‖²``, so the cosine with the gradient is of order √(q/d). Rademacher
-directions with the central scheme are SPSA (Spall 1992; see ``spsa.py``). The central scheme is
-the antithetic one: mirroring the forward or one-point probes (``±u_i``) gives exactly the central
-formula, whose pairs cancel the even terms of the Taylor expansion.
-
-Options:
-    probes: number of directions q (≥ 1).
-    sigma: smoothing scale σ (> 0).
-    distribution: ``"gaussian"``, ``"sphere"`` or ``"rademacher"``.
-    scheme: ``"central"``, ``"forward"`` or ``"one-point"``.
-    noise_source: ``"auto"`` (default: the shared noise table for tensors that fit, else the generator),
-        ``"generator"`` (exact RNG per key) or ``"table"`` (shared noise table); see ``core/rng.py``.
-    probe_batch: probes whose noise is drawn as one block and evaluated together (one after another on
-        the linear fast path of ``core/probe.py``, else stacked under ``vmap``); default: as many as
-        fit ``memory_budget``.
-    memory_budget: bytes of stacked perturbed parameters allowed at once (default 256 MiB).
-    seed: names the noise stream; each perturbation is keyed by (seed, step, probe, tensor).
-    exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
-        (``unigrad.distributed``); ``None`` (default) evaluates them all here. Not an option of the
-        method (the result does not depend on it), so it is not listed in ``options()``.
-
-Cost: ``2qB`` forward samples (central), ``(q+1)B`` (forward), ``qB`` (one-point), for a batch of B.
-"""
+"""Random gradient estimation: the :class:`RGE` estimator (Gaussian smoothing / random directions)."""
 
 from __future__ import annotations
 
@@ -60,6 +27,46 @@ SCHEMES = ("central", "forward", "one-point")
 
 
 class RGE(Estimator):
+    """RGE — random gradient estimation (Gaussian smoothing / random directions).
+
+    With ``q`` directions ``u_i`` (Gaussian, uniform on the sphere of radius √d, or Rademacher) and
+    smoothing scale σ::
+
+        central      g = (1/q) Σ_i [f(θ+σu_i) − f(θ−σu_i)] / (2σ) · u_i
+        forward      g = (1/q) Σ_i [f(θ+σu_i) − f(θ)]      / σ    · u_i
+        one-point    g = (1/q) Σ_i  f(θ+σu_i)              / σ    · u_i
+
+    In expectation (Gaussian u) ``g`` is the gradient of the smoothed loss
+    ``f_σ(θ) = E_u f(θ+σu)`` (Nesterov & Spokoiny 2017, FoCM 17:527). For one Gaussian probe
+    ``E‖g − ∇f‖² ≈ (d+1)‖∇f‖²``, so the cosine with the gradient is of order √(q/d). Rademacher
+    directions with the central scheme are SPSA (Spall 1992; see ``spsa.py``, :class:`~unigrad.zeroth.spsa.SPSA`).
+    The central scheme is the antithetic one: mirroring the forward or one-point probes (``±u_i``) gives
+    exactly the central formula, whose pairs cancel the even terms of the Taylor expansion.
+
+    Cost: ``2qB`` forward samples (central), ``(q+1)B`` (forward), ``qB`` (one-point), for a batch of B.
+
+    Args:
+        probes: number of directions q (≥ 1) (default: 1).
+        sigma: smoothing scale σ (> 0) (default: 1e-3).
+        distribution: ``"gaussian"``, ``"sphere"`` or ``"rademacher"`` (default: ``"gaussian"``).
+        scheme: ``"central"``, ``"forward"`` or ``"one-point"`` (default: ``"central"``).
+        noise_source: ``"auto"`` (the shared noise table for tensors that fit, else the generator),
+            ``"generator"`` (exact RNG per key) or ``"table"`` (shared noise table); see ``core/rng.py``
+            (default: ``"auto"``).
+        probe_batch: probes whose noise is drawn as one block and evaluated together (one after another on
+            the linear fast path of ``core/probe.py``, else stacked under ``vmap``); ``None``: as many as
+            fit ``memory_budget`` (default: None).
+        memory_budget: bytes of stacked perturbed parameters allowed at once (default: 256 MiB).
+        seed: names the noise stream; each perturbation is keyed by (seed, step, probe, tensor) (default: 0).
+        exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
+            (``unigrad.distributed``); ``None`` evaluates them all here. Not an option of the
+            method (the result does not depend on it), so it is not listed in ``options()`` (default: None).
+
+    References:
+        Y. Nesterov, V. Spokoiny, "Random gradient-free minimization of convex functions", Foundations of
+        Computational Mathematics 17:527–566 (2017).
+    """
+
     name = "rge"
     order = 0
     description = "random gradient estimate: one-point, forward or central differences, q probes"

@@ -1,69 +1,4 @@
-"""Exploratory Hebb (reward-modulated Hebbian learning): noise-driven traces, reinforced by a reward-prediction error.
-
-Every unit of a rate network (:class:`~unigrad.bio.rate_rnn.RateRNN`) explores: noise ``ξ`` is added to its state
-each step. Each synapse ``j → i`` keeps an eligibility trace of the product of the unit's exploratory deviation
-and the presynaptic rate, decaying by ``γ`` per step over the trial ``t = 1 … T`` (``e(0) = 0`` at the start of
-every trial)::
-
-    e_ij(t) = γ·e_ij(t−1) + d_i(t)·r_j(t−1)
-
-with ``d_i(t)`` either the noise that entered the unit's state at that step, ``d(t) = ξ(t−1)`` (``signal="noise"``;
-``x(t) = (1 − α)x(t−1) + α(W r(t−1) + …) + ξ(t−1)``, so ``r_j(t−1)`` is exactly the input through which ``W_ij``
-acts on ``x_i(t)``), or the deviation of the state from its running average, ``d(t) = x(t) − x̄(t−1)`` with
-``x̄(t) = β·x̄(t−1) + (1 − β)·x(t)``, ``x̄(0) = x(0)`` (``signal="activity"``: the rule needs only activity, so it
-also works when the noise is not accessible). At the end of the trial the reward ``R`` arrives and::
-
-    ΔW = η·(R − R̄)·e(T)            then      R̄ ← R̄ + ρ·(R − R̄)
-
-so the trace holds ``e(T) = Σ_t γ^{T−t}·d(t)·r(t−1)ᵀ``. The direction written into ``rec.weight.grad`` is
-``−(R − R̄)·e(T)`` (averaged over the ``B`` trials of a batch), so ``torch.optim.SGD(lr=η)`` applies the rule's
-``ΔW``. With ``signal="noise"`` and ``γ = 1`` this is node perturbation through time (Williams 1992; Fiete & Seung
-2006): for small noise of variance ``σ²`` per step, ``E[(R − R̄)·e] ≈ (σ²/α)·∂E[R]/∂W`` when the baseline
-predicts the reward; ``γ < 1`` discounts the credit of early perturbations.
-
-References:
-    [1] R. Legenstein, S. M. Chase, A. B. Schwartz, W. Maass, "A reward-modulated Hebbian learning rule can
-        explain experimentally observed network reorganization in a brain control task", J. Neurosci. 30(25):
-        8400–8410, 2010 (the exploratory-Hebb rule: exploratory fluctuations times presynaptic activity times
-        the reward deviation from its running average).
-    [2] G. M. Hoerzer, R. Legenstein, W. Maass, "Emergence of complex computational structures from chaotic
-        neural networks through reward-modulated Hebbian learning", Cerebral Cortex 24(3):677–690, 2014
-        (deviations of activity and of reward from their low-pass averages).
-
-What is trained: the recurrent weights ``W_rec``, and with ``train_input=True`` the input weights and bias (traces
-``d_i(t)·u_j(t−1)`` and ``d_i(t)``). Every other trainable parameter (the readout ``out``) gets a zero direction;
-``Estimate.info["plastic"]`` names what was trained.
-
-Options:
-    signal: ``"activity"`` (default; ``d = x − x̄``) or ``"noise"`` (``d = ξ``, which needs noise the rule may
-        read: an injected process or intrinsic noise with ``accessible=False`` is refused).
-    noise: the exploration noise injected into the units each trial: a
-        :class:`~unigrad.noise.base.NoiseProcess` or ``make_noise`` spec (default ``"gaussian:sigma=0.1"``), or
-        ``None``: inject nothing and learn from the network's own ``intrinsic`` noise (which it must have). The
-        noise of call ``k`` is ``noise.sequence(T, (B, n_rec), seed=seed, trial=k, stream=0, dt=dt)``. With
-        ``signal="noise"`` the rule reads the trajectory's total noise (injected plus intrinsic).
-    gamma: ``γ`` in ``(0, 1]``, the per-step decay of the eligibility trace (default 1: the reward comes once, at
-        the end of the trial, and every perturbation of the trial may have caused it).
-    activity_decay: ``β`` in ``[0, 1)``, the per-step decay of the running average ``x̄`` (default 0.05;
-        ``signal="activity"`` only).
-    baseline_rate: ``ρ`` in ``(0, 1]``, the rate of the running reward average (default 0.1). A condition seen
-        for the first time starts its average at the mean reward of its trials in that batch.
-    condition: what names a trial condition for the reward average: ``"global"`` (default, one running
-        average), ``"inputs"`` (trials with the same input sequence) or ``"labels"`` (the batch's labels).
-    clip: clip every entry of the direction to ``[−clip, clip]`` (default None: no clipping).
-    train_input: also train the input weights and bias (default False).
-    seed: keys the injected noise.
-
-Requirements: a :class:`~unigrad.bio.rate_rnn.RateRNN` and an objective with ``inputs`` ``(T, B, n_in)`` and
-``reward(outputs) → (B,)``, such as ``task.objective(batch)`` of :mod:`unigrad.bio.tasks`.
-
-Cost per call: one noisy run of the ``B`` trials, counted as ``B`` forwards; no backward. ``Estimate.loss`` is the
-mean task loss of those noisy trials (``loss_is_probe_mean=True``); ``info`` holds ``reward``, ``rpe``, ``fresh``,
-``conditions`` and ``plastic`` as :class:`~unigrad.bio.rules.miconi.Miconi` does.
-
-State (``state_dict``): seed, step and the reward average of every condition seen (the trace is reset at the start
-of every trial, so it is no state).
-"""
+"""Exploratory Hebb: the :class:`ExploratoryHebb` estimator (reward-modulated Hebbian learning from exploration)."""
 
 from __future__ import annotations
 
@@ -106,6 +41,78 @@ def eligibility(post: Tensor, pre: Tensor, gamma: float, coeff: Tensor | None = 
 
 
 class ExploratoryHebb(TrialRule):
+    """Exploratory Hebb (reward-modulated Hebbian learning): noise-driven traces, reinforced by a reward error.
+
+    The reward error is a reward-prediction error: the reward minus its running average.
+
+    Every unit of a rate network (:class:`~unigrad.bio.rate_rnn.RateRNN`) explores: noise ``ξ`` is added to its state
+    each step. Each synapse ``j → i`` keeps an eligibility trace of the product of the unit's exploratory deviation
+    and the presynaptic rate, decaying by ``γ`` per step over the trial ``t = 1 … T`` (``e(0) = 0`` at the start of
+    every trial)::
+
+        e_ij(t) = γ·e_ij(t−1) + d_i(t)·r_j(t−1)
+
+    with ``d_i(t)`` either the noise that entered the unit's state at that step, ``d(t) = ξ(t−1)`` (``signal="noise"``;
+    ``x(t) = (1 − α)x(t−1) + α(W r(t−1) + …) + ξ(t−1)``, so ``r_j(t−1)`` is exactly the input through which ``W_ij``
+    acts on ``x_i(t)``), or the deviation of the state from its running average, ``d(t) = x(t) − x̄(t−1)`` with
+    ``x̄(t) = β·x̄(t−1) + (1 − β)·x(t)``, ``x̄(0) = x(0)`` (``signal="activity"``: the rule needs only activity, so it
+    also works when the noise is not accessible). At the end of the trial the reward ``R`` arrives and::
+
+        ΔW = η·(R − R̄)·e(T)            then      R̄ ← R̄ + ρ·(R − R̄)
+
+    so the trace holds ``e(T) = Σ_t γ^{T−t}·d(t)·r(t−1)ᵀ``. The direction written into ``rec.weight.grad`` is
+    ``−(R − R̄)·e(T)`` (averaged over the ``B`` trials of a batch), so ``torch.optim.SGD(lr=η)`` applies the rule's
+    ``ΔW``. With ``signal="noise"`` and ``γ = 1`` this is node perturbation through time (Williams 1992; Fiete & Seung
+    2006): for small noise of variance ``σ²`` per step, ``E[(R − R̄)·e] ≈ (σ²/α)·∂E[R]/∂W`` when the baseline
+    predicts the reward; ``γ < 1`` discounts the credit of early perturbations.
+
+    What is trained: the recurrent weights ``W_rec``, and with ``train_input=True`` the input weights and bias (traces
+    ``d_i(t)·u_j(t−1)`` and ``d_i(t)``). Every other trainable parameter (the readout ``out``) gets a zero direction;
+    ``Estimate.info["plastic"]`` names what was trained.
+
+    Requirements: a :class:`~unigrad.bio.rate_rnn.RateRNN` and an objective with ``inputs`` ``(T, B, n_in)`` and
+    ``reward(outputs) → (B,)``, such as ``task.objective(batch)`` of :mod:`unigrad.bio.tasks`.
+
+    Cost per call: one noisy run of the ``B`` trials, counted as ``B`` forwards; no backward. ``Estimate.loss`` is the
+    mean task loss of those noisy trials (``loss_is_probe_mean=True``); ``info`` holds ``reward``, ``rpe``, ``fresh``,
+    ``conditions`` and ``plastic`` as :class:`~unigrad.bio.rules.miconi.Miconi` does.
+
+    State (``state_dict``): seed, step and the reward average of every condition seen (the trace is reset at the start
+    of every trial, so it is no state).
+
+    Args:
+        signal: ``"activity"`` (``d = x − x̄``) or ``"noise"`` (``d = ξ``, which needs noise the rule may
+            read: an injected process or intrinsic noise with ``accessible=False`` is refused)
+            (default: ``"activity"``).
+        noise: the exploration noise injected into the units each trial: a
+            :class:`~unigrad.noise.base.NoiseProcess` or ``make_noise`` spec, or ``None``: inject nothing and
+            learn from the network's own ``intrinsic`` noise (which it must have). The noise of call ``k`` is
+            ``noise.sequence(T, (B, n_rec), seed=seed, trial=k, stream=0, dt=dt)``. With ``signal="noise"``
+            the rule reads the trajectory's total noise (injected plus intrinsic)
+            (default: ``"gaussian:sigma=0.1"``).
+        gamma: ``γ`` in ``(0, 1]``, the per-step decay of the eligibility trace; 1: the reward comes once, at
+            the end of the trial, and every perturbation of the trial may have caused it (default: 1.0).
+        activity_decay: ``β`` in ``[0, 1)``, the per-step decay of the running average ``x̄``
+            (``signal="activity"`` only) (default: 0.05).
+        baseline_rate: ``ρ`` in ``(0, 1]``, the rate of the running reward average. A condition seen for the
+            first time starts its average at the mean reward of its trials in that batch (default: 0.1).
+        condition: what names a trial condition for the reward average: ``"global"`` (one running
+            average), ``"inputs"`` (trials with the same input sequence) or ``"labels"`` (the batch's labels)
+            (default: ``"global"``).
+        clip: clip every entry of the direction to ``[−clip, clip]``; ``None``: no clipping (default: None).
+        train_input: also train the input weights and bias (default: False).
+        seed: keys the injected noise (default: 0).
+
+    References:
+        [1] R. Legenstein, S. M. Chase, A. B. Schwartz, W. Maass, "A reward-modulated Hebbian learning rule can
+            explain experimentally observed network reorganization in a brain control task", J. Neurosci. 30(25):
+            8400–8410 (2010) (the exploratory-Hebb rule: exploratory fluctuations times presynaptic activity times
+            the reward deviation from its running average).
+        [2] G. M. Hoerzer, R. Legenstein, W. Maass, "Emergence of complex computational structures from chaotic
+            neural networks through reward-modulated Hebbian learning", Cerebral Cortex 24(3):677–690, 2014
+            (deviations of activity and of reward from their low-pass averages).
+    """
+
     name = "exploratory-hebb"
     order = 0
     description = "exploratory Hebb: e ← γe + (x − x̄ or ξ)·rᵀ, ΔW = η·(R − R̄)·e (Legenstein et al. 2010)"

@@ -1,86 +1,6 @@
-"""Miconi's rule: supralinear Hebbian traces of activity fluctuations, reinforced by one reward per trial.
-
-A chaotic rate network (:class:`~unigrad.bio.rate_rnn.RateRNN`, gain about 1.5) is perturbed by rare kicks: each
-unit, at each step, with probability ``p`` (about 3 Hz, ``p = 0.003·dt`` with ``dt`` in ms) receives a jump
-uniform in ``[−σ, σ]`` (:class:`unigrad.noise.SparseKicks`). The rule never reads the kicks. Each unit
-high-pass filters its own state, ``δx_i(t) = x_i(t) − x̄_i(t−1)`` with the fast running average
-``x̄_i(t) = β·x̄_i(t−1) + (1 − β)·x_i(t)`` (``x̄(0) = x(0)``), and each synapse ``j → i`` accumulates over
-the trial ``t = 1 … T`` a supralinear function of the product of its presynaptic rate and that fluctuation::
-
-    e_ij = Σ_t S(r_j(t−1)·δx_i(t))                      S(z) = z³ (default)
-
-At the end of the trial a single reward ``R`` arrives (the task's reward on its response window), is compared with
-a running average ``R̄_c`` of the rewards of the same trial condition ``c``, and::
-
-    ΔW_ij = η·e_ij·(R − R̄_c)            then      R̄_c ← R̄_c + ρ·(R − R̄_c)
-
-The direction written into ``rec.weight.grad`` is ``−e·(R − R̄_c)`` (averaged over the ``B`` trials of a batch),
-so ``torch.optim.SGD(lr=η)`` applies ``W ← W + η·e·(R − R̄_c)``, the rule's own step; any other optimizer rescales
-it. The kicks drive large, sparse fluctuations whose cube dominates the trace (the small fluctuations of the
-deterministic dynamics are cubed away), so ``e`` approximately correlates the kicks, as seen through the
-activity, with the presynaptic rates: node perturbation with noise the rule cannot read. That needs a step that is
-short against ``τ`` (the paper's ``dt/τ = 1/30``): the deterministic change of ``x`` per step grows with ``dt/τ``
-while a kick does not, and at coarse steps (``dt/τ = 0.2``) the cubed deterministic motion is already about 40% of
-the trace, a term that only the reward baseline keeps from biasing the update.
-
-References:
-    [1] T. Miconi, "Biologically plausible learning in recurrent neural networks reproduces neural dynamics
-        observed during cognitive tasks", eLife 6:e20899, 2017 (and the author's code,
-        github.com/ThomasMiconi/BiologicallyPlausibleLearningRNN): a 200-unit network with ``τ = 30`` ms,
-        ``dt = 1`` ms, kicks with probability 0.003 per ms of amplitude uniform in ``±16`` on the input
-        (a jump of up to ``16·dt/τ ≈ 0.53`` in ``x``), ``β = 0.05``, ``S(z) = z³``, a per-condition reward
-        average with ``ρ = 0.25``, ``η = 0.1``, the weight change clipped to ``±3·10⁻⁴``, and the change
-        further multiplied by the condition's mean error ``|R̄_c|``; it reaches about 95% correct on delayed
-        non-match-to-sample in about 1,000 trials.
-
-What is trained
-    The recurrent weights ``W_rec`` (``rec.weight``), as in the paper. With ``train_input=True`` also the input
-    weights and bias (``inp.weight``, ``inp.bias``), whose traces pair ``δx_i(t)`` with ``u_j(t−1)`` and with 1.
-    Miconi's output is one of the recurrent units and his input weights are fixed; the RateRNN's readout
-    (``out``) has no activity fluctuation of its own to correlate, so the rule leaves it alone: every trainable
-    parameter the rule does not train gets a zero direction (freeze it, or give the network a fixed readout,
-    to reproduce the paper's setting; ``Estimate.info["plastic"]`` names what was trained).
-
-Inaccessible noise
-    The rule reads only the trajectory's states and rates (``x`` and ``r``), never ``Trajectory.noise``: it works
-    unchanged whether the kicks are marked ``accessible`` or not, and with the network's own intrinsic noise.
-
-Options:
-    noise: the exploration noise injected into the units each trial: ``"miconi"`` (default: sparse kicks with
-        ``p = min(1, 0.003·dt)`` and ``σ = 0.5``, ``accessible=False``, built from the network's ``dt``), any
-        :class:`~unigrad.noise.base.NoiseProcess` or ``make_noise`` spec (``"sparse-kicks:p=0.06:sigma=0.5"``),
-        or ``None``: inject nothing and learn from the network's own ``intrinsic`` noise (which it must have).
-        The injected noise of call ``k`` is ``noise.sequence(T, (B, n_rec), seed=seed, trial=k, stream=0,
-        dt=dt)``.
-    activity_decay: ``β`` in ``[0, 1)``, the per-step decay of the running average ``x̄`` (default 0.05, as in
-        the published code; ``β = 0`` makes ``δx(t) = x(t) − x(t−1)``).
-    supralinear: ``S``: ``"cube"`` (``z³``, default), ``"signed-square"`` (``z·|z|``, which the author's code
-        notes works too) or ``"none"`` (``z``: a plain Hebbian trace, for comparison).
-    baseline_rate: ``ρ`` in ``(0, 1]``, the rate of the running reward average (default 0.25, as in the published
-        code). A condition seen for the first time starts its average at the mean reward of its trials in that
-        batch, so with one trial per batch its first trial changes nothing.
-    condition: what names a trial condition for the reward average: ``"inputs"`` (default, the paper's trial
-        type: trials with the same input sequence share an average; only meaningful for tasks with a few
-        discrete conditions, such as ``dnms`` — with noisy inputs every trial is new and nothing is learned),
-        ``"labels"`` (the batch's ``labels``) or ``"global"`` (one average for all trials).
-    scale_by_baseline: multiply the change by ``|R̄_c|`` (default False), as the paper's code does (with the
-        reward a negative error, ``|R̄_c|`` is the condition's recent error: steps shrink as it is learned).
-    clip: clip every entry of the direction to ``[−clip, clip]`` (default None: no clipping). With
-        ``SGD(lr=η)`` the paper's clipping of ``ΔW`` to ``±c`` is ``clip = c/η``.
-    train_input: also train the input weights and bias (default False).
-    seed: keys the injected noise.
-
-Requirements: a :class:`~unigrad.bio.rate_rnn.RateRNN` (anything whose ``run(inputs, noise)`` returns a
-:class:`~unigrad.bio.rate_rnn.Trajectory` and that has ``rec``/``inp`` ``nn.Linear`` layers), and an objective with
-``inputs`` ``(T, B, n_in)`` and ``reward(outputs) → (B,)``, such as ``task.objective(batch)`` of
-:mod:`unigrad.bio.tasks`.
-
-Cost per call: one noisy run of the ``B`` trials, counted as ``B`` forwards (one trial is one sample of the
-unrolled network, whatever its length); no backward. ``Estimate.loss`` is the mean task loss of those noisy trials
-(``loss_is_probe_mean=True``); ``info`` holds ``reward`` and ``rpe`` (means over the batch), ``fresh`` (trials
-whose condition was new), ``conditions`` (known so far) and ``plastic``.
-
-State (``state_dict``): seed, step and the reward average of every condition seen.
+"""Miconi's rule: the :class:`Miconi` estimator, and what the trial-level reward-modulated rules share
+(:class:`TrialRule`, :class:`RewardBaselines` and the checks and trial helpers that
+:mod:`unigrad.bio.rules.exploratory_hebb` uses too).
 """
 
 from __future__ import annotations
@@ -326,6 +246,94 @@ class TrialRule(Estimator):
 
 
 class Miconi(TrialRule):
+    """Miconi's rule: supralinear Hebbian traces of activity fluctuations, reinforced by one reward per trial.
+
+    A chaotic rate network (:class:`~unigrad.bio.rate_rnn.RateRNN`, gain about 1.5) is perturbed by rare kicks: each
+    unit, at each step, with probability ``p`` (about 3 Hz, ``p = 0.003·dt`` with ``dt`` in ms) receives a jump
+    uniform in ``[−σ, σ]`` (:class:`unigrad.noise.SparseKicks`). The rule never reads the kicks. Each unit
+    high-pass filters its own state, ``δx_i(t) = x_i(t) − x̄_i(t−1)`` with the fast running average
+    ``x̄_i(t) = β·x̄_i(t−1) + (1 − β)·x_i(t)`` (``x̄(0) = x(0)``), and each synapse ``j → i`` accumulates over
+    the trial ``t = 1 … T`` a supralinear function of the product of its presynaptic rate and that fluctuation::
+
+        e_ij = Σ_t S(r_j(t−1)·δx_i(t))                      S(z) = z³ (default)
+
+    At the end of the trial a single reward ``R`` arrives (the task's reward on its response window), is compared with
+    a running average ``R̄_c`` of the rewards of the same trial condition ``c``, and::
+
+        ΔW_ij = η·e_ij·(R − R̄_c)            then      R̄_c ← R̄_c + ρ·(R − R̄_c)
+
+    The direction written into ``rec.weight.grad`` is ``−e·(R − R̄_c)`` (averaged over the ``B`` trials of a batch),
+    so ``torch.optim.SGD(lr=η)`` applies ``W ← W + η·e·(R − R̄_c)``, the rule's own step; any other optimizer rescales
+    it. The kicks drive large, sparse fluctuations whose cube dominates the trace (the small fluctuations of the
+    deterministic dynamics are cubed away), so ``e`` approximately correlates the kicks, as seen through the
+    activity, with the presynaptic rates: node perturbation with noise the rule cannot read. That needs a step that is
+    short against ``τ`` (the paper's ``dt/τ = 1/30``): the deterministic change of ``x`` per step grows with ``dt/τ``
+    while a kick does not, and at coarse steps (``dt/τ = 0.2``) the cubed deterministic motion is already a large
+    share of the trace (measured in ``docs/biology.md``), a term that only the reward baseline keeps from biasing the
+    update.
+
+    What is trained
+        The recurrent weights ``W_rec`` (``rec.weight``), as in the paper. With ``train_input=True`` also the input
+        weights and bias (``inp.weight``, ``inp.bias``), whose traces pair ``δx_i(t)`` with ``u_j(t−1)`` and with 1.
+        Miconi's output is one of the recurrent units and his input weights are fixed; the RateRNN's readout
+        (``out``) has no activity fluctuation of its own to correlate, so the rule leaves it alone: every trainable
+        parameter the rule does not train gets a zero direction (freeze it, or give the network a fixed readout,
+        to reproduce the paper's setting; ``Estimate.info["plastic"]`` names what was trained).
+
+    Inaccessible noise
+        The rule reads only the trajectory's states and rates (``x`` and ``r``), never ``Trajectory.noise``: it works
+        unchanged whether the kicks are marked ``accessible`` or not, and with the network's own intrinsic noise.
+
+    Requirements: a :class:`~unigrad.bio.rate_rnn.RateRNN` (anything whose ``run(inputs, noise)`` returns a
+    :class:`~unigrad.bio.rate_rnn.Trajectory` and that has ``rec``/``inp`` ``nn.Linear`` layers), and an objective with
+    ``inputs`` ``(T, B, n_in)`` and ``reward(outputs) → (B,)``, such as ``task.objective(batch)`` of
+    :mod:`unigrad.bio.tasks`.
+
+    Cost per call: one noisy run of the ``B`` trials, counted as ``B`` forwards (one trial is one sample of the
+    unrolled network, whatever its length); no backward. ``Estimate.loss`` is the mean task loss of those noisy trials
+    (``loss_is_probe_mean=True``); ``info`` holds ``reward`` and ``rpe`` (means over the batch), ``fresh`` (trials
+    whose condition was new), ``conditions`` (known so far) and ``plastic``.
+
+    State (``state_dict``): seed, step and the reward average of every condition seen.
+
+    Args:
+        noise: the exploration noise injected into the units each trial: ``"miconi"`` (sparse kicks with
+            ``p = min(1, 0.003·dt)`` and ``σ = 0.5``, ``accessible=False``, built from the network's ``dt``), any
+            :class:`~unigrad.noise.base.NoiseProcess` or ``make_noise`` spec (``"sparse-kicks:p=0.06:sigma=0.5"``),
+            or ``None``: inject nothing and learn from the network's own ``intrinsic`` noise (which it must have).
+            The injected noise of call ``k`` is ``noise.sequence(T, (B, n_rec), seed=seed, trial=k, stream=0,
+            dt=dt)`` (default: ``"miconi"``).
+        activity_decay: ``β`` in ``[0, 1)``, the per-step decay of the running average ``x̄``; 0.05 as in the
+            published code; ``β = 0`` makes ``δx(t) = x(t) − x(t−1)`` (default: 0.05).
+        supralinear: ``S``: ``"cube"`` (``z³``), ``"signed-square"`` (``z·|z|``, which the author's code notes
+            works too) or ``"none"`` (``z``: a plain Hebbian trace, for comparison) (default: ``"cube"``).
+        baseline_rate: ``ρ`` in ``(0, 1]``, the rate of the running reward average; 0.25 as in the published
+            code. A condition seen for the first time starts its average at the mean reward of its trials in that
+            batch, so with one trial per batch its first trial changes nothing (default: 0.25).
+        condition: what names a trial condition for the reward average: ``"inputs"`` (the paper's trial
+            type: trials with the same input sequence share an average; only meaningful for tasks with a few
+            discrete conditions, such as ``dnms`` — with noisy inputs every trial is new and nothing is learned),
+            ``"labels"`` (the batch's ``labels``) or ``"global"`` (one average for all trials)
+            (default: ``"inputs"``).
+        scale_by_baseline: multiply the change by ``|R̄_c|``, as the paper's code does (with the reward a
+            negative error, ``|R̄_c|`` is the condition's recent error: steps shrink as it is learned)
+            (default: False).
+        clip: clip every entry of the direction to ``[−clip, clip]``; ``None``: no clipping. With ``SGD(lr=η)``
+            the paper's clipping of ``ΔW`` to ``±c`` is ``clip = c/η`` (default: None).
+        train_input: also train the input weights and bias (default: False).
+        seed: keys the injected noise (default: 0).
+
+    References:
+        [1] T. Miconi, "Biologically plausible learning in recurrent neural networks reproduces neural dynamics
+            observed during cognitive tasks", eLife 6:e20899 (2017), and the author's code
+            (github.com/ThomasMiconi/BiologicallyPlausibleLearningRNN): a 200-unit network with ``τ = 30`` ms,
+            ``dt = 1`` ms, kicks with probability 0.003 per ms of amplitude uniform in ``±16`` on the input
+            (a jump of up to ``16·dt/τ ≈ 0.53`` in ``x``), ``β = 0.05``, ``S(z) = z³``, a per-condition reward
+            average with ``ρ = 0.25``, ``η = 0.1``, the weight change clipped to ``±3·10⁻⁴``, and the change
+            further multiplied by the condition's mean error ``|R̄_c|``; it reaches about 95% correct on delayed
+            non-match-to-sample in about 1,000 trials.
+    """
+
     name = "miconi"
     order = 0
     description = "Miconi 2017: e_ij = Σ_t (r_j(t−1)·(x_i(t) − x̄_i))³, ΔW = η·e·(R − R̄_condition), noise never read"

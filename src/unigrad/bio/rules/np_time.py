@@ -1,128 +1,4 @@
-"""NP in time — node perturbation on a rate RNN's units at every time step, or its activity-based variant (ANP).
-
-The network (:class:`~unigrad.bio.rate_rnn.RateRNN`, ``α = dt/τ``, ``r = φ(x)``)::
-
-    x_{t+1} = (1 − α) x_t + α (W_rec r_t + W_in u_t + b) + ξ_t        y_t = W_out r_{t+1} + b_out + ζ_t
-
-runs twice on the same trials: a *baseline* pass and a *noisy* pass whose units receive keyed Gaussian noise
-``ξ_t ~ N(0, σ²I)`` at every step (and, with ``readout="perturb"``, its outputs ``ζ_t ~ N(0, σ²I)``). With the
-per-trial loss change ``δL_b = L̃_b − L_b`` the rule correlates ``δL`` with each unit's perturbation and its
-presynaptic input, summed over time.
-
-Where α goes
-    The noise enters ``x_{t+1}`` additively while the weights enter through ``α·W·r_t``, so
-    ``∂x_{t+1}/∂(W_rec)_{ij} = α·r_j(t)``, ``∂x_{t+1}/∂(W_in)_{ij} = α·u_j(t)`` and ``∂x_{t+1}/∂b_i = α``.
-    Writing ``λ_{t+1} = ∂L/∂x_{t+1}`` (the adjoint of BPTT: the total derivative of the loss with respect to a
-    state, through all later steps), BPTT gives ``∂L/∂W_rec = α Σ_t λ_{t+1} r_tᵀ``. Adding ``ξ_t`` to
-    ``x_{t+1}`` changes the loss by ``δL = Σ_t λ_{t+1}·ξ_t + O(σ²)``, so with ``E[ξ_t ξ_sᵀ] = σ² δ_{ts} I``,
-    ``E[δL·ξ_t]/σ² = λ_{t+1} + O(σ²)``.
-
-``variant="np"`` — node perturbation in time, unbiased up to O(σ²) (the second-order term of ``δL`` has
-vanishing odd moments against ``ξ``; exact at any σ when the loss is quadratic in the noise, as for a linear
-network with a squared error)::
-
-    g_{W_rec} = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) · α Σ_t ξ_{i,t,b} r_{t,b}ᵀ
-    g_{W_in}  = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) · α Σ_t ξ_{i,t,b} u_{t,b}ᵀ,    g_b = … α Σ_t ξ_{i,t,b}
-    g_{W_out} = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) · Σ_t ζ_{i,t,b} r_{t+1,b}ᵀ,   g_{b_out} = … Σ_t ζ_{i,t,b}
-
-``variant="anp"`` — activity-based NP in time (García Fernández, Keemink & van Gerven): the noise is replaced by
-the *measured* change of activity ``δx_{t+1} = x̃_{t+1} − x_{t+1}`` of every unit at every step (and
-``δy_t = ỹ_t − y_t`` of the outputs with ``readout="perturb"``), normalised by its squared norm over all units,
-outputs and steps of the trial, ``‖δ_b‖² = Σ_t ‖δx_{t+1,b}‖² + Σ_t ‖δy_{t,b}‖²``::
-
-    g_{W_rec} = (1/q) Σ_i (1/B) Σ_b c · δL_{i,b}/‖δ_{i,b}‖² · α Σ_t δx_{i,t+1,b} r_{t,b}ᵀ     (W_in, b, W_out alike)
-
-with ``N`` the number of measured nodes per trial (``T·n_rec``, plus ``T·n_out`` with ``readout="perturb"``) and
-``c`` set by ``scale`` (√N, N or 1, as :class:`~unigrad.zeroth.anp.ANP`). ANP reads activities and losses only,
-never the noise, so it also learns from noise the network makes itself and the rule cannot read (an
-``intrinsic`` process with ``accessible=False``). ``δx`` carries the noise of earlier steps propagated through
-the dynamics, which is what the loss responded to; the update is a directional derivative along the measured
-direction, biased in general, and needs no knowledge of σ. A trial whose activity did not move contributes
-nothing.
-
-The presynaptic factors ``r_t``, ``u_t``, ``r_{t+1}`` are those of the baseline pass.
-
-Spiking networks
-    The same rule trains an :class:`~unigrad.bio.lif.LIFNetwork`: the perturbed state is the membrane potential
-    (``x = v``, noise added to ``v_{t+1}``), the presynaptic signal of ``W_rec`` is the spike train (``r = s``),
-    the weights enter ``v_{t+1}`` through ``α = 1 − β`` (``β = exp(−dt/τ_mem)``), and ``W_out``'s factor is the
-    leaky trace of the readout, ``∂y_t/∂W_out = (1 − β_out) Σ_{k≤t} β_out^{t−k} s_{k+1}``. Spikes are
-    discontinuous in ``v``: NP then estimates the gradient of the Gaussian-smoothed loss of the true spiking
-    network (no surrogate derivative is involved), ANP a directional derivative along the measured change of
-    the potentials.
-
-Readout (``readout``)
-    ``"perturb"`` (default): the outputs are perturbed nodes like the units (NP: their own noise ``ζ``; ANP:
-    their measured change ``δy``), so every weight learns from the scalar loss change alone, as in the
-    feed-forward NP/ANP of Dalm, van Gerven & Ahmad where every layer, the output layer included, is perturbed.
-    ``"local"``: the readout, being linear, gets its exact local gradient ``Σ_t (∂L/∂y_t) r_{t+1}ᵀ`` from the
-    baseline pass (a delta rule: it needs the error of every output unit, a vector signal rather than a global
-    reward); the outputs are then neither perturbed nor counted in ANP's ``N`` and ``‖δ‖²``.
-
-Decorrelation
-    The layers may be wrapped by :func:`unigrad.decorrelate` (``x̂ = R·x`` before each of ``inp``, ``rec``,
-    ``out``; the decorrelated ANP of the paper). The rule then uses the decorrelated presynaptic inputs
-    ``R·r_t``, ``R·u_t``, ``R·r_{t+1}`` (the gradient of ``W·(R·x)`` with respect to ``W``). In training mode the
-    estimator also hands every decorrelation the baseline pass's presynaptic rows *of all time steps*
-    (:meth:`~unigrad.nn.decorrelation.Decorrelation.record`), so a following
-    :func:`~unigrad.nn.decorrelation.update_decorrelation` sees the statistics of the whole sequence (the
-    wrapped ``rec`` layer alone would keep only its last call, the last step). ``R`` itself is never changed.
-
-Intrinsic noise (the network's own ``intrinsic`` process)
-    No clean pass exists then, so ``passes="two-noisy"`` is required: both passes carry the network's noise
-    (different trials, hence different draws), and the probe pass adds the injected noise. ANP compares the two
-    activities as usual. NP must read the realised noise: it uses the difference of the two passes' total noise
-    ``Δξ = ξ̃ − ξ⁰`` and the per-entry variance of that difference, ``s² = k·σ² + 2v`` (``v`` the process's
-    variance, ``k`` the number of passes that inject noise: 2 with ``two-noisy``, 0 with ``noise="external"``),
-    in place of ``σ²``; this is unbiased for noise white in time, biased for temporally correlated noise
-    (Ornstein–Uhlenbeck), since ``E[Δξ_t Δξ_sᵀ]`` is then not diagonal in time. NP refuses, with a one-line
-    error, when the process is inaccessible (``accessible=False``). Each pass advances the network's trial
-    counter, which keys its noise.
-
-References:
-    [1] J. García Fernández, S. Keemink, M. van Gerven, "Gradient-free training of recurrent neural networks
-        using random perturbations", Frontiers in Neuroscience 18:1439155, 2024 (arXiv:2405.08967): ANP
-        extended to the time domain, with decorrelation, compared with BPTT, NP and WP on the copy task,
-        Mackey–Glass and sequential MNIST (500 tanh units, Adam 1e-3, σ = 1e-3, decorrelation rate 1e-4).
-    [2] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural Networks",
-        arXiv:2310.00965 (NP, ANP and decorrelation in feed-forward networks).
-    [3] R. J. Williams, "Simple statistical gradient-following algorithms for connectionist reinforcement
-        learning", Machine Learning 8, 1992; I. R. Fiete, H. S. Seung, "Gradient learning in spiking neural
-        networks by dynamic perturbation of conductances", Phys. Rev. Lett. 97, 2006 (node perturbation in time).
-
-Model and objective
-    The model is a :class:`~unigrad.bio.rate_rnn.RateRNN` whose trainable parameters are weights and biases of
-    its ``inp``, ``rec`` and ``out`` layers (plain or decorrelated ``nn.Linear``); any other trainable parameter
-    raises (freeze it). The objective must expose ``inputs`` ``(T, B, n_in)`` and ``score(outputs)`` → ``(B,)``
-    per-trial losses, as a task's :class:`~unigrad.bio.tasks.base.TaskObjective` does; each trial's loss is
-    correlated with its own noise.
-
-Options:
-    probes: number of noisy passes q (≥ 1), each compared with the one baseline pass.
-    sigma: standard deviation σ (> 0) of the injected noise on units (and outputs).
-    variant: ``"np"`` (default; correlate with the injected noise) or ``"anp"`` (with the measured activity
-        change).
-    scale: ANP's factor c: ``"sqrt"`` (default, c = √N), ``"n"`` (c = N: about NP's scale) or ``"none"``
-        (c = 1). Ignored by NP.
-    readout: ``"perturb"`` (default) or ``"local"``; see above.
-    passes: ``"clean-noisy"`` (default) or ``"two-noisy"`` (the baseline pass is noisy too: it gets its own
-        injected noise, keyed as probe q, and the network's intrinsic noise; required when the network has
-        intrinsic noise).
-    noise: ``"internal"`` (default: the estimator injects σ-noise) or ``"external"`` (it injects nothing; the
-        network's intrinsic noise is the only probe; needs ``passes="two-noisy"`` and an ``intrinsic`` process,
-        and with NP ``readout="local"``, since nothing then perturbs the outputs independently).
-    noise_source: ``"auto"`` (default), ``"generator"`` or ``"table"``; see ``core/rng.py``.
-    seed: names the noise stream; the unit noise of probe i is keyed by (seed, step, i, 0), the output noise by
-        (seed, step, i, 1).
-
-Cost: ``(1 + q)·B`` forward samples (trials) for a batch of B: one baseline pass and q noisy passes, no backward
-(``readout="local"`` adds one derivative of the loss with respect to the outputs, not a pass through the
-network). ``Estimate.loss`` is the clean loss with ``passes="clean-noisy"``, else the mean over all 1 + q noisy
-passes (``loss_is_probe_mean``). ``info``: ``probe_losses`` (mean loss of each noisy pass) and, for ANP,
-``silent_samples`` (trials whose activity did not move).
-
-State: the seed and the step counter (keys of the noise); nothing else.
-"""
+"""Node perturbation in time: the :class:`NPTime` estimator (NP or ANP on a rate RNN's units at every time step)."""
 
 from __future__ import annotations
 
@@ -163,6 +39,133 @@ def _linear(net: RateRNN, name: str) -> tuple[nn.Linear, DecorrelatedLinear | No
 
 
 class NPTime(Estimator):
+    """NP in time — node perturbation on a rate RNN's units at every time step, or its activity-based variant (ANP).
+
+    The network (:class:`~unigrad.bio.rate_rnn.RateRNN`, ``α = dt/τ``, ``r = φ(x)``)::
+
+        x_{t+1} = (1 − α) x_t + α (W_rec r_t + W_in u_t + b) + ξ_t        y_t = W_out r_{t+1} + b_out + ζ_t
+
+    runs twice on the same trials: a *baseline* pass and a *noisy* pass whose units receive keyed Gaussian noise
+    ``ξ_t ~ N(0, σ²I)`` at every step (and, with ``readout="perturb"``, its outputs ``ζ_t ~ N(0, σ²I)``). With the
+    per-trial loss change ``δL_b = L̃_b − L_b`` the rule correlates ``δL`` with each unit's perturbation and its
+    presynaptic input, summed over time.
+
+    Where α goes
+        The noise enters ``x_{t+1}`` additively while the weights enter through ``α·W·r_t``, so
+        ``∂x_{t+1}/∂(W_rec)_{ij} = α·r_j(t)``, ``∂x_{t+1}/∂(W_in)_{ij} = α·u_j(t)`` and ``∂x_{t+1}/∂b_i = α``.
+        Writing ``λ_{t+1} = ∂L/∂x_{t+1}`` (the adjoint of BPTT: the total derivative of the loss with respect to a
+        state, through all later steps), BPTT gives ``∂L/∂W_rec = α Σ_t λ_{t+1} r_tᵀ``. Adding ``ξ_t`` to
+        ``x_{t+1}`` changes the loss by ``δL = Σ_t λ_{t+1}·ξ_t + O(σ²)``, so with ``E[ξ_t ξ_sᵀ] = σ² δ_{ts} I``,
+        ``E[δL·ξ_t]/σ² = λ_{t+1} + O(σ²)``.
+
+    ``variant="np"`` — node perturbation in time, unbiased up to O(σ²) (the second-order term of ``δL`` has
+    vanishing odd moments against ``ξ``; exact at any σ when the loss is quadratic in the noise, as for a linear
+    network with a squared error)::
+
+        g_{W_rec} = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) · α Σ_t ξ_{i,t,b} r_{t,b}ᵀ
+        g_{W_in}  = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) · α Σ_t ξ_{i,t,b} u_{t,b}ᵀ,    g_b = … α Σ_t ξ_{i,t,b}
+        g_{W_out} = (1/q) Σ_i (1/B) Σ_b (δL_{i,b}/σ²) · Σ_t ζ_{i,t,b} r_{t+1,b}ᵀ,   g_{b_out} = … Σ_t ζ_{i,t,b}
+
+    ``variant="anp"`` — activity-based NP in time (García Fernández, Keemink & van Gerven): the noise is replaced by
+    the *measured* change of activity ``δx_{t+1} = x̃_{t+1} − x_{t+1}`` of every unit at every step (and
+    ``δy_t = ỹ_t − y_t`` of the outputs with ``readout="perturb"``), normalised by its squared norm over all units,
+    outputs and steps of the trial, ``‖δ_b‖² = Σ_t ‖δx_{t+1,b}‖² + Σ_t ‖δy_{t,b}‖²``::
+
+        g_{W_rec} = (1/q) Σ_i (1/B) Σ_b c · δL_{i,b}/‖δ_{i,b}‖² · α Σ_t δx_{i,t+1,b} r_{t,b}ᵀ     (W_in, b, W_out alike)
+
+    with ``N`` the number of measured nodes per trial (``T·n_rec``, plus ``T·n_out`` with ``readout="perturb"``) and
+    ``c`` set by ``scale`` (√N, N or 1, as :class:`~unigrad.zeroth.anp.ANP`). ANP reads activities and losses only,
+    never the noise, so it also learns from noise the network makes itself and the rule cannot read (an
+    ``intrinsic`` process with ``accessible=False``). ``δx`` carries the noise of earlier steps propagated through
+    the dynamics, which is what the loss responded to; the update is a directional derivative along the measured
+    direction, biased in general, and needs no knowledge of σ. A trial whose activity did not move contributes
+    nothing.
+
+    The presynaptic factors ``r_t``, ``u_t``, ``r_{t+1}`` are those of the baseline pass.
+
+    Spiking networks
+        The same rule trains an :class:`~unigrad.bio.lif.LIFNetwork`: the perturbed state is the membrane potential
+        (``x = v``, noise added to ``v_{t+1}``), the presynaptic signal of ``W_rec`` is the spike train (``r = s``),
+        the weights enter ``v_{t+1}`` through ``α = 1 − β`` (``β = exp(−dt/τ_mem)``), and ``W_out``'s factor is the
+        leaky trace of the readout, ``∂y_t/∂W_out = (1 − β_out) Σ_{k≤t} β_out^{t−k} s_{k+1}``. Spikes are
+        discontinuous in ``v``: NP then estimates the gradient of the Gaussian-smoothed loss of the true spiking
+        network (no surrogate derivative is involved), ANP a directional derivative along the measured change of
+        the potentials.
+
+    Readout (``readout``)
+        ``"perturb"`` (default): the outputs are perturbed nodes like the units (NP: their own noise ``ζ``; ANP:
+        their measured change ``δy``), so every weight learns from the scalar loss change alone, as in the
+        feed-forward NP/ANP of Dalm, van Gerven & Ahmad where every layer, the output layer included, is perturbed.
+        ``"local"``: the readout, being linear, gets its exact local gradient ``Σ_t (∂L/∂y_t) r_{t+1}ᵀ`` from the
+        baseline pass (a delta rule: it needs the error of every output unit, a vector signal rather than a global
+        reward); the outputs are then neither perturbed nor counted in ANP's ``N`` and ``‖δ‖²``.
+
+    Decorrelation
+        The layers may be wrapped by :func:`unigrad.decorrelate` (``x̂ = R·x`` before each of ``inp``, ``rec``,
+        ``out``; the decorrelated ANP of the paper). The rule then uses the decorrelated presynaptic inputs
+        ``R·r_t``, ``R·u_t``, ``R·r_{t+1}`` (the gradient of ``W·(R·x)`` with respect to ``W``). In training mode the
+        estimator also hands every decorrelation the baseline pass's presynaptic rows *of all time steps*
+        (:meth:`~unigrad.nn.decorrelation.Decorrelation.record`), so a following
+        :func:`~unigrad.nn.decorrelation.update_decorrelation` sees the statistics of the whole sequence (the
+        wrapped ``rec`` layer alone would keep only its last call, the last step). ``R`` itself is never changed.
+
+    Intrinsic noise (the network's own ``intrinsic`` process)
+        No clean pass exists then, so ``passes="two-noisy"`` is required: both passes carry the network's noise
+        (different trials, hence different draws), and the probe pass adds the injected noise. ANP compares the two
+        activities as usual. NP must read the realised noise: it uses the difference of the two passes' total noise
+        ``Δξ = ξ̃ − ξ⁰`` and the per-entry variance of that difference, ``s² = k·σ² + 2v`` (``v`` the process's
+        variance, ``k`` the number of passes that inject noise: 2 with ``two-noisy``, 0 with ``noise="external"``),
+        in place of ``σ²``; this is unbiased for noise white in time, biased for temporally correlated noise
+        (Ornstein–Uhlenbeck), since ``E[Δξ_t Δξ_sᵀ]`` is then not diagonal in time. NP refuses, with a one-line
+        error, when the process is inaccessible (``accessible=False``). Each pass advances the network's trial
+        counter, which keys its noise.
+
+    Model and objective
+        The model is a :class:`~unigrad.bio.rate_rnn.RateRNN` whose trainable parameters are weights and biases of
+        its ``inp``, ``rec`` and ``out`` layers (plain or decorrelated ``nn.Linear``); any other trainable parameter
+        raises (freeze it). The objective must expose ``inputs`` ``(T, B, n_in)`` and ``score(outputs)`` → ``(B,)``
+        per-trial losses, as a task's :class:`~unigrad.bio.tasks.base.TaskObjective` does; each trial's loss is
+        correlated with its own noise.
+
+    Cost: ``(1 + q)·B`` forward samples (trials) for a batch of B: one baseline pass and q noisy passes, no backward
+    (``readout="local"`` adds one derivative of the loss with respect to the outputs, not a pass through the
+    network). ``Estimate.loss`` is the clean loss with ``passes="clean-noisy"``, else the mean over all 1 + q noisy
+    passes (``loss_is_probe_mean``). ``info``: ``probe_losses`` (mean loss of each noisy pass) and, for ANP,
+    ``silent_samples`` (trials whose activity did not move).
+
+    State: the seed and the step counter (keys of the noise); nothing else.
+
+    Args:
+        probes: number of noisy passes q (≥ 1), each compared with the one baseline pass (default: 1).
+        sigma: standard deviation σ (> 0) of the injected noise on units (and outputs) (default: 1e-3).
+        variant: ``"np"`` (correlate with the injected noise) or ``"anp"`` (with the measured activity
+            change) (default: ``"np"``).
+        scale: ANP's factor c: ``"sqrt"`` (c = √N), ``"n"`` (c = N: about NP's scale) or ``"none"``
+            (c = 1). Ignored by NP (default: ``"sqrt"``).
+        readout: ``"perturb"`` or ``"local"``; see above (default: ``"perturb"``).
+        passes: ``"clean-noisy"`` or ``"two-noisy"`` (the baseline pass is noisy too: it gets its own
+            injected noise, keyed as probe q, and the network's intrinsic noise; required when the network
+            has intrinsic noise) (default: ``"clean-noisy"``).
+        noise: ``"internal"`` (the estimator injects σ-noise) or ``"external"`` (it injects nothing; the
+            network's intrinsic noise is the only probe; needs ``passes="two-noisy"`` and an ``intrinsic``
+            process, and with NP ``readout="local"``, since nothing then perturbs the outputs independently)
+            (default: ``"internal"``).
+        noise_source: ``"auto"``, ``"generator"`` or ``"table"``; see ``core/rng.py`` (default: ``"auto"``).
+        seed: names the noise stream; the unit noise of probe i is keyed by (seed, step, i, 0), the output
+            noise by (seed, step, i, 1) (default: 0).
+
+    References:
+        [1] J. García Fernández, S. Keemink, M. van Gerven, "Gradient-free training of recurrent neural networks
+            using random perturbations", Frontiers in Neuroscience 18:1439155, 2024 (arXiv:2405.08967): ANP
+            extended to the time domain, with decorrelation, compared with BPTT, NP and WP on the copy task,
+            Mackey–Glass and sequential MNIST (500 tanh units, Adam 1e-3, σ = 1e-3, decorrelation rate 1e-4).
+        [2] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural Networks",
+            arXiv:2310.00965 (NP, ANP and decorrelation in feed-forward networks).
+        [3] R. J. Williams, "Simple statistical gradient-following algorithms for connectionist reinforcement
+            learning", Machine Learning 8, 1992; I. R. Fiete, H. S. Seung, "Gradient learning in spiking neural
+            networks by dynamic perturbation of conductances", Phys. Rev. Lett. 97, 2006 (node perturbation in time).
+    """
+
     name = "np-time"
     order = 0
     description = "node perturbation in time on a rate RNN: δL·ξ_t·α·preᵀ/σ² summed over steps (or ANP's δx/‖δx‖²)"

@@ -1,57 +1,5 @@
-"""NRL — noise-based reward-modulated learning (noisy neurons, eligibility traces, a reward-prediction error).
-
-Rule [1]. Every ``nn.Linear`` layer ``l`` of the policy network (logits → softmax π) has noisy neurons. At each
-step ``t`` of an episode the network runs twice on the state ``s_t``: a clean pass gives ``π(·|s_t)`` and a noisy
-pass, whose layer outputs receive ``h_l ← h_l + ε_{l,t}``, gives ``π̃(·|s_t)`` and the layer inputs ``x_{l−1,t}``
-(the noisy pass's activity). The action ``a_t`` is sampled from the clean ``π`` (as in [1]'s code;
-``action_from="noisy"`` samples from ``π̃``). Each synapse keeps an eligibility trace::
-
-    e_l ← γ·e_l + [log π̃(a_t|s_t) − log π(a_t|s_t)] · ε_{l,t}/‖ε_t‖² · x̃_{l−1,t}ᵀ
-
-with ``‖ε_t‖²`` summed over *all* layers' noise at step ``t`` and ``x̃ = [x; 1]`` (the bias is the weight of a
-constant input 1). When the episode ends (delayed reward, return ``R``)::
-
-    RPE = (R − R̄)/|R|            R̄ ← R̄ + γ_avg·(R − R̄)   (after the update; R̄ starts at the first return)
-    ΔW_l = η·N_l·RPE·e_l
-
-Why it works: to first order ``log π̃(a) − log π(a) = δ·ε`` with ``δ = ∂log π(a)/∂h`` over all nodes, and for
-isotropic noise ``E[ε εᵀ/‖ε‖²] = I/n`` (``n`` noisy nodes), so ``E[e_l] = Σ_t γ^{T−1−t} ∇_{W_l} log π(a_t|s_t)/n
-+ O(σ²)``: with ``N_l = n`` the update is REINFORCE with the baseline ``R̄`` and the advantage scaled by ``1/|R|``
-(the gradient of ``E[g(R)]`` for the increasing ``g``), computed from noise and local activity only.
-
-Written as a direction (the library's contract: an optimizer steps ``θ ← θ − lr·grad``)::
-
-    grad(W_l) = −N_l · (1/E) Σ_k RPE_k · e_{l,k}
-
-so ``torch.optim.SGD(lr=η)`` performs ``W_l ← W_l + η·N_l·RPE·e_l`` exactly as in [1] (``E`` episodes per
-update, the objective's ``episodes``; [1] uses ``E = 1``, plain SGD, η = 5e-2). The trace of an episode is
-accumulated in one batched pass after it ends (the weights do not change within an episode, so this equals the
-step-by-step recursion): ``e_l = Σ_t γ^{T−1−t} u_{l,t}``.
-
-Options
-    ``sigma``: standard deviation σ of the Gaussian node noise (default 1e-3 as in [1]); ``noise`` replaces it with
-    any additive, accessible :mod:`unigrad.noise` process or spec (e.g. ``"ou:sigma=0.01:tau=5"``), drawn per
-    episode as a ``(max_steps, n)`` sequence keyed ``(seed, trial=step, stream=episode index)``.
-    ``gamma``: trace decay γ ∈ [0, 1] (default 1: [1]'s code sums over the whole episode).
-    ``gamma_avg``: rate γ_avg ∈ (0, 1] of the running return baseline R̄ (default 0.66 as in [1]).
-    ``normalization``: ``N_l``: ``"layer"`` (default, [1]'s code): the number of output units of layer ``l``;
-    ``"total"``: ``n``, all noisy units (the expected update is then the policy gradient of ``E[g(R)]``, up to
-    O(σ²)); ``"none"``: 1.
-    ``rpe_scale``: ``"return"`` (default) divides by ``|R|`` (a return within 1e-8 of 0 is not divided);
-    ``"none"`` uses ``R − R̄`` ([1]'s code does so for the reaching task).
-    ``action_from``: ``"clean"`` (default) or ``"noisy"``: the policy the actions are sampled from (keyed
-    uniforms ``(seed, step)``).
-
-Cost per call: 2 forwards per environment step (the clean and the noisy pass; one of them runs online to act,
-the other batched over the episode afterwards). No backward pass. ``Estimate.loss`` is minus the mean return of
-the update's (sampled) episodes, not the greedy ``objective(model)``, hence ``loss_is_probe_mean=True``;
-``info`` holds the returns, the RPEs, the baseline used, the steps and the mean ``|log π̃(a) − log π(a)|``.
-
-State: ``step`` (keys the noise and the action uniforms) and the baseline ``R̄`` (``None`` before the first
-episode). Needs an :class:`~unigrad.bio.control.EpisodeObjective`; every trainable parameter must be the weight
-or bias of an ``nn.Linear``.
-
-[1] J. García Fernández, N. Ahmad, M. van Gerven, "Noise-based reward-modulated learning", arXiv:2503.23972.
+"""Noise-based reward-modulated learning: the :class:`NRL` estimator, and the checks the episodic rules share
+(:func:`check_episodic`, :func:`check_unit_interval`).
 """
 
 from __future__ import annotations
@@ -97,7 +45,64 @@ def check_unit_interval(option: str, value: float, *, open_left: bool) -> float:
 
 
 class NRL(Estimator):
-    """Noise-based reward-modulated learning (see module docs)."""
+    """NRL — noise-based reward-modulated learning (noisy neurons, eligibility traces, a reward-prediction error).
+
+    Rule [1]. Every ``nn.Linear`` layer ``l`` of the policy network (logits → softmax π) has noisy neurons. At each
+    step ``t`` of an episode the network runs twice on the state ``s_t``: a clean pass gives ``π(·|s_t)`` and a noisy
+    pass, whose layer outputs receive ``h_l ← h_l + ε_{l,t}``, gives ``π̃(·|s_t)`` and the layer inputs ``x_{l−1,t}``
+    (the noisy pass's activity). The action ``a_t`` is sampled from the clean ``π`` (as in [1]'s code;
+    ``action_from="noisy"`` samples from ``π̃``). Each synapse keeps an eligibility trace::
+
+        e_l ← γ·e_l + [log π̃(a_t|s_t) − log π(a_t|s_t)] · ε_{l,t}/‖ε_t‖² · x̃_{l−1,t}ᵀ
+
+    with ``‖ε_t‖²`` summed over *all* layers' noise at step ``t`` and ``x̃ = [x; 1]`` (the bias is the weight of a
+    constant input 1). When the episode ends (delayed reward, return ``R``)::
+
+        RPE = (R − R̄)/|R|            R̄ ← R̄ + γ_avg·(R − R̄)   (after the update; R̄ starts at the first return)
+        ΔW_l = η·N_l·RPE·e_l
+
+    Why it works: to first order ``log π̃(a) − log π(a) = δ·ε`` with ``δ = ∂log π(a)/∂h`` over all nodes, and for
+    isotropic noise ``E[ε εᵀ/‖ε‖²] = I/n`` (``n`` noisy nodes), so ``E[e_l] = Σ_t γ^{T−1−t} ∇_{W_l} log π(a_t|s_t)/n
+    + O(σ²)``: with ``N_l = n`` the update is REINFORCE with the baseline ``R̄`` and the advantage scaled by ``1/|R|``
+    (the gradient of ``E[g(R)]`` for the increasing ``g``), computed from noise and local activity only.
+
+    Written as a direction (the library's contract: an optimizer steps ``θ ← θ − lr·grad``)::
+
+        grad(W_l) = −N_l · (1/E) Σ_k RPE_k · e_{l,k}
+
+    so ``torch.optim.SGD(lr=η)`` performs ``W_l ← W_l + η·N_l·RPE·e_l`` exactly as in [1] (``E`` episodes per
+    update, the objective's ``episodes``; [1] uses ``E = 1``, plain SGD, η = 5e-2). The trace of an episode is
+    accumulated in one batched pass after it ends (the weights do not change within an episode, so this equals the
+    step-by-step recursion): ``e_l = Σ_t γ^{T−1−t} u_{l,t}``.
+
+    Cost per call: 2 forwards per environment step (the clean and the noisy pass; one of them runs online to act,
+    the other batched over the episode afterwards). No backward pass. ``Estimate.loss`` is minus the mean return of
+    the update's (sampled) episodes, not the greedy ``objective(model)``, hence ``loss_is_probe_mean=True``;
+    ``info`` holds the returns, the RPEs, the baseline used, the steps and the mean ``|log π̃(a) − log π(a)|``.
+
+    State: ``step`` (keys the noise and the action uniforms) and the baseline ``R̄`` (``None`` before the first
+    episode). Needs an :class:`~unigrad.bio.control.EpisodeObjective`; every trainable parameter must be the weight
+    or bias of an ``nn.Linear``.
+
+    Args:
+        sigma: standard deviation σ of the Gaussian node noise; 1e-3 as in [1] (default: 1e-3).
+        gamma: trace decay γ ∈ [0, 1]; 1: [1]'s code sums over the whole episode (default: 1.0).
+        gamma_avg: rate γ_avg ∈ (0, 1] of the running return baseline R̄; 0.66 as in [1] (default: 0.66).
+        normalization: ``N_l``: ``"layer"`` ([1]'s code): the number of output units of layer ``l``;
+            ``"total"``: ``n``, all noisy units (the expected update is then the policy gradient of ``E[g(R)]``, up to
+            O(σ²)); ``"none"``: 1 (default: ``"layer"``).
+        rpe_scale: ``"return"`` divides by ``|R|`` (a return within 1e-8 of 0 is not divided); ``"none"`` uses
+            ``R − R̄`` ([1]'s code does so for the reaching task) (default: ``"return"``).
+        action_from: ``"clean"`` or ``"noisy"``: the policy the actions are sampled from (keyed uniforms
+            ``(seed, step)``) (default: ``"clean"``).
+        noise: replaces the Gaussian noise of ``sigma`` with any additive, accessible :mod:`unigrad.noise` process or
+            spec (e.g. ``"ou:sigma=0.01:tau=5"``), drawn per episode as a ``(max_steps, n)`` sequence keyed
+            ``(seed, trial=step, stream=episode index)``; ``None``: the Gaussian noise of ``sigma`` (default: None).
+        seed: names the noise and action streams (default: 0).
+
+    References:
+        [1] J. García Fernández, N. Ahmad, M. van Gerven, "Noise-based reward-modulated learning", arXiv:2503.23972.
+    """
 
     name = "nrl"
     order = 0

@@ -1,97 +1,4 @@
-"""OUA — Ornstein–Uhlenbeck adaptation: parameters wander around a mean that the reward-prediction error drags.
-
-The system runs with parameters ``θ`` that fluctuate as an Ornstein–Uhlenbeck process around an adaptive
-mean ``μ``; a running average ``r̄`` predicts the reward ``r`` earned at ``θ``, and the mean follows the
-deviations that beat the prediction (García Fernández, Ahmad & van Gerven)::
-
-    dr̄ = ε (r − r̄) dt
-    dθ = λ (μ − θ) dt + σ dW
-    dμ = η (r − r̄)(θ − μ) dt
-
-Here ``r = −L(θ)``, the negative mean loss of the objective at the *noisy* parameters (or any reward
-computed from the per-sample losses, see ``reward``). Only loss values and the noise are used: a
-zeroth-order rule, with the reward-prediction error ``r − r̄`` as its global third factor.
-
-How the SDE maps onto the estimator contract
-    The model's trainable parameters hold the mean ``μ``. The estimator keeps the OU deviation
-    ``δ = θ − μ`` (one tensor per trainable parameter) as its state and advances it as the OU process
-    ``dδ = −λδ dt + σ dW``: the drift ``λ(μ − θ)`` of ``θ`` only involves ``θ − μ``. (In the SDE ``θ`` does
-    not move when ``μ`` does, so ``dδ = dθ − dμ`` also carries ``−η(r − r̄)δ dt``; the estimator never sees
-    the optimizer's step and leaves that term out, which changes ``δ`` by a relative ``η·|r − r̄|·dt`` per
-    call. Equivalently, ``θ`` is carried along with ``μ``.) Call ``k`` (the estimator's step):
-
-    1. advances the deviation by one step, ``δ ← a·δ + b·ξ_k`` with ``ξ_k ~ N(0, I)`` keyed by
-       ``(seed, step, probe 0, tensor)`` (see ``scheme`` for ``a`` and ``b``);
-    2. evaluates the objective once at ``θ = μ + δ`` with ``torch.func.functional_call`` (the model is
-       not touched) and forms ``r``;
-    3. writes the direction ``d = −(r − r̄)·δ·dt`` into ``.grad``, so that ``torch.optim.SGD(lr=η)``
-       takes ``μ ← μ + η (r − r̄) δ dt``: the Euler step of the ``dμ`` equation, with ``lr`` playing
-       ``η`` exactly;
-    4. advances the baseline, ``r̄ ← r̄ + ε dt (r − r̄)`` (the direction used ``r̄`` from before the update,
-       as an explicit Euler step does).
-
-    With any other optimizer (Adam, momentum) the step is no longer the SDE's: the direction is only a
-    reward-correlated search direction that the optimizer rescales.
-
-Why it descends
-    For small ``δ``, ``r − r̄ ≈ −∇L·δ + (−L(μ) − r̄)``; ``δ`` has mean zero and the baseline is built from
-    past rewards only, so ``E[d] = dt·v·κ·∇L(μ)`` with ``v`` the stationary variance of ``δ`` and
-    ``κ = (1 − a)/(1 − (1 − ε dt)·a)`` (in ``(0, 1]`` for ``a ≥ 0``) the share of the correlation that
-    the baseline does not absorb (``r̄`` remembers rewards earned with earlier, correlated deviations;
-    ``κ ≈ λ/(λ + ε)`` for small ``dt``). On a quadratic this holds exactly once ``δ`` and ``r̄`` are
-    stationary at a fixed ``μ`` (the third moments of a Gaussian vanish).
-
-References:
-    [1] J. García Fernández, N. Ahmad, M. van Gerven, "Ornstein–Uhlenbeck Adaptation as a Mechanism for
-        Learning in Brains and Machines", arXiv:2410.13563; Entropy 26(12):1125, 2024. The SDE is
-        integrated with Euler–Maruyama and applied to supervised regression, reinforcement learning,
-        recurrent networks and weather forecasting, and, with ``λ`` and ``σ`` themselves adapted, to
-        meta-learning (not implemented here).
-
-Options:
-    lam: ``λ`` (> 0), the mean-reversion rate of the deviation; ``1/λ`` is its correlation time.
-    sigma: ``σ`` (> 0), the diffusion of the deviation.
-    eps: ``ε`` (≥ 0), the rate of the reward average; ``1/ε`` is its memory. ``ε·dt ≤ 1`` is required
-        (an Euler step with ``ε·dt > 1`` overshoots the reward). ``ε = 0`` keeps ``r̄`` at its initial
-        value.
-    dt: the integration step (> 0), in the unit of ``1/λ`` and ``1/ε``; one call is one step.
-    scheme: how the deviation ``δ ← a·δ + b·ξ`` is advanced, with ``h = λ·dt``:
-
-        - ``"euler-maruyama"`` (default, the paper's): ``a = 1 − h``, ``b = σ√dt``. Stationary variance
-          ``v = b²/(1 − a²) = σ²/(λ(2 − h)) = σ²/(2λ)·(1 − h/2)⁻¹``, an ``O(dt)`` excess over the SDE's
-          ``σ²/(2λ)``; lag-1 autocorrelation ``1 − λ dt``.
-        - ``"heun"``: the stochastic Heun (predictor–corrector) step, ``a = 1 − h + h²/2``,
-          ``b = σ√dt·(1 − h/2)``; ``v = σ²/(2λ)·(1 − h²/4 + O(h³))``. Free here: the drift of ``δ``
-          needs no reward, so it costs no extra forward (``μ`` and ``r̄`` keep their Euler steps, since a
-          corrector for them would need a second evaluation).
-        - ``"exact"``: the exact OU transition, ``a = e^{−h}``, ``b = σ√((1 − a²)/(2λ))``; ``v = σ²/(2λ)``
-          and autocorrelation ``e^{−λ dt}`` at any ``dt``.
-
-        ``λ·dt < 2`` is required for the first two (otherwise the recursion diverges).
-        :attr:`OUA.stationary_variance` and :attr:`OUA.autocorrelation` give ``v`` and ``a``.
-    init: the deviation before the first step (and after every reset): ``"zero"`` (``θ = μ``, the
-        default) or ``"stationary"`` (a draw from ``N(0, v)``, keyed by ``(seed, step, probe 1, tensor)``,
-        so ``δ`` is stationary from the first call).
-    baseline: the initial ``r̄``; ``None`` (default) sets it to the first reward seen, so the first
-        direction is exactly zero.
-    reset_every: re-initialise the deviation (per ``init``) every this many calls (at steps that are
-        multiples of it), for episodic use; ``0`` (default) never. :meth:`OUA.reset` does it by hand.
-        ``r̄`` is never reset.
-    reward: ``"negative-loss"`` (default; ``r = −mean loss``) or a callable taking the per-sample losses
-        at ``θ`` and returning the scalar reward (a task score, a clipped or shaped loss, …).
-    noise_source: ``"generator"`` (default: one keyed generator stream per step, so the increments are
-        independent across steps), ``"table"`` or ``"auto"`` (windows into the shared noise table:
-        cheaper, but windows of different steps may overlap); see ``core/rng.py``.
-    seed: names the noise stream.
-
-Cost: one forward of the objective per call (``n_samples(objective)`` samples), no backward.
-``Estimate.loss`` is the mean loss at the noisy ``θ`` (``loss_is_probe_mean=True``); ``info`` holds
-``reward`` (``r``), ``baseline`` (the ``r̄`` the direction used), ``rpe`` (``r − r̄``) and
-``deviation_norm`` (``‖δ‖``).
-
-State (``state_dict``): seed, step, the deviation tensors ``δ`` (``None`` before the first call or after
-a reset) and the current ``r̄`` (``None`` until the first reward when ``baseline`` is ``None``).
-"""
+"""Ornstein–Uhlenbeck adaptation: the :class:`OUA` estimator (OU noise around the mean, reinforced by the RPE)."""
 
 from __future__ import annotations
 
@@ -124,6 +31,106 @@ def _number(option: str, value: Any) -> float:
 
 
 class OUA(Estimator):
+    """OUA — Ornstein–Uhlenbeck adaptation: parameters wander around a mean that the reward-prediction error drags.
+
+    The system runs with parameters ``θ`` that fluctuate as an Ornstein–Uhlenbeck process around an adaptive
+    mean ``μ``; a running average ``r̄`` predicts the reward ``r`` earned at ``θ``, and the mean follows the
+    deviations that beat the prediction (García Fernández, Ahmad & van Gerven)::
+
+        dr̄ = ε (r − r̄) dt
+        dθ = λ (μ − θ) dt + σ dW
+        dμ = η (r − r̄)(θ − μ) dt
+
+    Here ``r = −L(θ)``, the negative mean loss of the objective at the *noisy* parameters (or any reward
+    computed from the per-sample losses, see ``reward``). Only loss values and the noise are used: a
+    zeroth-order rule, with the reward-prediction error ``r − r̄`` as its global third factor.
+
+    How the SDE maps onto the estimator contract
+        The model's trainable parameters hold the mean ``μ``. The estimator keeps the OU deviation
+        ``δ = θ − μ`` (one tensor per trainable parameter) as its state and advances it as the OU process
+        ``dδ = −λδ dt + σ dW``: the drift ``λ(μ − θ)`` of ``θ`` only involves ``θ − μ``. (In the SDE ``θ`` does
+        not move when ``μ`` does, so ``dδ = dθ − dμ`` also carries ``−η(r − r̄)δ dt``; the estimator never sees
+        the optimizer's step and leaves that term out, which changes ``δ`` by a relative ``η·|r − r̄|·dt`` per
+        call. Equivalently, ``θ`` is carried along with ``μ``.) Call ``k`` (the estimator's step):
+
+        1. advances the deviation by one step, ``δ ← a·δ + b·ξ_k`` with ``ξ_k ~ N(0, I)`` keyed by
+           ``(seed, step, probe 0, tensor)`` (see ``scheme`` for ``a`` and ``b``);
+        2. evaluates the objective once at ``θ = μ + δ`` with ``torch.func.functional_call`` (the model is
+           not touched) and forms ``r``;
+        3. writes the direction ``d = −(r − r̄)·δ·dt`` into ``.grad``, so that ``torch.optim.SGD(lr=η)``
+           takes ``μ ← μ + η (r − r̄) δ dt``: the Euler step of the ``dμ`` equation, with ``lr`` playing
+           ``η`` exactly;
+        4. advances the baseline, ``r̄ ← r̄ + ε dt (r − r̄)`` (the direction used ``r̄`` from before the update,
+           as an explicit Euler step does).
+
+        With any other optimizer (Adam, momentum) the step is no longer the SDE's: the direction is only a
+        reward-correlated search direction that the optimizer rescales.
+
+    Why it descends
+        For small ``δ``, ``r − r̄ ≈ −∇L·δ + (−L(μ) − r̄)``; ``δ`` has mean zero and the baseline is built from
+        past rewards only, so ``E[d] = dt·v·κ·∇L(μ)`` with ``v`` the stationary variance of ``δ`` and
+        ``κ = (1 − a)/(1 − (1 − ε dt)·a)`` (in ``(0, 1]`` for ``a ≥ 0``) the share of the correlation that
+        the baseline does not absorb (``r̄`` remembers rewards earned with earlier, correlated deviations;
+        ``κ ≈ λ/(λ + ε)`` for small ``dt``). On a quadratic this holds exactly once ``δ`` and ``r̄`` are
+        stationary at a fixed ``μ`` (the third moments of a Gaussian vanish).
+
+    Cost: one forward of the objective per call (``n_samples(objective)`` samples), no backward.
+    ``Estimate.loss`` is the mean loss at the noisy ``θ`` (``loss_is_probe_mean=True``); ``info`` holds
+    ``reward`` (``r``), ``baseline`` (the ``r̄`` the direction used), ``rpe`` (``r − r̄``) and
+    ``deviation_norm`` (``‖δ‖``).
+
+    State (``state_dict``): seed, step, the deviation tensors ``δ`` (``None`` before the first call or after
+    a reset) and the current ``r̄`` (``None`` until the first reward when ``baseline`` is ``None``).
+
+    Args:
+        lam: ``λ`` (> 0), the mean-reversion rate of the deviation; ``1/λ`` is its correlation time
+            (default: 1.0).
+        sigma: ``σ`` (> 0), the diffusion of the deviation (default: 0.1).
+        eps: ``ε`` (≥ 0), the rate of the reward average; ``1/ε`` is its memory. ``ε·dt ≤ 1`` is required
+            (an Euler step with ``ε·dt > 1`` overshoots the reward). ``ε = 0`` keeps ``r̄`` at its initial
+            value (default: 1.0).
+        dt: the integration step (> 0), in the unit of ``1/λ`` and ``1/ε``; one call is one step
+            (default: 0.1).
+        scheme: how the deviation ``δ ← a·δ + b·ξ`` is advanced, with ``h = λ·dt``:
+
+            - ``"euler-maruyama"`` (the paper's): ``a = 1 − h``, ``b = σ√dt``. Stationary variance
+              ``v = b²/(1 − a²) = σ²/(λ(2 − h)) = σ²/(2λ)·(1 − h/2)⁻¹``, an ``O(dt)`` excess over the SDE's
+              ``σ²/(2λ)``; lag-1 autocorrelation ``1 − λ dt``.
+            - ``"heun"``: the stochastic Heun (predictor–corrector) step, ``a = 1 − h + h²/2``,
+              ``b = σ√dt·(1 − h/2)``; ``v = σ²/(2λ)·(1 − h²/4 + O(h³))``. Free here: the drift of ``δ``
+              needs no reward, so it costs no extra forward (``μ`` and ``r̄`` keep their Euler steps, since a
+              corrector for them would need a second evaluation).
+            - ``"exact"``: the exact OU transition, ``a = e^{−h}``, ``b = σ√((1 − a²)/(2λ))``; ``v = σ²/(2λ)``
+              and autocorrelation ``e^{−λ dt}`` at any ``dt``.
+
+            ``λ·dt < 2`` is required for the first two (otherwise the recursion diverges).
+            :attr:`OUA.stationary_variance` and :attr:`OUA.autocorrelation` give ``v`` and ``a``
+            (default: ``"euler-maruyama"``).
+        init: the deviation before the first step (and after every reset): ``"zero"`` (``θ = μ``) or
+            ``"stationary"`` (a draw from ``N(0, v)``, keyed by ``(seed, step, probe 1, tensor)``, so ``δ`` is
+            stationary from the first call) (default: ``"zero"``).
+        baseline: the initial ``r̄``; ``None`` sets it to the first reward seen, so the first direction is
+            exactly zero (default: None).
+        reset_every: re-initialise the deviation (per ``init``) every this many calls (at steps that are
+            multiples of it), for episodic use; ``0`` never. :meth:`OUA.reset` does it by hand. ``r̄`` is
+            never reset (default: 0).
+        reward: ``"negative-loss"`` (``r = −mean loss``) or a callable taking the per-sample losses at ``θ``
+            and returning the scalar reward (a task score, a clipped or shaped loss, …)
+            (default: ``"negative-loss"``).
+        noise_source: ``"generator"`` (one keyed generator stream per step, so the increments are
+            independent across steps), ``"table"`` or ``"auto"`` (windows into the shared noise table:
+            cheaper, but windows of different steps may overlap); see ``core/rng.py``
+            (default: ``"generator"``).
+        seed: names the noise stream (default: 0).
+
+    References:
+        [1] J. García Fernández, N. Ahmad, M. van Gerven, "Ornstein–Uhlenbeck Adaptation as a Mechanism for
+            Learning in Brains and Machines", arXiv:2410.13563; Entropy 26(12):1125, 2024. The SDE is
+            integrated with Euler–Maruyama and applied to supervised regression, reinforcement learning,
+            recurrent networks and weather forecasting, and, with ``λ`` and ``σ`` themselves adapted, to
+            meta-learning (not implemented here).
+    """
+
     name = "oua"
     order = 0
     description = "Ornstein–Uhlenbeck adaptation: OU noise around the mean, reinforced by the reward-prediction error"

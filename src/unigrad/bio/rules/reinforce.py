@@ -1,36 +1,4 @@
-"""REINFORCE — the likelihood-ratio policy gradient with a baseline (Williams 1992).
-
-Direction. ``E`` episodes are sampled from the softmax policy ``π_θ(a|s)`` (the objective's ``episodes``;
-actions from keyed uniforms ``(seed, step)``). With the returns-to-go ``G_t = Σ_{t'≥t} γ^{t'−t} r_{t'}`` and a
-baseline ``b``::
-
-    grad = −(1/E) Σ_k Σ_t ∇_θ log π_θ(a_{k,t}|s_{k,t}) · A_{k,t},     A_{k,t} = (G_{k,t} − b) / c
-
-written to ``.grad``, so any optimizer minimising it ascends the expected return; ``E[grad] = −∇_θ E[Σ_t γ^t r_t]``
-(for ``discount = 1``, the gradient of minus the expected return) whenever ``b`` and ``c`` do not depend on the
-update's own actions [1, 2].
-
-Options
-    ``discount``: γ ∈ [0, 1] of the returns-to-go (default 0.99).
-    ``baseline``: ``"running"`` (default): ``b`` is a running mean, ``b ← b + rate·(Ḡ − b)`` after each update,
-    with ``Ḡ`` the mean return-to-go over the update's steps (the first update starts ``b`` at its own ``Ḡ``);
-    ``"batch"``: ``b = Ḡ`` of this update (lower variance, a small bias); ``"none"``: ``b = 0``.
-    ``baseline_rate``: the running mean's rate in (0, 1] (default 0.1).
-    ``normalize``: ``c`` = the standard deviation of ``G − b`` over the update's steps (plus 1e-8), so the step size
-    does not depend on the scale of the rewards (a positive rescaling of the direction); default ``c = 1``.
-
-Cost per call: the rollout's policy forwards (one per environment step) plus one taped forward and one backward
-over all the update's steps, batched: ``forwards = 2·steps``, ``backwards = steps`` (in samples). ``Estimate.loss``
-is minus the mean return of the update's sampled episodes (``loss_is_probe_mean=True``: not the greedy
-``objective(model)``); ``info`` holds the returns, the baseline used and the steps.
-
-State: ``step`` (keys the action uniforms) and the running baseline ``b`` (``None`` before the first update).
-Needs an :class:`~unigrad.bio.control.EpisodeObjective` and a policy network ``obs (B, obs_dim) → logits``.
-
-[1] R. J. Williams, "Simple statistical gradient-following algorithms for connectionist reinforcement learning",
-    Machine Learning 8 (1992) 229–256.
-[2] R. S. Sutton, A. G. Barto, *Reinforcement Learning: An Introduction* (2nd ed., 2018), §13.3–13.4.
-"""
+"""REINFORCE: the :class:`Reinforce` estimator (the likelihood-ratio policy gradient with a baseline)."""
 
 from __future__ import annotations
 
@@ -53,7 +21,43 @@ _ACTION_TAG = 0x5E1F0CE
 
 
 class Reinforce(Estimator):
-    """REINFORCE with a baseline (see module docs)."""
+    """REINFORCE — the likelihood-ratio policy gradient with a baseline (Williams 1992).
+
+    Direction. ``E`` episodes are sampled from the softmax policy ``π_θ(a|s)`` (the objective's ``episodes``;
+    actions from keyed uniforms ``(seed, step)``). With the returns-to-go ``G_t = Σ_{t'≥t} γ^{t'−t} r_{t'}`` and a
+    baseline ``b``::
+
+        grad = −(1/E) Σ_k Σ_t ∇_θ log π_θ(a_{k,t}|s_{k,t}) · A_{k,t},     A_{k,t} = (G_{k,t} − b) / c
+
+    written to ``.grad``, so any optimizer minimising it ascends the expected return; ``E[grad] = −∇_θ E[Σ_t γ^t r_t]``
+    (for ``discount = 1``, the gradient of minus the expected return) whenever ``b`` and ``c`` do not depend on the
+    update's own actions [1, 2].
+
+    Cost per call: the rollout's policy forwards (one per environment step) plus one taped forward and one backward
+    over all the update's steps, batched: ``forwards = 2·steps``, ``backwards = steps`` (in samples). ``Estimate.loss``
+    is minus the mean return of the update's sampled episodes (``loss_is_probe_mean=True``: not the greedy
+    ``objective(model)``); ``info`` holds the returns, the baseline used and the steps.
+
+    State: ``step`` (keys the action uniforms) and the running baseline ``b`` (``None`` before the first update).
+    Needs an :class:`~unigrad.bio.control.EpisodeObjective` and a policy network ``obs (B, obs_dim) → logits``.
+
+    Args:
+        discount: γ ∈ [0, 1] of the returns-to-go (default: 0.99).
+        baseline: ``"running"``: ``b`` is a running mean, ``b ← b + rate·(Ḡ − b)`` after each update, with ``Ḡ``
+            the mean return-to-go over the update's steps (the first update starts ``b`` at its own ``Ḡ``);
+            ``"batch"``: ``b = Ḡ`` of this update (lower variance, a small bias); ``"none"``: ``b = 0``
+            (default: ``"running"``).
+        baseline_rate: the running mean's rate in (0, 1] (default: 0.1).
+        normalize: ``c`` = the standard deviation of ``G − b`` over the update's steps (plus 1e-8), so the step size
+            does not depend on the scale of the rewards (a positive rescaling of the direction); False: ``c = 1``
+            (default: False).
+        seed: keys the action uniforms ``(seed, step)`` (default: 0).
+
+    References:
+        [1] R. J. Williams, "Simple statistical gradient-following algorithms for connectionist reinforcement
+            learning", Machine Learning 8 (1992) 229–256.
+        [2] R. S. Sutton, A. G. Barto, *Reinforcement Learning: An Introduction* (2nd ed., 2018), §13.3–13.4.
+    """
 
     name = "reinforce"
     order = 1
