@@ -9,23 +9,14 @@ import typing
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import unigrad
+from tests.core.test_objective import tiny
 from unigrad import UnigradError, make_estimator
 from unigrad.core.registry import _SIMPLE, ESTIMATORS, estimator_class
 from unigrad.second.newton import Newton
 from unigrad.zeroth.es import ES
 from unigrad.zeroth.spsa import SPSA
-
-
-def tiny() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
-    return model, torch.randn(6, 4, generator=g), torch.randint(0, 3, (6,), generator=g)
-
 
 # -- option types ---------------------------------------------------------------------------------------
 
