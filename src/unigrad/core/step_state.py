@@ -35,7 +35,7 @@ the masks, not the perturbation. :class:`StepState`, entered by :meth:`Estimator
    inside one evaluation (a siamese objective) draw the same masks for inputs of the same shape.
    Batched probes (``torch.vmap``) use ``randomness="same"`` for the same reason.
 
-3. **Live buffers.** A module may name, in a ``live_buffers`` attribute (a tuple of buffer names),
+3. **Live buffers.** A module class may name, in a ``live_buffers`` class attribute (a tuple of buffer names),
    buffers that every evaluation must advance, such as the trial counter that keys a network's
    intrinsic noise (:class:`unigrad.bio.rate_rnn.NoisyNetwork`); these are left alone.
 
@@ -82,10 +82,6 @@ class _Slot:
     count: int = 0
 
 
-def _devices(model: nn.Module) -> list[int]:
-    return sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.device.type == "cuda"})
-
-
 class StepState:
     """Context manager applying the module docstring's rules to ``model`` for one step ``(seed, step)``."""
 
@@ -95,14 +91,23 @@ class StepState:
         self.model, self.rule = model, rule
         self.rng_seed = key_hash(_DROPOUT_TAG, seed, step) & ((1 << 63) - 1)
         self.slots: list[_Slot] = []
-        for module in model.modules():
-            live = set(getattr(module, "live_buffers", ()))
+        cuda: set[int] = set()
+        for module in model.modules():  # one pass: the buffers to track, and the devices holding the model
+            for p in module._parameters.values():
+                if p is not None and p.device.type == "cuda":
+                    cuda.add(p.device.index or 0)
+            if not module._buffers:
+                continue
+            live = getattr(type(module), "live_buffers", ())  # a class attribute (see the module docs)
             for name, buf in module._buffers.items():
-                if buf is None or name in live or _version(buf) is None:
+                if buf is None:
                     continue
-                snap = buf.detach().clone()
-                self.slots.append(_Slot(module, name, buf, snap, buf))
-        self.cuda = _devices(model)
+                if buf.device.type == "cuda":
+                    cuda.add(buf.device.index or 0)
+                if name in live or _version(buf) is None:
+                    continue
+                self.slots.append(_Slot(module, name, buf, buf.detach().clone(), buf))
+        self.cuda = sorted(cuda)
         self._handle: Any = None
         self._saved: list[tuple[Any, Tensor]] = []
 
@@ -185,12 +190,3 @@ class StepState:
             v = values.get(prefix + names.get(id(s.original), "\0"))
             if v is not None and not torch.equal(v, s.snapshot):
                 self.record(s, v)
-
-
-def buffers_of(model: nn.Module) -> bool:
-    """Whether ``model`` has buffers a step would track."""
-    return any(
-        b is not None and _version(b) is not None and n not in set(getattr(m, "live_buffers", ()))
-        for m in model.modules()
-        for n, b in m._buffers.items()
-    )
