@@ -375,8 +375,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any, budget: str) -> int:
     """``train --distributed``: every process trains; rank 0 writes ``results.json`` and the checkpoint."""
-    import json
-
+    from unigrad.core.io import write_json
     from unigrad.distributed import (
         DEFAULT_TIMEOUT,
         METHODS,
@@ -386,7 +385,7 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
         is_lead,
         world_size,
     )
-    from unigrad.train.compare import environment, finite_json, jsonable
+    from unigrad.train.compare import environment
 
     if args.out is None:
         raise UnigradError("--distributed needs --out DIR: the folder every process shares (checkpoint, results)")
@@ -434,9 +433,7 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
             "method": spec.to_dict(),
             "run": run.to_dict(),
         }
-        (folder / "results.json").write_text(
-            json.dumps(finite_json(data), indent=1, default=jsonable, allow_nan=False) + "\n"
-        )
+        write_json(folder / "results.json", data, fsync=False, unique=False)
         final = run.final
         print(
             f"{spec.name} on {world} process{'es' * (world != 1)}: test accuracy {final['test_accuracy']:.4f}, "

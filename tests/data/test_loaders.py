@@ -50,6 +50,25 @@ def test_mnist1d_generates_caches_reloads_and_regenerates(tmp_path, monkeypatch)
         assert np.array_equal(f["y_test"], first[3].numpy())
 
 
+def test_mnist1d_cache_that_cannot_be_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from unigrad.data import mnist1d
+
+    arrays = {k: np.zeros(s, np.float32 if k.startswith("x") else np.int64) for k, s in mnist1d.SHAPES.items()}
+    monkeypatch.setattr(mnist1d, "generate", lambda: arrays)  # the real generator takes seconds
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    loaded = load_mnist1d(tmp_path / "cache")  # a read-only cache only costs regeneration next time
+    monkeypatch.undo()
+    assert all(torch.equal(t, torch.from_numpy(arrays[k])) for t, k in zip(loaded, mnist1d.SHAPES))
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_digits_split_is_fixed_and_stratified():
     a, b = load_digits(), load_digits()
     _check_split(a, 1437, 360, (64,))

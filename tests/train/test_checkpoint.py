@@ -56,6 +56,16 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch:
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
 
 
+def test_a_checkpoint_path_that_cannot_be_a_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(UnigradError, match="Is a directory; no checkpoint was written"):  # nothing was there to keep
+        save_checkpoint(tmp_path / "dir.pt", {"step": 1})
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(UnigradError, match=r"^cannot write checkpoint .*file/c\.pt: .*; no checkpoint was written$"):
+        save_checkpoint(tmp_path / "file" / "c.pt", {"step": 1})  # its folder would be under a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.pt", "file"] and not any((tmp_path / "dir.pt").iterdir())
+
+
 def _params(model: torch.nn.Module) -> list[torch.Tensor]:
     return [t.detach().clone() for t in model.state_dict().values()]
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from unigrad.bench.suite import PEERS
+from unigrad.core.io import atomic_write
 
 CURVE_POINTS = 200
 
@@ -310,11 +311,8 @@ def render(results: Mapping[str, Any]) -> str:
 
 def write_report(folder: Path, results: Mapping[str, Any]) -> Path:
     """Write ``report.md`` into ``folder``."""
-    from unigrad.train.report import write_atomic
-
     path = folder / "report.md"
-    text = render(results)
-    write_atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, render(results), fsync=False, unique=False)
     return path
 
 

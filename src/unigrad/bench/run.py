@@ -27,7 +27,6 @@ the others go on.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -41,9 +40,9 @@ import torch
 
 from unigrad.bench.suite import PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
+from unigrad.core.io import write_json as write_json_file
 from unigrad.core.parallel import run_calls
-from unigrad.train.compare import MethodSpec, environment, finite_json, jsonable, parse_seeds, run_dir
-from unigrad.train.report import write_atomic
+from unigrad.train.compare import MethodSpec, environment, parse_seeds, run_dir
 
 
 def run_loop(problem: Any, spec: MethodSpec, seed: int, budget: float, eval_points: int) -> dict[str, Any]:
@@ -153,8 +152,7 @@ def run_one(task_name: str, spec: MethodSpec, seed: int, budget: float) -> dict[
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """``data`` as strict JSON (non-finite floats become ``null``), written atomically."""
-    text = json.dumps(finite_json(data), indent=1, default=jsonable, allow_nan=False) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text))
+    write_json_file(path, data, fsync=False, unique=False)
 
 
 def _check_number(option: str, value: float | None) -> None:

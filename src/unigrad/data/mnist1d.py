@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 
 from unigrad.core.errors import UnigradError
+from unigrad.core.io import atomic_path
 
 CACHE_ENV = "UNIGRAD_CACHE"
 CACHE_FILE = "mnist1d-v1.npz"
@@ -69,13 +69,11 @@ def _read(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _write(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Cache ``arrays`` at ``path`` atomically (concurrent loaders each write their own temporary file)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path, fsync=False, make_parents=True) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except OSError:
+    except UnigradError:
         pass  # a read-only cache only costs regeneration next time
 
 

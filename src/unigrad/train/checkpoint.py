@@ -8,8 +8,9 @@ where ``payload`` is a ``torch.save`` of a dict of tensors, numbers, strings, li
 trainer's state: model, optimizer, estimator, data position, metrics). Guarantees:
 
 * **Atomic**: :func:`save_checkpoint` writes a temporary file next to the target, flushes and
-  ``fsync``s it, then ``os.replace``s it over the target and ``fsync``s the folder. A crash at any
-  moment leaves either the previous checkpoint or the new one, never a partial file.
+  ``fsync``s it, then ``os.replace``s it over the target and ``fsync``s the folder
+  (:func:`unigrad.core.io.atomic_write`). A crash at any moment leaves either the previous checkpoint
+  or the new one, never a partial file.
 * **Checked**: :func:`load_checkpoint` refuses a file without the header (not a checkpoint) or whose
   payload does not match its checksum (truncated or corrupted), with a one-line
   :class:`~unigrad.core.errors.UnigradError` that names the file. It loads with
@@ -22,13 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unigrad.core.errors import UnigradError
+from unigrad.core.io import atomic_write
 
 MAGIC = b"UNIGRAD-CHECKPOINT 1\n"
 _ADVICE = "delete it to start the run over"
@@ -41,19 +42,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + hashlib.sha256(payload).digest() + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        kept = "the previous checkpoint is kept" if path.exists() else "no checkpoint was written"
-        raise UnigradError(f"cannot write checkpoint {path}: {e.strerror or e}; {kept}") from None
+    atomic_write(
+        path,
+        MAGIC + hashlib.sha256(payload).digest() + payload,
+        fsync=True,
+        fsync_folder=True,
+        make_parents=True,
+        what="checkpoint",
+    )
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -77,16 +73,3 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise UnigradError(f"checkpoint {path} does not hold a state dict; {_ADVICE}")
     return state
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported here (e.g. some network file systems); the rename is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

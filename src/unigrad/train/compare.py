@@ -65,7 +65,6 @@ after 12 epochs (spsa 0.222 vs 0.280).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -81,10 +80,10 @@ import numpy as np
 import torch
 
 from unigrad.core.errors import UnigradError, unknown_name
+from unigrad.core.io import finite_json, jsonable, write_json  # finite_json, jsonable: re-exported
 from unigrad.core.registry import ESTIMATORS, SET_BY, estimator_class, make_estimator, object_options, value_options
 from unigrad.data.tasks import Task, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
-from unigrad.train.report import write_atomic
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
     DEFAULT_EVAL_POINTS,
@@ -654,28 +653,7 @@ def _allocation_errors(what: str) -> Iterator[None]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    text = json.dumps(finite_json(data), indent=1, default=jsonable, allow_nan=False) + "\n"
-    write_atomic(path, lambda tmp: tmp.write_text(text))
-
-
-def finite_json(obj: Any) -> Any:
-    """Non-finite floats become ``None`` (JSON has no NaN)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: finite_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [finite_json(v) for v in obj]
-    return obj
-
-
-def jsonable(obj: Any) -> Any:
-    """``json.dumps`` fallback: tensors become lists, NumPy scalars numbers, anything else its ``str``."""
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)
+    write_json(path, data, fsync=False, unique=False)
 
 
 def any_diverged(results: dict[str, Any]) -> list[str]:

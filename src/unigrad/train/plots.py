@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from unigrad.core.io import atomic_path
+
 AXES = {
     "epoch": ("epochs", "accuracy_vs_epochs.png", False),
     "forward_equivalents": ("forward-pass equivalents (samples)", "accuracy_vs_forwards.png", True),
@@ -56,8 +58,6 @@ def write_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    from unigrad.train.report import write_atomic
-
     task = results["config"]["task"]
     paths = []
     for key, (label, filename, log) in AXES.items():
@@ -84,10 +84,7 @@ def write_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
             ax.legend(fontsize=8)
         fig.tight_layout()
         path = folder / filename
-        try:
-            write_atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
-        finally:
-            plt.close(fig)
+        _save_png(fig, path)
         paths.append(path)
     return paths
 
@@ -122,7 +119,6 @@ def write_diagnostic_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     from unigrad.dynamics.diagnostics import VALUES
-    from unigrad.train.report import write_atomic
 
     task = results["config"]["task"]
     n_seeds = len(results["config"]["seeds"])
@@ -154,9 +150,17 @@ def write_diagnostic_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
         fig.suptitle(f"{task}: {name}")
         fig.tight_layout()
         path = folder / diagnostic_filename(name)
-        try:
-            write_atomic(path, lambda tmp, fig=fig: fig.savefig(tmp, format="png"))
-        finally:
-            plt.close(fig)
+        _save_png(fig, path)
         paths.append(path)
     return paths
+
+
+def _save_png(fig: Any, path: Path) -> None:
+    """Write ``fig`` to ``path`` as PNG atomically (:func:`unigrad.core.io.atomic_path`), then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path, fsync=False, unique=False) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)

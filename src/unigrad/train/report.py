@@ -6,13 +6,10 @@ seconds next to the training time, what each diagnostic measures and its plot ag
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from unigrad.core.errors import UnigradError
+from unigrad.core.io import atomic_write
 from unigrad.train.plots import AXES, diagnostic_filename, diagnostic_groups, write_diagnostic_plots, write_plots
 
 
@@ -153,29 +150,11 @@ def diagnostics_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Write ``path`` as ``write(temporary path)`` followed by a rename over ``path``.
-
-    A failed write (full disk, read-only or vanished folder) removes the temporary file, leaves an
-    earlier ``path`` byte for byte as it was, and raises a one-line :class:`UnigradError` naming
-    ``path`` and saying whether an earlier version is kept.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        kept = f"the earlier {path.name} there is kept" if path.is_file() else f"no {path.name} was written"
-        raise UnigradError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
-
-
 def write_report(folder: Path, results: dict[str, Any]) -> Path:
-    """Write ``report.md`` and the plots into ``folder`` (each file atomically, :func:`write_atomic`)."""
+    """Write ``report.md`` and the plots into ``folder`` (each file atomically: :mod:`unigrad.core.io`)."""
     write_plots(folder, results)
     write_diagnostic_plots(folder, results)
     path = folder / "report.md"
     text = render(results)
-    write_atomic(path, lambda tmp: tmp.write_text(text))
+    atomic_write(path, text, fsync=False, unique=False)
     return path

@@ -66,15 +66,12 @@ the existing record).
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import errno
 import hashlib
 import io
 import json
 import math
 import os
-import secrets
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -84,6 +81,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from unigrad.core.errors import UnigradError
+from unigrad.core.io import TargetExistsError, atomic_write, jsonable, to_json
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x756E6967  # "unig"
@@ -174,42 +172,6 @@ def check_file_path(path: str | Path, option: str, *, overwrite: bool = True) ->
     return path
 
 
-def _write_whole(path: Path, text: str, *, overwrite: bool) -> None:
-    """Write ``text`` to ``path`` whole or not at all, never over an existing file unless ``overwrite``.
-
-    The text goes to a new temporary file beside ``path`` (a unique name: no other file is touched),
-    is ``fsync``-ed, then renamed over ``path`` (``overwrite``) or hard-linked to it, which fails if
-    ``path`` appeared meanwhile. On a file system without hard links the check and the rename are two
-    steps. A failure removes the temporary file and leaves an earlier ``path`` as it was.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-            return
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            raise UnigradError(f"--csv {path} exists; pass --force to replace it") from None
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
-                raise
-            if path.exists() or path.is_symlink():  # no hard links here (e.g. FAT, some network file systems)
-                raise UnigradError(f"--csv {path} exists; pass --force to replace it") from None
-            os.replace(tmp, path)
-    except OSError as e:
-        kept = f"the earlier {path.name} there is kept" if path.is_file() else f"no {path.name} was written"
-        raise UnigradError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-
-
 def groups_hint(names: Sequence[str], shown: int = 10) -> str:
     """``its groups are 'a', 'b' (see unigrad runs groups)`` (the first ``shown``), or ``it has no groups``."""
     if not names:
@@ -221,31 +183,6 @@ def groups_hint(names: Sequence[str], shown: int = 10) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ JSON and keys
-
-
-def _finite(obj: Any) -> Any:
-    """Non-finite floats become ``None`` (strict JSON has no NaN); tuples become lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _jsonable(obj: Any) -> Any:
-    """Tensors and NumPy values as lists/numbers (duck-typed: no torch import), anything else as ``str``."""
-    if hasattr(obj, "tolist") and callable(obj.tolist):
-        return _finite(obj.tolist())
-    if hasattr(obj, "item") and callable(obj.item):
-        return _finite(obj.item())
-    return str(obj)
-
-
-def to_json(obj: Any, *, sort_keys: bool = False) -> str:
-    """Strict, compact JSON of ``obj`` (non-finite floats → ``null``; other objects through :func:`_jsonable`)."""
-    return json.dumps(_finite(obj), sort_keys=sort_keys, separators=(",", ":"), allow_nan=False, default=_jsonable)
 
 
 def _canonical(obj: Any) -> Any:
@@ -260,7 +197,7 @@ def _canonical(obj: Any) -> Any:
         return {str(k): _canonical(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
         return [_canonical(v) for v in obj]
-    return _canonical(_jsonable(obj))
+    return _canonical(jsonable(obj))
 
 
 def canonical_json(config: Mapping[str, Any]) -> str:
@@ -954,7 +891,10 @@ class Store:
                     n += 1
         text = buffer.getvalue()
         if path is not None:
-            _write_whole(path, text, overwrite=overwrite)
+            try:  # whole or not at all; without overwrite, never over a file that appeared meanwhile
+                atomic_write(path, text, overwrite=overwrite, fsync=True)
+            except TargetExistsError:
+                raise UnigradError(f"--csv {path} exists; pass --force to replace it") from None
         else:
             assert not isinstance(file_or_path, str | Path)
             file_or_path.write(text)
