@@ -13,7 +13,7 @@ from torch import nn
 
 import unigrad
 from unigrad import UnigradError, make_estimator
-from unigrad.core.registry import _SIMPLE, ESTIMATORS, estimator_class
+from unigrad.registry import _SIMPLE, ESTIMATORS, estimator_class
 from unigrad.second.newton import Newton
 from unigrad.zeroth.es import ES
 from unigrad.zeroth.spsa import SPSA
