@@ -43,7 +43,10 @@
   ``lr``, ``sample``, ``compensate``, ``conv``; the subsample key is the run's seed) before the
   optimizer is made, and :func:`~unigrad.nn.decorrelation.update_decorrelation` runs after every
   optimizer step. This gives the decorrelated methods (decorrelated backprop with ``backprop``,
-  DNP with ``np``; Ahmad, arXiv:2407.10780; Dalm et al., arXiv:2405.02385). The update's time is
+  DNP with ``np``; Ahmad, arXiv:2407.10780; Dalm et al., arXiv:2405.02385). A decorrelated method by name
+  (``method="danp"``, or a :class:`~unigrad.nn.decorrelation.Decorrelated` estimator from
+  ``make_estimator("danp")``) brings its options and runs exactly as its estimator with ``decorrelation=``
+  them (the result names the estimator, ``anp``); giving ``decorrelation=`` as well is refused. The update's time is
   part of the training wall time, but it is not a forward pass, so forward-pass equivalents do not
   count it. The matrices ``R`` are buffers, so the last-good snapshot (the ``state_dict``) holds
   them and a divergence restores them with the parameters; the per-layer update counters (which key
