@@ -164,6 +164,10 @@ def test_make_estimator_variant_errors_are_one_line():
         est.estimate(task.build_model(0), unigrad.supervised(task.loss_fn, x, y))
     with pytest.raises(UnigradError, match="brings its own decorrelation"):
         train(task, "danp", budget="steps=1", decorrelation=DECORRELATION_DEFAULTS)
+    lean = Decorrelated(unigrad.make_estimator("mezo", write_grad=False))  # the wrapped estimator's options count
+    assert lean.name == "mezo+decorrelation" and lean.write_grad is False and lean.probes == lean.base.probes
+    with pytest.raises(UnigradError, match="write_grad=false"):
+        train(task, lean, budget="steps=1")
 
 
 @pytest.mark.parametrize("name", ["danp", "dbp", "spsa:decorrelate=1:probes=2"])

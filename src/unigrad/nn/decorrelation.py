@@ -524,7 +524,7 @@ class Decorrelated(Estimator):
 
     Args:
         base: the estimator that trains the weights (its ``seed`` also keys the update's subsample).
-        name: the method's name (``"danp"``); ``base.name`` by default.
+        name: the method's name (``"danp"``); ``"<base name>+decorrelation"`` by default.
         rule: ``"offdiag"`` or ``"cov-identity"`` (default ``"cov-identity"``), as in :func:`decorrelate`.
         lr: decorrelation rate ``η_d > 0`` (default ``1e-3``).
         sample: rows of a batch recorded for an update (default 1024; ``None``: all).
@@ -536,12 +536,18 @@ class Decorrelated(Estimator):
         if not isinstance(base, Estimator) or isinstance(base, Decorrelated):
             raise UnigradError(f"Decorrelated wraps an estimator that is not decorrelated, got {type(base).__name__}")
         self.base = base
-        self.name = base.name if name is None else name  # type: ignore[misc]
+        self.name = f"{base.name}+decorrelation" if name is None else name  # type: ignore[misc]
         self.order = base.order  # type: ignore[misc]
         self.description = base.description  # type: ignore[misc]
         opts = check_decorrelation({**DECORRELATION_DEFAULTS, **decorrelation})
         assert opts is not None
         self.decorrelation: dict[str, Any] = opts
+
+    def __getattr__(self, key: str) -> Any:
+        """The wrapped estimator's options and attributes (``probes``, ``write_grad``, ``local_losses``)."""
+        if key == "base":  # not set yet: no recursion during construction
+            raise AttributeError(key)
+        return getattr(self.base, key)
 
     @property
     def seed(self) -> int:  # type: ignore[override]
