@@ -69,8 +69,8 @@ ESTIMATORS: dict[str, str] = {
 
 # variant name: (registered estimator, one-line description); options of the decorrelation: DECORRELATION_DEFAULTS
 VARIANTS: dict[str, tuple[str, str]] = {
-    "dbp": ("backprop", "decorrelated backprop: backprop on a model with decorrelation layers R·x (Dalm et al. 2024)"),
-    "dnp": ("np", "decorrelated node perturbation: np on a model with decorrelation layers R·x (Dalm et al. 2023)"),
+    "dbp": ("backprop", "decorrelated backprop: backprop on a model with decorrelation layers R·x (arXiv 2405.02385)"),
+    "dnp": ("np", "decorrelated node perturbation: np on a model with decorrelation layers R·x (arXiv 2310.00965)"),
     "danp": ("anp", "decorrelated activity-based node perturbation: anp on a model with decorrelation layers R·x"),
     "dinp": ("inp", "decorrelated iterative node perturbation: inp on a model with decorrelation layers R·x"),
 }
