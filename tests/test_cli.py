@@ -26,14 +26,24 @@ def test_list_groups_estimators_by_order_and_shows_tasks(capsys):
 
 
 def test_list_survives_an_estimator_that_fails_to_import(capsys, monkeypatch):
-    from unigrad.core import registry
+    from unigrad import registry
 
     broken = dict(registry.ESTIMATORS)
-    broken["ghost"] = ("unigrad.zeroth.does_not_exist:Ghost", 0, "a method whose module is missing")
+    broken["ghost"] = "unigrad.zeroth.does_not_exist:Ghost"
     monkeypatch.setattr(registry, "ESTIMATORS", broken)
     assert cli.main(["list"]) == 0
-    line = next(x for x in capsys.readouterr().out.splitlines() if "ghost" in x)
-    assert "unavailable" in line
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "ghost" in x)
+    assert "unavailable" in line and "ModuleNotFoundError" in line
+    assert "spsa" in out and "danp" in out  # the rest of the listing is intact
+
+
+def test_list_shows_the_decorrelated_variants_with_their_descriptions(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("dbp", "dnp", "dinp", "danp"):
+        line = next(x for x in out.splitlines() if x.split()[:1] == [name])
+        assert "decorrelat" in line
 
 
 def test_compare_end_to_end(tmp_path, capsys):

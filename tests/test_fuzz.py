@@ -31,7 +31,7 @@ from torch import nn
 
 import unigrad
 from tests.test_bad_input import FUZZ, _call, _check_contract, _sandbox
-from unigrad.core.registry import ESTIMATORS, estimator_class
+from unigrad.registry import ESTIMATORS, estimator_class
 
 # the estimators a one-step digits-mlp run can afford with any option (cge: one forward per coordinate, 4,810;
 # the rules of unigrad.bio and newton/cma/xnes refuse this model in one line, which the fuzzing also checks)

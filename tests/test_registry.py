@@ -1,12 +1,13 @@
 """Every registered estimator honours the contract and trains, with the defaults `unigrad compare` uses."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import unigrad
-from unigrad.core.registry import ESTIMATORS, estimator_class
+from unigrad.registry import ESTIMATORS, VARIANTS, estimator_class
 from unigrad.train.compare import DEFAULTS
 from unigrad.train.trainer import train
 
@@ -48,7 +49,20 @@ def test_available_lists_every_registered_name_by_order():
 @pytest.mark.parametrize("name", NAMES)
 def test_class_metadata_matches_the_registry(name):
     cls = unigrad.estimator_class(name)
-    assert (cls.name, cls.order) == (name, ESTIMATORS[name][1])
+    assert cls.name == name and cls.order in (0, 1, 2, 3) and cls.description
+    entry = next(e for e in unigrad.available() if e.name == name)
+    assert (entry.order, entry.description) == (cls.order, cls.description)  # the class is the only source
+
+
+def test_the_registry_holds_only_module_paths_and_each_description_is_defined_once():
+    assert all(isinstance(path, str) and path.count(":") == 1 for path in ESTIMATORS.values())
+    classes = {name: estimator_class(name) for name in ESTIMATORS}
+    for name, cls in classes.items():  # defined in the class's own body, not inherited from another estimator
+        assert "description" in vars(cls), f"{name}: {cls.__name__} inherits its description"
+    texts = [cls.description for cls in classes.values()] + [text for _, text in VARIANTS.values()]
+    assert len(set(texts)) == len(texts), "two methods share a description"
+    source = (Path(unigrad.__file__).parent / "registry.py").read_text()
+    assert not any(cls.description in source for cls in classes.values())  # not repeated in the registry
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -14,18 +14,17 @@ from unigrad.core import (
     NonFiniteLossError,
     Objective,
     UnigradError,
-    available,
-    estimator_class,
-    make_estimator,
     objective,
     supervised,
 )
-from unigrad.nn.decorrelation import decorrelate, update_decorrelation
+from unigrad.nn.decorrelation import Decorrelated, decorrelate, update_decorrelation
+from unigrad.registry import available, estimator_class, make_estimator
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Cost",
+    "Decorrelated",
     "Estimate",
     "Estimator",
     "Noise",

@@ -267,21 +267,24 @@ def _store(args: argparse.Namespace) -> Any:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from unigrad.core.registry import available, estimator_class
     from unigrad.data.tasks import available_tasks
+    from unigrad.registry import available, available_variants
 
-    entries = available()
-    width = max(len(e.name) for e in entries) + 2
+    entries, variants = available(), available_variants()
+    width = max(len(e.name) for e in [*entries, *variants]) + 2
     print("Estimators, by derivative order:")
-    for order in sorted({e.order for e in entries}):
+    for order in sorted({e.order for e in entries if e.order is not None}):
         print(f"\n  {ORDER_NAMES.get(order, f'order {order}')}")
         for e in (e for e in entries if e.order == order):
-            note = ""
-            try:
-                estimator_class(e.name)
-            except Exception as err:  # an estimator whose module fails to import is listed as unavailable
-                note = f"  [unavailable: {type(err).__name__}: {err}]"
-            print(f"    {e.name:<{width}}{e.description}{note}")
+            print(f"    {e.name:<{width}}{e.description}")
+    missing = [e for e in entries if e.order is None]
+    if missing:  # an estimator whose module fails to import (an optional package missing) is listed with why
+        print("\n  unavailable here")
+        for e in missing:
+            print(f"    {e.name:<{width}}[unavailable: {e.error}]")
+    print("\nDecorrelated variants (an estimator on a model with decorrelation layers):")
+    for e in variants:
+        print(f"    {e.name:<{width}}{e.description}" if e.order is not None else f"    {e.name:<{width}}[unavailable]")
     tasks = available_tasks()
     width = max(len(t.name) for t in tasks) + 2
     print("\nTasks:")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import unigrad
 from tests.core.test_objective import tiny
 from unigrad import UnigradError, make_estimator
-from unigrad.core.registry import _SIMPLE, ESTIMATORS, estimator_class
+from unigrad.registry import _SIMPLE, ESTIMATORS, estimator_class
 from unigrad.second.newton import Newton
 from unigrad.zeroth.es import ES
 from unigrad.zeroth.spsa import SPSA

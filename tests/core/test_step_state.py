@@ -11,8 +11,8 @@ from torch import nn
 
 import unigrad
 from unigrad.core import probe
-from unigrad.core.registry import ESTIMATORS
 from unigrad.core.step_state import StepState
+from unigrad.registry import ESTIMATORS
 
 NAMES = sorted(ESTIMATORS)
 # the rules of unigrad.bio train a rate network on a trial or episode task: on any other model they refuse

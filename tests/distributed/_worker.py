@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from unigrad.core.errors import UnigradError
-from unigrad.core.registry import make_estimator
 from unigrad.core.rng import generator
 from unigrad.data.tasks import Task
 from unigrad.nn.models import mlp
+from unigrad.registry import make_estimator
 
 
 def _synthetic_data() -> tuple[torch.Tensor, ...]:

@@ -113,7 +113,7 @@ def test_compare_writes_results_report_and_plots(tmp_path):
 
 
 def test_the_valid_options_of_a_spec_leave_out_the_object_valued_and_the_run_set_ones():
-    from unigrad.core.registry import ESTIMATORS, object_options, value_options
+    from unigrad.registry import ESTIMATORS, object_options, value_options
 
     objects = {name: object_options(name) for name in ESTIMATORS if name not in ("cma", "sep-cma", "nevergrad")}
     # exchange (a ProbeExchange the distributed launcher builds) is the only object-valued option

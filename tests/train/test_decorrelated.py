@@ -7,13 +7,15 @@ import json
 import pytest
 import torch
 
-from unigrad import UnigradError
+import unigrad
+from unigrad import Decorrelated, UnigradError
 from unigrad.cli import main
+from unigrad.core.rng import generator
 from unigrad.data import get_task
 from unigrad.nn.decorrelation import Decorrelation, decorrelate, mean_offdiag
 from unigrad.train import measure_peak_memory, train
 from unigrad.train.compare import DECORRELATION_DEFAULTS, parse_method, parse_methods
-from unigrad.train.trainer import evaluate
+from unigrad.train.trainer import _DATA_TAG, evaluate
 
 TASK = "digits-mlp"
 
@@ -128,3 +130,89 @@ def test_compare_cli_with_dbp(tmp_path, capsys):
     assert "| dbp | 1 |" in (out / "report.md").read_text()
     assert main(["compare", "--methods", "dxp", "--out", str(tmp_path / "bad")]) == 2
     assert "dbp" in capsys.readouterr().err
+
+
+def test_every_method_name_the_cli_accepts_is_a_make_estimator_name():
+    from unigrad.registry import ESTIMATORS
+    from unigrad.train.compare import method_names
+
+    assert set(method_names()) == set(ESTIMATORS) | {"dbp", "dnp", "dinp", "danp"}
+    for name, base in {"dbp": "backprop", "dnp": "np", "dinp": "inp", "danp": "anp"}.items():
+        spec = parse_method(name)
+        est = unigrad.make_estimator(name, seed=3)
+        assert isinstance(est, Decorrelated) and est.name == name and est.base.name == base == spec.name
+        assert est.decorrelation == spec.decorrelation == DECORRELATION_DEFAULTS  # the command line's defaults
+        assert est.order == est.base.order and est.seed == 3
+    est = unigrad.make_estimator("danp", probes=2, decor_lr=1e-4, decor_conv=0)
+    assert est.base.probes == 2 and est.decorrelation["lr"] == 1e-4 and est.decorrelation["conv"] is False
+    assert est.decorrelation == parse_method("danp:probes=2:decor_lr=1e-4:decor_conv=0").decorrelation
+
+
+def test_make_estimator_variant_errors_are_one_line():
+    with pytest.raises(UnigradError, match=r"danp is anp on a decorrelated model: .*probez.*decor_lr"):
+        unigrad.make_estimator("danp", probez=2)
+    with pytest.raises(UnigradError, match="decorrelation lr must be a finite number > 0"):
+        unigrad.make_estimator("danp", decor_lr=-1.0)
+    with pytest.raises(UnigradError, match="rule"):
+        unigrad.make_estimator("dbp", decor_rule="whiten")
+    with pytest.raises(UnigradError, match=r"valid.*danp"):
+        unigrad.make_estimator("danpp")
+    est = unigrad.make_estimator("danp")
+    task = get_task(TASK)
+    x, y = task.data().x_train[:8], task.data().y_train[:8]
+    with pytest.raises(UnigradError, match=r"prepare\(model\)"):  # nothing silently trains an undecorrelated model
+        est.estimate(task.build_model(0), unigrad.supervised(task.loss_fn, x, y))
+    with pytest.raises(UnigradError, match="brings its own decorrelation"):
+        train(task, "danp", budget="steps=1", decorrelation=DECORRELATION_DEFAULTS)
+    lean = Decorrelated(unigrad.make_estimator("mezo", write_grad=False))  # the wrapped estimator's options count
+    assert lean.name == "mezo+decorrelation" and lean.write_grad is False and lean.probes == lean.base.probes
+    with pytest.raises(UnigradError, match="write_grad=false"):
+        train(task, lean, budget="steps=1")
+
+
+@pytest.mark.parametrize("name", ["danp", "dbp", "spsa:decorrelate=1:probes=2"])
+def test_make_estimator_variant_in_a_python_loop_equals_train_bitwise(name):
+    """The loop of Decorrelated's docstring ends where train(task, name) and the command line's run end. spsa's
+    batched probes record no statistics: Decorrelated's estimate runs the extra forward the trainer runs."""
+    task, seed, steps, batch = get_task(TASK), 0, 7, 64
+    spec = parse_method(name)
+
+    def make() -> Decorrelated:  # with the command line's estimator options (compare.DEFAULTS), as parse_method
+        if ":" not in name:
+            return unigrad.make_estimator(name, seed=seed, **spec.options)
+        return Decorrelated(unigrad.make_estimator(spec.name, seed=seed, **spec.options), **spec.decorrelation)
+
+    if ":" not in name:
+        by_name = train(task, name, lr=spec.lr, estimator_options=spec.options, budget=f"steps={steps}", seed=seed)
+    else:
+        by_name = train(task, make(), lr=spec.lr, budget=f"steps={steps}", seed=seed)
+    as_cli = train(
+        task,
+        spec.name,
+        lr=spec.lr,
+        estimator_options=spec.options,
+        budget=f"steps={steps}",
+        seed=seed,
+        decorrelation=spec.decorrelation,
+    )
+    est = make()
+    model = est.prepare(task.build_model(seed))
+    optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
+    model.train()
+    data = task.data()
+    perm = torch.randperm(data.x_train.shape[0], generator=generator(seed, 0, _DATA_TAG))
+    fe = 0.0
+    for step in range(steps):
+        rows = perm[step * batch : (step + 1) * batch]
+        optimizer.zero_grad(set_to_none=True)
+        e = est.estimate(model, unigrad.supervised(task.loss_fn, data.x_train[rows], data.y_train[rows]))
+        optimizer.step()
+        est.update(model)
+        fe += e.cost.forward_equivalents
+    assert by_name.forward_equivalents == as_cli.forward_equivalents == fe
+    assert [h["test_loss"] for h in by_name.history] == [h["test_loss"] for h in as_cli.history]
+    for ref in (by_name.model, as_cli.model):
+        mine, theirs = model.state_dict(), ref.state_dict()
+        assert mine.keys() == theirs.keys()
+        assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert est.state_dict() == by_name.estimator.state_dict()

@@ -47,7 +47,7 @@ from unigrad.train.compare import MethodSpec, environment, parse_seeds, run_dir
 
 def run_loop(problem: Any, spec: MethodSpec, seed: int, budget: float, eval_points: int) -> dict[str, Any]:
     """Train ``problem``'s model with ``spec`` until ``budget`` FE are spent (module docs)."""
-    from unigrad.core.registry import make_estimator
+    from unigrad.registry import make_estimator
     from unigrad.train.trainer import make_optimizer
 
     model = problem.build_model(seed)

@@ -265,7 +265,7 @@ def resolve_methods(task: BenchTask, specs: Sequence[str] | None = None) -> tupl
     the task excludes, a method whose estimator has a ``max_dim`` below the task's dimension, and a
     peer that is not registered or not available here (its optional package missing).
     """
-    from unigrad.core.registry import make_estimator
+    from unigrad.registry import make_estimator
 
     out: list[MethodSpec] = []
     notes: list[str] = []

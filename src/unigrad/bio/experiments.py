@@ -169,7 +169,7 @@ def _control_run(spec: ControlSpec, task_name: str, seed: int, episodes: int, ev
     import time
 
     from unigrad.bio.control import ControlTask, evaluate, policy_mlp
-    from unigrad.core.registry import make_estimator
+    from unigrad.registry import make_estimator
     from unigrad.train.trainer import make_optimizer
 
     task = ControlTask(task_name)

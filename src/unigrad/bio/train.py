@@ -27,7 +27,7 @@ from unigrad.bio.tasks.base import TemporalTask
 from unigrad.core.cost import Cost
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.estimator import Estimator
-from unigrad.core.registry import make_estimator
+from unigrad.registry import make_estimator
 from unigrad.train.trainer import make_optimizer
 
 EVAL_SEED_OFFSET = 1_000_003

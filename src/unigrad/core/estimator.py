@@ -175,7 +175,7 @@ class Estimator(abc.ABC):
 
         Each of the ``probes`` evaluations runs the batch through the model at least once, so the default is
         that count, and 1 for an estimator without one. The trainer multiplies it by the batch size and the
-        steps to refuse plans no machine finishes (:func:`unigrad.train.trainer.check_plan`). An estimator
+        steps to refuse plans no machine finishes (its ``check_plan``). An estimator
         whose probes do not run on every step overrides it.
         """
         probes = getattr(self, "probes", None)

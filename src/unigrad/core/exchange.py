@@ -7,7 +7,7 @@ evaluates its share of the probes, the ``(signs, q)`` table of mean losses is al
 process combines **all** ``q`` probes exactly as a single process would, regenerating every direction
 from its key (Salimans et al. 2017, arXiv:1703.03864, §2.1). The parameters never travel.
 
-Estimators only see this small interface, never ``torch.distributed`` (``unigrad.distributed``
+Estimators only see this small interface, never ``torch.distributed`` (the distributed package
 implements it over a process group):
 
 ``local_probes(q)``

@@ -5,7 +5,7 @@ below half a unit in the last place of θ. Then every finite difference is exact
 "gradient" is 0. :func:`warn_if_sigma_too_small` warns once per (dtype, σ) when the typical
 perturbation is below the typical spacing of the parameters' floating-point grid.
 
-The trainer's float32 master weights (:class:`unigrad.train.trainer.MasterWeights`) keep the optimizer's
+The trainer's float32 master weights (its ``MasterWeights``) keep the optimizer's
 updates from rounding away, but the estimators perturb the half-precision model itself, so this guard
 still applies to half-precision runs.
 """

@@ -37,7 +37,7 @@ the masks, not the perturbation. :class:`StepState`, entered by :meth:`Estimator
 
 3. **Live buffers.** A module class may name, in a ``live_buffers`` class attribute (a tuple of buffer names),
    buffers that every evaluation must advance, such as the trial counter that keys a network's
-   intrinsic noise (:class:`unigrad.bio.rate_rnn.NoisyNetwork`); these are left alone.
+   intrinsic noise (the noisy rate networks of the bio package); these are left alone.
 
 An evaluation is a call of the root module: objectives that call a submodule directly bypass the
 reset and the seeding for that call (its buffer changes are still averaged at the end of the step).

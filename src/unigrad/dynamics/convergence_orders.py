@@ -39,8 +39,8 @@ from torch import nn
 
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import Objective, reduce
-from unigrad.core.registry import make_estimator
 from unigrad.data.classic import quadratic, rosenbrock
+from unigrad.registry import make_estimator
 
 TARGET = 1e-10
 """The error level the report counts iterations and FE to."""

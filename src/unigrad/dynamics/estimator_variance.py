@@ -93,8 +93,8 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import Objective, reduce, supervised
 from unigrad.core.params import trainable
-from unigrad.core.registry import make_estimator
 from unigrad.core.rng import generator, key_hash
+from unigrad.registry import make_estimator
 
 CLASSES = 4
 """Outputs of the softmax-regression problem of the ``d``/``q`` sweeps (``d = 4·inputs``)."""

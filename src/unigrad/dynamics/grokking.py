@@ -78,9 +78,9 @@ from torch import Tensor, nn
 
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.objective import supervised
-from unigrad.core.registry import make_estimator
 from unigrad.core.rng import generator
 from unigrad.nn.models import mlp
+from unigrad.registry import make_estimator
 
 FIT = 0.99
 """Train accuracy at which the training set counts as fitted."""

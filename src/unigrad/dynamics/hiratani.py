@@ -88,9 +88,9 @@ from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
-from unigrad.core.registry import make_estimator
 from unigrad.core.rng import generator
 from unigrad.dynamics.werfel import TOLERANCE, fit_line, half_squared_error, median_time
+from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
 LIBRARY = {"gd": "backprop", "np": "np", "wp": "wp"}

@@ -82,10 +82,10 @@ from torch import Tensor, nn
 
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive
 from unigrad.core.objective import supervised
-from unigrad.core.registry import make_estimator
 from unigrad.core.rng import generator
 from unigrad.dynamics.diagnostics import hessian_trace, top_hessian_eigenvalue
 from unigrad.nn.models import mlp
+from unigrad.registry import make_estimator
 
 LEVELS: tuple[float, ...] = (1.0, 0.5, 0.3, 0.1, 0.05)
 """Training-loss levels at which every run records ``λ_max`` (matched-loss comparison)."""

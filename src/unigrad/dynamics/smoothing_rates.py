@@ -73,9 +73,9 @@ import numpy as np
 import torch
 
 from unigrad.core.errors import UnigradError, check_positive
-from unigrad.core.registry import make_estimator
 from unigrad.data.classic import quadratic
 from unigrad.dynamics.estimator_variance import fit_power
+from unigrad.registry import make_estimator
 
 TOLERANCE = 0.25
 

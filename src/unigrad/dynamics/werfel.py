@@ -73,8 +73,8 @@ from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
-from unigrad.core.registry import make_estimator
 from unigrad.core.rng import generator
+from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
 LIBRARY = {"gd": ("backprop", {}), "np": ("np", {"probes": 1}), "wp": ("wp", {"probes": 1})}

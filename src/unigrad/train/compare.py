@@ -34,7 +34,7 @@ chosen so each method learns on ``mnist1d-mlp`` at batch size 64. The sweep behi
     cge   block=256, 3 epochs     lr 3e-3: 0.257   1e-2: 0.312
 
 Decorrelated variants (:data:`VARIANTS`): ``dbp`` is backprop and ``dnp`` node perturbation on the
-decorrelated model (``danp``/``dinp`` likewise for ``anp``/``inp`` when those are registered), with
+decorrelated model (``danp``/``dinp`` likewise for ``anp``/``inp``; :data:`unigrad.registry.VARIANTS`), with
 the decorrelation options of :data:`DECORRELATION_DEFAULTS` (see :func:`unigrad.train.train`). Any
 method becomes decorrelated with the spec keys ``decorrelate=1`` and optionally ``decor_lr``,
 ``decor_rule``, ``decor_sample``, ``decor_compensate``, ``decor_conv`` (e.g.
@@ -81,9 +81,19 @@ import torch
 
 from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.core.io import finite_json, jsonable, write_json  # finite_json, jsonable: re-exported
-from unigrad.core.registry import ESTIMATORS, SET_BY, estimator_class, make_estimator, object_options, value_options
 from unigrad.data.tasks import Task, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
+from unigrad.nn.decorrelation import DECORRELATION_DEFAULTS
+from unigrad.registry import (
+    DECOR_KEYS,
+    ESTIMATORS,
+    SET_BY,
+    estimator_class,
+    make_estimator,
+    object_options,
+    value_options,
+)
+from unigrad.registry import VARIANTS as REGISTERED_VARIANTS
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
     DEFAULT_EVAL_POINTS,
@@ -145,39 +155,15 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
 }
 FALLBACK = ("adam", 1e-3, {})
 
-# decorrelation options of the decorrelated variants (module docstring: why lr 1e-3)
-DECORRELATION_DEFAULTS: dict[str, Any] = {
-    "rule": "cov-identity",
-    "lr": 1e-3,
-    "sample": 1024,
-    "compensate": False,
-    "conv": True,
-}
-
-# variant name: (estimator, decorrelation options); danp/dinp are offered when anp/inp are registered
+# variant name: (estimator, decorrelation options): the registry's variants, with DECORRELATION_DEFAULTS
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "dbp": ("backprop", DECORRELATION_DEFAULTS),
-    "dnp": ("np", DECORRELATION_DEFAULTS),
-}
-_OPTIONAL_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "danp": ("anp", DECORRELATION_DEFAULTS),
-    "dinp": ("inp", DECORRELATION_DEFAULTS),
-}
-# method-spec keys that set the decorrelation: key -> option of train(decorrelation=...)
-DECOR_KEYS = {
-    "decor_rule": "rule",
-    "decor_lr": "lr",
-    "decor_sample": "sample",
-    "decor_compensate": "compensate",
-    "decor_conv": "conv",
+    name: (base, DECORRELATION_DEFAULTS) for name, (base, _) in REGISTERED_VARIANTS.items()
 }
 
 
 def variants() -> dict[str, tuple[str, dict[str, Any]]]:
-    """The decorrelated variants available now: :data:`VARIANTS` plus those whose estimator is registered."""
-    out = dict(VARIANTS)
-    out.update({k: v for k, v in _OPTIONAL_VARIANTS.items() if v[0] in ESTIMATORS})
-    return out
+    """The decorrelated variants: :data:`VARIANTS`."""
+    return dict(VARIANTS)
 
 
 def method_names() -> list[str]:
@@ -201,7 +187,7 @@ class MethodSpec:
 
     @property
     def order(self) -> int:
-        return ESTIMATORS[self.name][1]
+        return estimator_class(self.name).order
 
     def to_dict(self) -> dict[str, Any]:
         return {

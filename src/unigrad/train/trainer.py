@@ -43,7 +43,10 @@
   ``lr``, ``sample``, ``compensate``, ``conv``; the subsample key is the run's seed) before the
   optimizer is made, and :func:`~unigrad.nn.decorrelation.update_decorrelation` runs after every
   optimizer step. This gives the decorrelated methods (decorrelated backprop with ``backprop``,
-  DNP with ``np``; Ahmad, arXiv:2407.10780; Dalm et al., arXiv:2405.02385). The update's time is
+  DNP with ``np``; Ahmad, arXiv:2407.10780; Dalm et al., arXiv:2405.02385). A decorrelated method by name
+  (``method="danp"``, or a :class:`~unigrad.nn.decorrelation.Decorrelated` estimator from
+  ``make_estimator("danp")``) brings its options and runs exactly as its estimator with ``decorrelation=``
+  them (the result names the estimator, ``anp``); giving ``decorrelation=`` as well is refused. The update's time is
   part of the training wall time, but it is not a forward pass, so forward-pass equivalents do not
   count it. The matrices ``R`` are buffers, so the last-good snapshot (the ``state_dict``) holds
   them and a divergence restores them with the parameters; the per-layer update counters (which key
@@ -125,7 +128,6 @@ from tqdm import tqdm
 from unigrad.core.errors import (
     NonFiniteLossError,
     UnigradError,
-    check_choice,
     check_finite_options,
     check_positive,
     unknown_name,
@@ -135,12 +137,18 @@ from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.memory import peak_memory
 from unigrad.core.objective import supervised
 from unigrad.core.params import trainable
-from unigrad.core.registry import make_estimator
 from unigrad.core.rng import generator, key_hash
 from unigrad.data.tasks import Task, TaskData, get_task
 from unigrad.dynamics.diagnostics import Pending, check_diagnostics, measure, measure_step
-from unigrad.nn.decorrelation import RULES, Decorrelation, decorrelate, update_decorrelation
+from unigrad.nn.decorrelation import (
+    Decorrelated,
+    Decorrelation,
+    check_decorrelation,
+    decorrelate,
+    update_decorrelation,
+)
 from unigrad.nn.local_heads import with_local_heads
+from unigrad.registry import make_estimator
 from unigrad.train.checkpoint import load_checkpoint, save_checkpoint
 
 BUDGET_KINDS = ("epochs", "steps", "forwards", "seconds")
@@ -160,34 +168,6 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 _DATA_TAG = 0xDA7A
-
-DECORRELATION_OPTIONS = ("rule", "lr", "sample", "compensate", "conv")
-
-
-def check_decorrelation(options: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Validate the ``decorrelation`` option of :func:`train`; return a copy (``None`` stays ``None``)."""
-    if options is None:
-        return None
-    if not isinstance(options, dict):
-        raise UnigradError(f"option decorrelation must be a dict of {', '.join(DECORRELATION_OPTIONS)} or None")
-    if "seed" in options:
-        raise UnigradError("decorrelation option seed is set by the run's seed; remove it")
-    for key in options:
-        if key not in DECORRELATION_OPTIONS:
-            raise unknown_name("decorrelation option", str(key), DECORRELATION_OPTIONS)
-    opts = dict(options)
-    if "rule" in opts:
-        check_choice("decorrelation rule", opts["rule"], RULES)
-    if "lr" in opts:
-        lr = opts["lr"]
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) or not lr > 0:
-            raise UnigradError(f"option decorrelation lr must be a finite number > 0, got {lr!r}")
-    if opts.get("sample") is not None:
-        check_positive("decorrelation sample", opts["sample"], integer=True)
-    for key in ("compensate", "conv"):
-        if key in opts and not isinstance(opts[key], bool):
-            raise UnigradError(f"option decorrelation {key} must be true or false, got {opts[key]!r}")
-    return opts
 
 
 def build_model(
@@ -494,6 +474,19 @@ def _build_estimator(method: Estimator | str, seed: int, options: dict[str, Any]
     return check_trainable(make_estimator(method, **{"seed": seed, **(options or {})}))
 
 
+def _split_decorrelated(estimator: Estimator, decor: dict[str, Any] | None) -> tuple[Estimator, dict[str, Any] | None]:
+    """A decorrelated method (``make_estimator("danp")``, a :class:`~unigrad.nn.decorrelation.Decorrelated`) as
+    its estimator and its decorrelation options, which the loop applies as it does ``decorrelation=``."""
+    if not isinstance(estimator, Decorrelated):
+        return estimator, decor
+    if decor is not None:
+        raise UnigradError(
+            f"method {estimator.name} brings its own decorrelation; drop the decorrelation option or set it with "
+            "decor_* estimator options"
+        )
+    return estimator.base, dict(estimator.decorrelation)
+
+
 def _attach_exchange(
     estimator: Estimator,
     exchange: ProbeExchange,
@@ -716,7 +709,7 @@ def train(
     if diagnostics_every is not None:
         check_positive("diagnostics_every", diagnostics_every, integer=True)
 
-    estimator = _build_estimator(method, seed, estimator_options)
+    estimator, decor = _split_decorrelated(_build_estimator(method, seed, estimator_options), decor)
     check_plan(task, estimator, budget=budget, batch_size=batch_size, eval_points=asked)
     if exchange is not None:
         _attach_exchange(estimator, exchange, names, decor, exchange_check_every)
@@ -1000,11 +993,12 @@ def measure_peak_memory(
     xb = data.x_train[:batch_size].to(device=dev, dtype=dt)
     yb = data.y_train[:batch_size].to(device=dev)
 
-    heads = _wants_heads(_build_estimator(method, seed, estimator_options))
+    first, decor = _split_decorrelated(_build_estimator(method, seed, estimator_options), decor)
+    heads = _wants_heads(first)
 
     def two_steps() -> None:
         model = build_model(task, seed, dev, dt, decor, local_heads=heads)
-        est = _build_estimator(method, seed, estimator_options)
+        est = _split_decorrelated(_build_estimator(method, seed, estimator_options), None)[0]
         masters = MasterWeights(model) if dt in HALF_DTYPES else None
         params = masters.params if masters is not None else model.parameters()
         opt = make_optimizer(optimizer, params, lr, **(optimizer_options or {}))
@@ -1026,7 +1020,7 @@ def measure_peak_memory(
                     masters.adopt_changes()
 
     # one unmeasured step first builds what lives for the whole process (a shared noise table)
-    _build_estimator(method, seed, estimator_options).estimate(
+    _split_decorrelated(_build_estimator(method, seed, estimator_options), None)[0].estimate(
         build_model(task, seed, dev, dt, decor, local_heads=heads), supervised(task.loss_fn, xb, yb)
     )
     return peak_memory(two_steps, dev.type)

@@ -154,7 +154,10 @@ class MGD(Estimator):
 
     name = "mgd"
     order = 0
-    description = "multiplexed gradient descent: per-parameter dither codes correlated with the broadcast ΔC"
+    description = (
+        "multiplexed gradient descent: per-parameter dithers (random sign, Walsh, sinusoid) correlated with the "
+        "broadcast ΔC"
+    )
     _options = ("dither", "window", "sigma", "baseline")
 
     def __init__(
