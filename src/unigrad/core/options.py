@@ -152,7 +152,7 @@ def check_positive(option: str, value: float, *, integer: bool = False) -> None:
     """Raise if ``value`` is not > 0 and finite (and an integer, when asked; a real number, not a bool, otherwise)."""
     if integer and not is_int(value):
         raise UnigradError(f"option {option} must be an integer >= 1, got {value!r}")
-    if not integer and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+    if not integer and not (isinstance(value, numbers.Real) and not isinstance(value, bool)):
         raise UnigradError(f"option {option} must be a finite number > 0, got {value!r}")
     if not value > 0 or value == math.inf:  # the first also catches NaN
         allowed = "an integer >= 1" if integer else "a finite number > 0"
