@@ -163,7 +163,7 @@ def check_finite_options(owner: str, options: Mapping[str, object]) -> None:
     """Raise if a float among ``options`` is NaN or infinite (``owner`` names whose options they are).
 
     No option of an estimator means anything at infinity (an infinite σ, damping or tolerance), so
-    :func:`unigrad.core.registry.make_estimator` refuses them all here, whatever each constructor checks.
+    the registry's ``make_estimator`` refuses them all here, whatever each constructor checks.
     """
     for key, value in options.items():
         if isinstance(value, float) and not math.isfinite(value):
