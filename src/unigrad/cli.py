@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shlex
 import sys
 from collections.abc import Callable, Sequence
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from unigrad.core.errors import UnigradError
+from unigrad.core.options import one_line
 
 ORDER_NAMES = {
     0: "order 0: function values only (zeroth order)",
@@ -423,7 +423,7 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
         )
     except UnigradError as e:
         if failed():  # a collective failed: the process group cannot be torn down cleanly
-            print(f"error: {_one_line(str(e))}", file=sys.stderr)
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
             exit_process(2)
         raise
     if is_lead():
@@ -491,9 +491,6 @@ def _diagnostics(args: argparse.Namespace) -> dict[str, Any]:
     if every is not None and not names:
         raise UnigradError("--diagnostics-every needs --diagnostics NAMES (e.g. --diagnostics alignment,norms)")
     return {"diagnostics": names, "diagnostics_every": every}
-
-
-_BREAKS = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
 CONVERGENCE_ONLY = ("iterations", "second_order_iterations", "n", "kappa")
@@ -576,11 +573,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _one_line(text: str) -> str:
-    """``text`` with its line breaks escaped (``\\n``): a message that quotes user input stays one line."""
-    return _BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
-
-
 def _command(argv: Sequence[str]) -> str:
     return "unigrad " + shlex.join(argv)
 
@@ -616,7 +608,7 @@ def _run_runs(args: argparse.Namespace) -> int:
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     """Warnings as one line ``warning: ...`` on stderr (not Python's two lines with a file and a source line)."""
-    print(f"warning: {_one_line(str(message))}", file=sys.stderr)
+    print(f"warning: {one_line(str(message))}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -657,7 +649,7 @@ def _main(argv: Sequence[str] | None) -> int:
             return cmd_train(args, argv)
         return cmd_compare(args, argv)
     except (UnigradError, _UsageError) as e:
-        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -97,6 +97,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from unigrad.core.errors import UnigradError
+from unigrad.core.options import one_line
 
 COMMANDS = ("train", "compare")
 
@@ -275,12 +276,6 @@ _ALLOWED = {
     "seeds": "a count >= 1 or a non-empty list of distinct integers >= 0",
 }
 
-_BREAKS = re.compile(r"[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-def _one_line(text: str) -> str:
-    return _BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
-
 
 def _show(value: Any) -> str:
     text = repr(value)
@@ -295,7 +290,7 @@ def _unknown_key(source: str, table: str | None, key: str, valid: Sequence[str])
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return UnigradError(
-        _one_line(f"{_where(source, table)}unknown key {_show(key)}{hint}; valid keys: {', '.join(valid)}")
+        one_line(f"{_where(source, table)}unknown key {_show(key)}{hint}; valid keys: {', '.join(valid)}")
     )
 
 
@@ -305,16 +300,16 @@ def _normalize(source: str, table: str | None, data: Mapping[Any, Any]) -> tuple
     spelled: dict[str, str] = {}
     for key, value in data.items():
         if not isinstance(key, str):
-            raise UnigradError(_one_line(f"{_where(source, table)}keys must be strings, got {_show(key)}"))
+            raise UnigradError(one_line(f"{_where(source, table)}keys must be strings, got {_show(key)}"))
         name = key.replace("-", "_")
         if name in values:
             raise UnigradError(
-                _one_line(f"{_where(source, table)}key {name} given twice (as {spelled[name]!r} and {key!r})")
+                one_line(f"{_where(source, table)}key {name} given twice (as {spelled[name]!r} and {key!r})")
             )
         if value is None:
             allowed = _ALLOWED.get(name)
             if allowed is not None:
-                raise UnigradError(_one_line(f"{_where(source, table)}{key}: must be {allowed}, got None"))
+                raise UnigradError(one_line(f"{_where(source, table)}{key}: must be {allowed}, got None"))
         values[name] = value
         spelled[name] = key
     return values, spelled
@@ -349,7 +344,7 @@ def _first_error(
     key = next((k for k in values if k in by_key), next(iter(by_key), ""))
     e = by_key.get(key)
     if e is None:  # not expected: pydantic reported no key
-        return UnigradError(_one_line(f"{_where(source, table)}invalid configuration"))
+        return UnigradError(one_line(f"{_where(source, table)}invalid configuration"))
     name = spelled.get(key, key)
     if e["type"] == "extra_forbidden":
         return _unknown_key(source, table, name, COMMAND_KEYS[command])
@@ -357,7 +352,7 @@ def _first_error(
         message = str(e.get("ctx", {}).get("error", e["msg"]))
     else:
         message = f"must be {_ALLOWED.get(key, 'valid')}, got {_show(values.get(key))}"
-    return UnigradError(_one_line(f"{_where(source, table)}{name}: {message}"))
+    return UnigradError(one_line(f"{_where(source, table)}{name}: {message}"))
 
 
 def validate_config(data: Mapping[Any, Any], command: str, *, source: str = "config") -> dict[str, Any]:
@@ -373,12 +368,12 @@ def validate_config(data: Mapping[Any, Any], command: str, *, source: str = "con
     if command not in MODELS:
         raise UnigradError(f"configuration files are for {' and '.join(COMMANDS)}, not {_show(command)}")
     if not isinstance(data, Mapping):
-        raise UnigradError(_one_line(f"{source}: a configuration must be a table of keys, got {_show(data)}"))
+        raise UnigradError(one_line(f"{source}: a configuration must be a table of keys, got {_show(data)}"))
     top: dict[Any, Any] = {}
     for key, value in data.items():
         if key in COMMANDS:
             if not isinstance(value, Mapping):
-                raise UnigradError(_one_line(f"{source}: {key} must be a table ([{key}]), got {_show(value)}"))
+                raise UnigradError(one_line(f"{source}: {key} must be a table ([{key}]), got {_show(value)}"))
             continue
         top[key] = value
     everything = sorted(set().union(*COMMAND_KEYS.values()))
@@ -390,7 +385,7 @@ def validate_config(data: Mapping[Any, Any], command: str, *, source: str = "con
         if not owners:
             raise _unknown_key(source, None, spelled[name], [*everything, *(f"[{c}]" for c in COMMANDS)])
         raise UnigradError(
-            _one_line(
+            one_line(
                 f"{source}: {spelled[name]}: not an option of {command} (only {', '.join(owners)} takes it; "
                 f"move it under [{owners[0]}])"
             )
@@ -415,15 +410,15 @@ def load_config(path: str | Path, command: str) -> dict[str, Any]:
     try:
         raw = file.read_bytes()
     except FileNotFoundError:
-        raise UnigradError(_one_line(f"config file not found: {source}")) from None
+        raise UnigradError(one_line(f"config file not found: {source}")) from None
     except IsADirectoryError:
-        raise UnigradError(_one_line(f"config file {source} is a directory")) from None
+        raise UnigradError(one_line(f"config file {source} is a directory")) from None
     except OSError as e:
-        raise UnigradError(_one_line(f"cannot read config file {source}: {e.strerror or e}")) from None
+        raise UnigradError(one_line(f"cannot read config file {source}: {e.strerror or e}")) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UnigradError(_one_line(f"{source}: not valid TOML: not UTF-8 text (byte {e.start})")) from None
+        raise UnigradError(one_line(f"{source}: not valid TOML: not UTF-8 text (byte {e.start})")) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -434,7 +429,7 @@ def load_config(path: str | Path, command: str) -> dict[str, Any]:
             message = f"not valid TOML (line {line}, column {column}): {what}"
         else:
             message = f"not valid TOML: {message}"
-        raise UnigradError(_one_line(f"{source}: {message}")) from None
+        raise UnigradError(one_line(f"{source}: {message}")) from None
     return validate_config(data, command, source=source)
 
 

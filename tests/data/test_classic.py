@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -82,3 +85,10 @@ def test_logistic_digits_agrees_with_an_independent_numpy_optimum() -> None:
     assert abs(float(reduce(obj(model))) - ref.fun) < 1e-10
     with pytest.raises(UnigradError, match="l2"):
         logistic_digits(l2=-1.0)
+
+
+@pytest.mark.parametrize("l2", [math.inf, math.nan, -1e-3, True, "0.1"])
+def test_logistic_digits_refuses_a_penalty_that_is_not_a_finite_number_at_least_zero(l2) -> None:
+    # an infinite penalty made the loss NaN at the zero start (0·inf) before
+    with pytest.raises(UnigradError, match=rf"^the penalty l2 must be a number >= 0, got {re.escape(repr(l2))}$"):
+        logistic_digits(l2=l2)

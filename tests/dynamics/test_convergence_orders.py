@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 
 import pytest
@@ -76,3 +77,14 @@ def test_experiment_orders_the_methods_by_convergence_and_writes_its_figure(tmp_
 def test_unknown_experiment_lists_the_valid_ones(capsys) -> None:
     assert main(["experiment", "scaling-lawz"]) == 2
     assert re.search(r"valid experiments: .*convergence-orders", capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("kappa", [math.inf, math.nan, 0.5, True, "10"])
+def test_run_refuses_a_condition_number_that_is_not_a_finite_number_at_least_one(kappa, tmp_path) -> None:
+    from unigrad.core.errors import UnigradError
+    from unigrad.dynamics.convergence_orders import run
+
+    # an infinite κ gave a zero gradient-descent step and a NaN predicted rate before
+    with pytest.raises(UnigradError, match=rf"^option kappa must be a number >= 1, got {re.escape(repr(kappa))}$"):
+        run(tmp_path / "out", kappa=kappa)
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -116,3 +117,13 @@ def test_quick_experiment_writes_figure_results_and_report(tmp_path) -> None:
     assert "Fitted exponents" in report and report == (tmp_path / "sr" / "report.md").read_text()
     with pytest.raises(UnigradError, match="kappa"):
         run(tmp_path / "bad", kappa=1.0)
+
+
+@pytest.mark.parametrize("kappa", [math.inf, math.nan, 1.0, True, "10"])
+def test_run_refuses_a_condition_number_that_is_not_a_finite_number_above_one(kappa, tmp_path) -> None:
+    from unigrad.dynamics.smoothing_rates import run
+
+    # an infinite κ gave an infinite spectrum and a zero zeroth-order step before
+    with pytest.raises(UnigradError, match=rf"^option kappa must be a number > 1, got {re.escape(repr(kappa))}$"):
+        run(tmp_path / "out", kappa=kappa)
+    assert not (tmp_path / "out").exists()

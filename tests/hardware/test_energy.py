@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from unigrad import UnigradError
@@ -60,3 +62,13 @@ def test_latency_counts_products_and_shares_converters() -> None:
     assert m.latency(c) == 2 + 4 + 2 + 6 + 2 + 1  # analog MACs and reads happen inside the products
     with pytest.raises(UnigradError, match="adc_parallel"):
         LatencyModel(adc_parallel=0)
+
+
+@pytest.mark.parametrize("value", [True, -1.0, math.nan, math.inf, "1e-9", None])
+def test_latency_per_operation_refuses_bools_and_non_finite_numbers(value):
+    from unigrad.hardware.energy import LatencyModel
+
+    # True was taken as 1 second per MVM before; a flag is not a time
+    message = rf"^latency per mvm must be a finite number of seconds >= 0, got {value!r}$"
+    with pytest.raises(UnigradError, match=message):
+        LatencyModel(mvm=value)

@@ -39,8 +39,9 @@ from typing import Any
 import torch
 
 from unigrad.bench.suite import PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
-from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
+from unigrad.core.errors import NonFiniteLossError, UnigradError
 from unigrad.core.io import write_json as write_json_file
+from unigrad.core.options import check_number, check_optional, check_positive
 from unigrad.core.parallel import run_calls
 from unigrad.train.compare import MethodSpec, environment, parse_seeds, run_dir
 
@@ -155,13 +156,6 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     write_json_file(path, data, fsync=False, unique=False)
 
 
-def _check_number(option: str, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or not value > 0:
-        raise UnigradError(f"option {option} must be a finite number > 0, got {value!r}")
-
-
 def command_line(config: dict[str, Any]) -> str:
     """The ``unigrad bench`` command that reproduces a configuration of ``results.json``."""
     parts = ["unigrad bench", "--tasks " + ",".join(config["tasks"])]
@@ -210,8 +204,8 @@ def bench(
         if not method_list:
             raise UnigradError("no methods given; e.g. --methods spsa,backprop")
     seed_list = parse_seeds(seeds)
-    _check_number("budget_scale", budget_scale)
-    _check_number("budget", budget)
+    check_optional(check_number, "budget_scale", budget_scale, low=0, low_inclusive=False)
+    check_optional(check_number, "budget", budget, low=0, low_inclusive=False)
     if budget is not None and budget_scale != 1.0:
         raise UnigradError("give either a budget (FE for every task) or a budget scale, not both")
     check_positive("jobs", jobs, integer=True)

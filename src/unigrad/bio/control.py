@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive, unknown_name
+from unigrad.core.options import check_int
 from unigrad.core.rng import generator, key_hash
 from unigrad.nn.models import mlp
 
@@ -61,9 +62,7 @@ BatchStepFn = Callable[[Tensor, int, list[int]], Sequence[int]]
 
 
 def _check_key(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UnigradError(f"{name} must be an integer >= 0, got {value!r}")
-    return value
+    return check_int(name, value, subject=name)
 
 
 class ControlTask:

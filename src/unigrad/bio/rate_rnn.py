@@ -54,6 +54,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.options import check_int, check_seed
 from unigrad.core.rng import generator
 
 if TYPE_CHECKING:
@@ -140,8 +141,7 @@ class NoisyNetwork(nn.Module):
     noise): see :mod:`unigrad.core.step_state`."""
 
     def _init_noise(self, seed: int, intrinsic: NoiseProcess | None) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
+        check_seed("seed", seed)
         if intrinsic is not None and not callable(getattr(intrinsic, "sequence", None)):
             raise UnigradError("option intrinsic must be a noise process (unigrad.noise) with a sequence() method")
         self.seed, self.intrinsic = seed, intrinsic
@@ -154,8 +154,7 @@ class NoisyNetwork(nn.Module):
 
     @trial.setter
     def trial(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UnigradError(f"trial must be an integer >= 0, got {value!r}")
+        check_int("trial", value, subject="trial")
         self.trial_counter.fill_(value)
 
     def _total_noise(self, noise: Tensor | None, inputs: Tensor, n: int) -> tuple[Tensor | None, bool]:

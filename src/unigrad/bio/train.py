@@ -25,8 +25,9 @@ from torch import nn
 
 from unigrad.bio.tasks.base import TemporalTask
 from unigrad.core.cost import Cost
-from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
+from unigrad.core.errors import NonFiniteLossError, check_positive
 from unigrad.core.estimator import Estimator
+from unigrad.core.options import check_seed
 from unigrad.registry import make_estimator
 from unigrad.train.trainer import make_optimizer
 
@@ -90,8 +91,7 @@ def train_temporal(
     """Train ``model`` on ``task`` for ``updates`` steps of ``batch`` trials (module docs)."""
     for name, value in (("updates", updates), ("batch", batch), ("eval_every", eval_every), ("eval_batch", eval_batch)):
         check_positive(name, value, integer=True)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
+    check_seed("seed", seed)
     est = make_estimator(method, seed=seed, **(options or {})) if isinstance(method, str) else method
     opt = make_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
     held_out = task.sample(eval_batch, seed=seed + EVAL_SEED_OFFSET, step=0)

@@ -7,9 +7,7 @@ never a traceback.
 
 from __future__ import annotations
 
-import math
-import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 
 class UnigradError(ValueError):
@@ -25,30 +23,13 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UnigradError:
     return UnigradError(f"unknown {kind} {name!r}; valid {kind}s: {', '.join(sorted(valid))}")
 
 
-def check_positive(option: str, value: float, *, integer: bool = False) -> None:
-    """Raise if ``value`` is not > 0 and finite (and an integer, when asked; a real number, not a bool, otherwise)."""
-    if integer and (isinstance(value, bool) or not isinstance(value, int)):
-        raise UnigradError(f"option {option} must be an integer >= 1, got {value!r}")
-    if not integer and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
-        raise UnigradError(f"option {option} must be a finite number > 0, got {value!r}")
-    if not value > 0 or value == math.inf:  # the first also catches NaN
-        allowed = "an integer >= 1" if integer else "a finite number > 0"
-        raise UnigradError(f"option {option} must be {allowed}, got {value!r}")
+_MOVED = ("check_choice", "check_finite_options", "check_positive")
 
 
-def check_finite_options(owner: str, options: Mapping[str, object]) -> None:
-    """Raise if a float among ``options`` is NaN or infinite (``owner`` names whose options they are).
+def __getattr__(name: str) -> object:
+    """The option checkers, which live in :mod:`unigrad.core.options`, still importable from here."""
+    if name in _MOVED:
+        from unigrad.core import options
 
-    No option of an estimator means anything at infinity (an infinite σ, damping or tolerance), so
-    the registry's ``make_estimator`` refuses them all here, whatever each constructor checks.
-    """
-    for key, value in options.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UnigradError(f"option {key} of {owner} must be a finite number, got {value!r}")
-
-
-def check_choice(option: str, value: str, choices: Iterable[str]) -> None:
-    """Raise if ``value`` is not one of ``choices``."""
-    choices = tuple(choices)
-    if value not in choices:
-        raise UnigradError(f"option {option} must be one of {', '.join(choices)}; got {value!r}")
+        return getattr(options, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

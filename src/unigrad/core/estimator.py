@@ -27,6 +27,7 @@ from torch import nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
 from unigrad.core.objective import Objective, check_finite
+from unigrad.core.options import check_seed
 from unigrad.core.params import trainable
 from unigrad.core.step_state import StepState
 
@@ -65,8 +66,7 @@ class Estimator(abc.ABC):
     orders: the first evaluation is at ``θ``)."""
 
     def __init__(self, seed: int = 0) -> None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
+        check_seed("seed", seed)
         self.seed = seed
         self.step = 0
         self._step_state: StepState | None = None  # the buffer and RNG rules of the step under way

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import Objective, objective
+from unigrad.core.options import check_number
 
 
 class Point(nn.Module):
@@ -74,8 +75,7 @@ def logistic_digits(
     with an L2 penalty ``l2`` on the weights, from zero."""
     from unigrad.data.digits import load_digits
 
-    if isinstance(l2, bool) or not isinstance(l2, int | float) or not l2 >= 0:
-        raise UnigradError(f"the penalty l2 must be a number >= 0, got {l2!r}")
+    check_number("l2", l2, low=0, what="a number >= 0", subject="the penalty l2")
     x, y, _, _ = load_digits()
     if samples is not None:
         check_positive("samples", samples, integer=True)

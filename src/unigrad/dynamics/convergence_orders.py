@@ -37,8 +37,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.errors import check_positive
 from unigrad.core.objective import Objective, reduce
+from unigrad.core.options import check_number
 from unigrad.data.classic import quadratic, rosenbrock
 from unigrad.registry import make_estimator
 
@@ -150,8 +151,7 @@ def run(
     check_positive("iterations", iterations, integer=True)
     check_positive("second_order_iterations", second_order_iterations, integer=True)
     check_positive("n", n, integer=True)
-    if isinstance(kappa, bool) or not isinstance(kappa, int | float) or not kappa >= 1:
-        raise UnigradError(f"option kappa must be a number >= 1, got {kappa!r}")
+    check_number("kappa", kappa, low=1, what="a number >= 1")
     check_positive("tol", tol)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -92,6 +92,7 @@ from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import Objective, reduce, supervised
+from unigrad.core.options import is_int
 from unigrad.core.params import trainable
 from unigrad.core.rng import generator, key_hash
 from unigrad.registry import make_estimator
@@ -333,7 +334,7 @@ def run(
     check_positive("sigma", sigma)
     check_positive("mc_samples", mc_samples, integer=True)
     for label, grid in (("dims", dims), ("probes", probes), ("nodes", nodes), ("inputs", inputs), ("widths", widths)):
-        if len(grid) < 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in grid):
+        if len(grid) < 2 or any(not is_int(v) or v < 1 for v in grid):
             raise UnigradError(f"option {label} must list at least two integers >= 1, got {grid!r}")
     if estimates < 2:
         raise UnigradError(f"option estimates must be >= 2 (for standard errors), got {estimates}")

@@ -73,6 +73,7 @@ import numpy as np
 import torch
 
 from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.options import check_number, is_int
 from unigrad.data.classic import quadratic
 from unigrad.dynamics.estimator_variance import fit_power
 from unigrad.registry import make_estimator
@@ -178,10 +179,9 @@ def run(
 ) -> dict[str, Any]:
     """Run gradient descent and ``seeds`` random-search runs per dimension; write the figure,
     ``results.json`` and ``report.md`` to ``out``."""
-    if len(dims) < 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in dims):
+    if len(dims) < 2 or any(not is_int(v) or v < 2 for v in dims):
         raise UnigradError(f"dims must list at least two integers >= 2, got {dims!r}")
-    if isinstance(kappa, bool) or not isinstance(kappa, int | float) or not kappa > 1:
-        raise UnigradError(f"option kappa must be a number > 1, got {kappa!r}")
+    check_number("kappa", kappa, low=1, low_inclusive=False, what="a number > 1")
     if not 0 < eps < 1:
         raise UnigradError(f"option eps must be in (0, 1), got {eps!r}")
     check_positive("sigma", sigma)

@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.options import check_int, check_optional, is_int
 from unigrad.core.rng import generator
 from unigrad.hardware.energy import OpCounts
 from unigrad.noise.base import NoiseProcess
@@ -101,8 +102,8 @@ class CrossbarConfig:
             raise UnigradError(f"crossbar option update_asymmetry must be in [0, 1), got {self.update_asymmetry!r}")
         for name in ("dac_bits", "adc_bits"):
             bits = getattr(self, name)
-            if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 32):
-                raise UnigradError(f"crossbar option {name} must be None (exact) or an integer in 2..32, got {bits!r}")
+            what = "None (exact) or an integer in 2..32"
+            check_optional(check_int, name, bits, low=2, high=32, what=what, subject=f"crossbar option {name}")
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -307,8 +308,9 @@ class DeviceActivation(nn.Module):
         super().__init__()
         check_choice("activation", kind, ACTIVATIONS)
         check_positive("full_scale", full_scale)
-        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 32):
-            raise UnigradError(f"activation bits must be None or an integer in 2..32, got {bits!r}")
+        check_optional(
+            check_int, "bits", bits, low=2, high=32, what="None or an integer in 2..32", subject="activation bits"
+        )
         self.kind, self.bits, self.full_scale = kind, bits, float(full_scale)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -343,7 +345,7 @@ class CrossbarMLP(nn.Module):
         dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
-        if len(sizes) < 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in sizes):
+        if len(sizes) < 2 or any(not is_int(s) or s < 1 for s in sizes):
             raise UnigradError(f"sizes must be at least two positive integers (input first), got {list(sizes)!r}")
         self.sizes, self.config = list(sizes), config or CrossbarConfig()
         self.activation, self.activation_bits, self.activation_range = activation, activation_bits, activation_range

@@ -47,6 +47,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from unigrad.core.errors import UnigradError
+from unigrad.core.options import check_int, check_number
 
 OPERATIONS = ("analog_macs", "digital_macs", "reads", "writes", "adc", "dac", "random_bits", "mvms")
 
@@ -144,10 +145,11 @@ class LatencyModel:
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name.endswith("parallel"):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise UnigradError(f"latency option {f.name} must be an integer >= 1, got {value!r}")
-            elif not (isinstance(value, int | float) and value >= 0 and value == value and value != float("inf")):
-                raise UnigradError(f"latency per {f.name} must be a finite number of seconds >= 0, got {value!r}")
+                check_int(f.name, value, low=1, subject=f"latency option {f.name}")
+            else:
+                check_number(
+                    f.name, value, low=0, what="a finite number of seconds >= 0", subject=f"latency per {f.name}"
+                )
 
     def latency(self, counts: OpCounts) -> float:
         """Seconds the operations in ``counts`` take, run one after another at the stated parallelism."""

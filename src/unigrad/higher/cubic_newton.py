@@ -13,9 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
+from unigrad.core.options import check_fraction, check_number, check_positive
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
 from unigrad.second.curvature import FlatLoss, Lanczos, lanczos
@@ -126,14 +127,6 @@ def krylov_cubic_step(
 # -- the estimator ----------------------------------------------------------------------------------
 
 
-def _check_fraction(option: str, value: float, low: float, *, low_inclusive: bool) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and value < 1
-    ok = ok and (value >= low if low_inclusive else value > low)
-    if not ok:
-        bracket = "[" if low_inclusive else "("
-        raise UnigradError(f"option {option} must be in {bracket}{low:g}, 1), got {value!r}")
-
-
 class CubicNewton(Estimator):
     """Cubic-regularized Newton: adaptive regularization with cubics (ARC) on a Lanczos subspace.
 
@@ -235,13 +228,12 @@ class CubicNewton(Estimator):
     ) -> None:
         super().__init__(seed)
         for option, value in (("sigma", sigma), ("sigma_min", sigma_min), ("gamma", gamma)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise UnigradError(f"option {option} must be a finite number, got {value!r}")
+            check_number(option, value)
             check_positive(option, value)
         if not sigma >= sigma_min:
             raise UnigradError(f"option sigma ({sigma}) must be at least sigma_min ({sigma_min})")
-        _check_fraction("eta1", eta1, 0.0, low_inclusive=False)
-        _check_fraction("eta2", eta2, eta1, low_inclusive=True)
+        check_fraction("eta1", eta1, low_inclusive=False, what="in (0, 1)")
+        check_fraction("eta2", eta2, low=eta1, what=f"in [{eta1:g}, 1)")
         if not gamma > 1:
             raise UnigradError(f"option gamma must be a number > 1, got {gamma!r}")
         check_positive("krylov_dim", krylov_dim, integer=True)

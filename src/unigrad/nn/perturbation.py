@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.options import check_seed
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.nn.decorrelation import DecorrelatedConv2d, DecorrelatedLinear
@@ -180,8 +181,7 @@ class NodeNoiseHandle:
 
     def __init__(self, model: nn.Module, sigma: float, seed: int, noise_source: str) -> None:
         check_positive("sigma", sigma)
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
+        check_seed("seed", seed)
         self.sigma, self.seed = float(sigma), seed
         self.noise = Noise("gaussian", noise_source)
         self.layers = perturbable_layers(model)

@@ -44,7 +44,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from unigrad.core import options as core_options
 from unigrad.core.errors import UnigradError
+from unigrad.core.options import check_int, is_int
 from unigrad.core.rng import generator
 
 _TAGS: dict[int, str] = {}
@@ -60,9 +62,7 @@ def reserve_tag(tag: int, owner: str) -> int:
 
 def check_number(name: str, value: Any) -> float:
     """``value`` as a float, after checking it is a real number (not a bool, not NaN or infinite)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnigradError(f"option {name} must be a finite number, got {value!r}")
-    return float(value)
+    return core_options.check_number(name, value)
 
 
 def check_positive_finite(name: str, value: Any) -> float:
@@ -83,9 +83,7 @@ def check_probability(name: str, value: Any) -> float:
 
 def check_key(name: str, value: Any) -> int:
     """``value`` after checking it is an integer >= 0 (a part of a noise key)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UnigradError(f"{name} must be an integer >= 0, got {value!r}")
-    return value
+    return check_int(name, value, subject=name)
 
 
 def check_accessible(value: Any) -> bool:
@@ -188,7 +186,7 @@ class NoiseProcess(abc.ABC):
             dims = tuple(dims)
         except TypeError:
             raise UnigradError(f"shape must be a tuple of integers >= 0, got {shape!r}") from None
-        if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in dims):
+        if any(not is_int(d) or d < 0 for d in dims):
             raise UnigradError(f"shape must be a tuple of integers >= 0, got {shape!r}")
         return dims
 

@@ -13,7 +13,6 @@ silenced while a peer is built and stepped.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.options import check_fraction, check_number
 from unigrad.core.rng import key_hash
 from unigrad.peers._adapter import PeerEstimator, needs
 
@@ -71,9 +71,7 @@ def _quiet() -> Iterator[None]:
 def _number(option: str, value: float | None, *, allow_none: bool = True) -> None:
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnigradError(f"option {option} must be a finite number > 0, got {value!r}")
-    check_positive(option, value)
+    check_number(option, value, low=0, low_inclusive=False)
 
 
 class EvoTorchPeer(PeerEstimator):
@@ -373,8 +371,7 @@ class CEM(EvoTorchPeer):
         seed: int = 0,
     ) -> None:
         super().__init__(popsize, sigma0, max_dim, seed)
-        if isinstance(elite_ratio, bool) or not isinstance(elite_ratio, int | float) or not 0 < elite_ratio <= 1:
-            raise UnigradError(f"option elite_ratio must be a number in (0, 1], got {elite_ratio!r}")
+        check_fraction("elite_ratio", elite_ratio, low_inclusive=False, high_inclusive=True)
         if int(popsize * elite_ratio) < 2:
             raise UnigradError(
                 f"options popsize={popsize} and elite_ratio={elite_ratio} leave fewer than 2 elite candidates; "

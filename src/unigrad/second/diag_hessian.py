@@ -8,9 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, check_finite, evaluate, reduce
+from unigrad.core.options import check_choice, check_fraction, check_positive
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.second.curvature import FlatLoss, hutchinson_diagonal, keyed_probes
@@ -20,11 +21,6 @@ DISTRIBUTIONS = ("rademacher", "gaussian")
 _DEFAULT_BETA = {"sophia": 0.99, "adahessian": 0.999, "newton": 0.99}
 _DEFAULT_EPS = {"sophia": 1e-12, "adahessian": 1e-4, "newton": 1e-8}
 _DEFAULT_BIAS_CORRECTION = {"sophia": False, "adahessian": True, "newton": True}
-
-
-def _check_fraction(option: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
-        raise UnigradError(f"option {option} must be a number in [0, 1), got {value!r}")
 
 
 class DiagHessian(Estimator):
@@ -172,12 +168,12 @@ class DiagHessian(Estimator):
         check_choice("rule", rule, RULES)
         check_positive("probes", probes, integer=True)
         beta = _DEFAULT_BETA[rule] if beta is None else beta
-        _check_fraction("beta", beta)
+        check_fraction("beta", beta)
         check_positive("interval", interval, integer=True)
         eps = _DEFAULT_EPS[rule] if eps is None else eps
         check_positive("eps", eps)
         check_positive("gamma", gamma)
-        _check_fraction("momentum", momentum)
+        check_fraction("momentum", momentum)
         bias_correction = _DEFAULT_BIAS_CORRECTION[rule] if bias_correction is None else bias_correction
         for option, flag in (("bias_correction", bias_correction), ("spatial_average", spatial_average)):
             if not isinstance(flag, bool | int) or flag not in (0, 1):

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, Supervised
+from unigrad.core.options import check_choice, check_number, check_positive
 from unigrad.core.params import write_grad
 from unigrad.second.curvature import FlatLoss, conjugate_gradient
 
@@ -24,12 +25,6 @@ def _check_flag(option: str, value: object) -> bool:
     if not isinstance(value, bool | int) or value not in (0, 1):
         raise UnigradError(f"option {option} must be true or false, got {value!r}")
     return bool(value)
-
-
-def _check_number(option: str, value: object, low: float, high: float, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high or value == math.inf:
-        raise UnigradError(f"option {option} must be a finite {what.removeprefix('a ')}, got {value!r}")
-    return float(value)
 
 
 def _finite_or_inf(value: float) -> float:
@@ -151,20 +146,18 @@ class HessianFree(Estimator):
     ) -> None:
         super().__init__(seed)
         check_choice("curvature", curvature, _CURVATURES)
-        if isinstance(damping, bool) or not isinstance(damping, int | float) or not math.isfinite(damping):
-            raise UnigradError(f"option damping must be a number > 0, got {damping!r}")
+        check_number("damping", damping, what="a number > 0")
         check_positive("damping", damping)
         self.adapt_damping = _check_flag("adapt_damping", adapt_damping)
-        self.min_damping = _check_number("min_damping", min_damping, 0.0, math.inf, "a number >= 0")
+        self.min_damping = check_number("min_damping", min_damping, low=0)
         if not damping >= min_damping:
             raise UnigradError(f"option damping ({damping}) must not be below min_damping ({min_damping})")
         check_positive("max_cg", max_cg, integer=True)
-        if isinstance(cg_tol, bool) or not isinstance(cg_tol, int | float):
-            raise UnigradError(f"option cg_tol must be a number > 0, got {cg_tol!r}")
+        check_number("cg_tol", cg_tol, finite=False, what="a number > 0")
         check_positive("cg_tol", cg_tol)
-        self.progress_tol = _check_number("progress_tol", progress_tol, 0.0, math.inf, "a number >= 0 (0: off)")
+        self.progress_tol = check_number("progress_tol", progress_tol, low=0, what="a finite number >= 0 (0: off)")
         self.warm_start = _check_flag("warm_start", warm_start)
-        self.warm_decay = _check_number("warm_decay", warm_decay, 0.0, 1.0, "a number in [0, 1]")
+        self.warm_decay = check_number("warm_decay", warm_decay, low=0, high=1, what="a finite number in [0, 1]")
         self.backtrack = _check_flag("backtrack", backtrack)
         self.curvature, self.damping = curvature, float(damping)
         self.max_cg, self.cg_tol = max_cg, float(cg_tol)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive
+from unigrad.core.errors import NonFiniteLossError, UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import (
     Objective,
@@ -22,6 +22,7 @@ from unigrad.core.objective import (
     n_samples,
     reduce,
 )
+from unigrad.core.options import check_choice, check_number, check_positive
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
 from unigrad.nn.decorrelation import _DecorrelatedLayer
@@ -168,21 +169,21 @@ class KFAC(Estimator):
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
-        _check_number("damping", damping)
+        check_number("damping", damping, finite=False, what="a number")
         check_positive("damping", damping)
-        _check_number("decay", decay)
+        check_number("decay", decay, finite=False, what="a number")
         if not 0 < decay <= 1:
             raise UnigradError(f"option decay must be in (0, 1], got {decay!r}")
         check_positive("factor_interval", factor_interval, integer=True)
         check_positive("inverse_interval", inverse_interval, integer=True)
         check_choice("fisher", fisher, FISHERS)
         if kl_clip is not None:
-            _check_number("kl_clip", kl_clip)
+            check_number("kl_clip", kl_clip, finite=False, what="a number")
             check_positive("kl_clip", kl_clip)
             if lr is None:
                 raise UnigradError("option kl_clip needs the optimizer's learning rate: pass lr as well")
         if lr is not None:
-            _check_number("lr", lr)
+            check_number("lr", lr, finite=False, what="a number")
             check_positive("lr", lr)
             if kl_clip is None:
                 raise UnigradError("option lr is only used by kl_clip; set kl_clip or leave lr out")
@@ -339,11 +340,6 @@ class KFAC(Estimator):
 
 
 # -- helpers -----------------------------------------------------------------------------------------
-
-
-def _check_number(option: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UnigradError(f"option {option} must be a number, got {value!r}")
 
 
 def _pi(a: Tensor, g: Tensor) -> float:

@@ -15,6 +15,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, n_samples, reduce
+from unigrad.core.options import check_fraction
 from unigrad.core.params import write_grad
 from unigrad.core.probe import _Bound
 
@@ -143,8 +144,7 @@ class LBFGS(Estimator):
         check_positive("history", history, integer=True)
         check_choice("line_search", line_search, _LINE_SEARCHES)
         for option, value in (("c1", c1), ("c2", c2)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-                raise UnigradError(f"option {option} must be a number in (0, 1), got {value!r}")
+            check_fraction(option, value, low_inclusive=False)
         if not c1 < c2:
             raise UnigradError(f"option c2 ({c2}) must be larger than c1 ({c1}) for the strong Wolfe conditions")
         check_positive("max_evals", max_evals, integer=True)

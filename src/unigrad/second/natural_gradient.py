@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -10,21 +9,15 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from unigrad.core import rng
-from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, Supervised
+from unigrad.core.options import check_choice, check_number, check_positive
 from unigrad.core.params import write_grad
 from unigrad.second.curvature import FlatLoss, conjugate_gradient, likelihood_of
 
 _FISHERS = ("true", "empirical", "sampled")
 _LABEL_STREAM = 0x1AB31  # names the label-sampling stream among this estimator's keys
-
-
-def _check_number(option: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnigradError(f"option {option} must be a number > 0, got {value!r}")
-    check_positive(option, value)
-    return float(value)
 
 
 class NaturalGradient(Estimator):
@@ -109,9 +102,11 @@ class NaturalGradient(Estimator):
     ) -> None:
         super().__init__(seed)
         check_choice("fisher", fisher, _FISHERS)
-        self.damping = _check_number("damping", damping)
+        self.damping = check_number("damping", damping, what="a number > 0")
+        check_positive("damping", damping)
         check_positive("max_cg", max_cg, integer=True)
-        self.cg_tol = _check_number("cg_tol", cg_tol)
+        self.cg_tol = check_number("cg_tol", cg_tol, what="a number > 0")
+        check_positive("cg_tol", cg_tol)
         check_positive("mc_samples", mc_samples, integer=True)
         self.fisher, self.max_cg, self.mc_samples = fisher, max_cg, mc_samples
 

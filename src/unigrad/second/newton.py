@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
+from unigrad.core.options import check_number
 from unigrad.core.params import write_grad
 from unigrad.second.curvature import FlatLoss
 
@@ -84,14 +85,12 @@ class Newton(Estimator):
         super().__init__(seed)
         if not isinstance(trust_region, bool | int) or trust_region not in (0, 1):
             raise UnigradError(f"option trust_region must be true or false, got {trust_region!r}")
-        if isinstance(damping, bool) or not isinstance(damping, int | float) or not 0 <= damping < math.inf:
-            raise UnigradError(f"option damping must be a finite number >= 0, got {damping!r}")
+        check_number("damping", damping, low=0)
         check_positive("radius", radius)
         check_positive("max_radius", max_radius)
         if not radius <= max_radius:
             raise UnigradError(f"option radius ({radius}) must not exceed max_radius ({max_radius})")
-        if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0 <= eta < 0.25:
-            raise UnigradError(f"option eta must be in [0, 0.25), got {eta!r}")
+        check_number("eta", eta, low=0, high=0.25, high_inclusive=False, what="in [0, 0.25)")
         check_positive("max_params", max_params, integer=True)
         self.trust_region, self.damping = bool(trust_region), float(damping)
         self.radius, self.max_radius, self.eta = float(radius), float(max_radius), float(eta)

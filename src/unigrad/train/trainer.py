@@ -136,6 +136,7 @@ from unigrad.core.estimator import Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.memory import peak_memory
 from unigrad.core.objective import supervised
+from unigrad.core.options import check_number, check_seed
 from unigrad.core.params import trainable
 from unigrad.core.rng import generator, key_hash
 from unigrad.data.tasks import Task, TaskData, get_task
@@ -219,8 +220,7 @@ class Budget:
     def __post_init__(self) -> None:
         if self.kind not in BUDGET_KINDS:
             raise UnigradError(f"budget kind must be one of {', '.join(BUDGET_KINDS)}; got {self.kind!r}")
-        if isinstance(self.value, bool) or not isinstance(self.value, int | float) or not math.isfinite(self.value):
-            raise UnigradError(f"budget {self.kind} must be a finite number > 0, got {self.value!r}")
+        check_number(self.kind, self.value, what="a finite number > 0", subject=f"budget {self.kind}")
         if not self.value > 0:
             raise UnigradError(f"budget {self.kind} must be > 0, got {self.value:g}")
         if self.kind == "steps" and self.value != int(self.value):
@@ -352,9 +352,7 @@ def make_optimizer(name: str, params: Iterable[Tensor], lr: float, **options: An
     """The ``torch.optim`` optimizer called ``name`` (one of :data:`OPTIMIZERS`) with learning rate ``lr``."""
     if name not in OPTIMIZERS:
         raise unknown_name("optimizer", name, OPTIMIZERS)
-    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr):
-        raise UnigradError(f"option lr must be a finite number > 0, got {lr!r}")
-    check_positive("lr", lr)
+    check_number("lr", lr, low=0, low_inclusive=False)
     check_finite_options(f"optimizer {name}", options)
     try:
         return OPTIMIZERS[name](params, lr=lr, **options)
@@ -701,8 +699,7 @@ def train(
     asked = eval_points  # None: the default number, which a short run may not reach (module docs)
     eval_points = DEFAULT_EVAL_POINTS if eval_points is None else eval_points
     check_positive("eval_points", eval_points, integer=True)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise UnigradError(f"option seed must be an integer >= 0, got {seed!r}")
+    check_seed("seed", seed)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     decor = check_decorrelation(decorrelation)
     names = check_diagnostics(diagnostics)

@@ -12,6 +12,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate, reduce
+from unigrad.core.options import check_int
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise, generator
 
@@ -171,8 +172,7 @@ class MGD(Estimator):
         super().__init__(seed)
         check_choice("dither", dither, DITHERS)
         check_choice("baseline", baseline, BASELINES)
-        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-            raise UnigradError(f"option window must be an integer >= 2, got {window!r}")
+        check_int("window", window, low=2)
         if dither == "walsh" and window & (window - 1):
             raise UnigradError(f"option window must be a power of two for dither 'walsh', got {window}")
         if dither == "sinusoid" and window < 3:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
@@ -25,6 +23,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate
 from unigrad.core.objective import Objective
+from unigrad.core.options import check_number, check_optional
 from unigrad.noise import NoiseProcess
 
 SIGNALS = ("activity", "noise")
@@ -151,10 +150,7 @@ class ExploratoryHebb(TrialRule):
         self.activity_decay = check_fraction("activity_decay", activity_decay, low_open=False, high_open=True)
         self.baseline_rate = check_fraction("baseline_rate", baseline_rate, low_open=True, high_open=False)
         check_choice("condition", condition, CONDITIONS)
-        if clip is not None and (
-            isinstance(clip, bool) or not isinstance(clip, int | float) or not (math.isfinite(clip) and clip > 0)
-        ):
-            raise UnigradError(f"option clip must be a number > 0 or None, got {clip!r}")
+        check_optional(check_number, "clip", clip, low=0, low_inclusive=False, what="a number > 0 or None")
         if not isinstance(train_input, bool):
             raise UnigradError(f"option train_input must be True or False, got {train_input!r}")
         self.signal, self.condition, self.train_input = signal, condition, train_input

@@ -17,6 +17,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
+from unigrad.core.options import check_number, check_optional
 from unigrad.core.params import write_grad
 from unigrad.noise import NoiseProcess, SparseKicks, make_noise
 
@@ -29,9 +30,7 @@ KICK_SIZE = 0.5  # half-width of the jump in x (Miconi: 16·dt/τ ≈ 0.53)
 # -- helpers shared by the reward-modulated rules ---------------------------------------------------------------
 def check_fraction(option: str, value: Any, *, low_open: bool, high_open: bool) -> float:
     """``value`` as a float in the interval [0, 1] with the given open ends, or a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnigradError(f"option {option} must be a number, got {value!r}")
-    v = float(value)
+    v = check_number(option, value, what="a number")
     if (v <= 0 if low_open else v < 0) or (v >= 1 if high_open else v > 1):
         interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
         raise UnigradError(f"option {option} must lie in {interval}, got {value!r}")
@@ -367,10 +366,7 @@ class Miconi(TrialRule):
         check_choice("supralinear", supralinear, SUPRALINEAR)
         self.baseline_rate = check_fraction("baseline_rate", baseline_rate, low_open=True, high_open=False)
         check_choice("condition", condition, CONDITIONS)
-        if clip is not None and (
-            isinstance(clip, bool) or not isinstance(clip, int | float) or not (math.isfinite(clip) and clip > 0)
-        ):
-            raise UnigradError(f"option clip must be a number > 0 or None, got {clip!r}")
+        check_optional(check_number, "clip", clip, low=0, low_inclusive=False, what="a number > 0 or None")
         for option, value in (("scale_by_baseline", scale_by_baseline), ("train_input", train_input)):
             if not isinstance(value, bool):
                 raise UnigradError(f"option {option} must be True or False, got {value!r}")

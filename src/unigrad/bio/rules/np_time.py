@@ -14,6 +14,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
+from unigrad.core.options import check_number
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.nn.decorrelation import DecorrelatedLinear
@@ -185,9 +186,7 @@ class NPTime(Estimator):
     ) -> None:
         super().__init__(seed)
         check_positive("probes", probes, integer=True)
-        if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma):
-            raise UnigradError(f"option sigma must be a finite number > 0, got {sigma!r}")
-        check_positive("sigma", sigma)
+        check_number("sigma", sigma, low=0, low_inclusive=False)
         check_choice("variant", variant, VARIANTS)
         check_choice("scale", scale, SCALES)
         check_choice("readout", readout, READOUTS)

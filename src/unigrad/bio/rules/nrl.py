@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -16,6 +15,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
+from unigrad.core.options import check_fraction, check_number
 from unigrad.core.rng import generator
 from unigrad.nn.perturbation import LayerTaps, layer_owners, perturbable_layers, write_layer_grads
 from unigrad.noise import NoiseProcess, WhiteGaussian, make_noise
@@ -37,11 +37,7 @@ def check_episodic(objective: Objective, method: str) -> ControlTask:
 
 def check_unit_interval(option: str, value: float, *, open_left: bool) -> float:
     """``value`` as a float in [0, 1] (``(0, 1]`` with ``open_left``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnigradError(f"option {option} must be a number in {'(0, 1]' if open_left else '[0, 1]'}, got {value!r}")
-    if not (0 < value <= 1 if open_left else 0 <= value <= 1):
-        raise UnigradError(f"option {option} must be a number in {'(0, 1]' if open_left else '[0, 1]'}, got {value!r}")
-    return float(value)
+    return check_fraction(option, value, low_inclusive=not open_left, high_inclusive=True)
 
 
 class NRL(Estimator):
@@ -121,8 +117,7 @@ class NRL(Estimator):
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
-        if isinstance(sigma, bool) or not isinstance(sigma, int | float) or not math.isfinite(sigma):
-            raise UnigradError(f"option sigma must be a number > 0, got {sigma!r}")
+        check_number("sigma", sigma, what="a number > 0")
         check_positive("sigma", sigma)
         self.sigma = float(sigma)
         self.gamma = check_unit_interval("gamma", gamma, open_left=False)

@@ -13,6 +13,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_finite, reduce
+from unigrad.core.options import check_int, check_number
 from unigrad.core.params import write_grad
 from unigrad.core.probe import losses_at
 from unigrad.core.rng import SOURCES, Noise
@@ -25,9 +26,7 @@ _INCREMENT, _INITIAL = 0, 1  # probe part of the noise key: the step's increment
 
 
 def _number(option: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnigradError(f"option {option} must be a finite number, got {value!r}")
-    return float(value)
+    return check_number(option, value)
 
 
 class OUA(Estimator):
@@ -168,8 +167,7 @@ class OUA(Estimator):
             )
         if baseline is not None:
             _number("baseline", baseline)
-        if isinstance(reset_every, bool) or not isinstance(reset_every, int) or reset_every < 0:
-            raise UnigradError(f"option reset_every must be an integer >= 0 (0: never), got {reset_every!r}")
+        check_int("reset_every", reset_every, what="an integer >= 0 (0: never)")
         if not callable(reward):
             check_choice("reward", reward, REWARDS)
         self.lam, self.sigma, self.eps, self.dt = float(lam), float(sigma), float(eps), float(dt)

@@ -40,7 +40,6 @@ the score of the zero output exactly. Their ``reward`` option chooses what the l
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -48,6 +47,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from unigrad.core import options as core_options
 from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.objective import Supervised
 from unigrad.core.rng import generator
@@ -88,8 +88,7 @@ def steps_of(option: str, duration: float, dt: float, *, allow_zero: bool = Fals
 
     Durations must be whole multiples of ``dt`` (within 1e-6 of a step) so every trial has the documented timeline.
     """
-    if isinstance(duration, bool) or not isinstance(duration, int | float) or not math.isfinite(duration):
-        raise UnigradError(f"option {option} must be a number of time units, got {duration!r}")
+    core_options.check_number(option, duration, what="a number of time units")
     n = duration / dt
     k = round(n)
     if abs(n - k) > 1e-6:
@@ -102,8 +101,7 @@ def steps_of(option: str, duration: float, dt: float, *, allow_zero: bool = Fals
 
 def check_number(option: str, value: Any, *, low: float | None = None, strict: bool = False) -> float:
     """A finite real option, optionally bounded below (``> low`` if ``strict``, else ``>= low``)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UnigradError(f"option {option} must be a finite number, got {value!r}")
+    core_options.check_number(option, value)
     if low is not None and (value <= low if strict else value < low):
         raise UnigradError(f"option {option} must be {'>' if strict else '>='} {low}, got {value!r}")
     return float(value)
@@ -111,9 +109,7 @@ def check_number(option: str, value: Any, *, low: float | None = None, strict: b
 
 def check_steps(option: str, value: Any, *, minimum: int = 1) -> int:
     """An integer option ``>= minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UnigradError(f"option {option} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return core_options.check_int(option, value, low=minimum)
 
 
 def masked_mse(outputs: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
