@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 from unigrad.core.errors import UnigradError
-from unigrad.dynamics.estimator_variance import (
+from unigrad.experiments.estimator_variance import (
     fit_power,
     gaussian_cos,
     gaussian_cos2,

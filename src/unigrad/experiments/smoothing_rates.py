@@ -75,7 +75,7 @@ import torch
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.options import check_number, is_int
 from unigrad.data.classic import quadratic
-from unigrad.dynamics.estimator_variance import fit_power
+from unigrad.experiments.estimator_variance import fit_power
 from unigrad.registry import make_estimator
 
 TOLERANCE = 0.25

@@ -89,7 +89,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.dynamics.werfel import TOLERANCE, fit_line, half_squared_error, median_time
+from unigrad.experiments.werfel import TOLERANCE, fit_line, half_squared_error, median_time
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
