@@ -7,7 +7,6 @@ BPTT through a surrogate derivative against NP and ANP in time and WP on a 64-un
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun
 from unigrad.core.errors import check_positive
+from unigrad.experiments._common import write_report, write_results
 from unigrad.experiments.bio_table import (
     HIDDEN,
     TRIALS,
@@ -92,7 +92,7 @@ def bio_lif(
             key = f"{task_name}|{spec.label}"
             results["cells"][key] = _summary(runs)
             results["curves"][key] = [r.history for r in runs]
-            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+            write_results(out, results)
     chance = {t: get_bio_task(t).chance for t in tasks}
     lines = [
         f"# Rules on a spiking (LIF) network: held-out score after {trials:,} trials ({HIDDEN} units, {seeds} seeds)",
@@ -110,6 +110,6 @@ def bio_lif(
     lines += ["", "Networks:", ""] + [f"* {t}: LIFNetwork({HIDDEN} units, {LIF_SETUPS[t]})" for t in tasks]
     lines += ["", "Settings:", ""] + [f"* {spec.label}: {_describe(spec)}" for spec in rules]
     text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
+    write_report(out, text)
     _plot_curves(results, tasks, rules, (), (), out / "learning-curves.png")
     return text

@@ -20,7 +20,6 @@ them); the other biology experiments (:mod:`~unigrad.experiments.bio_lif`,
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun, train_temporal
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
+from unigrad.experiments._common import pyplot, write_report, write_results
 
 TASKS = ("perceptual-decision", "dnms", "reaching", "copy", "mackey-glass")
 
@@ -281,7 +281,7 @@ def bio_table(
     control = [(spec, task_name) for task_name in control_tasks for spec in control_rules]
 
     def save() -> None:
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_results(out, results)
 
     def store(spec: RuleSpec, task_name: str, runs: list[BioRun]) -> None:
         key = f"{task_name}|{spec.label}"
@@ -320,7 +320,7 @@ def bio_table(
         if progress:
             progress(f"{task_name}: {cspec.label} done")
     text = _table_report(results, tasks, rules, control_tasks, control_rules)
-    (out / "report.md").write_text(text)
+    write_report(out, text)
     _plot_curves(results, tasks, rules, control_tasks, control_rules, out / "learning-curves.png")
     return text
 
@@ -396,10 +396,7 @@ def _plot_curves(
     control_rules: tuple[ControlSpec, ...],
     path: Path,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [(t, "trials") for t in tasks] + [(t, "episodes") for t in control_tasks if control_rules]
     cols = min(4, len(panels))

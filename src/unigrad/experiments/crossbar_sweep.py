@@ -15,7 +15,6 @@ The experiments (:mod:`~unigrad.experiments.hardware_mismatch`, :mod:`~unigrad.e
 from __future__ import annotations
 
 import functools
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
+from unigrad.experiments._common import pyplot, write_report, write_results
 from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
 from unigrad.hardware.energy import EnergyModel
 from unigrad.hardware.train import DeviceRun, train_device
@@ -146,9 +146,9 @@ def _sweep(
         "label": label,
         "runs": runs,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     text = _report(results)
-    (out / "report.md").write_text(text)
+    write_report(out, text)
     _plot(results, out / f"{name}.png")
     return text
 
@@ -197,10 +197,7 @@ def _report(results: dict[str, Any]) -> str:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     levels = results["levels"]

@@ -77,7 +77,6 @@ Outputs (in ``out``): ``estimator-variance.png``, ``results.json`` and ``report.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -95,6 +94,7 @@ from unigrad.core.objective import Objective, reduce, supervised
 from unigrad.core.options import is_int
 from unigrad.core.params import trainable
 from unigrad.core.rng import generator, key_hash
+from unigrad.experiments._common import pyplot, write_report, write_results
 from unigrad.registry import make_estimator
 
 CLASSES = 4
@@ -409,9 +409,9 @@ def run(
     results["fits"] = fits(results)
     results["seconds"] = time.perf_counter() - start
     results["cpu_seconds"] = time.process_time() - cpu
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     plot(results, out / "estimator-variance.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
@@ -582,10 +582,7 @@ def report(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """Six panels: E[cos²] against d and q, the relative error against d, and NP/WP's three sweeps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 3, figsize=(16.0, 9.5))
     colors = {"rge": "tab:blue", "spsa": "tab:orange", "es": "tab:green", "forward-gradient": "tab:red",

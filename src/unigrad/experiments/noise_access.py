@@ -7,13 +7,13 @@ noise it cannot (the network's own intrinsic noise, ``accessible=False``: ANP, M
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
+from unigrad.experiments._common import write_report, write_results
 from unigrad.experiments.bio_table import (
     RuleSpec,
     _cell,
@@ -75,7 +75,7 @@ def noise_access(
         if progress:
             progress(label)
         results["rows"][label] = _summary([_train(spec, task, s, trials, 2, intrinsic) for s in range(seeds)])
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     chance = get_bio_task(task).chance
     lines = [
         f"# Accessible against inaccessible noise: {task}, score after {trials:,} trials ({seeds} seeds; "
@@ -86,5 +86,5 @@ def noise_access(
     ]
     lines += [f"| {label} | {_cell(s)} |" for label, s in results["rows"].items()]
     text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
+    write_report(out, text)
     return text

@@ -8,7 +8,6 @@ as in :mod:`unigrad.experiments.bio_table`.
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
+from unigrad.experiments._common import pyplot, write_report, write_results
 from unigrad.experiments.bio_table import (
     CONTROL_CHANCE,
     CONTROL_RULES,
@@ -71,7 +71,7 @@ def noise_resource(
         if progress:
             progress(f"{task}: BPTT reference")
         results["bptt"][task] = _summary([_train(bptt, task, seed, trials, 2) for seed in range(seeds)])
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_results(out, results)
     nrl = next(c for c in CONTROL_RULES if c.label == "NRL")
     results["nrl"] = []
     for sigma in control_sigmas:
@@ -82,7 +82,7 @@ def noise_resource(
         results["nrl"].append(
             {"mean": statistics.fmean(finals), "sd": statistics.stdev(finals) if seeds > 1 else 0.0, "finals": finals}
         )
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_results(out, results)
     lines = [f"# Noise as a resource: score against the injected noise σ ({seeds} seeds)", ""]
     for task in tasks:
         better = "accuracy, higher is better" if get_bio_task(task).chance == 0.5 else "NRMSE, lower is better"
@@ -109,16 +109,13 @@ def noise_resource(
         f"Random policy ≈ {CONTROL_CHANCE['cartpole']:.0f}; the maximum is 500.",
     ]
     text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
+    write_report(out, text)
     _plot_noise_resource(results, out / "noise-resource.png")
     return text
 
 
 def _plot_noise_resource(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tasks = results["tasks"]
     fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5.0 * (len(tasks) + 1), 3.8), squeeze=False)

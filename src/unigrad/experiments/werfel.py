@@ -60,7 +60,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -74,6 +73,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
+from unigrad.experiments._common import pyplot, write_report, write_results
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
@@ -383,9 +383,9 @@ def run(
         "library_runs": library_runs or seeds,
         "seconds": time.perf_counter() - start,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     plot(results, out / "werfel.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
@@ -485,10 +485,7 @@ def summarize(
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """Learning curves, learning time against η, and the two ratio sweeps against theory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sweeps, factor = results["sweeps"], results["factor"]
     m0, n0 = results["m_fixed"], results["n_fixed"]
