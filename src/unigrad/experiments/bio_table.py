@@ -34,7 +34,7 @@ from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun, train_temporal
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.experiments._common import pyplot, write_report, write_results
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 
 TASKS = ("perceptual-decision", "dnms", "reaching", "copy", "mackey-glass")
 
@@ -423,6 +423,4 @@ def _plot_curves(
         ax.set_ylabel("score" if unit == "trials" else "greedy return")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

@@ -40,7 +40,7 @@ from unigrad.core.errors import check_positive
 from unigrad.core.objective import Objective, reduce
 from unigrad.core.options import check_number
 from unigrad.data.classic import quadratic, rosenbrock
-from unigrad.experiments._common import pyplot, write_report, write_results
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.registry import make_estimator
 
 TARGET = 1e-10
@@ -204,9 +204,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.set_ylim(1e-26, None)
             ax.grid(True, which="major", alpha=0.3)
         axes[0][col].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def report(results: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import torch
 
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.experiments._common import pyplot, write_report, write_results
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
 from unigrad.hardware.energy import EnergyModel
 from unigrad.hardware.train import DeviceRun, train_device
@@ -213,6 +213,4 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

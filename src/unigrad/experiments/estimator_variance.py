@@ -94,7 +94,7 @@ from unigrad.core.objective import Objective, reduce, supervised
 from unigrad.core.options import is_int
 from unigrad.core.params import trainable
 from unigrad.core.rng import generator, key_hash
-from unigrad.experiments._common import pyplot, write_report, write_results
+from unigrad.experiments._common import fit_power, pyplot, save_figure, write_report, write_results
 from unigrad.registry import make_estimator
 
 CLASSES = 4
@@ -151,22 +151,6 @@ def theory_moments(name: str, d: int, q: int, ranks: dict[int, np.ndarray]) -> t
     if name == "es":
         return ranks_moments(d, ranks[q])
     return gaussian_cos2(d, q), gaussian_cos(d, q)
-
-
-# -- fits --------------------------------------------------------------------------------------
-
-
-def fit_power(x: Sequence[float], y: Sequence[float], se: Sequence[float] | None = None) -> tuple[float, float]:
-    """Least-squares slope of ``log y`` on ``log x`` and its standard error, propagating the
-    standard errors ``se`` of the ``y`` (``Var(log y) ≈ (se/y)²``); 0 without them."""
-    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
-    dx = lx - lx.mean()
-    w = dx / (dx**2).sum()
-    slope = float(w @ (ly - ly.mean()))
-    if se is None:
-        return slope, 0.0
-    var = (np.asarray(se, float) / np.asarray(y, float)) ** 2
-    return slope, float(math.sqrt(float(w**2 @ var)))
 
 
 # -- problems ----------------------------------------------------------------------------------
@@ -619,9 +603,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     rows = [r for r in node["width"]["rows"] if r["estimator"] == "np"]
     axes[1][2].plot([r["nodes"] for r in rows], [1.0 / r["nodes"] for r in rows], ":", color="black", label="1/M")
     axes[1][2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_experiment(

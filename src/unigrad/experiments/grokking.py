@@ -78,7 +78,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.experiments._common import pyplot, write_report, write_results
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
 
@@ -332,9 +332,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"MLP {2 * results['p']}-{results['hidden']}-{results['p']}, equal FE budget",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _stat(values: Sequence[float | None], fmt: str = "{:,.0f}") -> str:

@@ -88,8 +88,8 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.experiments._common import pyplot, write_report, write_results
-from unigrad.experiments.werfel import TOLERANCE, fit_line, half_squared_error, median_time
+from unigrad.experiments._common import fit_line, pyplot, save_figure, write_report, write_results
+from unigrad.experiments.werfel import TOLERANCE, half_squared_error, median_time
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
@@ -757,9 +757,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _fmt(v: float | None, digits: int = 0) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import pyplot, write_report, write_results
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.experiments.bio_table import (
     CONTROL_CHANCE,
     CONTROL_RULES,
@@ -151,6 +151,4 @@ def _plot_noise_resource(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("noise σ")
         ax.legend(fontsize=7)
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)

@@ -83,7 +83,7 @@ from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, 
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
 from unigrad.dynamics.diagnostics import hessian_trace, top_hessian_eigenvalue
-from unigrad.experiments._common import pyplot, write_report, write_results
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
 
@@ -422,9 +422,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"curvature on {results['n_sharpness']:,} training images",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _stat(values: Sequence[float | None], fmt: str = "{:.3g}") -> str:

@@ -74,8 +74,7 @@ import torch
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.options import check_number, is_int
 from unigrad.data.classic import quadratic
-from unigrad.experiments._common import pyplot, write_report, write_results
-from unigrad.experiments.estimator_variance import fit_power
+from unigrad.experiments._common import fit_power, pyplot, save_figure, write_report, write_results
 from unigrad.registry import make_estimator
 
 TOLERANCE = 0.25
@@ -410,9 +409,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[2].legend(fontsize=8)
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_experiment(

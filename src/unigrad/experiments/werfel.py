@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.experiments._common import pyplot, write_report, write_results
+from unigrad.experiments._common import fit_line, pyplot, save_figure, write_report, write_results
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
@@ -301,14 +301,6 @@ def library_time(
 # -- the experiment -----------------------------------------------------------------------------
 def _within(measured: float | None, theory: float) -> bool:
     return measured is not None and abs(measured - theory) <= TOLERANCE * abs(theory)
-
-
-def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """Least-squares slope and intercept of ``y`` against ``x``."""
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    return slope, my - slope * mx
 
 
 def run(
@@ -564,9 +556,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     for ax in axes.flat:
         ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _fmt(v: float | None, digits: int = 0) -> str:
