@@ -2,12 +2,12 @@
 
 The goal: in-situ DANP, learning from the device's own noise, beats backprop trained on the digital twin and
 deployed (mode (a)) under realistic mismatch, and ends within 3 points of backprop on an ideal device. Every run
-is the device of :mod:`unigrad.hardware.experiments` (784-128-10 on Fashion-MNIST, 8-bit converters and
+is the device of :mod:`unigrad.experiments.crossbar_sweep` (784-128-10 on Fashion-MNIST, 8-bit converters and
 activations, 10% update noise and asymmetry, node noise 0.05, read noise 0.01) at mismatch ``m`` (``σ_m = m``,
 ``σ_p = m/2``), trained for ``--steps`` Adam steps at ``--lr`` with the learning rate annealed along a half cosine
 (``schedule="cosine"``, every mode alike). Each mode has its own batch size (``--bp-batch``, ``--danp-batch``):
 backprop's reference gets both, so the report shows whether a larger batch would help it too. DANP's options are
-:data:`unigrad.hardware.experiments.MODE_OPTIONS` (decorrelation rate 1e-4) plus ``--probes``.
+:data:`unigrad.experiments.crossbar_sweep.MODE_OPTIONS` (decorrelation rate 1e-4) plus ``--probes``.
 
     python benchmarks/hardware_goal.py --seeds 3 --jobs 2 [--levels 0.1 0.2] [--danp-batch 256] [--probes 4]
 
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from unigrad.core.parallel import run_calls
+from unigrad.experiments.crossbar_sweep import MODE_OPTIONS, STEPS, _data, _Maker, config
 from unigrad.hardware.crossbar import CrossbarConfig
-from unigrad.hardware.experiments import MODE_OPTIONS, STEPS, _data, _Maker, config
 from unigrad.hardware.train import train_device
 from unigrad.noise import WhiteGaussian
 

@@ -1,4 +1,4 @@
-"""Learning dynamics: diagnostics and experiments on how estimators converge and scale.
+"""Learning dynamics: the diagnostics recorded during training (:mod:`unigrad.dynamics.diagnostics`).
 
-Its experiments are listed in :data:`unigrad.experiments.EXPERIMENTS`.
+The experiments on how estimators converge and scale live in :mod:`unigrad.experiments`.
 """

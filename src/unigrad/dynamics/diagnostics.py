@@ -25,7 +25,7 @@ it wrote into ``.grad``, ``g = ∇f(θ)`` the true gradient on the same batch):
 * :func:`alignment` — ``cos(d, g) = ⟨d, g⟩ / (‖d‖ ‖g‖)`` over all parameters at once (1 for
   backprop; for a random-direction estimator with ``q`` Gaussian probes in ``d`` dimensions,
   ``E cos² = q/(d + q − 1)`` exactly for exact directional derivatives (1/d at q = 1; see
-  :mod:`unigrad.dynamics.estimator_variance`), so ``cos ≈ √(q/d)`` when ``q ≪ d``).
+  :mod:`unigrad.experiments.estimator_variance`), so ``cos ≈ √(q/d)`` when ``q ≪ d``).
 * :func:`relative_variance` — from ``k`` estimates ``d_1 … d_k`` made at the same parameters and
   batch with independent noise: ``tr Cov / ‖r‖² = (1/(k−1)) Σ_i ‖d_i − d̄‖² / ‖r‖²``, with ``r``
   the true gradient when given (the usual choice: comparable across estimators) or ``d̄`` itself

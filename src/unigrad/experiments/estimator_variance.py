@@ -77,7 +77,6 @@ Outputs (in ``out``): ``estimator-variance.png``, ``results.json`` and ``report.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -95,6 +94,7 @@ from unigrad.core.objective import Objective, reduce, supervised
 from unigrad.core.options import is_int
 from unigrad.core.params import trainable
 from unigrad.core.rng import generator, key_hash
+from unigrad.experiments._common import fit_power, pyplot, save_figure, write_report, write_results
 from unigrad.registry import make_estimator
 
 CLASSES = 4
@@ -151,22 +151,6 @@ def theory_moments(name: str, d: int, q: int, ranks: dict[int, np.ndarray]) -> t
     if name == "es":
         return ranks_moments(d, ranks[q])
     return gaussian_cos2(d, q), gaussian_cos(d, q)
-
-
-# -- fits --------------------------------------------------------------------------------------
-
-
-def fit_power(x: Sequence[float], y: Sequence[float], se: Sequence[float] | None = None) -> tuple[float, float]:
-    """Least-squares slope of ``log y`` on ``log x`` and its standard error, propagating the
-    standard errors ``se`` of the ``y`` (``Var(log y) ≈ (se/y)²``); 0 without them."""
-    lx, ly = np.log(np.asarray(x, float)), np.log(np.asarray(y, float))
-    dx = lx - lx.mean()
-    w = dx / (dx**2).sum()
-    slope = float(w @ (ly - ly.mean()))
-    if se is None:
-        return slope, 0.0
-    var = (np.asarray(se, float) / np.asarray(y, float)) ** 2
-    return slope, float(math.sqrt(float(w**2 @ var)))
 
 
 # -- problems ----------------------------------------------------------------------------------
@@ -409,9 +393,9 @@ def run(
     results["fits"] = fits(results)
     results["seconds"] = time.perf_counter() - start
     results["cpu_seconds"] = time.process_time() - cpu
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     plot(results, out / "estimator-variance.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
@@ -582,10 +566,7 @@ def report(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """Six panels: E[cos²] against d and q, the relative error against d, and NP/WP's three sweeps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(2, 3, figsize=(16.0, 9.5))
     colors = {"rge": "tab:blue", "spsa": "tab:orange", "es": "tab:green", "forward-gradient": "tab:red",
@@ -622,9 +603,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     rows = [r for r in node["width"]["rows"] if r["estimator"] == "np"]
     axes[1][2].plot([r["nodes"] for r in rows], [1.0 / r["nodes"] for r in rows], ":", color="black", label="1/M")
     axes[1][2].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_experiment(

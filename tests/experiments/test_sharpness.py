@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from unigrad import UnigradError
 from unigrad.core.rng import generator
 from unigrad.data import fashion_mnist
-from unigrad.dynamics.sharpness import LARGE, METHODS, SMALL, Data, Method, run, run_experiment, train_one, verdict
+from unigrad.experiments.sharpness import LARGE, METHODS, SMALL, Data, Method, run, run_experiment, train_one, verdict
 from unigrad.nn.models import mlp
 
 

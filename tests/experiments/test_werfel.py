@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from unigrad import UnigradError
-from unigrad.dynamics import werfel
-from unigrad.dynamics.werfel import direction, learning_times, library_time, optimal_eta, theory_k, theory_time
+from unigrad.experiments import werfel
+from unigrad.experiments.werfel import direction, learning_times, library_time, optimal_eta, theory_k, theory_time
 
 
 @pytest.mark.parametrize("method", ["gd", "np", "wp"])

@@ -1,38 +1,25 @@
-"""Biology experiments: the rule × task table, rules on a spiking network, noise as a resource, accessible
-against inaccessible noise.
+"""The ``bio-table`` experiment: biological rules × neuroscience tasks on a rate RNN, with BPTT as reference.
 
-Every temporal run trains a :class:`~unigrad.bio.RateRNN` (or, in ``bio-lif``, a :class:`~unigrad.bio.LIFNetwork`)
-on a task of :mod:`unigrad.bio.tasks` with :func:`~unigrad.bio.train.train_temporal` and reports the held-out
-score (accuracy for choice tasks, normalised error otherwise) against the number of trials seen. All runs of a
-table see the same number of trials (:data:`TRIALS`); control runs the same number of episodes (:data:`EPISODES`).
+Every temporal run trains a :class:`~unigrad.bio.RateRNN` on a task of :mod:`unigrad.bio.tasks` with
+:func:`~unigrad.bio.train.train_temporal` and reports the held-out score (accuracy for choice tasks, normalised
+error otherwise) against the number of trials seen. All runs of a table see the same number of trials
+(:data:`TRIALS`); control runs the same number of episodes (:data:`EPISODES`).
 
-``bio-table``
-    rows: BPTT (``backprop``), NP and ANP in time (``np-time``), weight perturbation (``wp``), Miconi's rule,
-    exploratory Hebb, OUA and feedback alignment; columns: ``perceptual-decision``, ``dnms``, ``reaching``,
-    ``copy``, ``mackey-glass``; mean ± sd of the final score over the seeds, with chance and the BPTT reference,
-    and the learning curves (``learning-curves.png``). The network of each task is in :data:`SETUPS`; a rule may
-    ask for a finer Euler step (Miconi's rule needs ``dt/τ ≪ 1``), in which case the task is resampled with the
-    same evidence per trial. A second table trains policies for CartPole-v1 and Acrobot-v1 with NRL and
-    REINFORCE (:data:`CONTROL_RULES`). ``jobs`` runs cells in parallel processes with identical results.
-``bio-lif``
-    BPTT through a surrogate derivative against NP and ANP in time and WP on a 64-unit LIF network
-    (:data:`LIF_SETUPS`) for ``perceptual-decision`` and ``mackey-glass``.
-``noise-resource``
-    final score of NP and ANP in time against the noise level σ (log grid) on ``perceptual-decision`` and
-    ``mackey-glass``, and NRL's CartPole return against its node noise σ: too little noise and the loss change
-    drowns in rounding (float32), too much and the estimate's bias spoils precision.
-``noise-access``
-    the same task learned from noise the rule can read (NP, exploratory Hebb with ``signal="noise"``) and from
-    noise it cannot (the network's own intrinsic noise, ``accessible=False``: ANP, Miconi, exploratory Hebb with
-    ``signal="activity"``).
+Rows: BPTT (``backprop``), NP and ANP in time (``np-time``), weight perturbation (``wp``), Miconi's rule,
+exploratory Hebb, OUA and feedback alignment; columns: ``perceptual-decision``, ``dnms``, ``reaching``,
+``copy``, ``mackey-glass``; mean ± sd of the final score over the seeds, with chance and the BPTT reference,
+and the learning curves (``learning-curves.png``). The network of each task is in :data:`SETUPS`; a rule may
+ask for a finer Euler step (Miconi's rule needs ``dt/τ ≪ 1``), in which case the task is resampled with the
+same evidence per trial. A second table trains policies for CartPole-v1 and Acrobot-v1 with NRL and
+REINFORCE (:data:`CONTROL_RULES`). ``jobs`` runs cells in parallel processes with identical results.
 
 The settings of each rule are in :data:`RULES` (chosen in short seed-0 tuning runs; ``docs/biology.md`` lists
-them).
+them); the other biology experiments (:mod:`~unigrad.experiments.bio_lif`,
+:mod:`~unigrad.experiments.noise_resource`, :mod:`~unigrad.experiments.noise_access`) reuse them.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from collections.abc import Callable
@@ -47,6 +34,7 @@ from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun, train_temporal
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 
 TASKS = ("perceptual-decision", "dnms", "reaching", "copy", "mackey-glass")
 
@@ -293,7 +281,7 @@ def bio_table(
     control = [(spec, task_name) for task_name in control_tasks for spec in control_rules]
 
     def save() -> None:
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        write_results(out, results)
 
     def store(spec: RuleSpec, task_name: str, runs: list[BioRun]) -> None:
         key = f"{task_name}|{spec.label}"
@@ -332,7 +320,7 @@ def bio_table(
         if progress:
             progress(f"{task_name}: {cspec.label} done")
     text = _table_report(results, tasks, rules, control_tasks, control_rules)
-    (out / "report.md").write_text(text)
+    write_report(out, text)
     _plot_curves(results, tasks, rules, control_tasks, control_rules, out / "learning-curves.png")
     return text
 
@@ -408,10 +396,7 @@ def _plot_curves(
     control_rules: tuple[ControlSpec, ...],
     path: Path,
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [(t, "trials") for t in tasks] + [(t, "episodes") for t in control_tasks if control_rules]
     cols = min(4, len(panels))
@@ -438,293 +423,4 @@ def _plot_curves(
         ax.set_ylabel("score" if unit == "trials" else "greedy return")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-LIF_SETUPS: dict[str, dict[str, float]] = {
-    "perceptual-decision": {"tau_mem": 100.0, "tau_out": 100.0, "threshold": 0.5, "dt": 20.0},
-    "mackey-glass": {"tau_mem": 2.0, "tau_out": 2.0, "threshold": 0.2, "dt": 1.0},
-}
-"""The spiking network of ``bio-lif`` per task (64 units; the step ``dt`` is the task's)."""
-
-LIF_RULES: tuple[RuleSpec, ...] = (
-    RuleSpec("BPTT (surrogate)", "backprop", {}, "adam", 3e-3, 16),
-    RuleSpec("NP in time", "np-time", {"sigma": 0.1}, "adam", 3e-3, 16, task_options={"mackey-glass": {"sigma": 1e-2}}),
-    RuleSpec(
-        "ANP in time",
-        "np-time",
-        {"variant": "anp", "sigma": 0.1},
-        "adam",
-        3e-3,
-        16,
-        task_options={"mackey-glass": {"sigma": 1e-2}},
-    ),
-    RuleSpec("WP", "wp", {"sigma": 0.03}, "adam", 3e-3, 16),
-)
-
-
-def _train_lif(spec: RuleSpec, task_name: str, seed: int, trials: int, evals: int) -> BioRun:
-    from unigrad.bio.lif import LIFNetwork
-
-    cfg = dict(LIF_SETUPS[task_name])
-    dt = cfg.pop("dt")
-    task = get_bio_task(task_name) if task_name == "mackey-glass" else get_bio_task(task_name, dt=dt)
-    net = LIFNetwork(task.n_in, HIDDEN, task.n_out, dt=dt, seed=seed, **cfg)
-    return _fit(spec, task_name, task, net, seed, trials, evals)
-
-
-def bio_lif(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    trials: int | None = None,
-    tasks: tuple[str, ...] = tuple(LIF_SETUPS),
-    rules: tuple[RuleSpec, ...] = LIF_RULES,
-) -> str:
-    """The same rules on a leaky integrate-and-fire network: BPTT through a surrogate derivative against NP and
-    ANP in time (potentials perturbed, no derivative of a spike needed) and weight perturbation."""
-    check_positive("seeds", seeds, integer=True)
-    trials = trials or (64 if quick else TRIALS)
-    evals = 2 if quick else 20
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "trials": trials,
-        "hidden": HIDDEN,
-        "seeds": seeds,
-        "network": LIF_SETUPS,
-        "rules": {spec.label: _describe(spec) for spec in rules},
-        "cells": {},
-        "curves": {},
-    }
-    for task_name in tasks:
-        for spec in rules:
-            if progress:
-                progress(f"{task_name}: {spec.label}")
-            runs = [_train_lif(spec, task_name, seed, trials, evals) for seed in range(seeds)]
-            key = f"{task_name}|{spec.label}"
-            results["cells"][key] = _summary(runs)
-            results["curves"][key] = [r.history for r in runs]
-            (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    chance = {t: get_bio_task(t).chance for t in tasks}
-    lines = [
-        f"# Rules on a spiking (LIF) network: held-out score after {trials:,} trials ({HIDDEN} units, {seeds} seeds)",
-        "",
-        "perceptual-decision: accuracy (higher is better); mackey-glass: NRMSE (lower is better).",
-        "",
-        "| rule | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
-        "| chance | " + " | ".join(f"{chance[t]:.3f}" for t in tasks) + " |",
-    ]
-    for spec in rules:
-        lines.append(
-            f"| {spec.label} | " + " | ".join(_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks) + " |"
-        )
-    lines += ["", "Networks:", ""] + [f"* {t}: LIFNetwork({HIDDEN} units, {LIF_SETUPS[t]})" for t in tasks]
-    lines += ["", "Settings:", ""] + [f"* {spec.label}: {_describe(spec)}" for spec in rules]
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    _plot_curves(results, tasks, rules, (), (), out / "learning-curves.png")
-    return text
-
-
-def noise_resource(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    tasks: tuple[str, ...] = ("perceptual-decision", "mackey-glass"),
-    sigmas: tuple[float, ...] = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0),
-    control_sigmas: tuple[float, ...] = (1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1.0, 10.0),
-) -> str:
-    """Final score of NP and ANP in time against the injected noise level σ, per task, and NRL's CartPole
-    return against its node noise σ (module docs)."""
-    check_positive("seeds", seeds, integer=True)
-    trials = 64 if quick else 4000
-    episodes = 8 if quick else EPISODES
-    if quick:
-        sigmas, control_sigmas = sigmas[::5], control_sigmas[::3]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {
-        "tasks": list(tasks),
-        "trials": trials,
-        "episodes": episodes,
-        "sigmas": list(sigmas),
-        "control_sigmas": list(control_sigmas),
-        "rows": {},
-        "bptt": {},
-    }
-    bptt = RuleSpec("BPTT", "backprop", {}, "adam", 3e-3, 16)
-    for task in tasks:
-        results["rows"][task] = {}
-        for variant in ("np", "anp"):
-            row = []
-            for sigma in sigmas:
-                if progress:
-                    progress(f"{task}: {variant} sigma={sigma:g}")
-                spec = RuleSpec(variant, "np-time", {"variant": variant, "sigma": sigma}, "adam", 1e-3, 16)
-                row.append(_summary([_train(spec, task, seed, trials, 2) for seed in range(seeds)]))
-            results["rows"][task][variant] = row
-        if progress:
-            progress(f"{task}: BPTT reference")
-        results["bptt"][task] = _summary([_train(bptt, task, seed, trials, 2) for seed in range(seeds)])
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    nrl = next(c for c in CONTROL_RULES if c.label == "NRL")
-    results["nrl"] = []
-    for sigma in control_sigmas:
-        if progress:
-            progress(f"cartpole: NRL sigma={sigma:g}")
-        spec = ControlSpec("NRL", "nrl", {**nrl.options, "sigma": sigma}, nrl.optimizer, nrl.lr)
-        finals = [_control_run(spec, "cartpole", seed, episodes, 2)["history"][-1]["score"] for seed in range(seeds)]
-        results["nrl"].append(
-            {"mean": statistics.fmean(finals), "sd": statistics.stdev(finals) if seeds > 1 else 0.0, "finals": finals}
-        )
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = [f"# Noise as a resource: score against the injected noise σ ({seeds} seeds)", ""]
-    for task in tasks:
-        better = "accuracy, higher is better" if get_bio_task(task).chance == 0.5 else "NRMSE, lower is better"
-        lines += [
-            f"## {task}: NP / ANP in time after {trials:,} trials ({better})",
-            "",
-            "| rule | " + " | ".join(f"σ = {s:g}" for s in sigmas) + " |",
-            "|---|" + "---|" * len(sigmas),
-        ]
-        for variant, row in results["rows"][task].items():
-            lines.append(f"| {variant} in time | " + " | ".join(_cell(s) for s in row) + " |")
-        lines += [
-            "",
-            f"BPTT on the same trials: {_cell(results['bptt'][task])}; chance {get_bio_task(task).chance:.3f}.",
-            "",
-        ]
-    lines += [
-        f"## cartpole: NRL greedy return (20 evaluation episodes) after {episodes:,} episodes",
-        "",
-        "| σ | " + " | ".join(f"{s:g}" for s in control_sigmas) + " |",
-        "|---|" + "---|" * len(control_sigmas),
-        "| NRL | " + " | ".join(f"{r['mean']:.1f} ± {r['sd']:.1f}" for r in results["nrl"]) + " |",
-        "",
-        f"Random policy ≈ {CONTROL_CHANCE['cartpole']:.0f}; the maximum is 500.",
-    ]
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    _plot_noise_resource(results, out / "noise-resource.png")
-    return text
-
-
-def _plot_noise_resource(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = results["tasks"]
-    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(5.0 * (len(tasks) + 1), 3.8), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=False):
-        for variant, row in results["rows"][task].items():
-            ax.errorbar(
-                results["sigmas"],
-                [s["mean"] for s in row],
-                yerr=[s["sd"] for s in row],
-                label=f"{variant} in time",
-                capsize=3,
-            )
-        ax.axhline(get_bio_task(task).chance, color="black", linestyle=":", linewidth=1, label="chance")
-        ax.axhline(results["bptt"][task]["mean"], color="tab:green", linestyle="--", linewidth=1, label="BPTT")
-        if get_bio_task(task).chance != 0.5:
-            ax.set_yscale("log")
-        ax.set_title(task)
-        ax.set_ylabel("final score")
-    ax = axes[0][-1]
-    ax.errorbar(
-        results["control_sigmas"],
-        [r["mean"] for r in results["nrl"]],
-        yerr=[r["sd"] for r in results["nrl"]],
-        label="NRL",
-        capsize=3,
-        color="tab:red",
-    )
-    ax.axhline(CONTROL_CHANCE["cartpole"], color="black", linestyle=":", linewidth=1, label="random policy")
-    ax.set_title("cartpole")
-    ax.set_ylabel("greedy return")
-    for ax in axes[0]:
-        ax.set_xscale("log")
-        ax.set_xlabel("noise σ")
-        ax.legend(fontsize=7)
-        ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def noise_access(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    task: str = "perceptual-decision",
-) -> str:
-    """The same task learned from noise the rule reads and from the network's own, unreadable noise."""
-    from unigrad.noise import WhiteGaussian
-
-    check_positive("seeds", seeds, integer=True)
-    trials = 64 if quick else 4000
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    sigma = 1e-2
-    configs: list[tuple[str, RuleSpec, Any]] = [
-        ("NP, injected noise (read)", RuleSpec("np", "np-time", {"sigma": sigma}, "adam", 1e-3, 16), None),
-        (
-            "NP, injected + intrinsic noise (read)",
-            RuleSpec("np", "np-time", {"sigma": sigma, "passes": "two-noisy"}, "adam", 1e-3, 16),
-            WhiteGaussian(sigma, accessible=True),
-        ),
-        (
-            "ANP, intrinsic noise only (not readable)",
-            RuleSpec(
-                "anp",
-                "np-time",
-                {"variant": "anp", "sigma": sigma, "passes": "two-noisy", "noise": "external"},
-                "adam",
-                1e-3,
-                16,
-            ),
-            WhiteGaussian(sigma, accessible=False),
-        ),
-        (
-            "exploratory Hebb, kicks read",
-            RuleSpec(
-                "eh", "exploratory-hebb", {"signal": "noise", "noise": "sparse-kicks:p=0.06:sigma=0.5"}, "sgd", 3e-3, 1
-            ),
-            None,
-        ),
-        (
-            "exploratory Hebb, activity only",
-            RuleSpec("eh", "exploratory-hebb", {"signal": "activity"}, "sgd", 3e-3, 1),
-            None,
-        ),
-    ]
-    results: dict[str, Any] = {"task": task, "trials": trials, "rows": {}}
-    for label, spec, intrinsic in configs:
-        if progress:
-            progress(label)
-        results["rows"][label] = _summary([_train(spec, task, s, trials, 2, intrinsic) for s in range(seeds)])
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    chance = get_bio_task(task).chance
-    lines = [
-        f"# Accessible against inaccessible noise: {task}, score after {trials:,} trials ({seeds} seeds; "
-        f"chance {chance:.3f})",
-        "",
-        "| rule and noise | score |",
-        "|---|---|",
-    ]
-    lines += [f"| {label} | {_cell(s)} |" for label, s in results["rows"].items()]
-    text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
-    return text
+    save_figure(fig, path, dpi=100)

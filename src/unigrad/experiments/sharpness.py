@@ -67,7 +67,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import statistics
 import time
@@ -84,6 +83,7 @@ from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, 
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
 from unigrad.dynamics.diagnostics import hessian_trace, top_hessian_eigenvalue
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
 
@@ -342,9 +342,9 @@ def run(
     results["verdict"] = verdict(results)
     results["seconds"] = time.perf_counter() - total
     results["cpu_seconds"] = time.process_time() - cpu
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     plot(results, out / "sharpness.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
@@ -389,10 +389,7 @@ def verdict(results: dict[str, Any]) -> dict[str, Any] | None:
 def plot(results: dict[str, Any], path: Path) -> None:
     """``λ_max`` against the training loss at the levels crossed (left); test accuracy against the final
     ``λ_max`` (right). One colour per method, one point per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.0, 4.6))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -425,9 +422,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"curvature on {results['n_sharpness']:,} training images",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _stat(values: Sequence[float | None], fmt: str = "{:.3g}") -> str:

@@ -60,7 +60,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -74,6 +73,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
+from unigrad.experiments._common import fit_line, pyplot, save_figure, write_report, write_results
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
@@ -303,14 +303,6 @@ def _within(measured: float | None, theory: float) -> bool:
     return measured is not None and abs(measured - theory) <= TOLERANCE * abs(theory)
 
 
-def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
-    """Least-squares slope and intercept of ``y`` against ``x``."""
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-    return slope, my - slope * mx
-
-
 def run(
     out: str | Path,
     *,
@@ -383,9 +375,9 @@ def run(
         "library_runs": library_runs or seeds,
         "seconds": time.perf_counter() - start,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     plot(results, out / "werfel.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
@@ -485,10 +477,7 @@ def summarize(
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """Learning curves, learning time against η, and the two ratio sweeps against theory."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sweeps, factor = results["sweeps"], results["factor"]
     m0, n0 = results["m_fixed"], results["n_fixed"]
@@ -567,9 +556,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
     for ax in axes.flat:
         ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _fmt(v: float | None, digits: int = 0) -> str:

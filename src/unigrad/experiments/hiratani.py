@@ -75,7 +75,6 @@ References:
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -89,7 +88,8 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.dynamics.werfel import TOLERANCE, fit_line, half_squared_error, median_time
+from unigrad.experiments._common import fit_line, pyplot, save_figure, write_report, write_results
+from unigrad.experiments.werfel import TOLERANCE, half_squared_error, median_time
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
@@ -689,9 +689,9 @@ def run(
         },
         "settings": {"seeds": seeds, "students": students, "sigma": sigma, "seconds": time.perf_counter() - began},
     }
-    (out / "results.json").write_text(json.dumps(_rounded(results), indent=1) + "\n")
+    write_results(out, _rounded(results))
     plot(results, out / "hiratani.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
@@ -708,10 +708,7 @@ def _rounded(value: Any) -> Any:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """(a) learning time against width; (b) error and weight norm against steps under mismatch."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 5))
     ax = axes[0]
@@ -760,9 +757,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _fmt(v: float | None, digits: int = 0) -> str:

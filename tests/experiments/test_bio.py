@@ -41,7 +41,7 @@ def test_jobs_is_refused_for_other_experiments(capsys) -> None:
 def test_parallel_cells_reproduce_the_serial_ones(tmp_path) -> None:
     import torch
 
-    from unigrad.bio.experiments import RULES, bio_table
+    from unigrad.experiments.bio_table import RULES, bio_table
 
     rules = tuple(r for r in RULES if r.label in ("BPTT", "Miconi"))
     # the pool's workers run one torch thread each; the serial cells run here, so this process runs one thread
@@ -75,7 +75,7 @@ def test_parallel_cells_reproduce_the_serial_ones(tmp_path) -> None:
 def test_table_cells_build_the_network_each_rule_needs() -> None:
     import torch
 
-    from unigrad.bio.experiments import RULES, SETUPS, build
+    from unigrad.experiments.bio_table import RULES, SETUPS, build
 
     miconi = next(r for r in RULES if r.label == "Miconi")
     bptt = next(r for r in RULES if r.label == "BPTT")
@@ -91,7 +91,7 @@ def test_table_cells_build_the_network_each_rule_needs() -> None:
 
 
 def test_a_finer_step_keeps_the_evidence_of_a_perceptual_decision_trial() -> None:
-    from unigrad.bio.experiments import RULES, build
+    from unigrad.experiments.bio_table import RULES, build
 
     miconi = next(r for r in RULES if r.label == "Miconi")
     bptt = next(r for r in RULES if r.label == "BPTT")

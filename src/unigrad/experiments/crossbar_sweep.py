@@ -1,4 +1,5 @@
-"""Hardware experiments: the four training modes on a mismatched, noisy crossbar running a Fashion-MNIST MLP.
+"""The sweep behind the hardware experiments: training modes on a mismatched, noisy crossbar running a
+Fashion-MNIST MLP.
 
 Every run builds the same device — a 784-128-10 :class:`~unigrad.hardware.crossbar.CrossbarMLP` (8-bit DAC, ADC
 and activations, 10% update noise and 10% potentiation/depression asymmetry, weights in ``[−1, 1]``) — and
@@ -7,23 +8,13 @@ reports the accuracy *on the device* on the 10,000 test images, the training ene
 :data:`TARGET` accuracy. Inputs are scaled into ``[−1, 1]`` (the DAC's range). The reference is backprop deployed
 on an ideal device (no noise, no mismatch, exact converters).
 
-``hardware-mismatch``
-    accuracy against the mismatch level ``m``: fixed per-cell errors, a gain spread ``σ_m = m`` and a
-    programming error ``σ_p = m/2`` (relative to ``w_max``); node noise 0.05 (white), read noise 0.01.
-``hardware-noise``
-    accuracy against the noise level ``s``: the device's node noise ``σ_n = s`` (white Gaussian, per sample and
-    unit) and read noise ``σ_r = s/5``; mismatch ``m = 0.1``.
-``hardware-intrinsic``
-    in-situ ANP/DANP when the only perturbation is a stochastic magnetic tunnel junction's telegraph noise
-    (:class:`unigrad.noise.StochasticMTJ`, the published offset ±0.0059 flipping with probability 0.0809 per
-    step plus 0.042, no Gaussian part), against white Gaussian node noise of the same variance; mismatch 0.1.
+The experiments (:mod:`~unigrad.experiments.hardware_mismatch`, :mod:`~unigrad.experiments.hardware_noise`,
+:mod:`~unigrad.experiments.hardware_intrinsic`) each vary one property of this device.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +24,7 @@ import torch
 
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
 from unigrad.hardware.energy import EnergyModel
 from unigrad.hardware.train import DeviceRun, train_device
@@ -154,9 +146,9 @@ def _sweep(
         "label": label,
         "runs": runs,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     text = _report(results)
-    (out / "report.md").write_text(text)
+    write_report(out, text)
     _plot(results, out / f"{name}.png")
     return text
 
@@ -205,10 +197,7 @@ def _report(results: dict[str, Any]) -> str:
 
 
 def _plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     levels = results["levels"]
@@ -224,85 +213,4 @@ def _plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xscale("log")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def hardware_mismatch(
-    out: str | Path,
-    *,
-    seeds: int = 1,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    jobs: int = 1,
-    levels: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4),
-) -> str:
-    """Accuracy of every mode against the mismatch level (module docs)."""
-    from unigrad.noise import WhiteGaussian
-
-    def make(level: float, seed: int) -> tuple[_Maker, float]:
-        return _Maker(config(mismatch=level, noise=0.05), WhiteGaussian(0.05, accessible=False), seed), 0.05
-
-    return _sweep(
-        out,
-        "hardware-mismatch",
-        levels,
-        make,
-        seeds=seeds,
-        quick=quick,
-        progress=progress,
-        jobs=jobs,
-        label="mismatch m",
-    )
-
-
-def hardware_noise(
-    out: str | Path,
-    *,
-    seeds: int = 1,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    jobs: int = 1,
-    levels: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3),
-) -> str:
-    """Accuracy of every mode against the device's noise level (module docs)."""
-    from unigrad.noise import WhiteGaussian
-
-    def make(level: float, seed: int) -> tuple[_Maker, float]:
-        return _Maker(config(mismatch=0.1, noise=level), WhiteGaussian(level, accessible=False), seed), level
-
-    return _sweep(
-        out, "hardware-noise", levels, make, seeds=seeds, quick=quick, progress=progress, jobs=jobs, label="noise s"
-    )
-
-
-def hardware_intrinsic(
-    out: str | Path,
-    *,
-    seeds: int = 1,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    jobs: int = 1,
-) -> str:
-    """In-situ learning when the only perturbation is the junctions' telegraph noise (module docs)."""
-    from unigrad.noise import StochasticMTJ, WhiteGaussian
-
-    mtj = StochasticMTJ(sigma=0.0, amplitude=0.0059, flip=0.0809, offset=0.042)
-
-    def make(level: float, seed: int) -> tuple[_Maker, float]:
-        noise = mtj if level == 1 else WhiteGaussian(math.sqrt(mtj.variance), accessible=False)
-        return _Maker(config(mismatch=0.1, noise=0.0), noise, seed), 0.0
-
-    return _sweep(
-        out,
-        "hardware-intrinsic",
-        (1.0, 2.0),
-        make,
-        seeds=seeds,
-        quick=quick,
-        progress=progress,
-        jobs=jobs,
-        modes=("in-situ-anp", "in-situ-danp"),
-        label="node noise (1: sMTJ, 2: Gaussian)",
-    )
+    save_figure(fig, path)

@@ -13,7 +13,7 @@ import torch
 from unigrad import make_estimator
 from unigrad.core.errors import UnigradError
 from unigrad.data.classic import quadratic
-from unigrad.dynamics.smoothing_rates import (
+from unigrad.experiments.smoothing_rates import (
     expected_zo_errors,
     expected_zo_iterations,
     gd_iterations,
@@ -121,7 +121,7 @@ def test_quick_experiment_writes_figure_results_and_report(tmp_path) -> None:
 
 @pytest.mark.parametrize("kappa", [math.inf, math.nan, 1.0, True, "10"])
 def test_run_refuses_a_condition_number_that_is_not_a_finite_number_above_one(kappa, tmp_path) -> None:
-    from unigrad.dynamics.smoothing_rates import run
+    from unigrad.experiments.smoothing_rates import run
 
     # an infinite κ gave an infinite spectrum and a zero zeroth-order step before
     with pytest.raises(UnigradError, match=rf"^option kappa must be a number > 1, got {re.escape(repr(kappa))}$"):

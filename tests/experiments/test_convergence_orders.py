@@ -82,7 +82,7 @@ def test_unknown_experiment_lists_the_valid_ones(capsys) -> None:
 @pytest.mark.parametrize("kappa", [math.inf, math.nan, 0.5, True, "10"])
 def test_run_refuses_a_condition_number_that_is_not_a_finite_number_at_least_one(kappa, tmp_path) -> None:
     from unigrad.core.errors import UnigradError
-    from unigrad.dynamics.convergence_orders import run
+    from unigrad.experiments.convergence_orders import run
 
     # an infinite κ gave a zero gradient-descent step and a NaN predicted rate before
     with pytest.raises(UnigradError, match=rf"^option kappa must be a number >= 1, got {re.escape(repr(kappa))}$"):

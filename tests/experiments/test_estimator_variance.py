@@ -11,8 +11,8 @@ import torch
 from scipy import stats
 
 from unigrad.core.errors import UnigradError
-from unigrad.dynamics.estimator_variance import (
-    fit_power,
+from unigrad.experiments._common import fit_power
+from unigrad.experiments.estimator_variance import (
     gaussian_cos,
     gaussian_cos2,
     mlp_problem,

@@ -26,7 +26,6 @@ Outputs (in ``out``): ``convergence-orders.png``, ``results.json`` (every trace)
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable
@@ -41,6 +40,7 @@ from unigrad.core.errors import check_positive
 from unigrad.core.objective import Objective, reduce
 from unigrad.core.options import check_number
 from unigrad.data.classic import quadratic, rosenbrock
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.registry import make_estimator
 
 TARGET = 1e-10
@@ -164,18 +164,15 @@ def run(
             budget = iterations if spec.long else second_order_iterations
             traces.append(_trace(spec, prob["build"], spec.lr(prob), prob["f_star"], budget, tol))
         results["problems"][key] = {"title": prob["title"], "gd_rate": prob["rate"], "traces": traces}
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     plot(results, out / "convergence-orders.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """Error against iteration (top) and against forward-pass equivalents (bottom), one column per problem."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     problems = results["problems"]
     fig, axes = plt.subplots(2, len(problems), figsize=(6.0 * len(problems), 8.0), squeeze=False)
@@ -207,9 +204,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.set_ylim(1e-26, None)
             ax.grid(True, which="major", alpha=0.3)
         axes[0][col].legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def report(results: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from unigrad import UnigradError
-from unigrad.dynamics.grokking import (
+from unigrad.experiments.grokking import (
     BACKPROP_FE_PER_SAMPLE,
     METHODS,
     Method,

@@ -62,7 +62,6 @@ Outputs (in ``out``): ``smoothing-rates.png``, ``results.json`` and ``report.md`
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -75,7 +74,7 @@ import torch
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.options import check_number, is_int
 from unigrad.data.classic import quadratic
-from unigrad.dynamics.estimator_variance import fit_power
+from unigrad.experiments._common import fit_power, pyplot, save_figure, write_report, write_results
 from unigrad.registry import make_estimator
 
 TOLERANCE = 0.25
@@ -245,9 +244,9 @@ def run(
     results["fits"] = fits(rows)
     results["seconds"] = time.perf_counter() - start
     results["cpu_seconds"] = time.process_time() - cpu
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     plot(results, out / "smoothing-rates.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
@@ -368,10 +367,7 @@ def report(results: dict[str, Any]) -> str:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """f/f₀ against iteration (rge runs and E f), iterations against d, and the ratio against d."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = results["rows"]
     fig, axes = plt.subplots(1, 3, figsize=(17.0, 5.2))
@@ -413,9 +409,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[2].legend(fontsize=8)
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def run_experiment(

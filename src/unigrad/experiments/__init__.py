@@ -16,59 +16,59 @@ from unigrad.core.errors import unknown_name
 
 EXPERIMENTS: dict[str, tuple[str, str]] = {
     "convergence-orders": (
-        "unigrad.dynamics.convergence_orders:run_experiment",
+        "unigrad.experiments.convergence_orders:run_experiment",
         "error against iteration and work for orders 0-3 on Rosenbrock and an ill-conditioned quadratic",
     ),
     "estimator-variance": (
-        "unigrad.dynamics.estimator_variance:run_experiment",
+        "unigrad.experiments.estimator_variance:run_experiment",
         "alignment and relative error of rge, spsa, es, forward-gradient, np and wp against dimension and probes",
     ),
     "werfel": (
-        "unigrad.dynamics.werfel:run_experiment",
+        "unigrad.experiments.werfel:run_experiment",
         "learning time of NP and WP against GD on a linear student-teacher (Werfel et al. 2005)",
     ),
     "smoothing-rates": (
-        "unigrad.dynamics.smoothing_rates:run_experiment",
+        "unigrad.experiments.smoothing_rates:run_experiment",
         "iterations of Gaussian-smoothing random search against gradient descent on quadratics as d grows",
     ),
     "hiratani": (
-        "unigrad.dynamics.hiratani:run_experiment",
+        "unigrad.experiments.hiratani:run_experiment",
         "NP in a deep linear network: learning time against width; weight drift under mismatch, weight norm",
     ),
     "grokking": (
-        "unigrad.dynamics.grokking:run_experiment",
+        "unigrad.experiments.grokking:run_experiment",
         "modular addition: backprop with weight decay memorises early and generalises much later; ZO at equal work",
     ),
     "sharpness": (
-        "unigrad.dynamics.sharpness:run_experiment",
+        "unigrad.experiments.sharpness:run_experiment",
         "top Hessian eigenvalue and trace of the minima of small/large-batch backprop, ANP, K-FAC, L-BFGS",
     ),
     "bio-table": (
-        "unigrad.bio.experiments:bio_table",
+        "unigrad.experiments.bio_table:bio_table",
         "biological rules × neuroscience tasks on a rate RNN, with BPTT as reference and learning curves",
     ),
     "bio-lif": (
-        "unigrad.bio.experiments:bio_lif",
+        "unigrad.experiments.bio_lif:bio_lif",
         "BPTT with a surrogate derivative against NP/ANP in time and WP on a spiking (LIF) network",
     ),
     "hardware-mismatch": (
-        "unigrad.hardware.experiments:hardware_mismatch",
+        "unigrad.experiments.hardware_mismatch:hardware_mismatch",
         "Fashion-MNIST MLP on a simulated crossbar: four training modes against the mismatch level",
     ),
     "hardware-noise": (
-        "unigrad.hardware.experiments:hardware_noise",
+        "unigrad.experiments.hardware_noise:hardware_noise",
         "the same four training modes against the device's noise level",
     ),
     "hardware-intrinsic": (
-        "unigrad.hardware.experiments:hardware_intrinsic",
+        "unigrad.experiments.hardware_intrinsic:hardware_intrinsic",
         "in-situ ANP/DANP when the only perturbation is stochastic-MTJ telegraph noise",
     ),
     "noise-resource": (
-        "unigrad.bio.experiments:noise_resource",
+        "unigrad.experiments.noise_resource:noise_resource",
         "final score of NP and ANP in time against the noise level",
     ),
     "noise-access": (
-        "unigrad.bio.experiments:noise_access",
+        "unigrad.experiments.noise_access:noise_access",
         "one task learned from noise the rule can read and from noise it cannot",
     ),
 }

@@ -63,7 +63,6 @@ Outputs (in ``out``): ``grokking.png`` (accuracy against step, log axis, one pan
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 import time
@@ -79,6 +78,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
+from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
 
@@ -297,18 +297,15 @@ def run(
         )
     results["seconds"] = time.perf_counter() - total
     results["cpu_seconds"] = time.process_time() - cpu
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    write_results(out, results)
     plot(results, out / "grokking.png")
-    (out / "report.md").write_text(report(results))
+    write_report(out, report(results))
     return results
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """Train (solid) and test (dashed) accuracy against step, log axis, one panel per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     methods = results["methods"]
     cols = min(3, len(methods))
@@ -335,9 +332,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         f"MLP {2 * results['p']}-{results['hidden']}-{results['p']}, equal FE budget",
         fontsize=10,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _stat(values: Sequence[float | None], fmt: str = "{:,.0f}") -> str:

@@ -13,8 +13,8 @@ from torch import nn
 
 from unigrad import UnigradError
 from unigrad.core.rng import generator
-from unigrad.dynamics import hiratani
-from unigrad.dynamics.hiratani import (
+from unigrad.experiments import hiratani
+from unigrad.experiments.hiratani import (
     diffusion_check,
     directions,
     library_runs,

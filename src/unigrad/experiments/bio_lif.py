@@ -1,0 +1,115 @@
+"""The ``bio-lif`` experiment: BPTT with a surrogate derivative against NP/ANP in time and WP on a spiking network.
+
+BPTT through a surrogate derivative against NP and ANP in time and WP on a 64-unit LIF network
+(:data:`LIF_SETUPS`) for ``perceptual-decision`` and ``mackey-glass``, trained and scored as in
+:mod:`unigrad.experiments.bio_table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from unigrad.bio.tasks import get_bio_task
+from unigrad.bio.train import BioRun
+from unigrad.core.errors import check_positive
+from unigrad.experiments._common import write_report, write_results
+from unigrad.experiments.bio_table import (
+    HIDDEN,
+    TRIALS,
+    RuleSpec,
+    _cell,
+    _describe,
+    _fit,
+    _plot_curves,
+    _summary,
+)
+
+LIF_SETUPS: dict[str, dict[str, float]] = {
+    "perceptual-decision": {"tau_mem": 100.0, "tau_out": 100.0, "threshold": 0.5, "dt": 20.0},
+    "mackey-glass": {"tau_mem": 2.0, "tau_out": 2.0, "threshold": 0.2, "dt": 1.0},
+}
+"""The spiking network of ``bio-lif`` per task (64 units; the step ``dt`` is the task's)."""
+
+LIF_RULES: tuple[RuleSpec, ...] = (
+    RuleSpec("BPTT (surrogate)", "backprop", {}, "adam", 3e-3, 16),
+    RuleSpec("NP in time", "np-time", {"sigma": 0.1}, "adam", 3e-3, 16, task_options={"mackey-glass": {"sigma": 1e-2}}),
+    RuleSpec(
+        "ANP in time",
+        "np-time",
+        {"variant": "anp", "sigma": 0.1},
+        "adam",
+        3e-3,
+        16,
+        task_options={"mackey-glass": {"sigma": 1e-2}},
+    ),
+    RuleSpec("WP", "wp", {"sigma": 0.03}, "adam", 3e-3, 16),
+)
+
+
+def _train_lif(spec: RuleSpec, task_name: str, seed: int, trials: int, evals: int) -> BioRun:
+    from unigrad.bio.lif import LIFNetwork
+
+    cfg = dict(LIF_SETUPS[task_name])
+    dt = cfg.pop("dt")
+    task = get_bio_task(task_name) if task_name == "mackey-glass" else get_bio_task(task_name, dt=dt)
+    net = LIFNetwork(task.n_in, HIDDEN, task.n_out, dt=dt, seed=seed, **cfg)
+    return _fit(spec, task_name, task, net, seed, trials, evals)
+
+
+def bio_lif(
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    trials: int | None = None,
+    tasks: tuple[str, ...] = tuple(LIF_SETUPS),
+    rules: tuple[RuleSpec, ...] = LIF_RULES,
+) -> str:
+    """The same rules on a leaky integrate-and-fire network: BPTT through a surrogate derivative against NP and
+    ANP in time (potentials perturbed, no derivative of a spike needed) and weight perturbation."""
+    check_positive("seeds", seeds, integer=True)
+    trials = trials or (64 if quick else TRIALS)
+    evals = 2 if quick else 20
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "trials": trials,
+        "hidden": HIDDEN,
+        "seeds": seeds,
+        "network": LIF_SETUPS,
+        "rules": {spec.label: _describe(spec) for spec in rules},
+        "cells": {},
+        "curves": {},
+    }
+    for task_name in tasks:
+        for spec in rules:
+            if progress:
+                progress(f"{task_name}: {spec.label}")
+            runs = [_train_lif(spec, task_name, seed, trials, evals) for seed in range(seeds)]
+            key = f"{task_name}|{spec.label}"
+            results["cells"][key] = _summary(runs)
+            results["curves"][key] = [r.history for r in runs]
+            write_results(out, results)
+    chance = {t: get_bio_task(t).chance for t in tasks}
+    lines = [
+        f"# Rules on a spiking (LIF) network: held-out score after {trials:,} trials ({HIDDEN} units, {seeds} seeds)",
+        "",
+        "perceptual-decision: accuracy (higher is better); mackey-glass: NRMSE (lower is better).",
+        "",
+        "| rule | " + " | ".join(tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+        "| chance | " + " | ".join(f"{chance[t]:.3f}" for t in tasks) + " |",
+    ]
+    for spec in rules:
+        lines.append(
+            f"| {spec.label} | " + " | ".join(_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks) + " |"
+        )
+    lines += ["", "Networks:", ""] + [f"* {t}: LIFNetwork({HIDDEN} units, {LIF_SETUPS[t]})" for t in tasks]
+    lines += ["", "Settings:", ""] + [f"* {spec.label}: {_describe(spec)}" for spec in rules]
+    text = "\n".join(lines) + "\n"
+    write_report(out, text)
+    _plot_curves(results, tasks, rules, (), (), out / "learning-curves.png")
+    return text

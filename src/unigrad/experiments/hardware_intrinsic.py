@@ -1,0 +1,46 @@
+"""The ``hardware-intrinsic`` experiment: in-situ ANP/DANP learning from stochastic-MTJ telegraph noise.
+
+In-situ ANP/DANP when the only perturbation is a stochastic magnetic tunnel junction's telegraph noise
+(:class:`unigrad.noise.StochasticMTJ`, the published offset ±0.0059 flipping with probability 0.0809 per step
+plus 0.042, no Gaussian part), against white Gaussian node noise of the same variance; mismatch 0.1. The
+device, the modes and the report are those of :mod:`unigrad.experiments.crossbar_sweep`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from unigrad.experiments.crossbar_sweep import _Maker, _sweep, config
+
+
+def hardware_intrinsic(
+    out: str | Path,
+    *,
+    seeds: int = 1,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    jobs: int = 1,
+) -> str:
+    """In-situ learning when the only perturbation is the junctions' telegraph noise (module docs)."""
+    from unigrad.noise import StochasticMTJ, WhiteGaussian
+
+    mtj = StochasticMTJ(sigma=0.0, amplitude=0.0059, flip=0.0809, offset=0.042)
+
+    def make(level: float, seed: int) -> tuple[_Maker, float]:
+        noise = mtj if level == 1 else WhiteGaussian(math.sqrt(mtj.variance), accessible=False)
+        return _Maker(config(mismatch=0.1, noise=0.0), noise, seed), 0.0
+
+    return _sweep(
+        out,
+        "hardware-intrinsic",
+        (1.0, 2.0),
+        make,
+        seeds=seeds,
+        quick=quick,
+        progress=progress,
+        jobs=jobs,
+        modes=("in-situ-anp", "in-situ-danp"),
+        label="node noise (1: sMTJ, 2: Gaussian)",
+    )

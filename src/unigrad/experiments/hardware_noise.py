@@ -1,0 +1,33 @@
+"""The ``hardware-noise`` experiment: the training modes against the crossbar's noise level.
+
+Accuracy against the noise level ``s``: the device's node noise ``σ_n = s`` (white Gaussian, per sample and
+unit) and read noise ``σ_r = s/5``; mismatch ``m = 0.1``. The device, the modes and the report are those of
+:mod:`unigrad.experiments.crossbar_sweep`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from unigrad.experiments.crossbar_sweep import _Maker, _sweep, config
+
+
+def hardware_noise(
+    out: str | Path,
+    *,
+    seeds: int = 1,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    jobs: int = 1,
+    levels: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3),
+) -> str:
+    """Accuracy of every mode against the device's noise level (module docs)."""
+    from unigrad.noise import WhiteGaussian
+
+    def make(level: float, seed: int) -> tuple[_Maker, float]:
+        return _Maker(config(mismatch=0.1, noise=level), WhiteGaussian(level, accessible=False), seed), level
+
+    return _sweep(
+        out, "hardware-noise", levels, make, seeds=seeds, quick=quick, progress=progress, jobs=jobs, label="noise s"
+    )

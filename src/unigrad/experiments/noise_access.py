@@ -1,0 +1,90 @@
+"""The ``noise-access`` experiment: one task learned from noise the rule can read and from noise it cannot.
+
+The same task learned from noise the rule can read (NP, exploratory Hebb with ``signal="noise"``) and from
+noise it cannot (the network's own intrinsic noise, ``accessible=False``: ANP, Miconi, exploratory Hebb with
+``signal="activity"``). Runs are trained and scored as in :mod:`unigrad.experiments.bio_table`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from unigrad.bio.tasks import get_bio_task
+from unigrad.core.errors import check_positive
+from unigrad.experiments._common import write_report, write_results
+from unigrad.experiments.bio_table import (
+    RuleSpec,
+    _cell,
+    _summary,
+    _train,
+)
+
+
+def noise_access(
+    out: str | Path,
+    *,
+    seeds: int = 3,
+    quick: bool = False,
+    progress: Callable[[str], None] | None = None,
+    task: str = "perceptual-decision",
+) -> str:
+    """The same task learned from noise the rule reads and from the network's own, unreadable noise."""
+    from unigrad.noise import WhiteGaussian
+
+    check_positive("seeds", seeds, integer=True)
+    trials = 64 if quick else 4000
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sigma = 1e-2
+    configs: list[tuple[str, RuleSpec, Any]] = [
+        ("NP, injected noise (read)", RuleSpec("np", "np-time", {"sigma": sigma}, "adam", 1e-3, 16), None),
+        (
+            "NP, injected + intrinsic noise (read)",
+            RuleSpec("np", "np-time", {"sigma": sigma, "passes": "two-noisy"}, "adam", 1e-3, 16),
+            WhiteGaussian(sigma, accessible=True),
+        ),
+        (
+            "ANP, intrinsic noise only (not readable)",
+            RuleSpec(
+                "anp",
+                "np-time",
+                {"variant": "anp", "sigma": sigma, "passes": "two-noisy", "noise": "external"},
+                "adam",
+                1e-3,
+                16,
+            ),
+            WhiteGaussian(sigma, accessible=False),
+        ),
+        (
+            "exploratory Hebb, kicks read",
+            RuleSpec(
+                "eh", "exploratory-hebb", {"signal": "noise", "noise": "sparse-kicks:p=0.06:sigma=0.5"}, "sgd", 3e-3, 1
+            ),
+            None,
+        ),
+        (
+            "exploratory Hebb, activity only",
+            RuleSpec("eh", "exploratory-hebb", {"signal": "activity"}, "sgd", 3e-3, 1),
+            None,
+        ),
+    ]
+    results: dict[str, Any] = {"task": task, "trials": trials, "rows": {}}
+    for label, spec, intrinsic in configs:
+        if progress:
+            progress(label)
+        results["rows"][label] = _summary([_train(spec, task, s, trials, 2, intrinsic) for s in range(seeds)])
+    write_results(out, results)
+    chance = get_bio_task(task).chance
+    lines = [
+        f"# Accessible against inaccessible noise: {task}, score after {trials:,} trials ({seeds} seeds; "
+        f"chance {chance:.3f})",
+        "",
+        "| rule and noise | score |",
+        "|---|---|",
+    ]
+    lines += [f"| {label} | {_cell(s)} |" for label, s in results["rows"].items()]
+    text = "\n".join(lines) + "\n"
+    write_report(out, text)
+    return text
