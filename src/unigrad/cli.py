@@ -346,7 +346,8 @@ def _finish(folder: Any, results: dict[str, Any]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from unigrad.train.compare import DEFAULT_BUDGET, compare, parse_method
+    from unigrad.train.compare import DEFAULT_BUDGET, compare
+    from unigrad.train.methods import parse_method
 
     _apply_threads(args.threads)
     spec = parse_method(args.method, optimizer=args.optimizer, lr=args.lr)
@@ -450,7 +451,8 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
 
 
 def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from unigrad.train.compare import DEFAULT_METHODS, compare, parse_method, parse_methods
+    from unigrad.train.compare import DEFAULT_METHODS, compare
+    from unigrad.train.methods import parse_method, parse_methods
 
     _apply_threads(args.threads)
     if args.methods is None:  # the default set: a method this installation cannot build is skipped

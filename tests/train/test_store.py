@@ -180,7 +180,7 @@ def test_run_key_is_canonical():
 
 
 def test_run_config_flattens_a_method_spec():
-    from unigrad.train.compare import parse_method
+    from unigrad.train.methods import parse_method
 
     spec = parse_method("dbp")
     c = run_config(
@@ -815,7 +815,8 @@ def test_a_real_training_run_round_trips(tmp_path, capsys):
     import torch
 
     from unigrad.train import train
-    from unigrad.train.compare import environment, parse_method
+    from unigrad.train.compare import environment
+    from unigrad.train.methods import parse_method
 
     spec = parse_method("backprop")
     config = run_config(
