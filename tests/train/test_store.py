@@ -815,8 +815,8 @@ def test_a_real_training_run_round_trips(tmp_path, capsys):
     import torch
 
     from unigrad.train import train
-    from unigrad.train.compare import environment
     from unigrad.train.methods import parse_method
+    from unigrad.train.rundir import environment
 
     spec = parse_method("backprop")
     config = run_config(

@@ -205,7 +205,7 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
         is_lead,
         world_size,
     )
-    from unigrad.train.compare import environment
+    from unigrad.train.rundir import environment
 
     if args.out is None:
         raise UnigradError("--distributed needs --out DIR: the folder every process shares (checkpoint, results)")

@@ -26,8 +26,6 @@ sets lr 3e-3 explicitly in its method specs (the reason is in :mod:`unigrad.trai
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +41,7 @@ from unigrad.core.io import finite_json, jsonable, write_json  # finite_json, js
 from unigrad.data.tasks import Task, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.train.methods import MethodSpec, parse_methods, parse_seeds
+from unigrad.train.rundir import environment, run_dir
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
     DEFAULT_EVAL_POINTS,
@@ -62,49 +61,6 @@ DEFAULT_METHODS = ("backprop", "forward-gradient:lr=3e-3", "spsa:lr=3e-3", "es",
 DEFAULT_BUDGET = "epochs=12"
 DEFAULT_SEEDS = 3
 DEFAULT_BATCH_SIZE = 64
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions and machine facts for ``results.json``."""
-    import unigrad
-
-    env: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "unigrad": unigrad.__version__,
-        "platform": platform.platform(),
-        "processor": platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        env["cuda_device"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
-
-
-def run_dir(task: str | None, out: str | Path | None, prefix: str = "compare") -> Path:
-    """``out`` if given, else a fresh ``runs/<prefix>-<task>-<YYYYmmdd-HHMMSS>`` folder (``runs/<prefix>-<time>``
-    without a task)."""
-    if out is not None:
-        if str(out) == "" or "\x00" in str(out):  # Path("") is the current folder
-            raise UnigradError(f"the output folder must be a non-empty path without NUL characters, got {str(out)!r}")
-        path = Path(out)
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        name = f"{prefix}-{stamp}" if task is None else f"{prefix}-{task}-{stamp}"
-        path, k = Path("runs") / name, 2
-        while path.exists():
-            path, k = Path("runs") / f"{name}-{k}", k + 1
-    if path.exists() and not path.is_dir():
-        raise UnigradError(f"output path {path} exists and is not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UnigradError(f"cannot create the output folder {path}: {e.strerror}") from None
-    return path
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -361,9 +317,7 @@ __all__ = [
     "DEFAULT_TASK",
     "any_diverged",
     "compare",
-    "environment",
     "finite_json",
     "jsonable",
-    "run_dir",
     "summarize",
 ]
