@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from unigrad import cli
+from unigrad.cli import _parser as cli_parser
 
 
 def _err(capsys) -> str:
@@ -204,7 +205,7 @@ def test_thread_counts_beyond_the_machine_are_refused(command: str, tmp_path, ca
 
 
 def test_threads_above_the_cpus_warn_and_above_four_per_cpu_are_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "_cpus", lambda: (2, 2))  # a 2-CPU machine
+    monkeypatch.setattr(cli_parser, "cpus", lambda: (2, 2))  # a 2-CPU machine
     run = ["train", "--task", "digits-mlp", "--budget", "steps=1", "--no-store", "--no-memory", "--no-progress"]
     assert cli.main([*run, "--threads", "9", "--out", str(tmp_path / "a")]) == 2
     assert "at most 8 (4 per logical CPU, it has 2)" in _err(capsys) and not (tmp_path / "a").exists()

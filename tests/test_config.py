@@ -265,7 +265,7 @@ def _resolve(tmp_path, text: str, argv: list[str]) -> argparse.Namespace:
 def test_a_typed_flag_beats_the_file_even_at_its_default(tmp_path):
     args = _resolve(tmp_path, "batch_size = 32\nthreads = 3\n", ["train", "--batch-size", "64"])
     assert (args.batch_size, args.threads) == (64, 3)
-    with pytest.raises(cli._UsageError, match="unrecognized arguments: --batch 64"):  # no abbreviations
+    with pytest.raises(cli.UsageError, match="unrecognized arguments: --batch 64"):  # no abbreviations
         _resolve(tmp_path, "batch_size = 32\n", ["train", "--batch", "64"])
 
 

@@ -8,7 +8,7 @@ import torch
 
 import unigrad
 from unigrad.registry import ESTIMATORS, VARIANTS, estimator_class
-from unigrad.train.compare import DEFAULTS
+from unigrad.train.methods import DEFAULTS
 from unigrad.train.trainer import train
 
 NAMES = [e.name for e in unigrad.available()]

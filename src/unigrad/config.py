@@ -59,7 +59,7 @@ seeds              compare  a count >= 1, or a non-empty list of distinct intege
 Rules:
 
 * Values are checked when the file is read, with the checks of the command line: a task must
-  exist, a method spec is parsed (:func:`unigrad.train.compare.parse_method`, which builds the
+  exist, a method spec is parsed (:func:`unigrad.train.methods.parse_method`, which builds the
   estimator once), a budget is parsed (:meth:`unigrad.train.trainer.Budget.parse`), numbers
   must be in range. Types are strict: ``batch_size = 64.0`` or ``lr = "1e-3"`` are errors.
 * Checks that join several options or the machine (a batch size beyond the task's training set, more
@@ -196,7 +196,7 @@ class TrainConfig(_Options):
     @field_validator("method")
     @classmethod
     def _method(cls, value: str) -> str:
-        from unigrad.train.compare import parse_method
+        from unigrad.train.methods import parse_method
 
         _delegate(lambda: parse_method(value))
         return value
@@ -221,7 +221,7 @@ class CompareConfig(_Options):
     @field_validator("methods")
     @classmethod
     def _methods(cls, value: str | list[str]) -> list[str]:
-        from unigrad.train.compare import parse_methods
+        from unigrad.train.methods import parse_methods
 
         specs = [s.strip() for s in (value.split(",") if isinstance(value, str) else value) if s.strip()]
         if not specs:
@@ -232,7 +232,7 @@ class CompareConfig(_Options):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, value: int | list[int] | str) -> int | list[int]:
-        from unigrad.train.compare import parse_seeds
+        from unigrad.train.methods import parse_seeds
 
         if isinstance(value, str):  # the command line's form: "3" or "0,5,7"
             text = value.strip()

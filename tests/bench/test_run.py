@@ -71,7 +71,7 @@ def test_bad_arguments_raise_before_anything_runs(tmp_path):
 
 def test_command_line_reproduces_the_seeds():
     from unigrad.bench.run import command_line
-    from unigrad.train.compare import parse_seeds
+    from unigrad.train.methods import parse_seeds
 
     for seeds in ([0], [0, 1, 2], [5], [0, 5, 7]):
         text = command_line({"tasks": ["sphere-10"], "methods": None, "seeds": seeds, "budget_scale": 0.5})

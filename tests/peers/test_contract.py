@@ -13,7 +13,7 @@ from torch import nn
 import unigrad
 from unigrad.peers import PeerEstimator
 from unigrad.registry import ESTIMATORS
-from unigrad.train.compare import DEFAULTS
+from unigrad.train.methods import DEFAULTS
 
 # name: (the optional package, the value of info["peer"])
 PEERS = {

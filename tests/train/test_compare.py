@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from unigrad import UnigradError
-from unigrad.train.compare import DEFAULTS, compare, parse_method, parse_methods, parse_seeds
+from unigrad.train.compare import compare
+from unigrad.train.methods import DEFAULTS, parse_method, parse_methods, parse_seeds
 from unigrad.train.plots import mean_curve
 
 

@@ -14,7 +14,7 @@ from unigrad.core.rng import generator
 from unigrad.data import get_task
 from unigrad.nn.decorrelation import Decorrelation, decorrelate, mean_offdiag
 from unigrad.train import measure_peak_memory, train
-from unigrad.train.compare import DECORRELATION_DEFAULTS, parse_method, parse_methods
+from unigrad.train.methods import DECORRELATION_DEFAULTS, parse_method, parse_methods
 from unigrad.train.trainer import _DATA_TAG, evaluate
 
 TASK = "digits-mlp"
@@ -134,7 +134,7 @@ def test_compare_cli_with_dbp(tmp_path, capsys):
 
 def test_every_method_name_the_cli_accepts_is_a_make_estimator_name():
     from unigrad.registry import ESTIMATORS
-    from unigrad.train.compare import method_names
+    from unigrad.train.methods import method_names
 
     assert set(method_names()) == set(ESTIMATORS) | {"dbp", "dnp", "dinp", "danp"}
     for name, base in {"dbp": "backprop", "dnp": "np", "dinp": "inp", "danp": "anp"}.items():

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from unigrad import UnigradError
-from unigrad.cli import _Parser
-from unigrad.train.runs_cli import add_runs_parser, run_runs
+from unigrad.cli import Parser
+from unigrad.cli.runs import add_runs_parser, run_runs
 from unigrad.train.store import (
     APPLICATION_ID,
     CSV_COLUMNS,
@@ -180,7 +180,7 @@ def test_run_key_is_canonical():
 
 
 def test_run_config_flattens_a_method_spec():
-    from unigrad.train.compare import parse_method
+    from unigrad.train.methods import parse_method
 
     spec = parse_method("dbp")
     c = run_config(
@@ -692,7 +692,7 @@ def test_export_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
 
 def _runs(*argv: str) -> int:
-    parser = _Parser(prog="unigrad")
+    parser = Parser(prog="unigrad")
     sub = parser.add_subparsers(dest="command")
     add_runs_parser(sub)
     args = parser.parse_args(["runs", *argv])
@@ -782,9 +782,9 @@ def test_runs_groups_and_errors(filled, tmp_path, capsys):
         _runs("compare", "--store", str(filled))
     with pytest.raises(UnigradError, match="either run ids or --group"):
         _runs("compare", "1", "--group", "compare-digits-mlp-x", "--store", str(filled))
-    from unigrad.cli import _UsageError
+    from unigrad.cli import UsageError
 
-    with pytest.raises(_UsageError, match="invalid choice"):
+    with pytest.raises(UsageError, match="invalid choice"):
         _runs("list", "--status", "done")
 
 
@@ -815,7 +815,8 @@ def test_a_real_training_run_round_trips(tmp_path, capsys):
     import torch
 
     from unigrad.train import train
-    from unigrad.train.compare import environment, parse_method
+    from unigrad.train.methods import parse_method
+    from unigrad.train.rundir import environment
 
     spec = parse_method("backprop")
     config = run_config(

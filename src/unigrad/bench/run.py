@@ -43,7 +43,8 @@ from unigrad.core.errors import NonFiniteLossError, UnigradError
 from unigrad.core.io import write_json as write_json_file
 from unigrad.core.options import check_number, check_optional, check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.train.compare import MethodSpec, environment, parse_seeds, run_dir
+from unigrad.train.methods import MethodSpec, parse_seeds
+from unigrad.train.rundir import environment, run_dir
 
 
 def run_loop(problem: Any, spec: MethodSpec, seed: int, budget: float, eval_points: int) -> dict[str, Any]:

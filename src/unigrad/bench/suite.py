@@ -29,7 +29,7 @@ differentiable), and every peer of :data:`PEERS` (third-party black-box optimize
 ``torch.optim.SGD(lr=1)``). A method whose estimator has a ``max_dim`` attribute smaller than the
 task's dimension is skipped with a note, as is a peer whose optional package is missing.
 
-Options come from :data:`unigrad.train.compare.DEFAULTS` (tuned on MNIST-1D), overridden per task
+Options come from :data:`unigrad.train.methods.DEFAULTS` (tuned on MNIST-1D), overridden per task
 by :attr:`BenchTask.overrides`, and a method spec given by the user overrides both key by key:
 
 * ``mnist1d-mlp``: ``spsa`` and ``mezo`` at lr 3e-3, as in ``unigrad compare``'s default set
@@ -59,7 +59,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from unigrad.core.errors import UnigradError, unknown_name
-from unigrad.train.compare import MethodSpec, check_available, method_names, parse_method, variants
+from unigrad.train.methods import MethodSpec, check_available, method_names, parse_method, variants
 
 PEERS = ("cma", "sep-cma", "nevergrad", "pgpe", "snes", "cem", "xnes")
 """Registry names of the third-party black-box optimizers (``unigrad.peers``)."""

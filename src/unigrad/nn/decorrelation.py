@@ -482,7 +482,7 @@ def check_decorrelation(options: dict[str, Any] | None) -> dict[str, Any] | None
 
 
 # the decorrelation options of the decorrelated methods (dbp, dnp, dinp, danp) unless given; why lr 1e-3 and not
-# the 1e-4 of :func:`decorrelate` (the rate used with DANP in recurrent networks): unigrad.train.compare's docstring
+# the 1e-4 of :func:`decorrelate` (the rate used with DANP in recurrent networks): unigrad.train.methods' docstring
 DECORRELATION_DEFAULTS: dict[str, Any] = {
     "rule": "cov-identity",
     "lr": 1e-3,

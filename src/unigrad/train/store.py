@@ -225,7 +225,7 @@ def run_config(
 ) -> dict[str, Any]:
     """The configuration that defines one training run, flat, as :meth:`Store.start_run` expects it.
 
-    ``method`` is :meth:`unigrad.train.compare.MethodSpec.to_dict` (label, name, order, optimizer,
+    ``method`` is :meth:`unigrad.train.methods.MethodSpec.to_dict` (label, name, order, optimizer,
     lr, options, decorrelation); its label becomes ``method`` and its estimator name ``name``.
     ``budget``, ``device`` and ``dtype`` are the strings the comparison writes (``"epochs=12"``,
     ``"cpu"``, ``"float32"``).

@@ -23,6 +23,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from unigrad.core.errors import UnigradError
@@ -377,4 +378,33 @@ def _export(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_runs_parser", "compare_markdown", "comparison", "points_table", "run_runs"]
+_MAX_RUN_ID = 2**63 - 1  # SQLite's INTEGER
+
+
+def _check_run_refs(args: argparse.Namespace) -> None:
+    """Refuse run references the store would read as an id it cannot look up (too large, non-ASCII digits)."""
+    refs = [getattr(args, "run", None), *(getattr(args, "refs", None) or [])]
+    for ref in refs:
+        text = str(ref or "").strip()
+        if text.isdigit() and len(text) < 64 and (not text.isascii() or int(text) > _MAX_RUN_ID):
+            raise UnigradError(
+                f"{ref!r} is not a run id: ids are ASCII digits up to {_MAX_RUN_ID}; see unigrad runs list"
+            )
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``unigrad runs ...`` from the command line: :func:`run_runs`, with run references and ``--csv`` checked first
+    and a file that cannot be written reported in one line."""
+    _check_run_refs(args)
+    csv = getattr(args, "csv", None)
+    if csv is not None and csv != "-" and Path(csv).name in ("", ".", ".."):
+        raise UnigradError(f"--csv needs a file path (or - for stdout), got {csv!r}")
+    try:
+        return run_runs(args)
+    except OSError as e:  # runs export --csv into a folder that cannot hold the file
+        if getattr(args, "runs_command", None) != "export":
+            raise
+        raise UnigradError(f"cannot write {args.csv}: {e.strerror or e}") from None
+
+
+__all__ = ["add_runs_parser", "cmd_runs", "compare_markdown", "comparison", "points_table", "run_runs"]
