@@ -173,22 +173,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.data_parallel or args.check_every is not None or args.timeout is not None or args.backend != "auto":
         raise UnigradError("--timeout, --backend, --data-parallel and --check-every need --distributed")
     folder, results = compare(
-        args.task,
-        [spec],
-        budget,
-        [args.seed],
-        args.out,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        eval_points=args.eval_points,
-        memory=not args.no_memory,
-        progress=not args.no_progress,
-        command=command_line(argv),
-        prefix="train",
-        store=_store(args),
-        rerun=args.rerun,
-        **_diagnostics(args),
+        args.task, [spec], budget, [args.seed], args.out, prefix="train", **_compare_options(args, argv)
     )
     return _finish(folder, results)
 
@@ -281,24 +266,24 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 print(f"note: skipping {name}: {e}", file=sys.stderr)
     else:
         methods = parse_methods(args.methods)
-    folder, results = compare(
-        args.task,
-        methods,
-        args.budget,
-        args.seeds,
-        args.out,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        eval_points=args.eval_points,
-        memory=not args.no_memory,
-        progress=not args.no_progress,
-        command=command_line(argv),
-        store=_store(args),
-        rerun=args.rerun,
-        **_diagnostics(args),
-    )
+    folder, results = compare(args.task, methods, args.budget, args.seeds, args.out, **_compare_options(args, argv))
     return _finish(folder, results)
+
+
+def _compare_options(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
+    """The options ``train`` and ``compare`` pass alike to :func:`unigrad.train.compare.compare`."""
+    return {
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "dtype": args.dtype,
+        "eval_points": args.eval_points,
+        "memory": not args.no_memory,
+        "progress": not args.no_progress,
+        "command": command_line(argv),
+        "store": _store(args),
+        "rerun": args.rerun,
+        **_diagnostics(args),
+    }
 
 
 def _diagnostics(args: argparse.Namespace) -> dict[str, Any]:
