@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,3 +68,17 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     sxx = sum((x - mx) ** 2 for x in xs)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
     return slope, my - slope * mx
+
+
+def mean_sd(values: Sequence[float | None], fmt: str, *, none: str, missing: Callable[[int, int], str]) -> str:
+    """``mean ± sd`` of the values that exist (``fmt`` formats each), ``none`` when none does, and
+    ``missing(present, total)`` appended when some are missing."""
+    have = [v for v in values if v is not None]
+    if not have:
+        return none
+    text = fmt.format(statistics.fmean(have))
+    if len(have) > 1:
+        text += " ± " + fmt.format(statistics.stdev(have))
+    if len(have) < len(values):
+        text += missing(len(have), len(values))
+    return text

@@ -64,7 +64,6 @@ Outputs (in ``out``): ``grokking.png`` (accuracy against step, log axis, one pan
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +77,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import mean_sd, pyplot, save_figure, write_report, write_results
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
 
@@ -337,15 +336,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def _stat(values: Sequence[float | None], fmt: str = "{:,.0f}") -> str:
     """``mean ± sd`` of the values that exist, with the count of missing ones."""
-    have = [v for v in values if v is not None]
-    if not have:
-        return "never"
-    text = fmt.format(statistics.fmean(have))
-    if len(have) > 1:
-        text += " ± " + fmt.format(statistics.stdev(have))
-    if len(have) < len(values):
-        text += f" ({len(values) - len(have)} of {len(values)} never)"
-    return text
+    return mean_sd(values, fmt, none="never", missing=lambda have, n: f" ({n - have} of {n} never)")
 
 
 def report(results: dict[str, Any]) -> str:

@@ -83,7 +83,7 @@ from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, 
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
 from unigrad.dynamics.diagnostics import hessian_trace, top_hessian_eigenvalue
-from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import mean_sd, pyplot, save_figure, write_report, write_results
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
 
@@ -426,15 +426,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def _stat(values: Sequence[float | None], fmt: str = "{:.3g}") -> str:
-    have = [v for v in values if v is not None]
-    if not have:
-        return "–"
-    text = fmt.format(statistics.fmean(have))
-    if len(have) > 1:
-        text += " ± " + fmt.format(statistics.stdev(have))
-    if len(have) < len(values):
-        text += f" ({len(have)} of {len(values)})"
-    return text
+    return mean_sd(values, fmt, none="–", missing=lambda have, n: f" ({have} of {n})")
 
 
 def report(results: dict[str, Any]) -> str:
