@@ -22,7 +22,7 @@ name               class                          one entry, one step
 from __future__ import annotations
 
 from unigrad.core.errors import UnigradError, unknown_name
-from unigrad.noise.base import NoiseProcess
+from unigrad.noise.base import NoiseProcess, parse_flag
 from unigrad.noise.gaussian import WhiteGaussian
 from unigrad.noise.ou import OrnsteinUhlenbeck
 from unigrad.noise.poisson import PoissonVariability, poisson_counts
@@ -46,9 +46,6 @@ NOISES: dict[str, type[NoiseProcess]] = {
     )
 }
 """Name → noise process class."""
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 def make_noise(spec: str | NoiseProcess) -> NoiseProcess:
@@ -89,9 +86,7 @@ def make_noise(spec: str | NoiseProcess) -> NoiseProcess:
         if parse is not None:
             kwargs[key] = parse(key, value)
         elif key == "accessible":
-            if value.lower() not in _TRUE + _FALSE:
-                raise UnigradError(f"option accessible of noise {name} must be true or false, got {value!r}")
-            kwargs[key] = value.lower() in _TRUE
+            kwargs[key] = parse_flag(name, key, value)
         else:
             try:
                 kwargs[key] = float(value)

@@ -33,12 +33,19 @@ Additive and multiplicative noise
 
 Processes are stateless: the options are all there is (no ``state_dict``), and :attr:`NoiseProcess.spec`
 writes them back as a ``make_noise`` spec such as ``"ou:sigma=0.1:tau=50"``.
+
+Writing a process
+    A process file holds only its definition: its class attributes, its option checks, its moments and
+    :meth:`NoiseProcess._sample`, which turns a :class:`Draw` (the key's generator and the request) into
+    samples. Zero-mean additive noise scaled by ``sigma`` subclasses :class:`CenteredNoise`, which supplies
+    ``sigma``, ``accessible`` and the moments.
 """
 
 from __future__ import annotations
 
 import abc
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -86,14 +93,69 @@ def check_key(name: str, value: Any) -> int:
     return check_int(name, value, subject=name)
 
 
+def checked_key(seed: Any, trial: Any, stream: Any) -> tuple[int, int, int]:
+    """The key ``(seed, trial, stream)`` after checking each part is an integer >= 0."""
+    return check_key("seed", seed), check_key("trial", trial), check_key("stream", stream)
+
+
 def check_accessible(value: Any) -> bool:
     if not isinstance(value, bool):
         raise UnigradError(f"option accessible must be True or False, got {value!r}")
     return value
 
 
-def _format(value: float) -> str:
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_flag(noise: str, key: str, value: str) -> bool:
+    """Flag ``key`` of noise ``noise`` from its spec text: ``true``, ``1``, ``yes``, ``on`` or their opposites."""
+    if value.lower() not in _TRUE + _FALSE:
+        raise UnigradError(f"option {key} of noise {noise} must be true or false, got {value!r}")
+    return value.lower() in _TRUE
+
+
+def _format(value: Any) -> str:
+    """An option value as a spec writes it: ``true``/``false``, a string as is, ``50`` rather than ``50.0``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return value
     return repr(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One request ``(steps, *shape)`` of a key: its generator ``g``, ``dt``, and where the arithmetic runs.
+
+    The raw draws (:meth:`normal`, :meth:`uniform`, :meth:`bits`) are float32 (``int64`` for bits) on
+    ``device``, of size ``(steps, *shape)``, in the order a process makes them; the process's arithmetic runs in
+    ``work`` (float64 when float64 was asked for, else float32).
+    """
+
+    steps: int
+    shape: tuple[int, ...]
+    g: torch.Generator
+    dt: float
+    work: torch.dtype
+    device: torch.device
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        """``(steps, *shape)``."""
+        return (self.steps, *self.shape)
+
+    def normal(self) -> Tensor:
+        """I.i.d. standard normal draws of :attr:`size`."""
+        return torch.randn(self.size, generator=self.g, device=self.device)
+
+    def uniform(self) -> Tensor:
+        """I.i.d. uniform draws on ``[0, 1)`` of :attr:`size`."""
+        return torch.rand(self.size, generator=self.g, device=self.device)
+
+    def bits(self) -> Tensor:
+        """Fair coin flips (0 or 1, ``int64``) of :attr:`size`."""
+        return torch.randint(0, 2, self.size, generator=self.g, device=self.device)
 
 
 class NoiseProcess(abc.ABC):
@@ -113,6 +175,8 @@ class NoiseProcess(abc.ABC):
     """A valid ``make_noise`` spec, quoted in error messages."""
     multiplicative: ClassVar[bool] = False
     """``True`` for masks that multiply weights or activity; ``False`` for noise added to a state."""
+    writes_accessible: ClassVar[bool] = False
+    """``True`` where ``accessible`` defaults to ``False``: :attr:`spec` then always writes it."""
 
     accessible: bool
 
@@ -159,7 +223,7 @@ class NoiseProcess(abc.ABC):
         """
         steps = check_key("steps", steps)
         shape = self._check_shape(shape)
-        key = (check_key("seed", seed), check_key("trial", trial), check_key("stream", stream))
+        key = checked_key(seed, trial, stream)
         dt = check_positive_finite("dt", dt)
         self._check_dtype(dtype)
         dev = torch.device(device)
@@ -167,13 +231,11 @@ class NoiseProcess(abc.ABC):
         if steps == 0 or math.prod(shape) == 0:
             return torch.zeros((steps, *shape), dtype=dtype, device=dev)
         g = generator(self.tag, *key, device=dev)
-        return self._sample(steps, shape, g, dt, work, dev).to(dtype)
+        return self._sample(Draw(steps, shape, g, dt, work, dev)).to(dtype)
 
     @abc.abstractmethod
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        """The ``(steps, *shape)`` samples from generator ``g``: draws in float32, arithmetic in ``work``."""
+    def _sample(self, draw: Draw) -> Tensor:
+        """The ``(steps, *shape)`` samples from ``draw``: raw draws in float32, arithmetic in ``draw.work``."""
 
     def _check_dtype(self, dtype: torch.dtype) -> None:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -191,7 +253,7 @@ class NoiseProcess(abc.ABC):
         return dims
 
     # -- description --------------------------------------------------------------------------
-    def option_values(self) -> dict[str, float]:
+    def option_values(self) -> dict[str, Any]:
         """The options (besides ``accessible``) and their values."""
         return {k: getattr(self, k) for k in self.options}
 
@@ -199,8 +261,8 @@ class NoiseProcess(abc.ABC):
     def spec(self) -> str:
         """The ``make_noise`` spec of this process, e.g. ``"ou:sigma=0.1:tau=50"``."""
         parts = [self.name, *(f"{k}={_format(v)}" for k, v in self.option_values().items())]
-        if not self.accessible:
-            parts.append("accessible=false")
+        if self.writes_accessible or not self.accessible:
+            parts.append(f"accessible={_format(self.accessible)}")
         return ":".join(parts)
 
     def __repr__(self) -> str:
@@ -215,3 +277,24 @@ class NoiseProcess(abc.ABC):
 
     def __hash__(self) -> int:
         return hash((type(self), tuple(self.option_values().items()), self.accessible))
+
+
+class CenteredNoise(NoiseProcess):
+    """Zero-mean additive noise scaled by ``sigma``: mean 0, and variance σ² unless the process overrides it.
+
+    The constructor checks ``sigma`` (> 0) and ``accessible``; a process with more options checks those too.
+    """
+
+    sigma: float
+
+    def __init__(self, sigma: float, *, accessible: bool = True) -> None:
+        self.sigma = check_positive_finite("sigma", sigma)
+        self.accessible = check_accessible(accessible)
+
+    @property
+    def mean(self) -> float:
+        return 0.0
+
+    @property
+    def variance(self) -> float:
+        return self.sigma**2

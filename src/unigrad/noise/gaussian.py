@@ -15,13 +15,12 @@ Spec: ``gaussian:sigma=0.1``. Cost: one normal draw per entry and step.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from unigrad.noise.base import NoiseProcess, check_accessible, check_positive_finite
+from unigrad.noise.base import CenteredNoise, Draw
 
 
-class WhiteGaussian(NoiseProcess):
+class WhiteGaussian(CenteredNoise):
     """I.i.d. ``N(0, σ²)`` entries at every step."""
 
     name = "gaussian"
@@ -29,20 +28,5 @@ class WhiteGaussian(NoiseProcess):
     options = ("sigma",)
     example = "gaussian:sigma=0.1"
 
-    def __init__(self, sigma: float, *, accessible: bool = True) -> None:
-        self.sigma = check_positive_finite("sigma", sigma)
-        self.accessible = check_accessible(accessible)
-
-    @property
-    def mean(self) -> float:
-        return 0.0
-
-    @property
-    def variance(self) -> float:
-        return self.sigma**2
-
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        eps = torch.randn((steps, *shape), generator=g, device=device)
-        return eps.to(work).mul_(self.sigma)
+    def _sample(self, draw: Draw) -> Tensor:
+        return draw.normal().to(draw.work).mul_(self.sigma)

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
-from unigrad.noise.base import NoiseProcess, check_accessible, check_positive_finite
+from unigrad.noise.base import CenteredNoise, Draw, check_positive_finite
 
 
-class OrnsteinUhlenbeck(NoiseProcess):
+class OrnsteinUhlenbeck(CenteredNoise):
     """Stationary OU noise, ``ξ_{t+1} = a ξ_t + σ√(1−a²) ε``, ``a = e^{−dt/τ}``, ``ξ_0 ~ N(0, σ²)``."""
 
     name = "ou"
@@ -40,29 +39,19 @@ class OrnsteinUhlenbeck(NoiseProcess):
     example = "ou:sigma=0.1:tau=50"
 
     def __init__(self, sigma: float, tau: float, *, accessible: bool = True) -> None:
-        self.sigma = check_positive_finite("sigma", sigma)
+        super().__init__(sigma, accessible=accessible)
         self.tau = check_positive_finite("tau", tau)
-        self.accessible = check_accessible(accessible)
-
-    @property
-    def mean(self) -> float:
-        return 0.0
-
-    @property
-    def variance(self) -> float:
-        return self.sigma**2
 
     def decay(self, dt: float) -> float:
         """``a = e^{−dt/τ}``: the one-step autocorrelation at step ``dt``."""
         return math.exp(-dt / self.tau)
 
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        a = self.decay(dt)
-        out = torch.randn((steps, *shape), generator=g, device=device).to(work)
+    def _sample(self, draw: Draw) -> Tensor:
+        a = self.decay(draw.dt)
+        innovation = self.sigma * math.sqrt(-math.expm1(-2 * draw.dt / self.tau))  # σ√(1 − a²), accurate for small dt/τ
+        out = draw.normal().to(draw.work)
         out[0].mul_(self.sigma)
-        out[1:].mul_(self.sigma * math.sqrt(-math.expm1(-2 * dt / self.tau)))  # σ√(1 − a²), accurate for small dt/τ
-        for t in range(1, steps):
+        out[1:].mul_(innovation)
+        for t in range(1, draw.steps):
             out[t].add_(out[t - 1], alpha=a)
         return out

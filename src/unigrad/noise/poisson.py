@@ -32,13 +32,7 @@ from torch import Tensor
 
 from unigrad.core.errors import UnigradError
 from unigrad.core.rng import generator
-from unigrad.noise.base import (
-    NoiseProcess,
-    check_accessible,
-    check_key,
-    check_positive_finite,
-    reserve_tag,
-)
+from unigrad.noise.base import CenteredNoise, Draw, check_key, check_positive_finite, reserve_tag
 
 COUNTS_TAG = reserve_tag(0x4E5A0007, f"{__name__}.poisson_counts")
 """First part of the generator key of :func:`poisson_counts`."""
@@ -66,7 +60,7 @@ def poisson_counts(rates: Tensor, dt: float, *, seed: int, trial: int, stream: i
     return torch.poisson(lam, generator=g).to(out_dtype)
 
 
-class PoissonVariability(NoiseProcess):
+class PoissonVariability(CenteredNoise):
     """Centred, scaled Poisson counts at a constant rate: ``σ·(N − λ)/√λ``, ``N ~ Poisson(rate·dt)``."""
 
     name = "poisson"
@@ -75,21 +69,10 @@ class PoissonVariability(NoiseProcess):
     example = "poisson:sigma=0.1:rate=0.02"
 
     def __init__(self, sigma: float, rate: float, *, accessible: bool = True) -> None:
-        self.sigma = check_positive_finite("sigma", sigma)
+        super().__init__(sigma, accessible=accessible)
         self.rate = check_positive_finite("rate", rate)
-        self.accessible = check_accessible(accessible)
 
-    @property
-    def mean(self) -> float:
-        return 0.0
-
-    @property
-    def variance(self) -> float:
-        return self.sigma**2
-
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        lam = self.rate * dt
-        counts = torch.poisson(torch.full((steps, *shape), lam, device=device), generator=g)
-        return counts.to(work).sub_(lam).mul_(self.sigma / math.sqrt(lam))
+    def _sample(self, draw: Draw) -> Tensor:
+        lam = self.rate * draw.dt
+        counts = torch.poisson(torch.full(draw.size, lam, device=draw.device), generator=draw.g)
+        return counts.to(draw.work).sub_(lam).mul_(self.sigma / math.sqrt(lam))

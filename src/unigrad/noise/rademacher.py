@@ -15,13 +15,12 @@ Spec: ``rademacher:sigma=0.1``. Cost: one random bit per entry and step.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from unigrad.noise.base import NoiseProcess, check_accessible, check_positive_finite
+from unigrad.noise.base import CenteredNoise, Draw
 
 
-class Rademacher(NoiseProcess):
+class Rademacher(CenteredNoise):
     """I.i.d. ``±σ`` entries at every step."""
 
     name = "rademacher"
@@ -29,20 +28,5 @@ class Rademacher(NoiseProcess):
     options = ("sigma",)
     example = "rademacher:sigma=0.1"
 
-    def __init__(self, sigma: float, *, accessible: bool = True) -> None:
-        self.sigma = check_positive_finite("sigma", sigma)
-        self.accessible = check_accessible(accessible)
-
-    @property
-    def mean(self) -> float:
-        return 0.0
-
-    @property
-    def variance(self) -> float:
-        return self.sigma**2
-
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        bits = torch.randint(0, 2, (steps, *shape), generator=g, device=device)
-        return bits.to(work).mul_(2 * self.sigma).sub_(self.sigma)
+    def _sample(self, draw: Draw) -> Tensor:
+        return draw.bits().to(draw.work).mul_(2 * self.sigma).sub_(self.sigma)

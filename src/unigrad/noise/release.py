@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from unigrad.core.errors import UnigradError
-from unigrad.noise.base import NoiseProcess, check_accessible, check_probability
+from unigrad.noise.base import Draw, NoiseProcess, check_accessible, check_probability
 
 
 class StochasticRelease(NoiseProcess):
@@ -50,7 +50,5 @@ class StochasticRelease(NoiseProcess):
         if not isinstance(dtype, torch.dtype) or dtype.is_complex:
             raise UnigradError(f"noise {self.name} needs a real or bool dtype, got {dtype!r}")
 
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        return torch.rand((steps, *shape), generator=g, device=device) < self.p  # bool; cast by sequence()
+    def _sample(self, draw: Draw) -> Tensor:
+        return draw.uniform() < self.p  # bool; cast by sequence()

@@ -59,13 +59,18 @@ from torch import Tensor
 
 from unigrad.core.errors import UnigradError
 from unigrad.core.rng import generator
-from unigrad.noise.base import NoiseProcess, check_accessible, check_key, check_number, check_positive_finite
+from unigrad.noise.base import (
+    Draw,
+    NoiseProcess,
+    check_accessible,
+    check_number,
+    check_positive_finite,
+    checked_key,
+    parse_flag,
+)
 
 SUFFIXES = (".npy", ".csv")
 """File types a trace can be read from."""
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -138,6 +143,7 @@ class RecordedNoise(NoiseProcess):
     tag = 0x4E5A0102
     options = ("path", "devices", "scale", "center", "normalize")
     example = "replay:path=trace.npy:devices=1:scale=1:center=true:normalize=false"
+    writes_accessible = True
 
     def __init__(
         self,
@@ -212,56 +218,27 @@ class RecordedNoise(NoiseProcess):
     ) -> tuple[Tensor, Tensor]:
         """``(rows, columns)``, each ``(devices, *shape)``: where each read of each entry starts in the trace."""
         shape = self._check_shape(shape)
-        key = (check_key("seed", seed), check_key("trial", trial), check_key("stream", stream))
+        key = checked_key(seed, trial, stream)
         dev = torch.device(device)
         j = self._draw_starts(shape, generator(self.tag, *key, device=dev), dev)
         return j % self.length, j // self.length
 
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        j = self._draw_starts(shape, g, device)
+    def _sample(self, draw: Draw) -> Tensor:
+        j = self._draw_starts(draw.shape, draw.g, draw.device)
         rows, cols = j % self.length, j // self.length
-        flat = self.trace.to(device=device, dtype=work).reshape(-1)  # x[r, d] = flat[r·D + d]
-        t = torch.arange(steps, device=device).view(steps, *([1] * j.dim()))
+        flat = self.trace.to(device=draw.device, dtype=draw.work).reshape(-1)  # x[r, d] = flat[r·D + d]
+        t = torch.arange(draw.steps, device=draw.device).view(draw.steps, *([1] * j.dim()))
         index = (rows + t).remainder_(self.length).mul_(self.recorded).add_(cols)  # (steps, n, *shape)
         return flat[index].sum(dim=1)
 
     # -- description --------------------------------------------------------------------------
-    def option_values(self) -> dict[str, Any]:
-        return {
-            "path": self.path,
-            "devices": self.devices,
-            "scale": self.scale,
-            "center": self.center,
-            "normalize": self.normalize,
-        }
-
-    @property
-    def spec(self) -> str:
-        """The ``make_noise`` spec, every option written (``accessible`` too; its default here is ``False``)."""
-        v = self.option_values()
-        scale = repr(int(self.scale)) if self.scale.is_integer() and abs(self.scale) < 1e15 else repr(self.scale)
-        parts = [
-            self.name,
-            f"path={v['path']}",
-            f"devices={v['devices']}",
-            f"scale={scale}",
-            f"center={str(self.center).lower()}",
-            f"normalize={str(self.normalize).lower()}",
-            f"accessible={str(self.accessible).lower()}",
-        ]
-        return ":".join(parts)
-
     @staticmethod
     def parse_option(key: str, value: str) -> Any:
         """The typed value of option ``key`` from its spec string ``value`` (for ``make_noise``)."""
         if key == "path":
             return value
         if key in ("center", "normalize", "accessible"):
-            if value.lower() not in _TRUE + _FALSE:
-                raise UnigradError(f"option {key} of noise replay must be true or false, got {value!r}")
-            return value.lower() in _TRUE
+            return parse_flag("replay", key, value)
         try:
             number = float(value)
         except ValueError:

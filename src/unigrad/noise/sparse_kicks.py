@@ -20,13 +20,12 @@ draws per entry and step.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from unigrad.noise.base import NoiseProcess, check_accessible, check_positive_finite, check_probability
+from unigrad.noise.base import CenteredNoise, Draw, check_probability
 
 
-class SparseKicks(NoiseProcess):
+class SparseKicks(CenteredNoise):
     """With probability ``p`` per entry and step a kick uniform in ``[−σ, σ]``, else 0."""
 
     name = "sparse-kicks"
@@ -36,21 +35,13 @@ class SparseKicks(NoiseProcess):
 
     def __init__(self, p: float, sigma: float, *, accessible: bool = True) -> None:
         self.p = check_probability("p", p)
-        self.sigma = check_positive_finite("sigma", sigma)
-        self.accessible = check_accessible(accessible)
-
-    @property
-    def mean(self) -> float:
-        return 0.0
+        super().__init__(sigma, accessible=accessible)
 
     @property
     def variance(self) -> float:
         return self.p * self.sigma**2 / 3
 
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        size = (steps, *shape)
-        kick = torch.rand(size, generator=g, device=device) < self.p
-        amp = torch.rand(size, generator=g, device=device).to(work).mul_(2 * self.sigma).sub_(self.sigma)
+    def _sample(self, draw: Draw) -> Tensor:
+        kick = draw.uniform() < self.p
+        amp = draw.uniform().to(draw.work).mul_(2 * self.sigma).sub_(self.sigma)
         return amp.masked_fill_(~kick, 0.0)

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from unigrad.core.errors import UnigradError
-from unigrad.noise.base import NoiseProcess, check_accessible, check_number
+from unigrad.noise.base import Draw, NoiseProcess, check_accessible, check_number
 
 AMPLITUDE = 0.0059
 """Telegraph amplitude ``a`` of the simulated junctions of Koenders et al. (2025)."""
@@ -59,6 +59,7 @@ class StochasticMTJ(NoiseProcess):
     tag = 0x4E5A0101
     options = ("sigma", "amplitude", "flip", "offset")
     example = "smtj:sigma=0:amplitude=0.0059:flip=0.0809:offset=0.042"
+    writes_accessible = True
 
     def __init__(
         self,
@@ -91,21 +92,13 @@ class StochasticMTJ(NoiseProcess):
         """``(1 − 2p)^lag``: the autocorrelation of the telegraph sign at ``lag`` steps."""
         return (1 - 2 * self.flip) ** lag
 
-    @property
-    def spec(self) -> str:
-        """The ``make_noise`` spec, with ``accessible`` always written (its default here is ``False``)."""
-        base = super().spec
-        return base if not self.accessible else base + ":accessible=true"
-
-    def _sample(
-        self, steps: int, shape: tuple[int, ...], g: torch.Generator, dt: float, work: torch.dtype, device: torch.device
-    ) -> Tensor:
-        u = torch.rand((steps, *shape), generator=g, device=device)
+    def _sample(self, draw: Draw) -> Tensor:
+        u = draw.uniform()
         # row 0: the fair initial coin (u < 1/2 → s_0 = −1); rows 1..: a flip where u < p
         odd = u < self.flip
         odd[0] = u[0] < 0.5
         parity = torch.cumsum(odd, dim=0, dtype=torch.int32) & 1  # s_t = −1 where parity is 1
-        out = parity.to(work).mul_(-2 * self.amplitude).add_(self.amplitude + self.offset)
+        out = parity.to(draw.work).mul_(-2 * self.amplitude).add_(self.amplitude + self.offset)
         if self.sigma > 0:
-            out.add_(torch.randn((steps, *shape), generator=g, device=device).to(work), alpha=self.sigma)
+            out.add_(draw.normal().to(draw.work), alpha=self.sigma)
         return out
