@@ -656,8 +656,6 @@ def test_export_csv(tmp_path):
 def test_export_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     import errno
 
-    from unigrad.train import store as store_module
-
     with Store(tmp_path / "s.sqlite") as store:
         run = store.start_run(_config(), ENV)
         store.add_points(run.id, _history(2))
@@ -668,7 +666,7 @@ def test_export_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         with monkeypatch.context() as mp:
-            mp.setattr(store_module.os, "fsync", full)
+            mp.setattr(os, "fsync", full)
             with pytest.raises(UnigradError, match=r"No space left on device; the earlier points\.csv there is kept"):
                 store.export_csv(target, overwrite=True)
         assert target.read_text() == "earlier\n"
@@ -677,7 +675,7 @@ def test_export_csv_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
             raise PermissionError(errno.EPERM, "Operation not permitted")
 
         with monkeypatch.context() as mp:  # a file system without hard links: check, then rename
-            mp.setattr(store_module.os, "link", no_links)
+            mp.setattr(os, "link", no_links)
             with pytest.raises(UnigradError, match="exists; pass --force"):
                 store.export_csv(target)
             assert target.read_text() == "earlier\n"

@@ -20,7 +20,7 @@ file                                         fsync  fsync folder  temporary name
 ===========================================  =====  ============  ==============  ============
 results.json, report.md, plots (run folder)  no     no            ``<name>.tmp``  no
 checkpoints (``train/checkpoint.py``)        yes    yes           unique          yes
-CSV export (``train/store.py``)              yes    no            unique          no
+CSV export (``train/store/runs.py``)         yes    no            unique          no
 MNIST-1D cache (``data/mnist1d.py``)         no     no            unique          yes
 ===========================================  =====  ============  ==============  ============
 
