@@ -282,16 +282,15 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _where(source: str, table: str | None) -> str:
-    return f"{source}: [{table}] " if table else f"{source}: "
+def _error(source: str, table: str | None, message: str) -> UnigradError:
+    """``SOURCE: [TABLE] message`` (no table at the top level) as a one-line error."""
+    return UnigradError(one_line(f"{source}: [{table}] {message}" if table else f"{source}: {message}"))
 
 
 def _unknown_key(source: str, table: str | None, key: str, valid: Sequence[str]) -> UnigradError:
     close = difflib.get_close_matches(key, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return UnigradError(
-        one_line(f"{_where(source, table)}unknown key {_show(key)}{hint}; valid keys: {', '.join(valid)}")
-    )
+    return _error(source, table, f"unknown key {_show(key)}{hint}; valid keys: {', '.join(valid)}")
 
 
 def _normalize(source: str, table: str | None, data: Mapping[Any, Any]) -> tuple[dict[str, Any], dict[str, str]]:
@@ -300,16 +299,14 @@ def _normalize(source: str, table: str | None, data: Mapping[Any, Any]) -> tuple
     spelled: dict[str, str] = {}
     for key, value in data.items():
         if not isinstance(key, str):
-            raise UnigradError(one_line(f"{_where(source, table)}keys must be strings, got {_show(key)}"))
+            raise _error(source, table, f"keys must be strings, got {_show(key)}")
         name = key.replace("-", "_")
         if name in values:
-            raise UnigradError(
-                one_line(f"{_where(source, table)}key {name} given twice (as {spelled[name]!r} and {key!r})")
-            )
+            raise _error(source, table, f"key {name} given twice (as {spelled[name]!r} and {key!r})")
         if value is None:
             allowed = _ALLOWED.get(name)
             if allowed is not None:
-                raise UnigradError(one_line(f"{_where(source, table)}{key}: must be {allowed}, got None"))
+                raise _error(source, table, f"{key}: must be {allowed}, got None")
         values[name] = value
         spelled[name] = key
     return values, spelled
@@ -320,7 +317,7 @@ def _validate_level(source: str, table: str | None, command: str, data: Mapping[
     model = MODELS[command]
     values, spelled = _normalize(source, table, data)
     if "epochs" in values and "budget" in values:
-        raise UnigradError(f"{_where(source, table)}epochs and budget: give one of them, not both")
+        raise _error(source, table, "epochs and budget: give one of them, not both")
     try:
         validated = model.model_validate(values)
     except ValidationError as e:
@@ -344,7 +341,7 @@ def _first_error(
     key = next((k for k in values if k in by_key), next(iter(by_key), ""))
     e = by_key.get(key)
     if e is None:  # not expected: pydantic reported no key
-        return UnigradError(one_line(f"{_where(source, table)}invalid configuration"))
+        return _error(source, table, "invalid configuration")
     name = spelled.get(key, key)
     if e["type"] == "extra_forbidden":
         return _unknown_key(source, table, name, COMMAND_KEYS[command])
@@ -352,7 +349,7 @@ def _first_error(
         message = str(e.get("ctx", {}).get("error", e["msg"]))
     else:
         message = f"must be {_ALLOWED.get(key, 'valid')}, got {_show(values.get(key))}"
-    return UnigradError(one_line(f"{_where(source, table)}{name}: {message}"))
+    return _error(source, table, f"{name}: {message}")
 
 
 def validate_config(data: Mapping[Any, Any], command: str, *, source: str = "config") -> dict[str, Any]:
@@ -368,12 +365,12 @@ def validate_config(data: Mapping[Any, Any], command: str, *, source: str = "con
     if command not in MODELS:
         raise UnigradError(f"configuration files are for {' and '.join(COMMANDS)}, not {_show(command)}")
     if not isinstance(data, Mapping):
-        raise UnigradError(one_line(f"{source}: a configuration must be a table of keys, got {_show(data)}"))
+        raise _error(source, None, f"a configuration must be a table of keys, got {_show(data)}")
     top: dict[Any, Any] = {}
     for key, value in data.items():
         if key in COMMANDS:
             if not isinstance(value, Mapping):
-                raise UnigradError(one_line(f"{source}: {key} must be a table ([{key}]), got {_show(value)}"))
+                raise _error(source, None, f"{key} must be a table ([{key}]), got {_show(value)}")
             continue
         top[key] = value
     everything = sorted(set().union(*COMMAND_KEYS.values()))
@@ -384,12 +381,8 @@ def validate_config(data: Mapping[Any, Any], command: str, *, source: str = "con
         owners = [c for c in COMMANDS if name in COMMAND_KEYS[c]]
         if not owners:
             raise _unknown_key(source, None, spelled[name], [*everything, *(f"[{c}]" for c in COMMANDS)])
-        raise UnigradError(
-            one_line(
-                f"{source}: {spelled[name]}: not an option of {command} (only {', '.join(owners)} takes it; "
-                f"move it under [{owners[0]}])"
-            )
-        )
+        only = f"only {', '.join(owners)} takes it; move it under [{owners[0]}]"
+        raise _error(source, None, f"{spelled[name]}: not an option of {command} ({only})")
     merged = _validate_level(source, None, command, {spelled[k]: v for k, v in shared.items()})
     table = _validate_level(source, command, command, data.get(command, {}))
     if "epochs" in table or "budget" in table:
@@ -418,7 +411,7 @@ def load_config(path: str | Path, command: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UnigradError(one_line(f"{source}: not valid TOML: not UTF-8 text (byte {e.start})")) from None
+        raise _error(source, None, f"not valid TOML: not UTF-8 text (byte {e.start})") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -429,7 +422,7 @@ def load_config(path: str | Path, command: str) -> dict[str, Any]:
             message = f"not valid TOML (line {line}, column {column}): {what}"
         else:
             message = f"not valid TOML: {message}"
-        raise UnigradError(one_line(f"{source}: {message}")) from None
+        raise _error(source, None, message) from None
     return validate_config(data, command, source=source)
 
 
