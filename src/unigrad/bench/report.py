@@ -218,10 +218,9 @@ def _seconds(v: float | None) -> str:
     return "not reached" if v is None else f"{v:.3g} s"
 
 
-def render(results: Mapping[str, Any]) -> str:
-    """The text of ``report.md``."""
-    config = results["config"]
-    lines = [
+def _header(config: Mapping[str, Any]) -> list[str]:
+    """The title, the command that reproduces the run and what the numbers mean."""
+    return [
         "# unigrad bench",
         "",
         "Reproduce with:",
@@ -237,75 +236,101 @@ def render(results: Mapping[str, Any]) -> str:
         '"Peer" marks third-party black-box optimizers.',
         "",
     ]
-    for name, task in results["tasks"].items():
-        higher = task["higher_is_better"]
-        lines += [
-            f"## {name}",
-            "",
-            f"{task['description']}. {task['dim']:,} parameters. Budget {task['budget']:.3g} FE, one unit = one "
-            f"{task['unit']}. Metric: {task['metric']} ({'higher' if higher else 'lower'} is better).",
-            "",
-            f"| method | order | peer | {task['metric']} (mean ± sd) | FE spent | wall s (median) | runs |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for label, m in task["methods"].items():
-            s = summarize(m["runs"])
-            value = _fmt(s["mean"]) + (f" ± {_fmt(s['sd'], 2)}" if s["sd"] is not None else "")
-            status = f"{s['runs'] - s['diverged'] - s['failed']} ok"
-            status += f", {s['diverged']} diverged" if s["diverged"] else ""
-            status += f", {s['failed']} failed" if s["failed"] else ""
-            lines.append(
-                f"| {label} | {m['order']} | {'yes' if m['peer'] else ''} | {value} | {_fmt(s['fe'], 3)} | "
-                f"{_fmt(s['seconds_median'], 3)} | {status} |"
-            )
-        failures = [
-            f"{label} seed {r['seed']}: {r['message']}"
-            for label, m in task["methods"].items()
-            for r in m["runs"]
-            if r["status"] != "ok"
-        ]
-        if task["skipped"] or failures:
-            lines.append("")
-        lines += [f"- skipped {note}" for note in task["skipped"]]
-        lines += [f"- {msg}" for msg in failures]
-        zo, rows = peer_comparison(task)
-        if rows:
-            lines += [
-                "",
-                f"unigrad's best zeroth-order method here: **{zo}**. Against each peer: final {task['metric']} "
-                "at equal FE, and the wall time to reach the peer's best (mean curve over seeds).",
-                "",
-                f"| peer | peer final | {zo} final | winner at equal FE | target | {zo} time | peer time | speed-up |",
-                "|---|---|---|---|---|---|---|---|",
-            ]
-            for r in rows:
-                lines.append(
-                    f"| {r['peer']} | {_fmt(r['peer_final'])} | {_fmt(r['zo_final'])} | {r['winner']} | "
-                    f"{_fmt(r['target'])} | {_seconds(r['zo_seconds'])} | {_seconds(r['peer_seconds'])} | "
-                    + ("not reached" if r["zo_seconds"] is None else f"{_fmt(r['speedup'], 3)}×")
-                    + " |"
-                )
-        elif zo is None and any(m["peer"] for m in task["methods"].values()):
-            lines += ["", "No unigrad zeroth-order method finished here, so there is no peer comparison."]
+
+
+def _method_row(label: str, m: Mapping[str, Any]) -> str:
+    """One method's row of a task's table: final metric mean ± sd, FE spent, median wall time, run outcomes."""
+    s = summarize(m["runs"])
+    value = _fmt(s["mean"]) + (f" ± {_fmt(s['sd'], 2)}" if s["sd"] is not None else "")
+    status = f"{s['runs'] - s['diverged'] - s['failed']} ok"
+    status += f", {s['diverged']} diverged" if s["diverged"] else ""
+    status += f", {s['failed']} failed" if s["failed"] else ""
+    return (
+        f"| {label} | {m['order']} | {'yes' if m['peer'] else ''} | {value} | {_fmt(s['fe'], 3)} | "
+        f"{_fmt(s['seconds_median'], 3)} | {status} |"
+    )
+
+
+def _peer_lines(task: Mapping[str, Any]) -> list[str]:
+    """unigrad's best zeroth-order method against each peer of the task (nothing if the task has no peer)."""
+    zo, rows = peer_comparison(task)
+    if not rows:
+        if zo is None and any(m["peer"] for m in task["methods"].values()):
+            return ["", "No unigrad zeroth-order method finished here, so there is no peer comparison."]
+        return []
+    lines = [
+        "",
+        f"unigrad's best zeroth-order method here: **{zo}**. Against each peer: final {task['metric']} "
+        "at equal FE, and the wall time to reach the peer's best (mean curve over seeds).",
+        "",
+        f"| peer | peer final | {zo} final | winner at equal FE | target | {zo} time | peer time | speed-up |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['peer']} | {_fmt(r['peer_final'])} | {_fmt(r['zo_final'])} | {r['winner']} | "
+            f"{_fmt(r['target'])} | {_seconds(r['zo_seconds'])} | {_seconds(r['peer_seconds'])} | "
+            + ("not reached" if r["zo_seconds"] is None else f"{_fmt(r['speedup'], 3)}×")
+            + " |"
+        )
+    return lines
+
+
+def _task_section(name: str, task: Mapping[str, Any]) -> list[str]:
+    """A task's section: its table of methods, skipped methods and failed runs, and the peer comparison."""
+    higher = task["higher_is_better"]
+    lines = [
+        f"## {name}",
+        "",
+        f"{task['description']}. {task['dim']:,} parameters. Budget {task['budget']:.3g} FE, one unit = one "
+        f"{task['unit']}. Metric: {task['metric']} ({'higher' if higher else 'lower'} is better).",
+        "",
+        f"| method | order | peer | {task['metric']} (mean ± sd) | FE spent | wall s (median) | runs |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [_method_row(label, m) for label, m in task["methods"].items()]
+    failures = [
+        f"{label} seed {r['seed']}: {r['message']}"
+        for label, m in task["methods"].items()
+        for r in m["runs"]
+        if r["status"] != "ok"
+    ]
+    if task["skipped"] or failures:
         lines.append("")
+    lines += [f"- skipped {note}" for note in task["skipped"]]
+    lines += [f"- {msg}" for msg in failures]
+    return [*lines, *_peer_lines(task), ""]
+
+
+def _win_matrix_lines(results: Mapping[str, Any]) -> list[str]:
+    """The win matrix over every (task, seed) pair, if more than one method finished."""
     labels, frac, counts = win_matrix(all_finals(results))
-    if len(labels) > 1:
-        lines += [
-            "## Win matrix",
-            "",
-            "Fraction of (task, seed) pairs where the row method's final metric beats the column method's "
-            "(ties count one half); the number of pairs is in parentheses. See `win_matrix.png`.",
-            "",
-            "| | " + " | ".join(labels) + " |",
-            "|---" * (len(labels) + 1) + "|",
+    if len(labels) <= 1:
+        return []
+    lines = [
+        "## Win matrix",
+        "",
+        "Fraction of (task, seed) pairs where the row method's final metric beats the column method's "
+        "(ties count one half); the number of pairs is in parentheses. See `win_matrix.png`.",
+        "",
+        "| | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
+    for i, a in enumerate(labels):
+        cells = [
+            "" if i == j else "–" if counts[i, j] == 0 else f"{frac[i, j]:.2f} ({counts[i, j]})"
+            for j in range(len(labels))
         ]
-        for i, a in enumerate(labels):
-            cells = [
-                "" if i == j else "–" if counts[i, j] == 0 else f"{frac[i, j]:.2f} ({counts[i, j]})"
-                for j in range(len(labels))
-            ]
-            lines.append(f"| {a} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+def render(results: Mapping[str, Any]) -> str:
+    """The text of ``report.md``: the header, one section per task, and the win matrix."""
+    lines = _header(results["config"])
+    for name, task in results["tasks"].items():
+        lines += _task_section(name, task)
+    lines += _win_matrix_lines(results)
     return "\n".join(lines)
 
 
