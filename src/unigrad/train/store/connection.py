@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Self
 
@@ -288,11 +288,11 @@ class StoreFile:
             raise self._error(e) from None
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: ``BEGIN IMMEDIATE``, ``COMMIT`` on success, ``ROLLBACK`` on any error."""
+    def _transaction(self, begin: str) -> Iterator[sqlite3.Connection]:
+        """One transaction begun by ``begin``: ``COMMIT`` on success, ``ROLLBACK`` on any error."""
         conn = self._db
         with self._errors():
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(begin)
             try:
                 yield conn
             except BaseException:
@@ -301,17 +301,13 @@ class StoreFile:
                 raise
             conn.execute("COMMIT")
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        """One write transaction, ``BEGIN IMMEDIATE``: the write lock is taken up front, so writers queue."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def _read(self) -> AbstractContextManager[sqlite3.Connection]:
         """One read transaction: the queries inside see one snapshot, whatever other processes commit meanwhile."""
-        conn = self._db
-        with self._errors():
-            conn.execute("BEGIN")
-            try:
-                yield conn
-            finally:
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
+        return self._transaction("BEGIN")
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
