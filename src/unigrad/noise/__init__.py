@@ -28,7 +28,7 @@ from unigrad.noise.ou import OrnsteinUhlenbeck
 from unigrad.noise.poisson import PoissonVariability, poisson_counts
 from unigrad.noise.rademacher import Rademacher
 from unigrad.noise.release import StochasticRelease
-from unigrad.noise.replay import RecordedNoise
+from unigrad.noise.recorded import RecordedNoise
 from unigrad.noise.sparse_kicks import SparseKicks
 from unigrad.noise.telegraph import StochasticMTJ
 

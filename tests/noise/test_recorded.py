@@ -10,7 +10,7 @@ from scipy import stats
 
 from tests.noise._processes import zscore
 from unigrad.core.errors import UnigradError
-from unigrad.noise.replay import RecordedNoise
+from unigrad.noise.recorded import RecordedNoise
 
 
 def ar1(n: int, a: float, seed: int, columns: int = 1) -> np.ndarray:
