@@ -51,6 +51,9 @@ The inputs are recorded (detached) by ``forward`` only in training mode (``modul
 evaluation passes do not overwrite the statistics of the last training batch, and never inside a
 ``torch.func`` transform (the batched probes of ``vmap``, the forward-mode passes of ``jvp``): the
 statistics are those of the last plain training-mode pass.
+
+(The module is longer than most: the layers, the model transformation, the option checks and the
+:class:`Decorrelated` method share the rules and the subsample keys defined here.)
 """
 
 from __future__ import annotations

@@ -110,7 +110,8 @@
 **The loop.** A run is a :class:`~unigrad.train.loop.TrainingLoop` (the step every trainer of a network shares)
 with the hooks of :mod:`unigrad.train.hooks`, one per concern above; the budget and plan checks are in
 :mod:`unigrad.train.plan`, the master weights and snapshots in :mod:`unigrad.train.state`. Their public names
-are importable from here too.
+are importable from here too. (This module is longer than most: about a fifth of it is this reference of
+what a run does, kept next to the code that does it.)
 """
 
 from __future__ import annotations
