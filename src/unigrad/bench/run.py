@@ -10,7 +10,8 @@ writes ``runs/bench-<YYYYmmdd-HHMMSS>/`` (or ``out``) and returns the folder:
   (:mod:`unigrad.bench.report`).
 
 The classification tasks run through :func:`unigrad.train.train` (budget ``forwards=N``). The
-others run the loop of :func:`run_loop`: ``estimator.estimate`` then ``optimizer.step`` until the FE
+others run :func:`run_loop` (a :class:`~unigrad.train.loop.TrainingLoop`): ``estimator.estimate`` then
+``optimizer.step`` until the FE
 of the estimates (``Estimate.cost.forward_equivalents``) reach the budget; wall seconds are timed
 with ``perf_counter`` around the steps only (evaluation excluded); the metric is measured at the
 start and every ``1/eval_points`` of the budget, and at the end. A NaN or infinite loss or metric
@@ -39,10 +40,11 @@ from typing import Any
 import torch
 
 from unigrad.bench.suite import PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
-from unigrad.core.errors import NonFiniteLossError, UnigradError
+from unigrad.core.errors import UnigradError
 from unigrad.core.io import write_json as write_json_file
 from unigrad.core.options import check_number, check_optional, check_positive
 from unigrad.core.parallel import run_calls
+from unigrad.train.loop import Batch, Fractions, Hook, StepRecord, TrainingLoop
 from unigrad.train.methods import MethodSpec, parse_seeds
 from unigrad.train.rundir import environment, run_dir
 
@@ -55,53 +57,51 @@ def run_loop(problem: Any, spec: MethodSpec, seed: int, budget: float, eval_poin
     model = problem.build_model(seed)
     estimator = make_estimator(spec.name, **{"seed": seed, **spec.options})
     optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
-    step, fe, seconds, window = 0, 0.0, 0.0, []
-    status, message = "ok", ""
-    history: list[dict[str, Any]] = []
 
-    def record() -> bool:
+    def point(loop: TrainingLoop) -> dict[str, Any] | None:
         value = problem.metric(model, seed)
         if not math.isfinite(value):
-            return False
-        loss = sum(window) / len(window) if window else None
-        history.append({"step": step, "forward_equivalents": fe, "seconds": seconds, "loss": loss, "metric": value})
-        window.clear()
-        return True
+            return None
+        return {
+            "step": loop.step,
+            "forward_equivalents": loop.forward_equivalents,
+            "seconds": loop.seconds,
+            "loss": loop.train_loss(),
+            "metric": value,
+        }
 
-    if not record():
-        raise UnigradError(f"the initial model of {spec.label} (seed {seed}) gives a non-finite metric")
-    next_eval = 1
-    while fe < budget:
-        t0 = time.perf_counter()
-        try:
-            optimizer.zero_grad(set_to_none=True)
-            est = estimator.estimate(model, problem.objective(seed, step))
-            optimizer.step()
-        except NonFiniteLossError as e:
-            seconds += time.perf_counter() - t0
-            status, message = "diverged", f"diverged at step {step + 1}: {str(e).split(';')[0]}"
-            break
-        seconds += time.perf_counter() - t0
-        cost = est.cost.forward_equivalents
-        if not cost > 0:
-            raise UnigradError(f"{spec.label} reported no cost for a step; its budget would never be spent")
-        step += 1
-        fe += cost
-        window.append(est.loss)
-        frac = fe / budget
-        if frac >= 1.0 or frac * eval_points >= next_eval:
-            if not record():
-                status, message = "diverged", f"diverged at step {step}: the metric became non-finite"
-                break
-            next_eval = math.floor(frac * eval_points) + 1
+    loop = TrainingLoop(
+        model,
+        estimator,
+        optimizer,
+        lambda loop: Batch(problem.objective(seed, loop.step)),
+        spent=lambda loop: loop.forward_equivalents / budget,
+        evaluate=point,
+        schedule=Fractions(eval_points),
+        hooks=[_CostCheck(spec.label)],
+        start_error=f"the initial model of {spec.label} (seed {seed}) gives a non-finite metric",
+        score_error="the metric became non-finite",
+        describe=lambda e: str(e).split(";")[0],
+    ).run()
     return {
-        "status": status,
-        "message": message,
-        "history": history,
-        "steps": step,
-        "forward_equivalents": fe,
-        "seconds": seconds,
+        "status": loop.status,
+        "message": f"diverged at step {loop.failed_step}: {loop.message}" if loop.status == "diverged" else "",
+        "history": loop.history,
+        "steps": loop.step,
+        "forward_equivalents": loop.forward_equivalents,
+        "seconds": loop.seconds,
     }
+
+
+class _CostCheck(Hook):
+    """Refuse a step that reports no cost: the FE budget would never be spent."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def after_step(self, loop: TrainingLoop, record: StepRecord) -> None:
+        if not record.forward_equivalents > 0:
+            raise UnigradError(f"{self.label} reported no cost for a step; its budget would never be spent")
 
 
 def run_one(task_name: str, spec: MethodSpec, seed: int, budget: float) -> dict[str, Any]:

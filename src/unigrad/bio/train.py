@@ -1,11 +1,11 @@
 """Training a network on a temporal task with any estimator: the loop the biology experiments share.
 
-Each update draws a fresh batch of trials ``task.sample(batch, seed=seed, step=k)``, hands
-``task.objective(trials)`` to the estimator (which writes ``.grad``) and lets the optimizer step. Every
-``eval_every`` updates the network is scored, without noise and without learning, on ``eval_batch``
-held-out trials drawn from another seed (the same trials at every evaluation). A non-finite loss stops
-the run with ``status="diverged"`` and restores the parameters of the last evaluation point, as
-:func:`unigrad.train.train` does for the supervised tasks.
+A :class:`~unigrad.train.loop.TrainingLoop`: each update draws a fresh batch of trials
+``task.sample(batch, seed=seed, step=k)``, hands ``task.objective(trials)`` to the estimator (which writes
+``.grad``) and lets the optimizer step. Every ``eval_every`` updates the network is scored, without noise and
+without learning, on ``eval_batch`` held-out trials drawn from another seed (the same trials at every
+evaluation). A non-finite loss or parameter stops the run with ``status="diverged"`` and restores the
+parameters of the last evaluation point, as :func:`unigrad.train.train` does for the supervised tasks.
 
 A "trial" in the records counts trials *seen* (updates × batch); the trial counts of the learning-rule
 literature (Miconi 2017 counts one trial per update) read the same way with ``batch=1``.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,10 +24,12 @@ from torch import nn
 
 from unigrad.bio.tasks.base import TemporalTask
 from unigrad.core.cost import Cost
-from unigrad.core.errors import NonFiniteLossError, check_positive
+from unigrad.core.errors import check_positive
 from unigrad.core.estimator import Estimator
 from unigrad.core.options import check_seed
 from unigrad.registry import make_estimator
+from unigrad.train.hooks import Report
+from unigrad.train.loop import Batch, Every, Hook, StepRecord, TrainingLoop
 from unigrad.train.trainer import make_optimizer
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -72,6 +73,25 @@ def evaluate(model: nn.Module, task: TemporalTask, trials: Any) -> tuple[float, 
     return task.score(outputs, trials), float(task.loss(outputs, trials).mean())
 
 
+class _BioHooks(Hook):
+    """What :func:`train_temporal` adds to the loop: the cost of the updates, the check that the parameters stay
+    finite, and the state of the last evaluation point, which a divergence restores."""
+
+    def __init__(self, model: nn.Module, run: BioRun) -> None:
+        self.model, self.run = model, run
+        self.good: dict[str, Any] = {}
+
+    def after_step(self, loop: TrainingLoop, record: StepRecord) -> None:
+        self.run.cost += record.estimate.cost
+
+    def on_step_end(self, loop: TrainingLoop, record: StepRecord) -> None:
+        if not all(math.isfinite(float(p.detach().abs().max())) for p in self.model.parameters()):
+            loop.diverge("parameters became non-finite", loop.step)
+
+    def on_evaluate(self, loop: TrainingLoop, point: dict[str, Any]) -> None:
+        self.good = copy.deepcopy(self.model.state_dict())
+
+
 def train_temporal(
     task: TemporalTask,
     model: nn.Module,
@@ -96,47 +116,33 @@ def train_temporal(
     opt = make_optimizer(optimizer, model.parameters(), lr, **(optimizer_options or {}))
     held_out = task.sample(eval_batch, seed=seed + EVAL_SEED_OFFSET, step=0)
     run = BioRun(method=est.name, task=task.name, seed=seed, status="ok", message="")
-    seconds = 0.0
+    bio = _BioHooks(model, run)
 
-    def record(k: int, train_loss: float | None) -> None:
+    def point(loop: TrainingLoop) -> dict[str, Any]:
         score, loss = evaluate(model, task, held_out)
-        point = {
-            "update": k,
-            "trials": k * batch,
+        return {
+            "update": loop.step,
+            "trials": loop.step * batch,
             "score": score,
             "loss": loss,
-            "train_loss": train_loss,
+            "train_loss": loop.train_loss(),
             "forward_equivalents": run.cost.forward_equivalents,
-            "seconds": seconds,
+            "seconds": loop.seconds,
         }
-        run.history.append(point)
-        if on_eval is not None:
-            on_eval(dict(point))
 
-    record(0, None)
-    good = copy.deepcopy(model.state_dict())
-    losses: list[float] = []
-    for k in range(1, updates + 1):
-        start = time.perf_counter()
-        trials = task.sample(batch, seed=seed, step=k - 1)
-        opt.zero_grad(set_to_none=False)
-        try:
-            e = est.estimate(model, task.objective(trials))
-        except NonFiniteLossError as err:
-            run.status, run.message = "diverged", f"update {k}: {err}"
-            model.load_state_dict(good)
-            break
-        opt.step()
-        seconds += time.perf_counter() - start
-        run.cost += e.cost
-        losses.append(e.loss)
-        if not all(math.isfinite(float(p.detach().abs().max())) for p in model.parameters()):
-            run.status, run.message = "diverged", f"update {k}: parameters became non-finite"
-            model.load_state_dict(good)
-            break
-        if k % eval_every == 0 or k == updates:
-            record(k, sum(losses) / len(losses))
-            losses.clear()
-            good = copy.deepcopy(model.state_dict())
-    run.seconds = seconds
+    loop = TrainingLoop(
+        model,
+        est,
+        opt,
+        lambda loop: Batch(task.objective(task.sample(batch, seed=seed, step=loop.step))),
+        spent=lambda loop: loop.step / updates,
+        evaluate=point,
+        schedule=Every(eval_every, updates),
+        hooks=[bio, *([Report(on_eval)] if on_eval is not None else [])],
+        set_to_none=False,
+    ).run()
+    if loop.status == "diverged":
+        run.status, run.message = "diverged", f"update {loop.failed_step}: {loop.message}"
+        model.load_state_dict(bio.good)
+    run.history, run.seconds = loop.history, loop.seconds
     return run

@@ -13,6 +13,15 @@
 
 ``state_dict()`` / ``load_state_dict()`` hold everything needed to resume exactly (the step
 counter that keys the noise, histories, curvature factors).
+
+Capabilities a training loop asks of an estimator, instead of guessing from its attributes:
+
+* :attr:`Estimator.supports_exchange`: it spreads its probes over processes through its ``exchange``
+  attribute (a :class:`~unigrad.core.exchange.ProbeExchange`);
+* :attr:`Estimator.write_grad`: it writes its direction into ``.grad`` (a loop that steps ``torch.optim``
+  from ``.grad`` refuses one that does not);
+* :meth:`Estimator.prepare_model`: the model it trains, made from the freshly built network before the
+  optimizer is made (local heads for local losses; the network itself by default).
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from torch import nn
+from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
@@ -64,6 +73,14 @@ class Estimator(abc.ABC):
     """How a step's evaluations update the buffers (:mod:`unigrad.core.step_state`): ``"mean"`` (the
     default of order 0: the evaluations are probes around ``θ``) or ``"first"`` (the default of higher
     orders: the first evaluation is at ``θ``)."""
+    supports_exchange: ClassVar[bool] = False
+    """Whether the estimator can spread its probes over processes: it then has an ``exchange`` attribute (a
+    :class:`~unigrad.core.exchange.ProbeExchange` or ``None``) that a multi-process run sets
+    (:mod:`unigrad.distributed`)."""
+    write_grad: bool = True
+    """Whether :meth:`estimate` writes the direction into ``.grad``. MeZO with ``write_grad=False`` does not (it
+    returns the direction compressed, for :class:`~unigrad.core.replay.ReplaySGD`), so a loop that steps a
+    ``torch.optim`` optimizer from ``.grad`` cannot train with it."""
 
     def __init__(self, seed: int = 0) -> None:
         check_seed("seed", seed)
@@ -118,6 +135,13 @@ class Estimator(abc.ABC):
                 p.grad = grad
         self.step += 1
         return est
+
+    def prepare_model(self, model: nn.Module, example_inputs: Tensor, seed: int) -> nn.Module:
+        """The model this estimator trains, made from a freshly built ``model`` once, before the optimizer is made
+        (so the optimizer sees every parameter): ``model`` itself here. An estimator that needs parts the network
+        lacks adds them (``activity-forward-gradient`` with local losses: local heads). ``example_inputs`` are a
+        few training inputs the model accepts; ``seed`` keys any new parameters."""
+        return model
 
     @abc.abstractmethod
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:

@@ -17,7 +17,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, evaluate, losses_of, n_samples
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
-from unigrad.nn.local_heads import LocallySupervised, head_key, pool
+from unigrad.nn.local_heads import LocallySupervised, head_key, pool, prepare_local_heads
 from unigrad.nn.perturbation import LayerTaps, layer_grads, layer_owners, per_sample_losses
 
 
@@ -90,6 +90,7 @@ class ActivityForwardGradient(Estimator):
     order = 1
     description = "forward gradient with tangents on Linear/Conv2d outputs: d·v·xᵀ per layer"
     _options = ("probes", "distribution", "noise_source", "local_losses")
+    prepare_model = prepare_local_heads
 
     def __init__(
         self,

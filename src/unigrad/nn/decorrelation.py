@@ -51,6 +51,9 @@ The inputs are recorded (detached) by ``forward`` only in training mode (``modul
 evaluation passes do not overwrite the statistics of the last training batch, and never inside a
 ``torch.func`` transform (the batched probes of ``vmap``, the forward-mode passes of ``jvp``): the
 statistics are those of the last plain training-mode pass.
+
+(The module is longer than most: the layers, the model transformation, the option checks and the
+:class:`Decorrelated` method share the rules and the subsample keys defined here.)
 """
 
 from __future__ import annotations
@@ -144,6 +147,15 @@ class Decorrelation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.features}, rule={self.rule!r}, lr={self.lr:g}, sample={self.sample}"
+
+    def get_extra_state(self) -> Tensor:
+        """The update counter ``step`` (it keys the subsample), so the module's ``state_dict`` carries it."""
+        return torch.tensor(self.step)
+
+    def set_extra_state(self, state: Tensor) -> None:
+        """Continue from a counter of :meth:`get_extra_state`; recorded statistics belong to the state left behind
+        and are dropped (the next update needs a training-mode forward)."""
+        self.step, self.last = int(state), None
 
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.features:
@@ -520,7 +532,8 @@ class Decorrelated(Estimator):
     training-mode forward (the batched probes of ``spsa``, the forward-mode passes of ``forward-gradient``),
     it runs the objective once more, without gradients, to record the statistics of the update, and adds that
     forward (the batch, in samples) to the cost. The state (:meth:`state_dict`) is ``base``'s; the matrices
-    ``R`` and the update counters are buffers of the model, in its ``state_dict``.
+    ``R`` (buffers) and the update counters (each :class:`Decorrelation`'s extra state) are in the model's
+    ``state_dict``.
 
     Args:
         base: the estimator that trains the weights (its ``seed`` also keys the update's subsample).
@@ -544,7 +557,7 @@ class Decorrelated(Estimator):
         self.decorrelation: dict[str, Any] = opts
 
     def __getattr__(self, key: str) -> Any:
-        """The wrapped estimator's options and attributes (``probes``, ``write_grad``, ``local_losses``)."""
+        """The wrapped estimator's options and attributes (``probes``, ``local_losses``)."""
         if key == "base":  # not set yet: no recursion during construction
             raise AttributeError(key)
         return getattr(self.base, key)
@@ -552,6 +565,15 @@ class Decorrelated(Estimator):
     @property
     def seed(self) -> int:  # type: ignore[override]
         return self.base.seed
+
+    @property
+    def write_grad(self) -> bool:  # type: ignore[override]
+        """``base``'s: whether it writes ``.grad``."""
+        return self.base.write_grad
+
+    def prepare_model(self, model: nn.Module, example_inputs: Tensor, seed: int) -> nn.Module:
+        """``base``'s (the decorrelation itself is :meth:`prepare`)."""
+        return self.base.prepare_model(model, example_inputs, seed)
 
     @property
     def step(self) -> int:  # type: ignore[override]

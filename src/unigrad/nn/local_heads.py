@@ -23,8 +23,9 @@ input is the block's output, so its gradient is ``(softmax(z) − onehot(y))·po
 error travels back through the network.
 
 The estimator that uses them is ``activity-forward-gradient`` with ``local_losses=True``
-(``unigrad.first.activity_forward_gradient``); ``unigrad.train.train`` wraps the task's model when
-that option is set.
+(``unigrad.first.activity_forward_gradient``): its
+:meth:`~unigrad.core.estimator.Estimator.prepare_model` is :func:`prepare_local_heads`, so
+``unigrad.train.train`` wraps the task's model when that option is set.
 
 Reference: [1] M. Ren, S. Kornblith, R. Liao, G. Hinton, "Scaling Forward Gradient With Local
 Losses", ICLR 2023, arXiv:2210.03310. Their local losses are also replicated over patches and
@@ -118,3 +119,10 @@ def with_local_heads(model: nn.Module, example_input: Tensor, seed: int = 0) -> 
         names.append(name)
     init_(heads, seed, stream=_HEAD_TAG)
     return LocallySupervised(model, heads, names)
+
+
+def prepare_local_heads(estimator: Any, model: nn.Module, example_inputs: Tensor, seed: int) -> nn.Module:
+    """:meth:`~unigrad.core.estimator.Estimator.prepare_model` of an estimator with a ``local_losses`` option:
+    ``model`` with local heads (:func:`with_local_heads`, keyed by ``seed``) when the option is set, else
+    ``model``."""
+    return with_local_heads(model, example_inputs, seed=seed) if estimator.local_losses else model

@@ -206,23 +206,16 @@ def compare(
                     config["diagnostics"] = diag_config
                 if dt in HALF_DTYPES:  # half precision steps float32 masters: not the runs stored before it did
                     config["master_weights"] = "float32"
-                rec = db.start_run(config, results["environment"])
-                db.add_to_group(group.name, [rec.id])
-                ckpt = db.path.parent / "checkpoints" / f"{rec.key[:32]}.pt"
-                if rec.status in ("ok", "diverged") and not rerun:
-                    stored = {**(rec.result or {}), "history": db.points(rec.id)}
+                run_id, ckpt, stored = _stored_run(db, group.name, config, results["environment"], rerun)
+                if stored is not None:
                     runs.append(stored)
                     f = stored["final"]
                     say(
-                        f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  (stored run {rec.id}, "
+                        f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  (stored run {run_id}, "
                         f"not retrained)"
                     )
                     _write_json(folder / "results.json", results)
                     continue
-                if rec.status != "running" or rerun:
-                    rec = db.reset(rec.id, results["environment"])
-                    ckpt.unlink(missing_ok=True)
-                run_id = rec.id
 
                 def record(point: dict[str, Any], run_id: int = run_id) -> None:
                     db.add_points(run_id, [point])
@@ -282,6 +275,23 @@ def compare(
     _write_json(folder / "results.json", results)
     write_report(folder, results)
     return folder, results
+
+
+def _stored_run(
+    db: Store, group: str, config: dict[str, Any], env: dict[str, Any], rerun: bool
+) -> tuple[int, Path, dict[str, Any] | None]:
+    """The store's record of a run of ``config`` in ``group``: its id, its checkpoint path and, when it already
+    finished (``ok`` or ``diverged``) and not ``rerun``, its stored result (else ``None``: train it, resuming an
+    unfinished run from the checkpoint)."""
+    rec = db.start_run(config, env)
+    db.add_to_group(group, [rec.id])
+    ckpt = db.path.parent / "checkpoints" / f"{rec.key[:32]}.pt"
+    if rec.status in ("ok", "diverged") and not rerun:
+        return rec.id, ckpt, {**(rec.result or {}), "history": db.points(rec.id)}
+    if rec.status != "running" or rerun:
+        rec = db.reset(rec.id, env)
+        ckpt.unlink(missing_ok=True)
+    return rec.id, ckpt, None
 
 
 @contextmanager

@@ -62,6 +62,7 @@ class ES(Estimator):
     """
 
     name = "es"
+    supports_exchange = True
     order = 0
     description = "OpenAI evolution strategies: antithetic pairs, fitness shaping"
     _options = ("probes", "sigma", "fitness_shaping", "noise_source", "probe_batch")

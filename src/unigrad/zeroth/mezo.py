@@ -94,6 +94,7 @@ class MeZO(Estimator):
     """
 
     name = "mezo"
+    supports_exchange = True
     order = 0
     description = "in-place SPSA with seed replay: memory of inference"
     _options = ("probes", "sigma", "distribution", "noise_source", "write_grad")

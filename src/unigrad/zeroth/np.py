@@ -75,6 +75,7 @@ class NP(Estimator):
     """
 
     name = "np"
+    supports_exchange = True
     order = 0
     description = "node perturbation: noise on Linear/Conv2d outputs, δL·ε·xᵀ/σ² per layer"
     _options = ("probes", "sigma", "noise_source")

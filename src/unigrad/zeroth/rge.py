@@ -68,6 +68,7 @@ class RGE(Estimator):
     """
 
     name = "rge"
+    supports_exchange = True
     order = 0
     description = "random gradient estimate: one-point, forward or central differences, q probes"
     _options = ("probes", "sigma", "distribution", "scheme", "noise_source", "probe_batch")
