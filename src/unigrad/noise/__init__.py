@@ -27,8 +27,8 @@ from unigrad.noise.gaussian import WhiteGaussian
 from unigrad.noise.ou import OrnsteinUhlenbeck
 from unigrad.noise.poisson import PoissonVariability, poisson_counts
 from unigrad.noise.rademacher import Rademacher
-from unigrad.noise.release import StochasticRelease
 from unigrad.noise.recorded import RecordedNoise
+from unigrad.noise.release import StochasticRelease
 from unigrad.noise.sparse_kicks import SparseKicks
 from unigrad.noise.telegraph import StochasticMTJ
 
