@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from unigrad.experiments._common import grid, median_curve, ok, pyplot, save_figure, steps, table
-from unigrad.experiments.werfel import TOLERANCE
+from unigrad.experiments.werfel_theory import TOLERANCE
 
 LABELS = {
     "gd": "GD (backprop)",
