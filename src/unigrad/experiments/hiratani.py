@@ -66,6 +66,9 @@ test (its numbers are not results).
 
 Outputs (in ``out``): ``hiratani.png``, ``results.json`` and ``report.md``.
 
+This file is longer than most: its two parts share the student, the error and the library runs, and its
+docstring carries the derivations; the figure and the report live in :mod:`unigrad.experiments.hiratani_report`.
+
 References:
     [1] N. Hiratani, Y. Mehta, T. P. Lillicrap, P. E. Latham, "On the Stability and Scalability of
         Node Perturbation Learning", NeurIPS 2022.
