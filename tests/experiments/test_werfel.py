@@ -12,7 +12,8 @@ import torch
 
 from unigrad import UnigradError
 from unigrad.experiments import werfel
-from unigrad.experiments.werfel import direction, learning_times, library_time, optimal_eta, theory_k, theory_time
+from unigrad.experiments.werfel import direction, learning_times, library_time
+from unigrad.experiments.werfel_theory import optimal_eta, theory_k, theory_time
 
 
 @pytest.mark.parametrize("method", ["gd", "np", "wp"])

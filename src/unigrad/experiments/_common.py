@@ -1,4 +1,10 @@
-"""The pieces several experiments share: writing ``results.json`` and ``report.md``, figures, and fits.
+"""The skeleton every experiment shares: its output folder, ``results.json`` and ``report.md``, markdown
+tables, figures, fits and the ``run_experiment`` wrapper.
+
+An experiment module reads as its configuration (budgets, with a ``quick`` set), its science (what it trains
+and measures, returning a ``results`` dict) and its presentation (``report(results) -> str`` and
+``plot(results, path)``); :func:`finish` writes the three outputs in one place and :func:`run_and_report` turns
+``run`` into the ``unigrad experiment NAME`` runner.
 
 ``results.json`` is ``json.dumps(results, indent=1)`` plus a final newline (non-finite floats stay ``NaN`` and
 ``Infinity``, as the experiments have always written them); both files are written atomically with
@@ -10,13 +16,24 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.io import atomic_write
+
+Progress = Callable[[str], None] | None
+"""The progress callback every runner takes: called with one line per stage, or ``None`` for silence."""
+
+
+def output_dir(out: str | Path) -> Path:
+    """``out`` as a :class:`~pathlib.Path`, created (with its parents) if it does not exist."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 
 def write_results(out: Path, results: Any) -> None:
@@ -28,6 +45,86 @@ def write_report(out: Path, text: str) -> str:
     """Write ``text`` to ``out/report.md`` and return it."""
     atomic_write(out / "report.md", text)
     return text
+
+
+def check_positive_all(*, integer: bool = False, **values: Any) -> None:
+    """:func:`~unigrad.core.errors.check_positive` on every named value, in order."""
+    for name, v in values.items():
+        check_positive(name, v, integer=integer)
+
+
+def check_positive_each(name: str, values: Iterable[Any], *, integer: bool = False) -> None:
+    """:func:`~unigrad.core.errors.check_positive` on every element of the option ``name``."""
+    for v in values:
+        check_positive(name, v, integer=integer)
+
+
+def check_factor(factor: float) -> None:
+    """Refuse an error-reduction factor that is not above 1."""
+    if not factor > 1:
+        raise UnigradError(f"option factor must be a number > 1 (the error reduction), got {factor!r}")
+
+
+def finish(
+    out: Path,
+    results: Any,
+    report: Callable[[Any], str],
+    plot: Callable[[Any, Path], None] | None = None,
+    figure: str | None = None,
+) -> str:
+    """Write ``results.json``, the figure ``out/figure`` drawn by ``plot`` (if given) and ``report.md``;
+    return the report's text."""
+    write_results(out, results)
+    if plot is not None and figure is not None:
+        plot(results, out / figure)
+    return write_report(out, report(results))
+
+
+def run_and_report(run: Callable[..., Any], out: str | Path, **settings: Any) -> str:
+    """Call ``run(out, **settings)`` and return the ``report.md`` it wrote (the runner contract of
+    :mod:`unigrad.experiments`)."""
+    run(out, **settings)
+    return (Path(out) / "report.md").read_text()
+
+
+def check_options(experiment: str, options: dict[str, Any], allowed: set[str]) -> None:
+    """Refuse any key of ``options`` not in ``allowed``, naming the valid ones."""
+    unknown = set(options) - allowed
+    if unknown:
+        raise UnigradError(
+            f"unknown {experiment} options: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(allowed))}"
+        )
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:
+    """A markdown table as lines: ``| h₁ | h₂ |``, the ``|---|---|`` rule, then one line per row (cells
+    are written with ``str``)."""
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def ok(flag: bool) -> str:
+    """A table cell for a check: ``yes``, or a bold ``**no**`` that stands out."""
+    return "yes" if flag else "**no**"
+
+
+def steps(v: float | None, digits: int = 0) -> str:
+    """A step count or time with thousands separators, ``not reached`` for ``None``."""
+    return "not reached" if v is None else f"{v:,.{digits}f}"
+
+
+def rounded(value: Any) -> Any:
+    """``value`` with every finite float rounded to 6 significant digits (a compact ``results.json``)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: rounded(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [rounded(v) for v in value]
+    return value
 
 
 def pyplot() -> Any:
@@ -47,6 +144,22 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
+
+
+def grid(axes: Iterable[Any]) -> None:
+    """Light grid lines at the major ticks of every axes."""
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+
+
+def median_curve(per_run: Sequence[Sequence[float]]) -> list[float]:
+    """The median over runs at every record (a diverged run counts as ``inf``)."""
+    return [statistics.median(v) for v in zip(*per_run)]
+
+
+def smooth(values: Sequence[float], width: int) -> list[float]:
+    """Trailing moving average over ``width`` records (shorter at the start)."""
+    return [statistics.fmean(values[max(0, i - width + 1) : i + 1]) for i in range(len(values))]
 
 
 def fit_power(x: Sequence[float], y: Sequence[float], se: Sequence[float] | None = None) -> tuple[float, float]:

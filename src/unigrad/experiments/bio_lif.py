@@ -7,14 +7,13 @@ BPTT through a surrogate derivative against NP and ANP in time and WP on a 64-un
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import write_report, write_results
+from unigrad.experiments._common import Progress, output_dir, write_report, write_results
 from unigrad.experiments.bio_table import (
     HIDDEN,
     TRIALS,
@@ -63,7 +62,7 @@ def bio_lif(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     trials: int | None = None,
     tasks: tuple[str, ...] = tuple(LIF_SETUPS),
     rules: tuple[RuleSpec, ...] = LIF_RULES,
@@ -73,8 +72,7 @@ def bio_lif(
     check_positive("seeds", seeds, integer=True)
     trials = trials or (64 if quick else TRIALS)
     evals = 2 if quick else 20
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     results: dict[str, Any] = {
         "trials": trials,
         "hidden": HIDDEN,

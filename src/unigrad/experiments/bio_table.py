@@ -34,7 +34,7 @@ from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun, train_temporal
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import Progress, output_dir, pyplot, save_figure, write_report, write_results
 
 TASKS = ("perceptual-decision", "dnms", "reaching", "copy", "mackey-glass")
 
@@ -246,7 +246,7 @@ def bio_table(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     trials: int | None = None,
     tasks: tuple[str, ...] = TASKS,
     rules: tuple[RuleSpec, ...] = RULES,
@@ -264,8 +264,7 @@ def bio_table(
     trials = trials or (64 if quick else TRIALS)
     episodes = episodes or (8 if quick else EPISODES)
     evals = 2 if quick else 20
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     results: dict[str, Any] = {
         "trials": trials,
         "episodes": episodes,
@@ -290,16 +289,7 @@ def bio_table(
         save()
 
     def store_control(spec: ControlSpec, task_name: str, runs: list[dict[str, Any]]) -> None:
-        finals = [r["history"][-1]["score"] for r in runs]
-        results["control"][f"{task_name}|{spec.label}"] = {
-            "mean": statistics.fmean(finals),
-            "sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-            "finals": finals,
-            "diverged": 0,
-            "seconds": statistics.fmean(r["seconds"] for r in runs),
-            "forward_equivalents": statistics.fmean(r["forward_equivalents"] for r in runs),
-            "curves": [r["history"] for r in runs],
-        }
+        results["control"][f"{task_name}|{spec.label}"] = _control_summary(runs)
         save()
 
     calls: list[tuple[Callable[..., Any], tuple[Any, ...]]] = [
@@ -323,6 +313,20 @@ def bio_table(
     write_report(out, text)
     _plot_curves(results, tasks, rules, control_tasks, control_rules, out / "learning-curves.png")
     return text
+
+
+def _control_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Final score (mean, sd, per seed), mean seconds and forward equivalents, and the curves of one control cell."""
+    finals = [r["history"][-1]["score"] for r in runs]
+    return {
+        "mean": statistics.fmean(finals),
+        "sd": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+        "finals": finals,
+        "diverged": 0,
+        "seconds": statistics.fmean(r["seconds"] for r in runs),
+        "forward_equivalents": statistics.fmean(r["forward_equivalents"] for r in runs),
+        "curves": [r["history"] for r in runs],
+    }
 
 
 def _describe_control(spec: ControlSpec) -> str:

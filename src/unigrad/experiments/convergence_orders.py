@@ -40,7 +40,16 @@ from unigrad.core.errors import check_positive
 from unigrad.core.objective import Objective, reduce
 from unigrad.core.options import check_number
 from unigrad.data.classic import quadratic, rosenbrock
-from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import (
+    Progress,
+    check_positive_all,
+    finish,
+    grid,
+    output_dir,
+    pyplot,
+    run_and_report,
+    save_figure,
+)
 from unigrad.registry import make_estimator
 
 TARGET = 1e-10
@@ -145,16 +154,13 @@ def run(
     n: int = 20,
     kappa: float = 1000.0,
     tol: float = 1e-24,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> dict[str, Any]:
     """Run every method on both problems, write the figure, ``results.json`` and ``report.md`` to ``out``."""
-    check_positive("iterations", iterations, integer=True)
-    check_positive("second_order_iterations", second_order_iterations, integer=True)
-    check_positive("n", n, integer=True)
+    check_positive_all(integer=True, iterations=iterations, second_order_iterations=second_order_iterations, n=n)
     check_number("kappa", kappa, low=1, what="a number >= 1")
     check_positive("tol", tol)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     results: dict[str, Any] = {"target": TARGET, "tol": tol, "problems": {}}
     for key, prob in _problems(n, kappa).items():
         traces = []
@@ -164,9 +170,7 @@ def run(
             budget = iterations if spec.long else second_order_iterations
             traces.append(_trace(spec, prob["build"], spec.lr(prob), prob["f_star"], budget, tol))
         results["problems"][key] = {"title": prob["title"], "gd_rate": prob["rate"], "traces": traces}
-    write_results(out, results)
-    plot(results, out / "convergence-orders.png")
-    write_report(out, report(results))
+    finish(out, results, report, plot, "convergence-orders.png")
     return results
 
 
@@ -202,7 +206,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ax.set_xlabel(xlabel)
             ax.set_ylabel("f(x) − f*")
             ax.set_ylim(1e-26, None)
-            ax.grid(True, which="major", alpha=0.3)
+        grid(axes[:, col])
         axes[0][col].legend(fontsize=8)
     save_figure(fig, path)
 
@@ -234,14 +238,15 @@ def run_experiment(
     *,
     seeds: int = 1,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     iterations: int | None = None,
     second_order_iterations: int | None = None,
     n: int | None = None,
     kappa: float | None = None,
 ) -> str:
     """The ``unigrad experiment convergence-orders`` runner (deterministic: ``seeds`` is not used)."""
-    run(
+    return run_and_report(
+        run,
         out,
         iterations=iterations or (300 if quick else 20000),
         second_order_iterations=second_order_iterations or 200,
@@ -249,4 +254,3 @@ def run_experiment(
         kappa=kappa or (50.0 if quick else 1000.0),
         progress=progress,
     )
-    return (Path(out) / "report.md").read_text()

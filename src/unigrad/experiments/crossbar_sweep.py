@@ -24,7 +24,7 @@ import torch
 
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import Progress, output_dir, pyplot, save_figure, write_report, write_results
 from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
 from unigrad.hardware.energy import EnergyModel
 from unigrad.hardware.train import DeviceRun, train_device
@@ -112,17 +112,20 @@ def _sweep(
     levels: tuple[float, ...],
     make: Callable[[float, int], tuple[_Maker, float]],
     *,
-    seeds: int,
-    quick: bool,
-    progress: Callable[[str], None] | None,
-    jobs: int,
-    modes: tuple[str, ...] = MODES,
     label: str,
+    modes: tuple[str, ...] = MODES,
+    seeds: int = 1,
+    quick: bool = False,
+    progress: Progress = None,
+    jobs: int = 1,
 ) -> str:
+    """Train every mode at every level (``make(level, seed)`` gives the device maker and its node-noise σ) and
+    the ideal-device reference, ``seeds`` seeds each, ``jobs`` at once; write the outputs and return the report.
+
+    ``seeds``, ``quick``, ``progress`` and ``jobs`` are the runner options of every hardware experiment."""
     check_positive("seeds", seeds, integer=True)
     steps = 20 if quick else STEPS
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     work: list[tuple[str, tuple[Any, ...]]] = []
     for seed in range(seeds):
         work.append(

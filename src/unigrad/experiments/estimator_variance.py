@@ -76,6 +76,7 @@ Outputs (in ``out``): ``estimator-variance.png``, ``results.json`` and ``report.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -94,7 +95,8 @@ from unigrad.core.objective import Objective, reduce, supervised
 from unigrad.core.options import is_int
 from unigrad.core.params import trainable
 from unigrad.core.rng import generator, key_hash
-from unigrad.experiments._common import fit_power, pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import Progress, check_positive_all, finish, fit_power, output_dir, run_and_report
+from unigrad.experiments.estimator_variance_report import QUANTITIES, plot, report
 from unigrad.registry import make_estimator
 
 CLASSES = 4
@@ -310,11 +312,10 @@ def run(
     nodes: Sequence[int] = (4, 8, 16, 32, 64, 128, 256),
     inputs: Sequence[int] = (4, 8, 16, 32, 64, 128, 256),
     widths: Sequence[int] = (8, 16, 32, 64, 128, 256, 512),
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> dict[str, Any]:
     """Run the sweeps, write ``estimator-variance.png``, ``results.json`` and ``report.md`` to ``out``."""
-    check_positive("estimates", estimates, integer=True)
-    check_positive("seeds", seeds, integer=True)
+    check_positive_all(integer=True, estimates=estimates, seeds=seeds)
     check_positive("sigma", sigma)
     check_positive("mc_samples", mc_samples, integer=True)
     for label, grid in (("dims", dims), ("probes", probes), ("nodes", nodes), ("inputs", inputs), ("widths", widths)):
@@ -322,34 +323,75 @@ def run(
             raise UnigradError(f"option {label} must list at least two integers >= 1, got {grid!r}")
     if estimates < 2:
         raise UnigradError(f"option estimates must be >= 2 (for standard errors), got {estimates}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     start, cpu = time.perf_counter(), time.process_time()
     ranks = {q: rank_statistics(q, mc_samples, seed=q) for q in sorted({1, *probes})}
-
-    def point(name: str, build: Callable[[int], tuple[nn.Module, Objective]], q: int, n: int, key: tuple) -> dict:
-        cos, rel = [], []
-        for s in range(seeds):
-            model, obj = build(s)
-            c, r = sample(name, _options(name, q, sigma), model, obj, _stream(s, name, *key), n)
-            cos.append(c)
-            rel.append(r)
-        return summarize(np.concatenate(cos), np.concatenate(rel))
-
+    point = functools.partial(_point, seeds=seeds, sigma=sigma)
     results: dict[str, Any] = {"sigma": sigma, "seeds": seeds, "estimates": estimates, "tolerance": TOLERANCE}
-    # sweep 1: dimension, q = 1
-    d_rows = []
+    results["d_sweep"] = d_sweep(dims, estimates, ranks, point, progress)
+    results["q_sweep"] = q_sweep(probes, q_dim, estimates, ranks, point, progress)
+    node_sweeps = {
+        "nodes": ("one layer 16 → N", nodes, lambda v: (16, v)),
+        "inputs": ("one layer n_in → 8", inputs, lambda v: (v, 8)),
+        "width": ("two layers 16 → h → 4 (tanh)", widths, lambda v: (16, v, 4)),
+    }
+    results["node_sweeps"] = {
+        key: {"title": title, "rows": node_sweep(key, grid, shape, seeds, estimates, point, progress)}
+        for key, (title, grid, shape) in node_sweeps.items()
+    }
+    results["fits"] = fits(results)
+    results["seconds"] = time.perf_counter() - start
+    results["cpu_seconds"] = time.process_time() - cpu
+    finish(out, results, report, plot, "estimator-variance.png")
+    return results
+
+
+Point = Callable[[str, Callable[[int], tuple[nn.Module, Objective]], int, int, tuple], dict[str, Any]]
+"""``point(name, build, q, n, key)``: the summary of ``n`` estimates per seed of ``name`` with ``q`` probes on
+``build(seed)`` (:func:`_point` with the run's seeds and σ)."""
+
+
+def _point(
+    name: str,
+    build: Callable[[int], tuple[nn.Module, Objective]],
+    q: int,
+    n: int,
+    key: tuple,
+    *,
+    seeds: int,
+    sigma: float,
+) -> dict[str, Any]:
+    """One grid point: ``n`` estimates on each seed's problem, pooled and summarized."""
+    cos, rel = [], []
+    for s in range(seeds):
+        model, obj = build(s)
+        c, r = sample(name, _options(name, q, sigma), model, obj, _stream(s, name, *key), n)
+        cos.append(c)
+        rel.append(r)
+    return summarize(np.concatenate(cos), np.concatenate(rel))
+
+
+def d_sweep(
+    dims: Sequence[int], estimates: int, ranks: dict[int, np.ndarray], point: Point, progress: Progress
+) -> list[dict[str, Any]]:
+    """Sweep 1: every estimator against the dimension of softmax regression, one probe."""
+    rows = []
     for d in dims:
         for name, _ in ESTIMATORS:
             if progress:
                 progress(f"d-sweep: {name}, d = {d}")
             m = point(name, lambda s, d=d: softmax_problem(d, s), 1, estimates, ("d", d))
             t2, t1 = theory_moments(name, d, 1, ranks)
-            d_rows.append({"estimator": name, "d": d, "q": 1, **m, "cos2_theory": t2, "cos_theory": t1,
-                           "rel_theory": relative_error(name, d, 1)})  # fmt: skip
-    results["d_sweep"] = d_rows
-    # sweep 2: probes at d = q_dim
-    q_rows = []
+            rows.append({"estimator": name, "d": d, "q": 1, **m, "cos2_theory": t2, "cos_theory": t1,
+                         "rel_theory": relative_error(name, d, 1)})  # fmt: skip
+    return rows
+
+
+def q_sweep(
+    probes: Sequence[int], q_dim: int, estimates: int, ranks: dict[int, np.ndarray], point: Point, progress: Progress
+) -> list[dict[str, Any]]:
+    """Sweep 2: every estimator against the number of probes at ``d = q_dim`` (fewer estimates for many probes)."""
+    rows = []
     for q in probes:
         n = max(estimates // q, min(40, estimates))
         for name, _ in ESTIMATORS:
@@ -357,52 +399,48 @@ def run(
                 progress(f"q-sweep: {name}, q = {q}")
             m = point(name, lambda s: softmax_problem(q_dim, s), q, n, ("q", q))
             t2, t1 = theory_moments(name, q_dim, q, ranks)
-            q_rows.append({"estimator": name, "d": q_dim, "q": q, **m, "cos2_theory": t2, "cos_theory": t1,
-                           "rel_theory": relative_error(name, q_dim, q)})  # fmt: skip
-    results["q_sweep"] = q_rows
-    # sweeps 3-5: node perturbation against weight perturbation
-    node_sweeps = {
-        "nodes": ("one layer 16 → N", nodes, lambda v: (16, v)),
-        "inputs": ("one layer n_in → 8", inputs, lambda v: (v, 8)),
-        "width": ("two layers 16 → h → 4 (tanh)", widths, lambda v: (16, v, 4)),
-    }
-    results["node_sweeps"] = {}
-    for key, (title, grid, shape) in node_sweeps.items():
-        rows = []
-        for v in grid:
-            w = shape(v)
-            d = sum((a + 1) * b for a, b in itertools.pairwise(w))
-            theories = [node_theory(*mlp_problem(w, s)) for s in range(seeds)]
-            for name in ("np", "wp"):
-                if progress:
-                    progress(f"{key} sweep: {name}, {w}")
-                m = point(name, lambda s, w=w: mlp_problem(w, s), 1, estimates, (key, v))
-                if name == "wp":
-                    th = {"cos2_theory": gaussian_cos2(d, 1), "cos_theory": gaussian_cos(d, 1),
-                          "rel_theory": relative_error("wp", d, 1)}  # fmt: skip
-                else:
-                    th = {
-                        "cos2_theory": float(np.mean([t.cos2 for t in theories])),
-                        "cos_theory": gaussian_cos(w[-1], 1) if len(w) == 2 else None,
-                        "rel_theory": float(np.mean([t.rel_error for t in theories])),
-                        "m_eff": float(np.mean([t.m_eff for t in theories])),
-                    }
-                rows.append({"estimator": name, "value": v, "widths": list(w), "d": d,
-                             "nodes": sum(w[1:]), **m, **th})  # fmt: skip
-        results["node_sweeps"][key] = {"title": title, "rows": rows}
-    results["fits"] = fits(results)
-    results["seconds"] = time.perf_counter() - start
-    results["cpu_seconds"] = time.process_time() - cpu
-    write_results(out, results)
-    plot(results, out / "estimator-variance.png")
-    write_report(out, report(results))
-    return results
+            rows.append({"estimator": name, "d": q_dim, "q": q, **m, "cos2_theory": t2, "cos_theory": t1,
+                         "rel_theory": relative_error(name, q_dim, q)})  # fmt: skip
+    return rows
+
+
+def node_sweep(
+    key: str,
+    grid: Sequence[int],
+    shape: Callable[[int], tuple[int, ...]],
+    seeds: int,
+    estimates: int,
+    point: Point,
+    progress: Progress,
+) -> list[dict[str, Any]]:
+    """Sweeps 3-5: node against weight perturbation on the MLP of widths ``shape(v)`` for every ``v``."""
+    rows = []
+    for v in grid:
+        w = shape(v)
+        d = sum((a + 1) * b for a, b in itertools.pairwise(w))
+        theories = [node_theory(*mlp_problem(w, s)) for s in range(seeds)]
+        for name in ("np", "wp"):
+            if progress:
+                progress(f"{key} sweep: {name}, {w}")
+            m = point(name, lambda s, w=w: mlp_problem(w, s), 1, estimates, (key, v))
+            if name == "wp":
+                th = {"cos2_theory": gaussian_cos2(d, 1), "cos_theory": gaussian_cos(d, 1),
+                      "rel_theory": relative_error("wp", d, 1)}  # fmt: skip
+            else:
+                th = {
+                    "cos2_theory": float(np.mean([t.cos2 for t in theories])),
+                    "cos_theory": gaussian_cos(w[-1], 1) if len(w) == 2 else None,
+                    "rel_theory": float(np.mean([t.rel_error for t in theories])),
+                    "m_eff": float(np.mean([t.m_eff for t in theories])),
+                }
+            rows.append({"estimator": name, "value": v, "widths": list(w), "d": d,
+                         "nodes": sum(w[1:]), **m, **th})  # fmt: skip
+    return rows
 
 
 # -- fits and the report -----------------------------------------------------------------------
 
 
-QUANTITIES = (("cos2", "E[cos²]"), ("cos", "E[cos]"), ("rel", "‖ĝ−g‖²/‖g‖²"))
 ASYMPTOTIC = {("d", "cos2"): -1.0, ("d", "cos"): -0.5, ("d", "rel"): 1.0,
               ("q", "cos2"): 1.0, ("q", "cos"): 0.5, ("q", "rel"): -1.0}  # fmt: skip
 
@@ -462,148 +500,17 @@ def fits(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _fmt(v: float | None, spec: str = ".3f") -> str:
-    return "–" if v is None else format(v, spec)
-
-
-def _pct(v: float | None) -> str:
-    return "–" if v is None else f"{100 * v:.1f}%"
-
-
-def report(results: dict[str, Any]) -> str:
-    """Fitted exponents next to theory, then every grid point's measured value next to its formula."""
-    n_total = results["estimates"] * results["seeds"]
-    lines = [
-        "# Estimator variance: alignment and error against dimension and probes",
-        "",
-        f"Estimates per grid point: {n_total} ({results['seeds']} seeds × {results['estimates']}; the q sweep uses "
-        f"max({results['estimates']}/q, 40) per seed, at most {results['estimates']}); "
-        f"σ = {results['sigma']:g} (float64); "
-        f"run time {results['seconds']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU.",
-        "Theory: the exact formula's least-squares slope on the same grid (σ → 0; Gaussian "
-        "E[cos²] = q/(d+q−1), E‖ĝ−g‖²/‖g‖² = (d+1)/q; see the module docstring); asymptotic: its d ≫ q limit "
-        "(√(q/d) for cos). Within: relative deviation from the grid theory ≤ 25% (for a theory exponent near 0: "
-        "absolute difference ≤ 0.25).",
-        "",
-        "## Fitted exponents",
-        "",
-        "| estimator | sweep | x | quantity | measured exponent ± SE | theory (grid) | asymptotic | deviation | "
-        "deviation from asymptotic | within 25% |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    qnames = dict(QUANTITIES)
-    for f in results["fits"]:
-        lines.append(
-            f"| {f['estimator']} | {f['sweep']} | {f['x']} | {qnames[f['quantity']]} | "
-            f"{f['measured']:+.3f} ± {f['se']:.3f} | {f['theory']:+.3f} | {_fmt(f['asymptotic'], '+.2f')} | "
-            f"{_pct(f['deviation'])} | {_pct(f['deviation_asymptotic'])} | "
-            f"{'yes' if f['within'] else '**no**'} |"
-        )
-    lines += ["", "## Every grid point (measured ± SE, exact formula)", ""]
-
-    def table(rows: list[dict], first: str, key: str) -> None:
-        lines.append(f"| estimator | {first} | E[cos²] | theory | E[cos] | theory | ‖ĝ−g‖²/‖g‖² | theory | n |")
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            rel = "–" if r["rel_theory"] is None else f"{r['rel']:.4g} ± {r['rel_se']:.2g}"
-            lines.append(
-                f"| {r['estimator']} | {r[key]} | {r['cos2']:.4g} ± {r['cos2_se']:.2g} | {r['cos2_theory']:.4g} | "
-                f"{r['cos']:.4g} ± {r['cos_se']:.2g} | {_fmt(r['cos_theory'], '.4g')} | {rel} | "
-                f"{_fmt(r['rel_theory'], '.4g')} | {r['n']} |"
-            )
-        lines.append("")
-
-    lines += ["### Dimension sweep (softmax regression, q = 1)", ""]
-    table(results["d_sweep"], "d", "d")
-    lines += [f"### Probe sweep (softmax regression, d = {results['q_sweep'][0]['d']})", ""]
-    table(results["q_sweep"], "q", "q")
-    for sweep in results["node_sweeps"].values():
-        lines += [f"### NP and WP: {sweep['title']} (one sample, q = 1)", ""]
-        lines.append("| estimator | widths | d (weights) | M (nodes) | M_eff | E[cos²] | theory | "
-                     "‖ĝ−g‖²/‖g‖² | theory |")  # fmt: skip
-        lines.append("|---|---|---|---|---|---|---|---|---|")
-        for r in sweep["rows"]:
-            lines.append(
-                f"| {r['estimator']} | {'-'.join(map(str, r['widths']))} | {r['d']} | {r['nodes']} | "
-                f"{_fmt(r.get('m_eff'), '.1f')} | {r['cos2']:.4g} ± {r['cos2_se']:.2g} | {r['cos2_theory']:.4g} | "
-                f"{r['rel']:.4g} ± {r['rel_se']:.2g} | {r['rel_theory']:.4g} |"
-            )
-        lines.append("")
-    bad = [f for f in results["fits"] if not f["within"]]
-    lines += ["## Verdict", ""]
-    if bad:
-        lines.append(
-            f"{len(bad)} of {len(results['fits'])} fitted exponents deviate from theory by more than 25%: "
-            + "; ".join(f"{f['estimator']} {f['sweep']} {qnames[f['quantity']]}" for f in bad)
-            + "."
-        )
-    else:
-        lines.append(f"All {len(results['fits'])} fitted exponents are within 25% of theory.")
-    off = [f for f in results["fits"] if (f["deviation_asymptotic"] or 0.0) > TOLERANCE]
-    if off:
-        lines += [
-            "",
-            "More than 25% from the asymptotic (or naive) exponent: "
-            + "; ".join(
-                f"{f['estimator']} {f['sweep']} {qnames[f['quantity']]} ({f['measured']:+.2f} vs "
-                f"{f['asymptotic']:+.2f})"
-                for f in off
-            )
-            + ".",
-        ]
-    if any(f["estimator"] == "np" and f["sweep"].startswith("width") for f in off):
-        lines += [
-            "",
-            "NP on the two-layer network does not scale like 1/M with M = h + 4 perturbed nodes: the nodes of "
-            "layer l count with the weight a_l = ‖x̃_l‖² (the squared norm of the layer's input) and the size of "
-            "its error δ_l, and as the width h grows the output layer, whose inputs tanh(h_1) grow with h, "
-            "carries most of the gradient while it has only 4 nodes. The effective dimension M_eff (table above) "
-            "therefore levels off, and the per-instance formula, not the node count, predicts the measurements.",
-        ]
-    lines.append("")
-    return "\n".join(lines)
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    """Six panels: E[cos²] against d and q, the relative error against d, and NP/WP's three sweeps."""
-    plt = pyplot()
-
-    fig, axes = plt.subplots(2, 3, figsize=(16.0, 9.5))
-    colors = {"rge": "tab:blue", "spsa": "tab:orange", "es": "tab:green", "forward-gradient": "tab:red",
-              "np": "tab:purple", "wp": "tab:brown"}  # fmt: skip
-
-    def draw(ax, rows, xkey, qty, label_theory="theory") -> None:
-        for name in dict.fromkeys(r["estimator"] for r in rows):
-            rs = [r for r in rows if r["estimator"] == name]
-            if rs[0].get(f"{qty}_theory") is None:
-                continue
-            x = [r[xkey] for r in rs]
-            ax.errorbar(x, [r[qty] for r in rs], yerr=[2 * r[f"{qty}_se"] for r in rs], fmt="o", ms=4,
-                        color=colors[name], label=name, capsize=2)  # fmt: skip
-            ax.plot(x, [r[f"{qty}_theory"] for r in rs], "-", color=colors[name], alpha=0.6, lw=1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
-
-    draw(axes[0][0], results["d_sweep"], "d", "cos2")
-    axes[0][0].set(xlabel="dimension d", ylabel="E[cos²]", title="q = 1 (lines: exact formulas)")
-    draw(axes[0][1], results["q_sweep"], "q", "cos2")
-    axes[0][1].set(xlabel="probes q", ylabel="E[cos²]", title=f"d = {results['q_sweep'][0]['d']}")
-    draw(axes[0][2], results["d_sweep"], "d", "rel")
-    axes[0][2].set(xlabel="dimension d", ylabel="E‖ĝ − g‖² / ‖g‖²", title="relative error, q = 1")
-    node = results["node_sweeps"]
-    draw(axes[1][0], node["nodes"]["rows"], "nodes", "cos2")
-    axes[1][0].set(xlabel="perturbed nodes N", ylabel="E[cos²]", title=node["nodes"]["title"])
-    draw(axes[1][1], node["inputs"]["rows"], "d", "cos2")
-    axes[1][1].set(xlabel="weights d", ylabel="E[cos²]", title=node["inputs"]["title"])
-    draw(axes[1][2], node["width"]["rows"], "nodes", "cos2")
-    axes[1][2].set(xlabel="perturbed nodes M = h + 4", ylabel="E[cos²]",
-                   title=node["width"]["title"] + " (NP line: 1/M_eff)")  # fmt: skip
-    rows = [r for r in node["width"]["rows"] if r["estimator"] == "np"]
-    axes[1][2].plot([r["nodes"] for r in rows], [1.0 / r["nodes"] for r in rows], ":", color="black", label="1/M")
-    axes[1][2].legend(fontsize=8)
-    save_figure(fig, path)
+QUICK = {
+    "dims": (16, 64),
+    "probes": (1, 4),
+    "q_dim": 64,
+    "seeds": 1,
+    "mc_samples": 2000,
+    "nodes": (4, 16),
+    "inputs": (4, 16),
+    "widths": (8, 32),
+}
+"""What ``--quick`` changes (with 10 estimates per point): a smoke test, its numbers are not results."""
 
 
 def run_experiment(
@@ -611,24 +518,12 @@ def run_experiment(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     estimates: int | None = None,
 ) -> str:
     """The ``unigrad experiment estimator-variance`` runner."""
     if quick:
-        run(
-            out,
-            dims=(16, 64),
-            probes=(1, 4),
-            q_dim=64,
-            estimates=estimates or 10,
-            seeds=1,
-            mc_samples=2000,
-            nodes=(4, 16),
-            inputs=(4, 16),
-            widths=(8, 32),
-            progress=progress,
-        )
+        settings = {**QUICK, "estimates": estimates or 10}
     else:
-        run(out, estimates=estimates or 300, seeds=seeds, progress=progress)
-    return (Path(out) / "report.md").read_text()
+        settings = {"estimates": estimates or 300, "seeds": seeds}
+    return run_and_report(run, out, progress=progress, **settings)

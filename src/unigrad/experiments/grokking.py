@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,17 @@ from torch import Tensor, nn
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.experiments._common import mean_sd, pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import (
+    Progress,
+    check_options,
+    finish,
+    grid,
+    mean_sd,
+    output_dir,
+    pyplot,
+    run_and_report,
+    save_figure,
+)
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
 
@@ -248,7 +258,7 @@ def run(
     steps: int = 3000,
     points: int = 60,
     methods: Sequence[Method] = METHODS,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> dict[str, Any]:
     """Run every method with every seed; write ``grokking.png``, ``results.json`` and ``report.md``."""
     check_positive("seeds", seeds, integer=True)
@@ -257,8 +267,7 @@ def run(
     check_positive("points", points, integer=True)
     if not methods:
         raise UnigradError("option methods must name at least one method")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     datasets = [modular_addition(p, train_fraction, seed) for seed in range(seeds)]
     n_train = int(datasets[0].train.numel())
     budget_fe = steps * BACKPROP_FE_PER_SAMPLE * n_train
@@ -296,9 +305,7 @@ def run(
         )
     results["seconds"] = time.perf_counter() - total
     results["cpu_seconds"] = time.process_time() - cpu
-    write_results(out, results)
-    plot(results, out / "grokking.png")
-    write_report(out, report(results))
+    finish(out, results, report, plot, "grokking.png")
     return results
 
 
@@ -322,7 +329,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("step")
         ax.set_ylabel("accuracy")
         ax.axhline(1.0 / results["p"], color="gray", linewidth=0.8, linestyle=":")
-        ax.grid(True, which="major", alpha=0.3)
+        grid([ax])
         ax.legend(fontsize=8, loc="center left")
     for ax in list(axes.flat)[len(methods) :]:
         ax.axis("off")
@@ -393,25 +400,24 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+OPTIONS = {"p", "train_fraction", "hidden", "steps", "points"}
+"""What ``options`` of :func:`run_experiment` may set."""
+QUICK = {"p": 11, "hidden": 32, "steps": 60, "points": 12}
+"""What ``--quick`` changes (with one seed): a smoke test, its numbers are not results."""
+
+
 def run_experiment(
     out: str | Path,
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     **options: Any,
 ) -> str:
     """The ``unigrad experiment grokking`` runner. ``quick`` uses p = 11, a 32-unit MLP, 60 steps, one seed.
 
     ``options`` override :func:`run`'s ``p``, ``train_fraction``, ``hidden``, ``steps`` and ``points``.
     """
-    allowed = {"p", "train_fraction", "hidden", "steps", "points"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise UnigradError(
-            f"unknown grokking options: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(allowed))}"
-        )
-    settings: dict[str, Any] = {"p": 11, "hidden": 32, "steps": 60, "points": 12} if quick else {}
-    settings.update(options)
-    run(out, seeds=1 if quick else seeds, progress=progress, **settings)
-    return (Path(out) / "report.md").read_text()
+    check_options("grokking", options, OPTIONS)
+    settings = {**(QUICK if quick else {}), **options}
+    return run_and_report(run, out, seeds=1 if quick else seeds, progress=progress, **settings)

@@ -9,21 +9,16 @@ device, the modes and the report are those of :mod:`unigrad.experiments.crossbar
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unigrad.experiments.crossbar_sweep import _Maker, _sweep, config
 
 
-def hardware_intrinsic(
-    out: str | Path,
-    *,
-    seeds: int = 1,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    jobs: int = 1,
-) -> str:
-    """In-situ learning when the only perturbation is the junctions' telegraph noise (module docs)."""
+def hardware_intrinsic(out: str | Path, **options: Any) -> str:
+    """In-situ learning when the only perturbation is the junctions' telegraph noise (module docs).
+
+    ``options``: the runner's ``seeds``, ``quick``, ``progress`` and ``jobs`` (see ``crossbar_sweep._sweep``)."""
     from unigrad.noise import StochasticMTJ, WhiteGaussian
 
     mtj = StochasticMTJ(sigma=0.0, amplitude=0.0059, flip=0.0809, offset=0.042)
@@ -37,10 +32,7 @@ def hardware_intrinsic(
         "hardware-intrinsic",
         (1.0, 2.0),
         make,
-        seeds=seeds,
-        quick=quick,
-        progress=progress,
-        jobs=jobs,
+        **options,
         modes=("in-situ-anp", "in-situ-danp"),
         label="node noise (1: sMTJ, 2: Gaussian)",
     )

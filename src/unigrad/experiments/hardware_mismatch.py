@@ -7,8 +7,8 @@ the report are those of :mod:`unigrad.experiments.crossbar_sweep`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unigrad.experiments.crossbar_sweep import _Maker, _sweep, config
 
@@ -16,13 +16,12 @@ from unigrad.experiments.crossbar_sweep import _Maker, _sweep, config
 def hardware_mismatch(
     out: str | Path,
     *,
-    seeds: int = 1,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    jobs: int = 1,
     levels: tuple[float, ...] = (0.0, 0.05, 0.1, 0.2, 0.4),
+    **options: Any,
 ) -> str:
-    """Accuracy of every mode against the mismatch level (module docs)."""
+    """Accuracy of every mode against the mismatch level (module docs).
+
+    ``options``: the runner's ``seeds``, ``quick``, ``progress`` and ``jobs`` (see ``crossbar_sweep._sweep``)."""
     from unigrad.noise import WhiteGaussian
 
     def make(level: float, seed: int) -> tuple[_Maker, float]:
@@ -33,9 +32,6 @@ def hardware_mismatch(
         "hardware-mismatch",
         levels,
         make,
-        seeds=seeds,
-        quick=quick,
-        progress=progress,
-        jobs=jobs,
+        **options,
         label="mismatch m",
     )

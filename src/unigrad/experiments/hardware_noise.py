@@ -7,8 +7,8 @@ unit) and read noise ``σ_r = s/5``; mismatch ``m = 0.1``. The device, the modes
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from unigrad.experiments.crossbar_sweep import _Maker, _sweep, config
 
@@ -16,18 +16,15 @@ from unigrad.experiments.crossbar_sweep import _Maker, _sweep, config
 def hardware_noise(
     out: str | Path,
     *,
-    seeds: int = 1,
-    quick: bool = False,
-    progress: Callable[[str], None] | None = None,
-    jobs: int = 1,
     levels: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3),
+    **options: Any,
 ) -> str:
-    """Accuracy of every mode against the device's noise level (module docs)."""
+    """Accuracy of every mode against the device's noise level (module docs).
+
+    ``options``: the runner's ``seeds``, ``quick``, ``progress`` and ``jobs`` (see ``crossbar_sweep._sweep``)."""
     from unigrad.noise import WhiteGaussian
 
     def make(level: float, seed: int) -> tuple[_Maker, float]:
         return _Maker(config(mismatch=0.1, noise=level), WhiteGaussian(level, accessible=False), seed), level
 
-    return _sweep(
-        out, "hardware-noise", levels, make, seeds=seeds, quick=quick, progress=progress, jobs=jobs, label="noise s"
-    )
+    return _sweep(out, "hardware-noise", levels, make, **options, label="noise s")

@@ -66,6 +66,9 @@ test (its numbers are not results).
 
 Outputs (in ``out``): ``hiratani.png``, ``results.json`` and ``report.md``.
 
+This file is longer than most: its two parts share the student, the error and the library runs, and its
+docstring carries the derivations; the figure and the report live in :mod:`unigrad.experiments.hiratani_report`.
+
 References:
     [1] N. Hiratani, Y. Mehta, T. P. Lillicrap, P. E. Latham, "On the Stability and Scalability of
         Node Perturbation Learning", NeurIPS 2022.
@@ -75,10 +78,11 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,32 +92,27 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.experiments._common import fit_line, pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import (
+    Progress,
+    check_factor,
+    check_positive_all,
+    check_positive_each,
+    finish,
+    fit_line,
+    median_curve,
+    output_dir,
+    rounded,
+    run_and_report,
+    smooth,
+)
+from unigrad.experiments.hiratani_report import plot, report
 from unigrad.experiments.werfel import TOLERANCE, half_squared_error, median_time
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
 LIBRARY = {"gd": "backprop", "np": "np", "wp": "wp"}
-LABELS = {
-    "gd": "GD (backprop)",
-    "np": "NP",
-    "wp": "WP",
-    "npwn": "NP + weight norm",
-    "gdwn": "GD + weight norm",
-    "npwn_half": "NP + weight norm, η/2",
-}
-COLORS = {
-    "gd": "tab:blue",
-    "np": "tab:orange",
-    "wp": "tab:green",
-    "npwn": "tab:red",
-    "gdwn": "tab:purple",
-    "npwn_half": "tab:pink",
-}
 THEORY_EXPONENT = {"gd": 0.0, "np": 0.0, "wp": 0.0}
 """Exponent of the best learning time in Lh under Xavier–Glorot scaling (see the module docstring)."""
-WEIGHT_COUNT_EXPONENT = {"gd": 0.0, "np": 0.0, "wp": 1.0}
-"""What the weight-count law of [2] would give if every weight kept a fixed curvature."""
 
 
 # -- initial conditions and learning-rate centres -----------------------------------------------
@@ -255,42 +254,16 @@ def sweep(
     The second stage spans 0.6–1.7× the first stage's best η (three more quarter octaves beyond an edge
     that holds the best) and runs at most 3× the first stage's best time."""
     centre = eta_centre(method, lx, lh, ly)
+    at = functools.partial(learning_times, method, lx, lh, ly, seeds=seeds, factor=factor, sigma=sigma)
     coarse = [centre * 2.0**k for k in range(-4, 5)]
-    res = learning_times(
-        method,
-        lx,
-        lh,
-        ly,
-        coarse,
-        seeds=seeds,
-        students=max(1, students // 2),
-        factor=factor,
-        sigma=sigma,
-        seed=seed + 1,
-        slack=1.25,
-        max_steps=max_steps,
-    )
+    res = at(coarse, students=max(1, students // 2), seed=seed + 1, slack=1.25, max_steps=max_steps)
     medians = [median_time(t) for t in res["times"]]
     if all(math.isinf(v) for v in medians):
         raise UnigradError(f"hiratani: no learning rate of {method} at Lh = {lh} reached the target")
     k = min(range(len(coarse)), key=lambda i: medians[i])
-    best = coarse[k]
-    fine = [best * 2.0 ** (j / 4) for j in range(-3, 4)]
-    cap = math.ceil(3 * medians[k]) + 100
-    res2 = learning_times(
-        method,
-        lx,
-        lh,
-        ly,
-        fine,
-        seeds=seeds,
-        students=students,
-        factor=factor,
-        sigma=sigma,
-        seed=seed,
-        slack=2.0,
-        max_steps=cap,
-    )
+    fine = [coarse[k] * 2.0 ** (j / 4) for j in range(-3, 4)]
+    at = functools.partial(at, students=students, seed=seed, slack=2.0, max_steps=math.ceil(3 * medians[k]) + 100)
+    res2 = at(fine)
     times = res2["times"]
     steps = res["steps"] + res2["steps"]
     medians2 = [median_time(t) for t in times]
@@ -298,20 +271,7 @@ def sweep(
     if i in (0, len(fine) - 1):  # the best is at an edge: three more quarter octaves beyond it
         sign = 1 if i else -1
         more = [fine[i] * 2.0 ** (sign * j / 4) for j in (1, 2, 3)]
-        res3 = learning_times(
-            method,
-            lx,
-            lh,
-            ly,
-            more,
-            seeds=seeds,
-            students=students,
-            factor=factor,
-            sigma=sigma,
-            seed=seed,
-            slack=2.0,
-            max_steps=cap,
-        )
+        res3 = at(more)
         steps += res3["steps"]
         order = sorted(range(len(fine) + 3), key=lambda j: ([*fine, *more])[j])
         fine = [[*fine, *more][j] for j in order]
@@ -385,54 +345,16 @@ def library_runs(
     it stops and records ``inf`` from then on. With ``factor``, a rule stops once the mean ε of its runs
     has fallen below ``1/factor`` of its start, and that step is reported as the rule's learning time.
     """
-    dt = torch.float64
-    state: list[dict[str, Any]] = []
-    for rule in rules:
-        for r in range(runs):
-            g = generator(seed, r, lx, lh, ly, 0x5EED)
-            model, a = student(g, lx, lh, ly)
-            base = rule.split("_")[0]
-            name = LIBRARY[base.removesuffix("wn")]
-            options = {} if name == "backprop" else {"sigma": sigma, "probes": 1}
-            est = make_estimator(name, seed=seed * 1000 + r, **options)
-            rms = [row_rms(m.weight.detach()).clone() for m in model if isinstance(m, nn.Linear)]
-            opt = torch.optim.SGD(model.parameters(), lr=etas[rule])
-            state.append(
-                {
-                    "rule": rule,
-                    "normalize": base.endswith("wn"),
-                    "run": r,
-                    "g": g,
-                    "model": model,
-                    "a": a,
-                    "est": est,
-                    "opt": opt,
-                    "rms": rms,
-                    "diverged": None,
-                }
-            )
-
-    def measure(s: dict[str, Any]) -> tuple[float, float, float]:
-        if s["diverged"] is not None:
-            return math.inf, math.inf, math.inf
-        w1, w2 = s["model"][0].weight.detach(), s["model"][1].weight.detach()
-        return float(error(w1, w2, s["a"])), float(w1.pow(2).sum()) / lx, float(w2.pow(2).sum()) / ly
-
+    state = [_library_student(rule, r, lx, lh, ly, etas[rule], sigma, seed) for rule in rules for r in range(runs)]
     curves = {
-        rule: {
-            "steps": [],
-            "error": [[] for _ in range(runs)],
-            "alpha": [[] for _ in range(runs)],
-            "beta": [[] for _ in range(runs)],
-        }
-        for rule in rules
+        rule: {"steps": [], **{key: [[] for _ in range(runs)] for key in ("error", "alpha", "beta")}} for rule in rules
     }
 
     def record(step: int, rule: str) -> float:
         curves[rule]["steps"].append(step)
         for s in state:
             if s["rule"] == rule:
-                for key, v in zip(("error", "alpha", "beta"), measure(s)):
+                for key, v in zip(("error", "alpha", "beta"), _measure(s, lx, ly)):
                     curves[rule][key][s["run"]].append(v)
         return statistics.fmean(curves[rule]["error"][r][-1] for r in range(runs))
 
@@ -441,19 +363,8 @@ def library_runs(
     began = time.perf_counter()
     for step in range(1, steps + 1):
         for s in state:
-            if s["diverged"] is not None or done[s["rule"]] is not None:
-                continue
-            x = torch.randn(1, lx, generator=s["g"], dtype=dt)
-            y = x @ s["a"].T
-            if label_noise:
-                y = y + label_noise * torch.randn(1, ly, generator=s["g"], dtype=dt)
-            s["opt"].zero_grad()
-            s["est"].estimate(s["model"], supervised(half_squared_error, x, y))
-            s["opt"].step()
-            if s["normalize"]:
-                normalize_rows_(s["model"], s["rms"])
-            if not measure(s)[0] < 1e6:
-                s["diverged"] = step
+            if s["diverged"] is None and done[s["rule"]] is None:
+                _library_step(s, lx, ly, label_noise, step)
         if step % every == 0 or step == steps:
             for rule in rules:
                 if done[rule] is None:
@@ -466,17 +377,57 @@ def library_runs(
     return {"curves": curves, "times": done, "diverged": diverged, "seconds": time.perf_counter() - began}
 
 
+def _library_student(
+    rule: str, r: int, lx: int, lh: int, ly: int, eta: float, sigma: float, seed: int
+) -> dict[str, Any]:
+    """Run ``r`` of ``rule`` in :func:`library_runs`: its data stream, student, teacher, estimator and SGD."""
+    g = generator(seed, r, lx, lh, ly, 0x5EED)
+    model, a = student(g, lx, lh, ly)
+    base = rule.split("_")[0]
+    name = LIBRARY[base.removesuffix("wn")]
+    options = {} if name == "backprop" else {"sigma": sigma, "probes": 1}
+    est = make_estimator(name, seed=seed * 1000 + r, **options)
+    rms = [row_rms(m.weight.detach()).clone() for m in model if isinstance(m, nn.Linear)]
+    opt = torch.optim.SGD(model.parameters(), lr=eta)
+    return {
+        "rule": rule,
+        "normalize": base.endswith("wn"),
+        "run": r,
+        "g": g,
+        "model": model,
+        "a": a,
+        "est": est,
+        "opt": opt,
+        "rms": rms,
+        "diverged": None,
+    }
+
+
+def _measure(s: dict[str, Any], lx: int, ly: int) -> tuple[float, float, float]:
+    """``(ε, α, β)`` of one run of :func:`library_runs` (all ``inf`` once it has diverged)."""
+    if s["diverged"] is not None:
+        return math.inf, math.inf, math.inf
+    w1, w2 = s["model"][0].weight.detach(), s["model"][1].weight.detach()
+    return float(error(w1, w2, s["a"])), float(w1.pow(2).sum()) / lx, float(w2.pow(2).sum()) / ly
+
+
+def _library_step(s: dict[str, Any], lx: int, ly: int, label_noise: float, step: int) -> None:
+    """One online SGD step of one run (then row normalization for the ``wn`` rules); marks divergence."""
+    dt = torch.float64
+    x = torch.randn(1, lx, generator=s["g"], dtype=dt)
+    y = x @ s["a"].T
+    if label_noise:
+        y = y + label_noise * torch.randn(1, ly, generator=s["g"], dtype=dt)
+    s["opt"].zero_grad()
+    s["est"].estimate(s["model"], supervised(half_squared_error, x, y))
+    s["opt"].step()
+    if s["normalize"]:
+        normalize_rows_(s["model"], s["rms"])
+    if not _measure(s, lx, ly)[0] < 1e6:
+        s["diverged"] = step
+
+
 # -- part (b): analysis of the mismatch runs ----------------------------------------------------
-def median_curve(per_run: Sequence[Sequence[float]]) -> list[float]:
-    """The median over runs at every record (a diverged run counts as ``inf``)."""
-    return [statistics.median(v) for v in zip(*per_run)]
-
-
-def smooth(values: Sequence[float], width: int) -> list[float]:
-    """Trailing moving average over ``width`` records (shorter at the start)."""
-    return [statistics.fmean(values[max(0, i - width + 1) : i + 1]) for i in range(len(values))]
-
-
 def stationary_end(err: Sequence[float], start: int, width: int) -> int:
     """The last record before the smoothed error first exceeds 3× its lowest value since ``start``."""
     sm = smooth(err, width)
@@ -556,39 +507,66 @@ def run(
     mismatch_eta: float = 0.002,
     mismatch_steps: int = 12000,
     library: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> dict[str, Any]:
     """Part (a), the width sweep, and part (b), the mismatch runs; writes the figure, JSON and report."""
     for name, values in (("widths", widths), ("wp_widths", wp_widths)):
-        for v in values:
-            check_positive(name, v, integer=True)
+        check_positive_each(name, values, integer=True)
     if len(widths) < 2:
         raise UnigradError("option widths needs at least two widths to fit an exponent")
-    for name, v in (
-        ("lx", lx),
-        ("ly", ly),
-        ("seeds", seeds),
-        ("students", students),
-        ("mismatch_width", mismatch_width),
-        ("mismatch_steps", mismatch_steps),
-    ):
-        check_positive(name, v, integer=True)
-    for name, v in (("sigma", sigma), ("label_noise", label_noise), ("mismatch_eta", mismatch_eta)):
-        check_positive(name, v)
-    if not factor > 1:
-        raise UnigradError(f"option factor must be a number > 1 (the error reduction), got {factor!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_positive_all(integer=True, lx=lx, ly=ly, seeds=seeds, students=students, mismatch_width=mismatch_width,
+                       mismatch_steps=mismatch_steps)  # fmt: skip
+    check_positive_all(sigma=sigma, label_noise=label_noise, mismatch_eta=mismatch_eta)
+    check_factor(factor)
+    out = output_dir(out)
     began = time.perf_counter()
-    # (a) learning time against width
-    sweeps: dict[str, list[dict[str, Any]]] = {m: [] for m in METHODS}
-    for method in METHODS:
-        for lh in wp_widths if method == "wp" else widths:
-            if progress:
-                progress(f"hiratani (a): {method} Lh={lh}")
-            sweeps[method].append(
-                sweep(method, lx, lh, ly, seeds=seeds, students=students, factor=factor, sigma=sigma, seed=3)
-            )
+    shape = {"lx": lx, "ly": ly, "factor": factor, "sigma": sigma}
+    sweeps = {
+        method: widths_sweep(method, wp_widths if method == "wp" else widths, seeds, students, progress, **shape)
+        for method in METHODS
+    }
+    checks = library_checks(sweeps, seeds, progress, **shape) if library else []
+    if progress:
+        progress(f"hiratani (b): GD, NP, NP + weight norm, Lh={mismatch_width}, σ_t={label_noise:g}")
+    mm = mismatch(lx, ly, mismatch_width, label_noise, mismatch_eta, mismatch_steps, seeds=seeds, sigma=sigma)
+    results = {
+        "lx": lx,
+        "ly": ly,
+        "factor": factor,
+        "widths": {"a": {m: [r["lh"] for r in rows] for m, rows in sweeps.items()}},
+        "sweeps": sweeps,
+        "fits": width_fits(sweeps),
+        "library": checks,
+        "mismatch": mm,
+        "settings": {"seeds": seeds, "students": students, "sigma": sigma, "seconds": time.perf_counter() - began},
+    }
+    finish(out, rounded(results), report, plot, "hiratani.png")
+    return results
+
+
+def widths_sweep(
+    method: str,
+    widths: Sequence[int],
+    seeds: int,
+    students: int,
+    progress: Progress,
+    *,
+    lx: int,
+    ly: int,
+    factor: float,
+    sigma: float,
+) -> list[dict[str, Any]]:
+    """Part (a) for one method: :func:`sweep` at every width."""
+    rows = []
+    for lh in widths:
+        if progress:
+            progress(f"hiratani (a): {method} Lh={lh}")
+        rows.append(sweep(method, lx, lh, ly, seeds=seeds, students=students, factor=factor, sigma=sigma, seed=3))
+    return rows
+
+
+def width_fits(sweeps: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """The exponent of each method's learning time in ``Lh`` (least squares on log–log) against theory."""
     fits = {}
     for method, rows in sweeps.items():
         pts = [(r["lh"], r["time"]) for r in rows if r["time"] is not None]
@@ -597,67 +575,68 @@ def run(
             theory = THEORY_EXPONENT[method]
             ok = abs(slope - theory) <= TOLERANCE * max(1.0, abs(theory))
             fits[method] = {"exponent": slope, "theory": theory, "ok": ok, "widths": [p[0] for p in pts]}
+    return fits
+
+
+def library_checks(
+    sweeps: dict[str, list[dict[str, Any]]],
+    seeds: int,
+    progress: Progress,
+    *,
+    lx: int,
+    ly: int,
+    factor: float,
+    sigma: float,
+) -> list[dict[str, Any]]:
+    """The library's estimators at each width's best η (WP at the smallest width only): their learning times."""
     checks = []
-    if library:
-        for method in METHODS:
-            for r in sweeps[method][: 1 if method == "wp" else None]:
-                if r["time"] is None:
-                    continue
-                if progress:
-                    progress(f"hiratani (a): library {LIBRARY[method]} Lh={r['lh']}")
-                res = library_runs(
-                    [method],
-                    lx,
-                    r["lh"],
-                    ly,
-                    {method: r["best_eta"]},
-                    runs=seeds,
-                    steps=math.ceil(4 * r["time"]),
-                    sigma=sigma,
-                    seed=5,
-                    every=1,
-                    factor=factor,
-                )
-                checks.append(
-                    {
-                        "method": method,
-                        "estimator": LIBRARY[method],
-                        "lh": r["lh"],
-                        "eta": r["best_eta"],
-                        "time": res["times"][method],
-                        "batched_time": r["time"],
-                        "seconds": res["seconds"],
-                    }
-                )
-    # (b) mismatch
-    if progress:
-        progress(f"hiratani (b): GD, NP, NP + weight norm, Lh={mismatch_width}, σ_t={label_noise:g}")
-    etas = {"gd": mismatch_eta, "np": mismatch_eta, "npwn": mismatch_eta, "gdwn": mismatch_eta}
-    etas["npwn_half"] = mismatch_eta / 2
+    for method in METHODS:
+        for r in sweeps[method][: 1 if method == "wp" else None]:
+            if r["time"] is None:
+                continue
+            if progress:
+                progress(f"hiratani (a): library {LIBRARY[method]} Lh={r['lh']}")
+            res = library_runs(
+                [method],
+                lx,
+                r["lh"],
+                ly,
+                {method: r["best_eta"]},
+                runs=seeds,
+                steps=math.ceil(4 * r["time"]),
+                sigma=sigma,
+                seed=5,
+                every=1,
+                factor=factor,
+            )
+            checks.append(
+                {
+                    "method": method,
+                    "estimator": LIBRARY[method],
+                    "lh": r["lh"],
+                    "eta": r["best_eta"],
+                    "time": res["times"][method],
+                    "batched_time": r["time"],
+                    "seconds": res["seconds"],
+                }
+            )
+    return checks
+
+
+def mismatch(
+    lx: int, ly: int, lh: int, label_noise: float, eta: float, steps: int, *, seeds: int, sigma: float
+) -> dict[str, Any]:
+    """Part (b): GD, NP and their weight-normalized forms (NP + WN also at η/2) under label noise; stability,
+    NP's diffusion check and the claims of [1]."""
+    etas = {"gd": eta, "np": eta, "npwn": eta, "gdwn": eta}
+    etas["npwn_half"] = eta / 2
     rules = tuple(etas)
+    every = max(1, steps // 400)
     mm = library_runs(
-        rules,
-        lx,
-        mismatch_width,
-        ly,
-        etas,
-        runs=seeds,
-        steps=mismatch_steps,
-        label_noise=label_noise,
-        sigma=sigma,
-        seed=9,
-        every=max(1, mismatch_steps // 400),
+        rules, lx, lh, ly, etas, runs=seeds, steps=steps, label_noise=label_noise, sigma=sigma, seed=9, every=every
     )
     stab = {rule: stability(mm["curves"][rule], mm["diverged"][rule]) for rule in rules}
-    diffusion = diffusion_check(
-        mm["curves"]["np"],
-        eta=mismatch_eta,
-        lx=lx,
-        lh=mismatch_width,
-        ly=ly,
-        noise=label_noise,
-        start=mismatch_steps // 20,
-    )
+    diffusion = diffusion_check(mm["curves"]["np"], eta=eta, lx=lx, lh=lh, ly=ly, noise=label_noise, start=steps // 20)
     claims = {
         "np_norm_grows": stab["np"]["alpha_growth"] > 1.5,
         "np_unstable": stab["np"]["unstable"],
@@ -667,200 +646,30 @@ def run(
         "npwn_excess_is_bias": stab["npwn_half"]["final_error"] > 0.75 * stab["npwn"]["final_error"],
         "gdwn_stable": not stab["gdwn"]["unstable"],
     }
-    results = {
-        "lx": lx,
-        "ly": ly,
-        "factor": factor,
-        "widths": {"a": {m: [r["lh"] for r in rows] for m, rows in sweeps.items()}},
-        "sweeps": sweeps,
-        "fits": fits,
-        "library": checks,
-        "mismatch": {
-            "lh": mismatch_width,
-            "label_noise": label_noise,
-            "eta": mismatch_eta,
-            "steps": mismatch_steps,
-            "curves": mm["curves"],
-            "diverged": mm["diverged"],
-            "stability": stab,
-            "diffusion": diffusion,
-            "claims": claims,
-            "seconds": mm["seconds"],
-        },
-        "settings": {"seeds": seeds, "students": students, "sigma": sigma, "seconds": time.perf_counter() - began},
+    return {
+        "lh": lh,
+        "label_noise": label_noise,
+        "eta": eta,
+        "steps": steps,
+        "curves": mm["curves"],
+        "diverged": mm["diverged"],
+        "stability": stab,
+        "diffusion": diffusion,
+        "claims": claims,
+        "seconds": mm["seconds"],
     }
-    write_results(out, _rounded(results))
-    plot(results, out / "hiratani.png")
-    write_report(out, report(results))
-    return results
 
 
-def _rounded(value: Any) -> Any:
-    """``value`` with every float rounded to 6 significant digits (a compact ``results.json``)."""
-    if isinstance(value, float):
-        return float(f"{value:.6g}") if math.isfinite(value) else value
-    if isinstance(value, dict):
-        return {k: _rounded(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_rounded(v) for v in value]
-    return value
-
-
-def plot(results: dict[str, Any], path: Path) -> None:
-    """(a) learning time against width; (b) error and weight norm against steps under mismatch."""
-    plt = pyplot()
-
-    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
-    ax = axes[0]
-    for method, rows in results["sweeps"].items():
-        pts = [(r["lh"], r["time"]) for r in rows if r["time"] is not None]
-        if not pts:
-            continue
-        fit = results["fits"].get(method)
-        label = LABELS[method] + (f": exponent {fit['exponent']:.2f} (theory {fit['theory']:g})" if fit else "")
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=COLORS[method], label=label)
-    for c in results["library"]:
-        if c["time"] is not None:
-            ax.plot(c["lh"], c["time"], "x", color=COLORS[c["method"]], markersize=9)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="hidden width Lh",
-        ylabel=f"steps to reduce ε {results['factor']:g}×",
-        title=f"(a) learning time at the best η (Lx = {results['lx']}, Ly = {results['ly']}); x: library",
-    )
-    widths = sorted({r["lh"] for rows in results["sweeps"].values() for r in rows})
-    ax.set_xticks(widths, [str(w) for w in widths])
-    ax.minorticks_off()
-    ax.legend(fontsize=8, loc="best")
-    mm = results["mismatch"]
-    for rule, curve in mm["curves"].items():
-        steps = curve["steps"]
-        for r, err in enumerate(curve["error"]):
-            axes[1].plot(steps, err, color=COLORS[rule], linewidth=0.5, alpha=0.5)
-            axes[2].plot(steps, curve["alpha"][r], color=COLORS[rule], linewidth=0.5, alpha=0.5)
-        axes[1].plot(steps, median_curve(curve["error"]), color=COLORS[rule], linewidth=2, label=LABELS[rule])
-        axes[2].plot(steps, median_curve(curve["alpha"]), color=COLORS[rule], linewidth=2, label=LABELS[rule])
-        axes[2].plot(steps, median_curve(curve["beta"]), color=COLORS[rule], linewidth=1.2, linestyle="--")
-    axes[1].set(
-        yscale="log",
-        xlabel="step",
-        ylabel="ε = ‖W₂W₁ − A‖²/(Lx·Ly)",
-        title=f"(b) label noise σ_t = {mm['label_noise']:g}, Lh = {mm['lh']}, η = {mm['eta']:g} (thin: seeds)",
-    )
-    axes[2].set(
-        yscale="log",
-        xlabel="step",
-        ylabel="‖W₁‖²/Lx (solid), ‖W₂‖²/Ly (dashed, median)",
-        title="(b) weight norms; a curve ends where its runs diverged",
-    )
-    for ax in axes:
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=7)
-    save_figure(fig, path)
-
-
-def _fmt(v: float | None, digits: int = 0) -> str:
-    return "not reached" if v is None else f"{v:,.{digits}f}"
-
-
-def _ok(flag: bool) -> str:
-    return "yes" if flag else "**no**"
-
-
-def report(results: dict[str, Any]) -> str:
-    """The markdown report: exponents against theory, the library cross-check, and the mismatch claims."""
-    st = results["settings"]
-    lines = [
-        "# Hiratani, Mehta, Lillicrap & Latham (2022): node perturbation in deep linear networks",
-        "",
-        f"Deep linear student y = W₂W₁x, Lx = {results['lx']}, Ly = {results['ly']}, online (one sample per step), "
-        f"Xavier–Glorot initialization; ε = ‖W₂W₁ − A‖²/(Lx·Ly). {st['seeds']} seeds × {st['students']} students, "
-        f"σ = {st['sigma']:g}.",
-        "",
-        f"## (a) Learning time against hidden width (steps to reduce the mean ε {results['factor']:g}×, best η)",
-        "",
-        "| method | Lh | best η | learning time (median of seeds) | η sweep (time per η) |",
-        "|---|---|---|---|---|",
-    ]
-    for method, rows in results["sweeps"].items():
-        for r in rows:
-            sweep_txt = ", ".join(f"{e:.3g}: {_fmt(t)}" for e, t in zip(r["etas"], r["median_times"]))
-            lines.append(f"| {LABELS[method]} | {r['lh']} | {r['best_eta']:.4g} | {_fmt(r['time'])} | {sweep_txt} |")
-    lines += [
-        "",
-        "| method | widths | exponent of learning time in Lh | theory (Xavier scaling) | ok (within ±0.25) | "
-        "weight-count law |",
-        "|---|---|---|---|---|---|",
-    ]
-    for method, f in results["fits"].items():
-        w = f"{min(f['widths'])}–{max(f['widths'])}"
-        lines.append(
-            f"| {LABELS[method]} | {w} | {f['exponent']:.3f} | {f['theory']:g} | {_ok(f['ok'])} | "
-            f"{WEIGHT_COUNT_EXPONENT[method]:g} |"
-        )
-    if results["library"]:
-        lines += [
-            "",
-            "Library estimators with SGD at the best η (mean ε of one student per seed):",
-            "",
-            "| estimator | Lh | η | learning time | batched sweep | s |",
-            "|---|---|---|---|---|---|",
-        ]
-        for c in results["library"]:
-            lines.append(
-                f"| {c['estimator']} | {c['lh']} | {c['eta']:.4g} | {_fmt(c['time'])} | {_fmt(c['batched_time'])} | "
-                f"{c['seconds']:.1f} |"
-            )
-    mm = results["mismatch"]
-    stab, diff, claims = mm["stability"], mm["diffusion"], mm["claims"]
-    lines += [
-        "",
-        f"## (b) Student–teacher mismatch: label noise σ_t = {mm['label_noise']:g}, Lh = {mm['lh']}, "
-        f"η = {mm['eta']:g} for all rules but the last, {mm['steps']:,} steps",
-        "",
-        "| rule | min ε | final ε (last 10%) | final/min | ‖W₁‖²/Lx start → end | diverged runs (first step) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for rule, s in stab.items():
-        first = f" (step {s['first_divergence']:,})" if s["first_divergence"] is not None else ""
-        lines.append(
-            f"| {LABELS[rule]} | {s['min_error']:.3g} | {s['final_error']:.3g} | {s['final_over_min']:.3g} | "
-            f"{s['alpha_start']:.3g} → {s['alpha_end']:.3g} | {s['diverged_runs']}{first} |"
-        )
-    lines += [
-        "",
-        "| claim of [1] | measured | holds |",
-        "|---|---|---|",
-        f"| NP's weight norm drifts upward | ‖W₁‖²/Lx × {stab['np']['alpha_growth']:.2f} | "
-        f"{_ok(claims['np_norm_grows'])} |",
-        f"| NP is unstable: ε eventually grows (or diverges) | final/min ε = {stab['np']['final_over_min']:.3g}, "
-        f"{stab['np']['diverged_runs']} diverged | {_ok(claims['np_unstable'])} |",
-        f"| GD is stable | final/min ε = {stab['gd']['final_over_min']:.3g} | {_ok(claims['gd_stable'])} |",
-        f"| NP + weight normalization is stable | final/min ε = {stab['npwn']['final_over_min']:.3g} | "
-        f"{_ok(claims['npwn_stable'])} |",
-        f"| ... at the cost of a higher final ε than GD (same η) | NP+WN / GD final ε = "
-        f"{stab['npwn']['final_error'] / stab['gd']['final_error']:.3g} | {_ok(claims['npwn_above_gd'])} |",
-        f"| ... and that excess is a bias (it does not shrink with η) | NP+WN final ε at η/2 / at η = "
-        f"{stab['npwn_half']['final_error'] / stab['npwn']['final_error']:.3g} (bias: ≈ 1, noise: ≈ 0.5) | "
-        f"{_ok(claims['npwn_excess_is_bias'])} |",
-        "",
-        f"Where the excess comes from: GD + weight norm / GD final ε = "
-        f"{stab['gdwn']['final_error'] / stab['gd']['final_error']:.3g} (the norm constraint by itself), "
-        f"NP + weight norm / GD + weight norm = {stab['npwn']['final_error'] / stab['gdwn']['final_error']:.3g} "
-        f"(NP's estimation noise at the same η under the constraint).",
-        "",
-        f"NP's drift of ‖W₁‖²/Lx in the stationary phase (per seed, from step {diff['windows'][0][0]:,} to before its "
-        f"error rises 3× above its lowest: "
-        f"{', '.join(f'{w[1]:,}' for w in diff['windows'])}), summed over seeds: measured {diff['measured']:.4g}; "
-        f"diffusion term of [1] η²·Lh·Ly·(1+β)·(Lx·ε + σ_t²) integrated along the same runs {diff['predicted']:.4g} "
-        f"(ratio {diff['measured'] / diff['predicted'] if diff['predicted'] else math.nan:.3g}); "
-        f"within {TOLERANCE:.0%}: {_ok(diff['ok'])}.",
-        "",
-        f"Wall time: {st['seconds']:.0f} s.",
-        "",
-    ]
-    return "\n".join(lines)
+QUICK = {
+    "lx": 4,
+    "widths": (8, 16),
+    "wp_widths": (8, 16),
+    "factor": 10.0,
+    "mismatch_width": 16,
+    "mismatch_steps": 200,
+    "mismatch_eta": 0.01,
+}
+"""What ``--quick`` changes (with at most 2 seeds and 4 students): a smoke test, its numbers are not results."""
 
 
 def run_experiment(
@@ -868,26 +677,13 @@ def run_experiment(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     students: int | None = None,
     library: bool = True,
 ) -> str:
     """The ``unigrad experiment hiratani`` runner."""
     if quick:
-        run(
-            out,
-            lx=4,
-            widths=(8, 16),
-            wp_widths=(8, 16),
-            seeds=min(seeds, 2),
-            students=students or 4,
-            factor=10.0,
-            mismatch_width=16,
-            mismatch_steps=200,
-            mismatch_eta=0.01,
-            library=library,
-            progress=progress,
-        )
+        settings = {**QUICK, "seeds": min(seeds, 2), "students": students or 4}
     else:
-        run(out, seeds=seeds, students=students or 16, library=library, progress=progress)
-    return (Path(out) / "report.md").read_text()
+        settings = {"seeds": seeds, "students": students or 16}
+    return run_and_report(run, out, library=library, progress=progress, **settings)

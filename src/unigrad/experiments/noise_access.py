@@ -7,13 +7,12 @@ noise it cannot (the network's own intrinsic noise, ``accessible=False``: ANP, M
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import write_report, write_results
+from unigrad.experiments._common import Progress, output_dir, write_report, write_results
 from unigrad.experiments.bio_table import (
     RuleSpec,
     _cell,
@@ -27,7 +26,7 @@ def noise_access(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     task: str = "perceptual-decision",
 ) -> str:
     """The same task learned from noise the rule reads and from the network's own, unreadable noise."""
@@ -35,8 +34,7 @@ def noise_access(
 
     check_positive("seeds", seeds, integer=True)
     trials = 64 if quick else 4000
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     sigma = 1e-2
     configs: list[tuple[str, RuleSpec, Any]] = [
         ("NP, injected noise (read)", RuleSpec("np", "np-time", {"sigma": sigma}, "adam", 1e-3, 16), None),

@@ -9,13 +9,12 @@ as in :mod:`unigrad.experiments.bio_table`.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import Progress, output_dir, pyplot, save_figure, write_report, write_results
 from unigrad.experiments.bio_table import (
     CONTROL_CHANCE,
     CONTROL_RULES,
@@ -34,7 +33,7 @@ def noise_resource(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     tasks: tuple[str, ...] = ("perceptual-decision", "mackey-glass"),
     sigmas: tuple[float, ...] = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0),
     control_sigmas: tuple[float, ...] = (1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1.0, 10.0),
@@ -46,8 +45,7 @@ def noise_resource(
     episodes = 8 if quick else EPISODES
     if quick:
         sigmas, control_sigmas = sigmas[::5], control_sigmas[::3]
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     results: dict[str, Any] = {
         "tasks": list(tasks),
         "trials": trials,
@@ -83,14 +81,21 @@ def noise_resource(
             {"mean": statistics.fmean(finals), "sd": statistics.stdev(finals) if seeds > 1 else 0.0, "finals": finals}
         )
         write_results(out, results)
+    text = write_report(out, _report(results, seeds))
+    _plot_noise_resource(results, out / "noise-resource.png")
+    return text
+
+
+def _report(results: dict[str, Any], seeds: int) -> str:
+    """Per task, NP and ANP against σ next to BPTT; NRL's CartPole return against σ."""
     lines = [f"# Noise as a resource: score against the injected noise σ ({seeds} seeds)", ""]
-    for task in tasks:
+    for task in results["tasks"]:
         better = "accuracy, higher is better" if get_bio_task(task).chance == 0.5 else "NRMSE, lower is better"
         lines += [
-            f"## {task}: NP / ANP in time after {trials:,} trials ({better})",
+            f"## {task}: NP / ANP in time after {results['trials']:,} trials ({better})",
             "",
-            "| rule | " + " | ".join(f"σ = {s:g}" for s in sigmas) + " |",
-            "|---|" + "---|" * len(sigmas),
+            "| rule | " + " | ".join(f"σ = {s:g}" for s in results["sigmas"]) + " |",
+            "|---|" + "---|" * len(results["sigmas"]),
         ]
         for variant, row in results["rows"][task].items():
             lines.append(f"| {variant} in time | " + " | ".join(_cell(s) for s in row) + " |")
@@ -100,18 +105,15 @@ def noise_resource(
             "",
         ]
     lines += [
-        f"## cartpole: NRL greedy return (20 evaluation episodes) after {episodes:,} episodes",
+        f"## cartpole: NRL greedy return (20 evaluation episodes) after {results['episodes']:,} episodes",
         "",
-        "| σ | " + " | ".join(f"{s:g}" for s in control_sigmas) + " |",
-        "|---|" + "---|" * len(control_sigmas),
+        "| σ | " + " | ".join(f"{s:g}" for s in results["control_sigmas"]) + " |",
+        "|---|" + "---|" * len(results["control_sigmas"]),
         "| NRL | " + " | ".join(f"{r['mean']:.1f} ± {r['sd']:.1f}" for r in results["nrl"]) + " |",
         "",
         f"Random policy ≈ {CONTROL_CHANCE['cartpole']:.0f}; the maximum is 500.",
     ]
-    text = "\n".join(lines) + "\n"
-    write_report(out, text)
-    _plot_noise_resource(results, out / "noise-resource.png")
-    return text
+    return "\n".join(lines) + "\n"
 
 
 def _plot_noise_resource(results: dict[str, Any], path: Path) -> None:

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -80,10 +79,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive
-from unigrad.core.objective import supervised
+from unigrad.core.objective import Objective, supervised
 from unigrad.core.rng import generator
 from unigrad.dynamics.diagnostics import hessian_trace, top_hessian_eigenvalue
-from unigrad.experiments._common import mean_sd, pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import (
+    Progress,
+    check_options,
+    check_positive_all,
+    finish,
+    output_dir,
+    run_and_report,
+)
+from unigrad.experiments.sharpness_report import LARGE, SMALL, level_value, plot, report
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
 
@@ -115,9 +122,6 @@ METHODS: tuple[Method, ...] = (
     Method("kfac", "kfac", {"damping": 1e-2, "inverse_interval": 2}, "sgd", 0.05, 128, 60, 2),
     Method("lbfgs", "lbfgs", {}, "sgd", 1.0, None, 400, 2),
 )
-
-SMALL, LARGE = "bp, batch 32", "bp, batch 1024"
-"""The labels the large-batch verdict compares."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,38 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
     return float((model(x).argmax(dim=-1) == y).to(torch.float64).mean())
 
 
+def _epoch(
+    model: nn.Module,
+    est: Any,
+    opt: torch.optim.Optimizer,
+    data: Data,
+    full: Objective,
+    batch: int,
+    seed: int,
+    epoch: int,
+) -> tuple[float, int, bool]:
+    """One epoch of ``batch``-sized steps in a keyed random order (``full`` when the batch is the whole set);
+    returns the forward equivalents spent, the steps taken and whether the loss stopped being finite."""
+    n = int(data.x_train.shape[0])
+    fe, steps = 0.0, 0
+    order = torch.randperm(n, generator=generator(seed, _ORDER_TAG, epoch))
+    for i in range(0, n - batch + 1, batch):
+        if batch == n:
+            obj = full
+        else:
+            b = order[i : i + batch]
+            obj = supervised(F.cross_entropy, data.x_train[b], data.y_train[b])
+        opt.zero_grad()
+        try:
+            e = est.estimate(model, obj)
+        except NonFiniteLossError:
+            return fe, steps, True
+        opt.step()
+        fe += e.cost.forward_equivalents
+        steps += 1
+    return fe, steps, False
+
+
 def train_one(
     method: Method,
     data: Data,
@@ -196,22 +232,9 @@ def train_one(
     train_seconds = 0.0
     while epoch < method.max_epochs and losses[-1] > target and not diverged:
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=generator(seed, _ORDER_TAG, epoch))
-        for i in range(0, n - batch + 1, batch):
-            if batch == n:
-                obj = full
-            else:
-                b = order[i : i + batch]
-                obj = supervised(F.cross_entropy, data.x_train[b], data.y_train[b])
-            opt.zero_grad()
-            try:
-                e = est.estimate(model, obj)
-            except NonFiniteLossError:
-                diverged = True
-                break
-            opt.step()
-            fe += e.cost.forward_equivalents
-            steps += 1
+        epoch_fe, epoch_steps, diverged = _epoch(model, est, opt, data, full, batch, seed, epoch)
+        fe += epoch_fe
+        steps += epoch_steps
         train_seconds += time.perf_counter() - t0
         epoch += 1
         losses.append(_loss(model, data.x_sharp, data.y_sharp))
@@ -264,24 +287,21 @@ def run(
     methods: Sequence[Method] = METHODS,
     max_epochs: int | None = None,
     data: Data | None = None,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> dict[str, Any]:
     """Train every method with every seed; write ``sharpness.png``, ``results.json`` and ``report.md``.
 
     ``max_epochs`` (when given) caps every method's epochs (a smoke test). ``data`` replaces the
     Fashion-MNIST subset (then ``n_train`` and ``n_sharpness`` are read from it).
     """
-    check_positive("seeds", seeds, integer=True)
-    check_positive("hidden", hidden, integer=True)
+    check_positive_all(integer=True, seeds=seeds, hidden=hidden)
     check_positive("target", target)
-    check_positive("lanczos_iters", lanczos_iters, integer=True)
-    check_positive("trace_probes", trace_probes, integer=True)
+    check_positive_all(integer=True, lanczos_iters=lanczos_iters, trace_probes=trace_probes)
     if max_epochs is not None:
         check_positive("max_epochs", max_epochs, integer=True)
     if not methods:
         raise UnigradError("option methods must name at least one method")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     dataset = "Fashion-MNIST" if data is None else "given data"
     if data is None:
         data = load_data(n_train, n_sharpness)
@@ -293,6 +313,7 @@ def run(
         return mlp([features, hidden, 10], seed=seed)
 
     total, cpu = time.perf_counter(), time.process_time()
+    curvature = {"lanczos_iters": lanczos_iters, "trace_probes": trace_probes}
     results: dict[str, Any] = {
         "dataset": dataset,
         "n_train": n_train,
@@ -315,45 +336,31 @@ def run(
         for seed in range(seeds):
             if progress:
                 progress(f"sharpness: {m.label}, seed {seed}")
-            runs.append(
-                train_one(
-                    m,
-                    data,
-                    build=build,
-                    seed=seed,
-                    target=target,
-                    lanczos_iters=lanczos_iters,
-                    trace_probes=trace_probes,
-                )
-            )
-        results["methods"].append(
-            {
-                "label": m.label,
-                "estimator": m.estimator,
-                "order": m.order,
-                "options": m.options,
-                "optimizer": m.optimizer,
-                "lr": m.lr,
-                "batch": m.batch,
-                "max_epochs": m.max_epochs,
-                "runs": runs,
-            }
-        )
+            runs.append(train_one(m, data, build=build, seed=seed, target=target, **curvature))
+        results["methods"].append({**_describe(m), "runs": runs})
     results["verdict"] = verdict(results)
     results["seconds"] = time.perf_counter() - total
     results["cpu_seconds"] = time.process_time() - cpu
-    write_results(out, results)
-    plot(results, out / "sharpness.png")
-    write_report(out, report(results))
+    finish(out, results, report, plot, "sharpness.png")
     return results
+
+
+def _describe(m: Method) -> dict[str, Any]:
+    """``m``'s settings as they stand in ``results.json``."""
+    return {
+        "label": m.label,
+        "estimator": m.estimator,
+        "order": m.order,
+        "options": m.options,
+        "optimizer": m.optimizer,
+        "lr": m.lr,
+        "batch": m.batch,
+        "max_epochs": m.max_epochs,
+    }
 
 
 def _by_label(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["label"]: m for m in results["methods"]}
-
-
-def _level_value(run: dict[str, Any], level: float) -> float | None:
-    return next((a["lambda_max"] for a in run["at_levels"] if a["level"] == level), None)
 
 
 def verdict(results: dict[str, Any]) -> dict[str, Any] | None:
@@ -370,9 +377,9 @@ def verdict(results: dict[str, Any]) -> dict[str, Any] | None:
     at_levels = {}
     for level in results["levels"]:
         r = [
-            _level_value(lg, level) / _level_value(sm, level)
+            level_value(lg, level) / level_value(sm, level)
             for sm, lg in pairs
-            if _level_value(sm, level) and _level_value(lg, level)
+            if level_value(sm, level) and level_value(lg, level)
         ]
         if r:
             at_levels[str(level)] = r
@@ -386,124 +393,10 @@ def verdict(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    """``λ_max`` against the training loss at the levels crossed (left); test accuracy against the final
-    ``λ_max`` (right). One colour per method, one point per seed."""
-    plt = pyplot()
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.0, 4.6))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for k, m in enumerate(results["methods"]):
-        c = colors[k % len(colors)]
-        for i, r in enumerate(m["runs"]):
-            pts = [(a["loss"], a["lambda_max"]) for a in r["at_levels"]]
-            if not pts or pts[-1][0] != r["train_loss"]:
-                pts.append((r["train_loss"], r["lambda_max"]))
-            label = m["label"] if i == 0 else None
-            ax1.plot(
-                [p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, color=c, alpha=0.8, label=label
-            )
-            ax2.scatter([r["lambda_max"]], [r["test_acc"]], color=c, label=label, s=25)
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.invert_xaxis()
-    ax1.set_xlabel("training loss (sharpness set), decreasing →")
-    ax1.set_ylabel("λ_max of the Hessian")
-    ax1.set_title("sharpness along training (at the loss levels crossed)", fontsize=10)
-    ax2.set_xscale("log")
-    ax2.set_xlabel("final λ_max")
-    ax2.set_ylabel("test accuracy")
-    ax2.set_title("test accuracy against final sharpness", fontsize=10)
-    for ax in (ax1, ax2):
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(
-        f"{results['dataset']} ({results['n_train']:,} train), MLP {results['features']}-{results['hidden']}-10; "
-        f"curvature on {results['n_sharpness']:,} training images",
-        fontsize=10,
-    )
-    save_figure(fig, path)
-
-
-def _stat(values: Sequence[float | None], fmt: str = "{:.3g}") -> str:
-    return mean_sd(values, fmt, none="–", missing=lambda have, n: f" ({have} of {n})")
-
-
-def report(results: dict[str, Any]) -> str:
-    """Markdown: the main table, the matched-loss table and the large-batch verdict."""
-    seeds = results["seeds"]
-    lines = [
-        "# Sharpness of the minima found by each method",
-        "",
-        f"{results['dataset']}, a fixed random subset of {results['n_train']:,} training images, MLP "
-        f"{results['features']}-{results['hidden']}-10 (ReLU, {results['parameters']:,} parameters), cross-entropy; "
-        f"test accuracy on all {results['n_test']:,} test images. Each method trains until the loss on the "
-        f"sharpness set (the first {results['n_sharpness']:,} training images) is ≤ {results['target']:g} "
-        "or its epoch cap. "
-        f"λ_max: Lanczos, at most {results['lanczos_iters']} Hessian-vector products; trace: Hutchinson, "
-        f"{results['trace_probes']} Rademacher probes; both of the mean loss on the sharpness set. "
-        f"Mean ± sd over {seeds} seed{'s' if seeds > 1 else ''} (initial weights and data order).",
-        "",
-        "| method | order | optimizer | batch | epochs | FE | final train loss | reached target | test acc | "
-        "λ_max | Hessian trace | ‖θ‖ | CPU s/run |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for m in results["methods"]:
-        runs = m["runs"]
-        batch = "full" if m["batch"] is None else f"{m['batch']:,}"
-        reached = sum(r["reached_target"] for r in runs)
-        lines.append(
-            f"| {m['label']} | {m['order']} | {m['optimizer']} {m['lr']:g} | {batch} | "
-            f"{_stat([r['epochs'] for r in runs], '{:.0f}')} | {_stat([r['fe'] for r in runs], '{:.2e}')} | "
-            f"{_stat([r['train_loss'] for r in runs], '{:.3f}')} | {reached} of {len(runs)} | "
-            f"{_stat([r['test_acc'] for r in runs], '{:.4f}')} | {_stat([r['lambda_max'] for r in runs])} | "
-            f"{_stat([r['trace'] for r in runs])} | {_stat([r['weight_norm'] for r in runs])} | "
-            f"{_stat([r['cpu_seconds'] for r in runs], '{:.0f}')} |"
-        )
-    lines += [
-        "",
-        "## λ_max at matched training loss",
-        "",
-        "λ_max measured the first time (checked after every epoch) the sharpness-set loss fell below each level, "
-        "and after `@` the mean loss it had then (an epoch can cross several levels at once); (k of n) counts the "
-        "seeds that reached the level.",
-        "",
-        "| method | " + " | ".join(f"loss ≤ {lv:g}" for lv in results["levels"]) + " |",
-        "|---|" + "---|" * len(results["levels"]),
-    ]
-    for m in results["methods"]:
-        cells = []
-        for lv in results["levels"]:
-            cell = _stat([_level_value(r, lv) for r in m["runs"]])
-            at = [a["loss"] for r in m["runs"] for a in r["at_levels"] if a["level"] == lv]
-            cells.append(f"{cell} @{statistics.fmean(at):.2f}" if at else cell)
-        lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
-    v = results.get("verdict")
-    lines += ["", "## Large against small batch (Keskar et al. 2017)", ""]
-    if v is None:
-        lines.append(f"Not run: needs both `{SMALL}` and `{LARGE}`.")
-    else:
-        ratios = ", ".join(f"{r:.2f}" for r in v["lambda_ratio"])
-        trs = ", ".join(f"{r:.2f}" for r in v["trace_ratio"])
-        gaps = ", ".join(f"{g:+.4f}" for g in v["test_acc_gap"])
-        caveat = " (not every run reached the target loss: compare at matched loss)"
-        lines += [
-            f"- λ_max(batch 1024) / λ_max(batch 32), per seed: {ratios}. The claim (ratio > 1) "
-            f"{'holds in every seed' if v['holds'] else 'does not hold in every seed'}"
-            f"{'' if v['both_reached_target'] else caveat}.",
-            f"- Hessian trace ratio, per seed: {trs}.",
-            f"- Test accuracy, large minus small batch, per seed: {gaps}.",
-        ]
-        for level, r in v["lambda_ratio_at_levels"].items():
-            lines.append(f"- at loss ≤ {level}: λ_max ratio {', '.join(f'{x:.2f}' for x in r)}.")
-    lines += [
-        "",
-        f"Total time: {results['seconds']:.0f} s wall, {results['cpu_seconds']:.0f} s CPU (process time, as the "
-        "CPU s/run column, which includes the curvature measurements: less sensitive than wall time to other "
-        "load on the machine).",
-        "",
-    ]
-    return "\n".join(lines)
+OPTIONS = {"n_train", "n_sharpness", "hidden", "target", "lanczos_iters", "trace_probes", "max_epochs"}
+"""What ``options`` of :func:`run_experiment` may set."""
+QUICK = {"n_train": 1024, "n_sharpness": 256, "hidden": 32, "max_epochs": 2, "lanczos_iters": 5, "trace_probes": 4}
+"""What ``--quick`` changes (with one seed): a smoke test, its numbers are not results."""
 
 
 def run_experiment(
@@ -511,7 +404,7 @@ def run_experiment(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     **options: Any,
 ) -> str:
     """The ``unigrad experiment sharpness`` runner. ``quick``: 1,024 training images, a 32-unit MLP,
@@ -520,17 +413,6 @@ def run_experiment(
     ``options`` override :func:`run`'s ``n_train``, ``n_sharpness``, ``hidden``, ``target``,
     ``lanczos_iters``, ``trace_probes`` and ``max_epochs``.
     """
-    allowed = {"n_train", "n_sharpness", "hidden", "target", "lanczos_iters", "trace_probes", "max_epochs"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise UnigradError(
-            f"unknown sharpness options: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(allowed))}"
-        )
-    settings: dict[str, Any] = (
-        {"n_train": 1024, "n_sharpness": 256, "hidden": 32, "max_epochs": 2, "lanczos_iters": 5, "trace_probes": 4}
-        if quick
-        else {}
-    )
-    settings.update(options)
-    run(out, seeds=1 if quick else seeds, progress=progress, **settings)
-    return (Path(out) / "report.md").read_text()
+    check_options("sharpness", options, OPTIONS)
+    settings = {**(QUICK if quick else {}), **options}
+    return run_and_report(run, out, seeds=1 if quick else seeds, progress=progress, **settings)

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,16 @@ import torch
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.options import check_number, is_int
 from unigrad.data.classic import quadratic
-from unigrad.experiments._common import fit_power, pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import (
+    Progress,
+    finish,
+    fit_power,
+    grid,
+    output_dir,
+    pyplot,
+    run_and_report,
+    save_figure,
+)
 from unigrad.registry import make_estimator
 
 TOLERANCE = 0.25
@@ -174,7 +183,7 @@ def run(
     sigma: float = 1e-6,
     seeds: int = 3,
     budget_factor: float = 3.0,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> dict[str, Any]:
     """Run gradient descent and ``seeds`` random-search runs per dimension; write the figure,
     ``results.json`` and ``report.md`` to ``out``."""
@@ -186,68 +195,70 @@ def run(
     check_positive("sigma", sigma)
     check_positive("seeds", seeds, integer=True)
     check_positive("budget_factor", budget_factor)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     start, cpu = time.perf_counter(), time.process_time()
-    rows = []
-    for d in dims:
-        lam = spectrum(d, kappa)
-        e0_sq = np.ones(d)  # x_0 = 0, x* = 1
-        f0 = 0.5 * float(lam @ e0_sq)
-        target = eps * f0
-        lr = zo_step(d, kappa)
-        rho = zo_rate(lam, lr)
-        asym = math.log(1.0 / eps) / (-math.log(rho))
-        limit = int(20 * asym) + 10_000
-        zo_pred = expected_zo_iterations(lam, e0_sq, lr, target, limit)
-        gd_pred = gd_iterations(lam, e0_sq, 1.0 / kappa, target, 1_000_000)
-        if zo_pred is None or gd_pred is None:
-            raise UnigradError(f"d = {d}: the predicted iterations exceed {limit}")
-        budget = int(budget_factor * zo_pred) + 1000
-        if progress:
-            progress(f"d = {d}: gradient descent")
-        gd, gd_trace = hitting_time("backprop", d, kappa, 1.0 / kappa, eps, int(budget_factor * gd_pred) + 1000)
-        zo, traces = [], []
-        for s in range(seeds):
-            if progress:
-                progress(f"d = {d}: rge seed {s} (predicted {zo_pred} iterations)")
-            k, tr = hitting_time("rge", d, kappa, lr, eps, budget, seed=s, sigma=sigma, every=max(1, zo_pred // 300))
-            zo.append(k)
-            traces.append(tr)
-        reached = [k for k in zo if k is not None]
-        median = float(np.median(reached)) if len(reached) == len(zo) else None
-        stride = max(1, zo_pred // 300)
-        expected = expected_zo_errors(lam, e0_sq, lr, zo_pred)[::stride] / f0
-        bound_rate = 1.0 - 7.0 / (16.0 * (d + 4) * kappa)
-        rows.append({
-            "d": d,
-            "lr": lr,
-            "f0": f0,
-            "gd": gd,
-            "gd_predicted": gd_pred,
-            "zo": zo,
-            "zo_median": median,
-            "zo_predicted": zo_pred,
-            "zo_asymptotic": asym,
-            "zo_leading": 2.0 * (d + 4) * kappa * math.log(1.0 / eps),
-            "zo_bound": math.log(kappa * float(e0_sq.sum()) / (2.0 * eps * f0)) / -math.log(bound_rate),
-            "rho": rho,
-            "ratio": None if median is None or not gd else median / gd,
-            "ratio_predicted": zo_pred / gd_pred,
-            "ratio_asymptotic": -2.0 * math.log(1.0 - 1.0 / kappa) / -math.log(rho),
-            "ratio_leading": 4.0 * (d + 4) * kappa * math.log(kappa / (kappa - 1.0)),
-            "traces": traces,
-            "gd_trace": gd_trace,
-            "expected": [(i * stride, float(f"{v:.4g}")) for i, v in enumerate(expected)],
-        })  # fmt: skip
+    rows = [dimension(d, kappa, eps, sigma, seeds, budget_factor, progress) for d in dims]
     results: dict[str, Any] = {"kappa": kappa, "eps": eps, "sigma": sigma, "seeds": seeds, "rows": rows}
     results["fits"] = fits(rows)
     results["seconds"] = time.perf_counter() - start
     results["cpu_seconds"] = time.process_time() - cpu
-    write_results(out, results)
-    plot(results, out / "smoothing-rates.png")
-    write_report(out, report(results))
+    finish(out, results, report, plot, "smoothing-rates.png")
     return results
+
+
+def dimension(
+    d: int, kappa: float, eps: float, sigma: float, seeds: int, budget_factor: float, progress: Progress
+) -> dict[str, Any]:
+    """One dimension: gradient descent and ``seeds`` random-search runs to ``eps·f₀``, next to the predictions."""
+    lam = spectrum(d, kappa)
+    e0_sq = np.ones(d)  # x_0 = 0, x* = 1
+    f0 = 0.5 * float(lam @ e0_sq)
+    target = eps * f0
+    lr = zo_step(d, kappa)
+    rho = zo_rate(lam, lr)
+    asym = math.log(1.0 / eps) / (-math.log(rho))
+    limit = int(20 * asym) + 10_000
+    zo_pred = expected_zo_iterations(lam, e0_sq, lr, target, limit)
+    gd_pred = gd_iterations(lam, e0_sq, 1.0 / kappa, target, 1_000_000)
+    if zo_pred is None or gd_pred is None:
+        raise UnigradError(f"d = {d}: the predicted iterations exceed {limit}")
+    budget = int(budget_factor * zo_pred) + 1000
+    if progress:
+        progress(f"d = {d}: gradient descent")
+    gd, gd_trace = hitting_time("backprop", d, kappa, 1.0 / kappa, eps, int(budget_factor * gd_pred) + 1000)
+    zo, traces = [], []
+    for s in range(seeds):
+        if progress:
+            progress(f"d = {d}: rge seed {s} (predicted {zo_pred} iterations)")
+        k, tr = hitting_time("rge", d, kappa, lr, eps, budget, seed=s, sigma=sigma, every=max(1, zo_pred // 300))
+        zo.append(k)
+        traces.append(tr)
+    reached = [k for k in zo if k is not None]
+    median = float(np.median(reached)) if len(reached) == len(zo) else None
+    stride = max(1, zo_pred // 300)
+    expected = expected_zo_errors(lam, e0_sq, lr, zo_pred)[::stride] / f0
+    bound_rate = 1.0 - 7.0 / (16.0 * (d + 4) * kappa)
+    return {
+        "d": d,
+        "lr": lr,
+        "f0": f0,
+        "gd": gd,
+        "gd_predicted": gd_pred,
+        "zo": zo,
+        "zo_median": median,
+        "zo_predicted": zo_pred,
+        "zo_asymptotic": asym,
+        "zo_leading": 2.0 * (d + 4) * kappa * math.log(1.0 / eps),
+        "zo_bound": math.log(kappa * float(e0_sq.sum()) / (2.0 * eps * f0)) / -math.log(bound_rate),
+        "rho": rho,
+        "ratio": None if median is None or not gd else median / gd,
+        "ratio_predicted": zo_pred / gd_pred,
+        "ratio_asymptotic": -2.0 * math.log(1.0 - 1.0 / kappa) / -math.log(rho),
+        "ratio_leading": 4.0 * (d + 4) * kappa * math.log(kappa / (kappa - 1.0)),
+        "traces": traces,
+        "gd_trace": gd_trace,
+        "expected": [(i * stride, float(f"{v:.4g}")) for i, v in enumerate(expected)],
+    }  # fmt: skip
 
 
 def _fit(
@@ -407,8 +418,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     axes[2].plot(d, [r["ratio_leading"] for r in rows], "--", color="gray", label="4(d+4)κ ln(κ/(κ−1))")
     axes[2].set(xscale="log", yscale="log", xlabel="dimension d", ylabel="iterations ZO / GD")
     axes[2].legend(fontsize=8)
-    for ax in axes:
-        ax.grid(True, which="major", alpha=0.3)
+    grid(axes)
     save_figure(fig, path)
 
 
@@ -417,13 +427,13 @@ def run_experiment(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     kappa: float | None = None,
     eps: float | None = None,
 ) -> str:
     """The ``unigrad experiment smoothing-rates`` runner."""
     if quick:
-        run(out, dims=(4, 8), kappa=kappa or 10.0, eps=eps or 5e-2, seeds=1, progress=progress)
+        settings = {"dims": (4, 8), "eps": eps or 5e-2, "seeds": 1}
     else:
-        run(out, kappa=kappa or 10.0, eps=eps or 1e-4, seeds=seeds, progress=progress)
-    return (Path(out) / "report.md").read_text()
+        settings = {"eps": eps or 1e-4, "seeds": seeds}
+    return run_and_report(run, out, kappa=kappa or 10.0, progress=progress, **settings)

@@ -63,7 +63,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,45 +73,23 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
-from unigrad.experiments._common import fit_line, pyplot, save_figure, write_report, write_results
+from unigrad.experiments._common import (
+    Progress,
+    check_factor,
+    check_positive_all,
+    check_positive_each,
+    finish,
+    fit_line,
+    output_dir,
+    run_and_report,
+)
+from unigrad.experiments.werfel_report import plot, report
+from unigrad.experiments.werfel_theory import METHODS, TOLERANCE, optimal_eta, theory_time, within
 from unigrad.registry import make_estimator
 
-METHODS = ("gd", "np", "wp")
 LIBRARY = {"gd": ("backprop", {}), "np": ("np", {"probes": 1}), "wp": ("wp", {"probes": 1})}
-LABELS = {"gd": "GD (backprop)", "np": "NP", "wp": "WP"}
-COLORS = {"gd": "tab:blue", "np": "tab:orange", "wp": "tab:green"}
 GRID = tuple(2.0 ** (k / 4) for k in range(-2, 3))
 """Learning rates of a sweep, in units of the theoretical optimum η* = 1/K."""
-TOLERANCE = 0.25
-"""A measured figure agrees with theory when it is within this relative distance of it."""
-
-
-# -- theory ---------------------------------------------------------------------------------------
-def theory_k(method: str, m: int, n: int) -> float:
-    """``K`` in ``E‖g‖² = K‖D‖²``: N + 2 (GD), (M + 2)(N + 2) (NP), (MN + 2)(N + 2) (WP)."""
-    if method == "gd":
-        return float(n + 2)
-    if method == "np":
-        return float((m + 2) * (n + 2))
-    if method == "wp":
-        return float((m * n + 2) * (n + 2))
-    raise UnigradError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-
-
-def theory_rate(method: str, m: int, n: int, eta: float) -> float:
-    """The mean error's contraction per step, ``1 − 2η + Kη²``."""
-    return 1.0 - 2.0 * eta + theory_k(method, m, n) * eta * eta
-
-
-def theory_time(method: str, m: int, n: int, eta: float, factor: float) -> float:
-    """Steps for the mean error to fall by ``factor``: ``ln F / (−ln(1 − 2η + Kη²))`` (inf if it does not)."""
-    r = theory_rate(method, m, n, eta)
-    return math.log(factor) / -math.log(r) if 0.0 < r < 1.0 else math.inf
-
-
-def optimal_eta(method: str, m: int, n: int) -> float:
-    """The learning rate that maximises the mean error's decay, ``1/K``."""
-    return 1.0 / theory_k(method, m, n)
 
 
 # -- batched simulation -------------------------------------------------------------------------
@@ -299,10 +277,6 @@ def library_time(
 
 
 # -- the experiment -----------------------------------------------------------------------------
-def _within(measured: float | None, theory: float) -> bool:
-    return measured is not None and abs(measured - theory) <= TOLERANCE * abs(theory)
-
-
 def run(
     out: str | Path,
     *,
@@ -316,23 +290,17 @@ def run(
     sigma: float = 1e-3,
     library_runs: int | None = None,
     library: bool = True,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
 ) -> dict[str, Any]:
     """Sweep M at fixed N and N at fixed M; write ``werfel.png``, ``results.json`` and ``report.md``."""
     for name, values in (("m_values", m_values), ("n_values", n_values)):
         if not values:
             raise UnigradError(f"option {name} needs at least one value")
-        for v in values:
-            check_positive(name, v, integer=True)
-    check_positive("n_fixed", n_fixed, integer=True)
-    check_positive("m_fixed", m_fixed, integer=True)
-    check_positive("seeds", seeds, integer=True)
-    check_positive("students", students, integer=True)
+        check_positive_each(name, values, integer=True)
+    check_positive_all(integer=True, n_fixed=n_fixed, m_fixed=m_fixed, seeds=seeds, students=students)
     check_positive("sigma", sigma)
-    if not factor > 1:
-        raise UnigradError(f"option factor must be a number > 1 (the error reduction), got {factor!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_factor(factor)
+    out = output_dir(out)
     start = time.perf_counter()
     configs = sorted({(m, n_fixed) for m in m_values} | {(m_fixed, n) for n in n_values})
     sweeps: dict[str, dict[str, Any]] = {}
@@ -344,25 +312,15 @@ def run(
                 method, m, n, seeds=seeds, students=students, factor=factor, sigma=sigma, seed=7
             )
     lib: list[dict[str, Any]] = []
+    runs, budget = library_runs or seeds, {"factor": factor, "sigma": sigma, "seed": 11}
     if library:
         for m in m_values:
             for method in METHODS:
                 s = sweeps[f"{method}:{m}:{n_fixed}"]
                 if progress:
                     progress(f"werfel: library {LIBRARY[method][0]} M={m} N={n_fixed}")
-                lib.append(
-                    library_time(
-                        method,
-                        m,
-                        n_fixed,
-                        s["best_eta"],
-                        runs=library_runs or seeds,
-                        factor=factor,
-                        sigma=sigma,
-                        seed=11,
-                        max_steps=math.ceil(4 * s["theory_time"]),
-                    )
-                )
+                steps = math.ceil(4 * s["theory_time"])
+                lib.append(library_time(method, m, n_fixed, s["best_eta"], runs=runs, **budget, max_steps=steps))
     results = summarize(
         sweeps, lib, m_values=m_values, n_fixed=n_fixed, n_values=n_values, m_fixed=m_fixed, factor=factor
     )
@@ -375,9 +333,7 @@ def run(
         "library_runs": library_runs or seeds,
         "seconds": time.perf_counter() - start,
     }
-    write_results(out, results)
-    plot(results, out / "werfel.png")
-    write_report(out, report(results))
+    finish(out, results, report, plot, "werfel.png")
     return results
 
 
@@ -392,76 +348,25 @@ def summarize(
     factor: float,
 ) -> dict[str, Any]:
     """Ratios and fits of the measured optimal learning times against theory."""
-    rows = []
-    configs = sorted({(s["m"], s["n"]) for s in sweeps.values()})
-    for m, n in configs:
-        t = {k: sweeps[f"{k}:{m}:{n}"]["time"] for k in METHODS}
-        th = {k: sweeps[f"{k}:{m}:{n}"]["theory_time"] for k in METHODS}
-        row: dict[str, Any] = {"m": m, "n": n, "times": t, "theory_times": th}
-        for k in ("np", "wp"):
-            ratio = None if t[k] is None or t["gd"] is None else t[k] / t["gd"]
-            row[f"{k}_gd"] = ratio
-            row[f"{k}_gd_theory"] = th[k] / th["gd"]
-            row[f"{k}_gd_leading"] = m if k == "np" else m * n
-            row[f"{k}_gd_ok"] = _within(ratio, th[k] / th["gd"])
-        row["time_ok"] = {k: _within(t[k], th[k]) for k in METHODS}
-        best = {k: sweeps[f"{k}:{m}:{n}"] for k in METHODS}
-        row["eta_ratio"] = {k: best[k]["best_eta"] / best[k]["eta_theory"] for k in METHODS}
-        rows.append(row)
-    fits = {}
+    rows = [_ratios(sweeps, m, n) for m, n in sorted({(s["m"], s["n"]) for s in sweeps.values()})]
     m_rows = [r for r in rows if r["n"] == n_fixed and r["m"] in m_values]
     n_rows = [r for r in rows if r["m"] == m_fixed and r["n"] in n_values]
-    if len(m_rows) >= 2 and all(r["np_gd"] is not None for r in m_rows):
-        xs = [float(r["m"]) for r in m_rows]
-        fits["np_gd_vs_m"] = {
-            "what": f"d(T_NP/T_GD)/dM at N = {n_fixed}",
-            "measured": fit_line(xs, [r["np_gd"] for r in m_rows])[0],
-            "theory": fit_line(xs, [r["np_gd_theory"] for r in m_rows])[0],
-            "leading": 1.0,
-        }
-    if len(n_rows) >= 2 and all(r["np_gd"] is not None for r in n_rows):
-        xs = [math.log(r["n"]) for r in n_rows]
-        fits["np_gd_vs_n"] = {
-            "what": f"exponent of T_NP/T_GD in N at M = {m_fixed}",
-            "measured": fit_line(xs, [math.log(r["np_gd"]) for r in n_rows])[0],
-            "theory": fit_line(xs, [math.log(r["np_gd_theory"]) for r in n_rows])[0],
-            "leading": 0.0,
-            "absolute": True,
-        }
-    if len(rows) >= 2 and all(r["wp_gd"] is not None for r in rows):
-        xs = [float(r["m"] * r["n"]) for r in rows]
-        fits["wp_gd_vs_mn"] = {
-            "what": "d(T_WP/T_GD)/d(MN), all configurations",
-            "measured": fit_line(xs, [r["wp_gd"] for r in rows])[0],
-            "theory": fit_line(xs, [r["wp_gd_theory"] for r in rows])[0],
-            "leading": 1.0,
-        }
-    if len(n_rows) >= 2 and all(r["wp_gd"] is not None for r in n_rows):
-        xs = [math.log(r["n"]) for r in n_rows]
-        fits["wp_gd_vs_n"] = {
-            "what": f"exponent of T_WP/T_GD in N at M = {m_fixed}",
-            "measured": fit_line(xs, [math.log(r["wp_gd"]) for r in n_rows])[0],
-            "theory": fit_line(xs, [math.log(r["wp_gd_theory"]) for r in n_rows])[0],
-            "leading": 1.0,
-        }
-    if len(m_rows) >= 2 and all(r["wp_gd"] is not None for r in m_rows):
-        xs = [math.log(r["m"]) for r in m_rows]
-        fits["wp_gd_vs_m"] = {
-            "what": f"exponent of T_WP/T_GD in M at N = {n_fixed}",
-            "measured": fit_line(xs, [math.log(r["wp_gd"]) for r in m_rows])[0],
-            "theory": fit_line(xs, [math.log(r["wp_gd_theory"]) for r in m_rows])[0],
-            "leading": 1.0,
-        }
-    for f in fits.values():
-        if f.get("absolute"):  # a zero exponent: agreement within TOLERANCE in absolute terms
-            f["ok"] = abs(f["measured"] - f["theory"]) <= TOLERANCE
-        else:
-            f["ok"] = _within(f["measured"], f["theory"])
+    candidates = (
+        ("np_gd_vs_m", m_rows, "np", f"d(T_NP/T_GD)/dM at N = {n_fixed}", "m", False, 1.0),
+        ("np_gd_vs_n", n_rows, "np", f"exponent of T_NP/T_GD in N at M = {m_fixed}", "n", True, 0.0),
+        ("wp_gd_vs_mn", rows, "wp", "d(T_WP/T_GD)/d(MN), all configurations", "mn", False, 1.0),
+        ("wp_gd_vs_n", n_rows, "wp", f"exponent of T_WP/T_GD in N at M = {m_fixed}", "n", True, 1.0),
+        ("wp_gd_vs_m", m_rows, "wp", f"exponent of T_WP/T_GD in M at N = {n_fixed}", "m", True, 1.0),
+    )
+    fits = {}
+    for key, some, method, what, axis, log, leading in candidates:
+        if len(some) >= 2 and all(r[f"{method}_gd"] is not None for r in some):
+            fits[key] = _ratio_fit(some, method, what, axis, log, leading)
     lib_rows = []
     for entry in lib:
         s = sweeps[f"{entry['method']}:{entry['m']}:{entry['n']}"]
         th = theory_time(entry["method"], entry["m"], entry["n"], entry["eta"], factor)
-        lib_rows.append({**entry, "batched_time": s["time"], "theory_time": th, "ok": _within(entry["time"], th)})
+        lib_rows.append({**entry, "batched_time": s["time"], "theory_time": th, "ok": within(entry["time"], th)})
     return {
         "factor": factor,
         "m_values": list(m_values),
@@ -475,181 +380,49 @@ def summarize(
     }
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
-    """Learning curves, learning time against η, and the two ratio sweeps against theory."""
-    plt = pyplot()
-
-    sweeps, factor = results["sweeps"], results["factor"]
-    m0, n0 = results["m_fixed"], results["n_fixed"]
-    key = (m0, n0) if f"gd:{m0}:{n0}" in sweeps else (results["rows"][0]["m"], results["rows"][0]["n"])
-    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
-    ax = axes[0][0]
-    for method in METHODS:
-        s = sweeps[f"{method}:{key[0]}:{key[1]}"]
-        ax.plot(
-            s["curve_steps"],
-            [max(v, 1e-12) for v in s["curve"]],
-            color=COLORS[method],
-            label=f"{LABELS[method]}, η = {s['best_eta']:.3g}",
-        )
-        r = theory_rate(method, key[0], key[1], s["best_eta"])
-        ax.plot(s["curve_steps"], [r**t for t in s["curve_steps"]], color=COLORS[method], linestyle=":")
-    ax.axhline(1.0 / factor, color="gray", linewidth=0.8)
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="step (samples)",
-        ylabel="⟨E_t⟩ / ⟨E_0⟩",
-        ylim=(0.3 / factor, 1.5),
-        title=f"learning curves at the optimal η (M = {key[0]}, N = {key[1]}); dotted: (1−2η+Kη²)^t",
-    )
-    ax.legend(fontsize=8)
-    ax = axes[0][1]
-    for method in METHODS:
-        s = sweeps[f"{method}:{key[0]}:{key[1]}"]
-        x = [eta / s["eta_theory"] for eta in s["etas"]]
-        ax.plot(
-            x,
-            [v if v is not None else float("nan") for v in s["median_times"]],
-            "o",
-            color=COLORS[method],
-            label=f"{LABELS[method]} measured",
-        )
-        fine = [2 ** (k / 40) for k in range(-30, 31)]
-        ax.plot(
-            fine,
-            [theory_time(method, key[0], key[1], c * s["eta_theory"], factor) for c in fine],
-            color=COLORS[method],
-            linewidth=0.8,
-        )
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="η / η*  (η* = 1/K)",
-        ylabel=f"steps to reduce ⟨E⟩ {factor:g}×",
-        title="learning time against η (lines: theory)",
-    )
-    ax.legend(fontsize=8)
-    for ax, axis in ((axes[1][0], "m"), (axes[1][1], "n")):
-        fixed = "n" if axis == "m" else "m"
-        value = n0 if axis == "m" else m0
-        rows = [r for r in results["rows"] if r[fixed] == value and r[axis] in results[f"{axis}_values"]]
-        xs = [r[axis] for r in rows]
-        for k, label in (("np", "NP/GD"), ("wp", "WP/GD")):
-            color = COLORS[k]
-            ax.plot(xs, [r[f"{k}_gd"] or float("nan") for r in rows], "o", color=color, label=f"{label} measured")
-            ax.plot(xs, [r[f"{k}_gd_theory"] for r in rows], "-", color=color, label=f"{label} theory")
-            ax.plot(
-                xs,
-                [r[f"{k}_gd_leading"] for r in rows],
-                ":",
-                color=color,
-                label=f"{label} leading order ({'M' if k == 'np' else 'MN'})",
-            )
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel=axis.upper(),
-            ylabel="T_method / T_GD at optimal η",
-            title=f"slowdown against {axis.upper()} at {fixed.upper()} = {value}",
-        )
-        ax.legend(fontsize=7)
-    for ax in axes.flat:
-        ax.grid(True, which="major", alpha=0.3)
-    save_figure(fig, path)
+def _ratios(sweeps: dict[str, dict[str, Any]], m: int, n: int) -> dict[str, Any]:
+    """One configuration's row: measured and theoretical times, NP/GD and WP/GD against theory, η ratios."""
+    best = {k: sweeps[f"{k}:{m}:{n}"] for k in METHODS}
+    t = {k: best[k]["time"] for k in METHODS}
+    th = {k: best[k]["theory_time"] for k in METHODS}
+    row: dict[str, Any] = {"m": m, "n": n, "times": t, "theory_times": th}
+    for k in ("np", "wp"):
+        ratio = None if t[k] is None or t["gd"] is None else t[k] / t["gd"]
+        row[f"{k}_gd"] = ratio
+        row[f"{k}_gd_theory"] = th[k] / th["gd"]
+        row[f"{k}_gd_leading"] = m if k == "np" else m * n
+        row[f"{k}_gd_ok"] = within(ratio, th[k] / th["gd"])
+    row["time_ok"] = {k: within(t[k], th[k]) for k in METHODS}
+    row["eta_ratio"] = {k: best[k]["best_eta"] / best[k]["eta_theory"] for k in METHODS}
+    return row
 
 
-def _fmt(v: float | None, digits: int = 0) -> str:
-    if v is None:
-        return "not reached"
-    return f"{v:,.{digits}f}"
+def _ratio_fit(
+    rows: list[dict[str, Any]], method: str, what: str, axis: str, log: bool, leading: float
+) -> dict[str, Any]:
+    """The least-squares slope of ``method``'s slowdown against ``axis`` (``m``, ``n`` or ``mn``; log–log with
+    ``log``), measured and in theory. A zero leading exponent is judged within TOLERANCE in absolute terms."""
+
+    def scale(v: float) -> float:
+        return math.log(v) if log else float(v)
+
+    xs = [scale(r["m"] * r["n"] if axis == "mn" else r[axis]) for r in rows]
+    fit: dict[str, Any] = {
+        "what": what,
+        "measured": fit_line(xs, [scale(r[f"{method}_gd"]) for r in rows])[0],
+        "theory": fit_line(xs, [scale(r[f"{method}_gd_theory"]) for r in rows])[0],
+        "leading": leading,
+    }
+    if log and leading == 0.0:
+        fit["absolute"] = True
+        fit["ok"] = abs(fit["measured"] - fit["theory"]) <= TOLERANCE
+    else:
+        fit["ok"] = within(fit["measured"], fit["theory"])
+    return fit
 
 
-def _ok(flag: bool) -> str:
-    return "yes" if flag else "**no**"
-
-
-def report(results: dict[str, Any]) -> str:
-    """The markdown report: measured figures next to theory, within-25% flags, fits."""
-    f = results["factor"]
-    st = results.get("settings", {})
-    lines = [
-        "# Werfel, Xie & Seung (2005): learning time of GD, NP and WP",
-        "",
-        f"Linear student y = Wx learns a linear teacher online (one sample x ~ N(0, I) per step); learning time "
-        f"= steps for the mean generalization error ⟨½‖W − W*‖²⟩ over the students to fall {f:g}×; each "
-        f"method at its measured optimal η (sweep η*·2^(k/4), k = −2…2, η* = 1/K). "
-        f"Median over {st.get('seeds', '?')} seeds of {st.get('students', '?')} students each. "
-        f"Theory: T = ln F / −ln(1 − 2η + Kη²), K = N+2 (GD), (M+2)(N+2) (NP), (MN+2)(N+2) (WP), so "
-        f"T_NP/T_GD ≈ M + 2 and T_WP/T_GD ≈ MN + 2 (→ M and MN, the paper's statement, for large M, N). "
-        f"'ok' = within {TOLERANCE:.0%} of theory.",
-        "",
-        "## Optimal learning times",
-        "",
-        "| M | N | GD | theory | NP | theory | WP | theory | ok (GD/NP/WP) | η_best/η* (GD/NP/WP) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["rows"]:
-        t, th = r["times"], r["theory_times"]
-        ok = "/".join("y" if r["time_ok"][k] else "**n**" for k in METHODS)
-        eta = "/".join(f"{r['eta_ratio'][k]:.2f}" for k in METHODS)
-        lines.append(
-            f"| {r['m']} | {r['n']} | {_fmt(t['gd'])} | {th['gd']:,.0f} | {_fmt(t['np'])} | {th['np']:,.0f} | "
-            f"{_fmt(t['wp'])} | {th['wp']:,.0f} | {ok} | {eta} |"
-        )
-    lines += [
-        "",
-        "## Slowdown against GD",
-        "",
-        "| M | N | NP/GD measured | theory | leading order M | ok | WP/GD measured | theory | leading order MN | ok |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results["rows"]:
-        lines.append(
-            f"| {r['m']} | {r['n']} | {_fmt(r['np_gd'], 2)} | {r['np_gd_theory']:.2f} | {r['np_gd_leading']} | "
-            f"{_ok(r['np_gd_ok'])} | {_fmt(r['wp_gd'], 1)} | {r['wp_gd_theory']:.1f} | {r['wp_gd_leading']} | "
-            f"{_ok(r['wp_gd_ok'])} |"
-        )
-    lines += [
-        "",
-        "## Fits",
-        "",
-        "| quantity | measured | theory (same fit, exact finite-size times) | leading order | ok |",
-        "|---|---|---|---|---|",
-    ]
-    for fit in results["fits"].values():
-        tol = " (±0.25 absolute)" if fit.get("absolute") else ""
-        lines.append(
-            f"| {fit['what']} | {fit['measured']:.3f} | {fit['theory']:.3f}{tol} | {fit['leading']:g} | "
-            f"{_ok(fit['ok'])} |"
-        )
-    if results["library"]:
-        lines += [
-            "",
-            "## The library's estimators",
-            "",
-            f"`backprop` / `np` / `wp` (σ = {st.get('sigma', '?')}, one probe) with `torch.optim.SGD` on "
-            f"`nn.Linear(N, M, bias=False)`, at the measured optimal η, mean error of "
-            f"{st.get('library_runs', '?')} students (few students: expect ±15–25% scatter at small K).",
-            "",
-            "| estimator | M | N | η | learning time | batched sweep | theory at this η | ok | s |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for e in results["library"]:
-            lines.append(
-                f"| {e['estimator']} | {e['m']} | {e['n']} | {e['eta']:.4g} | {_fmt(e['time'])} | "
-                f"{_fmt(e['batched_time'])} | {e['theory_time']:,.0f} | {_ok(e['ok'])} | {e['seconds']:.1f} |"
-            )
-    n_ok = sum(r["np_gd_ok"] + r["wp_gd_ok"] for r in results["rows"])
-    lines += [
-        "",
-        f"Ratios within {TOLERANCE:.0%} of theory: {n_ok} of {2 * len(results['rows'])}; "
-        f"fits within tolerance: {sum(f['ok'] for f in results['fits'].values())} of {len(results['fits'])}.",
-    ]
-    if "seconds" in st:
-        lines.append(f"Wall time: {st['seconds']:.0f} s.")
-    lines.append("")
-    return "\n".join(lines)
+QUICK = {"m_values": (1, 3), "n_fixed": 4, "n_values": (3, 6), "m_fixed": 2, "library_runs": 1}
+"""What ``--quick`` changes (with at most 2 seeds, 4 students, F = 10): a smoke test, its numbers are not results."""
 
 
 def run_experiment(
@@ -657,26 +430,14 @@ def run_experiment(
     *,
     seeds: int = 3,
     quick: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress = None,
     students: int | None = None,
     factor: float | None = None,
     library: bool = True,
 ) -> str:
     """The ``unigrad experiment werfel`` runner."""
     if quick:
-        run(
-            out,
-            m_values=(1, 3),
-            n_fixed=4,
-            n_values=(3, 6),
-            m_fixed=2,
-            seeds=min(seeds, 2),
-            students=students or 4,
-            factor=factor or 10.0,
-            library=library,
-            library_runs=1,
-            progress=progress,
-        )
+        settings = {**QUICK, "seeds": min(seeds, 2), "students": students or 4, "factor": factor or 10.0}
     else:
-        run(out, seeds=seeds, students=students or 16, factor=factor or 100.0, library=library, progress=progress)
-    return (Path(out) / "report.md").read_text()
+        settings = {"seeds": seeds, "students": students or 16, "factor": factor or 100.0}
+    return run_and_report(run, out, library=library, progress=progress, **settings)
