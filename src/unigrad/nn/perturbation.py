@@ -34,7 +34,9 @@ from types import TracebackType
 import torch
 from torch import Tensor, nn
 
+from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.objective import Objective, evaluate
 from unigrad.core.options import check_seed
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
@@ -254,6 +256,24 @@ def per_sample_losses(losses: Tensor, method: str) -> Tensor:
             f"{method} needs an objective that returns per-sample losses of shape (B,), got shape {tuple(losses.shape)}"
         )
     return losses.detach()
+
+
+def noisy_losses(objective: Objective, model: nn.Module, cost: Cost, f0: Tensor, method: str) -> Tensor:
+    """The per-sample losses of one noisy pass (run under the caller's taps), refused unless they are shaped
+    like the clean pass's ``f0``: each sample's change of loss is paired with its own noise."""
+    f = per_sample_losses(evaluate(objective, model, cost), method)
+    if f.shape != f0.shape:
+        raise UnigradError(f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}")
+    return f
+
+
+def check_external_noise(noise: str, passes: str, owner: str) -> None:
+    """``noise="external"`` (the ``owner``'s own noise, which cannot be switched off) needs two noisy passes."""
+    if noise == "external" and passes != "two-noisy":
+        raise UnigradError(
+            f"option noise='external' needs passes='two-noisy' (the {owner}'s own noise cannot be switched off "
+            "for a clean pass)"
+        )
 
 
 def check_layer(name: str, layer: nn.Module) -> None:

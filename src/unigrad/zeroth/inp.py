@@ -18,6 +18,7 @@ from unigrad.nn.perturbation import (
     accumulate_signal,
     gaussian_node_noise,
     layer_owners,
+    noisy_losses,
     per_sample_losses,
     write_layer_grads,
 )
@@ -114,11 +115,7 @@ class INP(Estimator):
                 # probe: h_l ← h_l + ε_{l,i} in layer l only, per sample
                 draw = gaussian_node_noise(self.noise, self.seed, self.step, li * q + i, sigma)
                 with LayerTaps(model, node_noise=_only(li, draw)) as noisy:
-                    f = per_sample_losses(evaluate(objective, model, cost), self.name)
-                if f.shape != f0.shape:
-                    raise UnigradError(
-                        f"inp: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
-                    )
+                    f = noisy_losses(objective, model, cost, f0, "inp")
                 eps = noisy.added[li]
                 if eps is None:
                     raise UnigradError(

@@ -18,6 +18,7 @@ from unigrad.nn.perturbation import (
     accumulate_signal,
     gaussian_node_noise,
     layer_owners,
+    noisy_losses,
     per_sample_losses,
     write_layer_grads,
 )
@@ -116,11 +117,7 @@ class NP(Estimator):
             # probe: h_l ← h_l + ε_{i,l} in every layer, per sample
             noise = gaussian_node_noise(self.noise, self.seed, self.step, i, sigma)
             with LayerTaps(model, node_noise=noise) as noisy:
-                f = per_sample_losses(evaluate(objective, model, cost), self.name)
-            if f.shape != f0.shape:
-                raise UnigradError(
-                    f"np: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
-                )
+                f = noisy_losses(objective, model, cost, f0, "np")
             for layer_index, eps in enumerate(noisy.added):
                 if eps is not None and eps.shape[0] != batch:
                     raise UnigradError(
