@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate
 from unigrad.core.rng import Noise
@@ -24,6 +24,7 @@ from unigrad.nn.perturbation import (
     per_sample_losses,
     write_layer_grads,
 )
+from unigrad.zeroth._probing import check_probes
 
 SCALES = ("sqrt", "n", "none")
 PASSES = ("clean-noisy", "two-noisy")
@@ -111,8 +112,7 @@ class ANP(Estimator):
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         check_choice("scale", scale, SCALES)
         check_choice("passes", passes, PASSES)
         check_choice("noise", noise, NOISES)

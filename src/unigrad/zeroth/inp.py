@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate
 from unigrad.core.rng import Noise
@@ -22,6 +22,7 @@ from unigrad.nn.perturbation import (
     per_sample_losses,
     write_layer_grads,
 )
+from unigrad.zeroth._probing import check_probes
 
 
 def _only(layer: int, draw: NodeNoise) -> NodeNoise:
@@ -91,8 +92,7 @@ class INP(Estimator):
 
     def __init__(self, probes: int = 1, sigma: float = 1e-3, noise_source: str = "auto", seed: int = 0) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         self.noise = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.noise_source = probes, float(sigma), noise_source
 

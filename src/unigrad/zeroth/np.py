@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate
@@ -22,7 +22,7 @@ from unigrad.nn.perturbation import (
     per_sample_losses,
     write_layer_grads,
 )
-from unigrad.zeroth._probing import gather_losses
+from unigrad.zeroth._probing import check_probes, gather_losses
 
 
 class NP(Estimator):
@@ -89,8 +89,7 @@ class NP(Estimator):
         exchange: ProbeExchange | None = None,
     ) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         self.noise = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.noise_source = probes, float(sigma), noise_source
         self.exchange = check_exchange(exchange)
