@@ -339,8 +339,19 @@ def write_layer_grads(
     inputs: list[Tensor | None],
     signals: list[Tensor | None],
 ) -> None:
-    """Turn each layer's output signal ``G_l`` into ``G_l x_{l−1}ᵀ`` (:func:`layer_grads`) and write
-    every trainable parameter's ``.grad`` (zero where its layer got no signal); ``owners`` comes from
+    """Write :func:`signal_grads` into every trainable parameter's ``.grad``."""
+    write_grad(params, signal_grads(params, owners, layers, inputs, signals), owned=True)
+
+
+def signal_grads(
+    params: list[tuple[str, nn.Parameter]],
+    owners: dict[int, list[tuple[int, str]]],
+    layers: list[tuple[str, nn.Module]],
+    inputs: list[Tensor | None],
+    signals: list[Tensor | None],
+) -> list[Tensor]:
+    """Turn each layer's output signal ``G_l`` into ``G_l x_{l−1}ᵀ`` (:func:`layer_grads`) and sum them into
+    one gradient per trainable parameter (zero where its layer got no signal); ``owners`` comes from
     :func:`layer_owners`."""
     per_layer: dict[tuple[int, str], Tensor] = {}
     for li, (_, layer) in enumerate(layers):
@@ -358,4 +369,4 @@ def write_layer_grads(
             if slot in per_layer:
                 g.add_(per_layer[slot].to(p.dtype).reshape(p.shape))
         grads.append(g)
-    write_grad(params, grads, owned=True)
+    return grads
