@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from unigrad.bio.rate_rnn import NoisyNetwork, check_dtype, check_sequence, check_sizes, fill, linear
+from unigrad.bio.rate_rnn import NoisyNetwork, check_dtype, check_sequence, check_sizes
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.rng import generator
 
@@ -190,21 +190,13 @@ class LIFNetwork(NoisyNetwork):
             raise UnigradError(f"option gain must be a number >= 0, got {gain!r}")
         check_dtype(dtype)
         self._init_noise(seed, intrinsic)
-        self.n_in, self.n_rec, self.n_out = n_in, n_rec, n_out
         self.tau_mem, self.tau_out, self.dt = float(tau_mem), float(tau_out), float(dt)
         self.threshold, self.surrogate_slope = float(threshold), float(surrogate_slope)
         self.reset, self.detach_reset, self.gain = reset, bool(detach_reset), float(gain)
         self.beta = math.exp(-self.dt / self.tau_mem)
         self.beta_out = math.exp(-self.dt / self.tau_out)
         self.alpha = 1.0 - self.beta  # the factor through which W_in, W_rec and b enter v_{t+1}
-        self.inp = linear(n_in, n_rec, True, dtype)
-        self.rec = linear(n_rec, n_rec, False, dtype)
-        self.out = linear(n_rec, n_out, True, dtype)
-        g = generator(seed, _INIT_TAG)
-        with torch.no_grad():
-            fill(self.rec, g, self.gain / n_rec**0.5)
-            fill(self.inp, g, 1.0 / n_in**0.5)
-            fill(self.out, g, 1.0 / n_rec**0.5)
+        self._init_layers(n_in, n_rec, n_out, dtype, generator(seed, _INIT_TAG))
 
     def extra_repr(self) -> str:
         return (

@@ -135,6 +135,7 @@ class NoisyNetwork(nn.Module):
 
     seed: int
     dt: float
+    gain: float
     intrinsic: NoiseProcess | None
     live_buffers = ("trial_counter",)
     """Buffers every evaluation advances, even within one estimator step (each trial draws new intrinsic
@@ -146,6 +147,19 @@ class NoisyNetwork(nn.Module):
             raise UnigradError("option intrinsic must be a noise process (unigrad.noise) with a sequence() method")
         self.seed, self.intrinsic = seed, intrinsic
         self.register_buffer("trial_counter", torch.zeros((), dtype=torch.int64))
+
+    def _init_layers(self, n_in: int, n_rec: int, n_out: int, dtype: torch.dtype, g: torch.Generator) -> None:
+        """The layers ``inp`` (``W_in``, ``b``), ``rec`` (``W_rec``) and ``out`` (``W_out``, ``b_out``), registered in
+        this order; the weights drawn from ``g`` in the order ``W_rec ~ N(0, gain²/n_rec)``, ``W_in ~ N(0, 1/n_in)``,
+        ``W_out ~ N(0, 1/n_rec)``, the biases zero."""
+        self.n_in, self.n_rec, self.n_out = n_in, n_rec, n_out
+        self.inp = linear(n_in, n_rec, True, dtype)
+        self.rec = linear(n_rec, n_rec, False, dtype)
+        self.out = linear(n_rec, n_out, True, dtype)
+        with torch.no_grad():
+            fill(self.rec, g, self.gain / n_rec**0.5)
+            fill(self.inp, g, 1.0 / n_in**0.5)
+            fill(self.out, g, 1.0 / n_rec**0.5)
 
     @property
     def trial(self) -> int:
@@ -207,17 +221,9 @@ class RateRNN(NoisyNetwork):
             raise UnigradError(f"option gain must be a number >= 0, got {gain!r}")
         check_dtype(dtype)
         self._init_noise(seed, intrinsic)
-        self.n_in, self.n_rec, self.n_out = n_in, n_rec, n_out
         self.tau, self.dt, self.alpha = float(tau), float(dt), float(dt) / float(tau)
         self.activation, self.gain = activation, float(gain)
-        self.inp = linear(n_in, n_rec, True, dtype)
-        self.rec = linear(n_rec, n_rec, False, dtype)
-        self.out = linear(n_rec, n_out, True, dtype)
-        g = generator(seed, _INIT_TAG)
-        with torch.no_grad():
-            fill(self.rec, g, self.gain / n_rec**0.5)
-            fill(self.inp, g, 1.0 / n_in**0.5)
-            fill(self.out, g, 1.0 / n_rec**0.5)
+        self._init_layers(n_in, n_rec, n_out, dtype, generator(seed, _INIT_TAG))
 
     def extra_repr(self) -> str:
         return (

@@ -18,7 +18,7 @@ from unigrad.core.objective import Objective, check_differentiable, evaluate, lo
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.nn.local_heads import LocallySupervised, head_key, pool, prepare_local_heads
-from unigrad.nn.perturbation import LayerTaps, layer_grads, layer_owners, per_sample_losses
+from unigrad.nn.perturbation import LayerTaps, layer_owners, per_sample_losses, signal_grads
 
 
 class ActivityForwardGradient(Estimator):
@@ -143,25 +143,14 @@ class ActivityForwardGradient(Estimator):
         cost.forwards += primals * n_samples(objective, f0)
         cost.jvps += q * n_samples(objective, f0)
         # combine: signal_l = (1/(qB)) Σ_i d_{i,b} v_{i,l,b}, then Σ signal_l x_{l−1}ᵀ per layer
-        per_layer: dict[tuple[int, str], Tensor] = {}
+        signals: list[Tensor | None] = [None] * len(clean.layers)
         with torch.no_grad():
             coeff = d / (q * batch)
             for k, layer_index in enumerate(ran):
                 v = tangents[k]
                 c = (coeff[:, k] if self.local_losses else coeff).to(v.dtype).view(q, batch, *([1] * (v.dim() - 2)))
-                signal = (c * v).sum(0)
-                layer = clean.layers[layer_index][1]
-                gw, gb = layer_grads(layer, clean.inputs[layer_index], signal)
-                per_layer[(layer_index, "weight")] = gw
-                if gb is not None:
-                    per_layer[(layer_index, "bias")] = gb
-            grads = []
-            for _, p in params:
-                g = torch.zeros_like(p)
-                for slot in owners[id(p)]:
-                    if slot in per_layer:
-                        g.add_(per_layer[slot].to(p.dtype).reshape(p.shape))
-                grads.append(g)
+                signals[layer_index] = (c * v).sum(0)
+            grads = signal_grads(params, owners, clean.layers, clean.inputs, signals)
         write_grad(params + head_params, grads + (head_grads if self.local_losses else []), owned=True)
         info["directional_derivatives"] = d.float()
         return Estimate(loss=float(f0.double().mean()), cost=cost, loss_is_probe_mean=False, info=info)

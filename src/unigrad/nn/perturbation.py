@@ -34,7 +34,9 @@ from types import TracebackType
 import torch
 from torch import Tensor, nn
 
+from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.objective import Objective, evaluate
 from unigrad.core.options import check_seed
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
@@ -256,6 +258,24 @@ def per_sample_losses(losses: Tensor, method: str) -> Tensor:
     return losses.detach()
 
 
+def noisy_losses(objective: Objective, model: nn.Module, cost: Cost, f0: Tensor, method: str) -> Tensor:
+    """The per-sample losses of one noisy pass (run under the caller's taps), refused unless they are shaped
+    like the clean pass's ``f0``: each sample's change of loss is paired with its own noise."""
+    f = per_sample_losses(evaluate(objective, model, cost), method)
+    if f.shape != f0.shape:
+        raise UnigradError(f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}")
+    return f
+
+
+def check_external_noise(noise: str, passes: str, owner: str) -> None:
+    """``noise="external"`` (the ``owner``'s own noise, which cannot be switched off) needs two noisy passes."""
+    if noise == "external" and passes != "two-noisy":
+        raise UnigradError(
+            f"option noise='external' needs passes='two-noisy' (the {owner}'s own noise cannot be switched off "
+            "for a clean pass)"
+        )
+
+
 def check_layer(name: str, layer: nn.Module) -> None:
     """Raise for layer configurations :func:`layer_grads` does not handle."""
     if isinstance(layer, nn.Conv2d) and (layer.padding_mode != "zeros" or isinstance(layer.padding, str)):
@@ -319,8 +339,19 @@ def write_layer_grads(
     inputs: list[Tensor | None],
     signals: list[Tensor | None],
 ) -> None:
-    """Turn each layer's output signal ``G_l`` into ``G_l x_{l−1}ᵀ`` (:func:`layer_grads`) and write
-    every trainable parameter's ``.grad`` (zero where its layer got no signal); ``owners`` comes from
+    """Write :func:`signal_grads` into every trainable parameter's ``.grad``."""
+    write_grad(params, signal_grads(params, owners, layers, inputs, signals), owned=True)
+
+
+def signal_grads(
+    params: list[tuple[str, nn.Parameter]],
+    owners: dict[int, list[tuple[int, str]]],
+    layers: list[tuple[str, nn.Module]],
+    inputs: list[Tensor | None],
+    signals: list[Tensor | None],
+) -> list[Tensor]:
+    """Turn each layer's output signal ``G_l`` into ``G_l x_{l−1}ᵀ`` (:func:`layer_grads`) and sum them into
+    one gradient per trainable parameter (zero where its layer got no signal); ``owners`` comes from
     :func:`layer_owners`."""
     per_layer: dict[tuple[int, str], Tensor] = {}
     for li, (_, layer) in enumerate(layers):
@@ -338,4 +369,4 @@ def write_layer_grads(
             if slot in per_layer:
                 g.add_(per_layer[slot].to(p.dtype).reshape(p.shape))
         grads.append(g)
-    write_grad(params, grads, owned=True)
+    return grads

@@ -254,10 +254,14 @@ class SNES(EvoTorchPeer):
         _number("stdev_lr", stdev_lr)
         self.center_lr, self.stdev_lr = center_lr, stdev_lr
 
-    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
-        from evotorch.algorithms import SNES as Searcher
+    @staticmethod
+    def _algorithm() -> Any:
+        from evotorch.algorithms import SNES
 
-        return Searcher(
+        return SNES
+
+    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+        return self._algorithm()(
             problem,
             popsize=self.popsize,
             stdev_init=self.sigma0,
@@ -314,17 +318,11 @@ class XNES(SNES):
     ) -> None:
         super().__init__(popsize, sigma0, center_lr, stdev_lr, max_dim, seed)
 
-    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
-        from evotorch.algorithms import XNES as Searcher
+    @staticmethod
+    def _algorithm() -> Any:
+        from evotorch.algorithms import XNES
 
-        return Searcher(
-            problem,
-            popsize=self.popsize,
-            stdev_init=self.sigma0,
-            center_learning_rate=self.center_lr,
-            stdev_learning_rate=self.stdev_lr,
-            center_init=center,
-        )
+        return XNES
 
 
 class CEM(EvoTorchPeer):

@@ -224,11 +224,37 @@ class KFAC(Estimator):
             self.step % self.factor_interval == 0 or any(layer.name not in self._factors for layer in layers)
         )
         records = {layer.name: _Record() for layer in layers} if update_factors else {}
+        cost = Cost()
+        loss, losses, grads, phase = self._gradients(model, objective, params, layers, records, cost)
+        batch = losses.shape[0] if losses.dim() >= 1 else 1
+        update_inverses = self._refresh(layers, records, phase, batch)
+        info: dict[str, Any] = {
+            "damping": self.damping,
+            "factors_updated": update_factors,
+            "inverses_updated": update_inverses,
+            "layers": sum(layer.name in self._inverses for layer in layers),
+        }
+        write_grad(params, self._directions(layers, params, grads, info), owned=True)
+        return Estimate(loss=float(loss.detach()), cost=cost, info=info)
+
+    # -- pieces ----------------------------------------------------------------------------------
+    def _gradients(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        params: list[tuple[str, nn.Parameter]],
+        layers: list[_Layer],
+        records: dict[str, _Record],
+        cost: Cost,
+    ) -> tuple[Tensor, Tensor, list[Tensor], str]:
+        """``(f, per-sample losses, ∇f per tensor, phase)``: one forward and backward, recording the layers'
+        inputs and output gradients into ``records`` (where not empty); with the sampled Fisher, a second
+        backward of sampled output gradients (phase ``"sampled"``) records the gradients the factors use."""
+        sampled = self.fisher == "sampled"
         phase = ["real"]
         handles = []
-        cost = Cost()
         try:
-            for layer in layers if update_factors else ():
+            for layer in layers if records else ():
                 handles.append(layer.module.register_forward_hook(_recorder(records[layer.name], phase)))
             with torch.enable_grad():
                 if sampled:
@@ -241,7 +267,7 @@ class KFAC(Estimator):
                 batch_cost = n_samples(objective, losses)
                 cost.forwards += batch_cost
                 loss = reduce(losses)
-                backward_sampled = sampled and update_factors
+                backward_sampled = sampled and bool(records)
                 grads = torch.autograd.grad(
                     loss, [p for _, p in params], allow_unused=True, retain_graph=backward_sampled
                 )
@@ -257,28 +283,30 @@ class KFAC(Estimator):
             for h in handles:
                 h.remove()
         grads = [torch.zeros_like(p) if g is None else g.detach() for (_, p), g in zip(params, grads, strict=True)]
-        batch = losses.shape[0] if losses.dim() >= 1 else 1
+        return loss, losses, grads, phase[0]
 
+    def _refresh(self, layers: list[_Layer], records: dict[str, _Record], phase: str, batch: int) -> bool:
+        """Fold the recorded statistics into the factors, then re-invert where due; whether it inverted."""
         refreshed = False
-        if update_factors:
-            for layer in layers:
-                rec = records[layer.name]
-                if rec.inputs:
-                    a, g = _statistics(layer, rec, phase[0], batch, scale=1.0 if sampled else float(batch))
-                    refreshed |= self._update_factors(layer.name, a, g)
+        scale = 1.0 if self.fisher == "sampled" else float(batch)
+        for layer in layers if records else ():
+            rec = records[layer.name]
+            if rec.inputs:
+                a, g = _statistics(layer, rec, phase, batch, scale=scale)
+                refreshed |= self._update_factors(layer.name, a, g)
         update_inverses = refreshed or self.step % self.inverse_interval == 0
         update_inverses |= any(layer.name in self._factors and layer.name not in self._inverses for layer in layers)
         if update_inverses:
             for layer in layers:
                 if layer.name in self._factors:
                     self._invert(layer.name)
+        return update_inverses
 
-        info: dict[str, Any] = {
-            "damping": self.damping,
-            "factors_updated": update_factors,
-            "inverses_updated": update_inverses,
-            "layers": sum(layer.name in self._inverses for layer in layers),
-        }
+    def _directions(
+        self, layers: list[_Layer], params: list[tuple[str, nn.Parameter]], grads: list[Tensor], info: dict[str, Any]
+    ) -> list[Tensor]:
+        """``(A⁻¹ ⊗ G⁻¹)`` applied to each inverted layer's ``[∇W | ∇b]``, the other tensors' gradients as they
+        are; with ``kl_clip``, the preconditioned ones scaled by ``ν`` (recorded in ``info["kl_scale"]``)."""
         directions, vg = list(grads), 0.0
         preconditioned = []
         for layer in layers:
@@ -302,10 +330,8 @@ class KFAC(Estimator):
             for i in preconditioned:
                 directions[i] = directions[i] * nu
             info["kl_scale"] = nu
-        write_grad(params, directions, owned=True)
-        return Estimate(loss=float(loss.detach()), cost=cost, info=info)
+        return directions
 
-    # -- pieces ----------------------------------------------------------------------------------
     def _sampled_output_grads(self, objective: Supervised, outputs: Tensor, losses: Tensor) -> Tensor:
         """Per-sample ``∂ℓ(z_b, ŷ_b)/∂z_b`` for labels ``ŷ`` drawn from the model (class docs)."""
         z = outputs.detach()

@@ -33,6 +33,38 @@ def _ref(obj: Any) -> Callable[[], Any]:
         return lambda: obj
 
 
+class _FlatEvaluation:
+    """``f`` and ``∇f`` at a flat parameter vector, the model untouched (``functional_call``); each call adds one
+    forward and one backward per sample to ``cost`` and counts itself in ``count``."""
+
+    def __init__(
+        self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]], cost: Cost, method: str
+    ) -> None:
+        self.shapes = [p.shape for _, p in params]
+        self.sizes = [p.numel() for _, p in params]
+        self.names = ["model." + n for n, _ in params]
+        self.bound, self.objective, self.cost, self.method = _Bound(model, objective), objective, cost, method
+        self.count = 0
+
+    def unflatten(self, flat: Tensor, *, negate: bool = False) -> list[Tensor]:
+        """The flat vector as one tensor per parameter: views, or with ``negate`` a negated copy of each."""
+        return [(-t if negate else t).view(s) for t, s in zip(flat.split(self.sizes), self.shapes, strict=True)]
+
+    def __call__(self, point: Tensor) -> tuple[float, Tensor]:
+        with torch.enable_grad():
+            t = point.detach().clone().requires_grad_(True)
+            values = dict(zip(self.names, self.unflatten(t), strict=True))
+            losses = functional_call(self.bound, values, (), strict=False)
+            check_differentiable(losses, self.method)
+            loss = reduce(losses)
+            (grad,) = torch.autograd.grad(loss, t, allow_unused=True)
+        batch = n_samples(self.objective, losses)
+        self.cost.forwards += batch
+        self.cost.backwards += batch
+        self.count += 1
+        return float(loss.detach()), torch.zeros_like(point) if grad is None else grad.detach()
+
+
 class LBFGS(Estimator):
     """L-BFGS: a limited-memory quasi-Newton direction, with an optional strong-Wolfe line search.
 
@@ -193,34 +225,14 @@ class LBFGS(Estimator):
         self.s, self.y = [], []
 
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
-        shapes = [p.shape for _, p in params]
-        sizes = [p.numel() for _, p in params]
-        names = ["model." + n for n, _ in params]
-        bound = _Bound(model, objective)
-        theta = torch.cat([p.detach().reshape(-1) for _, p in params])
         cost = Cost()
-
-        def evaluate(point: Tensor) -> tuple[float, Tensor]:
-            """``f`` and ``∇f`` at the flat ``point`` (model untouched); adds one forward and backward per sample."""
-            with torch.enable_grad():
-                t = point.detach().clone().requires_grad_(True)
-                values = [v.view(s) for v, s in zip(t.split(sizes), shapes, strict=True)]
-                losses = functional_call(bound, dict(zip(names, values, strict=True)), (), strict=False)
-                check_differentiable(losses, self.name)
-                loss = reduce(losses)
-                (grad,) = torch.autograd.grad(loss, t, allow_unused=True)
-            batch = n_samples(objective, losses)
-            cost.forwards += batch
-            cost.backwards += batch
-            return float(loss.detach()), torch.zeros_like(point) if grad is None else grad.detach()
-
+        evaluate = _FlatEvaluation(model, objective, params, cost, self.name)
+        theta = torch.cat([p.detach().reshape(-1) for _, p in params])
         reused = self._reusable(model, objective, theta)
         if reused:
             _, _, _, f0, g = self._cache  # type: ignore[misc]
-            evaluations = 0
         else:
             f0, g = evaluate(theta)
-            evaluations = 1
         self._cache = None
 
         stored = self._update_history(theta, g)
@@ -241,38 +253,43 @@ class LBFGS(Estimator):
         elif self.line_search == "none":
             alpha, step = 1.0, d
         else:
-            # the search returns its latest trial or the lowest one with sufficient decrease: keep those two
-            trials: dict[float, tuple[float, Tensor, Tensor]] = {}
-            kept: dict[str, float] = {}
-
-            def phi(a: float) -> tuple[float, float]:
-                nonlocal evaluations
-                point = theta + d * a  # the very sum SGD(lr=1) forms from the written −α·d
-                fa, ga = evaluate(point)
-                evaluations += 1
-                trials[a] = (fa, ga, point)
-                best = kept.get("best")
-                if fa <= f0 + self.c1 * a * slope and (best is None or fa < trials[best][0]):
-                    kept["best"] = a
-                kept["latest"] = a
-                for key in [k for k in trials if k not in kept.values()]:
-                    del trials[key]
-                return fa, float(ga @ d)
-
-            alpha, wolfe = _strong_wolfe(phi, f0, slope, 1.0, self.c1, self.c2, self.max_evals)
-            if alpha > 0:
-                fa, ga, point = trials[alpha]
-                step = d * alpha
-                if self.reuse:
-                    self._cache = (_ref(objective), _ref(model), point, fa, ga)
-            else:  # no decrease found: stay, and restart from a gradient step next time
-                step = torch.zeros_like(theta)
-                self.reset()
-        write_grad(params, [(-t).view(s) for t, s in zip(step.split(sizes), shapes, strict=True)], owned=True)
-        info.update(alpha=alpha, evaluations=evaluations, history=len(self.s))
+            alpha, step, wolfe = self._search(evaluate, theta, d, f0, slope, (_ref(objective), _ref(model)))
+        write_grad(params, evaluate.unflatten(step, negate=True), owned=True)
+        info.update(alpha=alpha, evaluations=evaluate.count, history=len(self.s))
         if wolfe is not None:
             info["wolfe"] = wolfe
         return Estimate(loss=f0, cost=cost, info=info)
+
+    def _search(
+        self, evaluate: _FlatEvaluation, theta: Tensor, d: Tensor, f0: float, slope: float, refs: tuple[Any, Any]
+    ) -> tuple[float, Tensor, Any]:
+        """The strong-Wolfe search along ``d``: ``(α, the step α·d, the search's record)``. With ``reuse``, the
+        accepted point's ``f`` and ``∇f`` are cached for the next call (``refs``: the objective and model it
+        belongs to); without a decrease, the step is zero and the history restarts."""
+        # the search returns its latest trial or the lowest one with sufficient decrease: keep those two
+        trials: dict[float, tuple[float, Tensor, Tensor]] = {}
+        kept: dict[str, float] = {}
+
+        def phi(a: float) -> tuple[float, float]:
+            point = theta + d * a  # the very sum SGD(lr=1) forms from the written −α·d
+            fa, ga = evaluate(point)
+            trials[a] = (fa, ga, point)
+            best = kept.get("best")
+            if fa <= f0 + self.c1 * a * slope and (best is None or fa < trials[best][0]):
+                kept["best"] = a
+            kept["latest"] = a
+            for key in [k for k in trials if k not in kept.values()]:
+                del trials[key]
+            return fa, float(ga @ d)
+
+        alpha, wolfe = _strong_wolfe(phi, f0, slope, 1.0, self.c1, self.c2, self.max_evals)
+        if alpha > 0:
+            fa, ga, point = trials[alpha]
+            if self.reuse:
+                self._cache = (*refs, point, fa, ga)
+            return alpha, d * alpha, wolfe
+        self.reset()  # no decrease found: stay, and restart from a gradient step next time
+        return alpha, torch.zeros_like(theta), wolfe
 
     def _reusable(self, model: nn.Module, objective: Objective, theta: Tensor) -> bool:
         if not self.reuse or self._cache is None:

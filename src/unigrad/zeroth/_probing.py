@@ -1,4 +1,4 @@
-"""Shared machinery for seeded multi-probe estimators (rge, spsa, es).
+"""Shared machinery for seeded multi-probe estimators (rge, spsa, es; ``check_probes`` for every probing one).
 
 ``probe_losses`` evaluates the objective at ``θ + s·σ·u_i`` for blocks of probes (``s = +1`` and,
 for antithetic schemes, ``s = −1``), batching probes with ``vmap`` in chunks that respect the
@@ -39,6 +39,12 @@ def probes_per_chunk(
         return probe_batch
     per_probe = signs * sum(p.numel() * p.element_size() for _, p in params)
     return max(1, memory_budget // max(1, per_probe))
+
+
+def check_probes(probes: int, sigma: float) -> None:
+    """The two options every probing estimator has: ``probes`` directions q ≥ 1 of scale ``sigma`` σ > 0."""
+    check_positive("probes", probes, integer=True)
+    check_positive("sigma", sigma)
 
 
 def check_batching(probe_batch: int | None, memory_budget: int) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate
 from unigrad.core.rng import Noise
@@ -17,11 +17,14 @@ from unigrad.nn.perturbation import (
     LayerTaps,
     NodeNoise,
     accumulate_signal,
+    check_external_noise,
     gaussian_node_noise,
     layer_owners,
+    noisy_losses,
     per_sample_losses,
     write_layer_grads,
 )
+from unigrad.zeroth._probing import check_probes
 
 SCALES = ("sqrt", "n", "none")
 PASSES = ("clean-noisy", "two-noisy")
@@ -109,16 +112,11 @@ class ANP(Estimator):
         seed: int = 0,
     ) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         check_choice("scale", scale, SCALES)
         check_choice("passes", passes, PASSES)
         check_choice("noise", noise, NOISES)
-        if noise == "external" and passes != "two-noisy":
-            raise UnigradError(
-                "option noise='external' needs passes='two-noisy' (the model's own noise cannot be switched off "
-                "for a clean pass)"
-            )
+        check_external_noise(noise, passes, "model")
         self.noise_stream = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.scale = probes, float(sigma), scale
         self.passes, self.noise, self.noise_source = passes, noise, noise_source
@@ -146,11 +144,7 @@ class ANP(Estimator):
         silent = 0
         for i in range(q):
             with LayerTaps(model, record_outputs=True, node_noise=self._node_noise(i)) as noisy:
-                f = per_sample_losses(evaluate(objective, model, cost), self.name)
-            if f.shape != f0.shape:
-                raise UnigradError(
-                    f"anp: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
-                )
+                f = noisy_losses(objective, model, cost, f0, "anp")
             probe_losses[i] = f.double().mean()
             # measure: δh_l per layer, ‖δh_b‖² over all layers, N nodes per sample
             deltas: list[Tensor | None] = [None] * len(base.layers)

@@ -7,14 +7,20 @@ from typing import Any
 from torch import nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.core.shaping import shaper
-from unigrad.zeroth._probing import DEFAULT_MEMORY_BUDGET, check_batching, combine, probe_losses, probes_per_chunk
+from unigrad.zeroth._probing import (
+    DEFAULT_MEMORY_BUDGET,
+    check_batching,
+    check_probes,
+    combine,
+    probe_losses,
+    probes_per_chunk,
+)
 
 
 class ES(Estimator):
@@ -79,8 +85,7 @@ class ES(Estimator):
         exchange: ProbeExchange | None = None,
     ) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         self._shape = shaper(fitness_shaping)
         check_batching(probe_batch, memory_budget)
         self.noise = Noise("gaussian", noise_source)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate
 from unigrad.core.rng import Noise
@@ -18,9 +18,11 @@ from unigrad.nn.perturbation import (
     accumulate_signal,
     gaussian_node_noise,
     layer_owners,
+    noisy_losses,
     per_sample_losses,
     write_layer_grads,
 )
+from unigrad.zeroth._probing import check_probes
 
 
 def _only(layer: int, draw: NodeNoise) -> NodeNoise:
@@ -90,8 +92,7 @@ class INP(Estimator):
 
     def __init__(self, probes: int = 1, sigma: float = 1e-3, noise_source: str = "auto", seed: int = 0) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         self.noise = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.noise_source = probes, float(sigma), noise_source
 
@@ -114,11 +115,7 @@ class INP(Estimator):
                 # probe: h_l ← h_l + ε_{l,i} in layer l only, per sample
                 draw = gaussian_node_noise(self.noise, self.seed, self.step, li * q + i, sigma)
                 with LayerTaps(model, node_noise=_only(li, draw)) as noisy:
-                    f = per_sample_losses(evaluate(objective, model, cost), self.name)
-                if f.shape != f0.shape:
-                    raise UnigradError(
-                        f"inp: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
-                    )
+                    f = noisy_losses(objective, model, cost, f0, "inp")
                 eps = noisy.added[li]
                 if eps is None:
                     raise UnigradError(

@@ -9,13 +9,13 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.replay import ReplayDirection, flat_view
 from unigrad.core.rng import CHUNK, Noise
-from unigrad.zeroth._probing import gather_losses
+from unigrad.zeroth._probing import check_probes, gather_losses
 
 DISTRIBUTIONS = ("gaussian", "rademacher")
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -111,8 +111,7 @@ class MeZO(Estimator):
         exchange: ProbeExchange | None = None,
     ) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         check_choice("distribution", distribution, DISTRIBUTIONS)
         if not isinstance(write_grad, bool):
             raise UnigradError(f"option write_grad must be True or False, got {write_grad!r}")

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate
@@ -18,10 +18,11 @@ from unigrad.nn.perturbation import (
     accumulate_signal,
     gaussian_node_noise,
     layer_owners,
+    noisy_losses,
     per_sample_losses,
     write_layer_grads,
 )
-from unigrad.zeroth._probing import gather_losses
+from unigrad.zeroth._probing import check_probes, gather_losses
 
 
 class NP(Estimator):
@@ -89,8 +90,7 @@ class NP(Estimator):
         exchange: ProbeExchange | None = None,
     ) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         self.noise = Noise("gaussian", noise_source)
         self.probes, self.sigma, self.noise_source = probes, float(sigma), noise_source
         self.exchange = check_exchange(exchange)
@@ -117,11 +117,7 @@ class NP(Estimator):
             # probe: h_l ← h_l + ε_{i,l} in every layer, per sample
             noise = gaussian_node_noise(self.noise, self.seed, self.step, i, sigma)
             with LayerTaps(model, node_noise=noise) as noisy:
-                f = per_sample_losses(evaluate(objective, model, cost), self.name)
-            if f.shape != f0.shape:
-                raise UnigradError(
-                    f"np: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
-                )
+                f = noisy_losses(objective, model, cost, f0, "np")
             for layer_index, eps in enumerate(noisy.added):
                 if eps is not None and eps.shape[0] != batch:
                     raise UnigradError(

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from unigrad.core.cost import Cost
-from unigrad.core.errors import check_choice, check_positive
+from unigrad.core.errors import check_choice
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
@@ -17,6 +17,7 @@ from unigrad.core.rng import Noise
 from unigrad.zeroth._probing import (
     DEFAULT_MEMORY_BUDGET,
     check_batching,
+    check_probes,
     combine,
     gather_losses,
     probe_losses,
@@ -86,8 +87,7 @@ class RGE(Estimator):
         exchange: ProbeExchange | None = None,
     ) -> None:
         super().__init__(seed)
-        check_positive("probes", probes, integer=True)
-        check_positive("sigma", sigma)
+        check_probes(probes, sigma)
         check_choice("scheme", scheme, SCHEMES)
         check_batching(probe_batch, memory_budget)
         self.noise = Noise(distribution, noise_source)

@@ -18,12 +18,11 @@ from unigrad.core.options import check_number
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.nn.decorrelation import DecorrelatedLinear
+from unigrad.nn.perturbation import check_external_noise
+from unigrad.zeroth.anp import NOISES, PASSES, SCALES
 
 VARIANTS = ("np", "anp")
-SCALES = ("sqrt", "n", "none")
 READOUTS = ("perturb", "local")
-PASSES = ("clean-noisy", "two-noisy")
-NOISES = ("internal", "external")
 LAYERS = ("inp", "rec", "out")
 
 _UNITS, _OUTPUTS = 0, 1  # tensor part of the noise key
@@ -192,11 +191,7 @@ class NPTime(Estimator):
         check_choice("readout", readout, READOUTS)
         check_choice("passes", passes, PASSES)
         check_choice("noise", noise, NOISES)
-        if noise == "external" and passes != "two-noisy":
-            raise UnigradError(
-                "option noise='external' needs passes='two-noisy' (the network's own noise cannot be switched off "
-                "for a clean pass)"
-            )
+        check_external_noise(noise, passes, "network")
         if noise == "external" and variant == "np" and readout == "perturb":
             raise UnigradError(
                 "variant='np' with noise='external' cannot perturb the outputs (only the network's own noise "

@@ -153,15 +153,71 @@ class NRL(Estimator):
         bounds = [0, *torch.tensor(sizes).cumsum(0).tolist()]
         n_total = bounds[-1]
         dtype, device = params[0][1].dtype, params[0][1].device
-        n_ep, horizon, n_actions = objective.episodes, task.max_steps, task.n_actions
+        n_ep = objective.episodes
         eps = [
             self._process.sequence(
-                horizon, (n_total,), seed=self.seed, trial=self.step, stream=k, dtype=dtype, device=device
+                task.max_steps, (n_total,), seed=self.seed, trial=self.step, stream=k, dtype=dtype, device=device
             )
             for k in range(n_ep)
         ]
+        episodes, logged, online_inputs = self._roll_out(model, objective, task, layers, bounds, eps, dtype)
+        lengths = [e.steps for e in episodes]
+        n_steps = sum(lengths)
+        obs = torch.cat([e.observations for e in episodes]).to(device)
+        actions = torch.cat([e.actions for e in episodes]).to(device)
+        noise = torch.cat([eps[k][:t_k] for k, t_k in enumerate(lengths)])
+        with torch.no_grad():
+            if self.action_from == "noisy":
+                noisy, clean = logged, policy_logits(model, obs, task.n_actions, dtype)
+                inputs: list[Tensor | None] = [
+                    torch.stack([x for k in range(n_ep) for x in online_inputs[k][i]]) for i in range(len(layers))
+                ]
+            else:
+                with LayerTaps(
+                    model, record_inputs=True, node_noise=lambda i, out: noise[:, bounds[i] : bounds[i + 1]]
+                ) as taps:
+                    noisy = policy_logits(model, obs, task.n_actions, dtype)
+                _check_ran(taps, layers)
+                clean, inputs = logged, list(taps.inputs)
+        idx = actions.view(-1, 1)
+        dp = (_log_prob(noisy, idx) - _log_prob(clean, idx)).view(-1)
+        sq = noise.double().square().sum(1)
+        ratio = torch.where(sq > 0, dp / sq.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(dp))
+
+        returns = [e.total_return for e in episodes]
+        baseline = returns[0] if self.baseline is None else self.baseline
+        rpe = [self._rpe(r, baseline) for r in returns]
+        decay = torch.cat([self.gamma ** torch.arange(t_k - 1, -1, -1, dtype=torch.float64) for t_k in lengths])
+        per_step = torch.cat([torch.full((t_k,), rpe[k] / n_ep, dtype=torch.float64) for k, t_k in enumerate(lengths)])
+        coeff = (per_step * decay * ratio).to(device)
+        signals: list[Tensor | None] = []
+        for i, n_l in enumerate(sizes):
+            scale = {"layer": n_l, "total": n_total, "none": 1}[self.normalization]
+            signals.append((-scale * coeff).view(-1, 1).to(dtype) * noise[:, bounds[i] : bounds[i + 1]])
+        write_layer_grads(params, owners, layers, inputs, signals)
+        self._update_baseline(baseline, returns)
+        info = {"returns": returns, "rpe": rpe, "baseline": baseline, "steps": n_steps}
+        info["mean_abs_log_ratio"] = float(dp.abs().mean())
+        return Estimate(
+            loss=-sum(returns) / len(returns), cost=Cost(forwards=2 * n_steps), loss_is_probe_mean=True, info=info
+        )
+
+    def _roll_out(
+        self,
+        model: nn.Module,
+        objective: Any,
+        task: ControlTask,
+        layers: list[tuple[str, nn.Module]],
+        bounds: list[int],
+        eps: list[Tensor],
+        dtype: torch.dtype,
+    ) -> tuple[list[Episode], Tensor, list[list[list[Tensor]]]]:
+        """Run the episodes, acting on clean logits (``action_from="clean"``) or on logits with episode ``k``'s
+        node noise ``eps[k][t]`` (``"noisy"``); returns the episodes, the logits acted on (all steps, in
+        episode order) and, when acting on noisy logits, each episode's recorded layer inputs."""
+        n_ep, n_actions = objective.episodes, task.n_actions
         g = generator(_ACTION_TAG, self.seed, self.step)
-        uniforms = torch.rand((horizon, n_ep), generator=g, dtype=torch.float64).tolist()
+        uniforms = torch.rand((task.max_steps, n_ep), generator=g, dtype=torch.float64).tolist()
         noisy_online = self.action_from == "noisy"
         online_logits: list[list[Tensor]] = [[] for _ in range(n_ep)]
         online_inputs: list[list[list[Tensor]]] = [[[] for _ in layers] for _ in range(n_ep)]
@@ -185,58 +241,15 @@ class NRL(Estimator):
             return [sample_action(row, uniforms[t][k]) for row, k in zip(logits.tolist(), active)]
 
         episodes: list[Episode] = objective.rollouts(act)
-        lengths = [e.steps for e in episodes]
-        n_steps = sum(lengths)
-        obs = torch.cat([e.observations for e in episodes])
-        actions = torch.cat([e.actions for e in episodes]).to(device)
-        noise = torch.cat([eps[k][:t_k] for k, t_k in enumerate(lengths)])
         logged = torch.stack([row for rows in online_logits for row in rows])
-        with torch.no_grad():
-            if noisy_online:
-                noisy, clean = logged, policy_logits(model, obs.to(device), n_actions, dtype)
-                inputs: list[Tensor | None] = [
-                    torch.stack([x for k in range(n_ep) for x in online_inputs[k][i]]) for i in range(len(layers))
-                ]
-            else:
-                with LayerTaps(
-                    model, record_inputs=True, node_noise=lambda i, out: noise[:, bounds[i] : bounds[i + 1]]
-                ) as taps:
-                    noisy = policy_logits(model, obs.to(device), n_actions, dtype)
-                _check_ran(taps, layers)
-                clean, inputs = logged, list(taps.inputs)
-        idx = actions.view(-1, 1)
-        dp = (_log_prob(noisy, idx) - _log_prob(clean, idx)).view(-1)
-        sq = noise.double().square().sum(1)
-        ratio = torch.where(sq > 0, dp / sq.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(dp))
+        return episodes, logged, online_inputs
 
-        returns = [e.total_return for e in episodes]
-        baseline = returns[0] if self.baseline is None else self.baseline
-        rpe = [self._rpe(r, baseline) for r in returns]
-        decay = torch.cat([self.gamma ** torch.arange(t_k - 1, -1, -1, dtype=torch.float64) for t_k in lengths])
-        per_step = torch.cat([torch.full((t_k,), rpe[k] / n_ep, dtype=torch.float64) for k, t_k in enumerate(lengths)])
-        coeff = (per_step * decay * ratio).to(device)
-        signals: list[Tensor | None] = []
-        for i, n_l in enumerate(sizes):
-            scale = {"layer": n_l, "total": n_total, "none": 1}[self.normalization]
-            signals.append((-scale * coeff).view(-1, 1).to(dtype) * noise[:, bounds[i] : bounds[i + 1]])
-        write_layer_grads(params, owners, layers, inputs, signals)
-
+    def _update_baseline(self, baseline: float, returns: list[float]) -> None:
+        """``b ← b + γ_avg (R_k − b)`` over the episodes' returns, in order."""
         b = baseline
         for r in returns:
             b += self.gamma_avg * (r - b)
         self.baseline = b
-        return Estimate(
-            loss=-sum(returns) / len(returns),
-            cost=Cost(forwards=2 * n_steps),
-            loss_is_probe_mean=True,
-            info={
-                "returns": returns,
-                "rpe": rpe,
-                "baseline": baseline,
-                "steps": n_steps,
-                "mean_abs_log_ratio": float(dp.abs().mean()),
-            },
-        )
 
     def _rpe(self, ret: float, baseline: float) -> float:
         diff = ret - baseline
