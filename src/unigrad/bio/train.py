@@ -29,7 +29,7 @@ from unigrad.core.estimator import Estimator
 from unigrad.core.options import check_seed
 from unigrad.registry import make_estimator
 from unigrad.train.hooks import Report
-from unigrad.train.loop import Batch, Every, Hook, StepRecord, TrainingLoop
+from unigrad.train.loop import Batch, Every, Hook, RunRecord, StepRecord, TrainingLoop
 from unigrad.train.trainer import make_optimizer
 
 EVAL_SEED_OFFSET = 1_000_003
@@ -37,7 +37,7 @@ EVAL_SEED_OFFSET = 1_000_003
 
 
 @dataclass
-class BioRun:
+class BioRun(RunRecord):
     """One training run: its evaluation history and how it ended."""
 
     method: str
@@ -48,22 +48,6 @@ class BioRun:
     history: list[dict[str, float]] = field(default_factory=list)
     cost: Cost = field(default_factory=Cost)
     seconds: float = 0.0
-
-    @property
-    def final(self) -> dict[str, float]:
-        return self.history[-1]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "task": self.task,
-            "seed": self.seed,
-            "status": self.status,
-            "message": self.message,
-            "history": self.history,
-            "cost": self.cost.to_dict(),
-            "seconds": self.seconds,
-        }
 
 
 @torch.no_grad()

@@ -29,14 +29,17 @@ sign). :class:`~unigrad.hardware.energy.EnergyModel` turns the counts into joule
 :class:`~unigrad.hardware.energy.LatencyModel` into seconds of device time; every evaluation point records the
 accuracy *on the device* and the energy and latency spent so far, so the energy to reach a target accuracy is read off
 the history.
+
+A run is a :class:`~unigrad.train.loop.TrainingLoop`: the backprop modes train the twin with the ``backprop``
+estimator, the in-situ modes the device with ANP or MGD (through the dither port, :class:`_ThroughDitherPort`);
+the rate schedule, the learner's work per step, the aware twin's fresh draws and the decorrelation update are its
+hooks.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,10 +49,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import unigrad
-from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive
+from unigrad.core.estimator import Estimate, Estimator
+from unigrad.core.objective import Objective
 from unigrad.core.rng import generator
+from unigrad.first.backprop import Backprop
 from unigrad.hardware.crossbar import CrossbarMLP
 from unigrad.hardware.energy import EnergyModel, LatencyModel, OpCounts
+from unigrad.train.hooks import DecorrelationUpdates, Report
+from unigrad.train.loop import Batch, Estimates, Every, Hook, RunRecord, StepRecord, TrainingLoop
+from unigrad.zeroth.anp import ANP
+from unigrad.zeroth.mgd import MGD
 
 MODES = ("deployed-backprop", "hardware-aware", "in-situ-anp", "in-situ-danp", "mgd")
 SCHEDULES = ("constant", "cosine")
@@ -57,7 +67,7 @@ _BATCH, _AWARE = 0x4B0, 0x4B1
 
 
 @dataclass
-class DeviceRun:
+class DeviceRun(RunRecord):
     """One training run on a device: evaluation history, training operation counts, energy."""
 
     mode: str
@@ -66,25 +76,12 @@ class DeviceRun:
     counts: OpCounts = field(default_factory=OpCounts)
     seconds: float = 0.0
 
-    @property
-    def final(self) -> dict[str, Any]:
-        return self.history[-1]
-
     def energy_to(self, accuracy: float) -> float | None:
         """Training energy (J) at the first evaluation reaching ``accuracy`` on the device (None: never)."""
         for point in self.history:
             if point["accuracy"] >= accuracy:
                 return point["energy"]
         return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "seed": self.seed,
-            "history": self.history,
-            "counts": self.counts.to_dict(),
-            "seconds": self.seconds,
-        }
 
 
 def _batch(n: int, size: int, seed: int, step: int) -> Tensor:
@@ -130,6 +127,48 @@ class HardwareAwareTwin(nn.Module):
         return x
 
 
+class _RateSchedule(Hook):
+    """Adam's rate held constant or annealed along a half cosine (:func:`_scheduler`), stepped after every update."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: str, steps: int) -> None:
+        self.scheduler = _scheduler(optimizer, schedule, steps)
+
+    def after_update(self, loop: TrainingLoop, batch: Batch) -> None:
+        self.scheduler.step()
+
+
+class _LearnerWork(Hook):
+    """The learner's own digital work and random bits: ``per_step`` (the same every step) charged per step."""
+
+    def __init__(self, per_step: OpCounts) -> None:
+        self.per_step, self.counts = per_step, OpCounts()
+
+    def on_step_end(self, loop: TrainingLoop, record: StepRecord) -> None:
+        self.counts += self.per_step
+
+
+class _FreshDraws(Hook):
+    """The hardware-aware twin draws its non-idealities afresh for every step."""
+
+    def __init__(self, twin: HardwareAwareTwin) -> None:
+        self.twin = twin
+
+    def after_update(self, loop: TrainingLoop, batch: Batch) -> None:
+        self.twin.step += 1
+
+
+class _ThroughDitherPort:
+    """An estimator whose every estimate runs with the device's dither port open (MGD's dithers are then exact
+    transient offsets, never written: :meth:`CrossbarMLP.dither_port`)."""
+
+    def __init__(self, estimator: Estimator, device: CrossbarMLP) -> None:
+        self.estimator, self.device = estimator, device
+
+    def estimate(self, model: nn.Module, objective: Objective) -> Estimate:
+        with self.device.dither_port():
+            return self.estimator.estimate(model, objective)
+
+
 def train_device(
     make_device: Callable[[], CrossbarMLP],
     mode: str,
@@ -153,120 +192,115 @@ def train_device(
     annealed to zero over ``steps`` along a half cosine (``schedule="cosine"``, ``lr_t = lr·(1 + cos(πt/T))/2``).
     ``node_sigma`` is what the hardware-aware twin injects on layer outputs (the device's node noise level, if
     known). ``options`` go to the estimator (``ANP``, ``MGD``) or, under ``"decorrelation"``, to
-    :func:`unigrad.decorrelate`."""
+    :func:`unigrad.decorrelate`. ``on_eval`` is called with a copy of every evaluation point. A non-finite loss
+    raises :class:`~unigrad.core.errors.NonFiniteLossError`."""
     check_choice("mode", mode, MODES)
     for name, value in (("steps", steps), ("batch", batch), ("eval_every", eval_every)):
         check_positive(name, value, integer=True)
     check_positive("lr", lr)
     check_choice("schedule", schedule, SCHEDULES)
-    options = dict(options or {})
-    energy = energy or EnergyModel()
-    latency = latency or LatencyModel()
     xtr, ytr, xte, yte = data
     if eval_samples is not None:
         xte, yte = xte[:eval_samples], yte[:eval_samples]
     device = make_device()
     if not isinstance(device, CrossbarMLP):
         raise UnigradError(f"make_device must return a CrossbarMLP, got {type(device).__name__}")
-    sizes = device.sizes
-    run = DeviceRun(mode, seed)
-    learner = OpCounts()  # the learner's own digital work and random bits
-    start = time.perf_counter()
+    joules, seconds = energy or EnergyModel(), latency or LatencyModel()
+    learner = _learner(device, mode, batch, seed, node_sigma, dict(options or {}))
+    opt = torch.optim.Adam(learner.trains.parameters(), lr=lr)
 
-    def record(step: int, model_for_eval: nn.Module | None) -> None:
-        nonlocal start
-        run.seconds += time.perf_counter() - start
-        state = device.device_state()
-        if model_for_eval is not None:  # backprop modes: deploy the twin as it is now, then put things back
-            device.deploy(model_for_eval)
-        acc = device_accuracy(device, xte, yte)
-        device.load_device_state(state)
-        counts = device.counts + learner
-        if model_for_eval is not None:
+    def batches(loop: TrainingLoop) -> Batch:
+        i = _batch(len(xtr), batch, seed, loop.step + 1)
+        return Batch(unigrad.supervised(F.cross_entropy, xtr[i], ytr[i]), xtr[i], batch)
+
+    def point(loop: TrainingLoop) -> dict[str, Any]:
+        acc = _accuracy_on_device(device, learner.twin, xte, yte)
+        counts = device.counts + work.counts
+        if learner.twin is not None:  # the deployment the evaluation stands for is charged, not done
             counts += OpCounts(writes=sum(m.weight.numel() for m in device.analog_layers()))
-        point = {
-            "step": step,
+        return {
+            "step": loop.step,
             "accuracy": acc,
-            "energy": energy.energy(counts),
-            "latency": latency.latency(counts),
+            "energy": joules.energy(counts),
+            "latency": seconds.latency(counts),
             "counts": counts.to_dict(),
-            "seconds": run.seconds,
+            "seconds": loop.seconds,
         }
-        run.history.append(point)
-        if on_eval is not None:
-            on_eval(point)
-        start = time.perf_counter()
 
+    work = _LearnerWork(learner.per_step)
+    loop = TrainingLoop(
+        learner.model,
+        learner.estimator,
+        opt,
+        batches,
+        spent=lambda loop: loop.step / steps,
+        evaluate=point,
+        schedule=Every(eval_every, steps),
+        hooks=[_RateSchedule(opt, schedule, steps), work, *learner.hooks, *([Report(on_eval)] if on_eval else [])],
+        describe=lambda e: str(e).split(";")[0],
+    ).run()
+    if loop.status == "diverged":
+        raise NonFiniteLossError(f"{mode}: the {loop.message} at step {loop.failed_step}; lower the learning rate")
+    if learner.twin is not None:
+        device.deploy(learner.twin)
+    return DeviceRun(mode, seed, loop.history, device.counts + work.counts, loop.seconds)
+
+
+@dataclass
+class _Learner:
+    """How a mode learns: the ``model`` the estimator sees, the module whose parameters Adam ``trains``, the
+    ``twin`` deployed at the end (backprop modes), the learner's digital work ``per_step`` and its hooks."""
+
+    model: nn.Module
+    trains: nn.Module
+    estimator: Estimator | Estimates
+    per_step: OpCounts
+    twin: nn.Sequential | None = None
+    hooks: list[Hook] = field(default_factory=list)
+
+
+def _learner(
+    device: CrossbarMLP, mode: str, batch: int, seed: int, node_sigma: float, options: dict[str, Any]
+) -> _Learner:
+    """The learner of ``mode`` on ``device`` (module docs), with what it costs per step."""
+    sizes = device.sizes
     if mode in ("deployed-backprop", "hardware-aware"):
         twin = device.digital_twin(seed=seed, dtype=device.analog_layers()[0].weight.dtype)
-        model = HardwareAwareTwin(twin, device, node_sigma, seed) if mode == "hardware-aware" else twin
-        opt = torch.optim.Adam(twin.parameters(), lr=lr)
-        sched = _scheduler(opt, schedule, steps)
-        record(0, twin)
-        per_step = 3 * batch * _macs(sizes)
-        for step in range(1, steps + 1):
-            i = _batch(len(xtr), batch, seed, step)
-            opt.zero_grad()
-            F.cross_entropy(model(xtr[i]), ytr[i]).backward()
-            opt.step()
-            sched.step()
-            learner.digital_macs += per_step
-            if mode == "hardware-aware":
-                model.step += 1
-                learner.random_bits += 32 * 2 * sum(m.weight.numel() for m in twin if isinstance(m, nn.Linear))
-                learner.random_bits += 32 * batch * sum(sizes[1:]) * (node_sigma > 0)
-            if step % eval_every == 0 or step == steps:
-                record(step, twin)
-        device.deploy(twin)
-        run.counts = device.counts + learner
-        return run
-
+        work = OpCounts(digital_macs=3 * batch * _macs(sizes))
+        if mode == "deployed-backprop":
+            return _Learner(twin, twin, Backprop(seed=seed), work, twin)
+        aware = HardwareAwareTwin(twin, device, node_sigma, seed)
+        work.random_bits += 32 * 2 * sum(m.weight.numel() for m in twin if isinstance(m, nn.Linear))
+        work.random_bits += 32 * batch * sum(sizes[1:]) * (node_sigma > 0)
+        return _Learner(aware, twin, Backprop(seed=seed), work, twin, [_FreshDraws(aware)])
     port = bool(options.pop("dither_port", True))
     if mode == "mgd":
-        from unigrad.zeroth.mgd import MGD
-
         est = MGD(seed=seed, **options)
-    else:
-        from unigrad.zeroth.anp import ANP
+        window, cells = getattr(est, "window", 1), device_parameters(device)
+        work = OpCounts(digital_macs=window * cells)
+        if getattr(est, "dither", "") == "random-sign":
+            work.random_bits += window * cells
+        return _Learner(device, device, _ThroughDitherPort(est, device) if port else est, work)
+    decor = options.pop("decorrelation", {"lr": 1e-3, "sample": 1024})
+    anp = ANP(noise="external", passes="two-noisy", seed=seed, **options)
+    work = OpCounts(digital_macs=batch * _macs(sizes))
+    if mode == "in-situ-anp":
+        return _Learner(device, device, anp, work)
+    unigrad.decorrelate(device, seed=seed, **decor)
+    work.digital_macs += (1 + anp.probes) * batch * sum(n * n for n in sizes[:-1])
+    work.digital_macs += decorrelation_update_macs(sizes, batch, decor.get("sample"))
+    return _Learner(device, device, anp, work, hooks=[DecorrelationUpdates()])
 
-        decor = options.pop("decorrelation", {"lr": 1e-3, "sample": 1024})
-        est = ANP(noise="external", passes="two-noisy", seed=seed, **options)
-        if mode == "in-situ-danp":
-            unigrad.decorrelate(device, seed=seed, **decor)
-    opt = torch.optim.Adam(device.parameters(), lr=lr)
-    sched = _scheduler(opt, schedule, steps)
-    record(0, None)
-    for step in range(1, steps + 1):
-        i = _batch(len(xtr), batch, seed, step)
-        opt.zero_grad()
-        objective = unigrad.supervised(F.cross_entropy, xtr[i], ytr[i])
-        if mode == "mgd" and port:
-            with device.dither_port():
-                e = est.estimate(device, objective)
-        else:
-            e = est.estimate(device, objective)
-        opt.step()
-        sched.step()
-        if mode == "mgd":
-            window = getattr(est, "window", 1)
-            learner.digital_macs += window * device_parameters(device)
-            if getattr(est, "dither", "") == "random-sign":
-                learner.random_bits += window * device_parameters(device)
-        else:
-            learner.digital_macs += batch * _macs(sizes)
-            if mode == "in-situ-danp":
-                passes = 1 + est.probes
-                learner.digital_macs += passes * batch * sum(n * n for n in sizes[:-1])
-                learner.digital_macs += decorrelation_update_macs(sizes, batch, decor.get("sample"))
-                from unigrad.nn.decorrelation import update_decorrelation
 
-                update_decorrelation(device)
-        if not math.isfinite(e.loss):
-            raise UnigradError(f"{mode}: the loss became {e.loss} at step {step}; lower the learning rate")
-        if step % eval_every == 0 or step == steps:
-            record(step, None)
-    run.counts = device.counts + learner
-    return run
+def _accuracy_on_device(device: CrossbarMLP, twin: nn.Module | None, x: Tensor, y: Tensor) -> float:
+    """The device's accuracy on ``(x, y)`` — with ``twin`` deployed into it first (backprop modes) — leaving the
+    device's physical state as it was."""
+    state = device.device_state()
+    if twin is not None:
+        device.deploy(twin)
+    acc = device_accuracy(device, x, y)
+    device.load_device_state(state)
+    return acc
 
 
 def decorrelation_update_macs(sizes: list[int], batch: int, sample: int | None) -> int:

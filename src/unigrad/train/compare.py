@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,26 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+@dataclass
+class _Comparison:
+    """What every run of a comparison shares, checked and built once by :func:`_plan`."""
+
+    task: Task
+    specs: list[MethodSpec]
+    budget: Budget
+    seeds: list[int]
+    batch_size: int
+    device: torch.device
+    dtype: torch.dtype
+    asked_points: int | None  # as given (None: the default number, which a short run may not reach)
+    eval_points: int
+    diag_names: tuple[str, ...]
+    diagnostics_every: int | None
+    diag_config: dict[str, Any] | None
+    progress: bool = True  # whether the runs show progress bars
+    say: Callable[[str], None] = print  # where the lines about each run go
+
+
 def compare(
     task: Task | str = DEFAULT_TASK,
     methods: str | Sequence[str] | Sequence[MethodSpec] = DEFAULT_METHODS,
@@ -126,6 +147,52 @@ def compare(
     """
     from unigrad.train.report import write_report
 
+    say = log or (lambda _: None)
+    plan = _plan(task, methods, budget, seeds, batch_size, device, dtype, eval_points, diagnostics, diagnostics_every)
+    plan = replace(plan, progress=progress, say=say)
+    db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
+    folder = run_dir(plan.task.name, out, prefix)
+    results = _header(plan, command)
+    verb = "training" if prefix == "train" else "comparing"
+    labels = ", ".join(m.label for m in plan.specs)
+    plan.say(f"{verb} {labels} on {plan.task.name}, {plan.budget}, seeds {plan.seeds} -> {folder}")
+    group = db.create_group(folder.name, results["config"], results["environment"]) if db is not None else None
+    t_start = time.perf_counter()
+    for spec in plan.specs:
+        runs: list[dict[str, Any]] = []
+        entry: dict[str, Any] = {**spec.to_dict(), "runs": runs}
+        results["methods"][spec.label] = entry
+        for seed in plan.seeds:
+            stored = None
+            if db is not None and group is not None:
+                stored = _StoredRun(db, group.name, results["environment"], plan, spec, seed, rerun)
+            runs.append(_run(plan, spec, seed, stored))
+            _write_json(folder / "results.json", results)
+        if memory:
+            entry["peak_memory_bytes"] = _peak_memory(plan, spec)
+        entry["summary"] = summarize(runs)
+        _write_json(folder / "results.json", results)
+    results["config"]["total_seconds"] = time.perf_counter() - t_start
+    _write_json(folder / "results.json", results)
+    write_report(folder, results)
+    return folder, results
+
+
+def _plan(
+    task: Task | str,
+    methods: str | Sequence[str] | Sequence[MethodSpec],
+    budget: Budget | str,
+    seeds: int | str | Sequence[int],
+    batch_size: int,
+    device: str,
+    dtype: str,
+    eval_points: int | None,
+    diagnostics: str | Sequence[str],
+    diagnostics_every: int | None,
+) -> _Comparison:
+    """The comparison :func:`compare` is asked for, checked before anything is trained or a folder is made: the
+    methods, the seeds, the diagnostics, learning rates the optimizer's dtype can hold, the dataset, and a plan
+    every run can carry out (:func:`~unigrad.train.plan.check_plan`)."""
     task = get_task(task) if isinstance(task, str) else task
     if isinstance(methods, str) or all(isinstance(m, str) for m in methods):
         specs = parse_methods(methods)  # type: ignore[arg-type]
@@ -140,14 +207,7 @@ def compare(
     ):
         raise UnigradError(f"option diagnostics_every must be an integer >= 1, got {diagnostics_every!r}")
     diag_config = {"names": list(diag_names), "every": diagnostics_every} if diag_names else None
-    # torch cannot apply a learning rate the optimizer's parameters cannot hold (float32 masters for half models)
-    step_dt = torch.float32 if dt in HALF_DTYPES else dt
-    for spec in specs:
-        if spec.lr > torch.finfo(step_dt).max:
-            raise UnigradError(
-                f"lr {spec.lr:g} of {spec.label} is larger than the largest {str(step_dt).removeprefix('torch.')} "
-                f"({torch.finfo(step_dt).max:g}); lower it"
-            )
+    _check_learning_rates(specs, dt)
     task.data()  # a missing dataset fails here, before a folder is made
     for spec in specs:  # so does a plan no run can carry out (a batch beyond the data, too many steps or points)
         check_plan(
@@ -158,123 +218,146 @@ def compare(
             eval_points=eval_points,
             estimator_options=spec.options,
         )
-    asked_points, eval_points = eval_points, DEFAULT_EVAL_POINTS if eval_points is None else eval_points
-    db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
-    folder = run_dir(task.name, out, prefix)
-    say = log or (lambda _: None)
-    results: dict[str, Any] = {
-        "config": {
-            "task": task.name,
-            "task_description": task.description,
-            "budget": str(budget),
-            "seeds": seed_list,
-            "batch_size": batch_size,
-            "device": str(dev),
-            "dtype": str(dt).removeprefix("torch."),
-            "eval_points": eval_points,
-            "methods": [m.to_dict() for m in specs],
-            "command": command,
-            "started": datetime.now().isoformat(timespec="seconds"),
-            **({"diagnostics": diag_config} if diag_config is not None else {}),
-        },
-        "environment": environment(dev),
-        "methods": {},
-    }
-    verb = "training" if prefix == "train" else "comparing"
-    say(f"{verb} {', '.join(m.label for m in specs)} on {task.name}, {budget}, seeds {seed_list} -> {folder}")
-    group = db.create_group(folder.name, results["config"], results["environment"]) if db is not None else None
-    t_start = time.perf_counter()
+    points = DEFAULT_EVAL_POINTS if eval_points is None else eval_points
+    return _Comparison(
+        task=task,
+        specs=specs,
+        budget=budget,
+        seeds=seed_list,
+        batch_size=batch_size,
+        device=dev,
+        dtype=dt,
+        asked_points=eval_points,
+        eval_points=points,
+        diag_names=diag_names,
+        diagnostics_every=diagnostics_every,
+        diag_config=diag_config,
+    )
+
+
+def _check_learning_rates(specs: list[MethodSpec], dt: torch.dtype) -> None:
+    """Refuse a learning rate the optimizer's parameters cannot hold (float32 masters for half models)."""
+    step_dt = torch.float32 if dt in HALF_DTYPES else dt
     for spec in specs:
-        runs: list[dict[str, Any]] = []
-        entry: dict[str, Any] = {**spec.to_dict(), "runs": runs}
-        results["methods"][spec.label] = entry
-        for seed in seed_list:
-            ckpt: Path | None = None
-            record: Callable[[dict[str, Any]], None] | None = None
-            if db is not None and group is not None:
-                config = run_config(
-                    task=task.name,
-                    method=spec.to_dict(),
-                    budget=str(budget),
-                    batch_size=batch_size,
-                    seed=seed,
-                    device=str(dev),
-                    dtype=results["config"]["dtype"],
-                    eval_points=eval_points,
-                )
-                if diag_config is not None:  # a run with diagnostics is another record than one without
-                    config["diagnostics"] = diag_config
-                if dt in HALF_DTYPES:  # half precision steps float32 masters: not the runs stored before it did
-                    config["master_weights"] = "float32"
-                run_id, ckpt, stored = _stored_run(db, group.name, config, results["environment"], rerun)
-                if stored is not None:
-                    runs.append(stored)
-                    f = stored["final"]
-                    say(
-                        f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  (stored run {run_id}, "
-                        f"not retrained)"
-                    )
-                    _write_json(folder / "results.json", results)
-                    continue
-
-                def record(point: dict[str, Any], run_id: int = run_id) -> None:
-                    db.add_points(run_id, [point])
-
-            with _allocation_errors(f"{spec.label} seed {seed}"):
-                r: RunResult = train(
-                    task,
-                    spec.name,
-                    optimizer=spec.optimizer,
-                    lr=spec.lr,
-                    estimator_options=spec.options,
-                    budget=budget,
-                    batch_size=batch_size,
-                    seed=seed,
-                    device=dev,
-                    dtype=dt,
-                    eval_points=asked_points,
-                    progress=progress,
-                    desc=f"{spec.label} seed {seed}",
-                    decorrelation=spec.decorrelation,
-                    checkpoint=ckpt,
-                    resume=ckpt is not None,
-                    on_record=record,
-                    diagnostics=diag_names,
-                    diagnostics_every=diagnostics_every,
-                    threads=None,  # the caller's (the command line's --threads), recorded in the environment
-                )
-            runs.append(r.to_dict())
-            if db is not None and ckpt is not None:
-                db.finish_run(run_id, r.status, r.to_dict())
-                ckpt.unlink(missing_ok=True)
-            f = r.final
-            line = (
-                f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  "
-                f"{r.steps} steps  {r.forward_equivalents:.3g} FE  {r.train_seconds:.1f} s"
-                + (f" (+{r.diagnostics_seconds:.1f} s diagnostics)" if r.diagnostic_names else "")
+        if spec.lr > torch.finfo(step_dt).max:
+            raise UnigradError(
+                f"lr {spec.lr:g} of {spec.label} is larger than the largest {str(step_dt).removeprefix('torch.')} "
+                f"({torch.finfo(step_dt).max:g}); lower it"
             )
-            say(line + (f"  DIVERGED: {r.message}" if r.status == "diverged" else ""))
-            _write_json(folder / "results.json", results)
-        if memory:
-            with _allocation_errors(f"{spec.label} (peak memory)"):
-                entry["peak_memory_bytes"] = measure_peak_memory(
-                    task,
-                    spec.name,
-                    optimizer=spec.optimizer,
-                    lr=spec.lr,
-                    estimator_options=spec.options,
-                    batch_size=batch_size,
-                    seed=seed_list[0],
-                    device=dev,
-                    dtype=dt,
-                    decorrelation=spec.decorrelation,
-                )
-        entry["summary"] = summarize(runs)
-        _write_json(folder / "results.json", results)
-    results["config"]["total_seconds"] = time.perf_counter() - t_start
-    _write_json(folder / "results.json", results)
-    write_report(folder, results)
-    return folder, results
+
+
+def _header(plan: _Comparison, command: str | None) -> dict[str, Any]:
+    """``results.json`` before any run: the configuration, the environment and no methods yet."""
+    config = {
+        "task": plan.task.name,
+        "task_description": plan.task.description,
+        "budget": str(plan.budget),
+        "seeds": plan.seeds,
+        "batch_size": plan.batch_size,
+        "device": str(plan.device),
+        "dtype": str(plan.dtype).removeprefix("torch."),
+        "eval_points": plan.eval_points,
+        "methods": [m.to_dict() for m in plan.specs],
+        "command": command,
+        "started": datetime.now().isoformat(timespec="seconds"),
+        **({"diagnostics": plan.diag_config} if plan.diag_config is not None else {}),
+    }
+    return {"config": config, "environment": environment(plan.device), "methods": {}}
+
+
+class _StoredRun:
+    """A run's record in the experiment store (:func:`_stored_run`): its id, its checkpoint and, when it already
+    finished, its stored result; :meth:`record` adds an evaluation point, :meth:`finish` stores the result."""
+
+    def __init__(
+        self, db: Store, group: str, env: dict[str, Any], plan: _Comparison, spec: MethodSpec, seed: int, rerun: bool
+    ) -> None:
+        config = run_config(
+            task=plan.task.name,
+            method=spec.to_dict(),
+            budget=str(plan.budget),
+            batch_size=plan.batch_size,
+            seed=seed,
+            device=str(plan.device),
+            dtype=str(plan.dtype).removeprefix("torch."),
+            eval_points=plan.eval_points,
+        )
+        if plan.diag_config is not None:  # a run with diagnostics is another record than one without
+            config["diagnostics"] = plan.diag_config
+        if plan.dtype in HALF_DTYPES:  # half precision steps float32 masters: not the runs stored before it did
+            config["master_weights"] = "float32"
+        self.db = db
+        self.id, self.checkpoint, self.result = _stored_run(db, group, config, env, rerun)
+
+    def record(self, point: dict[str, Any]) -> None:
+        self.db.add_points(self.id, [point])
+
+    def finish(self, r: RunResult) -> None:
+        self.db.finish_run(self.id, r.status, r.to_dict())
+        self.checkpoint.unlink(missing_ok=True)
+
+
+def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | None) -> dict[str, Any]:
+    """One method with one seed: its stored result when the store has it finished, else trained (resuming from
+    the store's checkpoint, recording its points there); says how it went."""
+    if stored is not None and stored.result is not None:
+        f = stored.result["final"]
+        plan.say(
+            f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  (stored run {stored.id}, "
+            f"not retrained)"
+        )
+        return stored.result
+    with _allocation_errors(f"{spec.label} seed {seed}"):
+        r: RunResult = train(
+            plan.task,
+            spec.name,
+            optimizer=spec.optimizer,
+            lr=spec.lr,
+            estimator_options=spec.options,
+            budget=plan.budget,
+            batch_size=plan.batch_size,
+            seed=seed,
+            device=plan.device,
+            dtype=plan.dtype,
+            eval_points=plan.asked_points,
+            progress=plan.progress,
+            desc=f"{spec.label} seed {seed}",
+            decorrelation=spec.decorrelation,
+            checkpoint=None if stored is None else stored.checkpoint,
+            resume=stored is not None,
+            on_record=None if stored is None else stored.record,
+            diagnostics=plan.diag_names,
+            diagnostics_every=plan.diagnostics_every,
+            threads=None,  # the caller's (the command line's --threads), recorded in the environment
+        )
+    result = r.to_dict()
+    if stored is not None:
+        stored.finish(r)
+    f = r.final
+    line = (
+        f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  "
+        f"{r.steps} steps  {r.forward_equivalents:.3g} FE  {r.train_seconds:.1f} s"
+        + (f" (+{r.diagnostics_seconds:.1f} s diagnostics)" if r.diagnostic_names else "")
+    )
+    plan.say(line + (f"  DIVERGED: {r.message}" if r.status == "diverged" else ""))
+    return result
+
+
+def _peak_memory(plan: _Comparison, spec: MethodSpec) -> int:
+    """Peak bytes of two training steps of ``spec`` (:func:`~unigrad.train.trainer.measure_peak_memory`)."""
+    with _allocation_errors(f"{spec.label} (peak memory)"):
+        return measure_peak_memory(
+            plan.task,
+            spec.name,
+            optimizer=spec.optimizer,
+            lr=spec.lr,
+            estimator_options=spec.options,
+            batch_size=plan.batch_size,
+            seed=plan.seeds[0],
+            device=plan.device,
+            dtype=plan.dtype,
+            decorrelation=spec.decorrelation,
+        )
 
 
 def _stored_run(

@@ -60,7 +60,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
@@ -72,6 +72,15 @@ from unigrad.core.objective import Objective
 from unigrad.train.state import MasterWeights
 
 Point = dict[str, Any]
+
+
+class Estimates(Protocol):
+    """What the loop asks of its estimator: ``estimate(model, objective)`` writes ``.grad`` and returns the
+    :class:`~unigrad.core.estimator.Estimate`. Every :class:`~unigrad.core.estimator.Estimator` is one, and so is a
+    wrapper that runs one in a context (a device's dither port). Hooks that save or restore the estimator's state
+    (:class:`~unigrad.train.hooks.LastGood`, checkpoints, diagnostics) need an ``Estimator``."""
+
+    def estimate(self, model: nn.Module, objective: Objective) -> Estimate: ...
 
 
 @dataclass
@@ -163,8 +172,9 @@ class TrainingLoop:
     """Train ``model`` with ``estimator`` and ``optimizer`` on the batches of ``batches`` (module docs).
 
     Args:
-        model, estimator, optimizer: what trains; with ``masters`` (:class:`~unigrad.train.state.MasterWeights`)
-            the optimizer steps the float32 masters of a half-precision model.
+        model, estimator, optimizer: what trains (the estimator: any :class:`Estimates`); with ``masters``
+            (:class:`~unigrad.train.state.MasterWeights`) the optimizer steps the float32 masters of a half-precision
+            model.
         batches: ``batches(loop) -> Batch``, the next step's batch.
         spent: ``spent(loop)``, the fraction of the budget used (the loop runs while it is below 1).
         evaluate: ``evaluate(loop) -> point or None`` (module docs); ``None``: no evaluation points.
@@ -183,7 +193,7 @@ class TrainingLoop:
     def __init__(
         self,
         model: nn.Module,
-        estimator: Estimator,
+        estimator: Estimator | Estimates,
         optimizer: torch.optim.Optimizer,
         batches: Callable[[TrainingLoop], Batch],
         *,
@@ -295,3 +305,23 @@ class TrainingLoop:
     def _call(self, point: str, *args: Any) -> None:
         for hook in self.hooks:
             getattr(hook, point)(self, *args)
+
+
+class RunRecord:
+    """The record of a finished run, for a dataclass with a ``history`` of evaluation points: ``final`` is the last
+    point and :meth:`to_dict` the fields in order, as plain data (a field with a ``to_dict`` gives that)."""
+
+    history: list[Any]
+
+    @property
+    def final(self) -> Any:
+        """The last evaluation point."""
+        return self.history[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name, in order; one with a ``to_dict`` method (a cost, operation counts) as its dict."""
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
+        return out

@@ -152,7 +152,7 @@ from unigrad.train.hooks import (
     record_decorrelation_inputs,  # noqa: F401  (re-exported)
     train_hooks,
 )
-from unigrad.train.loop import Batch, Fractions, Point, TrainingLoop
+from unigrad.train.loop import Batch, Fractions, Hook, Point, TrainingLoop
 from unigrad.train.plan import (  # noqa: F401  (re-exported)
     BUDGET_KINDS,
     DEFAULT_EVAL_POINTS,
@@ -428,106 +428,241 @@ def train(
     ``threads`` (default 1) is torch's intra-op thread count during the call, restored afterwards;
     ``None`` leaves the process's setting alone (see "Threads" in the module docs).
     """
-    task = get_task(task) if isinstance(task, str) else task
-    budget = Budget.parse(budget)
-    check_positive("batch_size", batch_size, integer=True)
-    asked = eval_points  # None: the default number, which a short run may not reach (module docs)
-    eval_points = DEFAULT_EVAL_POINTS if eval_points is None else eval_points
-    check_positive("eval_points", eval_points, integer=True)
-    check_seed("seed", seed)
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    decor = check_decorrelation(decorrelation)
-    names = check_diagnostics(diagnostics)
-    if diagnostics_every is not None:
-        check_positive("diagnostics_every", diagnostics_every, integer=True)
-
-    estimator, decor = _split_decorrelated(_build_estimator(method, seed, estimator_options), decor)
-    check_plan(task, estimator, budget=budget, batch_size=batch_size, eval_points=asked)
+    plan = _plan(
+        task,
+        method,
+        estimator_options,
+        optimizer=optimizer,
+        lr=lr,
+        optimizer_options=optimizer_options,
+        budget=budget,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        eval_points=eval_points,
+        decorrelation=decorrelation,
+        diagnostics=diagnostics,
+        diagnostics_every=diagnostics_every,
+    )
+    estimator, dev, dt, decor, names = plan.estimator, plan.device, plan.dtype, plan.decor, plan.names
     if exchange is not None:
         _attach_exchange(estimator, exchange, names, decor, exchange_check_every)
     lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
-    data: TaskData = task.data().to(dev, dt)
-    model = build_model(task, seed, dev, dt, decor, estimator)
+    data: TaskData = plan.task.data().to(dev, dt)
+    model = build_model(plan.task, seed, dev, dt, decor, estimator)
     masters = MasterWeights(model) if dt in HALF_DTYPES else None  # the optimizer steps float32 copies
     params = masters.params if masters is not None else model.parameters()
     opt = make_optimizer(optimizer, params, lr, **(optimizer_options or {}))
     model.train()
     initial = [p.detach().clone() for _, p in trainable(model)] if "drift" in names else None
 
-    order = DataOrder(data, task.loss_fn, seed, batch_size, exchange)
-    planned = planned_steps(budget, order.n, batch_size)
-    total = None if planned is None else int(planned)
-    schedule, last_good = Fractions(eval_points), LastGood()
-    diag = Diagnostics(names, diagnostics_every, seed, initial, order) if names else None
-    ex = Exchange(exchange, exchange_check_every) if exchange is not None else None
-    settings = {"optimizer": optimizer, "lr": lr, "optimizer_options": dict(optimizer_options or {})}
-    settings |= {"budget": str(budget), "batch_size": batch_size, "seed": seed, "device": dev.type}
-    settings |= {"dtype": str(dt), "eval_points": eval_points, "decorrelation": decor}
-    fingerprint = _fingerprint(task, estimator, settings, masters, names, diagnostics_every, exchange)
-    path = None if checkpoint is None else Path(checkpoint)
-    ckpt = Checkpointing(path, lead, fingerprint, order, schedule, last_good, diag, ex)
+    order = DataOrder(data, plan.task.loss_fn, seed, batch_size, exchange)
+    run = _Concerns.make(plan, order, initial, masters, exchange, exchange_check_every, checkpoint, lead)
     quiet = not progress or not lead or not sys.stderr.isatty()
     hooks = train_hooks(
         order,
-        ex,
-        diag,
+        run.exchange,
+        run.diagnostics,
         DecorrelationUpdates() if decor is not None else None,
-        last_good,
+        run.last_good,
         Report(on_record) if on_record is not None and lead else None,
         ProgressBar(desc or f"{estimator.name} seed {seed}", quiet),
-        ckpt,
+        run.checkpointing,
     )
-    loop = TrainingLoop(
+    loop = _loop(plan, model, opt, masters, order, run, hooks)
+    finished = resume and run.checkpointing.resume(loop)
+    loop.stopped = finished
+    loop.run()
+    _warn_if_short(plan, loop)
+    if not finished:
+        _finish(plan, loop, order, run)
+    return _result(plan, loop, run)
+
+
+@dataclass
+class _Plan:
+    """A run's settings, checked before anything is built: the task, the estimator (a decorrelated method split
+    into its estimator and ``decor``), the budget, the evaluation points as ``asked`` (``None``: the default
+    number) and as used, the device and dtype, the diagnostics, and ``settings``, the options of the fingerprint."""
+
+    task: Task
+    estimator: Estimator
+    budget: Budget
+    asked: int | None
+    eval_points: int
+    seed: int
+    lr: float
+    device: torch.device
+    dtype: torch.dtype
+    decor: dict[str, Any] | None
+    names: tuple[str, ...]
+    diagnostics_every: int | None
+    settings: dict[str, Any]
+
+
+def _plan(
+    task: Task | str,
+    method: Estimator | str,
+    estimator_options: dict[str, Any] | None,
+    *,
+    optimizer: str,
+    lr: float,
+    optimizer_options: dict[str, Any] | None,
+    budget: Budget | str,
+    batch_size: int,
+    seed: int,
+    device: str | torch.device,
+    dtype: str | torch.dtype,
+    eval_points: int | None,
+    decorrelation: dict[str, Any] | None,
+    diagnostics: Sequence[str],
+    diagnostics_every: int | None,
+) -> _Plan:
+    """Check :func:`train`'s arguments and build its estimator (module docs: plans that cannot be carried out)."""
+    task = get_task(task) if isinstance(task, str) else task
+    budget = Budget.parse(budget)
+    check_positive("batch_size", batch_size, integer=True)
+    points = DEFAULT_EVAL_POINTS if eval_points is None else eval_points
+    check_positive("eval_points", points, integer=True)
+    check_seed("seed", seed)
+    dev, dt = resolve_device(device), resolve_dtype(dtype)
+    decor = check_decorrelation(decorrelation)
+    names = check_diagnostics(diagnostics)
+    if diagnostics_every is not None:
+        check_positive("diagnostics_every", diagnostics_every, integer=True)
+    estimator, decor = _split_decorrelated(_build_estimator(method, seed, estimator_options), decor)
+    check_plan(task, estimator, budget=budget, batch_size=batch_size, eval_points=eval_points)
+    settings = {"optimizer": optimizer, "lr": lr, "optimizer_options": dict(optimizer_options or {})}
+    settings |= {"budget": str(budget), "batch_size": batch_size, "seed": seed, "device": dev.type}
+    settings |= {"dtype": str(dt), "eval_points": points, "decorrelation": decor}
+    return _Plan(
+        task=task,
+        estimator=estimator,
+        budget=budget,
+        asked=eval_points,
+        eval_points=points,
+        seed=seed,
+        lr=lr,
+        device=dev,
+        dtype=dt,
+        decor=decor,
+        names=names,
+        diagnostics_every=diagnostics_every,
+        settings=settings,
+    )
+
+
+@dataclass
+class _Concerns:
+    """The hooks of a run that :func:`train` reads back after the loop: the last good state, the diagnostics, the
+    exchange's agreement and the checkpoint."""
+
+    last_good: LastGood
+    diagnostics: Diagnostics | None
+    exchange: Exchange | None
+    checkpointing: Checkpointing
+    schedule: Fractions
+
+    @classmethod
+    def make(
+        cls,
+        plan: _Plan,
+        order: DataOrder,
+        initial: list[Tensor] | None,
+        masters: MasterWeights | None,
+        exchange: ProbeExchange | None,
+        check_every: int | None,
+        checkpoint: str | Path | None,
+        lead: bool,
+    ) -> _Concerns:
+        """The concerns of ``plan``'s run on ``order``'s batches; only the ``lead`` process writes the checkpoint."""
+        schedule, last_good = Fractions(plan.eval_points), LastGood()
+        diag = Diagnostics(plan.names, plan.diagnostics_every, plan.seed, initial, order) if plan.names else None
+        ex = Exchange(exchange, check_every) if exchange is not None else None
+        fingerprint = _fingerprint(
+            plan.task, plan.estimator, plan.settings, masters, plan.names, plan.diagnostics_every, exchange
+        )
+        path = None if checkpoint is None else Path(checkpoint)
+        ckpt = Checkpointing(path, lead, fingerprint, order, schedule, last_good, diag, ex)
+        return cls(last_good, diag, ex, ckpt, schedule)
+
+
+def _loop(
+    plan: _Plan,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    masters: MasterWeights | None,
+    order: DataOrder,
+    run: _Concerns,
+    hooks: Sequence[Hook],
+) -> TrainingLoop:
+    """The loop of ``plan``'s run: ``order``'s batches until the budget is spent, evaluated on the test set."""
+    budget = plan.budget
+    planned = planned_steps(budget, order.n, order.batch_size)
+    total = None if planned is None else int(planned)
+    return TrainingLoop(
         model,
-        estimator,
+        plan.estimator,
         opt,
         order,
         spent=lambda loop: budget.spent(
             steps=loop.step, forwards=loop.forward_equivalents, seconds=loop.seconds, planned=total
         ),
-        evaluate=_test_point(task, data, order, ex),
-        schedule=schedule,
+        evaluate=_test_point(plan.task, order.data, order, run.exchange),
+        schedule=run.schedule,
         hooks=hooks,
         masters=masters,
-        start_error=f"the initial model of task {task.name} gives a non-finite test loss",
+        start_error=f"the initial model of task {plan.task.name} gives a non-finite test loss",
         score_error="the test loss became non-finite",
         describe=_describe_divergence,
     )
-    finished = resume and ckpt.resume(loop)
-    loop.stopped = finished
-    loop.run()
 
-    if asked is not None and budget.kind in ("forwards", "seconds") and loop.step < eval_points and loop.status == "ok":
+
+def _warn_if_short(plan: _Plan, loop: TrainingLoop) -> None:
+    """Warn (:class:`PlanWarning`) when a ``forwards`` or ``seconds`` budget allowed fewer steps than the evaluation
+    points asked for (module docs)."""
+    budget, points = plan.budget, plan.eval_points
+    if plan.asked is not None and budget.kind in ("forwards", "seconds") and loop.step < points and loop.status == "ok":
         warnings.warn(
-            f"{eval_points} evaluation points were asked for, but budget {budget} allowed {estimator.name} (seed "
-            f"{seed}) only {loop.step} step{'s' * (loop.step != 1)}: it was evaluated after every step",
+            f"{points} evaluation points were asked for, but budget {budget} allowed {plan.estimator.name} (seed "
+            f"{plan.seed}) only {loop.step} step{'s' * (loop.step != 1)}: it was evaluated after every step",
             PlanWarning,
-            stacklevel=2,
+            stacklevel=3,  # the frame a warning from train itself names (its caller, the thread wrapper)
         )
-    if loop.status == "diverged" and not finished:
-        last_good.restore(loop)
+
+
+def _finish(plan: _Plan, loop: TrainingLoop, order: DataOrder, run: _Concerns) -> None:
+    """After a run that was not already finished: on a divergence restore the last good state and say where and
+    what to try; write the final checkpoint."""
+    if loop.status == "diverged":
+        run.last_good.restore(loop)
         loop.message = (
-            f"{estimator.name} (seed {seed}) diverged at step {loop.failed_step} (epoch {order.epoch:.2f}): "
-            f"{loop.message}; kept the last good state (step {last_good.step}); "
-            + _what_to_try(estimator, lr, decor, dt)
+            f"{plan.estimator.name} (seed {plan.seed}) diverged at step {loop.failed_step} (epoch {order.epoch:.2f}): "
+            f"{loop.message}; kept the last good state (step {run.last_good.step}); "
+            + _what_to_try(plan.estimator, plan.lr, plan.decor, plan.dtype)
         )
-    if not finished:
-        ckpt.save(loop, done=True)
+    run.checkpointing.save(loop, done=True)
+
+
+def _result(plan: _Plan, loop: TrainingLoop, run: _Concerns) -> RunResult:
+    """The :class:`RunResult` of a finished loop."""
+    diag = run.diagnostics
     return RunResult(
-        method=estimator.name,
-        seed=seed,
+        method=plan.estimator.name,
+        seed=plan.seed,
         status=loop.status,
         message=loop.message,
         history=loop.history,
         steps=loop.step,
         forward_equivalents=loop.forward_equivalents,
         train_seconds=loop.seconds,
-        last_good_step=last_good.step,
-        model=model,
-        optimizer=opt,
-        estimator=estimator,
-        decorrelation=decor,
-        diagnostic_names=names,
+        last_good_step=run.last_good.step,
+        model=loop.model,
+        optimizer=loop.optimizer,
+        estimator=plan.estimator,
+        decorrelation=plan.decor,
+        diagnostic_names=plan.names,
         diagnostics=diag.records if diag is not None else [],
         diagnostics_seconds=diag.seconds if diag is not None else 0.0,
     )
