@@ -65,7 +65,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unigrad.core.errors import UnigradError, unknown_name
-from unigrad.nn.decorrelation import DECORRELATION_DEFAULTS
+from unigrad.nn.decorrelation import DECORRELATION_DEFAULTS, check_decorrelation
 from unigrad.registry import (
     DECOR_KEYS,
     ESTIMATORS,
@@ -76,7 +76,8 @@ from unigrad.registry import (
     value_options,
 )
 from unigrad.registry import VARIANTS as REGISTERED_VARIANTS
-from unigrad.train.trainer import OPTIMIZERS, check_decorrelation, check_trainable
+from unigrad.train.build import check_trainable
+from unigrad.train.plan import OPTIMIZERS
 
 MAX_INT = 2**63 - 1  # seeds and integer method options must fit in 64 bits (torch sizes, SQLite INTEGER)
 MAX_SEED_COUNT = 10**6  # a count of seeds is materialized as a list

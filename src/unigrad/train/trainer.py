@@ -110,8 +110,9 @@
 **The loop.** A run is a :class:`~unigrad.train.loop.TrainingLoop` (the step every trainer of a network shares)
 with the hooks of :mod:`unigrad.train.hooks`, one per concern above; the budget and plan checks are in
 :mod:`unigrad.train.plan`, the master weights and snapshots in :mod:`unigrad.train.state`. Their public names
-are importable from here too. (This module is longer than most: about a fifth of it is this reference of
-what a run does, kept next to the code that does it.)
+are importable from here too, as are what a run is built from (:mod:`unigrad.train.build`) and
+:func:`~unigrad.train.peak_memory.measure_peak_memory`. (This module is longer than most: a third of it is this
+reference of what a run does, kept next to the code that does it.)
 """
 
 from __future__ import annotations
@@ -130,15 +131,19 @@ from torch import Tensor, nn
 
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.estimator import Estimator
-from unigrad.core.exchange import ProbeExchange, check_exchange
-from unigrad.core.memory import peak_memory
-from unigrad.core.objective import supervised
+from unigrad.core.exchange import ProbeExchange
 from unigrad.core.options import check_seed
 from unigrad.core.params import trainable
 from unigrad.data.tasks import Task, TaskData, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
-from unigrad.nn.decorrelation import Decorrelated, check_decorrelation, decorrelate
-from unigrad.registry import make_estimator
+from unigrad.nn.decorrelation import check_decorrelation
+from unigrad.train.build import (  # noqa: F401  (re-exported)
+    attach_exchange,
+    build_estimator,
+    build_model,
+    check_trainable,
+    split_decorrelated,
+)
 from unigrad.train.hooks import (
     _DATA_TAG,  # noqa: F401  (re-exported: the data order's generator tag)
     Checkpointing,
@@ -152,7 +157,8 @@ from unigrad.train.hooks import (
     record_decorrelation_inputs,  # noqa: F401  (re-exported)
     train_hooks,
 )
-from unigrad.train.loop import Batch, Fractions, Hook, Point, TrainingLoop
+from unigrad.train.loop import Fractions, Hook, Point, TrainingLoop
+from unigrad.train.peak_memory import measure_peak_memory  # noqa: F401  (re-exported)
 from unigrad.train.plan import (  # noqa: F401  (re-exported)
     BUDGET_KINDS,
     DEFAULT_EVAL_POINTS,
@@ -170,24 +176,6 @@ from unigrad.train.plan import (  # noqa: F401  (re-exported)
     resolve_dtype,
 )
 from unigrad.train.state import HALF_DTYPES, MasterWeights, Snapshot  # noqa: F401  (re-exported)
-
-
-def build_model(
-    task: Task,
-    seed: int,
-    dev: torch.device,
-    dt: torch.dtype,
-    decor: dict[str, Any] | None,
-    estimator: Estimator | None = None,
-) -> nn.Module:
-    """``task``'s model from ``seed`` on ``dev``/``dt``, decorrelated when ``decor`` is given, then prepared by
-    ``estimator`` (:meth:`~unigrad.core.estimator.Estimator.prepare_model`: local heads for local losses)."""
-    model = task.build_model(seed).to(device=dev, dtype=dt)
-    if decor is not None:
-        decorrelate(model, seed=seed, **decor)
-    if estimator is not None:
-        model = estimator.prepare_model(model, task.data().x_train[:2].to(device=dev, dtype=dt), seed)
-    return model
 
 
 @dataclass
@@ -254,61 +242,6 @@ def evaluate(model: nn.Module, task: Task, x: Tensor, y: Tensor, batch: int = 20
     model.train(was_training)
     n = max(1, x.shape[0])
     return loss_sum / n, correct / n
-
-
-def check_trainable(estimator: Estimator) -> Estimator:
-    """Refuse an estimator that would leave ``.grad`` empty: the loop steps a ``torch.optim`` optimizer from
-    ``.grad``, so it would report success and train nothing (MeZO with ``write_grad=False`` returns its
-    direction compressed, for :class:`~unigrad.core.replay.ReplaySGD` in a loop of one's own)."""
-    if estimator.write_grad is False:
-        raise UnigradError(
-            f"option write_grad=false of {estimator.name} leaves .grad empty and the training loop steps from .grad, "
-            "so nothing would train; drop the option (memory-lean MeZO-SGD: unigrad.core.replay.ReplaySGD in your "
-            "own loop, see examples/quickstart.py)"
-        )
-    return estimator
-
-
-def _build_estimator(method: Estimator | str, seed: int, options: dict[str, Any] | None) -> Estimator:
-    if isinstance(method, Estimator):
-        if options:
-            raise UnigradError("estimator options were given for an already built estimator")
-        return check_trainable(method)
-    return check_trainable(make_estimator(method, **{"seed": seed, **(options or {})}))
-
-
-def _split_decorrelated(estimator: Estimator, decor: dict[str, Any] | None) -> tuple[Estimator, dict[str, Any] | None]:
-    """A decorrelated method (``make_estimator("danp")``, a :class:`~unigrad.nn.decorrelation.Decorrelated`) as
-    its estimator and its decorrelation options, which the loop applies as it does ``decorrelation=``."""
-    if not isinstance(estimator, Decorrelated):
-        return estimator, decor
-    if decor is not None:
-        raise UnigradError(
-            f"method {estimator.name} brings its own decorrelation; drop the decorrelation option or set it with "
-            "decor_* estimator options"
-        )
-    return estimator.base, dict(estimator.decorrelation)
-
-
-def _attach_exchange(
-    estimator: Estimator,
-    exchange: ProbeExchange,
-    diagnostics: Sequence[str],
-    decor: dict[str, Any] | None,
-    check_every: int | None,
-) -> None:
-    """Hand ``exchange`` to ``estimator``; refuse what cannot run on several processes."""
-    if not estimator.supports_exchange:
-        raise UnigradError(
-            f"method {estimator.name} cannot spread its work over processes; use one of es, mezo, np, rge, spsa"
-        )
-    if diagnostics:
-        raise UnigradError("diagnostics cannot run on several processes; drop them or train in one process")
-    if decor is not None:
-        raise UnigradError("decorrelation cannot run on several processes; drop it or train in one process")
-    if check_every is not None:
-        check_positive("exchange_check_every", check_every, integer=True)
-    estimator.exchange = check_exchange(exchange)  # type: ignore[attr-defined]
 
 
 def _what_to_try(estimator: Estimator, lr: float, decor: dict[str, Any] | None, dt: torch.dtype) -> str:
@@ -447,7 +380,7 @@ def train(
     )
     estimator, dev, dt, decor, names = plan.estimator, plan.device, plan.dtype, plan.decor, plan.names
     if exchange is not None:
-        _attach_exchange(estimator, exchange, names, decor, exchange_check_every)
+        attach_exchange(estimator, exchange, names, decor, exchange_check_every)
     lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
     data: TaskData = plan.task.data().to(dev, dt)
     model = build_model(plan.task, seed, dev, dt, decor, estimator)
@@ -531,7 +464,7 @@ def _plan(
     names = check_diagnostics(diagnostics)
     if diagnostics_every is not None:
         check_positive("diagnostics_every", diagnostics_every, integer=True)
-    estimator, decor = _split_decorrelated(_build_estimator(method, seed, estimator_options), decor)
+    estimator, decor = split_decorrelated(build_estimator(method, seed, estimator_options), decor)
     check_plan(task, estimator, budget=budget, batch_size=batch_size, eval_points=eval_points)
     settings = {"optimizer": optimizer, "lr": lr, "optimizer_options": dict(optimizer_options or {})}
     settings |= {"budget": str(budget), "batch_size": batch_size, "seed": seed, "device": dev.type}
@@ -666,52 +599,3 @@ def _result(plan: _Plan, loop: TrainingLoop, run: _Concerns) -> RunResult:
         diagnostics=diag.records if diag is not None else [],
         diagnostics_seconds=diag.seconds if diag is not None else 0.0,
     )
-
-
-def measure_peak_memory(
-    task: Task | str,
-    method: str,
-    *,
-    optimizer: str = "adam",
-    lr: float = 1e-3,
-    estimator_options: dict[str, Any] | None = None,
-    optimizer_options: dict[str, Any] | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    dtype: str | torch.dtype = "float32",
-    decorrelation: dict[str, Any] | None = None,
-) -> int:
-    """Peak bytes of tensor storage for two training steps of a fresh model (see module docs)."""
-    task = get_task(task) if isinstance(task, str) else task
-    dev, dt = resolve_device(device), resolve_dtype(dtype)
-    decor = check_decorrelation(decorrelation)
-    data = task.data()
-    xb = data.x_train[:batch_size].to(device=dev, dtype=dt)
-    yb = data.y_train[:batch_size].to(device=dev)
-
-    first, decor = _split_decorrelated(_build_estimator(method, seed, estimator_options), decor)
-
-    def two_steps() -> None:
-        model = build_model(task, seed, dev, dt, decor, first)
-        est = _split_decorrelated(_build_estimator(method, seed, estimator_options), None)[0]
-        masters = MasterWeights(model) if dt in HALF_DTYPES else None
-        params = masters.params if masters is not None else model.parameters()
-        opt = make_optimizer(optimizer, params, lr, **(optimizer_options or {}))
-        loop = TrainingLoop(
-            model,
-            est,
-            opt,
-            lambda loop: Batch(supervised(task.loss_fn, xb, yb), xb),
-            spent=lambda loop: loop.step / 2,
-            hooks=[DecorrelationUpdates()] if decor is not None else [],
-            masters=masters,
-        )
-        if loop.run().status == "diverged":
-            raise NonFiniteLossError(loop.message)
-
-    # one unmeasured step first builds what lives for the whole process (a shared noise table)
-    _split_decorrelated(_build_estimator(method, seed, estimator_options), None)[0].estimate(
-        build_model(task, seed, dev, dt, decor, first), supervised(task.loss_fn, xb, yb)
-    )
-    return peak_memory(two_steps, dev.type)
