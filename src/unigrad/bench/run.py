@@ -198,31 +198,9 @@ def bench(
     """
     from unigrad.bench.report import write_plots, write_report
 
-    task_list = parse_tasks(tasks)
-    method_list: list[str] | None = None
-    if methods is not None:
-        method_list = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
-        if not method_list:
-            raise UnigradError("no methods given; e.g. --methods spsa,backprop")
-    seed_list = parse_seeds(seeds)
-    check_optional(check_number, "budget_scale", budget_scale, low=0, low_inclusive=False)
-    check_optional(check_number, "budget", budget, low=0, low_inclusive=False)
-    if budget is not None and budget_scale != 1.0:
-        raise UnigradError("give either a budget (FE for every task) or a budget scale, not both")
-    check_positive("jobs", jobs, integer=True)
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-
-    plan: list[tuple[BenchTask, list[MethodSpec], list[str]]] = []
-    for task in task_list:
-        specs, notes = resolve_methods(task, method_list)
-        for note in notes:
-            say(f"note: skipping {note}")
-        plan.append((task, specs, notes))
-    for task, _, _ in plan:  # a missing dataset fails here, before a folder is made
-        problem = task.problem()
-        if task.kind == "classification":
-            problem.data()  # type: ignore[attr-defined]
-
+    task_list, method_list, seed_list = _check(tasks, methods, seeds, budget_scale, budget, jobs)
+    plan = _plan(task_list, method_list, say)
     folder = run_dir(None, out, prefix="bench")
     config = {
         "tasks": [t.name for t in task_list],
@@ -239,19 +217,7 @@ def bench(
     calls = []
     for task, specs, notes in plan:
         fe = task_budget(task, budget_scale, budget)
-        results["tasks"][task.name] = {
-            "description": task.description,
-            "kind": task.kind,
-            "unit": task.unit,
-            "metric": task.metric,
-            "higher_is_better": task.higher_is_better,
-            "dim": task.dim,
-            "budget": fe,
-            "batch_size": task.batch_size,
-            "eval_points": task.eval_points,
-            "skipped": notes,
-            "methods": {m.label: {**m.to_dict(), "peer": m.name in PEERS, "runs": []} for m in specs},
-        }
+        results["tasks"][task.name] = _task_entry(task, specs, notes, fe)
         calls += [(run_one, (task.name, spec, seed, fe)) for spec in specs for seed in seed_list]
     if progress:
         say(f"bench: {len(calls)} runs ({len(task_list)} tasks, seeds {seed_list}, {jobs} job(s)) -> {folder}")
@@ -259,18 +225,82 @@ def bench(
     for (_, (task_name, spec, _seed, _)), run in zip(calls, run_calls(calls, jobs)):
         results["tasks"][task_name]["methods"][spec.label]["runs"].append(run)
         if progress:
-            value = "–" if run["final_metric"] is None else f"{run['final_metric']:.4g}"
-            extra = "" if run["status"] == "ok" else f"  {run['status'].upper()}: {run['message']}"
-            say(
-                f"  {task_name:<16} {spec.label:<14} seed {run['seed']}: {value}  "
-                f"{run['forward_equivalents']:.3g} FE  {run['seconds']:.1f} s{extra}"
-            )
+            say(_run_line(task_name, spec, run))
         write_json(folder / "results.json", results)
     config["total_seconds"] = time.perf_counter() - t_start
     write_json(folder / "results.json", results)
     write_report(folder, results)
     write_plots(folder, results)
     return folder
+
+
+def _check(
+    tasks: str | Sequence[str] | None,
+    methods: str | Sequence[str] | None,
+    seeds: int | str | Sequence[int],
+    budget_scale: float,
+    budget: float | None,
+    jobs: int,
+) -> tuple[list[BenchTask], list[str] | None, list[int]]:
+    """The tasks, the method list (``None``: each task's defaults) and the seeds, every option checked."""
+    task_list = parse_tasks(tasks)
+    method_list: list[str] | None = None
+    if methods is not None:
+        method_list = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+        if not method_list:
+            raise UnigradError("no methods given; e.g. --methods spsa,backprop")
+    seed_list = parse_seeds(seeds)
+    check_optional(check_number, "budget_scale", budget_scale, low=0, low_inclusive=False)
+    check_optional(check_number, "budget", budget, low=0, low_inclusive=False)
+    if budget is not None and budget_scale != 1.0:
+        raise UnigradError("give either a budget (FE for every task) or a budget scale, not both")
+    check_positive("jobs", jobs, integer=True)
+    return task_list, method_list, seed_list
+
+
+def _plan(
+    task_list: list[BenchTask], method_list: list[str] | None, say: Callable[[str], None]
+) -> list[tuple[BenchTask, list[MethodSpec], list[str]]]:
+    """Each task with the method specs it runs and the notes on those it skips; loads every dataset, so a missing
+    one fails before a folder is made."""
+    plan: list[tuple[BenchTask, list[MethodSpec], list[str]]] = []
+    for task in task_list:
+        specs, notes = resolve_methods(task, method_list)
+        for note in notes:
+            say(f"note: skipping {note}")
+        plan.append((task, specs, notes))
+    for task, _, _ in plan:
+        problem = task.problem()
+        if task.kind == "classification":
+            problem.data()  # type: ignore[attr-defined]
+    return plan
+
+
+def _task_entry(task: BenchTask, specs: list[MethodSpec], notes: list[str], fe: float) -> dict[str, Any]:
+    """A task's entry of ``results.json`` before its runs are added."""
+    return {
+        "description": task.description,
+        "kind": task.kind,
+        "unit": task.unit,
+        "metric": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "dim": task.dim,
+        "budget": fe,
+        "batch_size": task.batch_size,
+        "eval_points": task.eval_points,
+        "skipped": notes,
+        "methods": {m.label: {**m.to_dict(), "peer": m.name in PEERS, "runs": []} for m in specs},
+    }
+
+
+def _run_line(task_name: str, spec: MethodSpec, run: dict[str, Any]) -> str:
+    """The progress line of a finished run."""
+    value = "–" if run["final_metric"] is None else f"{run['final_metric']:.4g}"
+    extra = "" if run["status"] == "ok" else f"  {run['status'].upper()}: {run['message']}"
+    return (
+        f"  {task_name:<16} {spec.label:<14} seed {run['seed']}: {value}  "
+        f"{run['forward_equivalents']:.3g} FE  {run['seconds']:.1f} s{extra}"
+    )
 
 
 __all__ = ["bench", "command_line", "run_loop", "run_one", "task_budget", "write_json"]
