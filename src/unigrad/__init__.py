@@ -6,6 +6,8 @@
 >>> optimizer.step()                                                     # any torch.optim
 """
 
+from typing import Any
+
 from unigrad.core import (
     Cost,
     Estimate,
@@ -35,7 +37,17 @@ __all__ = [
     "decorrelate",
     "estimator_class",
     "make_estimator",
+    "method_spec",
     "objective",
     "supervised",
     "update_decorrelation",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the command line's method specs live on the training floor, imported only when asked for
+    if name == "method_spec":
+        from unigrad.train.methods import parse_method
+
+        return parse_method
+    raise AttributeError(f"module 'unigrad' has no attribute {name!r}")

@@ -191,6 +191,11 @@ def make_estimator(name: str, **options: Any) -> Estimator:
     as on the command line) and returns a :class:`~unigrad.nn.decorrelation.Decorrelated` estimator: its
     :meth:`~unigrad.nn.decorrelation.Decorrelated.prepare` decorrelates the model before the optimizer is
     made, and its :meth:`~unigrad.nn.decorrelation.Decorrelated.update` runs after every optimizer step.
+
+    Unset options take the constructor's defaults (the method as published, e.g. spsa with one probe). The
+    command line's per-method defaults (optimizer, learning rate, and options such as spsa's 16 probes, tuned on
+    ``mnist1d-mlp``) are ``unigrad.method_spec(name)``: its ``build_estimator(seed)`` and
+    ``build_optimizer(params)`` give exactly the method ``unigrad train --method name`` runs.
     """
     if name in VARIANTS:
         return _make_variant(name, options)

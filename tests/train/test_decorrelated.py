@@ -216,3 +216,19 @@ def test_make_estimator_variant_in_a_python_loop_equals_train_bitwise(name):
         assert mine.keys() == theirs.keys()
         assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     assert est.state_dict() == by_name.estimator.state_dict()
+
+
+@pytest.mark.parametrize("text", ["spsa", "danp", "spsa:decorrelate=1:probes=2"])
+def test_method_spec_builds_the_command_lines_method_in_python(text):
+    """``unigrad.method_spec`` gives the command line's method (its per-method defaults included) to Python."""
+    spec = unigrad.method_spec(text)
+    assert spec == parse_method(text)
+    est = spec.build_estimator(seed=3)
+    assert est.options()["seed"] == 3 and {k: est.options()[k] for k in spec.options} == spec.options
+    assert isinstance(est, Decorrelated) == (spec.decorrelation is not None)
+    kw = {"budget": "steps=4", "seed": 3, "optimizer": spec.optimizer, "lr": spec.lr}
+    ours = train(TASK, est, **kw)
+    cli = train(TASK, spec.name, estimator_options=spec.options, decorrelation=spec.decorrelation, **kw)
+    assert all(torch.equal(a, b) for a, b in zip(ours.model.state_dict().values(), cli.model.state_dict().values()))
+    opt = spec.build_optimizer(torch.nn.Linear(2, 2).parameters())
+    assert type(opt).__name__.lower() == spec.optimizer and opt.param_groups[0]["lr"] == spec.lr

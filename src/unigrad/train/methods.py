@@ -60,12 +60,16 @@ zeroth-order methods end 6–8 points lower after 12 epochs (spsa 0.222 vs 0.280
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from unigrad.core.errors import UnigradError, unknown_name
-from unigrad.nn.decorrelation import DECORRELATION_DEFAULTS, check_decorrelation
+from unigrad.core.estimator import Estimator
+from unigrad.nn.decorrelation import DECORRELATION_DEFAULTS, Decorrelated, check_decorrelation
 from unigrad.registry import (
     DECOR_KEYS,
     ESTIMATORS,
@@ -77,7 +81,7 @@ from unigrad.registry import (
 )
 from unigrad.registry import VARIANTS as REGISTERED_VARIANTS
 from unigrad.train.build import check_trainable
-from unigrad.train.plan import OPTIMIZERS
+from unigrad.train.plan import OPTIMIZERS, make_optimizer
 
 MAX_INT = 2**63 - 1  # seeds and integer method options must fit in 64 bits (torch sizes, SQLite INTEGER)
 MAX_SEED_COUNT = 10**6  # a count of seeds is materialized as a list
@@ -151,6 +155,21 @@ class MethodSpec:
     @property
     def order(self) -> int:
         return estimator_class(self.name).order
+
+    def build_estimator(self, seed: int = 0) -> Estimator:
+        """The estimator of this method, its noise named by ``seed``: ``make_estimator(name, seed=seed, **options)``,
+        wrapped in a :class:`~unigrad.nn.decorrelation.Decorrelated` named by the label when the method is
+        decorrelated. With :meth:`build_optimizer`, this is the command line's method (its per-method defaults
+        included) in a Python loop of one's own; ``train(task, spec.build_estimator(seed), optimizer=spec.optimizer,
+        lr=spec.lr)`` is the command line's run."""
+        estimator = make_estimator(self.name, seed=seed, **self.options)
+        if self.decorrelation is None:
+            return estimator
+        return Decorrelated(estimator, name=self.label, **self.decorrelation)
+
+    def build_optimizer(self, params: Iterable[Tensor]) -> torch.optim.Optimizer:
+        """The ``torch.optim`` optimizer of this method over ``params`` at its learning rate."""
+        return make_optimizer(self.optimizer, params, self.lr)
 
     def to_dict(self) -> dict[str, Any]:
         return {
