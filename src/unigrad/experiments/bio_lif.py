@@ -7,13 +7,15 @@ BPTT through a surrogate derivative against NP and ANP in time and WP on a 64-un
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import Progress, output_dir, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import Progress, Settings, output_dir, runner, write_report, write_results
 from unigrad.experiments.bio_table import (
     HIDDEN,
     TRIALS,
@@ -57,21 +59,19 @@ def _train_lif(spec: RuleSpec, task_name: str, seed: int, trials: int, evals: in
     return _fit(spec, task_name, task, net, seed, trials, evals)
 
 
-def bio_lif(
+def run(
     out: str | Path,
     *,
     seeds: int = 3,
-    quick: bool = False,
     progress: Progress = None,
-    trials: int | None = None,
+    trials: int = TRIALS,
     tasks: tuple[str, ...] = tuple(LIF_SETUPS),
     rules: tuple[RuleSpec, ...] = LIF_RULES,
+    evals: int = 20,
 ) -> str:
     """The same rules on a leaky integrate-and-fire network: BPTT through a surrogate derivative against NP and
     ANP in time (potentials perturbed, no derivative of a spike needed) and weight perturbation."""
     check_positive("seeds", seeds, integer=True)
-    trials = trials or (64 if quick else TRIALS)
-    evals = 2 if quick else 20
     out = output_dir(out)
     results: dict[str, Any] = {
         "trials": trials,
@@ -111,3 +111,20 @@ def bio_lif(
     write_report(out, text)
     _plot_curves(results, tasks, rules, (), (), out / "learning-curves.png")
     return text
+
+
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment bio-lif``: ``trials`` (per run: :data:`~unigrad.experiments.bio_table.TRIALS`;
+    quick 64), the ``tasks`` and the ``rules``. A quick run scores twice per run, a full one 20 times."""
+
+    trials: int | None = None
+    tasks: tuple[str, ...] = tuple(LIF_SETUPS)
+    rules: tuple[RuleSpec, ...] = LIF_RULES
+
+    NAME = "bio-lif"
+    FULL: ClassVar[Settings] = {"trials": TRIALS, "evals": 20}
+    QUICK: ClassVar[Settings] = {"trials": 64, "evals": 2}
+
+
+bio_lif = runner(Config, run)

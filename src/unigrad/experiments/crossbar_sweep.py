@@ -17,14 +17,24 @@ from __future__ import annotations
 import functools
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.experiments._common import Progress, output_dir, pyplot, save_figure, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import (
+    Progress,
+    Settings,
+    output_dir,
+    pyplot,
+    save_figure,
+    write_report,
+    write_results,
+)
 from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
 from unigrad.hardware.energy import EnergyModel
 from unigrad.hardware.train import DeviceRun, train_device
@@ -122,7 +132,8 @@ def _sweep(
     """Train every mode at every level (``make(level, seed)`` gives the device maker and its node-noise σ) and
     the ideal-device reference, ``seeds`` seeds each, ``jobs`` at once; write the outputs and return the report.
 
-    ``seeds``, ``quick``, ``progress`` and ``jobs`` are the runner options of every hardware experiment."""
+    ``quick`` trains 20 steps on a 2,000-image subset (scored on 500 test images) instead of :data:`STEPS` on all;
+    ``seeds``, ``quick``, ``progress`` and ``jobs`` come from :class:`SweepConfig`."""
     check_positive("seeds", seeds, integer=True)
     steps = 20 if quick else STEPS
     out = output_dir(out)
@@ -154,6 +165,19 @@ def _sweep(
     write_report(out, text)
     _plot(results, out / f"{name}.png")
     return text
+
+
+@dataclass(frozen=True)
+class SweepConfig(_common.Config):
+    """The options every hardware experiment shares: ``jobs`` (runs at once, one process and one thread each),
+    with the runner's ``seeds`` (one by default), ``quick`` and ``progress``; a subclass adds its own (its
+    ``NAME``)."""
+
+    seeds: int = 1
+    jobs: int = 1
+
+    FULL: ClassVar[Settings] = {"quick": False}
+    QUICK: ClassVar[Settings] = {"quick": True}
 
 
 def _final(results: dict[str, Any], mode: str, level: Any, key: str = "accuracy") -> list[float]:

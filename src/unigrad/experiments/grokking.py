@@ -68,7 +68,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +77,16 @@ from torch import Tensor, nn
 from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
-    check_options,
+    Settings,
     finish,
     grid,
     mean_sd,
     output_dir,
     pyplot,
-    run_and_report,
+    runner,
     save_figure,
 )
 from unigrad.nn.models import mlp
@@ -400,24 +401,21 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-OPTIONS = {"p", "train_fraction", "hidden", "steps", "points"}
-"""What ``options`` of :func:`run_experiment` may set."""
-QUICK = {"p": 11, "hidden": 32, "steps": 60, "points": 12}
-"""What ``--quick`` changes (with one seed): a smoke test, its numbers are not results."""
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment grokking`` (each overrides :func:`run`'s): ``p``, ``train_fraction``,
+    ``hidden``, ``steps`` and ``points``. A quick run (p = 11, a 32-unit MLP, 60 steps, 12 points, one seed) is a
+    smoke test, its numbers are not results."""
+
+    p: int | None = None
+    train_fraction: float | None = None
+    hidden: int | None = None
+    steps: int | None = None
+    points: int | None = None
+
+    NAME = "grokking"
+    QUICK: ClassVar[Settings] = {"p": 11, "hidden": 32, "steps": 60, "points": 12}
+    QUICK_SEEDS = 1
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    **options: Any,
-) -> str:
-    """The ``unigrad experiment grokking`` runner. ``quick`` uses p = 11, a 32-unit MLP, 60 steps, one seed.
-
-    ``options`` override :func:`run`'s ``p``, ``train_fraction``, ``hidden``, ``steps`` and ``points``.
-    """
-    check_options("grokking", options, OPTIONS)
-    settings = {**(QUICK if quick else {}), **options}
-    return run_and_report(run, out, seeds=1 if quick else seeds, progress=progress, **settings)
+run_experiment = runner(Config, run)

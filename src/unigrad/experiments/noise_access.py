@@ -7,12 +7,14 @@ noise it cannot (the network's own intrinsic noise, ``accessible=False``: ANP, M
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import Progress, output_dir, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import Progress, Settings, output_dir, runner, write_report, write_results
 from unigrad.experiments.bio_table import (
     RuleSpec,
     _cell,
@@ -21,19 +23,14 @@ from unigrad.experiments.bio_table import (
 )
 
 
-def noise_access(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    task: str = "perceptual-decision",
+def run(
+    out: str | Path, *, seeds: int = 3, progress: Progress = None, task: str = "perceptual-decision", trials: int = 4000
 ) -> str:
-    """The same task learned from noise the rule reads and from the network's own, unreadable noise."""
+    """The same task learned from noise the rule reads and from the network's own, unreadable noise, ``trials``
+    trials per run."""
     from unigrad.noise import WhiteGaussian
 
     check_positive("seeds", seeds, integer=True)
-    trials = 64 if quick else 4000
     out = output_dir(out)
     sigma = 1e-2
     configs: list[tuple[str, RuleSpec, Any]] = [
@@ -86,3 +83,17 @@ def noise_access(
     text = "\n".join(lines) + "\n"
     write_report(out, text)
     return text
+
+
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment noise-access``: the ``task``. Runs see 4,000 trials (quick 64)."""
+
+    task: str = "perceptual-decision"
+
+    NAME = "noise-access"
+    FULL: ClassVar[Settings] = {"trials": 4000}
+    QUICK: ClassVar[Settings] = {"trials": 64}
+
+
+noise_access = runner(Config, run)

@@ -9,12 +9,23 @@ as in :mod:`unigrad.experiments.bio_table`.
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import Progress, output_dir, pyplot, save_figure, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import (
+    Progress,
+    Settings,
+    output_dir,
+    pyplot,
+    runner,
+    save_figure,
+    write_report,
+    write_results,
+)
 from unigrad.experiments.bio_table import (
     CONTROL_CHANCE,
     CONTROL_RULES,
@@ -27,24 +38,26 @@ from unigrad.experiments.bio_table import (
     _train,
 )
 
+SIGMAS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0)
+"""The noise levels of NP and ANP in time (a quick run takes every fifth)."""
+CONTROL_SIGMAS = (1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1.0, 10.0)
+"""NRL's node-noise levels on CartPole (a quick run takes every third)."""
 
-def noise_resource(
+
+def run(
     out: str | Path,
     *,
     seeds: int = 3,
-    quick: bool = False,
     progress: Progress = None,
     tasks: tuple[str, ...] = ("perceptual-decision", "mackey-glass"),
-    sigmas: tuple[float, ...] = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0),
-    control_sigmas: tuple[float, ...] = (1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1.0, 10.0),
+    sigmas: tuple[float, ...] = SIGMAS,
+    control_sigmas: tuple[float, ...] = CONTROL_SIGMAS,
+    trials: int = 4000,
+    episodes: int = EPISODES,
 ) -> str:
     """Final score of NP and ANP in time against the injected noise level σ, per task, and NRL's CartPole
-    return against its node noise σ (module docs)."""
+    return against its node noise σ (module docs); ``trials`` per temporal run, ``episodes`` per CartPole run."""
     check_positive("seeds", seeds, integer=True)
-    trials = 64 if quick else 4000
-    episodes = 8 if quick else EPISODES
-    if quick:
-        sigmas, control_sigmas = sigmas[::5], control_sigmas[::3]
     out = output_dir(out)
     results: dict[str, Any] = {
         "tasks": list(tasks),
@@ -154,3 +167,31 @@ def _plot_noise_resource(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(True, alpha=0.3)
     save_figure(fig, path, dpi=100)
+
+
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment noise-resource``: the ``tasks``, the noise levels ``sigmas``
+    (:data:`SIGMAS`; quick every fifth) and ``control_sigmas`` (:data:`CONTROL_SIGMAS`; quick every third).
+    Temporal runs see 4,000 trials (quick 64), CartPole runs the table's episodes (quick 8)."""
+
+    tasks: tuple[str, ...] = ("perceptual-decision", "mackey-glass")
+    sigmas: tuple[float, ...] | None = None
+    control_sigmas: tuple[float, ...] | None = None
+
+    NAME = "noise-resource"
+    FULL: ClassVar[Settings] = {
+        "trials": 4000,
+        "episodes": EPISODES,
+        "sigmas": SIGMAS,
+        "control_sigmas": CONTROL_SIGMAS,
+    }
+    QUICK: ClassVar[Settings] = {
+        "trials": 64,
+        "episodes": 8,
+        "sigmas": SIGMAS[::5],
+        "control_sigmas": CONTROL_SIGMAS[::3],
+    }
+
+
+noise_resource = runner(Config, run)

@@ -65,8 +65,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,14 +75,16 @@ import torch
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.options import check_number, is_int
 from unigrad.data.classic import quadratic
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
+    Settings,
     finish,
     fit_power,
     grid,
     output_dir,
     pyplot,
-    run_and_report,
+    runner,
     save_figure,
 )
 from unigrad.registry import make_estimator
@@ -422,18 +425,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    kappa: float | None = None,
-    eps: float | None = None,
-) -> str:
-    """The ``unigrad experiment smoothing-rates`` runner."""
-    if quick:
-        settings = {"dims": (4, 8), "eps": eps or 5e-2, "seeds": 1}
-    else:
-        settings = {"eps": eps or 1e-4, "seeds": seeds}
-    return run_and_report(run, out, kappa=kappa or 10.0, progress=progress, **settings)
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment smoothing-rates``: ``kappa`` (condition number: 10) and ``eps`` (the target
+    error: 1e-4; quick 5e-2). A quick run uses d = 4 and 8 and one seed."""
+
+    kappa: float | None = None
+    eps: float | None = None
+
+    NAME = "smoothing-rates"
+    FULL: ClassVar[Settings] = {"eps": 1e-4, "kappa": 10.0}
+    QUICK: ClassVar[Settings] = {"dims": (4, 8), "eps": 5e-2, "kappa": 10.0}
+    QUICK_SEEDS = 1
+
+
+run_experiment = runner(Config, run)

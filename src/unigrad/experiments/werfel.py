@@ -64,8 +64,9 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -73,15 +74,17 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
+    Settings,
     check_factor,
     check_positive_all,
     check_positive_each,
     finish,
     fit_line,
     output_dir,
-    run_and_report,
+    runner,
 )
 from unigrad.experiments.werfel_report import plot, report
 from unigrad.experiments.werfel_theory import METHODS, TOLERANCE, optimal_eta, theory_time, within
@@ -421,23 +424,22 @@ def _ratio_fit(
     return fit
 
 
-QUICK = {"m_values": (1, 3), "n_fixed": 4, "n_values": (3, 6), "m_fixed": 2, "library_runs": 1}
-"""What ``--quick`` changes (with at most 2 seeds, 4 students, F = 10): a smoke test, its numbers are not results."""
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment werfel``: ``students`` (teachers per seed: 16; quick 4), ``factor`` (the
+    error reduction F: 100; quick 10) and ``library`` (also time the library estimators: yes). A quick run
+    (at most 2 seeds, M = 1 and 3 at N = 4, N = 3 and 6 at M = 2, one library run) is a smoke test, its numbers
+    are not results."""
+
+    students: int | None = None
+    factor: float | None = None
+    library: bool = True
+
+    NAME = "werfel"
+    FULL: ClassVar[Settings] = {"students": 16, "factor": 100.0}
+    QUICK: ClassVar[Settings] = {"m_values": (1, 3), "n_fixed": 4, "n_values": (3, 6), "m_fixed": 2, "library_runs": 1,
+             "students": 4, "factor": 10.0}  # fmt: skip
+    QUICK_SEEDS = 2
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    students: int | None = None,
-    factor: float | None = None,
-    library: bool = True,
-) -> str:
-    """The ``unigrad experiment werfel`` runner."""
-    if quick:
-        settings = {**QUICK, "seeds": min(seeds, 2), "students": students or 4, "factor": factor or 10.0}
-    else:
-        settings = {"seeds": seeds, "students": students or 16, "factor": factor or 100.0}
-    return run_and_report(run, out, library=library, progress=progress, **settings)
+run_experiment = runner(Config, run)
