@@ -53,6 +53,7 @@ from unigrad.experiments._common import (
     save_figure,
 )
 from unigrad.registry import make_estimator
+from unigrad.train.loop import Batch, Every, TrainingLoop
 
 TARGET = 1e-10
 """The error level the report counts iterations and FE to."""
@@ -117,20 +118,28 @@ def _trace(spec: MethodSpec, build: Builder, lr: float, f_star: float, budget: i
         with torch.no_grad():
             return max(float(reduce(objective(model))) - f_star, 0.0)
 
-    errors, fe = [error()], [0.0]
-    spent = 0.0
-    start = time.perf_counter()
-    for _ in range(budget):
-        if errors[-1] <= tol:
-            break
-        opt.zero_grad()
-        e = est.estimate(model, objective)
-        opt.step()
-        spent += e.cost.forward_equivalents
+    errors: list[float] = []
+    fe: list[float] = []
+
+    def evaluate(loop: TrainingLoop) -> dict[str, Any]:
+        """Record the error after ``loop.step`` steps; stop at ``tol`` or when it is no longer finite."""
         errors.append(error())
-        fe.append(spent)
-        if not math.isfinite(errors[-1]):
-            break
+        fe.append(loop.forward_equivalents)
+        if errors[-1] <= tol or not math.isfinite(errors[-1]):
+            loop.stop()
+        return {"error": errors[-1]}
+
+    loop = TrainingLoop(
+        model,
+        est,
+        opt,
+        lambda loop: Batch(objective),
+        spent=lambda loop: loop.step / budget,
+        evaluate=evaluate,
+        schedule=Every(1, budget),
+    )
+    start = time.perf_counter()
+    loop.run()
     seconds = time.perf_counter() - start
     reached = next((k for k, v in enumerate(errors) if v <= TARGET), None)
     return {

@@ -78,7 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.objective import Objective, supervised
 from unigrad.core.rng import generator
 from unigrad.dynamics.diagnostics import hessian_trace, top_hessian_eigenvalue
@@ -94,6 +94,7 @@ from unigrad.experiments._common import (
 from unigrad.experiments.sharpness_report import LARGE, SMALL, level_value, plot, report
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
+from unigrad.train.loop import Batch, TrainingLoop
 
 LEVELS: tuple[float, ...] = (1.0, 0.5, 0.3, 0.1, 0.05)
 """Training-loss levels at which every run records ``λ_max`` (matched-loss comparison)."""
@@ -180,26 +181,21 @@ def _epoch(
     seed: int,
     epoch: int,
 ) -> tuple[float, int, bool]:
-    """One epoch of ``batch``-sized steps in a keyed random order (``full`` when the batch is the whole set);
-    returns the forward equivalents spent, the steps taken and whether the loss stopped being finite."""
+    """One epoch on the :class:`~unigrad.train.loop.TrainingLoop`: ``⌊n/batch⌋`` steps of ``batch`` samples in a
+    keyed random order (``full`` when the batch is the whole set); returns the forward equivalents spent, the
+    steps taken and whether the loss stopped being finite."""
     n = int(data.x_train.shape[0])
-    fe, steps = 0.0, 0
     order = torch.randperm(n, generator=generator(seed, _ORDER_TAG, epoch))
-    for i in range(0, n - batch + 1, batch):
+    per_epoch = n // batch
+
+    def batches(loop: TrainingLoop) -> Batch:
         if batch == n:
-            obj = full
-        else:
-            b = order[i : i + batch]
-            obj = supervised(F.cross_entropy, data.x_train[b], data.y_train[b])
-        opt.zero_grad()
-        try:
-            e = est.estimate(model, obj)
-        except NonFiniteLossError:
-            return fe, steps, True
-        opt.step()
-        fe += e.cost.forward_equivalents
-        steps += 1
-    return fe, steps, False
+            return Batch(full)
+        b = order[loop.step * batch : (loop.step + 1) * batch]
+        return Batch(supervised(F.cross_entropy, data.x_train[b], data.y_train[b]))
+
+    loop = TrainingLoop(model, est, opt, batches, spent=lambda loop: loop.step / per_epoch).run()
+    return loop.forward_equivalents, loop.step, loop.status == "diverged"
 
 
 def train_one(
