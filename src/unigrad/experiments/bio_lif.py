@@ -20,11 +20,11 @@ from unigrad.experiments.bio_table import (
     HIDDEN,
     TRIALS,
     RuleSpec,
-    _cell,
     _describe,
     _fit,
     _plot_curves,
-    _summary,
+    score_table,
+    store_cell,
 )
 
 LIF_SETUPS: dict[str, dict[str, float]] = {
@@ -86,31 +86,34 @@ def run(
         for spec in rules:
             if progress:
                 progress(f"{task_name}: {spec.label}")
-            runs = [_train_lif(spec, task_name, seed, trials, evals) for seed in range(seeds)]
-            key = f"{task_name}|{spec.label}"
-            results["cells"][key] = _summary(runs)
-            results["curves"][key] = [r.history for r in runs]
+            store_cell(
+                results, task_name, spec.label, [_train_lif(spec, task_name, s, trials, evals) for s in range(seeds)]
+            )
             write_results(out, results)
-    chance = {t: get_bio_task(t).chance for t in tasks}
+    text = write_report(out, _report(results, tasks, rules))
+    _plot_curves(results, tasks, rules, (), (), out / "learning-curves.png")
+    return text
+
+
+def _report(results: dict[str, Any], tasks: tuple[str, ...], rules: tuple[RuleSpec, ...]) -> str:
+    """The rule × task table, the networks and the settings of the rules."""
     lines = [
-        f"# Rules on a spiking (LIF) network: held-out score after {trials:,} trials ({HIDDEN} units, {seeds} seeds)",
+        f"# Rules on a spiking (LIF) network: held-out score after {results['trials']:,} trials ({HIDDEN} units, "
+        f"{results['seeds']} seeds)",
         "",
         "perceptual-decision: accuracy (higher is better); mackey-glass: NRMSE (lower is better).",
         "",
-        "| rule | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
-        "| chance | " + " | ".join(f"{chance[t]:.3f}" for t in tasks) + " |",
+        *score_table(results, tasks, rules),
+        "",
+        "Networks:",
+        "",
+        *(f"* {t}: LIFNetwork({HIDDEN} units, {LIF_SETUPS[t]})" for t in tasks),
+        "",
+        "Settings:",
+        "",
+        *(f"* {spec.label}: {_describe(spec)}" for spec in rules),
     ]
-    for spec in rules:
-        lines.append(
-            f"| {spec.label} | " + " | ".join(_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks) + " |"
-        )
-    lines += ["", "Networks:", ""] + [f"* {t}: LIFNetwork({HIDDEN} units, {LIF_SETUPS[t]})" for t in tasks]
-    lines += ["", "Settings:", ""] + [f"* {spec.label}: {_describe(spec)}" for spec in rules]
-    text = "\n".join(lines) + "\n"
-    write_report(out, text)
-    _plot_curves(results, tasks, rules, (), (), out / "learning-curves.png")
-    return text
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from unigrad.experiments._common import (
     pyplot,
     runner,
     save_figure,
+    table,
     write_report,
     write_results,
 )
@@ -246,6 +247,20 @@ def _summary(runs: list[BioRun]) -> dict[str, Any]:
     }
 
 
+def store_cell(results: dict[str, Any], task_name: str, label: str, runs: list[BioRun]) -> None:
+    """Put the summary and the learning curves of the runs of rule ``label`` on ``task_name`` into ``results``."""
+    key = f"{task_name}|{label}"
+    results["cells"][key] = _summary(runs)
+    results["curves"][key] = [r.history for r in runs]
+
+
+def score_table(results: dict[str, Any], tasks: tuple[str, ...], rules: tuple[RuleSpec, ...]) -> list[str]:
+    """The rule × task table: chance, then the final score of each rule (mean ± sd over the seeds)."""
+    chance = {t: get_bio_task(t).chance for t in tasks}
+    rows = [[spec.label, *(_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks)] for spec in rules]
+    return table(["rule", *tasks], [["chance", *(f"{chance[t]:.3f}" for t in tasks)], *rows])
+
+
 def _cell(s: dict[str, Any]) -> str:
     text = f"{s['mean']:.3f} ± {s['sd']:.3f}"
     return text + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
@@ -291,9 +306,7 @@ def run(
         write_results(out, results)
 
     def store(spec: RuleSpec, task_name: str, runs: list[BioRun]) -> None:
-        key = f"{task_name}|{spec.label}"
-        results["cells"][key] = _summary(runs)
-        results["curves"][key] = [r.history for r in runs]
+        store_cell(results, task_name, spec.label, runs)
         save()
 
     def store_control(spec: ControlSpec, task_name: str, runs: list[dict[str, Any]]) -> None:
@@ -386,7 +399,6 @@ def _table_report(
     control_tasks: tuple[str, ...] = (),
     control_rules: tuple[ControlSpec, ...] = (),
 ) -> str:
-    chance = {t: get_bio_task(t).chance for t in tasks}
     lines = [
         f"# Rules × tasks: held-out score after {results['trials']:,} trials "
         f"(RateRNN {results['hidden']} units, {results['seeds']} seeds)",
@@ -394,13 +406,8 @@ def _table_report(
         "Choice tasks (perceptual-decision, dnms): accuracy, higher is better; reaching, copy, mackey-glass: "
         "normalised error, lower is better. Mean ± sd of the final score over the seeds.",
         "",
-        "| rule | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
-        "| chance | " + " | ".join(f"{chance[t]:.3f}" for t in tasks) + " |",
+        *score_table(results, tasks, rules),
     ]
-    for spec in rules:
-        cells = [_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks]
-        lines.append(f"| {spec.label} | " + " | ".join(cells) + " |")
     lines += ["", "Settings:", ""] + [f"* {spec.label}: {_describe(spec)}" for spec in rules]
     if control_tasks and control_rules:
         lines += [

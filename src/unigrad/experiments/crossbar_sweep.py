@@ -32,6 +32,7 @@ from unigrad.experiments._common import (
     output_dir,
     pyplot,
     save_figure,
+    table,
     write_report,
     write_results,
 )
@@ -189,37 +190,30 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
 
 
+def _energies(results: dict[str, Any], mode: str, level: Any) -> str:
+    """A cell of the energy table: mean training energy / mean energy to the target (runs that reached it)."""
+    e = statistics.fmean(_final(results, mode, level, "energy"))
+    to = [results["runs"][f"{mode}|{level}|{s}"]["energy_to_target"] for s in range(results["seeds"])]
+    reached = [t for t in to if t is not None]
+    return f"{e:.2e} / " + (f"{statistics.fmean(reached):.2e} ({len(reached)}/{len(to)})" if reached else "—")
+
+
 def _report(results: dict[str, Any]) -> str:
+    """Accuracy on the device and training energy, mode by level, with the ideal-device reference."""
     levels, modes = results["levels"], results["modes"]
-    ref = _final(results, "reference", 0)
+    header = ["mode", *(f"{results['label']} = {lv:g}" for lv in levels)]
     lines = [
         f"# {results['experiment']}: test accuracy on the device after {results['steps']:,} steps of 64 "
         f"({results['seeds']} seed(s))",
         "",
-        f"Backprop deployed on an ideal device: {_ms(ref)}.",
+        f"Backprop deployed on an ideal device: {_ms(_final(results, 'reference', 0))}.",
         "",
-        "| mode | " + " | ".join(f"{results['label']} = {lv:g}" for lv in levels) + " |",
-        "|---|" + "---|" * len(levels),
-    ]
-    for mode in modes:
-        lines.append(f"| {mode} | " + " | ".join(_ms(_final(results, mode, lv)) for lv in levels) + " |")
-    lines += [
+        *table(header, ([mode, *(_ms(_final(results, mode, lv)) for lv in levels)] for mode in modes)),
         "",
         f"Training energy (J, whole run) and energy to reach {results['target']:.2f} on the device (J; never: —):",
         "",
-        "| mode | " + " | ".join(f"{results['label']} = {lv:g}" for lv in levels) + " |",
-        "|---|" + "---|" * len(levels),
+        *table(header, ([mode, *(_energies(results, mode, lv) for lv in levels)] for mode in modes)),
     ]
-    for mode in modes:
-        cells = []
-        for lv in levels:
-            e = statistics.fmean(_final(results, mode, lv, "energy"))
-            to = [results["runs"][f"{mode}|{lv}|{s}"]["energy_to_target"] for s in range(results["seeds"])]
-            reached = [t for t in to if t is not None]
-            cells.append(
-                f"{e:.2e} / " + (f"{statistics.fmean(reached):.2e} ({len(reached)}/{len(to)})" if reached else "—")
-            )
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

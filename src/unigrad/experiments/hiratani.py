@@ -109,7 +109,7 @@ from unigrad.experiments._common import (
     smooth,
 )
 from unigrad.experiments.hiratani_report import plot, report
-from unigrad.experiments.werfel import TOLERANCE, half_squared_error, median_time
+from unigrad.experiments.werfel import TOLERANCE, half_squared_error, median_time, race_over, race_times
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
@@ -229,14 +229,9 @@ def learning_times(
             w1[bad], w2[bad] = 1e2, 1e2
             per_student = error(w1, w2, a)
         err = per_student.view(lanes, seeds, students).mean(2) / e0
-        hit[(hit < 0) & (err <= 1.0 / factor)] = step
-        if bool((hit >= 0).all()):
+        if race_over(hit, err, step, factor=factor, slack=slack):
             break
-        if step % 8 == 0:
-            medians = [median_time([int(v) if v >= 0 else None for v in row]) for row in hit]
-            if min(medians) < math.inf and step >= slack * min(medians):
-                break
-    return {"times": [[int(v) if v >= 0 else None for v in row] for row in hit], "steps": step}
+    return {"times": race_times(hit), "steps": step}
 
 
 def sweep(

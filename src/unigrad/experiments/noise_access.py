@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
 from unigrad.experiments import _common
-from unigrad.experiments._common import Progress, Settings, output_dir, runner, write_report, write_results
+from unigrad.experiments._common import Progress, Settings, finish, output_dir, runner, table
 from unigrad.experiments.bio_table import (
     RuleSpec,
     _cell,
@@ -70,19 +70,18 @@ def run(
         if progress:
             progress(label)
         results["rows"][label] = _summary([_train(spec, task, s, trials, 2, intrinsic) for s in range(seeds)])
-    write_results(out, results)
-    chance = get_bio_task(task).chance
+    return finish(out, results, lambda r: _report(r, seeds))
+
+
+def _report(results: dict[str, Any], seeds: int) -> str:
+    """The final score of every rule and noise (mean ± sd over the seeds)."""
     lines = [
-        f"# Accessible against inaccessible noise: {task}, score after {trials:,} trials ({seeds} seeds; "
-        f"chance {chance:.3f})",
+        f"# Accessible against inaccessible noise: {results['task']}, score after {results['trials']:,} trials "
+        f"({seeds} seeds; chance {get_bio_task(results['task']).chance:.3f})",
         "",
-        "| rule and noise | score |",
-        "|---|---|",
+        *table(["rule and noise", "score"], ([label, _cell(s)] for label, s in results["rows"].items())),
     ]
-    lines += [f"| {label} | {_cell(s)} |" for label, s in results["rows"].items()]
-    text = "\n".join(lines) + "\n"
-    write_report(out, text)
-    return text
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(frozen=True)

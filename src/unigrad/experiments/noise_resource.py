@@ -19,11 +19,12 @@ from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
     Settings,
+    finish,
     output_dir,
     pyplot,
     runner,
     save_figure,
-    write_report,
+    table,
     write_results,
 )
 from unigrad.experiments.bio_table import (
@@ -94,9 +95,7 @@ def run(
             {"mean": statistics.fmean(finals), "sd": statistics.stdev(finals) if seeds > 1 else 0.0, "finals": finals}
         )
         write_results(out, results)
-    text = write_report(out, _report(results, seeds))
-    _plot_noise_resource(results, out / "noise-resource.png")
-    return text
+    return finish(out, results, lambda r: _report(r, seeds), _plot_noise_resource, "noise-resource.png")
 
 
 def _report(results: dict[str, Any], seeds: int) -> str:
@@ -104,15 +103,11 @@ def _report(results: dict[str, Any], seeds: int) -> str:
     lines = [f"# Noise as a resource: score against the injected noise σ ({seeds} seeds)", ""]
     for task in results["tasks"]:
         better = "accuracy, higher is better" if get_bio_task(task).chance == 0.5 else "NRMSE, lower is better"
+        rows = ([f"{variant} in time", *(_cell(s) for s in row)] for variant, row in results["rows"][task].items())
         lines += [
             f"## {task}: NP / ANP in time after {results['trials']:,} trials ({better})",
             "",
-            "| rule | " + " | ".join(f"σ = {s:g}" for s in results["sigmas"]) + " |",
-            "|---|" + "---|" * len(results["sigmas"]),
-        ]
-        for variant, row in results["rows"][task].items():
-            lines.append(f"| {variant} in time | " + " | ".join(_cell(s) for s in row) + " |")
-        lines += [
+            *table(["rule", *(f"σ = {s:g}" for s in results["sigmas"])], rows),
             "",
             f"BPTT on the same trials: {_cell(results['bptt'][task])}; chance {get_bio_task(task).chance:.3f}.",
             "",
@@ -120,9 +115,10 @@ def _report(results: dict[str, Any], seeds: int) -> str:
     lines += [
         f"## cartpole: NRL greedy return (20 evaluation episodes) after {results['episodes']:,} episodes",
         "",
-        "| σ | " + " | ".join(f"{s:g}" for s in results["control_sigmas"]) + " |",
-        "|---|" + "---|" * len(results["control_sigmas"]),
-        "| NRL | " + " | ".join(f"{r['mean']:.1f} ± {r['sd']:.1f}" for r in results["nrl"]) + " |",
+        *table(
+            ["σ", *(f"{s:g}" for s in results["control_sigmas"])],
+            [["NRL", *(f"{r['mean']:.1f} ± {r['sd']:.1f}" for r in results["nrl"])]],
+        ),
         "",
         f"Random policy ≈ {CONTROL_CHANCE['cartpole']:.0f}; the maximum is 500.",
     ]

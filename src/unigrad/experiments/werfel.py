@@ -171,15 +171,9 @@ def learning_times(
         err = per_student.view(lanes, seeds, students).mean(2) / e0
         if record:
             curves.append(err.mean(1))
-        hit[(hit < 0) & (err <= 1.0 / factor)] = step
-        if bool((hit >= 0).all()):
+        if race_over(hit, err, step, factor=factor, slack=slack):
             break
-        if step % 8 == 0:
-            medians = [median_time([int(v) if v >= 0 else None for v in row]) for row in hit]
-            if min(medians) < math.inf and step >= slack * min(medians):
-                break
-    times = [[int(v) if v >= 0 else None for v in row] for row in hit]
-    out: dict[str, Any] = {"times": times, "steps": step}
+    out: dict[str, Any] = {"times": race_times(hit), "steps": step}
     if record:
         out["curves"] = torch.stack(curves, 1).tolist()
     return out
@@ -188,6 +182,24 @@ def learning_times(
 def median_time(values: Sequence[int | None]) -> float:
     """Median, counting a run that did not reach the target as infinitely long."""
     return statistics.median(math.inf if v is None else float(v) for v in values)
+
+
+def race_times(hit: Tensor) -> list[list[int | None]]:
+    """The learning times of a race, per η and seed, from ``hit`` (the step it was reached, ``-1``: not)."""
+    return [[int(v) if v >= 0 else None for v in row] for row in hit]
+
+
+def race_over(hit: Tensor, err: Tensor, step: int, *, factor: float, slack: float) -> bool:
+    """Record in ``hit`` the (η, seed) lanes whose mean error ``err`` (relative to its start) is at most
+    ``1/factor`` after ``step``; whether the race is over: every lane has reached it, or (checked every 8 steps)
+    ``step`` is ``slack`` times the best η's median time (the slower lanes then count as not reached)."""
+    hit[(hit < 0) & (err <= 1.0 / factor)] = step
+    if bool((hit >= 0).all()):
+        return True
+    if step % 8 == 0:
+        best = min(median_time(row) for row in race_times(hit))
+        return best < math.inf and step >= slack * best
+    return False
 
 
 def sweep(
