@@ -27,6 +27,7 @@ import numpy as np
 
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.io import atomic_write
+from unigrad.core.options import check_number
 
 Progress = Callable[[str], None] | None
 """The progress callback every runner takes: called with one line per stage, or ``None`` for silence."""
@@ -63,9 +64,8 @@ def check_positive_each(name: str, values: Iterable[Any], *, integer: bool = Fal
 
 
 def check_factor(factor: float) -> None:
-    """Refuse an error-reduction factor that is not above 1."""
-    if not factor > 1:
-        raise UnigradError(f"option factor must be a number > 1 (the error reduction), got {factor!r}")
+    """Refuse an error-reduction factor that is not a finite number above 1."""
+    check_number("factor", factor, low=1, low_inclusive=False, what="a number > 1 (the error reduction)")
 
 
 def finish(

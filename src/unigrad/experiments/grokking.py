@@ -77,6 +77,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimate
 from unigrad.core.objective import supervised
+from unigrad.core.options import check_fraction, check_int
 from unigrad.core.rng import generator
 from unigrad.experiments import _common
 from unigrad.experiments._common import (
@@ -123,11 +124,8 @@ def modular_addition(p: int, train_fraction: float, seed: int = 0) -> ModularAdd
 
     The training set holds ``round(train_fraction · p²)`` pairs (at least one, at most ``p² − 1``).
     """
-    check_positive("p", p, integer=True)
-    if p < 2:
-        raise UnigradError(f"option p must be >= 2, got {p}")
-    if isinstance(train_fraction, bool) or not 0 < train_fraction < 1:
-        raise UnigradError(f"option train_fraction must be in (0, 1), got {train_fraction!r}")
+    check_int("p", p, low=2)
+    check_fraction("train_fraction", train_fraction, low_inclusive=False, what="in (0, 1)")
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
     inputs = torch.cat([F.one_hot(a, p), F.one_hot(b, p)], dim=1).to(torch.float32)

@@ -73,7 +73,7 @@ import numpy as np
 import torch
 
 from unigrad.core.errors import UnigradError, check_positive
-from unigrad.core.options import check_number, is_int
+from unigrad.core.options import check_fraction, check_number, is_int
 from unigrad.data.classic import quadratic
 from unigrad.experiments import _common
 from unigrad.experiments._common import (
@@ -193,8 +193,7 @@ def run(
     if len(dims) < 2 or any(not is_int(v) or v < 2 for v in dims):
         raise UnigradError(f"dims must list at least two integers >= 2, got {dims!r}")
     check_number("kappa", kappa, low=1, low_inclusive=False, what="a number > 1")
-    if not 0 < eps < 1:
-        raise UnigradError(f"option eps must be in (0, 1), got {eps!r}")
+    check_fraction("eps", eps, low_inclusive=False, what="in (0, 1)")
     check_positive("sigma", sigma)
     check_positive("seeds", seeds, integer=True)
     check_positive("budget_factor", budget_factor)
