@@ -72,6 +72,10 @@ Options (``run``): ``dims``, ``probes``, ``q_dim`` (the ``d`` of the ``q`` sweep
 NP/WP grids ``nodes``, ``inputs``, ``widths``.
 
 Outputs (in ``out``): ``estimator-variance.png``, ``results.json`` and ``report.md``.
+
+This file is longer than most: the exact formulas, the problems they are measured on, the three sweeps and
+their fits against theory belong together; the figure and the report live in
+:mod:`unigrad.experiments.estimator_variance_report`.
 """
 
 from __future__ import annotations
