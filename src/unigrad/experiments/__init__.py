@@ -2,7 +2,9 @@
 
 A runner is ``run(out, *, seeds, quick, progress, **options) -> str``: it writes its figures,
 ``results.json`` and ``report.md`` into the folder ``out`` and returns the report's text. ``quick``
-shrinks every budget to a smoke test of the pipeline (its numbers are not results).
+shrinks every budget to a smoke test of the pipeline (its numbers are not results). Each runner is
+``_common.runner(Config, run)``: the experiment's :class:`~unigrad.experiments._common.Config` declares its
+options and their full and quick defaults.
 Runners are imported lazily, so ``unigrad experiment --help`` stays fast.
 """
 

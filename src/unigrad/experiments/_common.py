@@ -1,10 +1,11 @@
-"""The skeleton every experiment shares: its output folder, ``results.json`` and ``report.md``, markdown
-tables, figures, fits and the ``run_experiment`` wrapper.
+"""The skeleton every experiment shares: its declared configuration and runner, its output folder,
+``results.json`` and ``report.md``, markdown tables, figures and fits.
 
-An experiment module reads as its configuration (budgets, with a ``quick`` set), its science (what it trains
-and measures, returning a ``results`` dict) and its presentation (``report(results) -> str`` and
-``plot(results, path)``); :func:`finish` writes the three outputs in one place and :func:`run_and_report` turns
-``run`` into the ``unigrad experiment NAME`` runner.
+An experiment module reads as its configuration (a :class:`Config` subclass: its own options and their full
+and ``--quick`` defaults), its science (``run(out, ...)``: what it trains and measures; it returns a ``results``
+dict) and its presentation (``report(results) -> str`` and ``plot(results, path)``); :func:`finish` writes the
+three outputs in one place and :func:`runner` turns the configuration and ``run`` into the
+``unigrad experiment NAME`` runner, ``run_experiment(out, **options) -> str``.
 
 ``results.json`` is ``json.dumps(results, indent=1)`` plus a final newline (non-finite floats stay ``NaN`` and
 ``Infinity``, as the experiments have always written them); both files are written atomically with
@@ -13,17 +14,20 @@ and measures, returning a ``results`` dict) and its presentation (``report(resul
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import statistics
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.io import atomic_write
+from unigrad.core.options import check_number
 
 Progress = Callable[[str], None] | None
 """The progress callback every runner takes: called with one line per stage, or ``None`` for silence."""
@@ -60,9 +64,8 @@ def check_positive_each(name: str, values: Iterable[Any], *, integer: bool = Fal
 
 
 def check_factor(factor: float) -> None:
-    """Refuse an error-reduction factor that is not above 1."""
-    if not factor > 1:
-        raise UnigradError(f"option factor must be a number > 1 (the error reduction), got {factor!r}")
+    """Refuse an error-reduction factor that is not a finite number above 1."""
+    check_number("factor", factor, low=1, low_inclusive=False, what="a number > 1 (the error reduction)")
 
 
 def finish(
@@ -80,11 +83,10 @@ def finish(
     return write_report(out, report(results))
 
 
-def run_and_report(run: Callable[..., Any], out: str | Path, **settings: Any) -> str:
-    """Call ``run(out, **settings)`` and return the ``report.md`` it wrote (the runner contract of
-    :mod:`unigrad.experiments`)."""
-    run(out, **settings)
-    return (Path(out) / "report.md").read_text()
+_SHARED = ("seeds", "quick", "progress")
+
+Settings = Mapping[str, Any]
+"""Keyword settings of an experiment's ``run``, by name."""
 
 
 def check_options(experiment: str, options: dict[str, Any], allowed: set[str]) -> None:
@@ -94,6 +96,62 @@ def check_options(experiment: str, options: dict[str, Any], allowed: set[str]) -
         raise UnigradError(
             f"unknown {experiment} options: {', '.join(sorted(unknown))}; valid: {', '.join(sorted(allowed))}"
         )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The options of one experiment's runner: those every experiment shares, and (in a subclass) its own.
+
+    Shared: ``seeds`` (seeds per configuration), ``quick`` (tiny budgets: a smoke test of the pipeline, its
+    numbers are not results) and ``progress`` (called with one line per stage, or ``None``).
+
+    A subclass declares its own options as fields (``None``: the mode's default) and, as class attributes,
+    ``FULL`` and ``QUICK``: the settings of its ``run`` in a full and in a ``--quick`` run (its options'
+    defaults and any budget that is not an option); ``QUICK_SEEDS`` caps the seeds of a quick run and
+    ``USES_SEEDS`` says whether ``run`` takes ``seeds``. :meth:`settings` resolves them for ``run``.
+    """
+
+    seeds: int = 3
+    quick: bool = False
+    progress: Progress = None
+
+    NAME: ClassVar[str] = "experiment"
+    FULL: ClassVar[Settings] = {}
+    QUICK: ClassVar[Settings] = {}
+    QUICK_SEEDS: ClassVar[int | None] = None
+    USES_SEEDS: ClassVar[bool] = True
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> Config:
+        """The configuration of the keyword ``options``; an unknown one is refused, naming the valid ones."""
+        check_options(cls.NAME, dict(options), {f.name for f in dataclasses.fields(cls)})
+        return cls(**options)
+
+    def own(self) -> dict[str, Any]:
+        """The experiment's own options that were given (not ``None``), by name."""
+        fields = (f.name for f in dataclasses.fields(self) if f.name not in _SHARED)
+        return {k: v for k in fields if (v := getattr(self, k)) is not None}
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments of ``run``: the mode's settings (``QUICK`` or ``FULL``) overridden by the given
+        options, then ``seeds`` (at most ``QUICK_SEEDS`` in a quick run) and ``progress``."""
+        settings = {**(self.QUICK if self.quick else self.FULL), **self.own()}
+        if self.USES_SEEDS:
+            cap = self.QUICK_SEEDS if self.quick else None
+            settings["seeds"] = self.seeds if cap is None else min(self.seeds, cap)
+        return {**settings, "progress": self.progress}
+
+
+def runner(config: type[Config], run: Callable[..., Any]) -> Callable[..., str]:
+    """The ``unigrad experiment NAME`` runner ``run_experiment(out, **options) -> str``: build ``config`` from the
+    keyword options, call ``run(out, **config.settings())`` and return the ``report.md`` it wrote."""
+
+    def run_experiment(out: str | Path, **options: Any) -> str:
+        run(out, **config.of(options).settings())
+        return (Path(out) / "report.md").read_text()
+
+    run_experiment.__doc__ = f"The ``unigrad experiment {config.NAME}`` runner (``options``: the fields of its Config)."
+    return run_experiment
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[str]:

@@ -7,22 +7,24 @@ BPTT through a surrogate derivative against NP and ANP in time and WP on a 64-un
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import Progress, output_dir, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import Progress, Settings, output_dir, runner, write_report, write_results
 from unigrad.experiments.bio_table import (
     HIDDEN,
     TRIALS,
     RuleSpec,
-    _cell,
     _describe,
     _fit,
     _plot_curves,
-    _summary,
+    score_table,
+    store_cell,
 )
 
 LIF_SETUPS: dict[str, dict[str, float]] = {
@@ -57,21 +59,19 @@ def _train_lif(spec: RuleSpec, task_name: str, seed: int, trials: int, evals: in
     return _fit(spec, task_name, task, net, seed, trials, evals)
 
 
-def bio_lif(
+def run(
     out: str | Path,
     *,
     seeds: int = 3,
-    quick: bool = False,
     progress: Progress = None,
-    trials: int | None = None,
+    trials: int = TRIALS,
     tasks: tuple[str, ...] = tuple(LIF_SETUPS),
     rules: tuple[RuleSpec, ...] = LIF_RULES,
+    evals: int = 20,
 ) -> str:
     """The same rules on a leaky integrate-and-fire network: BPTT through a surrogate derivative against NP and
     ANP in time (potentials perturbed, no derivative of a spike needed) and weight perturbation."""
     check_positive("seeds", seeds, integer=True)
-    trials = trials or (64 if quick else TRIALS)
-    evals = 2 if quick else 20
     out = output_dir(out)
     results: dict[str, Any] = {
         "trials": trials,
@@ -86,28 +86,48 @@ def bio_lif(
         for spec in rules:
             if progress:
                 progress(f"{task_name}: {spec.label}")
-            runs = [_train_lif(spec, task_name, seed, trials, evals) for seed in range(seeds)]
-            key = f"{task_name}|{spec.label}"
-            results["cells"][key] = _summary(runs)
-            results["curves"][key] = [r.history for r in runs]
+            store_cell(
+                results, task_name, spec.label, [_train_lif(spec, task_name, s, trials, evals) for s in range(seeds)]
+            )
             write_results(out, results)
-    chance = {t: get_bio_task(t).chance for t in tasks}
+    text = write_report(out, _report(results, tasks, rules))
+    _plot_curves(results, tasks, rules, (), (), out / "learning-curves.png")
+    return text
+
+
+def _report(results: dict[str, Any], tasks: tuple[str, ...], rules: tuple[RuleSpec, ...]) -> str:
+    """The rule × task table, the networks and the settings of the rules."""
     lines = [
-        f"# Rules on a spiking (LIF) network: held-out score after {trials:,} trials ({HIDDEN} units, {seeds} seeds)",
+        f"# Rules on a spiking (LIF) network: held-out score after {results['trials']:,} trials ({HIDDEN} units, "
+        f"{results['seeds']} seeds)",
         "",
         "perceptual-decision: accuracy (higher is better); mackey-glass: NRMSE (lower is better).",
         "",
-        "| rule | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
-        "| chance | " + " | ".join(f"{chance[t]:.3f}" for t in tasks) + " |",
+        *score_table(results, tasks, rules),
+        "",
+        "Networks:",
+        "",
+        *(f"* {t}: LIFNetwork({HIDDEN} units, {LIF_SETUPS[t]})" for t in tasks),
+        "",
+        "Settings:",
+        "",
+        *(f"* {spec.label}: {_describe(spec)}" for spec in rules),
     ]
-    for spec in rules:
-        lines.append(
-            f"| {spec.label} | " + " | ".join(_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks) + " |"
-        )
-    lines += ["", "Networks:", ""] + [f"* {t}: LIFNetwork({HIDDEN} units, {LIF_SETUPS[t]})" for t in tasks]
-    lines += ["", "Settings:", ""] + [f"* {spec.label}: {_describe(spec)}" for spec in rules]
-    text = "\n".join(lines) + "\n"
-    write_report(out, text)
-    _plot_curves(results, tasks, rules, (), (), out / "learning-curves.png")
-    return text
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment bio-lif``: ``trials`` (per run: :data:`~unigrad.experiments.bio_table.TRIALS`;
+    quick 64), the ``tasks`` and the ``rules``. A quick run scores twice per run, a full one 20 times."""
+
+    trials: int | None = None
+    tasks: tuple[str, ...] = tuple(LIF_SETUPS)
+    rules: tuple[RuleSpec, ...] = LIF_RULES
+
+    NAME = "bio-lif"
+    FULL: ClassVar[Settings] = {"trials": TRIALS, "evals": 20}
+    QUICK: ClassVar[Settings] = {"trials": 64, "evals": 2}
+
+
+bio_lif = runner(Config, run)

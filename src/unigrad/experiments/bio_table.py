@@ -25,7 +25,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -34,7 +34,18 @@ from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun, train_temporal
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.experiments._common import Progress, output_dir, pyplot, save_figure, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import (
+    Progress,
+    Settings,
+    output_dir,
+    pyplot,
+    runner,
+    save_figure,
+    table,
+    write_report,
+    write_results,
+)
 
 TASKS = ("perceptual-decision", "dnms", "reaching", "copy", "mackey-glass")
 
@@ -236,34 +247,46 @@ def _summary(runs: list[BioRun]) -> dict[str, Any]:
     }
 
 
+def store_cell(results: dict[str, Any], task_name: str, label: str, runs: list[BioRun]) -> None:
+    """Put the summary and the learning curves of the runs of rule ``label`` on ``task_name`` into ``results``."""
+    key = f"{task_name}|{label}"
+    results["cells"][key] = _summary(runs)
+    results["curves"][key] = [r.history for r in runs]
+
+
+def score_table(results: dict[str, Any], tasks: tuple[str, ...], rules: tuple[RuleSpec, ...]) -> list[str]:
+    """The rule × task table: chance, then the final score of each rule (mean ± sd over the seeds)."""
+    chance = {t: get_bio_task(t).chance for t in tasks}
+    rows = [[spec.label, *(_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks)] for spec in rules]
+    return table(["rule", *tasks], [["chance", *(f"{chance[t]:.3f}" for t in tasks)], *rows])
+
+
 def _cell(s: dict[str, Any]) -> str:
     text = f"{s['mean']:.3f} ± {s['sd']:.3f}"
     return text + (f" ({s['diverged']} diverged)" if s["diverged"] else "")
 
 
-def bio_table(
+def run(
     out: str | Path,
     *,
     seeds: int = 3,
-    quick: bool = False,
     progress: Progress = None,
-    trials: int | None = None,
+    trials: int = TRIALS,
     tasks: tuple[str, ...] = TASKS,
     rules: tuple[RuleSpec, ...] = RULES,
-    episodes: int | None = None,
+    episodes: int = EPISODES,
     control_tasks: tuple[str, ...] = CONTROL_TASKS,
     control_rules: tuple[ControlSpec, ...] = CONTROL_RULES,
+    evals: int = 20,
     jobs: int = 1,
 ) -> str:
-    """Every rule on every task, ``seeds`` seeds, the same number of trials (or episodes) each (module docs).
+    """Every rule on every task, ``seeds`` seeds, the same number of trials (or episodes) each, scored at ``evals``
+    points (module docs); write ``results.json``, ``report.md`` and the learning curves and return the report.
 
     ``jobs > 1`` runs that many runs at once in separate processes (one torch thread each); the runs are the
     same as with ``jobs=1`` (every run is keyed by its seed), only their wall times differ.
     """
     check_positive("seeds", seeds, integer=True)
-    trials = trials or (64 if quick else TRIALS)
-    episodes = episodes or (8 if quick else EPISODES)
-    evals = 2 if quick else 20
     out = output_dir(out)
     results: dict[str, Any] = {
         "trials": trials,
@@ -283,9 +306,7 @@ def bio_table(
         write_results(out, results)
 
     def store(spec: RuleSpec, task_name: str, runs: list[BioRun]) -> None:
-        key = f"{task_name}|{spec.label}"
-        results["cells"][key] = _summary(runs)
-        results["curves"][key] = [r.history for r in runs]
+        store_cell(results, task_name, spec.label, runs)
         save()
 
     def store_control(spec: ControlSpec, task_name: str, runs: list[dict[str, Any]]) -> None:
@@ -313,6 +334,29 @@ def bio_table(
     write_report(out, text)
     _plot_curves(results, tasks, rules, control_tasks, control_rules, out / "learning-curves.png")
     return text
+
+
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment bio-table``: ``trials`` (per temporal run: :data:`TRIALS`; quick 64),
+    ``episodes`` (per control run: :data:`EPISODES`; quick 8), the ``tasks``, ``rules``, ``control_tasks`` and
+    ``control_rules`` of the tables, and ``jobs`` (runs at once). A quick run scores twice per run, a full one 20
+    times."""
+
+    trials: int | None = None
+    tasks: tuple[str, ...] = TASKS
+    rules: tuple[RuleSpec, ...] = RULES
+    episodes: int | None = None
+    control_tasks: tuple[str, ...] = CONTROL_TASKS
+    control_rules: tuple[ControlSpec, ...] = CONTROL_RULES
+    jobs: int = 1
+
+    NAME = "bio-table"
+    FULL: ClassVar[Settings] = {"trials": TRIALS, "episodes": EPISODES, "evals": 20}
+    QUICK: ClassVar[Settings] = {"trials": 64, "episodes": 8, "evals": 2}
+
+
+bio_table = runner(Config, run)
 
 
 def _control_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -355,7 +399,6 @@ def _table_report(
     control_tasks: tuple[str, ...] = (),
     control_rules: tuple[ControlSpec, ...] = (),
 ) -> str:
-    chance = {t: get_bio_task(t).chance for t in tasks}
     lines = [
         f"# Rules × tasks: held-out score after {results['trials']:,} trials "
         f"(RateRNN {results['hidden']} units, {results['seeds']} seeds)",
@@ -363,13 +406,8 @@ def _table_report(
         "Choice tasks (perceptual-decision, dnms): accuracy, higher is better; reaching, copy, mackey-glass: "
         "normalised error, lower is better. Mean ± sd of the final score over the seeds.",
         "",
-        "| rule | " + " | ".join(tasks) + " |",
-        "|---|" + "---|" * len(tasks),
-        "| chance | " + " | ".join(f"{chance[t]:.3f}" for t in tasks) + " |",
+        *score_table(results, tasks, rules),
     ]
-    for spec in rules:
-        cells = [_cell(results["cells"][f"{t}|{spec.label}"]) for t in tasks]
-        lines.append(f"| {spec.label} | " + " | ".join(cells) + " |")
     lines += ["", "Settings:", ""] + [f"* {spec.label}: {_describe(spec)}" for spec in rules]
     if control_tasks and control_rules:
         lines += [

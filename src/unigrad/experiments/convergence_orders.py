@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,17 +40,20 @@ from unigrad.core.errors import check_positive
 from unigrad.core.objective import Objective, reduce
 from unigrad.core.options import check_number
 from unigrad.data.classic import quadratic, rosenbrock
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
+    Settings,
     check_positive_all,
     finish,
     grid,
     output_dir,
     pyplot,
-    run_and_report,
+    runner,
     save_figure,
 )
 from unigrad.registry import make_estimator
+from unigrad.train.loop import Batch, Every, TrainingLoop
 
 TARGET = 1e-10
 """The error level the report counts iterations and FE to."""
@@ -115,20 +118,28 @@ def _trace(spec: MethodSpec, build: Builder, lr: float, f_star: float, budget: i
         with torch.no_grad():
             return max(float(reduce(objective(model))) - f_star, 0.0)
 
-    errors, fe = [error()], [0.0]
-    spent = 0.0
-    start = time.perf_counter()
-    for _ in range(budget):
-        if errors[-1] <= tol:
-            break
-        opt.zero_grad()
-        e = est.estimate(model, objective)
-        opt.step()
-        spent += e.cost.forward_equivalents
+    errors: list[float] = []
+    fe: list[float] = []
+
+    def evaluate(loop: TrainingLoop) -> dict[str, Any]:
+        """Record the error after ``loop.step`` steps; stop at ``tol`` or when it is no longer finite."""
         errors.append(error())
-        fe.append(spent)
-        if not math.isfinite(errors[-1]):
-            break
+        fe.append(loop.forward_equivalents)
+        if errors[-1] <= tol or not math.isfinite(errors[-1]):
+            loop.stop()
+        return {"error": errors[-1]}
+
+    loop = TrainingLoop(
+        model,
+        est,
+        opt,
+        lambda loop: Batch(objective),
+        spent=lambda loop: loop.step / budget,
+        evaluate=evaluate,
+        schedule=Every(1, budget),
+    )
+    start = time.perf_counter()
+    loop.run()
     seconds = time.perf_counter() - start
     reached = next((k for k, v in enumerate(errors) if v <= TARGET), None)
     return {
@@ -233,24 +244,22 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 1,
-    quick: bool = False,
-    progress: Progress = None,
-    iterations: int | None = None,
-    second_order_iterations: int | None = None,
-    n: int | None = None,
-    kappa: float | None = None,
-) -> str:
-    """The ``unigrad experiment convergence-orders`` runner (deterministic: ``seeds`` is not used)."""
-    return run_and_report(
-        run,
-        out,
-        iterations=iterations or (300 if quick else 20000),
-        second_order_iterations=second_order_iterations or 200,
-        n=n or (6 if quick else 20),
-        kappa=kappa or (50.0 if quick else 1000.0),
-        progress=progress,
-    )
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment convergence-orders`` (deterministic: ``seeds`` is not used):
+    ``iterations`` (budget of the order-0 and order-1 methods: 20,000; quick 300), ``second_order_iterations``
+    (of the order-2 and order-3 methods: 200), ``n`` (dimension of the quadratic: 20; quick 6) and ``kappa``
+    (its condition number: 1,000; quick 50)."""
+
+    iterations: int | None = None
+    second_order_iterations: int | None = None
+    n: int | None = None
+    kappa: float | None = None
+
+    NAME = "convergence-orders"
+    FULL: ClassVar[Settings] = {"iterations": 20000, "second_order_iterations": 200, "n": 20, "kappa": 1000.0}
+    QUICK: ClassVar[Settings] = {"iterations": 300, "second_order_iterations": 200, "n": 6, "kappa": 50.0}
+    USES_SEEDS = False
+
+
+run_experiment = runner(Config, run)

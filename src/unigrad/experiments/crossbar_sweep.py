@@ -17,14 +17,25 @@ from __future__ import annotations
 import functools
 import statistics
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from unigrad.core.errors import check_positive
 from unigrad.core.parallel import run_calls
-from unigrad.experiments._common import Progress, output_dir, pyplot, save_figure, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import (
+    Progress,
+    Settings,
+    output_dir,
+    pyplot,
+    save_figure,
+    table,
+    write_report,
+    write_results,
+)
 from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
 from unigrad.hardware.energy import EnergyModel
 from unigrad.hardware.train import DeviceRun, train_device
@@ -122,7 +133,8 @@ def _sweep(
     """Train every mode at every level (``make(level, seed)`` gives the device maker and its node-noise σ) and
     the ideal-device reference, ``seeds`` seeds each, ``jobs`` at once; write the outputs and return the report.
 
-    ``seeds``, ``quick``, ``progress`` and ``jobs`` are the runner options of every hardware experiment."""
+    ``quick`` trains 20 steps on a 2,000-image subset (scored on 500 test images) instead of :data:`STEPS` on all;
+    ``seeds``, ``quick``, ``progress`` and ``jobs`` come from :class:`SweepConfig`."""
     check_positive("seeds", seeds, integer=True)
     steps = 20 if quick else STEPS
     out = output_dir(out)
@@ -156,6 +168,19 @@ def _sweep(
     return text
 
 
+@dataclass(frozen=True)
+class SweepConfig(_common.Config):
+    """The options every hardware experiment shares: ``jobs`` (runs at once, one process and one thread each),
+    with the runner's ``seeds`` (one by default), ``quick`` and ``progress``; a subclass adds its own (its
+    ``NAME``)."""
+
+    seeds: int = 1
+    jobs: int = 1
+
+    FULL: ClassVar[Settings] = {"quick": False}
+    QUICK: ClassVar[Settings] = {"quick": True}
+
+
 def _final(results: dict[str, Any], mode: str, level: Any, key: str = "accuracy") -> list[float]:
     return [results["runs"][f"{mode}|{level}|{s}"]["history"][-1][key] for s in range(results["seeds"])]
 
@@ -165,37 +190,30 @@ def _ms(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {sd:.3f}"
 
 
+def _energies(results: dict[str, Any], mode: str, level: Any) -> str:
+    """A cell of the energy table: mean training energy / mean energy to the target (runs that reached it)."""
+    e = statistics.fmean(_final(results, mode, level, "energy"))
+    to = [results["runs"][f"{mode}|{level}|{s}"]["energy_to_target"] for s in range(results["seeds"])]
+    reached = [t for t in to if t is not None]
+    return f"{e:.2e} / " + (f"{statistics.fmean(reached):.2e} ({len(reached)}/{len(to)})" if reached else "—")
+
+
 def _report(results: dict[str, Any]) -> str:
+    """Accuracy on the device and training energy, mode by level, with the ideal-device reference."""
     levels, modes = results["levels"], results["modes"]
-    ref = _final(results, "reference", 0)
+    header = ["mode", *(f"{results['label']} = {lv:g}" for lv in levels)]
     lines = [
         f"# {results['experiment']}: test accuracy on the device after {results['steps']:,} steps of 64 "
         f"({results['seeds']} seed(s))",
         "",
-        f"Backprop deployed on an ideal device: {_ms(ref)}.",
+        f"Backprop deployed on an ideal device: {_ms(_final(results, 'reference', 0))}.",
         "",
-        "| mode | " + " | ".join(f"{results['label']} = {lv:g}" for lv in levels) + " |",
-        "|---|" + "---|" * len(levels),
-    ]
-    for mode in modes:
-        lines.append(f"| {mode} | " + " | ".join(_ms(_final(results, mode, lv)) for lv in levels) + " |")
-    lines += [
+        *table(header, ([mode, *(_ms(_final(results, mode, lv)) for lv in levels)] for mode in modes)),
         "",
         f"Training energy (J, whole run) and energy to reach {results['target']:.2f} on the device (J; never: —):",
         "",
-        "| mode | " + " | ".join(f"{results['label']} = {lv:g}" for lv in levels) + " |",
-        "|---|" + "---|" * len(levels),
+        *table(header, ([mode, *(_energies(results, mode, lv) for lv in levels)] for mode in modes)),
     ]
-    for mode in modes:
-        cells = []
-        for lv in levels:
-            e = statistics.fmean(_final(results, mode, lv, "energy"))
-            to = [results["runs"][f"{mode}|{lv}|{s}"]["energy_to_target"] for s in range(results["seeds"])]
-            reached = [t for t in to if t is not None]
-            cells.append(
-                f"{e:.2e} / " + (f"{statistics.fmean(reached):.2e} ({len(reached)}/{len(to)})" if reached else "—")
-            )
-        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

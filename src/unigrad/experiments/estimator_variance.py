@@ -72,6 +72,10 @@ Options (``run``): ``dims``, ``probes``, ``q_dim`` (the ``d`` of the ``q`` sweep
 NP/WP grids ``nodes``, ``inputs``, ``widths``.
 
 Outputs (in ``out``): ``estimator-variance.png``, ``results.json`` and ``report.md``.
+
+This file is longer than most: the exact formulas, the problems they are measured on, the three sweeps and
+their fits against theory belong together; the figure and the report live in
+:mod:`unigrad.experiments.estimator_variance_report`.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -95,7 +99,8 @@ from unigrad.core.objective import Objective, reduce, supervised
 from unigrad.core.options import is_int
 from unigrad.core.params import trainable
 from unigrad.core.rng import generator, key_hash
-from unigrad.experiments._common import Progress, check_positive_all, finish, fit_power, output_dir, run_and_report
+from unigrad.experiments import _common
+from unigrad.experiments._common import Progress, Settings, check_positive_all, finish, fit_power, output_dir, runner
 from unigrad.experiments.estimator_variance_report import QUANTITIES, plot, report
 from unigrad.registry import make_estimator
 
@@ -500,30 +505,27 @@ def fits(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-QUICK = {
-    "dims": (16, 64),
-    "probes": (1, 4),
-    "q_dim": 64,
-    "seeds": 1,
-    "mc_samples": 2000,
-    "nodes": (4, 16),
-    "inputs": (4, 16),
-    "widths": (8, 32),
-}
-"""What ``--quick`` changes (with 10 estimates per point): a smoke test, its numbers are not results."""
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment estimator-variance``: ``estimates`` (estimates per point: 300; quick 10).
+    A quick run (one seed, two points per sweep, 2,000 Monte Carlo samples) is a smoke test, its numbers are not
+    results."""
+
+    estimates: int | None = None
+
+    NAME = "estimator-variance"
+    FULL: ClassVar[Settings] = {"estimates": 300}
+    QUICK: ClassVar[Settings] = {
+        "dims": (16, 64),
+        "probes": (1, 4),
+        "q_dim": 64,
+        "mc_samples": 2000,
+        "nodes": (4, 16),
+        "inputs": (4, 16),
+        "widths": (8, 32),
+        "estimates": 10,
+    }
+    QUICK_SEEDS = 1
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    estimates: int | None = None,
-) -> str:
-    """The ``unigrad experiment estimator-variance`` runner."""
-    if quick:
-        settings = {**QUICK, "estimates": estimates or 10}
-    else:
-        settings = {"estimates": estimates or 300, "seeds": seeds}
-    return run_and_report(run, out, progress=progress, **settings)
+run_experiment = runner(Config, run)

@@ -68,28 +68,32 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unigrad.core.errors import NonFiniteLossError, UnigradError, check_positive
+from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.estimator import Estimate
 from unigrad.core.objective import supervised
+from unigrad.core.options import check_fraction, check_int
 from unigrad.core.rng import generator
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
-    check_options,
+    Settings,
     finish,
     grid,
     mean_sd,
     output_dir,
     pyplot,
-    run_and_report,
+    runner,
     save_figure,
 )
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
+from unigrad.train.loop import Batch, Hook, TrainingLoop
 
 FIT = 0.99
 """Train accuracy at which the training set counts as fitted."""
@@ -120,11 +124,8 @@ def modular_addition(p: int, train_fraction: float, seed: int = 0) -> ModularAdd
 
     The training set holds ``round(train_fraction · p²)`` pairs (at least one, at most ``p² − 1``).
     """
-    check_positive("p", p, integer=True)
-    if p < 2:
-        raise UnigradError(f"option p must be >= 2, got {p}")
-    if isinstance(train_fraction, bool) or not 0 < train_fraction < 1:
-        raise UnigradError(f"option train_fraction must be in (0, 1), got {train_fraction!r}")
+    check_int("p", p, low=2)
+    check_fraction("train_fraction", train_fraction, low_inclusive=False, what="in (0, 1)")
     a = torch.arange(p).repeat_interleave(p)
     b = torch.arange(p).repeat(p)
     inputs = torch.cat([F.one_hot(a, p), F.one_hot(b, p)], dim=1).to(torch.float32)
@@ -184,6 +185,33 @@ def _first(steps: Sequence[int], values: Sequence[float], level: float) -> int |
     return next((s for s, v in zip(steps, values, strict=True) if v >= level), None)
 
 
+class _Sizing(Hook):
+    """The budget of a run in steps, and when it is evaluated: the FE of one step is fixed for these estimators,
+    so it is measured on the first step and sizes the budget (``budget_fe // per_step`` steps, at least one);
+    a later step that costs otherwise is refused. Evaluations fall at :func:`eval_steps`."""
+
+    def __init__(self, label: str, budget_fe: float, points: int) -> None:
+        self.label, self.budget_fe, self.points = label, budget_fe, points
+        self.per_step, self.steps, self.marks = 0.0, 0, set[int]()
+
+    def after_estimate(self, loop: TrainingLoop, batch: Batch, estimate: Estimate) -> None:
+        cost = estimate.cost.forward_equivalents
+        if loop.step == 0:
+            self.per_step, self.steps = cost, max(1, int(self.budget_fe // cost))
+            self.marks = set(eval_steps(self.steps, self.points))
+        elif cost != self.per_step:
+            raise UnigradError(f"{self.label}: the cost per step changed ({self.per_step} → {cost})")
+
+    def spent(self, loop: TrainingLoop) -> float:
+        return loop.step / self.steps if self.steps else 0.0
+
+    def due(self, loop: TrainingLoop) -> bool:
+        return loop.step in self.marks
+
+    def advance(self, loop: TrainingLoop) -> None:
+        pass
+
+
 def train_one(method: Method, data: ModularAddition, *, hidden: int, budget_fe: float, seed: int, points: int) -> dict:
     """Train ``method`` from the seed's initial weights until it has spent ``budget_fe`` FE."""
     model = build_model(data.p, hidden, seed)
@@ -191,11 +219,10 @@ def train_one(method: Method, data: ModularAddition, *, hidden: int, budget_fe: 
     opt = torch.optim.AdamW(model.parameters(), lr=method.lr, weight_decay=method.weight_decay, betas=(0.9, 0.98))
     objective = supervised(F.cross_entropy, data.inputs[data.train], data.targets[data.train])
     n_train = int(data.train.numel())
-    # the FE of one step is fixed for these estimators: measure it on the first step, then size the budget
     record: dict[str, list[float]] = {"step": [], "fe": [], "train_acc": [], "test_acc": [], "train_loss": []}
     record["weight_norm"] = []
 
-    def log(step: int, fe: float) -> None:
+    def log(step: int, fe: float) -> dict[str, Any]:
         tr, te, loss = _accuracies(model, data)
         record["step"].append(step)
         record["fe"].append(fe)
@@ -203,31 +230,22 @@ def train_one(method: Method, data: ModularAddition, *, hidden: int, budget_fe: 
         record["test_acc"].append(te)
         record["train_loss"].append(loss)
         record["weight_norm"].append(float(torch.sqrt(sum((p.detach() ** 2).sum() for p in model.parameters()))))
+        return {"step": step}
 
-    log(0, 0.0)
+    sizing = _Sizing(method.label, budget_fe, points)
+    loop = TrainingLoop(
+        model,
+        est,
+        opt,
+        lambda loop: Batch(objective),
+        spent=sizing.spent,
+        evaluate=lambda loop: log(loop.step, loop.forward_equivalents),
+        schedule=sizing,
+        hooks=[sizing],
+    )
     start, cpu = time.perf_counter(), time.process_time()
-    spent, step, diverged = 0.0, 0, False
-    opt.zero_grad()
-    e = est.estimate(model, objective)
-    per_step = e.cost.forward_equivalents
-    steps = max(1, int(budget_fe // per_step))
-    marks = set(eval_steps(steps, points))
-    while True:
-        opt.step()
-        step += 1
-        spent += per_step
-        if step in marks:
-            log(step, spent)
-        if step >= steps:
-            break
-        opt.zero_grad()
-        try:
-            e = est.estimate(model, objective)
-        except NonFiniteLossError:
-            diverged = True
-            break
-        if e.cost.forward_equivalents != per_step:
-            raise UnigradError(f"{method.label}: the cost per step changed ({per_step} → {e.cost.forward_equivalents})")
+    loop.run()
+    steps, per_step, diverged = sizing.steps, sizing.per_step, loop.status == "diverged"
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     fit = _first(record["step"], record["train_acc"], FIT)
     gen = _first(record["step"], record["test_acc"], GENERALISE)
@@ -400,24 +418,21 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-OPTIONS = {"p", "train_fraction", "hidden", "steps", "points"}
-"""What ``options`` of :func:`run_experiment` may set."""
-QUICK = {"p": 11, "hidden": 32, "steps": 60, "points": 12}
-"""What ``--quick`` changes (with one seed): a smoke test, its numbers are not results."""
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment grokking`` (each overrides :func:`run`'s): ``p``, ``train_fraction``,
+    ``hidden``, ``steps`` and ``points``. A quick run (p = 11, a 32-unit MLP, 60 steps, 12 points, one seed) is a
+    smoke test, its numbers are not results."""
+
+    p: int | None = None
+    train_fraction: float | None = None
+    hidden: int | None = None
+    steps: int | None = None
+    points: int | None = None
+
+    NAME = "grokking"
+    QUICK: ClassVar[Settings] = {"p": 11, "hidden": 32, "steps": 60, "points": 12}
+    QUICK_SEEDS = 1
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    **options: Any,
-) -> str:
-    """The ``unigrad experiment grokking`` runner. ``quick`` uses p = 11, a 32-unit MLP, 60 steps, one seed.
-
-    ``options`` override :func:`run`'s ``p``, ``train_fraction``, ``hidden``, ``steps`` and ``points``.
-    """
-    check_options("grokking", options, OPTIONS)
-    settings = {**(QUICK if quick else {}), **options}
-    return run_and_report(run, out, seeds=1 if quick else seeds, progress=progress, **settings)
+run_experiment = runner(Config, run)

@@ -9,16 +9,18 @@ device, the modes and the report are those of :mod:`unigrad.experiments.crossbar
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unigrad.experiments.crossbar_sweep import _Maker, _sweep, config
+from unigrad.experiments._common import runner
+from unigrad.experiments.crossbar_sweep import SweepConfig, _Maker, _sweep, config
 
 
-def hardware_intrinsic(out: str | Path, **options: Any) -> str:
+def run(out: str | Path, **options: Any) -> str:
     """In-situ learning when the only perturbation is the junctions' telegraph noise (module docs).
 
-    ``options``: the runner's ``seeds``, ``quick``, ``progress`` and ``jobs`` (see ``crossbar_sweep._sweep``)."""
+    ``options``: the ``seeds``, ``quick``, ``progress`` and ``jobs`` of ``crossbar_sweep._sweep``."""
     from unigrad.noise import StochasticMTJ, WhiteGaussian
 
     mtj = StochasticMTJ(sigma=0.0, amplitude=0.0059, flip=0.0809, offset=0.042)
@@ -36,3 +38,13 @@ def hardware_intrinsic(out: str | Path, **options: Any) -> str:
         modes=("in-situ-anp", "in-situ-danp"),
         label="node noise (1: sMTJ, 2: Gaussian)",
     )
+
+
+@dataclass(frozen=True)
+class Config(SweepConfig):
+    """Options of ``unigrad experiment hardware-intrinsic``: those of :class:`SweepConfig`."""
+
+    NAME = "hardware-intrinsic"
+
+
+hardware_intrinsic = runner(Config, run)

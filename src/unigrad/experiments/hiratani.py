@@ -83,8 +83,9 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -92,8 +93,10 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
+    Settings,
     check_factor,
     check_positive_all,
     check_positive_each,
@@ -102,11 +105,11 @@ from unigrad.experiments._common import (
     median_curve,
     output_dir,
     rounded,
-    run_and_report,
+    runner,
     smooth,
 )
 from unigrad.experiments.hiratani_report import plot, report
-from unigrad.experiments.werfel import TOLERANCE, half_squared_error, median_time
+from unigrad.experiments.werfel import TOLERANCE, half_squared_error, median_time, race_over, race_times
 from unigrad.registry import make_estimator
 
 METHODS = ("gd", "np", "wp")
@@ -226,14 +229,9 @@ def learning_times(
             w1[bad], w2[bad] = 1e2, 1e2
             per_student = error(w1, w2, a)
         err = per_student.view(lanes, seeds, students).mean(2) / e0
-        hit[(hit < 0) & (err <= 1.0 / factor)] = step
-        if bool((hit >= 0).all()):
+        if race_over(hit, err, step, factor=factor, slack=slack):
             break
-        if step % 8 == 0:
-            medians = [median_time([int(v) if v >= 0 else None for v in row]) for row in hit]
-            if min(medians) < math.inf and step >= slack * min(medians):
-                break
-    return {"times": [[int(v) if v >= 0 else None for v in row] for row in hit], "steps": step}
+    return {"times": race_times(hit), "steps": step}
 
 
 def sweep(
@@ -660,30 +658,28 @@ def mismatch(
     }
 
 
-QUICK = {
-    "lx": 4,
-    "widths": (8, 16),
-    "wp_widths": (8, 16),
-    "factor": 10.0,
-    "mismatch_width": 16,
-    "mismatch_steps": 200,
-    "mismatch_eta": 0.01,
-}
-"""What ``--quick`` changes (with at most 2 seeds and 4 students): a smoke test, its numbers are not results."""
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment hiratani``: ``students`` (teachers per seed: 16; quick 4) and ``library``
+    (also check the library estimators: yes). A quick run (at most 2 seeds, widths 8 and 16, F = 10, a short
+    mismatch run) is a smoke test, its numbers are not results."""
+
+    students: int | None = None
+    library: bool = True
+
+    NAME = "hiratani"
+    FULL: ClassVar[Settings] = {"students": 16}
+    QUICK: ClassVar[Settings] = {
+        "lx": 4,
+        "widths": (8, 16),
+        "wp_widths": (8, 16),
+        "factor": 10.0,
+        "mismatch_width": 16,
+        "mismatch_steps": 200,
+        "mismatch_eta": 0.01,
+        "students": 4,
+    }
+    QUICK_SEEDS = 2
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    students: int | None = None,
-    library: bool = True,
-) -> str:
-    """The ``unigrad experiment hiratani`` runner."""
-    if quick:
-        settings = {**QUICK, "seeds": min(seeds, 2), "students": students or 4}
-    else:
-        settings = {"seeds": seeds, "students": students or 16}
-    return run_and_report(run, out, library=library, progress=progress, **settings)
+run_experiment = runner(Config, run)

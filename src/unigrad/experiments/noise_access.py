@@ -7,12 +7,14 @@ noise it cannot (the network's own intrinsic noise, ``accessible=False``: ANP, M
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import Progress, output_dir, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import Progress, Settings, finish, output_dir, runner, table
 from unigrad.experiments.bio_table import (
     RuleSpec,
     _cell,
@@ -21,19 +23,14 @@ from unigrad.experiments.bio_table import (
 )
 
 
-def noise_access(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    task: str = "perceptual-decision",
+def run(
+    out: str | Path, *, seeds: int = 3, progress: Progress = None, task: str = "perceptual-decision", trials: int = 4000
 ) -> str:
-    """The same task learned from noise the rule reads and from the network's own, unreadable noise."""
+    """The same task learned from noise the rule reads and from the network's own, unreadable noise, ``trials``
+    trials per run."""
     from unigrad.noise import WhiteGaussian
 
     check_positive("seeds", seeds, integer=True)
-    trials = 64 if quick else 4000
     out = output_dir(out)
     sigma = 1e-2
     configs: list[tuple[str, RuleSpec, Any]] = [
@@ -73,16 +70,29 @@ def noise_access(
         if progress:
             progress(label)
         results["rows"][label] = _summary([_train(spec, task, s, trials, 2, intrinsic) for s in range(seeds)])
-    write_results(out, results)
-    chance = get_bio_task(task).chance
+    return finish(out, results, lambda r: _report(r, seeds))
+
+
+def _report(results: dict[str, Any], seeds: int) -> str:
+    """The final score of every rule and noise (mean ± sd over the seeds)."""
     lines = [
-        f"# Accessible against inaccessible noise: {task}, score after {trials:,} trials ({seeds} seeds; "
-        f"chance {chance:.3f})",
+        f"# Accessible against inaccessible noise: {results['task']}, score after {results['trials']:,} trials "
+        f"({seeds} seeds; chance {get_bio_task(results['task']).chance:.3f})",
         "",
-        "| rule and noise | score |",
-        "|---|---|",
+        *table(["rule and noise", "score"], ([label, _cell(s)] for label, s in results["rows"].items())),
     ]
-    lines += [f"| {label} | {_cell(s)} |" for label, s in results["rows"].items()]
-    text = "\n".join(lines) + "\n"
-    write_report(out, text)
-    return text
+    return "\n".join(lines) + "\n"
+
+
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment noise-access``: the ``task``. Runs see 4,000 trials (quick 64)."""
+
+    task: str = "perceptual-decision"
+
+    NAME = "noise-access"
+    FULL: ClassVar[Settings] = {"trials": 4000}
+    QUICK: ClassVar[Settings] = {"trials": 64}
+
+
+noise_access = runner(Config, run)

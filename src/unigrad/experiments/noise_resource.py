@@ -9,12 +9,24 @@ as in :mod:`unigrad.experiments.bio_table`.
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from unigrad.bio.tasks import get_bio_task
 from unigrad.core.errors import check_positive
-from unigrad.experiments._common import Progress, output_dir, pyplot, save_figure, write_report, write_results
+from unigrad.experiments import _common
+from unigrad.experiments._common import (
+    Progress,
+    Settings,
+    finish,
+    output_dir,
+    pyplot,
+    runner,
+    save_figure,
+    table,
+    write_results,
+)
 from unigrad.experiments.bio_table import (
     CONTROL_CHANCE,
     CONTROL_RULES,
@@ -27,24 +39,26 @@ from unigrad.experiments.bio_table import (
     _train,
 )
 
+SIGMAS = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0)
+"""The noise levels of NP and ANP in time (a quick run takes every fifth)."""
+CONTROL_SIGMAS = (1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1.0, 10.0)
+"""NRL's node-noise levels on CartPole (a quick run takes every third)."""
 
-def noise_resource(
+
+def run(
     out: str | Path,
     *,
     seeds: int = 3,
-    quick: bool = False,
     progress: Progress = None,
     tasks: tuple[str, ...] = ("perceptual-decision", "mackey-glass"),
-    sigmas: tuple[float, ...] = (1e-9, 1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 0.3, 1.0, 3.0),
-    control_sigmas: tuple[float, ...] = (1e-9, 1e-7, 1e-5, 1e-3, 1e-1, 1.0, 10.0),
+    sigmas: tuple[float, ...] = SIGMAS,
+    control_sigmas: tuple[float, ...] = CONTROL_SIGMAS,
+    trials: int = 4000,
+    episodes: int = EPISODES,
 ) -> str:
     """Final score of NP and ANP in time against the injected noise level σ, per task, and NRL's CartPole
-    return against its node noise σ (module docs)."""
+    return against its node noise σ (module docs); ``trials`` per temporal run, ``episodes`` per CartPole run."""
     check_positive("seeds", seeds, integer=True)
-    trials = 64 if quick else 4000
-    episodes = 8 if quick else EPISODES
-    if quick:
-        sigmas, control_sigmas = sigmas[::5], control_sigmas[::3]
     out = output_dir(out)
     results: dict[str, Any] = {
         "tasks": list(tasks),
@@ -81,9 +95,7 @@ def noise_resource(
             {"mean": statistics.fmean(finals), "sd": statistics.stdev(finals) if seeds > 1 else 0.0, "finals": finals}
         )
         write_results(out, results)
-    text = write_report(out, _report(results, seeds))
-    _plot_noise_resource(results, out / "noise-resource.png")
-    return text
+    return finish(out, results, lambda r: _report(r, seeds), _plot_noise_resource, "noise-resource.png")
 
 
 def _report(results: dict[str, Any], seeds: int) -> str:
@@ -91,15 +103,11 @@ def _report(results: dict[str, Any], seeds: int) -> str:
     lines = [f"# Noise as a resource: score against the injected noise σ ({seeds} seeds)", ""]
     for task in results["tasks"]:
         better = "accuracy, higher is better" if get_bio_task(task).chance == 0.5 else "NRMSE, lower is better"
+        rows = ([f"{variant} in time", *(_cell(s) for s in row)] for variant, row in results["rows"][task].items())
         lines += [
             f"## {task}: NP / ANP in time after {results['trials']:,} trials ({better})",
             "",
-            "| rule | " + " | ".join(f"σ = {s:g}" for s in results["sigmas"]) + " |",
-            "|---|" + "---|" * len(results["sigmas"]),
-        ]
-        for variant, row in results["rows"][task].items():
-            lines.append(f"| {variant} in time | " + " | ".join(_cell(s) for s in row) + " |")
-        lines += [
+            *table(["rule", *(f"σ = {s:g}" for s in results["sigmas"])], rows),
             "",
             f"BPTT on the same trials: {_cell(results['bptt'][task])}; chance {get_bio_task(task).chance:.3f}.",
             "",
@@ -107,9 +115,10 @@ def _report(results: dict[str, Any], seeds: int) -> str:
     lines += [
         f"## cartpole: NRL greedy return (20 evaluation episodes) after {results['episodes']:,} episodes",
         "",
-        "| σ | " + " | ".join(f"{s:g}" for s in results["control_sigmas"]) + " |",
-        "|---|" + "---|" * len(results["control_sigmas"]),
-        "| NRL | " + " | ".join(f"{r['mean']:.1f} ± {r['sd']:.1f}" for r in results["nrl"]) + " |",
+        *table(
+            ["σ", *(f"{s:g}" for s in results["control_sigmas"])],
+            [["NRL", *(f"{r['mean']:.1f} ± {r['sd']:.1f}" for r in results["nrl"])]],
+        ),
         "",
         f"Random policy ≈ {CONTROL_CHANCE['cartpole']:.0f}; the maximum is 500.",
     ]
@@ -154,3 +163,31 @@ def _plot_noise_resource(results: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(True, alpha=0.3)
     save_figure(fig, path, dpi=100)
+
+
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment noise-resource``: the ``tasks``, the noise levels ``sigmas``
+    (:data:`SIGMAS`; quick every fifth) and ``control_sigmas`` (:data:`CONTROL_SIGMAS`; quick every third).
+    Temporal runs see 4,000 trials (quick 64), CartPole runs the table's episodes (quick 8)."""
+
+    tasks: tuple[str, ...] = ("perceptual-decision", "mackey-glass")
+    sigmas: tuple[float, ...] | None = None
+    control_sigmas: tuple[float, ...] | None = None
+
+    NAME = "noise-resource"
+    FULL: ClassVar[Settings] = {
+        "trials": 4000,
+        "episodes": EPISODES,
+        "sigmas": SIGMAS,
+        "control_sigmas": CONTROL_SIGMAS,
+    }
+    QUICK: ClassVar[Settings] = {
+        "trials": 64,
+        "episodes": 8,
+        "sigmas": SIGMAS[::5],
+        "control_sigmas": CONTROL_SIGMAS[::3],
+    }
+
+
+noise_resource = runner(Config, run)

@@ -72,27 +72,29 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unigrad.core.errors import NonFiniteLossError, UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.objective import Objective, supervised
 from unigrad.core.rng import generator
 from unigrad.dynamics.diagnostics import hessian_trace, top_hessian_eigenvalue
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
-    check_options,
+    Settings,
     check_positive_all,
     finish,
     output_dir,
-    run_and_report,
+    runner,
 )
 from unigrad.experiments.sharpness_report import LARGE, SMALL, level_value, plot, report
 from unigrad.nn.models import mlp
 from unigrad.registry import make_estimator
+from unigrad.train.loop import Batch, TrainingLoop
 
 LEVELS: tuple[float, ...] = (1.0, 0.5, 0.3, 0.1, 0.05)
 """Training-loss levels at which every run records ``λ_max`` (matched-loss comparison)."""
@@ -179,26 +181,21 @@ def _epoch(
     seed: int,
     epoch: int,
 ) -> tuple[float, int, bool]:
-    """One epoch of ``batch``-sized steps in a keyed random order (``full`` when the batch is the whole set);
-    returns the forward equivalents spent, the steps taken and whether the loss stopped being finite."""
+    """One epoch on the :class:`~unigrad.train.loop.TrainingLoop`: ``⌊n/batch⌋`` steps of ``batch`` samples in a
+    keyed random order (``full`` when the batch is the whole set); returns the forward equivalents spent, the
+    steps taken and whether the loss stopped being finite."""
     n = int(data.x_train.shape[0])
-    fe, steps = 0.0, 0
     order = torch.randperm(n, generator=generator(seed, _ORDER_TAG, epoch))
-    for i in range(0, n - batch + 1, batch):
+    per_epoch = n // batch
+
+    def batches(loop: TrainingLoop) -> Batch:
         if batch == n:
-            obj = full
-        else:
-            b = order[i : i + batch]
-            obj = supervised(F.cross_entropy, data.x_train[b], data.y_train[b])
-        opt.zero_grad()
-        try:
-            e = est.estimate(model, obj)
-        except NonFiniteLossError:
-            return fe, steps, True
-        opt.step()
-        fe += e.cost.forward_equivalents
-        steps += 1
-    return fe, steps, False
+            return Batch(full)
+        b = order[loop.step * batch : (loop.step + 1) * batch]
+        return Batch(supervised(F.cross_entropy, data.x_train[b], data.y_train[b]))
+
+    loop = TrainingLoop(model, est, opt, batches, spent=lambda loop: loop.step / per_epoch).run()
+    return loop.forward_equivalents, loop.step, loop.status == "diverged"
 
 
 def train_one(
@@ -393,26 +390,31 @@ def verdict(results: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-OPTIONS = {"n_train", "n_sharpness", "hidden", "target", "lanczos_iters", "trace_probes", "max_epochs"}
-"""What ``options`` of :func:`run_experiment` may set."""
-QUICK = {"n_train": 1024, "n_sharpness": 256, "hidden": 32, "max_epochs": 2, "lanczos_iters": 5, "trace_probes": 4}
-"""What ``--quick`` changes (with one seed): a smoke test, its numbers are not results."""
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment sharpness`` (each overrides :func:`run`'s): ``n_train``, ``n_sharpness``,
+    ``hidden``, ``target``, ``lanczos_iters``, ``trace_probes`` and ``max_epochs``. A quick run (1,024 training
+    images, a 32-unit MLP, at most 2 epochs per method, 5 Lanczos steps and 4 trace probes, one seed) is a smoke
+    test, its numbers are not results."""
+
+    n_train: int | None = None
+    n_sharpness: int | None = None
+    hidden: int | None = None
+    target: float | None = None
+    lanczos_iters: int | None = None
+    trace_probes: int | None = None
+    max_epochs: int | None = None
+
+    NAME = "sharpness"
+    QUICK: ClassVar[Settings] = {
+        "n_train": 1024,
+        "n_sharpness": 256,
+        "hidden": 32,
+        "max_epochs": 2,
+        "lanczos_iters": 5,
+        "trace_probes": 4,
+    }
+    QUICK_SEEDS = 1
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    **options: Any,
-) -> str:
-    """The ``unigrad experiment sharpness`` runner. ``quick``: 1,024 training images, a 32-unit MLP,
-    at most 2 epochs per method, 5 Lanczos steps and 4 trace probes, one seed.
-
-    ``options`` override :func:`run`'s ``n_train``, ``n_sharpness``, ``hidden``, ``target``,
-    ``lanczos_iters``, ``trace_probes`` and ``max_epochs``.
-    """
-    check_options("sharpness", options, OPTIONS)
-    settings = {**(QUICK if quick else {}), **options}
-    return run_and_report(run, out, seeds=1 if quick else seeds, progress=progress, **settings)
+run_experiment = runner(Config, run)

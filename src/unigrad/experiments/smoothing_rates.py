@@ -65,23 +65,26 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from unigrad.core.errors import UnigradError, check_positive
-from unigrad.core.options import check_number, is_int
+from unigrad.core.options import check_fraction, check_number, is_int
 from unigrad.data.classic import quadratic
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
+    Settings,
     finish,
     fit_power,
     grid,
     output_dir,
     pyplot,
-    run_and_report,
+    runner,
     save_figure,
 )
 from unigrad.registry import make_estimator
@@ -190,8 +193,7 @@ def run(
     if len(dims) < 2 or any(not is_int(v) or v < 2 for v in dims):
         raise UnigradError(f"dims must list at least two integers >= 2, got {dims!r}")
     check_number("kappa", kappa, low=1, low_inclusive=False, what="a number > 1")
-    if not 0 < eps < 1:
-        raise UnigradError(f"option eps must be in (0, 1), got {eps!r}")
+    check_fraction("eps", eps, low_inclusive=False, what="in (0, 1)")
     check_positive("sigma", sigma)
     check_positive("seeds", seeds, integer=True)
     check_positive("budget_factor", budget_factor)
@@ -422,18 +424,18 @@ def plot(results: dict[str, Any], path: Path) -> None:
     save_figure(fig, path)
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    kappa: float | None = None,
-    eps: float | None = None,
-) -> str:
-    """The ``unigrad experiment smoothing-rates`` runner."""
-    if quick:
-        settings = {"dims": (4, 8), "eps": eps or 5e-2, "seeds": 1}
-    else:
-        settings = {"eps": eps or 1e-4, "seeds": seeds}
-    return run_and_report(run, out, kappa=kappa or 10.0, progress=progress, **settings)
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment smoothing-rates``: ``kappa`` (condition number: 10) and ``eps`` (the target
+    error: 1e-4; quick 5e-2). A quick run uses d = 4 and 8 and one seed."""
+
+    kappa: float | None = None
+    eps: float | None = None
+
+    NAME = "smoothing-rates"
+    FULL: ClassVar[Settings] = {"eps": 1e-4, "kappa": 10.0}
+    QUICK: ClassVar[Settings] = {"dims": (4, 8), "eps": 5e-2, "kappa": 10.0}
+    QUICK_SEEDS = 1
+
+
+run_experiment = runner(Config, run)

@@ -64,8 +64,9 @@ import math
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -73,15 +74,17 @@ from torch import Tensor, nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import supervised
 from unigrad.core.rng import generator
+from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
+    Settings,
     check_factor,
     check_positive_all,
     check_positive_each,
     finish,
     fit_line,
     output_dir,
-    run_and_report,
+    runner,
 )
 from unigrad.experiments.werfel_report import plot, report
 from unigrad.experiments.werfel_theory import METHODS, TOLERANCE, optimal_eta, theory_time, within
@@ -168,15 +171,9 @@ def learning_times(
         err = per_student.view(lanes, seeds, students).mean(2) / e0
         if record:
             curves.append(err.mean(1))
-        hit[(hit < 0) & (err <= 1.0 / factor)] = step
-        if bool((hit >= 0).all()):
+        if race_over(hit, err, step, factor=factor, slack=slack):
             break
-        if step % 8 == 0:
-            medians = [median_time([int(v) if v >= 0 else None for v in row]) for row in hit]
-            if min(medians) < math.inf and step >= slack * min(medians):
-                break
-    times = [[int(v) if v >= 0 else None for v in row] for row in hit]
-    out: dict[str, Any] = {"times": times, "steps": step}
+    out: dict[str, Any] = {"times": race_times(hit), "steps": step}
     if record:
         out["curves"] = torch.stack(curves, 1).tolist()
     return out
@@ -185,6 +182,24 @@ def learning_times(
 def median_time(values: Sequence[int | None]) -> float:
     """Median, counting a run that did not reach the target as infinitely long."""
     return statistics.median(math.inf if v is None else float(v) for v in values)
+
+
+def race_times(hit: Tensor) -> list[list[int | None]]:
+    """The learning times of a race, per η and seed, from ``hit`` (the step it was reached, ``-1``: not)."""
+    return [[int(v) if v >= 0 else None for v in row] for row in hit]
+
+
+def race_over(hit: Tensor, err: Tensor, step: int, *, factor: float, slack: float) -> bool:
+    """Record in ``hit`` the (η, seed) lanes whose mean error ``err`` (relative to its start) is at most
+    ``1/factor`` after ``step``; whether the race is over: every lane has reached it, or (checked every 8 steps)
+    ``step`` is ``slack`` times the best η's median time (the slower lanes then count as not reached)."""
+    hit[(hit < 0) & (err <= 1.0 / factor)] = step
+    if bool((hit >= 0).all()):
+        return True
+    if step % 8 == 0:
+        best = min(median_time(row) for row in race_times(hit))
+        return best < math.inf and step >= slack * best
+    return False
 
 
 def sweep(
@@ -421,23 +436,22 @@ def _ratio_fit(
     return fit
 
 
-QUICK = {"m_values": (1, 3), "n_fixed": 4, "n_values": (3, 6), "m_fixed": 2, "library_runs": 1}
-"""What ``--quick`` changes (with at most 2 seeds, 4 students, F = 10): a smoke test, its numbers are not results."""
+@dataclass(frozen=True)
+class Config(_common.Config):
+    """Options of ``unigrad experiment werfel``: ``students`` (teachers per seed: 16; quick 4), ``factor`` (the
+    error reduction F: 100; quick 10) and ``library`` (also time the library estimators: yes). A quick run
+    (at most 2 seeds, M = 1 and 3 at N = 4, N = 3 and 6 at M = 2, one library run) is a smoke test, its numbers
+    are not results."""
+
+    students: int | None = None
+    factor: float | None = None
+    library: bool = True
+
+    NAME = "werfel"
+    FULL: ClassVar[Settings] = {"students": 16, "factor": 100.0}
+    QUICK: ClassVar[Settings] = {"m_values": (1, 3), "n_fixed": 4, "n_values": (3, 6), "m_fixed": 2, "library_runs": 1,
+             "students": 4, "factor": 10.0}  # fmt: skip
+    QUICK_SEEDS = 2
 
 
-def run_experiment(
-    out: str | Path,
-    *,
-    seeds: int = 3,
-    quick: bool = False,
-    progress: Progress = None,
-    students: int | None = None,
-    factor: float | None = None,
-    library: bool = True,
-) -> str:
-    """The ``unigrad experiment werfel`` runner."""
-    if quick:
-        settings = {**QUICK, "seeds": min(seeds, 2), "students": students or 4, "factor": factor or 10.0}
-    else:
-        settings = {"seeds": seeds, "students": students or 16, "factor": factor or 100.0}
-    return run_and_report(run, out, library=library, progress=progress, **settings)
+run_experiment = runner(Config, run)
