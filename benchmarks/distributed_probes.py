@@ -71,8 +71,9 @@ def worker(args: argparse.Namespace) -> None:
     from unigrad.core.exchange import gather_bytes
     from unigrad.core.objective import supervised
     from unigrad.core.params import trainable
+    from unigrad.core.probe import probes_per_chunk
     from unigrad.data.tasks import get_task
-    from unigrad.zeroth._probing import combine, probes_per_chunk
+    from unigrad.zeroth._probing import combine
 
     task = get_task(args.task)
     data = task.data()

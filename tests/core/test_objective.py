@@ -11,7 +11,7 @@ from torch import nn
 
 import unigrad
 from unigrad import Cost, NonFiniteLossError, UnigradError, make_estimator
-from unigrad.core.objective import check_finite, check_losses, evaluate, n_samples, reduce
+from unigrad.core.objective import check_finite, check_losses, evaluate, loss_and_gradient, n_samples, reduce
 
 
 def data(batch: int = 12, features: int = 5, classes: int = 4) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
@@ -214,3 +214,17 @@ def test_check_losses_passes_valid_losses_through_unchanged() -> None:
         check_losses(matrix)
     with pytest.raises(UnigradError, match=r"torch\.complex64"):
         check_losses(torch.rand(3, dtype=torch.complex64))
+
+
+def test_loss_and_gradient_is_autograd_with_zeros_where_the_loss_does_not_reach() -> None:
+    model, x, y = data()
+    unused = nn.Parameter(torch.ones(3))
+    params = [*model.named_parameters(), ("unused", unused)]
+    cost = Cost()
+    loss, grads = loss_and_gradient(unigrad.supervised(F.cross_entropy, x, y), model, params, cost, "backprop")
+    expected = F.cross_entropy(model(x), y)
+    reference = torch.autograd.grad(expected, list(model.parameters()))
+    assert loss == pytest.approx(float(expected), rel=1e-6)
+    assert all(torch.allclose(g, r, atol=1e-7) for g, r in zip(grads, reference))
+    assert torch.equal(grads[-1], torch.zeros(3))
+    assert (cost.forwards, cost.backwards) == (len(x), len(x))

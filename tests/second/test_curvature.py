@@ -34,6 +34,7 @@ from unigrad.second.curvature import (
     lanczos,
     likelihood_of,
     loss_kind,
+    reduction_ratio,
     tridiagonal,
 )
 
@@ -355,3 +356,11 @@ def test_likelihood_refuses_other_losses_in_one_line() -> None:
         assert likelihood_of(objective, z, objective.score(z), method="m", instead="i") == Likelihood(loss)
     scalar = unigrad.supervised(lambda out, tgt: F.mse_loss(out, tgt), torch.zeros(6, 1), targets["mse"])
     assert loss_kind(scalar, z, scalar.score(z)) is None  # one loss for the batch: no per-sample comparison
+
+
+def test_reduction_ratio_rejects_a_non_finite_trial_and_reads_rounding_as_agreement():
+    assert reduction_ratio(1.0, 0.5, 1.0, torch.float64) == pytest.approx(0.5)
+    assert reduction_ratio(1.0, float("nan"), 1.0, torch.float64) == -math.inf
+    assert reduction_ratio(1.0, float("inf"), 1.0, torch.float64) == -math.inf
+    # no change at all, no predicted change: agreement (ρ = 1), not 0/0
+    assert reduction_ratio(3.0, 3.0, 0.0, torch.float32) == 1.0

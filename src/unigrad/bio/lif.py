@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from unigrad.bio.rate_rnn import NoisyNetwork, check_dtype, check_sequence, check_sizes
+from unigrad.bio.rate_rnn import NoisyNetwork, check_dtype, check_sizes
 from unigrad.core.errors import UnigradError, check_choice, check_positive
 from unigrad.core.rng import generator
 
@@ -206,18 +206,10 @@ class LIFNetwork(NoisyNetwork):
             f"intrinsic={self.intrinsic!r}"
         )
 
-    def forward(self, inputs: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Readouts ``(T, B, n_out)`` for inputs ``(T, B, n_in)``: ``run(inputs, noise).outputs``."""
-        return self.run(inputs, noise).outputs
-
     def run(self, inputs: Tensor, noise: Tensor | None = None) -> SpikeTrajectory:
         """Simulate the network over ``inputs`` ``(T, B, n_in)``; ``noise`` is ``(T, B, n_rec)`` or None."""
-        check_sequence(inputs, noise, self.n_in, self.n_rec)
-        xi, accessible = self._total_noise(noise, inputs, self.n_rec)
         beta, theta, k = self.beta, self.threshold, self.surrogate_slope
-        pre = self.inp(inputs) * (1.0 - beta)  # (1 − β)(W_in u_t + b) for all steps in one product
-        if xi is not None:
-            pre = pre + xi
+        pre, xi, accessible = self._input_drive(inputs, noise, 1.0 - beta)  # (1 − β)(W_in u_t + b) + ξ_t
         v = inputs.new_zeros(inputs.shape[1], self.n_rec)
         s = torch.zeros_like(v)
         vs, ss = [v], [s]

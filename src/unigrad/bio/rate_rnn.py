@@ -47,7 +47,7 @@ State: the trial counter ``trial`` (an int; stored as the int64 buffer ``trial_c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -171,6 +171,28 @@ class NoisyNetwork(nn.Module):
         check_int("trial", value, subject="trial")
         self.trial_counter.fill_(value)
 
+    def forward(self, inputs: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Readouts ``(T, B, n_out)`` for inputs ``(T, B, n_in)``: ``run(inputs, noise).outputs``."""
+        return self.run(inputs, noise).outputs
+
+    def run(self, inputs: Tensor, noise: Tensor | None = None) -> Any:
+        """Simulate the network over ``inputs`` ``(T, B, n_in)``; ``noise`` is ``(T, B, n_rec)`` or None."""
+        raise NotImplementedError
+
+    def _input_drive(self, inputs: Tensor, noise: Tensor | None, scale: float) -> tuple[Tensor, Tensor | None, bool]:
+        """The drive of every step, ``scale·(W_in u_t + b) + ξ_t``, computed for all steps in one product.
+
+        Checks ``inputs`` and ``noise``; ``ξ`` is ``noise`` plus the intrinsic noise of the current trial
+        (:meth:`_total_noise`). Returns the drive ``(T, B, n_rec)``, ``ξ`` (or None) and whether a learning rule
+        may read ``ξ``.
+        """
+        check_sequence(inputs, noise, self.n_in, self.n_rec)
+        xi, accessible = self._total_noise(noise, inputs, self.n_rec)
+        pre = self.inp(inputs) * scale
+        if xi is not None:
+            pre = pre + xi
+        return pre, xi, accessible
+
     def _total_noise(self, noise: Tensor | None, inputs: Tensor, n: int) -> tuple[Tensor | None, bool]:
         """``noise`` plus the intrinsic noise of the current trial (which then advances), and whether a
         learning rule may read the sum."""
@@ -235,18 +257,10 @@ class RateRNN(NoisyNetwork):
         """The activation φ."""
         return torch.tanh(x) if self.activation == "tanh" else torch.relu(x)
 
-    def forward(self, inputs: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Outputs ``(T, B, n_out)`` for inputs ``(T, B, n_in)``: ``run(inputs, noise).outputs``."""
-        return self.run(inputs, noise).outputs
-
     def run(self, inputs: Tensor, noise: Tensor | None = None) -> Trajectory:
         """Integrate the network over ``inputs`` ``(T, B, n_in)``; ``noise`` is ``(T, B, n_rec)`` or None."""
-        check_sequence(inputs, noise, self.n_in, self.n_rec)
-        xi, accessible = self._total_noise(noise, inputs, self.n_rec)
         a = self.alpha
-        pre = self.inp(inputs) * a  # α (W_in u_t + b) for all steps in one product
-        if xi is not None:
-            pre = pre + xi
+        pre, xi, accessible = self._input_drive(inputs, noise, a)  # α (W_in u_t + b) + ξ_t
         x = inputs.new_zeros(inputs.shape[1], self.n_rec)
         r = self.phi(x)
         xs, rs = [x], [r]

@@ -17,11 +17,23 @@ about four. They are these nominal ratios, not timings of the machine at hand.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, Self
+
+
+class Counts:
+    """A dataclass of counters that add field by field: ``a + b`` is a new one, ``a += b`` adds in place."""
+
+    def __add__(self, other: Self) -> Self:
+        return type(self)(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def __iadd__(self, other: Self) -> Self:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
 
 
 @dataclass
-class Cost:
+class Cost(Counts):
     """Work done, counted in samples. Add costs with ``+`` or ``+=``."""
 
     forwards: int = 0
@@ -36,14 +48,6 @@ class Cost:
     def forward_equivalents(self) -> float:
         """Forwards plus the other work converted to forward passes (see module docstring)."""
         return sum(getattr(self, k) * w for k, w in self.WEIGHTS.items())
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
-
-    def __iadd__(self, other: Cost) -> Cost:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-        return self
 
     def to_dict(self) -> dict[str, float]:
         d: dict[str, float] = dict(asdict(self))

@@ -167,6 +167,24 @@ def evaluate(objective: Objective, model: nn.Module, cost: Cost, *, probes: int 
     return losses
 
 
+def loss_and_gradient(
+    objective: Objective, model: nn.Module, params: list[tuple[str, nn.Parameter]], cost: Cost, method: str
+) -> tuple[float, list[Tensor]]:
+    """``f(θ)`` and ``∇f(θ)`` by one forward and one backward: the mean loss and one gradient per parameter.
+
+    ``f`` is the mean of the per-sample losses (:func:`reduce`); a parameter the loss does not reach gets a
+    zero gradient. Adds the batch to ``cost`` as forwards and as backwards. Raises if the losses cannot be
+    differentiated (:func:`check_differentiable`, naming ``method``).
+    """
+    with torch.enable_grad():
+        losses = evaluate(objective, model, cost)
+        check_differentiable(losses, method)
+        loss = reduce(losses)
+        grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
+    cost.backwards += n_samples(objective, losses)
+    return float(loss.detach()), [torch.zeros_like(p) if g is None else g for (_, p), g in zip(params, grads)]
+
+
 def check_finite(value: float | Tensor, what: str = "loss") -> float:
     """Return ``value`` as a float, raising :class:`NonFiniteLossError` if it is NaN or infinite."""
     v = float(value)

@@ -65,8 +65,32 @@ from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
 from unigrad.core.cost import Cost
+from unigrad.core.errors import check_positive
 from unigrad.core.objective import Objective, losses_of, n_samples
 from unigrad.core.params import trainable
+
+DEFAULT_MEMORY_BUDGET = 256 * 2**20
+"""Bytes of stacked perturbed parameters (or tangents) a probing estimator holds at once by default."""
+
+
+def check_batching(probe_batch: int | None, memory_budget: int) -> None:
+    """The batching options of a probing estimator: ``probe_batch`` ≥ 1 (or None) and ``memory_budget`` ≥ 1."""
+    if probe_batch is not None:
+        check_positive("probe_batch", probe_batch, integer=True)
+    check_positive("memory_budget", memory_budget, integer=True)
+
+
+def probes_per_chunk(
+    params: Sequence[tuple[str, Tensor]], signs: int, probe_batch: int | None, memory_budget: int
+) -> int:
+    """How many probes to evaluate at once: ``probe_batch`` if given, else what fits in the budget.
+
+    A probe holds ``signs`` perturbed copies of every tensor of ``params`` (two for an antithetic pair).
+    """
+    if probe_batch is not None:
+        return probe_batch
+    per_probe = signs * sum(p.numel() * p.element_size() for _, p in params)
+    return max(1, memory_budget // max(1, per_probe))
 
 
 class _Bound(nn.Module):

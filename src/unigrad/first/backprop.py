@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from unigrad.core.cost import Cost
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, check_differentiable, evaluate, reduce
+from unigrad.core.objective import Objective, loss_and_gradient
 from unigrad.core.params import write_grad
 
 
@@ -36,11 +35,6 @@ class Backprop(Estimator):
 
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         cost = Cost()
-        with torch.enable_grad():
-            losses = evaluate(objective, model, cost)
-            check_differentiable(losses, self.name)
-            loss = reduce(losses)
-            grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
-        cost.backwards += cost.forwards
-        write_grad(params, [torch.zeros_like(p) if g is None else g for (_, p), g in zip(params, grads)])
-        return Estimate(loss=float(loss.detach()), cost=cost)
+        loss, grads = loss_and_gradient(objective, model, params, cost, self.name)
+        write_grad(params, grads)
+        return Estimate(loss=loss, cost=cost)

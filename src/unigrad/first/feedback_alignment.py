@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, check_differentiable, evaluate, reduce
+from unigrad.core.objective import Objective, loss_and_gradient
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
 from unigrad.first._layer_hooks import LayerHooks
@@ -175,11 +175,7 @@ class FeedbackAlignment(Estimator):
                 )
         cost = Cost()
         # forward with feedback hooks, then one backward in which B_l stands in for W_lᵀ
-        with torch.enable_grad(), _FeedbackHooks(layers, self.feedback_matrix):
-            losses = evaluate(objective, model, cost)
-            check_differentiable(losses, self.name)
-            loss = reduce(losses)
-            grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
-        cost.backwards += cost.forwards
-        write_grad(params, [torch.zeros_like(p) if g is None else g for (_, p), g in zip(params, grads)], owned=True)
-        return Estimate(loss=float(loss.detach()), cost=cost)
+        with _FeedbackHooks(layers, self.feedback_matrix):
+            loss, grads = loss_and_gradient(objective, model, params, cost, self.name)
+        write_grad(params, grads, owned=True)
+        return Estimate(loss=loss, cost=cost)

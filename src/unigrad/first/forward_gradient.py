@@ -15,11 +15,9 @@ from unigrad.core.errors import check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, n_samples, reduce
 from unigrad.core.params import write_grad
-from unigrad.core.probe import _Bound
+from unigrad.core.probe import DEFAULT_MEMORY_BUDGET, _Bound, check_batching, probes_per_chunk
 from unigrad.core.rng import Noise
 from unigrad.core.step_state import StepState
-
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
 
 
 class ForwardGradient(Estimator):
@@ -75,9 +73,7 @@ class ForwardGradient(Estimator):
     ) -> None:
         super().__init__(seed)
         check_positive("probes", probes, integer=True)
-        if probe_batch is not None:
-            check_positive("probe_batch", probe_batch, integer=True)
-        check_positive("memory_budget", memory_budget, integer=True)
+        check_batching(probe_batch, memory_budget)
         self.noise = Noise(distribution, noise_source)
         self.probes, self.distribution, self.noise_source = probes, distribution, noise_source
         self.probe_batch, self.memory_budget = probe_batch, memory_budget
@@ -85,8 +81,7 @@ class ForwardGradient(Estimator):
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         cost = Cost()
         q, values = self.probes, [p.detach() for _, p in params]
-        per_tangent = sum(v.numel() * v.element_size() for v in values)
-        chunk = self.probe_batch or max(1, self.memory_budget // max(1, per_tangent))
+        chunk = probes_per_chunk(params, 1, self.probe_batch, self.memory_budget)
         state = self._step_state
         f = _losses_at(model, objective, [n for n, _ in params], state)
         grads = [torch.zeros_like(v) for v in values]

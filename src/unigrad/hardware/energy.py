@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from unigrad.core.cost import Counts
 from unigrad.core.errors import UnigradError
 from unigrad.core.options import check_int, check_number
 
@@ -53,7 +54,7 @@ OPERATIONS = ("analog_macs", "digital_macs", "reads", "writes", "adc", "dac", "r
 
 
 @dataclass
-class OpCounts:
+class OpCounts(Counts):
     """How many of each operation a device (or a learner) did; add counts with ``+`` or ``+=``."""
 
     analog_macs: int = 0
@@ -64,14 +65,6 @@ class OpCounts:
     dac: int = 0
     random_bits: int = 0
     mvms: int = 0
-
-    def __add__(self, other: OpCounts) -> OpCounts:
-        return OpCounts(*(getattr(self, f) + getattr(other, f) for f in OPERATIONS))
-
-    def __iadd__(self, other: OpCounts) -> OpCounts:
-        for f in OPERATIONS:
-            setattr(self, f, getattr(self, f) + getattr(other, f))
-        return self
 
     def __sub__(self, other: OpCounts) -> OpCounts:
         return OpCounts(*(getattr(self, f) - getattr(other, f) for f in OPERATIONS))

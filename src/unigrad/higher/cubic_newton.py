@@ -19,7 +19,7 @@ from unigrad.core.objective import Objective
 from unigrad.core.options import check_fraction, check_number, check_positive
 from unigrad.core.params import write_grad
 from unigrad.core.rng import generator
-from unigrad.second.curvature import FlatLoss, Lanczos, lanczos
+from unigrad.second.curvature import FlatLoss, Lanczos, lanczos, reduction_ratio
 
 _RESTART_KEY = 0xA4C3
 """Names the stream of Lanczos restart vectors: ``(seed, step, _RESTART_KEY, restart)``."""
@@ -274,9 +274,7 @@ class CubicNewton(Estimator):
         accept = False
         rho = math.nan
         if predicted > 0 and bool(step.any()):
-            trial = fl.value(fl.theta0 + step)
-            delta = 10.0 * torch.finfo(g.dtype).eps * max(1.0, abs(f0))
-            rho = ((f0 - trial) + delta) / (predicted + delta) if math.isfinite(trial) else -math.inf
+            rho = reduction_ratio(f0, fl.value(fl.theta0 + step), predicted, g.dtype)
             if rho >= self.eta2:
                 accept, self.sigma = True, max(self.sigma_min, sigma / self.gamma)
             elif rho >= self.eta1:

@@ -33,6 +33,7 @@ checkpoints you trust.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,6 +65,21 @@ def needs(peer: str, module: str, package: str) -> Any:
             return importlib.import_module(module)
     except ImportError:
         raise UnigradError(f"peer {peer} needs {package}: {INSTALL}") from None
+
+
+def check_popsize(popsize: int | None) -> None:
+    """Refuse a population size that is not an integer >= 2 (``None``, the library's default, passes)."""
+    if popsize is not None:
+        check_positive("popsize", popsize, integer=True)
+        if popsize < 2:
+            raise UnigradError(f"option popsize must be an integer >= 2, got {popsize!r}")
+
+
+def check_sigma0(sigma0: float) -> None:
+    """Refuse an initial step size that is not a finite number > 0."""
+    if not (isinstance(sigma0, int | float) and math.isfinite(sigma0)) or isinstance(sigma0, bool):
+        raise UnigradError(f"option sigma0 must be a finite number > 0, got {sigma0!r}")
+    check_positive("sigma0", sigma0)
 
 
 class PeerEstimator(Estimator):

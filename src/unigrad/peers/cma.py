@@ -1,5 +1,21 @@
 """CMA-ES and sep-CMA-ES from pycma as peers: the :class:`CMA` and :class:`SepCMA` adapters (the rules are in
 :mod:`unigrad.peers._adapter`).
+
+Each call runs one generation of CMA-ES with mean ``m``, step size ``σ`` and covariance ``C``::
+
+    x_i = m + σ·y_i,   y_i ~ N(0, C),   i = 1 … λ
+    m' = m + c_m·Σ_{i≤μ} w_i (x_{i:λ} − m)        (x_{i:λ}: the i-th best by loss)
+    C, σ updated from the evolution paths and the rank-μ update
+
+The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``. The two adapters differ
+only in the shape of ``C`` (full or diagonal).
+
+pycma's printing and file logging are off, and its termination criteria are disabled (a training run decides when
+to stop); if pycma still reports a stop condition, generations simply go on. ``seed`` keys the sampler (a private
+numpy ``RandomState`` passed as pycma's ``randn``).
+
+Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of B);
+``Estimate.loss`` is the mean candidate loss (a probe mean).
 """
 
 from __future__ import annotations
@@ -10,37 +26,23 @@ from typing import Any
 
 import numpy as np
 
-from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.rng import key_hash
-from unigrad.peers._adapter import PeerEstimator, needs
+from unigrad.peers._adapter import PeerEstimator, check_popsize, check_sigma0, needs
 
 _SAMPLER_TAG = 0xC3A
 
 
 class CMA(PeerEstimator):
-    """CMA-ES (full covariance) from pycma, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
-
-    One generation of CMA-ES with mean ``m``, step size ``σ`` and covariance ``C``::
-
-        x_i = m + σ·y_i,   y_i ~ N(0, C),   i = 1 … λ
-        m' = m + c_m·Σ_{i≤μ} w_i (x_{i:λ} − m)        (x_{i:λ}: the i-th best by loss)
-        C, σ updated from the evolution paths and the rank-μ update
-
-    The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``.
+    """CMA-ES (full covariance) from pycma, on all trainable parameters (a peer; the generation is in
+    :mod:`unigrad.peers.cma`, the rules in :mod:`unigrad.peers._adapter`).
 
     Registry name ``cma``: full covariance; ``C`` is d×d: O(d²) memory and O(d²)–O(d³) time per generation.
-
-    pycma's printing and file logging are off, and its termination criteria are disabled (a training
-    run decides when to stop); if pycma still reports a stop condition, generations simply go on.
-
-    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
-    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
 
     Args:
         sigma0: initial step size σ, on the scale of network weights (default: 0.05).
         popsize: λ, candidates per generation; ``None``: pycma's default 4 + ⌊3 ln d⌋ (default: None).
         max_dim: the largest d accepted; ``None``: no limit (default: 2000).
-        seed: keys the sampler (a private numpy ``RandomState`` passed as pycma's ``randn``) (default: 0).
+        seed: keys the sampler (default: 0).
 
     References:
         N. Hansen, A. Ostermeier, "Completely derandomized self-adaptation in evolution strategies",
@@ -58,13 +60,8 @@ class CMA(PeerEstimator):
         self, sigma0: float = 0.05, popsize: int | None = None, max_dim: int | None = 2000, seed: int = 0
     ) -> None:
         super().__init__(max_dim, seed)
-        if not (isinstance(sigma0, int | float) and math.isfinite(sigma0)) or isinstance(sigma0, bool):
-            raise UnigradError(f"option sigma0 must be a finite number > 0, got {sigma0!r}")
-        check_positive("sigma0", sigma0)
-        if popsize is not None:
-            check_positive("popsize", popsize, integer=True)
-            if popsize < 2:
-                raise UnigradError(f"option popsize must be an integer >= 2, got {popsize!r}")
+        check_sigma0(sigma0)
+        check_popsize(popsize)
         needs(self.name, "cma", "pycma")
         self.sigma0 = float(sigma0)
         self.popsize = popsize
@@ -105,29 +102,16 @@ class CMA(PeerEstimator):
 
 
 class SepCMA(CMA):
-    """sep-CMA-ES (diagonal covariance) from pycma, on all trainable parameters (a peer; see :class:`CMA`).
-
-    One generation of CMA-ES with mean ``m``, step size ``σ`` and covariance ``C``::
-
-        x_i = m + σ·y_i,   y_i ~ N(0, C),   i = 1 … λ
-        m' = m + c_m·Σ_{i≤μ} w_i (x_{i:λ} − m)        (x_{i:λ}: the i-th best by loss)
-        C, σ updated from the evolution paths and the rank-μ update
-
-    The adapter writes ``θ − m'`` into ``.grad``; SGD with lr 1 moves the parameters to ``m'``.
+    """sep-CMA-ES (diagonal covariance) from pycma, on all trainable parameters (a peer; the generation is in
+    :mod:`unigrad.peers.cma`, the rules in :mod:`unigrad.peers._adapter`).
 
     Registry name ``sep-cma``: diagonal ``C`` (pycma option ``CMA_diagonal=True``): linear in d.
-
-    pycma's printing and file logging are off, and its termination criteria are disabled (a training
-    run decides when to stop); if pycma still reports a stop condition, generations simply go on.
-
-    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
-    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
 
     Args:
         sigma0: initial step size σ, on the scale of network weights (default: 0.05).
         popsize: λ, candidates per generation; ``None``: pycma's default 4 + ⌊3 ln d⌋ (default: None).
         max_dim: the largest d accepted; ``None``: no limit (default: None).
-        seed: keys the sampler (a private numpy ``RandomState`` passed as pycma's ``randn``) (default: 0).
+        seed: keys the sampler (default: 0).
 
     References:
         R. Ros, N. Hansen, "A simple modification in CMA-ES achieving linear time and space complexity",

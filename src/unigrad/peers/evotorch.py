@@ -1,5 +1,5 @@
 """EvoTorch's Gaussian search algorithms as peers: the :class:`PGPE`, :class:`SNES`, :class:`XNES` and :class:`CEM`
-adapters (the rules are in :mod:`unigrad.peers._adapter`). EvoTorch: Toklu et al., arXiv:2302.12600.
+adapters (the rules are in :mod:`unigrad.peers._adapter`).
 
 How the adapters drive EvoTorch. EvoTorch's own ``step()`` updates the distribution from the *previous*
 generation's evaluations and then samples and evaluates a new one. The adapter applies each update right after its
@@ -8,6 +8,18 @@ so the move of every call uses that call's batch, as with the other peers, and t
 Each ``seed`` keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG).
 The search runs on the CPU in float64 whatever the model's device. EvoTorch's informational log lines are
 silenced while a peer is built and stepped.
+
+What every adapter here does. Each call runs one ``searcher.step()`` of a Gaussian search distribution with
+centre ``m``: λ candidates ``x_i = m + (spread)·z_i``, ``z_i ~ N(0, I)``, ``i = 1 … λ`` (each class gives its
+spread) are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
+``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
+parameters there. Options every adapter takes: ``sigma0``, the initial standard deviation of every coordinate
+(EvoTorch's ``stdev_init``); ``max_dim``, the largest d accepted (``None``: no limit); ``seed`` (above).
+
+Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of B);
+``Estimate.loss`` is the mean candidate loss (a probe mean).
+
+Reference: N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
 """
 
 from __future__ import annotations
@@ -20,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from unigrad.core.errors import UnigradError, check_choice, check_positive
+from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.options import check_fraction, check_number
 from unigrad.core.rng import key_hash
-from unigrad.peers._adapter import PeerEstimator, needs
+from unigrad.peers._adapter import PeerEstimator, check_popsize, needs
 
 _PROBLEM_TAG = 0xE707
 _PROBLEM: type | None = None
@@ -75,24 +87,32 @@ def _number(option: str, value: float | None, *, allow_none: bool = True) -> Non
 
 
 class EvoTorchPeer(PeerEstimator):
-    """Base of the EvoTorch adapters: subclasses give :meth:`_searcher` (the algorithm and its options)."""
+    """Base of the EvoTorch adapters: subclasses give :meth:`_algorithm` and :meth:`_searcher_options`."""
 
     library = "evotorch"
     _options: tuple[str, ...] = ("popsize", "sigma0", "max_dim")
 
     def __init__(self, popsize: int | None, sigma0: float, max_dim: int | None, seed: int) -> None:
         super().__init__(max_dim, seed)
-        if popsize is not None:
-            check_positive("popsize", popsize, integer=True)
-            if popsize < 2:
-                raise UnigradError(f"option popsize must be an integer >= 2, got {popsize!r}")
+        check_popsize(popsize)
         _number("sigma0", sigma0, allow_none=False)
         needs(self.name, "evotorch", "evotorch")
         self.popsize = popsize
         self.sigma0 = float(sigma0)
 
-    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+    @staticmethod
+    def _algorithm() -> Any:
+        """The EvoTorch searcher class (imported when first needed)."""
         raise NotImplementedError
+
+    def _searcher_options(self) -> dict[str, Any]:
+        """The searcher's own keyword arguments, besides population size, initial spread and centre."""
+        raise NotImplementedError
+
+    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+        return self._algorithm()(
+            problem, popsize=self.popsize, stdev_init=self.sigma0, center_init=center, **self._searcher_options()
+        )
 
     def _build(self, x0: np.ndarray) -> Any:
         with _quiet():
@@ -135,35 +155,26 @@ class EvoTorchPeer(PeerEstimator):
 class PGPE(EvoTorchPeer):
     """PGPE from EvoTorch, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
 
-    Each call runs one ``searcher.step()`` of a Gaussian search distribution with centre ``m``: λ candidates::
+    One generation samples around the centre ``m``::
 
         x_i = m + σ ⊙ z_i,   z_i ~ N(0, I),   i = 1 … λ
-
-    are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
-    ``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
-    parameters there (see the module docstring for how the update is ordered).
 
     ``pgpe`` — policy gradients with parameter-based exploration, symmetric (antithetic) sampling,
     centered ranks. Its centre gradient ``∇m`` is handed to an optimizer: ``m ← m + Adam(∇m; center_lr)``,
     and ``σ ← σ + stdev_lr·∇σ`` (change capped at 20 %).
 
-    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
-    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
-
     Args:
         popsize: λ; pgpe needs it even (default: 16).
-        sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``) (default: 0.05).
+        sigma0: EvoTorch's ``stdev_init`` (default: 0.05).
         center_lr: learning rate of the centre, taken as it is (default: 0.01).
         stdev_lr: learning rate of the standard deviation, taken as it is (default: 0.1).
         optimizer: pgpe's optimizer of the centre (``"adam"``, ``"clipup"`` or ``"sgd"``) (default: ``"adam"``).
-        max_dim: the largest d accepted; ``None``: no limit (default: None).
-        seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG)
-            (default: 0).
+        max_dim: the largest d accepted (default: None).
+        seed: keys the ``Problem``'s own ``torch.Generator`` (default: 0).
 
     References:
         F. Sehnke, C. Osendorfer, T. Rückstieß, A. Graves, J. Peters, J. Schmidhuber, "Parameter-exploring
         policy gradients", Neural Networks 23(4) (2010).
-        N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
     """
 
     name = "pgpe"
@@ -188,52 +199,43 @@ class PGPE(EvoTorchPeer):
         check_choice("optimizer", optimizer, ("adam", "clipup", "sgd"))
         self.center_lr, self.stdev_lr, self.optimizer = float(center_lr), float(stdev_lr), optimizer
 
-    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+    @staticmethod
+    def _algorithm() -> Any:
         from evotorch.algorithms import PGPE as Searcher
 
-        return Searcher(
-            problem,
-            popsize=self.popsize,
-            center_learning_rate=self.center_lr,
-            stdev_learning_rate=self.stdev_lr,
-            stdev_init=self.sigma0,
-            optimizer=self.optimizer,
-            center_init=center,
-        )
+        return Searcher
+
+    def _searcher_options(self) -> dict[str, Any]:
+        return {
+            "center_learning_rate": self.center_lr,
+            "stdev_learning_rate": self.stdev_lr,
+            "optimizer": self.optimizer,
+        }
 
 
 class SNES(EvoTorchPeer):
     """SNES from EvoTorch, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
 
-    Each call runs one ``searcher.step()`` of a Gaussian search distribution with centre ``m``: λ candidates::
+    One generation samples around the centre ``m``::
 
         x_i = m + σ ⊙ z_i,   z_i ~ N(0, I),   i = 1 … λ
-
-    are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
-    ``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
-    parameters there (see the module docstring for how the update is ordered).
 
     ``snes`` — separable natural evolution strategies: ``m ← m + η_m Σ u_i σ z_i``,
     ``σ ← σ·exp(½ η_σ Σ u_i (z_i² − 1))`` with rank utilities ``u_i``. Learning rates default to EvoTorch's
     (``η_m = 1``, ``η_σ = (3 + ln d)/(5√d)``).
 
-    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
-    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
-
     Args:
         popsize: λ; ``None``: EvoTorch's 4 + ⌊3 ln d⌋ (default: None).
-        sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``) (default: 0.05).
+        sigma0: EvoTorch's ``stdev_init`` (default: 0.05).
         center_lr: learning rate of the centre; ``None`` means EvoTorch's default (default: None).
         stdev_lr: learning rate of the standard deviation; ``None`` means EvoTorch's default, and a given
             ``stdev_lr`` *multiplies* EvoTorch's default (its ``scale_learning_rate``) (default: None).
-        max_dim: the largest d accepted; ``None``: no limit (default: None).
-        seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG)
-            (default: 0).
+        max_dim: the largest d accepted (default: None).
+        seed: keys the ``Problem``'s own ``torch.Generator`` (default: 0).
 
     References:
         T. Schaul, T. Glasmachers, J. Schmidhuber, "High dimensions and heavy tails for natural evolution
         strategies", GECCO (2011).
-        N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
     """
 
     name = "snes"
@@ -260,48 +262,32 @@ class SNES(EvoTorchPeer):
 
         return SNES
 
-    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
-        return self._algorithm()(
-            problem,
-            popsize=self.popsize,
-            stdev_init=self.sigma0,
-            center_learning_rate=self.center_lr,
-            stdev_learning_rate=self.stdev_lr,
-            center_init=center,
-        )
+    def _searcher_options(self) -> dict[str, Any]:
+        return {"center_learning_rate": self.center_lr, "stdev_learning_rate": self.stdev_lr}
 
 
 class XNES(SNES):
     """xNES from EvoTorch, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
 
-    Each call runs one ``searcher.step()`` of a Gaussian search distribution with centre ``m``: λ candidates::
+    One generation samples around the centre ``m``::
 
         x_i = m + A z_i,   z_i ~ N(0, I),   i = 1 … λ
 
-    are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
-    ``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
-    parameters there (see the module docstring for how the update is ordered).
-
     ``xnes`` — exponential natural evolution strategies: full covariance ``AAᵀ``, O(d²) memory and O(d³)
-    time per generation, so ``max_dim`` is 1000 by default. Learning rates default to EvoTorch's.
-
-    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
-    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
+    time per generation, so ``max_dim`` is 1000 by default. Learning rates default to EvoTorch's. The options are
+    :class:`SNES`'s; only the default of ``max_dim`` differs.
 
     Args:
-        popsize: λ; ``None``: EvoTorch's 4 + ⌊3 ln d⌋ (default: None).
-        sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``) (default: 0.05).
-        center_lr: learning rate of the centre; ``None`` means EvoTorch's default (default: None).
-        stdev_lr: learning rate of the standard deviation; ``None`` means EvoTorch's default, and a given
-            ``stdev_lr`` *multiplies* EvoTorch's default (its ``scale_learning_rate``) (default: None).
-        max_dim: the largest d accepted; ``None``: no limit (default: 1000).
-        seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG)
-            (default: 0).
+        popsize: λ (default: None).
+        sigma0: EvoTorch's ``stdev_init`` (default: 0.05).
+        center_lr: learning rate of the centre (default: None).
+        stdev_lr: multiplies EvoTorch's learning rate of the standard deviation (default: None).
+        max_dim: the largest d accepted (default: 1000).
+        seed: keys the ``Problem``'s own ``torch.Generator`` (default: 0).
 
     References:
         T. Glasmachers, T. Schaul, Y. Sun, D. Wierstra, J. Schmidhuber, "Exponential natural evolution
         strategies", GECCO (2010).
-        N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
     """
 
     name = "xnes"
@@ -328,32 +314,23 @@ class XNES(SNES):
 class CEM(EvoTorchPeer):
     """The cross-entropy method from EvoTorch, on all trainable parameters (a peer; see :mod:`unigrad.peers._adapter`).
 
-    Each call runs one ``searcher.step()`` of a Gaussian search distribution with centre ``m``: λ candidates::
+    One generation samples around the centre ``m``::
 
         x_i = m + σ ⊙ z_i,   z_i ~ N(0, I),   i = 1 … λ
-
-    are evaluated by the adapter's objective and the distribution is updated. The centre after the step is
-    ``searcher.status["center"]``; the adapter writes ``θ − m'`` into ``.grad`` and SGD with lr 1 moves the
-    parameters there (see the module docstring for how the update is ordered).
 
     ``cem`` — cross-entropy method: ``m`` and ``σ`` become the mean and standard deviation of the best
     ``elite_ratio·λ`` candidates.
 
-    Cost: ``λ·B`` forward samples per call (one generation of λ candidates, each evaluated on the batch of
-    B); ``Estimate.loss`` is the mean candidate loss (a probe mean).
-
     Args:
         popsize: λ (default: 16).
-        sigma0: the initial standard deviation of every coordinate (EvoTorch's ``stdev_init``) (default: 0.05).
+        sigma0: EvoTorch's ``stdev_init`` (default: 0.05).
         elite_ratio: cem's fraction of candidates the distribution is refitted to (default: 0.25).
-        max_dim: the largest d accepted; ``None``: no limit (default: None).
-        seed: keys the ``Problem``'s own ``torch.Generator`` (EvoTorch samples from it, not from the global RNG)
-            (default: 0).
+        max_dim: the largest d accepted (default: None).
+        seed: keys the ``Problem``'s own ``torch.Generator`` (default: 0).
 
     References:
         R. Rubinstein, "The cross-entropy method for combinatorial and continuous optimization", Methodology
         and Computing in Applied Probability 1(2) (1999).
-        N. E. Toklu et al., "EvoTorch: scalable evolutionary computation in Python", arXiv:2302.12600 (2023).
     """
 
     name = "cem"
@@ -377,13 +354,11 @@ class CEM(EvoTorchPeer):
             )
         self.elite_ratio = float(elite_ratio)
 
-    def _searcher(self, problem: Any, center: torch.Tensor) -> Any:
+    @staticmethod
+    def _algorithm() -> Any:
         from evotorch.algorithms import CEM as Searcher
 
-        return Searcher(
-            problem,
-            popsize=self.popsize,
-            parenthood_ratio=self.elite_ratio,
-            stdev_init=self.sigma0,
-            center_init=center,
-        )
+        return Searcher
+
+    def _searcher_options(self) -> dict[str, Any]:
+        return {"parenthood_ratio": self.elite_ratio}

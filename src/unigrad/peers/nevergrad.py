@@ -12,7 +12,7 @@ import numpy as np
 
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.rng import key_hash
-from unigrad.peers._adapter import PeerEstimator, needs
+from unigrad.peers._adapter import PeerEstimator, check_sigma0, needs
 
 _PARAM_TAG = 0x9E5
 _SUGGESTED = ("NGOpt", "CMA", "DiagonalCMA", "TwoPointsDE", "OnePlusOne", "PSO")
@@ -76,9 +76,7 @@ class Nevergrad(PeerEstimator):
         check_positive("budget", budget, integer=True)
         if popsize is not None:
             check_positive("popsize", popsize, integer=True)
-        if not (isinstance(sigma0, int | float) and math.isfinite(sigma0)) or isinstance(sigma0, bool):
-            raise UnigradError(f"option sigma0 must be a finite number > 0, got {sigma0!r}")
-        check_positive("sigma0", sigma0)
+        check_sigma0(sigma0)
         ng = needs(self.name, "nevergrad", "nevergrad")
         registry = ng.optimizers.registry
         if not isinstance(algorithm, str) or algorithm not in registry:

@@ -30,6 +30,9 @@ current point; every product then reuses that graph:
 * ``per_sample_grads()`` — the ``(B, d)`` matrix of per-sample gradients ``∇ℓ_b`` (for the empirical
   Fisher ``(1/B) Σ_b ∇ℓ_b ∇ℓ_bᵀ``). Cost: one backward per sample.
 
+**Trust.** :func:`reduction_ratio` compares a step's actual decrease with the one its local model
+predicted (``newton``'s trust region, ``cubic-newton``'s regularisation weight).
+
 **Solver.** :func:`conjugate_gradient` solves ``A x = b`` for a symmetric ``A`` given only ``v ↦ A v``,
 stopping on the residual, on Martens' relative-progress test of the quadratic model, or on negative
 curvature.
@@ -220,6 +223,20 @@ class FlatLoss:
         return jac.detach()
 
 
+def reduction_ratio(f0: float, trial: float, predicted: float, dtype: torch.dtype) -> float:
+    """How well a local model predicted a step: ``ρ = (f(θ₀) − f(θ₀ + s) + δ) / (predicted + δ)``.
+
+    ``predicted`` is the model's decrease ``m(0) − m(s)``. Both changes are shifted by
+    ``δ = 10ε·max(1, |f(θ₀)|)`` (``ε`` of ``dtype``): where they are at the rounding level of ``f`` (at
+    convergence) ``ρ`` reads as agreement instead of noise that would shrink a trust region forever. A trial
+    value that is not finite gives ``ρ = −∞`` (reject the step).
+    """
+    if not math.isfinite(trial):
+        return -math.inf
+    shift = 10.0 * torch.finfo(dtype).eps * max(1.0, abs(f0))
+    return (f0 - trial + shift) / (predicted + shift)
+
+
 @dataclass
 class CGResult:
     """What :func:`conjugate_gradient` returns.
@@ -309,5 +326,6 @@ __all__ = [
     "likelihood_of",
     "loss_kind",
     "orthogonalize",
+    "reduction_ratio",
     "tridiagonal",
 ]

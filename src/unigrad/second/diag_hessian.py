@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, check_differentiable, check_finite, evaluate, reduce
+from unigrad.core.objective import Objective, check_finite, loss_and_gradient
 from unigrad.core.options import check_choice, check_fraction, check_positive
 from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
@@ -223,16 +223,8 @@ class DiagHessian(Estimator):
         self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]], cost: Cost
     ) -> tuple[float, Tensor]:
         """Loss and flat gradient by one plain forward and backward (calls without a curvature update)."""
-        with torch.enable_grad():
-            losses = evaluate(objective, model, cost)
-            check_differentiable(losses, self.name)
-            loss = reduce(losses)
-            grads = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
-        cost.backwards += cost.forwards
-        flat = torch.cat(
-            [(torch.zeros_like(p) if g is None else g).detach().reshape(-1) for (_, p), g in zip(params, grads)]
-        )
-        return float(loss.detach()), flat
+        loss, grads = loss_and_gradient(objective, model, params, cost, self.name)
+        return loss, torch.cat([g.detach().reshape(-1) for g in grads])
 
     def min_forwards_per_sample(self) -> float:
         """One gradient per step: the ``probes`` HVPs run only on every ``interval``-th step."""

@@ -13,7 +13,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
 from unigrad.core.options import check_number
 from unigrad.core.params import write_grad
-from unigrad.second.curvature import FlatLoss
+from unigrad.second.curvature import FlatLoss, reduction_ratio
 
 
 class Newton(Estimator):
@@ -118,12 +118,7 @@ class Newton(Estimator):
             step, on_boundary = _trust_region_step(g, h, self.radius)
             predicted = -float(g @ step + 0.5 * step @ h @ step)
             trial = fl.value(fl.theta0 + step)
-            # both changes shifted by 10ε·max(1, |f|): where they are at the rounding level of f (at
-            # convergence) ρ reads as agreement instead of noise that would shrink the radius forever
-            shift = 10.0 * torch.finfo(g.dtype).eps * max(1.0, abs(f0))
-            rho = (f0 - trial + shift) / (predicted + shift) if predicted > 0 else -math.inf
-            if not math.isfinite(trial):
-                rho = -math.inf
+            rho = reduction_ratio(f0, trial, predicted, g.dtype) if predicted > 0 else -math.inf
             accept = rho > self.eta
             info.update(rho=rho, radius=self.radius, accepted=accept)
             if rho < 0.25:

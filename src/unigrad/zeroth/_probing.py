@@ -1,4 +1,5 @@
 """Shared machinery for seeded multi-probe estimators (rge, spsa, es; ``check_probes`` for every probing one).
+How many probes run at once under the memory budget is :func:`unigrad.core.probe.probes_per_chunk`.
 
 ``probe_losses`` evaluates the objective at ``θ + s·σ·u_i`` for blocks of probes (``s = +1`` and,
 for antithetic schemes, ``s = −1``), batching probes with ``vmap`` in chunks that respect the
@@ -28,29 +29,11 @@ from unigrad.core.precision import warn_if_sigma_too_small
 from unigrad.core.probe import perturbed_losses, probe_means
 from unigrad.core.rng import Noise
 
-DEFAULT_MEMORY_BUDGET = 256 * 2**20
-
-
-def probes_per_chunk(
-    params: Sequence[tuple[str, Tensor]], signs: int, probe_batch: int | None, memory_budget: int
-) -> int:
-    """How many probes to evaluate at once: ``probe_batch`` if given, else what fits in the budget."""
-    if probe_batch is not None:
-        return probe_batch
-    per_probe = signs * sum(p.numel() * p.element_size() for _, p in params)
-    return max(1, memory_budget // max(1, per_probe))
-
 
 def check_probes(probes: int, sigma: float) -> None:
     """The two options every probing estimator has: ``probes`` directions q ≥ 1 of scale ``sigma`` σ > 0."""
     check_positive("probes", probes, integer=True)
     check_positive("sigma", sigma)
-
-
-def check_batching(probe_batch: int | None, memory_budget: int) -> None:
-    if probe_batch is not None:
-        check_positive("probe_batch", probe_batch, integer=True)
-    check_positive("memory_budget", memory_budget, integer=True)
 
 
 @torch.no_grad()

@@ -31,6 +31,20 @@ PASSES = ("clean-noisy", "two-noisy")
 NOISES = ("internal", "external")
 
 
+def anp_coefficients(
+    scale: str, nodes: int, dloss: Tensor, norm2: Tensor, batch: int, probes: int
+) -> tuple[Tensor, int]:
+    """ANP's per-sample coefficient ``c·δL_b / (‖δh_b‖²·B·q)`` and how many samples had ``δh_b = 0``.
+
+    ``c`` is ``√N`` (``scale="sqrt"``), ``N`` (``"n"``) or 1 (``"none"``) for ``N = nodes`` perturbed nodes;
+    ``dloss`` is ``δL_b`` and ``norm2`` is ``‖δh_b‖²`` per sample. A sample whose activity did not move gets 0.
+    """
+    factor = {"sqrt": math.sqrt(nodes), "n": float(nodes), "none": 1.0}[scale]
+    moved = norm2 > 0
+    coeff = torch.where(moved, factor * dloss.double() / (norm2.clamp_min(1e-300) * batch * probes), 0.0)
+    return coeff, int((~moved).sum())
+
+
 class ANP(Estimator):
     """ANP — activity-based node perturbation: learn from measured activity changes, never the noise itself.
 
@@ -126,9 +140,6 @@ class ANP(Estimator):
             return None
         return gaussian_node_noise(self.noise_stream, self.seed, self.step, probe, self.sigma)
 
-    def _factor(self, nodes: int) -> float:
-        return {"sqrt": math.sqrt(nodes), "n": float(nodes), "none": 1.0}[self.scale]
-
     @torch.no_grad()
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         owners = layer_owners(model, params, "anp")
@@ -164,12 +175,9 @@ class ANP(Estimator):
                 deltas[li] = dh
                 norm2 += dh.double().reshape(batch, -1).pow(2).sum(1)
                 nodes += dh[0].numel()
-            moved = norm2 > 0
-            silent += int((~moved).sum())
             # combine: c·δL_b/‖δh_b‖² per sample, spread over that sample's δh
-            coeff = torch.where(
-                moved, self._factor(nodes) * (f - f0).double() / (norm2.clamp_min(1e-300) * batch * q), 0.0
-            )
+            coeff, still = anp_coefficients(self.scale, nodes, f - f0, norm2, batch, q)
+            silent += still
             for li, dh in enumerate(deltas):
                 if dh is None:
                     continue

@@ -13,9 +13,8 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.precision import warn_if_sigma_too_small
-from unigrad.core.probe import batched_losses, probe_means
+from unigrad.core.probe import DEFAULT_MEMORY_BUDGET, batched_losses, check_batching, probe_means, probes_per_chunk
 from unigrad.core.rng import generator
-from unigrad.zeroth._probing import DEFAULT_MEMORY_BUDGET, check_batching, probes_per_chunk
 
 SCHEMES = ("forward", "central")
 _BLOCK_KEY = 0xC0041  # names the coordinate-block stream, apart from the noise streams

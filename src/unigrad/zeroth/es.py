@@ -11,16 +11,10 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
+from unigrad.core.probe import DEFAULT_MEMORY_BUDGET, check_batching, probes_per_chunk
 from unigrad.core.rng import Noise
 from unigrad.core.shaping import shaper
-from unigrad.zeroth._probing import (
-    DEFAULT_MEMORY_BUDGET,
-    check_batching,
-    check_probes,
-    combine,
-    probe_losses,
-    probes_per_chunk,
-)
+from unigrad.zeroth._probing import check_probes, combine, probe_losses
 
 
 class ES(Estimator):

@@ -13,16 +13,9 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.params import write_grad
+from unigrad.core.probe import DEFAULT_MEMORY_BUDGET, check_batching, probes_per_chunk
 from unigrad.core.rng import Noise
-from unigrad.zeroth._probing import (
-    DEFAULT_MEMORY_BUDGET,
-    check_batching,
-    check_probes,
-    combine,
-    gather_losses,
-    probe_losses,
-    probes_per_chunk,
-)
+from unigrad.zeroth._probing import check_probes, combine, gather_losses, probe_losses
 
 SCHEMES = ("central", "forward", "one-point")
 

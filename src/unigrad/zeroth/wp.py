@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unigrad.zeroth._probing import DEFAULT_MEMORY_BUDGET
+from unigrad.core.probe import DEFAULT_MEMORY_BUDGET
 from unigrad.zeroth.rge import RGE
 
 

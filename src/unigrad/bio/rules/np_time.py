@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -19,7 +18,7 @@ from unigrad.core.params import write_grad
 from unigrad.core.rng import Noise
 from unigrad.nn.decorrelation import DecorrelatedLinear
 from unigrad.nn.perturbation import check_external_noise
-from unigrad.zeroth.anp import NOISES, PASSES, SCALES
+from unigrad.zeroth.anp import NOISES, PASSES, SCALES, anp_coefficients
 
 VARIANTS = ("np", "anp")
 READOUTS = ("perturb", "local")
@@ -271,9 +270,6 @@ class NPTime(Estimator):
             raise UnigradError(f"np-time needs per-trial losses of shape (B,) = ({inputs.shape[1]},), got {got}")
         return traj, outputs, losses.detach(), zeta
 
-    def _factor(self, nodes: int) -> float:
-        return {"sqrt": math.sqrt(nodes), "n": float(nodes), "none": 1.0}[self.scale]
-
     # -- the estimate ---------------------------------------------------------------------------------
     @torch.no_grad()
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
@@ -314,11 +310,8 @@ class NPTime(Estimator):
                 dy = (out1 - out0).to(work)
                 norm2 = norm2 + dy.double().square().sum(dim=(0, 2))
                 nodes += dy.shape[0] * dy.shape[2]
-            moved = norm2 > 0
-            silent += int((~moved).sum())
-            coeff = torch.where(
-                moved, self._factor(nodes) * dloss.double() / (norm2.clamp_min(1e-300) * batch * q), 0.0
-            )
+            coeff, still = anp_coefficients(self.scale, nodes, dloss, norm2, batch, q)
+            silent += still
             coeff = coeff.to(work)[None, :, None]
             units += coeff * dx
             if outs is not None and dy is not None:
