@@ -1,7 +1,7 @@
 """Noise speed — how fast each noise source produces a probe's directions, against a forward pass.
 
 For the P1 model (MLP 784-256-256-10, d = 269,322 parameters in 6 tensors), the median time to
-produce one probe's full direction with ``Noise.direction`` for each source and distribution, in
+produce one probe's full direction with ``ProbeNoise.direction`` for each source and distribution, in
 normals (entries) per millisecond, and as a multiple of one forward pass of a batch of 256.
 
 - ``generator``: a fresh ``torch.Generator`` per key and 16,384-element chunk (exact, streamable).
@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from _common import cpu_name
-from unigrad import Noise
+from unigrad import ProbeNoise
 
 RESULTS = Path(__file__).parent / "results" / "noise_speed.json"
 
@@ -72,10 +72,10 @@ def main() -> None:
     cases: list[tuple[str, str, Callable[[], object]]] = []
     for source in ("generator", "table"):
         for dist in ("gaussian", "rademacher", "sphere"):
-            noise = Noise(dist, source)
+            noise = ProbeNoise(dist, source)
             noise.direction(0, 0, 0, params)  # builds the table once, outside the timing
             cases.append((source, dist, lambda n=noise: n.direction(0, next(step), 0, params)))
-    noise = Noise("gaussian", "table")
+    noise = ProbeNoise("gaussian", "table")
     cases.append(("table+copy", "gaussian", lambda n=noise: [u.clone() for u in n.direction(0, next(step), 0, params)]))
     gen = torch.Generator().manual_seed(1)
     cases.append(("torch.randn", "gaussian", lambda: torch.randn(d, generator=gen)))

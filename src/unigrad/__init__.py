@@ -12,9 +12,9 @@ from unigrad.core import (
     Cost,
     Estimate,
     Estimator,
-    Noise,
     NonFiniteLossError,
     Objective,
+    ProbeNoise,
     UnigradError,
     objective,
     supervised,
@@ -29,9 +29,9 @@ __all__ = [
     "Decorrelated",
     "Estimate",
     "Estimator",
-    "Noise",
     "NonFiniteLossError",
     "Objective",
+    "ProbeNoise",
     "UnigradError",
     "available",
     "decorrelate",
@@ -46,6 +46,10 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     # the command line's method specs live on the training floor, imported only when asked for
+    if name == "Noise":  # the old name of ProbeNoise, with a DeprecationWarning
+        from unigrad.core import rng
+
+        return getattr(rng, name)
     if name == "method_spec":
         from unigrad.train.methods import parse_method
 

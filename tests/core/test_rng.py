@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from unigrad import Noise, UnigradError
+from unigrad import ProbeNoise, UnigradError
 from unigrad.core import rng
 from unigrad.core.rng import CHUNK, generator, key_hash, noise_table
 
@@ -24,20 +24,20 @@ def like(shapes: list[torch.Size]) -> list[torch.Tensor]:
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_regeneration_is_bitwise(source: str, distribution: str) -> None:
     tensors = like(SHAPES)
-    a = Noise(distribution, source).direction(3, 7, 2, tensors)
-    b = Noise(distribution, source).direction(3, 7, 2, tensors)  # a fresh instance, same key
+    a = ProbeNoise(distribution, source).direction(3, 7, 2, tensors)
+    b = ProbeNoise(distribution, source).direction(3, 7, 2, tensors)  # a fresh instance, same key
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert [x.shape for x in a] == SHAPES
-    block = Noise(distribution, source).block(3, 7, range(5), tensors)
+    block = ProbeNoise(distribution, source).block(3, 7, range(5), tensors)
     for p in range(5):  # a block is the probes' directions stacked
-        d = Noise(distribution, source).direction(3, 7, p, tensors)
+        d = ProbeNoise(distribution, source).direction(3, 7, p, tensors)
         assert all(torch.equal(blk[p], x) for blk, x in zip(block, d))
 
 
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_different_keys_differ(source: str, distribution: str) -> None:
-    noise = Noise(distribution, source)
+    noise = ProbeNoise(distribution, source)
     key = (1, 2, 3, 0)
     base = noise.raw(*key, (64,))
     for changed in [(2, 2, 3, 0), (1, 3, 3, 0), (1, 2, 4, 0), (1, 2, 3, 1)]:
@@ -49,7 +49,7 @@ def test_different_keys_differ(source: str, distribution: str) -> None:
 def test_global_rng_untouched(source: str, distribution: str) -> None:
     state = torch.get_rng_state()
     # a table seed no other test uses, so the table itself is built inside this check
-    noise = Noise(distribution, source, table_size=1 << 16, table_seed=12345)
+    noise = ProbeNoise(distribution, source, table_size=1 << 16, table_seed=12345)
     noise.block(0, 0, range(3), like(SHAPES))
     noise.direction(0, 1, 0, like(SHAPES))
     list(noise.chunks(0, 0, 0, 0, 3 * CHUNK // 2))
@@ -60,7 +60,7 @@ def test_global_rng_untouched(source: str, distribution: str) -> None:
 @pytest.mark.parametrize("source", SOURCES)
 def test_gaussian_moments(source: str) -> None:
     n = 200_000
-    x = Noise("gaussian", source).raw(5, 0, 0, 0, (n,)).double()
+    x = ProbeNoise("gaussian", source).raw(5, 0, 0, 0, (n,)).double()
     # 5 standard errors: SE(mean) = 1/√n, SE(variance) = √(2/n) for a standard normal
     assert abs(float(x.mean())) < 5 / math.sqrt(n)
     assert abs(float(x.var()) - 1) < 5 * math.sqrt(2 / n)
@@ -71,7 +71,7 @@ def test_gaussian_moments(source: str) -> None:
 @pytest.mark.parametrize("source", SOURCES)
 def test_rademacher_is_plus_minus_one(source: str) -> None:
     n = 100_000
-    x = Noise("rademacher", source).raw(5, 0, 0, 0, (n,))
+    x = ProbeNoise("rademacher", source).raw(5, 0, 0, 0, (n,))
     assert torch.equal(x.abs(), torch.ones(n))
     assert abs(float(x.double().mean())) < 5 / math.sqrt(n)  # 5 standard errors of a mean of ±1
 
@@ -80,7 +80,7 @@ def test_rademacher_is_plus_minus_one(source: str) -> None:
 def test_sphere_has_norm_sqrt_d_over_all_tensors(source: str) -> None:
     tensors = like([torch.Size([40, 30]), torch.Size([30]), torch.Size([5, 30])])
     d = sum(t.numel() for t in tensors)
-    noise = Noise("sphere", source)
+    noise = ProbeNoise("sphere", source)
     # the norm is taken in float64 and the float32 raws scaled by its float32 factor: ‖u‖ is √d within ~2u = 1.2e-7
     for p in range(3):
         u = noise.direction(0, 4, p, tensors)
@@ -98,7 +98,7 @@ def test_sphere_has_norm_sqrt_d_over_all_tensors(source: str) -> None:
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
 def test_chunks_concatenate_to_raw(source: str, distribution: str) -> None:
-    noise = Noise(distribution, source)
+    noise = ProbeNoise(distribution, source)
     n = 2 * CHUNK + 123  # three chunks, the last one partial
     pieces = list(noise.chunks(2, 9, 1, 4, n))
     assert [start for start, _ in pieces] == [0, CHUNK, 2 * CHUNK]
@@ -109,7 +109,7 @@ def test_chunks_concatenate_to_raw(source: str, distribution: str) -> None:
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
 def test_raw_block_stacks_raw(source: str, distribution: str) -> None:
-    noise = Noise(distribution, source, table_size=1 << 16)
+    noise = ProbeNoise(distribution, source, table_size=1 << 16)
     shape = (50, 40)  # 2000 elements: 32 probes per contiguous table group, so 30:70 spans groups
     for probes in (range(0, 5), range(3, 4), range(30, 70)):
         block = noise.raw_block(1, 2, probes, 0, shape)
@@ -119,7 +119,7 @@ def test_raw_block_stacks_raw(source: str, distribution: str) -> None:
 
 @pytest.mark.parametrize("distribution", ["gaussian", "rademacher"])
 def test_table_views_are_free(distribution: str) -> None:
-    noise = Noise(distribution, "table")
+    noise = ProbeNoise(distribution, "table")
     table = noise_table(
         noise.table_size, noise.table_seed, "cpu", "rademacher" if distribution != "gaussian" else "gaussian"
     )
@@ -150,16 +150,28 @@ def test_key_hash_and_generator() -> None:
 def test_dtype_follows_the_tensor() -> None:
     t = torch.zeros(4, 3, dtype=torch.float64)
     for source in SOURCES:
-        (u,) = Noise("gaussian", source).direction(0, 0, 0, [t])
+        (u,) = ProbeNoise("gaussian", source).direction(0, 0, 0, [t])
         assert u.dtype == torch.float64 and u.shape == t.shape
 
 
 def test_bad_options() -> None:
     with pytest.raises(UnigradError, match="distribution"):
-        Noise("cauchy")
+        ProbeNoise("cauchy")
     with pytest.raises(UnigradError, match="noise_source"):
-        Noise("gaussian", "urandom")
+        ProbeNoise("gaussian", "urandom")
     with pytest.raises(UnigradError, match="table_size"):
-        Noise("gaussian", "table", table_size=0)
+        ProbeNoise("gaussian", "table", table_size=0)
     with pytest.raises(UnigradError, match="exceeds the noise table"):
-        Noise("gaussian", "table", table_size=100).raw(0, 0, 0, 0, (101,))
+        ProbeNoise("gaussian", "table", table_size=100).raw(0, 0, 0, 0, (101,))
+
+
+def test_the_old_name_noise_still_gives_probe_noise_with_a_warning():
+    import unigrad
+    import unigrad.core
+    import unigrad.core.rng
+
+    for module in (unigrad, unigrad.core, unigrad.core.rng):
+        with pytest.warns(DeprecationWarning, match="ProbeNoise"):
+            assert module.Noise is ProbeNoise
+    with pytest.raises(AttributeError):
+        unigrad.core.rng.NoSuchThing  # noqa: B018

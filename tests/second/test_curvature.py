@@ -22,7 +22,7 @@ import unigrad
 from tests.problems import assert_mean_matches, mlp, quadratic
 from unigrad import UnigradError
 from unigrad.core.params import trainable
-from unigrad.core.rng import Noise, generator
+from unigrad.core.rng import ProbeNoise, generator
 from unigrad.second.curvature import (
     FORMS,
     FlatLoss,
@@ -241,7 +241,7 @@ def test_lanczos_stop_and_refusals() -> None:
 def test_hutchinson_diagonal_and_trace_are_unbiased(distribution: str) -> None:
     a = _symmetric(torch.linspace(-2.0, 3.0, 8, dtype=torch.float64), seed=4)
     off = (a * a).sum() - (torch.diagonal(a) ** 2).sum()  # Σ_{j≠k} A_jk²
-    noise = Noise(distribution, source="generator")
+    noise = ProbeNoise(distribution, source="generator")
     like = [torch.zeros(8, dtype=torch.float64)]
     n = 2000
     diag = torch.stack([hutchinson_diagonal(lambda v: a @ v, keyed_probes(noise, 1, s, like), 1) for s in range(n)])
@@ -267,10 +267,12 @@ def test_hutchinson_probes_are_keyed_and_exact_on_a_diagonal_matrix() -> None:
     a = torch.diag(torch.tensor([1.0, -2.0, 0.5, 4.0, 3.0], dtype=torch.float64))
     like = [torch.zeros(2, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)]  # two tensors, flattened
     rng_state = torch.get_rng_state()
-    probe = keyed_probes(Noise("rademacher"), 0, 5, like)
+    probe = keyed_probes(ProbeNoise("rademacher"), 0, 5, like)
     first = hutchinson_diagonal(lambda v: a @ v, probe, 3)
     assert torch.equal(torch.get_rng_state(), rng_state)
-    assert torch.equal(first, hutchinson_diagonal(lambda v: a @ v, keyed_probes(Noise("rademacher"), 0, 5, like), 3))
+    assert torch.equal(
+        first, hutchinson_diagonal(lambda v: a @ v, keyed_probes(ProbeNoise("rademacher"), 0, 5, like), 3)
+    )
     assert torch.equal(first, torch.diagonal(a))  # z ⊙ Az = z² ⊙ diag A = diag A exactly for ±1 entries
     assert not torch.equal(probe(0), probe(1))  # the probes of one key differ
     trace, err = hutchinson_trace(lambda v: a @ v, probe, 3)

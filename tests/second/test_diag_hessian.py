@@ -15,13 +15,13 @@ from tests.problems import Problem, assert_contract, assert_mean_matches, flat_g
 from unigrad import UnigradError
 from unigrad.core.params import trainable
 from unigrad.core.probe import _Bound
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.data import classic
 from unigrad.second.curvature import FlatLoss, hutchinson_diagonal, keyed_probes
 from unigrad.second.diag_hessian import DiagHessian
 
 
-def _hutchinson(flat: FlatLoss, noise: Noise, seed: int, step: int, probes: int) -> torch.Tensor:
+def _hutchinson(flat: FlatLoss, noise: ProbeNoise, seed: int, step: int, probes: int) -> torch.Tensor:
     """The estimator's diagonal: ``probes`` Hessian probes of ``noise`` keyed ``(seed, step, i, tensor)``."""
     return hutchinson_diagonal(flat.hvp, keyed_probes(noise, seed, step, flat.unflatten(flat.theta0)), probes)
 
@@ -43,7 +43,7 @@ def _hessian(problem: Problem) -> torch.Tensor:
 def _samples(problem: Problem, n: int, distribution: str = "rademacher") -> torch.Tensor:
     """``n`` single-probe Hutchinson estimates (steps 0..n−1 of seed 3), stacked ``(n, d)``."""
     flat = FlatLoss(problem.model, problem.objective, trainable(problem.model))
-    noise = Noise(distribution)
+    noise = ProbeNoise(distribution)
     return torch.stack([_hutchinson(flat, noise, 3, step, 1) for step in range(n)])
 
 
@@ -89,7 +89,7 @@ def test_hutchinson_is_exact_for_a_diagonal_hessian_and_q_probes_average() -> No
     # q probes are the mean of the single probes 0..q−1 of that step
     dense = mlp((4, 6, 3), batch=16, dtype=torch.float64)
     flat = FlatLoss(dense.model, dense.objective, trainable(dense.model))
-    noise = Noise("rademacher")
+    noise = ProbeNoise("rademacher")
     singles = []
     for i in range(4):
         z = torch.cat([t.reshape(-1) for t in noise.direction(0, 7, i, flat.unflatten(flat.theta0))])
@@ -163,7 +163,7 @@ def test_the_rules_apply_their_formulas_to_the_stored_curvature(rule: str) -> No
     problem = mlp((4, 6, 3), batch=32, dtype=torch.float64)
     est = DiagHessian(rule=rule, beta=0.9, gamma=1.0, probes=2, seed=5)
     flat = FlatLoss(problem.model, problem.objective, trainable(problem.model))
-    diag = _hutchinson(flat, Noise("rademacher"), 5, 0, 2)
+    diag = _hutchinson(flat, ProbeNoise("rademacher"), 5, 0, 2)
     e = est.estimate(problem.model, problem.objective)
     g, d = true_grad(problem.model, problem.objective), flat_grad(problem.model)
     state = est.state_dict()
@@ -261,7 +261,7 @@ def test_spatial_average_over_convolution_kernels() -> None:
     kernel = est.curvature[: 3 * 2 * 3 * 3].view(3, 2, 3, 3)
     torch.testing.assert_close(kernel, kernel[:, :, :1, :1].expand_as(kernel))  # constant over each 3×3 kernel
     flat = FlatLoss(conv, obj, trainable(conv))
-    diag = _hutchinson(flat, Noise("rademacher"), 0, 0, 1)
+    diag = _hutchinson(flat, ProbeNoise("rademacher"), 0, 0, 1)
     expect = diag[:54].view(3, 2, 3, 3).abs().mean(dim=(2, 3), keepdim=True).expand(3, 2, 3, 3) ** 2
     torch.testing.assert_close(kernel, expect)
     torch.testing.assert_close(est.curvature[54:], diag[54:] ** 2)  # other tensors keep their entries

@@ -25,7 +25,7 @@ from unigrad import UnigradError, make_estimator, objective
 from unigrad.core.memory import peak_memory
 from unigrad.core.params import trainable
 from unigrad.core.replay import ReplayDirection, ReplaySGD
-from unigrad.core.rng import CHUNK, Noise
+from unigrad.core.rng import CHUNK, ProbeNoise
 from unigrad.zeroth.mezo import MeZO
 from unigrad.zeroth.rge import RGE
 
@@ -79,7 +79,7 @@ def test_restores_parameters_bitwise(distribution: str, source: str, dtype: torc
     # the naive in-place sequence θ+σz−2σz+σz does NOT come back on this data, so this test can fail (on any
     # IEEE machine: θ + σz keeps a tiny |θ| ≈ 1e-6 only to ulp(σz), far coarser than θ's own last bit, and −0.0
     # comes back as +0.0)
-    noise = Noise(distribution, source)
+    noise = ProbeNoise(distribution, source)
     naive = [p.detach().clone() for p in model.parameters()]
     z = noise.direction(7, 0, 0, naive)
     for v, u in zip(naive, z):
@@ -119,7 +119,7 @@ def test_restores_when_the_objective_fails() -> None:
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_grad_is_the_central_rge_direction_of_the_same_noise(distribution: str, source: str) -> None:
-    # Exact identity (float64): g = (1/q) Σ c_i z_i with z_i = Noise.direction(seed, step, i) and
+    # Exact identity (float64): g = (1/q) Σ c_i z_i with z_i = ProbeNoise.direction(seed, step, i) and
     # c_i = [f(θ+σz_i) − f(θ−σz_i)]/(2σ); and the same numbers as RGE's central scheme, which
     # evaluates the perturbed parameters out of place (rounding differs only in the last bits).
     # Tolerances: g from 3 terms: ≲ 3·eps64·|c z| ≈ 1e-14 ≪ 1e-12. Against RGE, each float64 loss (sums of
@@ -133,7 +133,7 @@ def test_grad_is_the_central_rge_direction_of_the_same_noise(distribution: str, 
     c = e.info["projected_gradients"]
     expected = torch.zeros_like(flat_params(model))
     for i in range(q):
-        z = torch.cat([u.reshape(-1) for u in Noise(distribution, source).direction(4, 0, i, values)])
+        z = torch.cat([u.reshape(-1) for u in ProbeNoise(distribution, source).direction(4, 0, i, values)])
         expected += c[i] / q * z
     torch.testing.assert_close(flat_grad(model), expected, rtol=1e-12, atol=1e-12)
     mezo_grad = flat_grad(model)

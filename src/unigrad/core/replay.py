@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from unigrad.core.errors import UnigradError, check_positive
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 
 
 def flat_view(p: Tensor) -> Tensor:
@@ -52,13 +52,13 @@ class ReplayDirection:
     """``g = Σ_i coeffs[i]·z_i`` with ``z_i`` keyed by ``(seed, step, i, tensor)``; never stored densely.
 
     Attributes:
-        noise: the :class:`~unigrad.core.rng.Noise` that generates ``z_i``.
+        noise: the :class:`~unigrad.core.rng.ProbeNoise` that generates ``z_i``.
         seed, step: the key of the estimate that produced the direction.
         coeffs: the weight ``a_i`` of each probe (for MeZO, ``c_i/q``).
         params: the parameters the direction is for, by identity; position = ``tensor`` part of the key.
     """
 
-    noise: Noise
+    noise: ProbeNoise
     seed: int
     step: int
     coeffs: tuple[float, ...]

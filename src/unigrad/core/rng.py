@@ -10,7 +10,7 @@ Two sources produce the same distributions:
 ``"generator"``
     A fresh ``torch.Generator`` per key and per chunk of :data:`CHUNK` elements, seeded with a
     SplitMix64 hash of the key. The canonical stream of a tensor is the concatenation of its chunks,
-    so an in-place consumer can stream a large tensor chunk by chunk (see :meth:`Noise.chunks`).
+    so an in-place consumer can stream a large tensor chunk by chunk (see :meth:`ProbeNoise.chunks`).
     Gaussian entries cost one RNG draw each; Rademacher entries are the bits of 32-bit random words,
     32 per draw (``benchmarks/noise_speed.py`` measures both against a forward pass; the figures are in
     ``docs/benchmarks.md``, Noise generation).
@@ -36,14 +36,16 @@ Two sources produce the same distributions:
 Distributions: ``"gaussian"`` (N(0, 1) entries), ``"rademacher"`` (±1 entries) and ``"sphere"``
 (uniform on the sphere of radius √d over *all* tensors of a probe, so E[uuᵀ] = I like the others).
 
-Tensors returned by :class:`Noise` may be views of the shared table: never modify them in place.
+Tensors returned by :class:`ProbeNoise` may be views of the shared table: never modify them in place.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -125,8 +127,9 @@ def noise_table(size: int, seed: int = 0, device: torch.device | str = "cpu", ki
     return _TABLES[k]
 
 
-class Noise:
-    """Seeded perturbation directions.
+class ProbeNoise:
+    """Seeded perturbation directions: the probes an estimator draws (not a noise *process* of
+    :mod:`unigrad.noise`, which models a network's or a device's own noise in time).
 
     Args:
         distribution: ``"gaussian"``, ``"rademacher"`` or ``"sphere"``.
@@ -153,7 +156,7 @@ class Noise:
         self._hashes: dict[tuple[int, ...], int] = {}  # memo of key_hash(seed, step, tensor, group)
 
     def __repr__(self) -> str:
-        return f"Noise({self.distribution!r}, source={self.source!r})"
+        return f"ProbeNoise({self.distribution!r}, source={self.source!r})"
 
     # -- raw per-tensor streams (before the sphere's joint scaling) ---------------------------
     def _raw_kind(self) -> str:
@@ -280,3 +283,16 @@ class Noise:
             s = torch.sqrt(d / sq)
             blocks = [b * s.to(b.dtype).view(-1, *([1] * (b.dim() - 1))) for b in blocks]
         return blocks
+
+
+def __getattr__(name: str) -> Any:
+    # the probe noise was called ``Noise`` before; the old name still works, with a warning
+    if name == "Noise":
+        warnings.warn(
+            "unigrad Noise is now called ProbeNoise (the probes an estimator draws; unigrad.noise holds noise "
+            "processes); use ProbeNoise",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return ProbeNoise
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -59,7 +59,7 @@ from unigrad.core.estimator import Estimator
 from unigrad.core.objective import Objective, reduce
 from unigrad.core.params import trainable
 from unigrad.core.probe import _Bound
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.second.curvature import FlatLoss, hutchinson_trace, keyed_probes, lanczos, tridiagonal
 
 _LANCZOS_TAG = 0x1A2C05
@@ -133,7 +133,7 @@ def _lanczos_top(flat: FlatLoss, iters: int, seed: int, tol: float) -> tuple[flo
     or where the Krylov space is invariant (``β ≤ 10⁻¹²`` times the largest Ritz value so far).
     """
     d, dtype, dev = flat.dim, flat.theta0.dtype, flat.theta0.device
-    start = Noise("gaussian").raw(seed, _LANCZOS_TAG, 0, 0, (d,), torch.float64, dev)
+    start = ProbeNoise("gaussian").raw(seed, _LANCZOS_TAG, 0, 0, (d,), torch.float64, dev)
     scale = 0.0
 
     def converged(alphas: list[float], betas: list[float], beta: float) -> bool:
@@ -186,7 +186,7 @@ def _flat_loss(model: nn.Module, objective: Objective) -> FlatLoss:
 def _hutchinson(flat: FlatLoss, probes: int, seed: int) -> tuple[float, float]:
     """Hutchinson's trace estimate (:func:`unigrad.second.curvature.hutchinson_trace`) of ``∇²f`` with
     Rademacher probes keyed ``(seed, _TRACE_TAG, probe)`` over the flat parameter vector."""
-    probe = keyed_probes(Noise("rademacher", source="generator"), seed, _TRACE_TAG, [flat.theta0])
+    probe = keyed_probes(ProbeNoise("rademacher", source="generator"), seed, _TRACE_TAG, [flat.theta0])
     return hutchinson_trace(flat.hvp, probe, probes)
 
 

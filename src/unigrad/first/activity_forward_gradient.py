@@ -16,7 +16,7 @@ from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, evaluate, losses_of, n_samples
 from unigrad.core.params import write_grad
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.nn.local_heads import LocallySupervised, head_key, pool, prepare_local_heads
 from unigrad.nn.perturbation import LayerTaps, layer_owners, per_sample_losses, signal_grads
 
@@ -104,7 +104,7 @@ class ActivityForwardGradient(Estimator):
         check_positive("probes", probes, integer=True)
         if not isinstance(local_losses, bool | int) or local_losses not in (0, 1):
             raise UnigradError(f"option local_losses must be true or false, got {local_losses!r}")
-        self.noise = Noise(distribution, noise_source)
+        self.noise = ProbeNoise(distribution, noise_source)
         self.probes, self.distribution, self.noise_source = probes, distribution, noise_source
         self.local_losses = bool(local_losses)
 

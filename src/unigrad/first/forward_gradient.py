@@ -16,7 +16,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, n_samples, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.probe import DEFAULT_MEMORY_BUDGET, _Bound, check_batching, probes_per_chunk
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.core.step_state import StepState
 
 
@@ -74,7 +74,7 @@ class ForwardGradient(Estimator):
         super().__init__(seed)
         check_positive("probes", probes, integer=True)
         check_batching(probe_batch, memory_budget)
-        self.noise = Noise(distribution, noise_source)
+        self.noise = ProbeNoise(distribution, noise_source)
         self.probes, self.distribution, self.noise_source = probes, distribution, noise_source
         self.probe_batch, self.memory_budget = probe_batch, memory_budget
 

@@ -14,7 +14,7 @@ pre-activation output ``h_l = W_l x_{l−1} + b_l``:
   output's shape (per sample) to ``h_l`` (``node_noise``), keeping what it added, and record each
   layer's output as it leaves the layer (``record_outputs``, after any noise was added).
 - :func:`gaussian_node_noise` draws ``ε_l = σ·z`` with ``z`` from a seeded
-  :class:`~unigrad.core.rng.Noise` stream (never the global RNG).
+  :class:`~unigrad.core.rng.ProbeNoise` stream (never the global RNG).
 - :func:`layer_grads` turns a signal ``G_l`` of the output's shape (e.g. ``δL/σ²·ε_l``) into the
   weight and bias updates ``Σ G_l x_{l−1}ᵀ`` and ``Σ G_l`` (for ``nn.Conv2d`` through
   ``torch.nn.grad.conv2d_weight``, summed over space for the bias).
@@ -39,7 +39,7 @@ from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.objective import Objective, evaluate
 from unigrad.core.options import check_seed
 from unigrad.core.params import write_grad
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.nn.decorrelation import DecorrelatedConv2d, DecorrelatedLinear
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d, DecorrelatedLinear, DecorrelatedConv2d)
@@ -162,7 +162,7 @@ class LayerTaps:
         self._handles.clear()
 
 
-def gaussian_node_noise(noise: Noise, seed: int, step: int, probe: int, sigma: float) -> NodeNoise:
+def gaussian_node_noise(noise: ProbeNoise, seed: int, step: int, probe: int, sigma: float) -> NodeNoise:
     """``ε_l = σ·z`` with ``z`` the stream keyed ``(seed, step, probe, l)``, shaped like the output."""
 
     def draw(index: int, output: Tensor) -> Tensor:
@@ -185,7 +185,7 @@ class NodeNoiseHandle:
         check_positive("sigma", sigma)
         check_seed("seed", seed)
         self.sigma, self.seed = float(sigma), seed
-        self.noise = Noise("gaussian", noise_source)
+        self.noise = ProbeNoise("gaussian", noise_source)
         self.layers = perturbable_layers(model)
         self.forwards = [0] * len(self.layers)
         self._handles = [layer.register_forward_hook(self._hook(i)) for i, (_, layer) in enumerate(self.layers)]
@@ -217,7 +217,7 @@ class NodeNoiseHandle:
 def attach_node_noise(model: nn.Module, sigma: float, seed: int = 0, noise_source: str = "auto") -> NodeNoiseHandle:
     """Make ``model`` noisy: ``h_l ← h_l + σ·z`` on every forward of every ``nn.Linear``/``nn.Conv2d``.
 
-    ``z`` is keyed ``(seed, k, 0, l)`` through :class:`~unigrad.core.rng.Noise` (``k`` counts the
+    ``z`` is keyed ``(seed, k, 0, l)`` through :class:`~unigrad.core.rng.ProbeNoise` (``k`` counts the
     forwards of layer ``l``), never the global RNG. Returns a handle; ``handle.remove()`` (or leaving
     ``with attach_node_noise(...)``) makes the model deterministic again.
     """

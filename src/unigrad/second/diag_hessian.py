@@ -13,7 +13,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_finite, loss_and_gradient
 from unigrad.core.options import check_choice, check_fraction, check_positive
 from unigrad.core.params import write_grad
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.second.curvature import FlatLoss, hutchinson_diagonal, keyed_probes
 
 RULES = ("sophia", "adahessian", "newton")
@@ -181,7 +181,7 @@ class DiagHessian(Estimator):
         if spatial_average and rule != "adahessian":
             raise UnigradError(f"option spatial_average applies to rule adahessian only, not {rule!r}")
         check_choice("distribution", distribution, DISTRIBUTIONS)
-        self.noise = Noise(distribution, noise_source)
+        self.noise = ProbeNoise(distribution, noise_source)
         self.rule, self.probes, self.interval = rule, probes, interval
         self.beta, self.eps, self.gamma, self.momentum = float(beta), float(eps), float(gamma), float(momentum)
         self.bias_correction, self.spatial_average = bool(bias_correction), bool(spatial_average)

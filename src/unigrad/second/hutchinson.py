@@ -22,10 +22,10 @@ import torch
 from torch import Tensor
 
 from unigrad.core.errors import check_positive
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 
 
-def keyed_probes(noise: Noise, seed: int, step: int, like: Sequence[Tensor]) -> Callable[[int], Tensor]:
+def keyed_probes(noise: ProbeNoise, seed: int, step: int, like: Sequence[Tensor]) -> Callable[[int], Tensor]:
     """``i ↦`` probe ``i``: ``noise``'s direction keyed ``(seed, step, i, tensor)`` for tensors shaped
     like ``like``, concatenated flat (a single flat tensor in ``like`` is one stream)."""
 

@@ -149,7 +149,7 @@ def lanczos(
             results (the cubic-newton steps use the classical form, the sharpness diagnostic the modified).
         reorthogonalize: orthogonalise every new vector against the whole basis (twice).
         random_vector: ``i ↦`` the ``i``-th random vector, drawn from a keyed stream
-            (:func:`unigrad.core.rng.generator` or :class:`~unigrad.core.rng.Noise`; never the global
+            (:func:`unigrad.core.rng.generator` or :class:`~unigrad.core.rng.ProbeNoise`; never the global
             RNG). With it, a breakdown (``β_j ≤ √ε·s``, ``s`` the largest ``|α|``, ``|β|`` so far, ``ε``
             the working precision's) continues with a random vector orthogonalised against the basis,
             keeping the coupling ``q_{j+1}ᵀw`` as ``β_j``. Without it, only ``β_j = 0`` ends the run.

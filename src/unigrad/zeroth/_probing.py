@@ -27,7 +27,7 @@ from unigrad.core.exchange import ProbeExchange
 from unigrad.core.objective import Objective
 from unigrad.core.precision import warn_if_sigma_too_small
 from unigrad.core.probe import perturbed_losses, probe_means
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 
 
 def check_probes(probes: int, sigma: float) -> None:
@@ -41,7 +41,7 @@ def probe_losses(
     model: nn.Module,
     objective: Objective,
     params: Sequence[tuple[str, Tensor]],
-    noise: Noise,
+    noise: ProbeNoise,
     seed: int,
     step: int,
     probes: int,
@@ -84,7 +84,7 @@ def gather_losses(exchange: ProbeExchange, local: Tensor, probes: int, cost: Cos
 
 @torch.no_grad()
 def combine(
-    params: Sequence[tuple[str, Tensor]], noise: Noise, seed: int, step: int, coeffs: Tensor, chunk: int
+    params: Sequence[tuple[str, Tensor]], noise: ProbeNoise, seed: int, step: int, coeffs: Tensor, chunk: int
 ) -> list[Tensor]:
     """``Σ_i coeffs[i]·u_i`` for every tensor, regenerating the directions from their keys."""
     values = [p.detach() for _, p in params]

@@ -12,7 +12,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.nn.perturbation import (
     LayerTaps,
     NodeNoise,
@@ -131,7 +131,7 @@ class ANP(Estimator):
         check_choice("passes", passes, PASSES)
         check_choice("noise", noise, NOISES)
         check_external_noise(noise, passes, "model")
-        self.noise_stream = Noise("gaussian", noise_source)
+        self.noise_stream = ProbeNoise("gaussian", noise_source)
         self.probes, self.sigma, self.scale = probes, float(sigma), scale
         self.passes, self.noise, self.noise_source = passes, noise, noise_source
 

@@ -12,7 +12,7 @@ from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective
 from unigrad.core.params import write_grad
 from unigrad.core.probe import DEFAULT_MEMORY_BUDGET, check_batching, probes_per_chunk
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.core.shaping import shaper
 from unigrad.zeroth._probing import check_probes, combine, probe_losses
 
@@ -82,7 +82,7 @@ class ES(Estimator):
         check_probes(probes, sigma)
         self._shape = shaper(fitness_shaping)
         check_batching(probe_batch, memory_budget)
-        self.noise = Noise("gaussian", noise_source)
+        self.noise = ProbeNoise("gaussian", noise_source)
         self.probes, self.sigma, self.fitness_shaping = probes, float(sigma), fitness_shaping
         self.noise_source, self.probe_batch, self.memory_budget = noise_source, probe_batch, memory_budget
         self.exchange = check_exchange(exchange)

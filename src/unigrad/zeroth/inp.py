@@ -11,7 +11,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.nn.perturbation import (
     LayerTaps,
     NodeNoise,
@@ -93,7 +93,7 @@ class INP(Estimator):
     def __init__(self, probes: int = 1, sigma: float = 1e-3, noise_source: str = "auto", seed: int = 0) -> None:
         super().__init__(seed)
         check_probes(probes, sigma)
-        self.noise = Noise("gaussian", noise_source)
+        self.noise = ProbeNoise("gaussian", noise_source)
         self.probes, self.sigma, self.noise_source = probes, float(sigma), noise_source
 
     @torch.no_grad()

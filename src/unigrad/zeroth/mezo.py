@@ -14,7 +14,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.replay import ReplayDirection, flat_view
-from unigrad.core.rng import CHUNK, Noise
+from unigrad.core.rng import CHUNK, ProbeNoise
 from unigrad.zeroth._probing import check_probes, gather_losses
 
 DISTRIBUTIONS = ("gaussian", "rademacher")
@@ -115,7 +115,7 @@ class MeZO(Estimator):
         check_choice("distribution", distribution, DISTRIBUTIONS)
         if not isinstance(write_grad, bool):
             raise UnigradError(f"option write_grad must be True or False, got {write_grad!r}")
-        self.noise = Noise(distribution, noise_source, table_size)
+        self.noise = ProbeNoise(distribution, noise_source, table_size)
         self.probes, self.sigma, self.distribution = probes, float(sigma), distribution
         self.noise_source, self.table_size, self.write_grad = noise_source, table_size, write_grad
         self.exchange = check_exchange(exchange)

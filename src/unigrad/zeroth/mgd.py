@@ -14,7 +14,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.options import check_int
 from unigrad.core.params import write_grad
-from unigrad.core.rng import Noise, generator
+from unigrad.core.rng import ProbeNoise, generator
 
 DITHERS = ("random-sign", "walsh", "sinusoid")
 BASELINES = ("clean", "mean")
@@ -60,7 +60,7 @@ class MGD(Estimator):
 
     ``"random-sign"`` (code multiplexing with random codes)
         ``s_k(t) = ±1`` Rademacher, independent over entries and steps, keyed by
-        ``(seed, step, t, tensor)`` through :class:`~unigrad.core.rng.Noise` (exact generator
+        ``(seed, step, t, tensor)`` through :class:`~unigrad.core.rng.ProbeNoise` (exact generator
         stream). Random codes are only orthogonal on average: ``E[g] = g*`` (for a linear loss, and up
         to O(σ²) otherwise), with ``E‖g − g*‖² = ((d−1)/T)·‖g*‖²``, so the cosine with the gradient is
         ``≈ 1/√(1 + (d−1)/T)``, about ``√(T/d)`` when ``T ≪ d``. Works for any ``d`` and ``T``.
@@ -179,7 +179,7 @@ class MGD(Estimator):
             raise UnigradError(f"option window must be >= 3 for dither 'sinusoid' (one frequency), got {window}")
         check_positive("sigma", sigma)
         self.dither, self.window, self.sigma, self.baseline = dither, window, float(sigma), baseline
-        self.noise = Noise("rademacher", "generator")
+        self.noise = ProbeNoise("rademacher", "generator")
         if dither == "walsh":
             self.code_table: Tensor | None = hadamard(window)[1:]  # rows 1..T−1: never the constant row
         elif dither == "sinusoid":

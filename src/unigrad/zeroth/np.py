@@ -12,7 +12,7 @@ from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.nn.perturbation import (
     LayerTaps,
     accumulate_signal,
@@ -91,7 +91,7 @@ class NP(Estimator):
     ) -> None:
         super().__init__(seed)
         check_probes(probes, sigma)
-        self.noise = Noise("gaussian", noise_source)
+        self.noise = ProbeNoise("gaussian", noise_source)
         self.probes, self.sigma, self.noise_source = probes, float(sigma), noise_source
         self.exchange = check_exchange(exchange)
 

@@ -14,7 +14,7 @@ from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.probe import DEFAULT_MEMORY_BUDGET, check_batching, probes_per_chunk
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.zeroth._probing import check_probes, combine, gather_losses, probe_losses
 
 SCHEMES = ("central", "forward", "one-point")
@@ -83,7 +83,7 @@ class RGE(Estimator):
         check_probes(probes, sigma)
         check_choice("scheme", scheme, SCHEMES)
         check_batching(probe_batch, memory_budget)
-        self.noise = Noise(distribution, noise_source)
+        self.noise = ProbeNoise(distribution, noise_source)
         self.probes, self.sigma, self.scheme = probes, float(sigma), scheme
         self.distribution, self.noise_source = distribution, noise_source
         self.probe_batch, self.memory_budget = probe_batch, memory_budget

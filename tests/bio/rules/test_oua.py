@@ -26,7 +26,7 @@ from unigrad import UnigradError
 from unigrad.bio.rules.oua import OUA
 from unigrad.core.objective import reduce
 from unigrad.core.params import trainable
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 
 
 def _deviations(est: OUA, problem, calls: int) -> torch.Tensor:
@@ -71,7 +71,7 @@ def test_deviation_is_the_keyed_recursion_and_the_direction_is_minus_rpe_delta_d
     problem = logistic()
     model, obj = problem.model, problem.objective
     est = OUA(lam=1.5, sigma=0.2, eps=2.0, dt=0.1, baseline=-0.5, seed=7)
-    noise = Noise("gaussian", "generator")
+    noise = ProbeNoise("gaussian", "generator")
     params = trainable(model)
     delta = [torch.zeros_like(p) for _, p in params]
     rbar = -0.5

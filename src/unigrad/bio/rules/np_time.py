@@ -15,7 +15,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
 from unigrad.core.options import check_number
 from unigrad.core.params import write_grad
-from unigrad.core.rng import Noise
+from unigrad.core.rng import ProbeNoise
 from unigrad.nn.decorrelation import DecorrelatedLinear
 from unigrad.nn.perturbation import check_external_noise
 from unigrad.zeroth.anp import NOISES, PASSES, SCALES, anp_coefficients
@@ -196,7 +196,7 @@ class NPTime(Estimator):
                 "variant='np' with noise='external' cannot perturb the outputs (only the network's own noise "
                 "probes); use readout='local' or variant='anp'"
             )
-        self.noise_stream = Noise("gaussian", noise_source)
+        self.noise_stream = ProbeNoise("gaussian", noise_source)
         self.probes, self.sigma, self.variant, self.scale = probes, float(sigma), variant, scale
         self.readout, self.passes, self.noise, self.noise_source = readout, passes, noise, noise_source
 

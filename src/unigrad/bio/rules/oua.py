@@ -16,7 +16,7 @@ from unigrad.core.objective import Objective, check_finite, reduce
 from unigrad.core.options import check_int, check_number
 from unigrad.core.params import write_grad
 from unigrad.core.probe import losses_at
-from unigrad.core.rng import SOURCES, Noise
+from unigrad.core.rng import SOURCES, ProbeNoise
 
 SCHEMES = ("euler-maruyama", "heun", "exact")
 INITS = ("zero", "stationary")
@@ -174,7 +174,7 @@ class OUA(Estimator):
         self.scheme, self.init, self.reset_every, self.reward = scheme, init, reset_every, reward
         self.baseline = None if baseline is None else float(baseline)
         self.noise_source = noise_source
-        self.noise = Noise("gaussian", noise_source)
+        self.noise = ProbeNoise("gaussian", noise_source)
         self.a, self.b = self._coefficients()
         self.delta: list[Tensor] | None = None
         self.rbar: float | None = self.baseline
