@@ -12,6 +12,7 @@ from unigrad.nn.decorrelation import (
     DecorrelatedLinear,
     Decorrelation,
     decorrelate,
+    is_decorrelated,
     mean_offdiag,
     update_decorrelation,
 )
@@ -221,6 +222,20 @@ def test_patchwise_conv_decorrelation() -> None:
     torch.testing.assert_close(model(x).detach(), moved, rtol=1e-10, atol=1e-10)
     with pytest.raises(UnigradError, match="groups"):
         DecorrelatedConv2d(nn.Conv2d(4, 4, 3, groups=2))
+
+
+def test_pairs_refuse_other_layers_and_keep_the_layer_under_its_name() -> None:
+    with pytest.raises(UnigradError, match=r"^DecorrelatedLinear wraps an nn.Linear, got Conv2d$"):
+        DecorrelatedLinear(nn.Conv2d(2, 2, 3))  # type: ignore[arg-type]
+    with pytest.raises(UnigradError, match=r"^DecorrelatedConv2d wraps an nn.Conv2d, got Linear$"):
+        DecorrelatedConv2d(nn.Linear(2, 2))  # type: ignore[arg-type]
+    lin, conv = nn.Linear(5, 3).double(), nn.Conv2d(2, 4, 3)
+    a, b = DecorrelatedLinear(lin, sample=7, seed=3, compensate=True), DecorrelatedConv2d(conv)
+    assert a.inner is a.linear is lin and b.inner is b.conv is conv
+    assert (a.decor.features, a.decor.sample, a.decor.seed, a.compensate) == (5, 7, 3, True)
+    assert a.decor.R.dtype == torch.float64 and b.decor.features == 2 * 3 * 3 and not b.compensate
+    assert list(a.state_dict()) == ["decor.R", "decor._extra_state", "linear.weight", "linear.bias"]
+    assert is_decorrelated(nn.Sequential(nn.ReLU(), b)) and not is_decorrelated(nn.Sequential(lin))
 
 
 @pytest.mark.parametrize("rule", ["offdiag", "cov-identity"])
