@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from unigrad.core.parallel import run_calls
 from unigrad.experiments.crossbar_sweep import MODE_OPTIONS, STEPS, _data, _Maker, config
 from unigrad.hardware.crossbar import CrossbarConfig
 from unigrad.hardware.train import train_device
 from unigrad.noise import WhiteGaussian
+from unigrad.train.parallel import run_calls
 
 NODE_NOISE = 0.05
 

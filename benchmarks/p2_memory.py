@@ -37,7 +37,7 @@ from torch import nn
 import unigrad
 from unigrad.core import rng
 from unigrad.core.memory import peak_memory
-from unigrad.core.replay import ReplaySGD
+from unigrad.optim import ReplaySGD
 from unigrad.zeroth.mezo import MeZO
 
 BATCH = 256

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 import unigrad
-from unigrad.core.replay import ReplaySGD
 from unigrad.data.tasks import get_task
+from unigrad.optim import ReplaySGD
 
 
 def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -24,8 +24,9 @@ from tests.problems import (
 from unigrad import UnigradError, make_estimator, objective
 from unigrad.core.memory import peak_memory
 from unigrad.core.params import trainable
-from unigrad.core.replay import ReplayDirection, ReplaySGD
+from unigrad.core.replay import ReplayDirection
 from unigrad.core.rng import CHUNK, ProbeNoise
+from unigrad.optim import ReplaySGD
 from unigrad.zeroth.mezo import MeZO
 from unigrad.zeroth.rge import RGE
 

@@ -9,7 +9,7 @@ options from a TOML file (:mod:`unigrad.config`); options typed on the command l
 sharpness, Hessian trace, drift, step size) and plots them in the report; their cost is kept out
 of the run's own. ``runs list|show|compare|export|groups`` reads the store. ``experiment NAME``
 runs one of the experiments (:mod:`unigrad.experiments`: scaling laws, biology, hardware) and
-writes its figures and report. ``bench`` runs the benchmark suite (:mod:`unigrad.bench`: tasks ×
+writes its figures and report. ``bench`` runs the benchmark suite (:mod:`unigrad.suite`: tasks ×
 methods × seeds at equal budgets, against third-party black-box optimizers; ``--list`` shows the
 tasks with their budgets and methods).
 

@@ -1,4 +1,4 @@
-"""``unigrad bench``: the benchmark suite (:mod:`unigrad.bench`), or ``--list`` its tasks."""
+"""``unigrad bench``: the benchmark suite (:mod:`unigrad.suite`), or ``--list`` its tasks."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def add_bench_parser(sub: Any) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``unigrad bench``: run the suite (or ``--list`` it); 1 if a run failed or diverged, else 0."""
-    from unigrad.bench.run import bench
-    from unigrad.bench.suite import TASKS, default_methods
+    from unigrad.suite.run import bench
+    from unigrad.suite.tasks import TASKS, default_methods
 
     if args.list:
         for task in TASKS.values():

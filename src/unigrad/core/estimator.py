@@ -79,7 +79,7 @@ class Estimator(abc.ABC):
     (:mod:`unigrad.distributed`)."""
     write_grad: bool = True
     """Whether :meth:`estimate` writes the direction into ``.grad``. MeZO with ``write_grad=False`` does not (it
-    returns the direction compressed, for :class:`~unigrad.core.replay.ReplaySGD`), so a loop that steps a
+    returns the direction compressed, for :class:`~unigrad.optim.ReplaySGD`), so a loop that steps a
     ``torch.optim`` optimizer from ``.grad`` cannot train with it."""
 
     def __init__(self, seed: int = 0) -> None:

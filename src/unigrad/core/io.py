@@ -27,7 +27,7 @@ MNIST-1D cache (``data/mnist1d.py``)         no     no            unique        
 The CSV export alone passes ``overwrite=False`` (unless ``--force``).
 
 It lives in ``core/`` because every floor writes files: ``data/`` (the MNIST-1D cache) as well as
-``train/`` (results, reports, plots, checkpoints, the store's CSV export) and ``bench/``, and a lower
+``train/`` (results, reports, plots, checkpoints, the store's CSV export) and ``suite/``, and a lower
 floor never imports a higher one. It imports only the standard library and :mod:`unigrad.core.errors`
 (tensors and NumPy values are recognised by duck typing).
 """

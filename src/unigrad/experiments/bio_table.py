@@ -33,7 +33,6 @@ from unigrad.bio.rate_rnn import RateRNN
 from unigrad.bio.tasks import get_bio_task
 from unigrad.bio.train import BioRun, train_temporal
 from unigrad.core.errors import check_positive
-from unigrad.core.parallel import run_calls
 from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
@@ -46,6 +45,7 @@ from unigrad.experiments._common import (
     write_report,
     write_results,
 )
+from unigrad.train.parallel import run_calls
 
 TASKS = ("perceptual-decision", "dnms", "reaching", "copy", "mackey-glass")
 

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import torch
 
 from unigrad.core.errors import check_positive
-from unigrad.core.parallel import run_calls
 from unigrad.experiments import _common
 from unigrad.experiments._common import (
     Progress,
@@ -39,6 +38,7 @@ from unigrad.experiments._common import (
 from unigrad.hardware.crossbar import CrossbarConfig, CrossbarMLP
 from unigrad.hardware.energy import EnergyModel
 from unigrad.hardware.train import DeviceRun, train_device
+from unigrad.train.parallel import run_calls
 
 SIZES = [784, 128, 10]
 STEPS = 3000

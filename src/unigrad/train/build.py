@@ -40,11 +40,11 @@ def build_model(
 def check_trainable(estimator: Estimator) -> Estimator:
     """Refuse an estimator that would leave ``.grad`` empty: the loop steps a ``torch.optim`` optimizer from
     ``.grad``, so it would report success and train nothing (MeZO with ``write_grad=False`` returns its
-    direction compressed, for :class:`~unigrad.core.replay.ReplaySGD` in a loop of one's own)."""
+    direction compressed, for :class:`~unigrad.optim.ReplaySGD` in a loop of one's own)."""
     if estimator.write_grad is False:
         raise UnigradError(
             f"option write_grad=false of {estimator.name} leaves .grad empty and the training loop steps from .grad, "
-            "so nothing would train; drop the option (memory-lean MeZO-SGD: unigrad.core.replay.ReplaySGD in your "
+            "so nothing would train; drop the option (memory-lean MeZO-SGD: unigrad.optim.ReplaySGD in your "
             "own loop, see examples/quickstart.py)"
         )
     return estimator

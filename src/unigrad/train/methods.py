@@ -3,13 +3,13 @@
 :func:`parse_method` turns a spec into a :class:`MethodSpec` (estimator name and options, optimizer,
 learning rate, decorrelation); :func:`parse_methods` a comma-separated list of them, :func:`parse_seeds`
 a count or a list of seeds. The comparison runner (:mod:`unigrad.train.compare`), the command line,
-the configuration files (:mod:`unigrad.config`) and the benchmark suite (:mod:`unigrad.bench`) all read
+the configuration files (:mod:`unigrad.config`) and the benchmark suite (:mod:`unigrad.suite`) all read
 their methods here.
 
 This module lives in ``train/``, not at the package top: a spec is checked against what the training
 loop accepts (its optimizers, its decorrelation options, a model with trainable parameters:
 :mod:`unigrad.train.trainer`), so it depends on ``train/`` as the runner does. The rooms that use it
-(``bench/``, ``distributed/``, the command line) already sit above ``train/`` and may import it; it
+(``suite/``, ``distributed/``, the command line) already sit above ``train/`` and may import it; it
 imports only the trainer, the registry and ``core/``, never the runner.
 
 Method specs read ``name[:key=value]...``; ``lr`` and ``optimizer`` go to the optimizer, every

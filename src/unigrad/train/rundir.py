@@ -2,7 +2,7 @@
 
 :func:`run_dir` makes the output folder of a command (``runs/<prefix>-<task>-<YYYYmmdd-HHMMSS>`` unless one is
 given) and :func:`environment` lists the versions and machine facts that ``results.json`` and the experiment store
-keep. The comparison runner (:mod:`unigrad.train.compare`), the benchmark suite (:mod:`unigrad.bench`) and
+keep. The comparison runner (:mod:`unigrad.train.compare`), the benchmark suite (:mod:`unigrad.suite`) and
 ``train --distributed`` all use them; they depend on ``core/`` only, not on the runner.
 """
 

@@ -54,13 +54,13 @@ class MeZO(Estimator):
     while the last probe is restored, so any ``torch.optim`` optimizer can step. With
     ``write_grad=False``, ``.grad`` is left untouched and ``Estimate.info["direction"]`` holds ``g`` in
     compressed form (a :class:`~unigrad.core.replay.ReplayDirection`: noise keys and the coefficients
-    ``c_i/q``); :class:`~unigrad.core.replay.ReplaySGD` applies θ ← θ − η(g + λθ) by regenerating
+    ``c_i/q``); :class:`~unigrad.optim.ReplaySGD` applies θ ← θ − η(g + λθ) by regenerating
     ``z_i`` chunk by chunk, which is the paper's MeZO-SGD. This departs from the ``.grad`` contract on
     purpose: ``.grad`` alone costs as much as the model (see :mod:`unigrad.core.replay`). The replayed
     direction is bitwise equal to the dense ``.grad`` of the same seed and step.
 
     Cost: ``2qB`` forward samples for a batch of B; three passes of noise generation per probe (plus one
-    per probe for :class:`~unigrad.core.replay.ReplaySGD`), as in the paper's algorithm. The loss reported
+    per probe for :class:`~unigrad.optim.ReplaySGD`), as in the paper's algorithm. The loss reported
     is the mean of the 2q probe losses (``loss_is_probe_mean``). Warns when σ is too small to move most
     parameters at their precision. A step takes several times the time of its two forwards on a CPU, and
     far more on a GPU, where the chunk-by-chunk work is bound by kernel launches and host syncs, so there

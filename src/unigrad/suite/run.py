@@ -7,7 +7,7 @@ writes ``runs/bench-<YYYYmmdd-HHMMSS>/`` (or ``out``) and returns the folder:
   of evaluation points, final metric, FE spent, wall seconds, status and message) and the notes on
   methods that were skipped;
 * ``report.md``, ``metric_vs_fe_<task>.png``, ``metric_vs_seconds_<task>.png`` and ``win_matrix.png``
-  (:mod:`unigrad.bench.report`).
+  (:mod:`unigrad.suite.report`).
 
 The classification tasks run through :func:`unigrad.train.train` (budget ``forwards=N``). The
 others run :func:`run_loop` (a :class:`~unigrad.train.loop.TrainingLoop`): ``estimator.estimate`` then
@@ -21,7 +21,7 @@ accuracy on classification tasks, whose points also carry the trainer's own fiel
 
 Runs are independent and keyed by their seed (initial weights or start point, data order or
 episodes, the estimator's noise), so ``jobs > 1`` (that many processes, one torch thread each, via
-:func:`unigrad.core.parallel.run_calls`) gives the same metrics; only wall times change. A run that
+:func:`unigrad.train.parallel.run_calls`) gives the same metrics; only wall times change. A run that
 fails (a method that cannot handle a task) is recorded with status ``"failed"`` and its message, and
 the others go on.
 """
@@ -39,13 +39,13 @@ from typing import Any
 
 import torch
 
-from unigrad.bench.suite import PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
 from unigrad.core.errors import UnigradError
 from unigrad.core.io import write_json as write_json_file
 from unigrad.core.options import check_number, check_optional, check_positive
-from unigrad.core.parallel import run_calls
+from unigrad.suite.tasks import PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
 from unigrad.train.loop import Batch, Fractions, Hook, StepRecord, TrainingLoop
 from unigrad.train.methods import MethodSpec, parse_seeds
+from unigrad.train.parallel import run_calls
 from unigrad.train.rundir import environment, run_dir
 
 
@@ -196,7 +196,7 @@ def bench(
     ``budget`` (FE) replaces every task's default budget, else the defaults are scaled by
     ``budget_scale``. ``progress`` prints a line per finished run (through ``log``, default stderr).
     """
-    from unigrad.bench.report import write_plots, write_report
+    from unigrad.suite.report import write_plots, write_report
 
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     task_list, method_list, seed_list = _check(tasks, methods, seeds, budget_scale, budget, jobs)

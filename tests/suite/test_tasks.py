@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from unigrad.bench import problems
-from unigrad.bench.suite import (
+from unigrad.core.errors import UnigradError
+from unigrad.core.params import trainable
+from unigrad.suite import problems
+from unigrad.suite.tasks import (
     PEERS,
     TASKS,
     default_methods,
@@ -14,8 +16,6 @@ from unigrad.bench.suite import (
     parse_tasks,
     resolve_methods,
 )
-from unigrad.core.errors import UnigradError
-from unigrad.core.params import trainable
 
 
 def test_registry_holds_the_tasks_with_their_budgets_and_metrics():
@@ -88,7 +88,7 @@ def test_a_method_whose_estimator_declares_a_smaller_max_dim_is_skipped(monkeypa
 
 
 def test_a_peer_that_cannot_be_built_is_skipped_with_a_note(monkeypatch):
-    from unigrad.bench import suite
+    from unigrad.suite import tasks as suite
 
     def broken(name: str) -> None:
         raise UnigradError(f"peer {name} needs a package that is missing")

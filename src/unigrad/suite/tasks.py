@@ -20,7 +20,7 @@ rastrigin-D      function        evaluation         see below   f(x) (lower is b
 The functions come in D = 10, 100 and 1000 dimensions with budgets of 2·10⁴, 10⁵ and 10⁵
 evaluations (2000·D, 1000·D and 100·D: in 1000 dimensions the full-covariance peers ``cma`` and
 ``xnes`` spend up to seconds per generation, so a larger budget would take them hours per run).
-:mod:`unigrad.bench.problems` defines the problems.
+:mod:`unigrad.suite.problems` defines the problems.
 
 Default methods of a task: unigrad's zeroth-order estimators (``spsa``, ``es``, ``mezo``, plus
 ``anp`` on the classification tasks: it perturbs ``nn.Linear`` outputs and needs per-sample
@@ -103,8 +103,8 @@ class BenchTask:
     excluded: Mapping[str, str] = field(default_factory=dict)
 
     def problem(self) -> object:
-        """A :class:`~unigrad.data.tasks.Task` (classification) or a problem of :mod:`unigrad.bench.problems`."""
-        from unigrad.bench import problems
+        """A :class:`~unigrad.data.tasks.Task` (classification) or a problem of :mod:`unigrad.suite.problems`."""
+        from unigrad.suite import problems
 
         if self.kind == "classification":
             from unigrad.data.tasks import get_task
@@ -141,7 +141,7 @@ def _classification(name: str, description: str, budget: float, dim: int, **over
 
 
 def _function(fn: str, dim: int) -> BenchTask:
-    from unigrad.bench.problems import FUNCTIONS
+    from unigrad.suite.problems import FUNCTIONS
 
     budget = {10: 2e4, 100: 1e5, 1000: 1e5}[dim]
     lr = 3e-3 if dim >= 1000 else 1e-2

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unigrad import cli
-from unigrad.bench.suite import TASKS
+from unigrad.suite.tasks import TASKS
 
 
 def test_list_prints_tasks_budgets_and_methods(capsys):

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from unigrad.bench.report import plot_name
-from unigrad.bench.run import bench, run_loop
-from unigrad.bench.suite import get_bench_task, method_spec
 from unigrad.core.errors import UnigradError
+from unigrad.suite.report import plot_name
+from unigrad.suite.run import bench, run_loop
+from unigrad.suite.tasks import get_bench_task, method_spec
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_bad_arguments_raise_before_anything_runs(tmp_path):
 
 
 def test_command_line_reproduces_the_seeds():
-    from unigrad.bench.run import command_line
+    from unigrad.suite.run import command_line
     from unigrad.train.methods import parse_seeds
 
     for seeds in ([0], [0, 1, 2], [5], [0, 5, 7]):
@@ -87,7 +87,7 @@ def test_budget_and_budget_scale_are_exclusive(tmp_path):
 def test_a_scaled_down_budget_does_not_warn_about_the_suites_evaluation_points():
     import warnings
 
-    from unigrad.bench.run import run_one
+    from unigrad.suite.run import run_one
 
     # 1,000 forward-pass equivalents are 6 backprop steps, fewer than the task's evaluation points: the suite chose
     # those points, so the trainer's warning about points a run could not reach is not for the user

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from unigrad.bench.problems import FUNCTIONS, CartPoleProblem, FunctionProblem, rastrigin, rosenbrock, sphere
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
 from unigrad.core.objective import evaluate
+from unigrad.suite.problems import FUNCTIONS, CartPoleProblem, FunctionProblem, rastrigin, rosenbrock, sphere
 
 
 @pytest.mark.parametrize("name", sorted(FUNCTIONS))

@@ -5,7 +5,7 @@ How the comparison is computed (all from ``results.json``):
 * **Final metric**: the metric at the last evaluation point of a run (the last good one if the run
   diverged); mean ± sd over seeds. Failed runs are left out.
 * **unigrad's best zeroth-order method** on a task (:func:`best_zeroth_order`): the order-0 method,
-  not one of the peers (:data:`unigrad.bench.suite.PEERS`), with the best mean final metric.
+  not one of the peers (:data:`unigrad.suite.tasks.PEERS`), with the best mean final metric.
 * **Best ZO vs a peer at equal FE**: both spent the task's budget; the one with the better mean
   final metric wins.
 * **Time to reach**: ``target`` is the best value on the peer's mean curve against wall seconds
@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from unigrad.bench.suite import PEERS
 from unigrad.core.io import atomic_write
+from unigrad.suite.tasks import PEERS
 
 CURVE_POINTS = 200
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from unigrad.bench.report import best_zeroth_order, mean_curve, speedup, time_to_reach, win_matrix
-from unigrad.bench.suite import PEERS
+from unigrad.suite.report import best_zeroth_order, mean_curve, speedup, time_to_reach, win_matrix
+from unigrad.suite.tasks import PEERS
 
 # Every comparison here is of float64 interpolations and means of small integers and halves: exact or within a few
 # eps64, ≪ pytest.approx's rel 1e-6 and assert_allclose's rtol 1e-7.
