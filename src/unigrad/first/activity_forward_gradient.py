@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, check_differentiable, evaluate, losses_of, n_samples
 from unigrad.core.params import write_grad
 from unigrad.core.rng import ProbeNoise
+from unigrad.first._forward_mode import forward_mode
 from unigrad.nn.local_heads import LocallySupervised, head_key, pool, prepare_local_heads
 from unigrad.nn.perturbation import LayerTaps, layer_owners, per_sample_losses, signal_grads
 
@@ -273,9 +273,7 @@ def _jvps(
 
     if not primals:  # no perturbable layer ran: the loss does not depend on the trainable parameters
         return torch.zeros(q, batch), 0
-    with torch.no_grad(), warnings.catch_warnings():
-        # PyTorch's own forward-AD decompositions are loaded with a deprecated torch.jit.script on first use
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
+    with forward_mode():
         if q > 1 and vmappable:
             try:
                 return torch.vmap(one, randomness="same")(*tangents), 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +17,7 @@ from unigrad.core.params import write_grad
 from unigrad.core.probe import DEFAULT_MEMORY_BUDGET, _Bound, check_batching, probes_per_chunk
 from unigrad.core.rng import ProbeNoise
 from unigrad.core.step_state import StepState
+from unigrad.first._forward_mode import forward_mode
 
 
 class ForwardGradient(Estimator):
@@ -137,9 +137,7 @@ def _jvps(
         losses, dlosses, buffers = jvp(f, primals, tangent, has_aux=True)
         return losses, reduce(dlosses), buffers
 
-    with torch.no_grad(), warnings.catch_warnings():
-        # PyTorch's own forward-AD decompositions are loaded with a deprecated torch.jit.script on first use
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=DeprecationWarning)
+    with forward_mode():
         if P > 1 and vmappable:
             try:
                 losses, d, buffers = torch.vmap(one, randomness="same")(*tangents)
