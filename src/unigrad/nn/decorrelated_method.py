@@ -136,7 +136,12 @@ class Decorrelated(Estimator):
 
     @property
     def step(self) -> int:  # type: ignore[override]
+        """``base``'s step counter (settable, as on every estimator: it keys the next estimate's noise)."""
         return self.base.step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.base.step = value
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """Decorrelate ``model`` in place (:func:`decorrelate` with this method's options, keyed by the seed) and
