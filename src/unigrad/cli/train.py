@@ -24,7 +24,9 @@ from unigrad.core.options import one_line
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     """The options ``train`` and ``compare`` share: batch, device, precision, threads, output and store."""
-    p.add_argument("--batch-size", type=positive_int, default=64, help="samples per step (default 64)")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=None, help="samples per step (default the task's: 64, 32 for k16)"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument(
         "--dtype",
@@ -213,7 +215,7 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
             lr=spec.lr,
             estimator_options=spec.options,
             budget=budget,
-            batch_size=args.batch_size,
+            batch_size=_batch_size(args),
             seed=args.seed,
             device=args.device,
             dtype=args.dtype,
@@ -273,7 +275,7 @@ def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _compare_options(args: argparse.Namespace, argv: Sequence[str]) -> dict[str, Any]:
     """The options ``train`` and ``compare`` pass alike to :func:`unigrad.train.compare.compare`."""
     return {
-        "batch_size": args.batch_size,
+        "batch_size": _batch_size(args),
         "device": args.device,
         "dtype": args.dtype,
         "eval_points": args.eval_points,
@@ -284,6 +286,13 @@ def _compare_options(args: argparse.Namespace, argv: Sequence[str]) -> dict[str,
         "rerun": args.rerun,
         **_diagnostics(args),
     }
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    """``--batch-size``, or the task's default batch size."""
+    from unigrad.data.tasks import get_task
+
+    return args.batch_size if args.batch_size is not None else get_task(args.task).batch_size
 
 
 def _diagnostics(args: argparse.Namespace) -> dict[str, Any]:

@@ -10,12 +10,31 @@ fashion-mlp3   Fashion-MNIST, MLP 784 → 3 × 500 → 10 (LeakyReLU)    898,510
 fashion-cnn    Fashion-MNIST, 2 × (conv3×3 → ReLU → pool) → linear  20,490
 =============  ==================================================  ==========
 
+The text tasks (:mod:`unigrad.data.lexicon`, :mod:`unigrad.nn.text`; ``pip install 'unigrad[finetune]'``)
+classify VADER words in MeZO's prompt ``"It was {word}."`` as positive or negative, with a
+:class:`~unigrad.nn.text.SentenceClassifier` started from the zero-shot prototypes of ``"It was great."`` and
+``"It was terrible."``; their inputs are token ids ``(N, L)`` int64 (padding id 0):
+
+=====================  ==========================================================  ==========
+name                   model, training set                                         parameters
+=====================  ==========================================================  ==========
+minilm-sentiment       all-MiniLM-L6-v2 (pretrained), the training split (4,462)   22,566,146
+minilm-sentiment-k16   the same, 16 words per class                                22,566,146
+minilm-sentiment-k512  the same, 512 words per class                               22,566,146
+tiny-sentiment         tiny random BERT (hidden 32, 2 layers), 64 words per class  1,010,370
+=====================  ==========================================================  ==========
+
+Every text task is tested on the whole test split (1,116 words). The pretrained model is the same for every
+seed (the seed still orders the data and keys the noise); the tiny one is initialised from it.
+
 The loss is ``F.cross_entropy`` (per sample through :func:`unigrad.supervised`) and the metric is
-accuracy. Datasets are loaded once per process and shared by every run of that task.
+accuracy. Datasets are loaded once per process and shared by every run of that task; the pretrained model
+is loaded and checked once per process and copied for every run.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,8 +45,18 @@ from torch import Tensor, nn
 from unigrad.core.errors import unknown_name
 from unigrad.data.digits import load_digits
 from unigrad.data.fashion_mnist import load_fashion_mnist
+from unigrad.data.lexicon import LABEL_WORDS, load_sentiment, sentences
 from unigrad.data.mnist1d import load_mnist1d
 from unigrad.nn.models import mlp, small_cnn
+from unigrad.nn.text import SentenceClassifier, embed_texts, load_encoder
+
+TINY_K = 64
+"""Training words per class of ``tiny-sentiment``."""
+
+
+def cast_inputs(x: Tensor, device: torch.device | str, dtype: torch.dtype) -> Tensor:
+    """``x`` on ``device``; floating inputs cast to ``dtype``, integer ones (token ids) kept as they are."""
+    return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device=device)
 
 
 @dataclass(frozen=True)
@@ -40,23 +69,25 @@ class TaskData:
     y_test: Tensor
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> TaskData:
-        """Inputs cast to ``dtype`` and everything moved to ``device``."""
+        """Everything moved to ``device``; floating inputs cast to ``dtype`` (:func:`cast_inputs`)."""
         return TaskData(
-            self.x_train.to(device=device, dtype=dtype),
+            cast_inputs(self.x_train, device, dtype),
             self.y_train.to(device=device),
-            self.x_test.to(device=device, dtype=dtype),
+            cast_inputs(self.x_test, device, dtype),
             self.y_test.to(device=device),
         )
 
 
 @dataclass(frozen=True)
 class Task:
-    """A named supervised problem: ``data()``, ``build_model(seed)``, ``loss_fn`` and ``metric``."""
+    """A named supervised problem: ``data()``, ``build_model(seed)``, ``loss_fn`` and ``metric``; ``batch_size`` is
+    the command line's default batch for it."""
 
     name: str
     description: str
     loader: Callable[[], tuple[Tensor, Tensor, Tensor, Tensor]]
     builder: Callable[[int], nn.Module]
+    batch_size: int = 64
 
     loss_fn = staticmethod(F.cross_entropy)
     metric_name = "accuracy"
@@ -78,6 +109,14 @@ class Task:
 
 
 _LOADED: dict[Callable[[], tuple[Tensor, Tensor, Tensor, Tensor]], TaskData] = {}
+
+
+def sentiment_classifier(encoder: str, seed: int) -> SentenceClassifier:
+    """The text tasks' model: ``encoder`` (:func:`~unigrad.nn.text.load_encoder`) under a head started from the
+    zero-shot prototypes, the embeddings of ``"It was terrible."`` (class 0) and ``"It was great."`` (class 1)."""
+    model = load_encoder(encoder, seed)
+    return SentenceClassifier(model, len(LABEL_WORDS), embed_texts(model, sentences(list(LABEL_WORDS))), seed=seed)
+
 
 TASKS: dict[str, Task] = {
     t.name: t
@@ -111,6 +150,31 @@ TASKS: dict[str, Task] = {
             "Fashion-MNIST (60,000/10,000), CNN conv16-conv32-linear",
             load_fashion_mnist,
             lambda seed: small_cnn(1, 28, (16, 32), 10, seed=seed),
+        ),
+        Task(
+            "minilm-sentiment",
+            "VADER words 'It was {word}.' (4,462/1,116), pretrained all-MiniLM-L6-v2 + prototype head",
+            load_sentiment,
+            functools.partial(sentiment_classifier, "minilm"),
+        ),
+        Task(
+            "minilm-sentiment-k16",
+            "VADER words, 16 per class (32/1,116), pretrained all-MiniLM-L6-v2 + prototype head",
+            functools.partial(load_sentiment, 16),
+            functools.partial(sentiment_classifier, "minilm"),
+            batch_size=32,  # the whole training set
+        ),
+        Task(
+            "minilm-sentiment-k512",
+            "VADER words, 512 per class (1,024/1,116), pretrained all-MiniLM-L6-v2 + prototype head",
+            functools.partial(load_sentiment, 512),
+            functools.partial(sentiment_classifier, "minilm"),
+        ),
+        Task(
+            "tiny-sentiment",
+            "VADER words, 64 per class (128/1,116), tiny random BERT (hidden 32, 2 layers) + prototype head",
+            functools.partial(load_sentiment, TINY_K),
+            functools.partial(sentiment_classifier, "tiny"),
         ),
     )
 }

@@ -14,7 +14,7 @@ from torch import nn
 from unigrad.core.errors import UnigradError, check_positive
 from unigrad.core.estimator import Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
-from unigrad.data.tasks import Task
+from unigrad.data.tasks import Task, cast_inputs
 from unigrad.nn.decorrelation import Decorrelated, decorrelate
 from unigrad.registry import make_estimator
 
@@ -33,7 +33,7 @@ def build_model(
     if decor is not None:
         decorrelate(model, seed=seed, **decor)
     if estimator is not None:
-        model = estimator.prepare_model(model, task.data().x_train[:2].to(device=dev, dtype=dt), seed)
+        model = estimator.prepare_model(model, cast_inputs(task.data().x_train[:2], dev, dt), seed)
     return model
 
 

@@ -11,7 +11,7 @@ import torch
 from unigrad.core.errors import NonFiniteLossError
 from unigrad.core.memory import peak_memory
 from unigrad.core.objective import supervised
-from unigrad.data.tasks import Task, get_task
+from unigrad.data.tasks import Task, cast_inputs, get_task
 from unigrad.nn.decorrelation import check_decorrelation
 from unigrad.train.build import build_estimator, build_model, split_decorrelated
 from unigrad.train.hooks import DecorrelationUpdates
@@ -39,7 +39,7 @@ def measure_peak_memory(
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     decor = check_decorrelation(decorrelation)
     data = task.data()
-    xb = data.x_train[:batch_size].to(device=dev, dtype=dt)
+    xb = cast_inputs(data.x_train[:batch_size], dev, dt)
     yb = data.y_train[:batch_size].to(device=dev)
 
     first, decor = split_decorrelated(build_estimator(method, seed, estimator_options), decor)
