@@ -14,13 +14,19 @@ FASHION_DEB := dataset-fashion-mnist=0.0~git20200523.55506a9-1
 .PHONY: setup data run test test-matrix lint bench lock clean
 
 # The lock holds every dependency (torch's CPU wheel, setuptools to build unigrad) with its hashes, so
-# pip installs exactly it (--no-deps: nothing is resolved anew), then unigrad itself without build
-# isolation (its build backend is the locked setuptools).
+# pip installs exactly it (--no-deps: nothing is resolved anew), then unigrad itself. One locked package,
+# afinn, comes only as a source archive; pip would build it in an isolated environment with whatever
+# setuptools and wheel are newest, unpinned. So the locked setuptools (its lines from the lock, hashes
+# included) goes in first, and everything, afinn and unigrad among it, is built with it, without build
+# isolation.
+SETUPTOOLS_LOCK := $(VENV)/setuptools.lock
 $(STAMP): $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "$(LOCK) is for Python 3.11; run make with PYTHON=python3.11")'
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q pip==$(PIP_VERSION)
-	$(BIN)/pip install -q --no-deps --require-hashes -r $(LOCK)
+	awk '/^setuptools==/ {on = 1} on {print} on && !/\\$$/ {exit} END {exit !on}' $(LOCK) > $(SETUPTOOLS_LOCK)
+	$(BIN)/pip install -q --no-deps --require-hashes -r $(SETUPTOOLS_LOCK)
+	$(BIN)/pip install -q --no-deps --require-hashes --no-build-isolation -r $(LOCK)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
 	$(BIN)/pip check
 	touch $(STAMP)
@@ -67,7 +73,7 @@ bench: setup
 lock:
 	test -d $(LOCKENV) || $(PYTHON) -m venv $(LOCKENV)
 	$(LOCKENV)/bin/pip install -q pip==$(PIP_VERSION) $(PIP_TOOLS)
-	$(LOCKENV)/bin/pip-compile -q --extra dev --extra peers --all-build-deps --allow-unsafe --strip-extras \
+	$(LOCKENV)/bin/pip-compile -q --extra dev --extra peers --extra finetune --all-build-deps --allow-unsafe --strip-extras \
 	  --generate-hashes --no-emit-index-url --no-emit-find-links --newline LF \
 	  $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE))) \
 	  --output-file $(LOCK) pyproject.toml
