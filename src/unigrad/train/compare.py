@@ -329,6 +329,7 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
             diagnostics=plan.diag_names,
             diagnostics_every=plan.diagnostics_every,
             threads=None,  # the caller's (the command line's --threads), recorded in the environment
+            **spec.train_options(),
         )
     result = r.to_dict()
     if stored is not None:
@@ -357,6 +358,7 @@ def _peak_memory(plan: _Comparison, spec: MethodSpec) -> int:
             device=plan.device,
             dtype=plan.dtype,
             decorrelation=spec.decorrelation,
+            **spec.train_options(),
         )
 
 
