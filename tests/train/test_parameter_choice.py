@@ -119,3 +119,10 @@ def test_named_sets_on_the_text_model():
     assert frozen and all(".embeddings." in n for n in frozen)
     # node perturbation needs every trainable parameter in a Linear layer: the linear probe qualifies
     assert train("tiny-sentiment", "np", budget="steps=1", train_only="head").status == "ok"
+
+
+def test_a_comparison_refuses_a_bad_glob_before_anything_trains(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(UnigradError, match=r"no parameter name matches 'head\.\*'"):
+        compare(TASK, "backprop,spsa:train=head", "steps=2", [0], out, progress=False, log=None)
+    assert not out.exists()

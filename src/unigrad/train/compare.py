@@ -41,7 +41,7 @@ from unigrad.core.errors import UnigradError
 from unigrad.core.io import finite_json, jsonable, write_json  # finite_json, jsonable: re-exported
 from unigrad.data.tasks import Task, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
-from unigrad.train.methods import MethodSpec, parse_methods, parse_seeds
+from unigrad.train.methods import MethodSpec, check_parameter_choices, parse_methods, parse_seeds
 from unigrad.train.rundir import environment, run_dir
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
@@ -218,6 +218,7 @@ def _plan(
             eval_points=eval_points,
             estimator_options=spec.options,
         )
+    check_parameter_choices(task, specs)  # a glob that matches no parameter fails before any method trains
     points = DEFAULT_EVAL_POINTS if eval_points is None else eval_points
     return _Comparison(
         task=task,

@@ -76,6 +76,7 @@ from torch import Tensor
 
 from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.core.estimator import Estimator
+from unigrad.data.tasks import Task
 from unigrad.nn.decorrelation import DECORRELATION_DEFAULTS, Decorrelated, check_decorrelation
 from unigrad.registry import (
     DECOR_KEYS,
@@ -319,6 +320,16 @@ def _decorrelation(spec: str, variant: str | None, given: dict[str, Any]) -> dic
     return check_decorrelation(decor)
 
 
+def check_parameter_choices(task: Task, specs: Sequence[MethodSpec]) -> None:
+    """Refuse a method whose choice of parameters does not fit ``task``'s model (a glob that matches no parameter
+    name, a choice that leaves none), checked on one model built from seed 0 before anything trains."""
+    chosen = [spec.parameters for spec in specs if spec.parameters is not None]
+    if chosen:
+        model = task.build_model(0)
+        for choice in chosen:
+            choice.apply(model)
+
+
 def parse_methods(text: str | Sequence[str]) -> list[MethodSpec]:
     """A comma-separated list (or a sequence) of method specs; repeated names get their spec as label."""
     specs = [s for s in (text.split(",") if isinstance(text, str) else text) if s.strip()]
@@ -375,6 +386,7 @@ __all__ = [
     "VARIANTS",
     "MethodSpec",
     "check_available",
+    "check_parameter_choices",
     "method_names",
     "parse_method",
     "parse_methods",
