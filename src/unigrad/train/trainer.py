@@ -373,11 +373,9 @@ def train(
 ) -> RunResult:
     """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs).
 
-    ``train_only`` and ``freeze`` choose the parameters that train (globs of their names, or a named set such as
-    ``"head"``; "Which parameters train" in the module docs); by default every parameter trains.
-
     ``threads`` (default 1) is torch's intra-op thread count during the call, restored afterwards;
-    ``None`` leaves the process's setting alone (see "Threads" in the module docs).
+    ``None`` leaves the process's setting alone (see "Threads" in the module docs). ``train_only`` and ``freeze``
+    choose the parameters that train ("Which parameters train"); by default every parameter trains.
     """
     plan = _plan(
         task,
