@@ -84,7 +84,12 @@ def add_train_parsers(sub: Any) -> None:
 
     t = sub.add_parser("train", help="train one task with one method")
     t.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}); see unigrad list")
-    t.add_argument("--method", default="backprop", help="method spec, e.g. spsa:probes=16:sigma=1e-3")
+    t.add_argument(
+        "--method",
+        default="backprop",
+        help="method spec, e.g. spsa:probes=16:sigma=1e-3; train=GLOB|GLOB and freeze=GLOB choose the parameters "
+        "that train (backprop:train=head is a linear probe)",
+    )
     t.add_argument("--optimizer", default=None, help="sgd, adam, adamw or rmsprop (default: the method's)")
     t.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the method's)")
     budget = t.add_mutually_exclusive_group()
@@ -224,6 +229,7 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
             checkpoint=folder / "checkpoint.pt",
             resume=True,
             threads=None,  # --threads, applied to the whole process above
+            **spec.train_options(),
         )
     except UnigradError as e:
         if failed():  # a collective failed: the process group cannot be torn down cleanly

@@ -258,6 +258,15 @@ class SentenceClassifier(nn.Module):
         return self.head(embed(self.encoder, ids))
 
 
+PARAMETER_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "head": (("head.*",), ()),
+    "no-embeddings": (("*",), ("*embeddings*",)),
+}
+"""Named choices of what trains, as ``(include, exclude)`` globs of :func:`train_only`: ``head`` is the linear
+probe of a :class:`SentenceClassifier`, ``no-embeddings`` trains all but the embeddings (half of the encoder's
+weights)."""
+
+
 def train_only(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> list[str]:
     """Choose the parameters that train: those whose name matches a glob of ``include`` and none of
     ``exclude`` keep ``requires_grad``, every other one is frozen (the estimators perturb and step only

@@ -55,8 +55,10 @@ def run_loop(problem: Any, spec: MethodSpec, seed: int, budget: float, eval_poin
     from unigrad.train.trainer import make_optimizer
 
     model = problem.build_model(seed)
+    if spec.parameters is not None:
+        spec.parameters.apply(model)
     estimator = make_estimator(spec.name, **{"seed": seed, **spec.options})
-    optimizer = make_optimizer(spec.optimizer, model.parameters(), spec.lr)
+    optimizer = make_optimizer(spec.optimizer, [p for p in model.parameters() if p.requires_grad], spec.lr)
 
     def point(loop: TrainingLoop) -> dict[str, Any] | None:
         value = problem.metric(model, seed)
@@ -132,6 +134,7 @@ def run_one(task_name: str, spec: MethodSpec, seed: int, budget: float) -> dict[
                     eval_points=task.eval_points,
                     decorrelation=spec.decorrelation,
                     threads=None,  # set by `unigrad bench --threads` / one per job
+                    **spec.train_options(),
                 )
             history = [{**p, "metric": p["test_accuracy"]} for p in r.history]
             out = {

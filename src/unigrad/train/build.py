@@ -1,11 +1,19 @@
-"""What a training run is built from: the task's model (decorrelated, prepared by the estimator) and a
-trainable estimator (a name with options or a built one; a decorrelated method split into its estimator and its
-decorrelation; the probe exchange of a distributed run attached). :func:`~unigrad.train.trainer.train`,
-:func:`~unigrad.train.peak_memory.measure_peak_memory` and the method specs use these."""
+"""What a training run is built from: the task's model (its trained parameters chosen, decorrelated, prepared by
+the estimator) and a trainable estimator (a name with options or a built one; a decorrelated method split into its
+estimator and its decorrelation; the probe exchange of a distributed run attached).
+:func:`~unigrad.train.trainer.train`, :func:`~unigrad.train.peak_memory.measure_peak_memory` and the method specs
+use these.
+
+**Which parameters train** (:class:`ParameterChoice`): globs over ``model.named_parameters()`` of the parameters
+that train (``train``, default every one) and of those that stay frozen (``freeze``), or the named sets of
+:data:`unigrad.nn.text.PARAMETER_SETS` (``head``: the linear probe; ``no-embeddings``). The others get
+``requires_grad=False`` right after the model is built, so the estimators neither perturb nor step them and the
+optimizer is not given them. A glob that matches no parameter, or a choice that leaves none, is refused."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,7 +24,70 @@ from unigrad.core.estimator import Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.data.tasks import Task, cast_inputs
 from unigrad.nn.decorrelation import Decorrelated, decorrelate
+from unigrad.nn.text import PARAMETER_SETS, train_only
 from unigrad.registry import make_estimator
+
+GLOB_SEPARATOR = "|"
+"""Separates the globs of one ``train=`` or ``freeze=`` key of a method spec (a comma separates methods)."""
+
+
+@dataclass(frozen=True)
+class ParameterChoice:
+    """Which parameters of a model train: those matching a glob of ``train`` and none of ``freeze`` (module docs).
+
+    ``train`` holds globs or names of :data:`~unigrad.nn.text.PARAMETER_SETS`, which expand to their globs.
+    """
+
+    train: tuple[str, ...] = ("*",)
+    freeze: tuple[str, ...] = ()
+
+    @classmethod
+    def make(
+        cls, train: str | Sequence[str] | None = None, freeze: str | Sequence[str] | None = None
+    ) -> ParameterChoice | None:
+        """The choice of ``train`` and ``freeze`` (globs as a sequence, or one string of them separated by
+        :data:`GLOB_SEPARATOR`); ``None`` when neither is given (every parameter trains)."""
+        if train is None and freeze is None:
+            return None
+        return cls(
+            _globs("train", train) if train is not None else ("*",),
+            _globs("freeze", freeze) if freeze is not None else (),
+        )
+
+    def globs(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``(include, exclude)`` globs of :func:`~unigrad.nn.text.train_only`, the named sets expanded."""
+        include: list[str] = []
+        exclude = list(self.freeze)
+        for item in self.train:
+            inc, exc = PARAMETER_SETS.get(item, ((item,), ()))
+            include += inc
+            exclude += exc
+        return tuple(include), tuple(exclude)
+
+    def apply(self, model: nn.Module) -> list[str]:
+        """Freeze every parameter of ``model`` outside the choice; the names of those that train."""
+        include, exclude = self.globs()
+        return train_only(model, include, exclude)
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"train": list(self.train), "freeze": list(self.freeze)}
+
+
+def _globs(key: str, value: str | Sequence[str]) -> tuple[str, ...]:
+    items = value.split(GLOB_SEPARATOR) if isinstance(value, str) else list(value)
+    if not all(isinstance(g, str) for g in items):
+        raise UnigradError(f"{key} takes parameter-name globs (strings), got {value!r}")
+    globs = tuple(g.strip() for g in items)
+    if not all(globs):
+        raise UnigradError(
+            f"{key}={value!r} has an empty glob; give globs separated by {GLOB_SEPARATOR!r}, e.g. {key}=head.*"
+        )
+    return globs
+
+
+def trainable_parameters(params: Any) -> list[torch.Tensor]:
+    """The parameters among ``params`` that train (``requires_grad``): what the optimizer is given."""
+    return [p for p in params if p.requires_grad]
 
 
 def build_model(
@@ -26,10 +97,14 @@ def build_model(
     dt: torch.dtype,
     decor: dict[str, Any] | None,
     estimator: Estimator | None = None,
+    choice: ParameterChoice | None = None,
 ) -> nn.Module:
-    """``task``'s model from ``seed`` on ``dev``/``dt``, decorrelated when ``decor`` is given, then prepared by
-    ``estimator`` (:meth:`~unigrad.core.estimator.Estimator.prepare_model`: local heads for local losses)."""
+    """``task``'s model from ``seed`` on ``dev``/``dt``, its parameters outside ``choice`` frozen, decorrelated
+    when ``decor`` is given, then prepared by ``estimator`` (:meth:`~unigrad.core.estimator.Estimator.prepare_model`:
+    local heads for local losses)."""
     model = task.build_model(seed).to(device=dev, dtype=dt)
+    if choice is not None:
+        choice.apply(model)
     if decor is not None:
         decorrelate(model, seed=seed, **decor)
     if estimator is not None:

@@ -41,7 +41,7 @@ from unigrad.core.errors import UnigradError
 from unigrad.core.io import finite_json, jsonable, write_json  # finite_json, jsonable: re-exported
 from unigrad.data.tasks import Task, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
-from unigrad.train.methods import MethodSpec, parse_methods, parse_seeds
+from unigrad.train.methods import MethodSpec, check_parameter_choices, parse_methods, parse_seeds
 from unigrad.train.rundir import environment, run_dir
 from unigrad.train.store import Store, run_config
 from unigrad.train.trainer import (
@@ -218,6 +218,7 @@ def _plan(
             eval_points=eval_points,
             estimator_options=spec.options,
         )
+    check_parameter_choices(task, specs)  # a glob that matches no parameter fails before any method trains
     points = DEFAULT_EVAL_POINTS if eval_points is None else eval_points
     return _Comparison(
         task=task,
@@ -329,6 +330,7 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
             diagnostics=plan.diag_names,
             diagnostics_every=plan.diagnostics_every,
             threads=None,  # the caller's (the command line's --threads), recorded in the environment
+            **spec.train_options(),
         )
     result = r.to_dict()
     if stored is not None:
@@ -357,6 +359,7 @@ def _peak_memory(plan: _Comparison, spec: MethodSpec) -> int:
             device=plan.device,
             dtype=plan.dtype,
             decorrelation=spec.decorrelation,
+            **spec.train_options(),
         )
 
 

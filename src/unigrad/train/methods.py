@@ -35,6 +35,13 @@ method becomes decorrelated with the spec keys ``decorrelate=1`` and optionally 
 ``spsa:decorrelate=1:decor_lr=1e-4``); ``nn.Conv2d`` layers are decorrelated patch-wise unless
 ``decor_conv=0``;
 the report's method column shows the variant name, with the order of the underlying estimator.
+
+Which parameters train: the keys ``train=`` and ``freeze=`` take globs over the model's parameter names separated
+by ``|`` (a comma separates methods), or a named set (``head``: the linear probe; ``no-embeddings``), e.g.
+``backprop:train=head``, ``mezo:freeze=*embeddings*``, ``spsa:train=encoder.encoder.layer.5.*|head.*``
+(:class:`~unigrad.train.build.ParameterChoice`; quote the spec in a shell). The training loop applies them,
+not the estimator; a method that chooses is labelled with its choice (``backprop:train=head``) and records it
+(``parameters`` in :meth:`MethodSpec.to_dict`), one that does not keeps the record it always had.
 The update statistics use at most 1,024 rows per layer (``sample``): every row of a batch of an
 MLP (batch sizes up to 1,024), a keyed subsample of the ``batch × positions`` patches of a
 convolution (for ``fashion-cnn`` the second convolution has 12,544 patches per batch of 64).
@@ -69,6 +76,7 @@ from torch import Tensor
 
 from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.core.estimator import Estimator
+from unigrad.data.tasks import Task
 from unigrad.nn.decorrelation import DECORRELATION_DEFAULTS, Decorrelated, check_decorrelation
 from unigrad.registry import (
     DECOR_KEYS,
@@ -80,11 +88,12 @@ from unigrad.registry import (
     value_options,
 )
 from unigrad.registry import VARIANTS as REGISTERED_VARIANTS
-from unigrad.train.build import check_trainable
+from unigrad.train.build import ParameterChoice, check_trainable
 from unigrad.train.plan import OPTIMIZERS, make_optimizer
 
 MAX_INT = 2**63 - 1  # seeds and integer method options must fit in 64 bits (torch sizes, SQLite INTEGER)
 MAX_SEED_COUNT = 10**6  # a count of seeds is materialized as a list
+PARAMETER_KEYS = ("train", "freeze")  # method-spec keys of the training loop: which parameters train
 
 # method: (optimizer, lr, estimator options); the sweep behind these values is in the module docstring.
 DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
@@ -148,6 +157,7 @@ class MethodSpec:
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
     decorrelation: dict[str, Any] | None = None
+    parameters: ParameterChoice | None = None
 
     def __post_init__(self) -> None:
         self.label = self.label or self.name
@@ -171,8 +181,15 @@ class MethodSpec:
         """The ``torch.optim`` optimizer of this method over ``params`` at its learning rate."""
         return make_optimizer(self.optimizer, params, self.lr)
 
+    def train_options(self) -> dict[str, Any]:
+        """The choice of parameters as keywords of :func:`~unigrad.train.train` (``train_only``, ``freeze``; none
+        when every parameter trains)."""
+        if self.parameters is None:
+            return {}
+        return {"train_only": self.parameters.train, "freeze": self.parameters.freeze}
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "label": self.label,
             "name": self.name,
             "order": self.order,
@@ -181,6 +198,9 @@ class MethodSpec:
             "options": self.options,
             "decorrelation": self.decorrelation,
         }
+        if self.parameters is not None:  # methods that train every parameter keep the record (and store key) they had
+            out["parameters"] = self.parameters.to_dict()
+        return out
 
 
 def _value(text: str) -> Any:
@@ -226,13 +246,17 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
         name = known[variant][0]
     check_available(name)
     given: dict[str, Any] = {}
+    choice: dict[str, str] = {}
     for part in parts:
         key, sep, value = part.partition("=")
         key = key.strip()
         if not sep or not key or not value.strip():
             raise UnigradError(f"malformed method spec {spec!r}: {part!r} is not key=value")
-        if key in given:
+        if key in given or key in choice:
             raise UnigradError(f"malformed method spec {spec!r}: option {key} given twice")
+        if key in PARAMETER_KEYS:  # globs, kept as text (not read as numbers)
+            choice[key] = value.strip()
+            continue
         given[key] = _value(value.strip())
         if type(given[key]) is int and abs(given[key]) > MAX_INT:
             raise UnigradError(f"option {key} of {spec!r} is out of range: integers must fit in 64 bits")
@@ -255,7 +279,9 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
     options = {**default_options, **given}
     check_trainable(make_estimator(name, **options))  # validate now, not after an hour of other methods
     label = (variant or f"{name}+decorrelation") if decor is not None else name
-    return MethodSpec(name, opt, float(rate), options, label=label, decorrelation=decor)
+    parameters = ParameterChoice.make(choice.get("train"), choice.get("freeze"))
+    label += "".join(f":{key}={value}" for key, value in choice.items())
+    return MethodSpec(name, opt, float(rate), options, label=label, decorrelation=decor, parameters=parameters)
 
 
 def _check_option_names(spec: str, name: str, given: dict[str, Any]) -> None:
@@ -292,6 +318,16 @@ def _decorrelation(spec: str, variant: str | None, given: dict[str, Any]) -> dic
         if type(decor[key]) is int and decor[key] in (0, 1):
             decor[key] = bool(decor[key])  # decor_compensate=1, decor_conv=0
     return check_decorrelation(decor)
+
+
+def check_parameter_choices(task: Task, specs: Sequence[MethodSpec]) -> None:
+    """Refuse a method whose choice of parameters does not fit ``task``'s model (a glob that matches no parameter
+    name, a choice that leaves none), checked on one model built from seed 0 before anything trains."""
+    chosen = [spec.parameters for spec in specs if spec.parameters is not None]
+    if chosen:
+        model = task.build_model(0)
+        for choice in chosen:
+            choice.apply(model)
 
 
 def parse_methods(text: str | Sequence[str]) -> list[MethodSpec]:
@@ -346,9 +382,11 @@ __all__ = [
     "FALLBACK",
     "MAX_INT",
     "MAX_SEED_COUNT",
+    "PARAMETER_KEYS",
     "VARIANTS",
     "MethodSpec",
     "check_available",
+    "check_parameter_choices",
     "method_names",
     "parse_method",
     "parse_methods",

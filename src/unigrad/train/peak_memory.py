@@ -4,6 +4,7 @@ training steps on one batch (what is counted and what is not: the "Peak memory" 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,7 +14,7 @@ from unigrad.core.memory import peak_memory
 from unigrad.core.objective import supervised
 from unigrad.data.tasks import Task, cast_inputs, get_task
 from unigrad.nn.decorrelation import check_decorrelation
-from unigrad.train.build import build_estimator, build_model, split_decorrelated
+from unigrad.train.build import ParameterChoice, build_estimator, build_model, split_decorrelated, trainable_parameters
 from unigrad.train.hooks import DecorrelationUpdates
 from unigrad.train.loop import Batch, TrainingLoop
 from unigrad.train.plan import make_optimizer, resolve_device, resolve_dtype
@@ -33,11 +34,15 @@ def measure_peak_memory(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = "float32",
     decorrelation: dict[str, Any] | None = None,
+    train_only: str | Sequence[str] | None = None,
+    freeze: str | Sequence[str] | None = None,
 ) -> int:
-    """Peak bytes of tensor storage for two training steps of a fresh model (see module docs)."""
+    """Peak bytes of tensor storage for two training steps of a fresh model (see module docs), training the
+    parameters ``train_only`` and ``freeze`` choose (as in :func:`~unigrad.train.train`)."""
     task = get_task(task) if isinstance(task, str) else task
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     decor = check_decorrelation(decorrelation)
+    choice = ParameterChoice.make(train_only, freeze)
     data = task.data()
     xb = cast_inputs(data.x_train[:batch_size], dev, dt)
     yb = data.y_train[:batch_size].to(device=dev)
@@ -45,10 +50,10 @@ def measure_peak_memory(
     first, decor = split_decorrelated(build_estimator(method, seed, estimator_options), decor)
 
     def two_steps() -> None:
-        model = build_model(task, seed, dev, dt, decor, first)
+        model = build_model(task, seed, dev, dt, decor, first, choice)
         est = split_decorrelated(build_estimator(method, seed, estimator_options), None)[0]
         masters = MasterWeights(model) if dt in HALF_DTYPES else None
-        params = masters.params if masters is not None else model.parameters()
+        params = trainable_parameters(masters.params if masters is not None else model.parameters())
         opt = make_optimizer(optimizer, params, lr, **(optimizer_options or {}))
         loop = TrainingLoop(
             model,
@@ -64,6 +69,6 @@ def measure_peak_memory(
 
     # one unmeasured step first builds what lives for the whole process (a shared noise table)
     split_decorrelated(build_estimator(method, seed, estimator_options), None)[0].estimate(
-        build_model(task, seed, dev, dt, decor, first), supervised(task.loss_fn, xb, yb)
+        build_model(task, seed, dev, dt, decor, first, choice), supervised(task.loss_fn, xb, yb)
     )
     return peak_memory(two_steps, dev.type)

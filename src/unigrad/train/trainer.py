@@ -65,6 +65,14 @@
   run returns at once. A checkpoint of a different configuration is refused with the fields that
   differ. Wall time keeps counting from the saved value. ``on_record(point)`` is called with every
   evaluation point as it is made (the experiment store records progress this way).
+* **Which parameters train** (``train_only=["encoder.*", "head.*"]``, ``freeze="*embeddings*"``, or a named
+  set: ``train_only="head"`` is the linear probe; :class:`~unigrad.train.build.ParameterChoice`): globs over
+  ``model.named_parameters()``, as a list or one string separated by ``|``. Right after the model is built every
+  other parameter gets ``requires_grad=False``, so the estimators neither perturb nor step it, and only the
+  parameters that train are given to the optimizer. A glob that matches nothing is refused. The choice is part
+  of the fingerprint and of the result (``parameters``: the globs and the number of weights that train) only
+  when given, so runs without one keep their checkpoints and results. Method specs give it with the keys
+  ``train=`` and ``freeze=`` (``backprop:train=head``, :mod:`unigrad.train.methods`).
 * **Local heads**: when the estimator trains with local losses (``activity-forward-gradient`` with
   ``local_losses=True``), the model is wrapped by :func:`unigrad.nn.local_heads.with_local_heads`
   (after any decorrelation, before the optimizer is made, so the optimizer trains the heads too).
@@ -138,11 +146,13 @@ from unigrad.data.tasks import Task, TaskData, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.nn.decorrelation import check_decorrelation
 from unigrad.train.build import (  # noqa: F401  (re-exported)
+    ParameterChoice,
     attach_exchange,
     build_estimator,
     build_model,
     check_trainable,
     split_decorrelated,
+    trainable_parameters,
 )
 from unigrad.train.hooks import (
     _DATA_TAG,  # noqa: F401  (re-exported: the data order's generator tag)
@@ -198,6 +208,7 @@ class RunResult:
     diagnostic_names: tuple[str, ...] = ()
     diagnostics: list[dict[str, float | None]] = field(default_factory=list)
     diagnostics_seconds: float = 0.0
+    parameters: dict[str, Any] | None = None
 
     @property
     def final(self) -> dict[str, float | None]:
@@ -212,6 +223,8 @@ class RunResult:
                 "diagnostics_seconds": self.diagnostics_seconds,
                 "diagnostics": self.diagnostics,
             }
+        if self.parameters is not None:  # only runs that chose their parameters carry the field
+            extra["parameters"] = self.parameters
         return {
             "method": self.method,
             "seed": self.seed,
@@ -355,11 +368,14 @@ def train(
     exchange: ProbeExchange | None = None,
     exchange_check_every: int | None = None,
     threads: int | None = 1,
+    train_only: str | Sequence[str] | None = None,
+    freeze: str | Sequence[str] | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs).
 
     ``threads`` (default 1) is torch's intra-op thread count during the call, restored afterwards;
-    ``None`` leaves the process's setting alone (see "Threads" in the module docs).
+    ``None`` leaves the process's setting alone (see "Threads" in the module docs). ``train_only`` and ``freeze``
+    choose the parameters that train ("Which parameters train"); by default every parameter trains.
     """
     plan = _plan(
         task,
@@ -377,15 +393,16 @@ def train(
         decorrelation=decorrelation,
         diagnostics=diagnostics,
         diagnostics_every=diagnostics_every,
+        choice=ParameterChoice.make(train_only, freeze),
     )
     estimator, dev, dt, decor, names = plan.estimator, plan.device, plan.dtype, plan.decor, plan.names
     if exchange is not None:
         attach_exchange(estimator, exchange, names, decor, exchange_check_every)
     lead = exchange is None or exchange.rank == 0  # the process that writes checkpoints and reports progress
     data: TaskData = plan.task.data().to(dev, dt)
-    model = build_model(plan.task, seed, dev, dt, decor, estimator)
+    model = build_model(plan.task, seed, dev, dt, decor, estimator, plan.choice)
     masters = MasterWeights(model) if dt in HALF_DTYPES else None  # the optimizer steps float32 copies
-    params = masters.params if masters is not None else model.parameters()
+    params = trainable_parameters(masters.params if masters is not None else model.parameters())
     opt = make_optimizer(optimizer, params, lr, **(optimizer_options or {}))
     model.train()
     initial = [p.detach().clone() for _, p in trainable(model)] if "drift" in names else None
@@ -432,6 +449,7 @@ class _Plan:
     names: tuple[str, ...]
     diagnostics_every: int | None
     settings: dict[str, Any]
+    choice: ParameterChoice | None = None
 
 
 def _plan(
@@ -451,6 +469,7 @@ def _plan(
     decorrelation: dict[str, Any] | None,
     diagnostics: Sequence[str],
     diagnostics_every: int | None,
+    choice: ParameterChoice | None,
 ) -> _Plan:
     """Check :func:`train`'s arguments and build its estimator (module docs: plans that cannot be carried out)."""
     task = get_task(task) if isinstance(task, str) else task
@@ -469,6 +488,8 @@ def _plan(
     settings = {"optimizer": optimizer, "lr": lr, "optimizer_options": dict(optimizer_options or {})}
     settings |= {"budget": str(budget), "batch_size": batch_size, "seed": seed, "device": dev.type}
     settings |= {"dtype": str(dt), "eval_points": points, "decorrelation": decor}
+    if choice is not None:  # runs that train every parameter keep the fingerprint (and checkpoints) they had
+        settings["parameters"] = choice.to_dict()
     return _Plan(
         task=task,
         estimator=estimator,
@@ -483,6 +504,7 @@ def _plan(
         names=names,
         diagnostics_every=diagnostics_every,
         settings=settings,
+        choice=choice,
     )
 
 
@@ -581,6 +603,9 @@ def _finish(plan: _Plan, loop: TrainingLoop, order: DataOrder, run: _Concerns) -
 def _result(plan: _Plan, loop: TrainingLoop, run: _Concerns) -> RunResult:
     """The :class:`RunResult` of a finished loop."""
     diag = run.diagnostics
+    chosen = None
+    if plan.choice is not None:
+        chosen = {**plan.choice.to_dict(), "trained_weights": sum(p.numel() for _, p in trainable(loop.model))}
     return RunResult(
         method=plan.estimator.name,
         seed=plan.seed,
@@ -598,4 +623,5 @@ def _result(plan: _Plan, loop: TrainingLoop, run: _Concerns) -> RunResult:
         diagnostic_names=plan.names,
         diagnostics=diag.records if diag is not None else [],
         diagnostics_seconds=diag.seconds if diag is not None else 0.0,
+        parameters=chosen,
     )
