@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tests.problems import (
@@ -301,3 +302,96 @@ def test_memory_lean_step_holds_no_parameter_sized_tensor() -> None:
     # measured 0.21: mostly the fix-up list (8% of entries; 0.3 would take 12%, see the restore test's range)
     assert lean_peak < 0.3 * size, (lean_peak, size)
     assert dense_peak >= size, (dense_peak, size)
+
+
+class Embedder(nn.Module):
+    """Word embeddings spanning several noise chunks (rows straddle chunk boundaries), a tied output
+    projection (one parameter read twice per forward), LayerNorm and a tiny parameter (|θ| ≪ σ)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.emb = nn.Embedding(700, 50, dtype=dtype)  # 35,000 > 2·CHUNK entries; 50 ∤ CHUNK
+        self.norm = nn.LayerNorm(50, dtype=dtype)
+        with torch.no_grad():
+            self.emb.weight.copy_(0.05 * torch.randn(700, 50, generator=g, dtype=dtype))
+        self.tiny = nn.Parameter(1e-6 * torch.randn(50, generator=g, dtype=dtype))
+        self.ids = torch.randint(0, 700, (6, 5), generator=g)
+        self.ids[0, :3] = torch.tensor([327, 328, 655])  # rows 327/328 and 655 straddle CHUNK boundaries
+
+    def forward(self) -> Tensor:
+        h = self.norm(self.emb(self.ids)).mean(1) + 1e3 * self.tiny
+        return F.linear(h, self.emb.weight).logsumexp(-1).mean()
+
+
+@pytest.mark.parametrize("source", ("generator", "table", "auto"))
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_perturbing_in_the_forward_is_bitwise_the_in_place_step(distribution: str, source: str) -> None:
+    # perturb="forward" never writes θ: each parameter is read as fl(θ + fl(z·sσ)), the very bits the in-place
+    # sweep writes, so the probe losses, the dense .grad, the replayed direction and the trained parameters are
+    # bitwise those of the in-place step; "auto" with a small table mixes table and generator tensors
+    table_size = 4_000 if source == "auto" else 40_000
+    options = {"distribution": distribution, "noise_source": source, "table_size": table_size}
+    runs = []
+    for perturb in ("in_place", "forward"):
+        model = Embedder()
+        obj = objective(lambda m: m(), n_samples=1)
+        dense = MeZO(probes=2, seed=5, perturb=perturb, **options)
+        lean = MeZO(probes=2, seed=5, perturb=perturb, write_grad=False, **options)
+        sgd = torch.optim.SGD(model.parameters(), lr=0.01)
+        out = []
+        for _ in range(3):
+            before = [bits(p) for p in model.parameters()]
+            e = dense.estimate(model, obj)
+            assert all(torch.equal(bits(p), b) for p, b in zip(model.parameters(), before))
+            grads = [p.grad.clone() for p in model.parameters()]
+            direction = lean.estimate(model, obj).info["direction"]
+            assert all(torch.equal(a, g) for a, g in zip(direction.materialize(), grads))
+            out.append((e.info["probe_losses"], grads))
+            sgd.step()
+        runs.append((out, [bits(p) for p in model.parameters()]))
+    (a, theta_a), (b, theta_b) = runs
+    for (fa, ga), (fb, gb) in zip(a, b):
+        assert torch.equal(fa, fb) and all(torch.equal(x, y) for x, y in zip(ga, gb))
+    assert all(torch.equal(x, y) for x, y in zip(theta_a, theta_b))
+
+
+def test_perturbing_in_the_forward_replays_and_leaves_theta_alone_on_failure() -> None:
+    # with ReplaySGD: the same seed replays bitwise; a failing objective leaves θ as it was (never written)
+    def train(perturb: str) -> list[Tensor]:
+        model = Embedder(seed=1)
+        est = MeZO(probes=3, seed=2, write_grad=False, perturb=perturb, noise_source="auto", table_size=4_000)
+        opt = ReplaySGD(model.parameters(), lr=0.01)
+        for _ in range(4):
+            opt.step(est.estimate(model, objective(lambda m: m(), n_samples=1)).info["direction"])
+        return [bits(p) for p in model.parameters()]
+
+    first = train("forward")
+    assert all(torch.equal(x, y) for x, y in zip(first, train("forward")))
+    assert all(torch.equal(x, y) for x, y in zip(first, train("in_place")))
+    model = Embedder()
+    before = [bits(p) for p in model.parameters()]
+
+    def fails(m: nn.Module) -> Tensor:
+        m()
+        raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        MeZO(perturb="forward").estimate(model, objective(fails, n_samples=1))
+    assert all(torch.equal(bits(p), b) for p, b in zip(model.parameters(), before))
+
+
+def test_perturb_option_validated_and_reported() -> None:
+    with pytest.raises(UnigradError, match="perturb"):
+        MeZO(perturb="copy")
+    assert "perturb" not in MeZO().options()  # stored runs' fingerprints are unchanged
+    assert MeZO(perturb="forward").options()["perturb"] == "forward"
+
+
+@pytest.mark.parametrize("source", ("generator", "table"))
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_noise_rows_are_the_rows_of_the_full_stream(distribution: str, source: str) -> None:
+    noise = ProbeNoise(distribution, source, table_size=40_000)
+    ids = torch.tensor([[327, 328, 0], [699, 327, 655]])
+    full = noise.raw(3, 1, 2, 4, (700, 50))
+    assert torch.equal(noise.rows(3, 1, 2, 4, (700, 50), ids), full[ids])

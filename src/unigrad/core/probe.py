@@ -164,6 +164,11 @@ _META_ATTRS = frozenset(
 _META_METHODS = frozenset({Tensor.size, Tensor.dim, Tensor.numel})
 
 
+def reads_metadata(func: Any) -> bool:
+    """Whether a ``__torch_function__`` call only reads a tensor's metadata (shape, dtype, device, ...)."""
+    return getattr(func, "__self__", None) in _META_ATTRS or func in _META_METHODS
+
+
 def _linear_args(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     return input, weight, bias
 
@@ -268,7 +273,7 @@ class _LinearProbes(TorchFunctionMode):
 
     def _other_use(self, func: Any, args: tuple, kwargs: dict | None) -> Any:
         """A placeholder outside ``F.linear``: reading its metadata is fine, anything else aborts."""
-        if getattr(func, "__self__", None) in _META_ATTRS or func in _META_METHODS:
+        if reads_metadata(func):
             return func(*args, **(kwargs or {}))
         raise _Unsupported(getattr(func, "__name__", str(func)))
 

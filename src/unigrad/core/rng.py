@@ -95,16 +95,21 @@ def _generator_stream(
     pieces = []
     for c in range(start // CHUNK, (stop - 1) // CHUNK + 1):
         lo, hi = c * CHUNK, min(total, (c + 1) * CHUNK)
-        g = generator(*key, c, device=device)
-        if kind == "rademacher":
-            # 32 fair signs per draw: the bits of uniform 32-bit words (7× faster than bernoulli_)
-            words = torch.randint(0, 1 << 32, ((hi - lo + 31) // 32, 1), generator=g, device=device)
-            bits = (words >> torch.arange(32, device=device)) & 1
-            block = bits.view(-1)[: hi - lo].to(torch.float32).mul_(2).sub_(1)
-        else:
-            block = torch.randn(hi - lo, generator=g, device=device)
+        block = _generator_chunk(kind, key, c, total, device)
         pieces.append(block[max(start, lo) - lo : min(stop, hi) - lo])
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _generator_chunk(kind: str, key: tuple[int, ...], c: int, total: int, device: torch.device) -> Tensor:
+    """Chunk ``c`` of the canonical stream of ``key``: elements ``[c·CHUNK, min(total, (c+1)·CHUNK))``."""
+    n = min(total, (c + 1) * CHUNK) - c * CHUNK
+    g = generator(*key, c, device=device)
+    if kind == "rademacher":
+        # 32 fair signs per draw: the bits of uniform 32-bit words (7× faster than bernoulli_)
+        words = torch.randint(0, 1 << 32, ((n + 31) // 32, 1), generator=g, device=device)
+        bits = (words >> torch.arange(32, device=device)) & 1
+        return bits.view(-1)[:n].to(torch.float32).mul_(2).sub_(1)
+    return torch.randn(n, generator=g, device=device)
 
 
 _TABLES: dict[tuple[int, int, str, str], Tensor] = {}
@@ -249,6 +254,29 @@ class ProbeNoise:
             else:
                 piece = _generator_stream(self._raw_kind(), (seed, step, probe, index), start, stop, numel, dev)
             yield start, piece
+
+    def rows(self, seed: int, step: int, probe: int, index: int, shape: Sequence[int], ids: Tensor) -> Tensor:
+        """``raw(...).view(shape)[ids]`` for a 2-D tensor (an embedding table): the raw stream of the rows
+        ``ids`` only, shaped ``(*ids.shape, shape[1])``. From the generator, only the chunks that hold those
+        rows are drawn; the values are the same bits as the full stream's."""
+        rows, width = shape
+        n, dev = rows * width, ids.device
+        if self._uses_table(n):
+            off = self._offset(seed, step, probe, index, n)
+            return self._table(dev)[off : off + n].view(rows, width)[ids]
+        used, inverse = torch.unique(ids, return_inverse=True)
+        key, chunks = (seed, step, probe, index), {}
+        out = torch.empty(used.numel(), width, device=dev)
+        for j, r in enumerate(used.tolist()):
+            start, stop = r * width, (r + 1) * width
+            pieces = []
+            for c in range(start // CHUNK, (stop - 1) // CHUNK + 1):
+                if c not in chunks:
+                    chunks[c] = _generator_chunk(self._raw_kind(), key, c, n, dev)
+                lo = c * CHUNK
+                pieces.append(chunks[c][max(start, lo) - lo : min(stop, lo + CHUNK) - lo])
+            torch.cat(pieces, out=out[j])
+        return out[inverse]
 
     # -- full directions --------------------------------------------------------------------
     def scale(

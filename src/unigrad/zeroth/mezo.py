@@ -6,18 +6,23 @@ import warnings
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
 
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
+from unigrad.core.precision import warn_if_sigma_too_small
+from unigrad.core.probe import reads_metadata
 from unigrad.core.replay import ReplayDirection, flat_view
 from unigrad.core.rng import CHUNK, ProbeNoise
 from unigrad.zeroth._probing import check_probes, gather_losses
 
 DISTRIBUTIONS = ("gaussian", "rademacher")
+PERTURB = ("in_place", "forward")
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _OFFSET = torch.int16 if CHUNK <= 1 << 15 else torch.int32  # fix-up positions are offsets within a chunk
 
@@ -50,6 +55,16 @@ class MeZO(Estimator):
     The fractions and bytes measured by ``benchmarks/p2_memory.py``, and the naive sequence's share of
     changed entries, are in ``docs/benchmarks.md`` (P2 — memory).
 
+    Perturbing in the forward (``perturb="forward"``). θ is never written: while the objective runs, every
+    torch function that reads a parameter gets θ + s·σz_i instead, computed when it is read, with the
+    operations of the in-place move (``fl(θ + fl(z·sσ))``) and dropped after the call; ``F.embedding`` looks
+    up the perturbed rows only (from the generator, only the noise chunks that hold those rows are drawn). The
+    forward therefore sees the same bits as in place: the probe losses, ``.grad``, the replayed direction and
+    the trained parameters are bitwise those of ``perturb="in_place"`` (same stream, same replay), with no
+    restore, no fix-ups and one noise pass per forward instead of three sweeps per probe. Extra memory: the
+    perturbed copy of the one tensor in use (the looked-up rows for an embedding). A model that modifies its
+    parameters during the forward, or reads them other than through torch functions, needs ``"in_place"``.
+
     Update. With ``write_grad=True`` (default) ``g`` is accumulated into ``.grad`` (``d`` extra floats)
     while the last probe is restored, so any ``torch.optim`` optimizer can step. With
     ``write_grad=False``, ``.grad`` is left untouched and ``Estimate.info["direction"]`` holds ``g`` in
@@ -62,7 +77,8 @@ class MeZO(Estimator):
     Cost: ``2qB`` forward samples for a batch of B; three passes of noise generation per probe (plus one
     per probe for :class:`~unigrad.optim.ReplaySGD`), as in the paper's algorithm. The loss reported
     is the mean of the 2q probe losses (``loss_is_probe_mean``). Warns when σ is too small to move most
-    parameters at their precision. A step takes several times the time of its two forwards on a CPU, and
+    parameters at their precision. In place, a step takes several times the time of its two forwards on a CPU
+    (``perturb="forward"`` with a noise table: under 2×, ``benchmarks/finetune_step.py``), and
     far more on a GPU, where the chunk-by-chunk work is bound by kernel launches and host syncs, so there
     memory, not speed, is what MeZO buys: the ratios measured by ``benchmarks/p2_memory.py`` are in
     ``docs/benchmarks.md`` (P2 — memory).
@@ -81,6 +97,9 @@ class MeZO(Estimator):
         write_grad: write the dense direction into ``.grad`` (True) or only return it compressed (False)
             (default: True).
         seed: names the noise stream; each perturbation is keyed by (seed, step, probe, tensor) (default: 0).
+        perturb: ``"in_place"`` (write θ ± σz_i into the model and restore it exactly) or ``"forward"`` (leave
+            θ alone and perturb each parameter where the forward reads it; bitwise the same results, faster;
+            see above) (default: ``"in_place"``).
         exchange: a :class:`~unigrad.core.exchange.ProbeExchange` to spread the probes over processes
             (``unigrad.distributed``): each process perturbs, measures and restores its own probes, the
             scalar losses are all-gathered, then every process accumulates ``g`` over all ``q`` probes by
@@ -109,16 +128,19 @@ class MeZO(Estimator):
         write_grad: bool = True,
         seed: int = 0,
         exchange: ProbeExchange | None = None,
+        perturb: str = "in_place",
     ) -> None:
         super().__init__(seed)
         check_probes(probes, sigma)
         check_choice("distribution", distribution, DISTRIBUTIONS)
+        check_choice("perturb", perturb, PERTURB)
         if not isinstance(write_grad, bool):
             raise UnigradError(f"option write_grad must be True or False, got {write_grad!r}")
         self.noise = ProbeNoise(distribution, noise_source, table_size)
         self.probes, self.sigma, self.distribution = probes, float(sigma), distribution
         self.noise_source, self.table_size, self.write_grad = noise_source, table_size, write_grad
         self.exchange = check_exchange(exchange)
+        self.perturb = perturb
         self._fixed = self._perturbed = self._fixup_bytes = 0  # fix-up statistics of the current estimate
 
     @torch.no_grad()
@@ -131,20 +153,29 @@ class MeZO(Estimator):
         mine = range(q) if ex is None else ex.local_probes(q)
         f = torch.empty(2, len(mine), dtype=torch.float64)
         projected, coeffs = [], []
+        in_forward = self.perturb == "forward"
+        if in_forward and self.step == 0:
+            warn_if_sigma_too_small(params, self.sigma)
         for k, i in enumerate(mine):
-            # probe: θ+σz_i, measure, then θ (exact) and θ−σz_i, measure, then θ (exact) again
-            fix = self._sweep(flats, i, undo=0.0, do=1.0, fixups={}, check_sigma=k == 0)
-            f[0, k] = self._measure(model, objective, cost, flats, i, 1.0, fix)
-            fix = self._sweep(flats, i, undo=1.0, do=-1.0, fixups=fix)
-            f[1, k] = self._measure(model, objective, cost, flats, i, -1.0, fix)
+            if in_forward:  # θ untouched: each forward reads θ ± σz_i where it uses a parameter
+                f[0, k], f[1, k] = (self._measure_in_forward(model, objective, cost, params, i, s) for s in (1, -1))
+                fix: Fixups = {}
+            else:  # probe: θ+σz_i, measure, then θ (exact) and θ−σz_i, measure, then θ (exact) again
+                fix = self._sweep(flats, i, undo=0.0, do=1.0, fixups={}, check_sigma=k == 0)
+                f[0, k] = self._measure(model, objective, cost, flats, i, 1.0, fix)
+                fix = self._sweep(flats, i, undo=1.0, do=-1.0, fixups=fix)
+                f[1, k] = self._measure(model, objective, cost, flats, i, -1.0, fix)
+            undo = 0.0 if in_forward else -1.0
             if ex is not None:  # restore only: the combination waits for every process's losses
-                self._sweep(flats, i, undo=-1.0, do=0.0, fixups=fix)
+                if undo:
+                    self._sweep(flats, i, undo=undo, do=0.0, fixups=fix)
                 continue
             # combine: c_i = (f+ − f−)/(2σ); g += (c_i/q) z_i while restoring
             c = float(f[0, k] - f[1, k]) / (2 * self.sigma)
             projected.append(c)
             coeffs.append(c / q)
-            self._sweep(flats, i, undo=-1.0, do=0.0, fixups=fix, grads=grads, coeff=c / q)
+            if undo or grads is not None:
+                self._sweep(flats, i, undo=undo, do=0.0, fixups=fix, grads=grads, coeff=c / q)
         if ex is not None:
             # gather the scalar losses of all processes, then combine all q probes, regenerating each z_i
             f = gather_losses(ex, f, q, cost)
@@ -184,6 +215,18 @@ class MeZO(Estimator):
         except BaseException:
             self._sweep(flats, i, undo=s, do=0.0, fixups=fix)
             raise
+
+    def _measure_in_forward(
+        self, model: nn.Module, objective: Objective, cost: Cost, params: list[tuple[str, nn.Parameter]], i: int, s: int
+    ) -> float:
+        """Mean loss at θ + s·σz_i, computed without writing θ (``perturb="forward"``)."""
+        with _InForward(self, [p for _, p in params], i, s * self.sigma):
+            return float(reduce(evaluate(objective, model, cost)))
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options; ``perturb`` is listed only when it is not the default ``"in_place"``."""
+        opts = super().options()
+        return opts if self.perturb == "in_place" else {**opts, "perturb": self.perturb}
 
     def _sweep(
         self,
@@ -235,3 +278,58 @@ class MeZO(Estimator):
                 stacklevel=5,
             )
         return new
+
+
+def _embedding_args(input: Tensor, weight: Tensor, padding_idx: Any = None, max_norm: Any = None, *_: Any, **__: Any):
+    return input, weight, max_norm
+
+
+class _InForward(TorchFunctionMode):
+    """Gives every torch function that reads one of ``params`` the perturbed value θ + scale·z_probe instead.
+
+    The value is computed when it is read and dropped after the call, with the in-place sweep's operations
+    (``fl(θ + fl(z·scale))``), so the forward sees the very bits the in-place perturbation would write.
+    ``F.embedding`` perturbs only the rows it looks up (:meth:`~unigrad.core.rng.ProbeNoise.rows`); reading
+    metadata (shape, dtype, ...) sees θ itself.
+    """
+
+    def __init__(self, mezo: MeZO, params: list[nn.Parameter], probe: int, scale: float) -> None:
+        super().__init__()
+        self.mezo, self.probe, self.scale = mezo, probe, scale
+        self.index = {id(p): (k, p) for k, p in enumerate(params)}
+
+    def _find(self, a: Any) -> int | None:
+        hit = self.index.get(id(a)) if isinstance(a, Tensor) else None
+        return hit[0] if hit is not None and hit[1] is a else None
+
+    def _uses(self, a: Any) -> bool:
+        return self._find(a) is not None or (isinstance(a, (list, tuple)) and any(self._find(b) is not None for b in a))
+
+    def _swap(self, a: Any) -> Any:
+        if isinstance(a, (list, tuple)):
+            return type(a)(self._swap(b) for b in a)
+        k = self._find(a)
+        return a if k is None else self._value(k, a)
+
+    def _key(self, k: int) -> tuple[int, int, int, int]:
+        return self.mezo.seed, self.mezo.step, self.probe, k
+
+    def _value(self, k: int, p: Tensor) -> Tensor:
+        """θ + scale·z for parameter ``k``, as the in-place sweep computes it."""
+        noise, n = self.mezo.noise, p.numel()
+        out = torch.empty(n, dtype=p.dtype, device=p.device)
+        for start, z in noise.chunks(*self._key(k), n, p.device):
+            torch.mul(z.to(p.dtype), self.scale, out=out[start : start + z.numel()])
+        return out.add_(flat_view(p)).view(p.shape)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if reads_metadata(func) or not any(self._uses(a) for a in (*args, *kwargs.values())):
+            return func(*args, **kwargs)
+        if func is F.embedding:
+            ids, weight, max_norm = _embedding_args(*args, **kwargs)
+            k = self._find(weight)
+            if k is not None and max_norm is None and weight.dim() == 2 and self._find(ids) is None:
+                z = self.mezo.noise.rows(*self._key(k), weight.shape, ids).to(weight.dtype)
+                return torch.mul(z, self.scale).add_(F.embedding(ids, weight))
+        return func(*self._swap(args), **{name: self._swap(v) for name, v in kwargs.items()})
