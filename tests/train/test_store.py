@@ -281,6 +281,17 @@ def test_points_upsert_by_step_and_are_validated(tmp_path):
             store.add_points(7, _history(1))
 
 
+def test_points_of_extra_evaluation_sets_are_checked_not_stored(tmp_path):
+    with Store(tmp_path / "s.sqlite") as store:
+        run = store.start_run(_config(), ENV)
+        point = {**_history(1)[0], "transfer_loss": 0.5, "transfer_accuracy": 0.75}
+        store.add_points(run.id, [point])
+        assert store.points(run.id) == _history(1)
+        with pytest.raises(UnigradError, match="transfer_accuracy must be a number") as e:
+            store.add_points(run.id, [{**point, "transfer_accuracy": "x"}])
+        _one_line(e)
+
+
 def test_a_failing_write_leaves_the_store_as_it_was(tmp_path):
     with Store(tmp_path / "s.sqlite") as store:
         run = store.start_run(_config(), ENV)

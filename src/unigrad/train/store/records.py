@@ -2,7 +2,9 @@
 
 Pure data and checks, no database: :func:`run_key` hashes a run's configuration (:func:`canonical_json`),
 :class:`RunRecord` and :class:`GroupRecord` are decoded rows, and the point helpers turn a trainer's
-``history`` entry into a row of ``points`` (refusing a malformed one) and back.
+``history`` entry into a row of ``points`` (refusing a malformed one) and back. The figures of a task's extra
+evaluation sets (``<name>_loss``, ``<name>_accuracy``, e.g. the text tasks' ``transfer_accuracy``) are checked
+but have no column in ``points``: only the run's stored result keeps them, in its ``final`` point.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ FINISHED = ("ok", "diverged", "failed")
 # the columns of ``points`` after run_id and step, in the order of the trainer's history
 POINT_COLUMNS = ("epoch", "forward_equivalents", "seconds", "train_loss", "test_loss", "test_accuracy")
 _REQUIRED = ("epoch", "forward_equivalents", "seconds")
+EXTRA_SUFFIXES = ("_loss", "_accuracy")
+"""How the point fields of a task's extra evaluation sets end (checked, not stored in ``points``)."""
 CSV_COLUMNS = ("run_id", "key", "task", "method", "seed", "status", "step", *POINT_COLUMNS)
 
 
@@ -181,20 +185,25 @@ def _number(run_id: int, step: Any, name: str, value: Any, *, required: bool) ->
 
 
 def point_row(run_id: int, point: Mapping[str, Any]) -> tuple[Any, ...]:
-    """``(run_id, step, epoch, ...)`` for ``points``; a one-line error for a malformed point."""
+    """``(run_id, step, epoch, ...)`` for ``points``; a one-line error for a malformed point. Fields of extra
+    evaluation sets (names ending in :data:`EXTRA_SUFFIXES`) must be numbers or ``None`` but are not in the row."""
     if not isinstance(point, Mapping):
         raise UnigradError(f"a point of run {run_id} must be a mapping, got {type(point).__name__}")
-    unknown = sorted(set(point) - {"step", *POINT_COLUMNS})
+    others = set(point) - {"step", *POINT_COLUMNS}
+    extra = sorted(k for k in others if isinstance(k, str) and k.endswith(EXTRA_SUFFIXES))
+    unknown = sorted(map(str, others - set(extra)))
     if unknown:
         raise UnigradError(
-            f"point of run {run_id} has unknown fields {', '.join(map(str, unknown))}; "
-            f"known: step, {', '.join(POINT_COLUMNS)}"
+            f"point of run {run_id} has unknown fields {', '.join(unknown)}; "
+            f"known: step, {', '.join(POINT_COLUMNS)}, <name>_loss, <name>_accuracy"
         )
     step = point.get("step")
     if isinstance(step, float) and step.is_integer():
         step = int(step)
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise UnigradError(f"point of run {run_id} needs an integer step >= 0, got {step!r}")
+    for name in extra:
+        _number(run_id, step, name, point[name], required=False)
     values = [_number(run_id, step, c, point.get(c), required=c in _REQUIRED) for c in POINT_COLUMNS]
     return (run_id, step, *values)
 
