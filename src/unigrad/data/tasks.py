@@ -24,7 +24,9 @@ minilm-sentiment-k512  the same, 512 words per class                            
 tiny-sentiment         tiny random BERT (hidden 32, 2 layers), 64 words per class  1,010,370
 =====================  ==========================================================  ==========
 
-Every text task is tested on the whole test split (1,116 words). The pretrained model is the same for every
+Every text task is tested on the whole test split (1,116 words) and, as its extra test set ``transfer``
+(:attr:`Task.extra_tests`), on the AFINN transfer set (684 words not in VADER,
+:func:`~unigrad.data.lexicon.load_transfer`). The pretrained model is the same for every
 seed (the seed still orders the data and keys the noise); the tiny one is initialised from it.
 
 The loss is ``F.cross_entropy`` (per sample through :func:`unigrad.supervised`) and the metric is
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +47,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import unknown_name
 from unigrad.data.digits import load_digits
 from unigrad.data.fashion_mnist import load_fashion_mnist
-from unigrad.data.lexicon import LABEL_WORDS, load_sentiment, sentences
+from unigrad.data.lexicon import LABEL_WORDS, load_sentiment, load_transfer, sentences
 from unigrad.data.mnist1d import load_mnist1d
 from unigrad.nn.models import mlp, small_cnn
 from unigrad.nn.text import SentenceClassifier, embed_texts, load_encoder
@@ -59,14 +61,20 @@ def cast_inputs(x: Tensor, device: torch.device | str, dtype: torch.dtype) -> Te
     return x.to(device=device, dtype=dtype) if x.is_floating_point() else x.to(device=device)
 
 
+ExtraTests = dict[str, tuple[Tensor, Tensor]]
+"""Extra named evaluation sets of a task: ``{name: (x, y)}``, evaluated next to the test set."""
+
+
 @dataclass(frozen=True)
 class TaskData:
-    """Train and test tensors of one task."""
+    """Train and test tensors of one task, and its extra named evaluation sets (:data:`ExtraTests`, most tasks
+    have none)."""
 
     x_train: Tensor
     y_train: Tensor
     x_test: Tensor
     y_test: Tensor
+    extra: ExtraTests = field(default_factory=dict)
 
     def to(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> TaskData:
         """Everything moved to ``device``; floating inputs cast to ``dtype`` (:func:`cast_inputs`)."""
@@ -75,28 +83,32 @@ class TaskData:
             self.y_train.to(device=device),
             cast_inputs(self.x_test, device, dtype),
             self.y_test.to(device=device),
+            {name: (cast_inputs(x, device, dtype), y.to(device=device)) for name, (x, y) in self.extra.items()},
         )
 
 
 @dataclass(frozen=True)
 class Task:
     """A named supervised problem: ``data()``, ``build_model(seed)``, ``loss_fn`` and ``metric``; ``batch_size`` is
-    the command line's default batch for it."""
+    the command line's default batch for it. ``extra_tests``, when given, loads the task's extra named evaluation
+    sets (:data:`ExtraTests`): the trainer reports ``<name>_loss`` and ``<name>_accuracy`` for each."""
 
     name: str
     description: str
     loader: Callable[[], tuple[Tensor, Tensor, Tensor, Tensor]]
     builder: Callable[[int], nn.Module]
     batch_size: int = 64
+    extra_tests: Callable[[], ExtraTests] | None = None
 
     loss_fn = staticmethod(F.cross_entropy)
     metric_name = "accuracy"
 
     def data(self) -> TaskData:
         """The task's tensors (loaded on first use, then kept for the process)."""
-        if self.loader not in _LOADED:
-            _LOADED[self.loader] = TaskData(*self.loader())
-        return _LOADED[self.loader]
+        key = (self.loader, self.extra_tests)
+        if key not in _LOADED:
+            _LOADED[key] = TaskData(*self.loader(), extra=self.extra_tests() if self.extra_tests else {})
+        return _LOADED[key]
 
     def build_model(self, seed: int = 0) -> nn.Module:
         """A freshly initialised model; the same seed gives the same weights."""
@@ -108,7 +120,13 @@ class Task:
         return float((logits.argmax(dim=-1) == targets).float().mean())
 
 
-_LOADED: dict[Callable[[], tuple[Tensor, Tensor, Tensor, Tensor]], TaskData] = {}
+_Loader = Callable[[], tuple[Tensor, Tensor, Tensor, Tensor]]
+_LOADED: dict[tuple[_Loader, Callable[[], ExtraTests] | None], TaskData] = {}
+
+
+def transfer_tests() -> ExtraTests:
+    """The text tasks' extra test set: ``{"transfer": load_transfer()}``, the AFINN words not in VADER."""
+    return {"transfer": load_transfer()}
 
 
 def sentiment_classifier(encoder: str, seed: int) -> SentenceClassifier:
@@ -156,6 +174,7 @@ TASKS: dict[str, Task] = {
             "VADER words 'It was {word}.' (4,462/1,116), pretrained all-MiniLM-L6-v2 + prototype head",
             load_sentiment,
             functools.partial(sentiment_classifier, "minilm"),
+            extra_tests=transfer_tests,
         ),
         Task(
             "minilm-sentiment-k16",
@@ -163,18 +182,21 @@ TASKS: dict[str, Task] = {
             functools.partial(load_sentiment, 16),
             functools.partial(sentiment_classifier, "minilm"),
             batch_size=32,  # the whole training set
+            extra_tests=transfer_tests,
         ),
         Task(
             "minilm-sentiment-k512",
             "VADER words, 512 per class (1,024/1,116), pretrained all-MiniLM-L6-v2 + prototype head",
             functools.partial(load_sentiment, 512),
             functools.partial(sentiment_classifier, "minilm"),
+            extra_tests=transfer_tests,
         ),
         Task(
             "tiny-sentiment",
             "VADER words, 64 per class (128/1,116), tiny random BERT (hidden 32, 2 layers) + prototype head",
             functools.partial(load_sentiment, TINY_K),
             functools.partial(sentiment_classifier, "tiny"),
+            extra_tests=transfer_tests,
         ),
     )
 }

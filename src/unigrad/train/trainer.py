@@ -13,7 +13,9 @@
 * **Evaluation points**: the initial model and every ``1/eval_points`` of the budget (20 by
   default, so curves have enough points), and the end. Each records the fractional epoch, step,
   forward-pass equivalents, training wall seconds, the running mean of ``Estimate.loss`` since the
-  previous point, test accuracy and test loss. The model is evaluated at most once a step: asking for
+  previous point, test accuracy and test loss, and, for a task with extra evaluation sets
+  (:attr:`~unigrad.data.tasks.Task.extra_tests`, the text tasks' ``transfer``), ``<name>_loss`` and
+  ``<name>_accuracy`` of each. The model is evaluated at most once a step: asking for
   more points than an ``epochs`` or ``steps`` budget has steps is refused (:func:`check_plan`), and a
   ``forwards`` or ``seconds`` budget that ends up with fewer steps than the points asked for warns
   after the run (:class:`PlanWarning`). The default (``eval_points=None``: 20) is neither refused nor
@@ -315,6 +317,17 @@ def _fingerprint(
     return fingerprint
 
 
+def _extra_tests(model: nn.Module, task: Task, data: TaskData) -> dict[str, float | None]:
+    """``<name>_loss`` and ``<name>_accuracy`` of ``model`` on each of the task's extra evaluation sets
+    (:attr:`TaskData.extra`, none for most tasks); a loss that is not finite is ``None``."""
+    out: dict[str, float | None] = {}
+    for name, (x, y) in data.extra.items():
+        loss, metric = evaluate(model, task, x, y)
+        out[f"{name}_loss"] = loss if math.isfinite(loss) else None
+        out[f"{name}_{task.metric_name}"] = metric
+    return out
+
+
 def _test_point(task: Task, data: TaskData, order: DataOrder, exchange: Exchange | None) -> Callable[..., Point | None]:
     """The evaluation point of a run (module docs), or ``None`` when the test loss is not finite."""
 
@@ -330,6 +343,7 @@ def _test_point(task: Task, data: TaskData, order: DataOrder, exchange: Exchange
             "train_loss": loop.train_loss(),
             "test_loss": test_loss,
             "test_accuracy": test_acc,
+            **_extra_tests(loop.model, task, data),
             **({"bytes": exchange.sent} if exchange is not None else {}),
         }
 
