@@ -136,6 +136,15 @@ def sentiment_classifier(encoder: str, seed: int) -> SentenceClassifier:
     return SentenceClassifier(model, len(LABEL_WORDS), embed_texts(model, sentences(list(LABEL_WORDS))), seed=seed)
 
 
+def text_task(name: str, description: str, encoder: str, k: int | None = None, batch_size: int = 64) -> Task:
+    """A text task: the VADER words (``k`` per class from the training split, or all of it;
+    :func:`~unigrad.data.lexicon.load_sentiment`), :func:`sentiment_classifier` on ``encoder``, and the transfer
+    set as its extra test set (:func:`transfer_tests`)."""
+    loader = load_sentiment if k is None else functools.partial(load_sentiment, k)
+    builder = functools.partial(sentiment_classifier, encoder)
+    return Task(name, description, loader, builder, batch_size, extra_tests=transfer_tests)
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
@@ -169,34 +178,29 @@ TASKS: dict[str, Task] = {
             load_fashion_mnist,
             lambda seed: small_cnn(1, 28, (16, 32), 10, seed=seed),
         ),
-        Task(
+        text_task(
             "minilm-sentiment",
             "VADER words 'It was {word}.' (4,462/1,116), pretrained all-MiniLM-L6-v2 + prototype head",
-            load_sentiment,
-            functools.partial(sentiment_classifier, "minilm"),
-            extra_tests=transfer_tests,
+            "minilm",
         ),
-        Task(
+        text_task(
             "minilm-sentiment-k16",
             "VADER words, 16 per class (32/1,116), pretrained all-MiniLM-L6-v2 + prototype head",
-            functools.partial(load_sentiment, 16),
-            functools.partial(sentiment_classifier, "minilm"),
+            "minilm",
+            k=16,
             batch_size=32,  # the whole training set
-            extra_tests=transfer_tests,
         ),
-        Task(
+        text_task(
             "minilm-sentiment-k512",
             "VADER words, 512 per class (1,024/1,116), pretrained all-MiniLM-L6-v2 + prototype head",
-            functools.partial(load_sentiment, 512),
-            functools.partial(sentiment_classifier, "minilm"),
-            extra_tests=transfer_tests,
+            "minilm",
+            k=512,
         ),
-        Task(
+        text_task(
             "tiny-sentiment",
             "VADER words, 64 per class (128/1,116), tiny random BERT (hidden 32, 2 layers) + prototype head",
-            functools.partial(load_sentiment, TINY_K),
-            functools.partial(sentiment_classifier, "tiny"),
-            extra_tests=transfer_tests,
+            "tiny",
+            k=TINY_K,
         ),
     )
 }
