@@ -28,3 +28,12 @@ def _suite_threads() -> None:
     """Every test starts with the suite's thread count: the CLI, run in-process by some tests, sets its own
     (``--threads``, default 1), which would otherwise leak into the tests after it."""
     torch.set_num_threads(THREADS)
+
+
+@pytest.fixture
+def one_thread() -> None:
+    """One torch thread for a test, whatever the suite's count (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    modules of many tiny ops, where intra-op threads only spin on a busy machine, and runs compared bitwise with
+    one-thread worker processes. Autouse fixtures run first, so this follows :func:`_suite_threads`, which resets
+    the count for the next test."""
+    torch.set_num_threads(1)

@@ -33,12 +33,7 @@ METHODS = {
 DATA_PARALLEL = {"options": {**METHODS["es"], "fitness_shaping": "raw"}, "optimizer": "sgd"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    """The workers run one thread each; bitwise equality with them needs the same thread count here. Per test,
-    after the suite's own thread fixture (tests/conftest.py), which would otherwise reset it and restores it
-    for the next module's tests."""
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _launch(tmp: Path, jobs: list[dict], *, timeout: float = 20.0, fault: dict | None = None) -> list[subprocess.Popen]:

@@ -36,14 +36,7 @@ SOURCES = ("generator", "table")
 SIGMA = 1e-3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # MeZO runs many tiny ops; on a busy 2-core machine, intra-op threads spinning for a core make
-    # each of them take milliseconds. One thread here is ~7x faster; the previous value is restored.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Mixed(nn.Module):

@@ -32,13 +32,7 @@ VOCAB, HIDDEN, BATCH, LENGTH = 100, 32, 8, 6
 NODE_METHODS = ("np", "anp", "danp")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # many tiny ops: intra-op threads only spin on a busy machine; the previous value is restored
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyBert(nn.Module):
