@@ -84,6 +84,9 @@ METHODS: dict[str, Callable] = {
     "mezo forward table": mezo(perturb="forward", noise_source="table", table_size=TABLE),
     "mezo lean forward table": mezo(lean=True, perturb="forward", noise_source="table", table_size=TABLE),
     "mezo lean forward": mezo(lean=True, perturb="forward"),
+    "mezo lean forward auto 2^20": mezo(lean=True, perturb="forward", noise_source="auto", table_size=1 << 20),
+    "mezo lean forward table 2^20": mezo(lean=True, perturb="forward", noise_source="table", table_size=1 << 20),
+    "mezo forward table 2^20": mezo(perturb="forward", noise_source="table", table_size=1 << 20),
     "spsa": probing("spsa", 1, 2),
     "es": probing("es", 1, 2),
 }
@@ -126,10 +129,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = {}
-    print(f"{'method':<26} {'step s':>8} {'fwd s':>8} {'ratio':>6}")
+    print(f"{'method':<30} {'step s':>8} {'fwd s':>8} {'ratio':>6}")
     for name in args.only or METHODS:
         r = rows[name] = measure(METHODS[name], args.repeats)
-        print(f"{name:<26} {r['step_s']:8.3f} {r['forwards_s']:8.3f} {r['ratio']:6.2f}", flush=True)
+        print(f"{name:<30} {r['step_s']:8.3f} {r['forwards_s']:8.3f} {r['ratio']:6.2f}", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     meta = {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "machine": platform.machine()}
     RESULTS.write_text(json.dumps({"meta": meta, "methods": rows}, indent=2) + "\n")

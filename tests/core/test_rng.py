@@ -162,16 +162,43 @@ def test_bad_options() -> None:
     with pytest.raises(UnigradError, match="table_size"):
         ProbeNoise("gaussian", "table", table_size=0)
     with pytest.raises(UnigradError, match="exceeds the noise table"):
-        ProbeNoise("gaussian", "table", table_size=100).raw(0, 0, 0, 0, (101,))
+        ProbeNoise("gaussian", "table", table_size=100).raw(0, 0, 0, 0, (101,))  # one row: no windows
+    with pytest.raises(UnigradError, match="row windows"):
+        ProbeNoise("gaussian", "table", table_size=100).raw(0, 0, 0, 0, (2, 51))  # rows over half the table
 
 
-def test_the_old_name_noise_still_gives_probe_noise_with_a_warning():
-    import unigrad
-    import unigrad.core
-    import unigrad.core.rng
+@pytest.mark.parametrize("distribution", ("gaussian", "rademacher"))
+def test_a_tensor_larger_than_the_table_is_read_in_row_windows(distribution: str) -> None:
+    # every access path (whole tensor, chunks, looked-up rows, probe blocks) gives the same bits, each row is a
+    # window of the table, and the rows' windows move with the key
+    noise = ProbeNoise(distribution, "table", table_size=1000)
+    shape = (900, 37)  # 33,300 entries > 2·CHUNK, rows straddle chunk boundaries
+    z = noise.raw(3, 4, 1, 2, shape)
+    assert z.shape == shape
+    flat = torch.cat([piece for _, piece in noise.chunks(3, 4, 1, 2, z.numel(), "cpu", shape)])
+    assert torch.equal(flat, z.view(-1))
+    ids = torch.tensor([[0, 899, 441], [442, 0, 17]])
+    assert torch.equal(noise.rows(3, 4, 1, 2, shape, ids), z[ids])
+    assert torch.equal(noise.raw_block(3, 4, range(3), 2, shape)[1], z)
+    table = noise._table(torch.device("cpu"))
+    windows = table.unfold(0, 37, 1)
+    assert all(bool((windows == row).all(1).any()) for row in z[:50])
+    assert not torch.equal(z, noise.raw(3, 5, 1, 2, shape)) and not torch.equal(z, noise.raw(3, 4, 0, 2, shape))
+    with pytest.raises(UnigradError, match="shape is needed"):
+        next(noise.chunks(3, 4, 1, 2, z.numel()))
 
-    for module in (unigrad, unigrad.core, unigrad.core.rng):
-        with pytest.warns(DeprecationWarning, match="ProbeNoise"):
-            assert module.Noise is ProbeNoise
-    with pytest.raises(AttributeError):
-        unigrad.core.rng.NoSuchThing  # noqa: B018
+
+def test_row_windows_tie_no_pair_of_entries_across_keys() -> None:
+    # a single direction repeats table values across rows, but the stride is drawn per key, so no fixed pair of
+    # entries is tied: over keys, any two entries share a table value about 1/table_size of the time (with a fixed
+    # stride some pairs would be equal for every key, and E[z zᵀ] would have 1s off the diagonal)
+    noise = ProbeNoise("gaussian", "table", table_size=256)
+    ties = torch.zeros(400, 400)
+    for step in range(1000):
+        z = noise.raw(0, step, 0, 0, (200, 2)).reshape(-1)
+        ties += (z[:, None] == z[None, :]).float()
+    ties.fill_diagonal_(0)
+    assert ties.max() / 1000 < 0.03  # P = 251: a given pair ties for 1/250 of the keys, about 4 of 1000
+    assert 0 < ties.sum() / (1000 * 400 * 399) < 0.01  # the repeats are there, and rare per pair
+    with pytest.raises(UnigradError, match="more rows"):
+        noise.raw(0, 0, 0, 0, (252, 2))

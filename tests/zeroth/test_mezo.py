@@ -317,13 +317,15 @@ class Embedder(nn.Module):
         return F.linear(h, self.emb.weight).logsumexp(-1).mean()
 
 
-@pytest.mark.parametrize("source", ("generator", "table", "auto"))
+@pytest.mark.parametrize("source", ("generator", "table", "auto", "table windows"))
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_perturbing_in_the_forward_is_bitwise_the_in_place_step(distribution: str, source: str) -> None:
     # perturb="forward" never writes θ: each parameter is read as fl(θ + fl(z·sσ)), the very bits the in-place
     # sweep writes, so the probe losses, the dense .grad, the replayed direction and the trained parameters are
-    # bitwise those of the in-place step; "auto" with a small table mixes table and generator tensors
-    table_size = 4_000 if source == "auto" else 40_000
+    # bitwise those of the in-place step; "auto" with a small table mixes table and generator tensors, and a
+    # table smaller than the embedding reads it in row windows
+    table_size = 4_000 if source in ("auto", "table windows") else 40_000
+    source = source.split()[0]
     options = {"distribution": distribution, "noise_source": source, "table_size": table_size}
     runs = []
     for perturb in ("in_place", "forward"):
@@ -379,6 +381,10 @@ def test_perturb_option_validated_and_reported() -> None:
         MeZO(perturb="copy")
     assert "perturb" not in MeZO().options()  # stored runs' fingerprints are unchanged
     assert MeZO(perturb="forward").options()["perturb"] == "forward"
+    # the table's size changes the stream, so a non-default one is part of the fingerprint
+    assert "table_size" not in MeZO(noise_source="table").options()
+    assert "table_size" not in MeZO(table_size=1 << 20).options()  # the generator never reads it
+    assert MeZO(noise_source="table", table_size=1 << 20).options()["table_size"] == 1 << 20
 
 
 @pytest.mark.parametrize("source", ("generator", "table"))

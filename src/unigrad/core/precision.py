@@ -31,7 +31,7 @@ def warn_if_sigma_too_small(params: Sequence[tuple[str, Tensor]], sigma: float) 
         if not p.is_floating_point() or p.numel() == 0:
             continue
         eps = torch.finfo(p.dtype).eps
-        median = float(p.detach().abs().float().flatten()[:65536].median())
+        median = float(p.detach().reshape(-1)[:65536].abs().float().median())  # sliced first: no full-size copy
         spacing = eps * median
         if sigma < 0.5 * spacing:
             too_small = True

@@ -63,7 +63,8 @@ class ReplayDirection:
         """``(start, g[start:start+n])`` for parameter ``index``, chunk by chunk, in its dtype and device."""
         p = self.params[index]
         streams = [
-            self.noise.chunks(self.seed, self.step, i, index, p.numel(), p.device) for i in range(len(self.coeffs))
+            self.noise.chunks(self.seed, self.step, i, index, p.numel(), p.device, p.shape)
+            for i in range(len(self.coeffs))
         ]
         for pieces in zip(*streams, strict=True):
             start = pieces[0][0]

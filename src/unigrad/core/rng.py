@@ -23,6 +23,15 @@ Two sources produce the same distributions:
     and the probes of a group are consecutive slices, so a block of probes within a group is one
     strided view (a block spanning groups is one copy). Values repeat across keys (a slice is a
     window into a finite table), which is the usual price of this trick.
+    A tensor larger than the table (an embedding matrix, say) is read row by row: with ``w`` the
+    elements per row (``numel // shape[0]``, at most half the table), row ``r`` of probe ``p`` is the
+    window of ``w`` entries at ``(h + r·a) mod P``, where ``P`` is the largest prime ``<= table_size − w + 1``
+    and ``h`` and the stride ``a ∈ [1, P)`` are hashes of ``(seed, step, tensor, p)``. A single direction
+    repeats table values across rows, but since ``P`` is prime and ``a`` is drawn afresh for every key, two
+    given entries of different rows share a table value for a fraction ``≈ 1/P`` of keys, never for all: no
+    pair is tied, and E[zzᵀ] = I holds over keys up to the table's own sample statistics. The tensor may
+    have at most ``P`` rows.
+    That buys a small table for a model with a large embedding (see :class:`~unigrad.zeroth.mezo.MeZO`).
     Rademacher entries are the signs of the same table (cached once as a second table), so they are
     free views too.
 
@@ -41,6 +50,7 @@ Tensors returned by :class:`ProbeNoise` may be views of the shared table: never 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
@@ -112,6 +122,15 @@ def _generator_chunk(kind: str, key: tuple[int, ...], c: int, total: int, device
     return torch.randn(n, generator=g, device=device)
 
 
+@functools.lru_cache(maxsize=64)
+def _prime_at_most(n: int) -> int:
+    """The largest prime ``<= n`` (``n >= 2``): the modulus of row windows, so that every stride is a unit."""
+    for m in range(n, 1, -1):
+        if all(m % d for d in range(2, math.isqrt(m) + 1)):
+            return m
+    raise ValueError(f"no prime <= {n}")
+
+
 _TABLES: dict[tuple[int, int, str, str], Tensor] = {}
 
 
@@ -140,7 +159,8 @@ class ProbeNoise:
         distribution: ``"gaussian"``, ``"rademacher"`` or ``"sphere"``.
         source: ``"generator"`` (exact per-key RNG, streamable), ``"table"`` (shared table, free) or
             ``"auto"`` (the table for tensors that fit in it, else the generator).
-        table_size: entries in the shared table (``source="table"``); must exceed every tensor's size.
+        table_size: entries in the shared table (``source="table"``). A tensor larger than the table is read
+            in row windows (see the module docstring); its rows must hold at most half the table.
         table_seed: seed of the shared table.
     """
 
@@ -178,12 +198,35 @@ class ProbeNoise:
         """Probes per contiguous group of a tensor of ``n`` elements (see :data:`GROUP`)."""
         return max(1, min(GROUP, self.table_size // n))
 
-    def _offset(self, seed: int, step: int, probe: int, index: int, n: int) -> int:
-        if n > self.table_size:
+    def _windowed(self, n: int) -> bool:
+        """Whether a tensor of ``n`` elements is read from the table in row windows (larger than the table)."""
+        return self._uses_table(n) and n > self.table_size
+
+    def _windows(
+        self, seed: int, step: int, probe: int, index: int, shape: Sequence[int], device: torch.device
+    ) -> tuple[Tensor, Tensor]:
+        """The table as overlapping row windows, ``(span, w)``, and the window of every row of the tensor."""
+        rows = shape[0] if len(shape) > 0 else 1
+        width = math.prod(shape) // max(rows, 1)
+        if len(shape) < 2 or 2 * width > self.table_size:
             raise UnigradError(
-                f"a tensor of {n} elements exceeds the noise table ({self.table_size}); "
-                f"raise table_size or use noise_source='generator'"
+                f"a tensor of shape {tuple(shape)} exceeds the noise table ({self.table_size} entries) and cannot be "
+                f"read in row windows (rows of at most {self.table_size // 2} elements); raise table_size or use "
+                f"noise_source='generator'"
             )
+        span = self.table_size - width + 1
+        prime = _prime_at_most(span)
+        if rows > prime:
+            raise UnigradError(
+                f"a tensor of shape {tuple(shape)} has more rows than the noise table has windows ({prime}); raise "
+                f"table_size or use noise_source='generator'"
+            )
+        start = key_hash(seed, step, index, probe, 0x5700) % prime
+        stride = 1 + key_hash(seed, step, index, probe, 0x5701) % (prime - 1)
+        offsets = (torch.arange(rows, dtype=torch.int64, device=device) * stride + start) % prime
+        return self._table(device).as_strided((span, width), (1, 1)), offsets
+
+    def _offset(self, seed: int, step: int, probe: int, index: int, n: int) -> int:
         group = self._group(n)
         key = (seed, step, index, probe // group)
         h = self._hashes.get(key)
@@ -206,7 +249,10 @@ class ProbeNoise:
         """The raw stream of one tensor of one probe (Gaussian or ±1), shaped ``shape``."""
         n = math.prod(shape)
         dev = torch.device(device)
-        if self._uses_table(n):
+        if self._windowed(n):
+            windows, offsets = self._windows(seed, step, probe, index, shape, dev)
+            out = windows[offsets]
+        elif self._uses_table(n):
             off = self._offset(seed, step, probe, index, n)
             out = self._table(dev)[off : off + n]
         else:
@@ -228,7 +274,7 @@ class ProbeNoise:
         From the table this is a single strided view whenever the probes' slices are contiguous.
         """
         n = math.prod(shape)
-        if self._uses_table(n) and len(probes) > 0:
+        if self._uses_table(n) and not self._windowed(n) and len(probes) > 0:
             table, group = self._table(torch.device(device)), self._group(n)
             views = []
             for _, run in itertools.groupby(probes, key=lambda p: p // group):
@@ -242,10 +288,22 @@ class ProbeNoise:
         return out
 
     def chunks(
-        self, seed: int, step: int, probe: int, index: int, numel: int, device: torch.device | str = "cpu"
+        self,
+        seed: int,
+        step: int,
+        probe: int,
+        index: int,
+        numel: int,
+        device: torch.device | str = "cpu",
+        shape: Sequence[int] | None = None,
     ) -> Iterator[tuple[int, Tensor]]:
-        """Stream the raw flat noise of one tensor as ``(start, values)`` pieces of ≤ CHUNK elements."""
+        """Stream the raw flat noise of one tensor as ``(start, values)`` pieces of ≤ CHUNK elements.
+
+        ``shape`` is needed only for a tensor larger than the noise table (read in row windows)."""
         dev = torch.device(device)
+        if self._windowed(numel):
+            yield from self._window_chunks(seed, step, probe, index, shape, numel, dev)
+            return
         for start in range(0, numel, CHUNK):
             stop = min(numel, start + CHUNK)
             if self._uses_table(numel):
@@ -255,12 +313,30 @@ class ProbeNoise:
                 piece = _generator_stream(self._raw_kind(), (seed, step, probe, index), start, stop, numel, dev)
             yield start, piece
 
+    def _window_chunks(
+        self, seed: int, step: int, probe: int, index: int, shape: Sequence[int] | None, numel: int, dev: torch.device
+    ) -> Iterator[tuple[int, Tensor]]:
+        if shape is None or math.prod(shape) != numel:
+            raise UnigradError(
+                f"a tensor of {numel} elements exceeds the noise table ({self.table_size}); its shape is needed to "
+                f"read it in row windows"
+            )
+        windows, offsets = self._windows(seed, step, probe, index, shape, dev)
+        width = numel // shape[0]
+        for start in range(0, numel, CHUNK):
+            stop = min(numel, start + CHUNK)
+            lo, hi = start // width, (stop - 1) // width + 1
+            yield start, windows[offsets[lo:hi]].view(-1)[start - lo * width : stop - lo * width]
+
     def rows(self, seed: int, step: int, probe: int, index: int, shape: Sequence[int], ids: Tensor) -> Tensor:
         """``raw(...).view(shape)[ids]`` for a 2-D tensor (an embedding table): the raw stream of the rows
         ``ids`` only, shaped ``(*ids.shape, shape[1])``. From the generator, only the chunks that hold those
         rows are drawn; the values are the same bits as the full stream's."""
         rows, width = shape
         n, dev = rows * width, ids.device
+        if self._windowed(n):
+            windows, offsets = self._windows(seed, step, probe, index, shape, dev)
+            return windows[offsets[ids]]
         if self._uses_table(n):
             off = self._offset(seed, step, probe, index, n)
             return self._table(dev)[off : off + n].view(rows, width)[ids]
@@ -288,7 +364,7 @@ class ProbeNoise:
         d = sum(math.prod(s) for s in shapes)
         sq = 0.0
         for i, s in enumerate(shapes):
-            for _, piece in self.chunks(seed, step, probe, i, math.prod(s), device):
+            for _, piece in self.chunks(seed, step, probe, i, math.prod(s), device, s):
                 sq += float(piece.double().square().sum())
         return math.sqrt(d / sq)
 

@@ -77,8 +77,10 @@ class MeZO(Estimator):
     Cost: ``2qB`` forward samples for a batch of B; three passes of noise generation per probe (plus one
     per probe for :class:`~unigrad.optim.ReplaySGD`), as in the paper's algorithm. The loss reported
     is the mean of the 2q probe losses (``loss_is_probe_mean``). Warns when σ is too small to move most
-    parameters at their precision. In place, a step takes several times the time of its two forwards on a CPU
-    (``perturb="forward"`` with a noise table: under 2×, ``benchmarks/finetune_step.py``), and
+    parameters at their precision. In place, a step takes several times the time of its two forwards on a CPU;
+    the fast configuration ``perturb="forward", noise_source="table", table_size=2**20`` (a 4 MiB table)
+    takes under 2× on a pretrained transformer, memory-lean at inference memory
+    (``benchmarks/finetune_step.py``, ``benchmarks/finetune_memory.py``, ``docs/finetuning.md``), and
     far more on a GPU, where the chunk-by-chunk work is bound by kernel launches and host syncs, so there
     memory, not speed, is what MeZO buys: the ratios measured by ``benchmarks/p2_memory.py`` are in
     ``docs/benchmarks.md`` (P2 — memory).
@@ -87,11 +89,12 @@ class MeZO(Estimator):
         probes: number of probes q (≥ 1) (default: 1).
         sigma: perturbation scale σ (> 0) (default: 1e-3).
         distribution: ``"gaussian"`` or ``"rademacher"`` (the latter is SPSA) (default: ``"gaussian"``).
-        noise_source: ``"generator"`` (regenerated per key and chunk; no memory) or ``"table"`` (a shared
+        noise_source: ``"generator"`` (regenerated per key and chunk; no memory), ``"table"`` (a shared
             table of ``table_size`` normals read at seeded offsets: faster, but the table is held in memory,
-            4·table_size bytes per cached table, and must be larger than every parameter tensor; the memory
-            it adds for the small MLP of ``benchmarks/p2_memory.py`` is in ``docs/benchmarks.md``)
-            (default: ``"generator"``).
+            4·table_size bytes per cached table; a tensor larger than the table, such as a word embedding,
+            is read in row windows, see :mod:`unigrad.core.rng`; the memory it adds for the small MLP of
+            ``benchmarks/p2_memory.py`` is in ``docs/benchmarks.md``) or ``"auto"`` (the table for tensors
+            that fit, the generator for the others) (default: ``"generator"``).
         table_size: entries of the shared table (``noise_source="table"``); 4·2²⁰ entries are 16 MiB of
             float32 (default: 4,194,304).
         write_grad: write the dense direction into ``.grad`` (True) or only return it compressed (False)
@@ -142,11 +145,13 @@ class MeZO(Estimator):
         self.exchange = check_exchange(exchange)
         self.perturb = perturb
         self._fixed = self._perturbed = self._fixup_bytes = 0  # fix-up statistics of the current estimate
+        self._shapes: list[torch.Size] = []
 
     @torch.no_grad()
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
         cost, q = Cost(), self.probes
         flats = [flat_view(p) for _, p in params]
+        self._shapes = [p.shape for _, p in params]
         grads = self._zeroed_grads(params) if self.write_grad else None
         self._fixed = self._perturbed = self._fixup_bytes = 0
         ex = self.exchange
@@ -224,8 +229,11 @@ class MeZO(Estimator):
             return float(reduce(evaluate(objective, model, cost)))
 
     def options(self) -> dict[str, Any]:
-        """The constructor options; ``perturb`` is listed only when it is not the default ``"in_place"``."""
+        """The constructor options; ``perturb`` and ``table_size`` are listed only when not the defaults
+        (``table_size`` changes the noise stream when the table is used)."""
         opts = super().options()
+        if self.noise_source != "generator" and self.table_size != 1 << 22:
+            opts["table_size"] = self.table_size
         return opts if self.perturb == "in_place" else {**opts, "perturb": self.perturb}
 
     def _sweep(
@@ -247,7 +255,8 @@ class MeZO(Estimator):
         unchanged = 0
         for k, flat in enumerate(flats):
             bits = _BITS[flat.element_size()]
-            for start, z in self.noise.chunks(self.seed, self.step, probe, k, flat.numel(), flat.device):
+            chunks = self.noise.chunks(self.seed, self.step, probe, k, flat.numel(), flat.device, self._shapes[k])
+            for start, z in chunks:
                 x, z = flat[start : start + z.numel()], z.to(flat.dtype)
                 if undo:
                     x.sub_(z * (undo * self.sigma))
@@ -318,7 +327,7 @@ class _InForward(TorchFunctionMode):
         """θ + scale·z for parameter ``k``, as the in-place sweep computes it."""
         noise, n = self.mezo.noise, p.numel()
         out = torch.empty(n, dtype=p.dtype, device=p.device)
-        for start, z in noise.chunks(*self._key(k), n, p.device):
+        for start, z in noise.chunks(*self._key(k), n, p.device, p.shape):
             torch.mul(z.to(p.dtype), self.scale, out=out[start : start + z.numel()])
         return out.add_(flat_view(p)).view(p.shape)
 
