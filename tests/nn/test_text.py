@@ -120,3 +120,28 @@ def test_pretrained_weights_pass_the_check():
     assert sum(p.numel() for p in model.parameters()) == 22_565_376 and model.config.hidden_size == 384
     assert torch.equal(state, torch.random.get_rng_state())
     assert text.load_encoder("minilm") is not model  # a fresh copy per call
+
+
+@pytest.mark.slow
+def test_random_minilm_has_the_pretrained_architecture_and_seeded_weights():
+    state = torch.random.get_rng_state()
+    pretrained, a = text.load_encoder("minilm"), text.load_encoder("minilm-random", 3)
+    shapes = {n: p.shape for n, p in pretrained.named_parameters()}
+    assert {n: p.shape for n, p in a.named_parameters()} == shapes
+    word = a.embeddings.word_embeddings.weight
+    assert abs(float(word.detach().std()) - pretrained.config.initializer_range) < 1e-3
+    assert not torch.equal(word, pretrained.embeddings.word_embeddings.weight)
+    assert torch.equal(word, text.load_encoder("minilm-random", 3).embeddings.word_embeddings.weight)
+    assert not torch.equal(word, text.load_encoder("minilm-random", 4).embeddings.word_embeddings.weight)
+    assert torch.equal(state, torch.random.get_rng_state())
+    with pytest.raises(UnigradError, match="weights look broken"):
+        text.check_weights(a)
+
+
+def test_the_linear_set_trains_only_linear_layers():
+    model = _classifier()
+    names = text.train_only(model, *text.PARAMETER_SETS["linear"])
+    linear = {
+        f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) for k in ("weight", "bias")
+    }
+    assert set(names) == linear and "head.weight" in names

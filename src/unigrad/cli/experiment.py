@@ -29,7 +29,8 @@ def add_experiment_parser(sub: Any) -> None:
         "--jobs",
         type=positive_int,
         default=None,
-        help="bio-table and hardware-*: run this many runs at once, one process and one thread each (default 1)",
+        help="bio-table, finetune and hardware-*: run this many runs at once, one process and one thread each "
+        "(default 1)",
     )
     conv = e.add_argument_group("convergence-orders only")
     conv.add_argument(
@@ -62,8 +63,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     if options.get("kappa") is not None and options["kappa"] < 1:
         raise UnigradError(f"--kappa must be >= 1 (a condition number), got {options['kappa']:g}")
     if args.jobs is not None:
-        if args.name != "bio-table" and not args.name.startswith("hardware-"):
-            raise UnigradError("--jobs applies only to the bio-table and hardware-* experiments")
+        if args.name not in ("bio-table", "finetune") and not args.name.startswith("hardware-"):
+            raise UnigradError("--jobs applies only to the bio-table, finetune and hardware-* experiments")
         options["jobs"] = args.jobs
     apply_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"experiment-{args.name}-{datetime.now():%Y%m%d-%H%M%S}"

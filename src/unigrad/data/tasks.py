@@ -197,6 +197,12 @@ TASKS: dict[str, Task] = {
             k=512,
         ),
         text_task(
+            "minilm-random-k512",
+            "VADER words, 512 per class (1,024/1,116), all-MiniLM-L6-v2's architecture at random init + head",
+            "minilm-random",
+            k=512,
+        ),
+        text_task(
             "tiny-sentiment",
             "VADER words, 64 per class (128/1,116), tiny random BERT (hidden 32, 2 layers) + prototype head",
             "tiny",

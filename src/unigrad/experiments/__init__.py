@@ -25,6 +25,10 @@ EXPERIMENTS: dict[str, tuple[str, str]] = {
         "unigrad.experiments.estimator_variance:run_experiment",
         "alignment and relative error of rge, spsa, es, forward-gradient, np and wp against dimension and probes",
     ),
+    "finetune": (
+        "unigrad.experiments.finetune:run_experiment",
+        "fine-tune pretrained all-MiniLM-L6-v2 with every order at equal FE: k16, k512, full; both test sets",
+    ),
     "werfel": (
         "unigrad.experiments.werfel:run_experiment",
         "learning time of NP and WP against GD on a linear student-teacher (Werfel et al. 2005)",

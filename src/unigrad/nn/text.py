@@ -31,6 +31,10 @@ layers, 2 heads, feed-forward 64 (1.0M parameters, nearly all in the word embedd
 is (normal(0, 0.02) weights and embeddings, zero biases, unit LayerNorm) from a local generator keyed by
 ``seed``; the global RNG is never touched. For fast tests.
 
+**The same model from scratch** (``load_encoder("minilm-random", seed)``): all-MiniLM-L6-v2's architecture and
+vocabulary with BERT's random initialisation from ``seed`` (as the tiny model): the control that separates what
+the pretrained weights give from what the architecture gives.
+
 ``transformers`` is imported only when a model or the tokenizer is built; a missing package is a one-line
 error naming ``pip install 'unigrad[finetune]'``.
 """
@@ -69,7 +73,7 @@ SCALE = 20.0
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 """The tiny BERT's shape (otherwise ``BertConfig``'s defaults, with all-MiniLM-L6-v2's vocabulary)."""
 
-ENCODERS = ("minilm", "tiny")
+ENCODERS = ("minilm", "minilm-random", "tiny")
 
 PARAPHRASES = ("A man is playing a guitar.", "Someone is playing the guitar.")
 UNRELATED = "The stock market fell sharply on Monday."
@@ -197,21 +201,32 @@ def _init_bert_(model: nn.Module, seed: int, std: float) -> nn.Module:
     return model
 
 
-def _tiny(seed: int) -> nn.Module:
+def _random_bert(config: Any, seed: int) -> nn.Module:
     transformers = require("transformers")
-    config = transformers.BertConfig(vocab_size=tokenizer().vocab_size, pad_token_id=PAD_ID, **TINY)
     with torch.device("meta"):  # built without drawing initial weights from the global generator
         model = transformers.BertModel(config, add_pooling_layer=False)
     return _init_bert_(model.to_empty(device="cpu"), seed, config.initializer_range)
 
 
+def _tiny(seed: int) -> nn.Module:
+    transformers = require("transformers")
+    config = transformers.BertConfig(vocab_size=tokenizer().vocab_size, pad_token_id=PAD_ID, **TINY)
+    return _random_bert(config, seed)
+
+
 def load_encoder(name: str = "minilm", seed: int = 0) -> nn.Module:
     """A fresh ``BertModel`` in training mode: ``"minilm"``, the pretrained all-MiniLM-L6-v2 (loaded and
-    checked by :func:`check_weights` once per process, then copied; ``seed`` plays no part), or ``"tiny"``,
-    the small random BERT initialised from ``seed`` (module docs)."""
+    checked by :func:`check_weights` once per process, then copied; ``seed`` plays no part),
+    ``"minilm-random"``, its architecture initialised at random from ``seed``, or ``"tiny"``, the small random
+    BERT initialised from ``seed`` (module docs)."""
     if name not in ENCODERS:
         raise unknown_name("encoder", name, ENCODERS)
-    model = copy.deepcopy(_pretrained()) if name == "minilm" else _tiny(seed)
+    if name == "minilm":
+        model = copy.deepcopy(_pretrained())
+    elif name == "minilm-random":
+        model = _random_bert(copy.deepcopy(_pretrained().config), seed)
+    else:
+        model = _tiny(seed)
     return model.train()
 
 
@@ -261,10 +276,12 @@ class SentenceClassifier(nn.Module):
 PARAMETER_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "head": (("head.*",), ()),
     "no-embeddings": (("*",), ("*embeddings*",)),
+    "linear": (("*.query.*", "*.key.*", "*.value.*", "*.dense.*", "head.*"), ()),
 }
 """Named choices of what trains, as ``(include, exclude)`` globs of :func:`train_only`: ``head`` is the linear
 probe of a :class:`SentenceClassifier`, ``no-embeddings`` trains all but the embeddings (half of the encoder's
-weights)."""
+weights), ``linear`` trains the Linear layers only (attention projections, feed-forward and head: what node
+perturbation and K-FAC act on), freezing embeddings and LayerNorms."""
 
 
 def train_only(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> list[str]:

@@ -6,7 +6,7 @@ use these.
 
 **Which parameters train** (:class:`ParameterChoice`): globs over ``model.named_parameters()`` of the parameters
 that train (``train``, default every one) and of those that stay frozen (``freeze``), or the named sets of
-:data:`unigrad.nn.text.PARAMETER_SETS` (``head``: the linear probe; ``no-embeddings``). The others get
+:data:`unigrad.nn.text.PARAMETER_SETS` (``head``: the linear probe; ``no-embeddings``; ``linear``). The others get
 ``requires_grad=False`` right after the model is built, so the estimators neither perturb nor step them and the
 optimizer is not given them. A glob that matches no parameter, or a choice that leaves none, is refused."""
 

@@ -37,7 +37,7 @@ method becomes decorrelated with the spec keys ``decorrelate=1`` and optionally 
 the report's method column shows the variant name, with the order of the underlying estimator.
 
 Which parameters train: the keys ``train=`` and ``freeze=`` take globs over the model's parameter names separated
-by ``|`` (a comma separates methods), or a named set (``head``: the linear probe; ``no-embeddings``), e.g.
+by ``|`` (a comma separates methods), or a named set (``head``: the linear probe; ``no-embeddings``; ``linear``), e.g.
 ``backprop:train=head``, ``mezo:freeze=*embeddings*``, ``spsa:train=encoder.encoder.layer.5.*|head.*``
 (:class:`~unigrad.train.build.ParameterChoice`; quote the spec in a shell). The training loop applies them,
 not the estimator; a method that chooses is labelled with its choice (``backprop:train=head``) and records it
