@@ -59,6 +59,12 @@ def test_bad_options_are_one_line_errors(tmp_path):
         runner("finetune")(tmp_path, steps=3)
 
 
+def test_the_command_line_runner_takes_the_experiment_options(tmp_path):
+    text = runner("finetune")(tmp_path, quick=True, seeds=1, splits=("k16",), methods=METHODS[:1], budget={"k16": 64},
+                              points=1, scratch=False, jobs=1)  # fmt: skip
+    assert "## k16" in text and "linear probe" in text and "random init" not in text
+
+
 def test_every_method_spec_parses_and_names_its_order():
     from unigrad.registry import estimator_class
     from unigrad.train.methods import parse_method

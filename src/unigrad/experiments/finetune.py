@@ -257,6 +257,7 @@ def run(
     return results
 
 
+@dataclass(frozen=True)
 class Config(_common.Config):
     """Options of ``unigrad experiment finetune`` (each overrides :func:`run`'s): ``splits``, ``methods``
     (labels of :data:`METHODS`), ``budget`` (FE per setting), ``full_seeds`` (seed caps per setting), ``points``,
