@@ -126,3 +126,52 @@ def test_a_comparison_refuses_a_bad_glob_before_anything_trains(tmp_path):
     with pytest.raises(UnigradError, match=r"no parameter name matches 'head\.\*'"):
         compare(TASK, "backprop,spsa:train=head", "steps=2", [0], out, progress=False, log=None)
     assert not out.exists()
+
+
+def _bits(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_lora_adapters_start_at_the_pretrained_function_and_train_alone():
+    pytest.importorskip("peft")
+    from unigrad.data import get_task
+    from unigrad.nn import text
+
+    task = get_task("tiny-sentiment")
+    x = task.data().x_test[:16]
+    plain, adapted = task.build_model(0).eval(), task.build_model(0).eval()
+    state = torch.random.get_rng_state()
+    names = ParameterChoice.make("lora").apply(adapted, seed=3)
+    assert torch.equal(state, torch.random.get_rng_state())  # peft draws from the global RNG: restored
+    assert all(".lora_" in n or n.startswith("head.") for n in names)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in names if ".lora_" in n} == set(text.LORA_TARGETS)
+    with torch.no_grad():
+        assert torch.equal(plain(x), adapted(x))  # B = 0: the same outputs, bit for bit
+    a = dict(adapted.named_parameters())["encoder.encoder.layer.0.attention.self.query.lora_A.default.weight"]
+    assert a.shape == (text.LORA_RANK, 32) and a.abs().sum() > 0
+    again = task.build_model(0)
+    ParameterChoice.make("lora").apply(again, seed=3)
+    other = task.build_model(0)
+    ParameterChoice.make("lora-r4").apply(other, seed=4)
+    a2 = dict(again.named_parameters())["encoder.encoder.layer.0.attention.self.query.lora_A.default.weight"]
+    a4 = dict(other.named_parameters())["encoder.encoder.layer.0.attention.self.query.lora_A.default.weight"]
+    assert torch.equal(a, a2) and a4.shape == (4, 32)
+    with pytest.raises(UnigradError, match="several ranks"):
+        ParameterChoice.make(["lora", "lora-r4"]).apply(task.build_model(0))
+    with pytest.raises(UnigradError, match="nothing to attach LoRA adapters to"):
+        text.add_lora(get_model())
+
+
+def test_mezo_trains_lora_adapters_in_the_forward_as_in_place():
+    pytest.importorskip("peft")
+    runs = []
+    for perturb in ("in_place", "forward"):
+        r = train("tiny-sentiment", "mezo", optimizer="sgd", lr=1e-2, budget="steps=3", eval_points=1,
+                  estimator_options={"probes": 2, "perturb": perturb}, train_only="lora")  # fmt: skip
+        runs.append(r)
+    (a, b) = runs
+    assert all(torch.equal(x, y) for x, y in zip(_bits(a.model), _bits(b.model)))
+    frozen = [n for n, p in a.model.named_parameters() if not p.requires_grad]
+    assert frozen and all(".lora_" not in n and not n.startswith("head.") for n in frozen)
+    assert a.to_dict()["parameters"]["train"] == ["lora"]
+    assert parse_method("mezo:train=lora").label == "mezo:train=lora"

@@ -47,6 +47,7 @@ import fnmatch
 import functools
 import importlib
 import importlib.resources
+import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -273,15 +274,64 @@ class SentenceClassifier(nn.Module):
         return self.head(embed(self.encoder, ids))
 
 
+LORA_TARGETS = ("query", "value")
+"""Modules that get LoRA adapters: the attention's query and value projections (Hu et al. 2021; MeZO's LoRA)."""
+LORA_RANK = 8
+"""The adapters' default rank ``r`` (scale ``α/r`` with ``α = 2r``, as MeZO's LoRA runs: r = 8, α = 16)."""
+_LORA_TAG = 0x10AA
+
+
+def add_lora(
+    model: nn.Module, rank: int = LORA_RANK, seed: int = 0, targets: Sequence[str] = LORA_TARGETS
+) -> list[str]:
+    """Insert LoRA adapters into ``model`` in place, through ``peft``: every Linear named by ``targets`` computes
+    ``W x + (α/r)·B A x`` with ``A`` (r × in) and ``B`` (out × r) new parameters, ``α = 2r``, no dropout.
+
+    ``B`` starts at zero, so the model's outputs are unchanged (a fine-tuned model starts where the pretrained
+    one is); ``A`` is drawn as PyTorch's Linear initialisation from a local generator keyed by ``seed`` (the
+    global RNG is left as it was, although ``peft`` draws from it while building). Returns the new parameters'
+    names (``...query.lora_A.default.weight`` etc.). Freezing the rest is :func:`train_only`'s job.
+    """
+    check_positive("rank", rank, integer=True)
+    peft = require("peft", "LoRA adapters")
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if not names & set(targets):
+        raise UnigradError(f"no Linear named {' or '.join(targets)} in the model: nothing to attach LoRA adapters to")
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=list(targets), bias="none")
+    with torch.random.fork_rng(devices=[]), _quiet(require("transformers")):
+        peft.inject_adapter_in_model(config, model)
+    # the wrapped Linear's own weights are renamed (``query.base_layer.weight``); only lora_A/lora_B are new
+    added = [n for n, _ in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+    g = generator(seed, _LORA_TAG)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".lora_A." in name:
+                nn.init.kaiming_uniform_(p, a=math.sqrt(5), generator=g)
+            elif ".lora_B." in name:
+                p.zero_()
+    return added
+
+
+def lora_rank(item: str) -> int | None:
+    """The rank a parameter-set name asks for: ``"lora"`` → :data:`LORA_RANK`, ``"lora-r16"`` → 16, else None."""
+    if item == "lora":
+        return LORA_RANK
+    if item.startswith("lora-r") and item[6:].isdigit() and int(item[6:]) > 0:
+        return int(item[6:])
+    return None
+
+
 PARAMETER_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "head": (("head.*",), ()),
     "no-embeddings": (("*",), ("*embeddings*",)),
     "linear": (("*.query.*", "*.key.*", "*.value.*", "*.dense.*", "head.*"), ()),
+    "lora": (("*.lora_A.*", "*.lora_B.*", "head.*"), ()),
 }
 """Named choices of what trains, as ``(include, exclude)`` globs of :func:`train_only`: ``head`` is the linear
 probe of a :class:`SentenceClassifier`, ``no-embeddings`` trains all but the embeddings (half of the encoder's
 weights), ``linear`` trains the Linear layers only (attention projections, feed-forward and head: what node
-perturbation and K-FAC act on), freezing embeddings and LayerNorms."""
+perturbation and K-FAC act on), freezing embeddings and LayerNorms, and ``lora`` (or ``lora-rN`` for rank N)
+first inserts LoRA adapters (:func:`add_lora`) and trains them and the head only."""
 
 
 def train_only(model: nn.Module, include: Sequence[str] = ("*",), exclude: Sequence[str] = ()) -> list[str]:

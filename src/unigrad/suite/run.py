@@ -56,7 +56,7 @@ def run_loop(problem: Any, spec: MethodSpec, seed: int, budget: float, eval_poin
 
     model = problem.build_model(seed)
     if spec.parameters is not None:
-        spec.parameters.apply(model)
+        spec.parameters.apply(model, seed)
     estimator = make_estimator(spec.name, **{"seed": seed, **spec.options})
     optimizer = make_optimizer(spec.optimizer, [p for p in model.parameters() if p.requires_grad], spec.lr)
 

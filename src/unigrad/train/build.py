@@ -6,7 +6,8 @@ use these.
 
 **Which parameters train** (:class:`ParameterChoice`): globs over ``model.named_parameters()`` of the parameters
 that train (``train``, default every one) and of those that stay frozen (``freeze``), or the named sets of
-:data:`unigrad.nn.text.PARAMETER_SETS` (``head``: the linear probe; ``no-embeddings``; ``linear``). The others get
+:data:`unigrad.nn.text.PARAMETER_SETS` (``head``: the linear probe; ``no-embeddings``; ``linear``; ``lora``, which
+first inserts LoRA adapters of rank 8, or ``lora-rN`` of rank N, :func:`unigrad.nn.text.add_lora`). The others get
 ``requires_grad=False`` right after the model is built, so the estimators neither perturb nor step them and the
 optimizer is not given them. A glob that matches no parameter, or a choice that leaves none, is refused."""
 
@@ -24,7 +25,7 @@ from unigrad.core.estimator import Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.data.tasks import Task, cast_inputs
 from unigrad.nn.decorrelation import Decorrelated, decorrelate
-from unigrad.nn.text import PARAMETER_SETS, train_only
+from unigrad.nn.text import PARAMETER_SETS, add_lora, lora_rank, train_only
 from unigrad.registry import make_estimator
 
 GLOB_SEPARATOR = "|"
@@ -59,13 +60,24 @@ class ParameterChoice:
         include: list[str] = []
         exclude = list(self.freeze)
         for item in self.train:
-            inc, exc = PARAMETER_SETS.get(item, ((item,), ()))
+            inc, exc = PARAMETER_SETS.get("lora" if lora_rank(item) else item, ((item,), ()))
             include += inc
             exclude += exc
         return tuple(include), tuple(exclude)
 
-    def apply(self, model: nn.Module) -> list[str]:
-        """Freeze every parameter of ``model`` outside the choice; the names of those that train."""
+    @property
+    def lora(self) -> int | None:
+        """The rank of the LoRA adapters the choice inserts (``train=lora``, ``train=lora-rN``), or None."""
+        ranks = {r for item in self.train if (r := lora_rank(item))}
+        if len(ranks) > 1:
+            raise UnigradError(f"train= names LoRA adapters of several ranks ({sorted(ranks)}); give one")
+        return ranks.pop() if ranks else None
+
+    def apply(self, model: nn.Module, seed: int = 0) -> list[str]:
+        """Insert the LoRA adapters the choice names (drawn from ``seed``), then freeze every parameter of ``model``
+        outside the choice; the names of those that train."""
+        if self.lora is not None:
+            add_lora(model, self.lora, seed)
         include, exclude = self.globs()
         return train_only(model, include, exclude)
 
@@ -104,7 +116,7 @@ def build_model(
     local heads for local losses)."""
     model = task.build_model(seed).to(device=dev, dtype=dt)
     if choice is not None:
-        choice.apply(model)
+        choice.apply(model, seed)
     if decor is not None:
         decorrelate(model, seed=seed, **decor)
     if estimator is not None:

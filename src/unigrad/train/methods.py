@@ -327,7 +327,7 @@ def check_parameter_choices(task: Task, specs: Sequence[MethodSpec]) -> None:
     if chosen:
         model = task.build_model(0)
         for choice in chosen:
-            choice.apply(model)
+            choice.apply(task.build_model(0) if choice.lora else model)  # adapters change the model: a fresh one
 
 
 def parse_methods(text: str | Sequence[str]) -> list[MethodSpec]:
