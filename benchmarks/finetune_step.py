@@ -11,8 +11,10 @@ step), both medians over the same repeats, interleaved, in the same run:
 - ``spsa`` q = 1 and ``es`` q = 1 (one antithetic pair; batched probes, ``torch.optim.SGD``).
 
 MeZO variants: ``noise_source="table"`` with a table covering the word embedding (``table_size=2**24``:
-64 MiB of float32, held for the process), and ``perturb="forward"`` (θ is never modified: each parameter is
-perturbed where the forward uses it, see :class:`unigrad.zeroth.mezo.MeZO`).
+64 MiB of float32, held for the process) or a 4 MiB one (``2**20``, the embedding read in row windows, see
+:mod:`unigrad.core.rng`), ``"auto"`` (the embedding from the generator), and ``perturb="forward"`` (θ is never
+modified: each parameter is perturbed where the forward uses it, see :class:`unigrad.zeroth.mezo.MeZO`). The fast
+step is ``mezo lean forward table 2^20``: its peak memory is in ``benchmarks/finetune_memory.py``.
 
     .venv/bin/python benchmarks/finetune_step.py [--threads 2] [--repeats 7] [--only NAME ...]
 

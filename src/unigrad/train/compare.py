@@ -79,7 +79,7 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     loss, loss_sd = stats("train_loss")
     fe, _ = stats("forward_equivalents", "")
     secs, _ = stats("train_seconds", "")
-    return {
+    out = {
         "test_accuracy_mean": acc,
         "test_accuracy_sd": acc_sd,
         "train_loss_mean": loss,
@@ -89,6 +89,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "diverged": sum(r["status"] == "diverged" for r in runs),
         "seeds": len(runs),
     }
+    # the accuracy on a task's extra evaluation sets (the text tasks' transfer set); other tasks have none
+    for key in extra_metrics(runs):
+        out[f"{key}_mean"], out[f"{key}_sd"] = stats(key)
+    return out
+
+
+def extra_metrics(runs: list[dict[str, Any]]) -> list[str]:
+    """The ``<name>_accuracy`` keys of extra evaluation sets in the runs' final points, sorted."""
+    return sorted({k for r in runs for k in r["final"] if k.endswith("_accuracy") and k != "test_accuracy"})
 
 
 @dataclass

@@ -39,12 +39,17 @@ def _pm(mean: float | None, sd: float | None, fmt: str) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    """The Markdown summary table, one row per method."""
+    """The Markdown summary table, one row per method; a column per extra evaluation set when the task has them
+    (the text tasks' ``transfer`` set)."""
+    summaries = [m["summary"] for m in results["methods"].values() if m.get("summary") is not None]
+    keys = {k.removesuffix("_mean") for s in summaries for k in s if k.endswith("_accuracy_mean")}
+    extra = sorted(keys - {"test_accuracy"})
     head = (
-        "| method | order | optimizer | test accuracy | final train loss | forward-pass equivalents "
-        "| wall time (s) | peak memory |"
+        "| method | order | optimizer | test accuracy | "
+        + "".join(f"{k.replace('_', ' ')} | " for k in extra)
+        + "final train loss | forward-pass equivalents | wall time (s) | peak memory |"
     )
-    rows = [head, "|" + "---|" * 8]
+    rows = [head, "|" + "---|" * (8 + len(extra))]
     for label, m in results["methods"].items():
         s = m.get("summary")
         if s is None:
@@ -52,9 +57,10 @@ def table(results: dict[str, Any]) -> str:
         acc = _pm(s["test_accuracy_mean"], s["test_accuracy_sd"], ".3f")
         if s["diverged"]:
             acc += f" (diverged {s['diverged']}/{s['seeds']})"
+        cells = "".join(f"{_pm(s.get(f'{k}_mean'), s.get(f'{k}_sd'), '.3f')} | " for k in extra)
         rows.append(
-            f"| {label} | {m['order']} | {m['optimizer']} {m['lr']:g} | {acc} "
-            f"| {_pm(s['train_loss_mean'], s['train_loss_sd'], '.3f')} | {human(s['forward_equivalents_mean'])} "
+            f"| {label} | {m['order']} | {m['optimizer']} {m['lr']:g} | {acc} | {cells}"
+            f"{_pm(s['train_loss_mean'], s['train_loss_sd'], '.3f')} | {human(s['forward_equivalents_mean'])} "
             f"| {s['train_seconds_mean']:.1f} | {human_bytes(m.get('peak_memory_bytes'))} |"
         )
     return "\n".join(rows)
@@ -86,11 +92,16 @@ def render(results: dict[str, Any]) -> str:
         "16 MiB, built once per process and shared by every estimator that reads it; see docs/noise.md).",
         "",
     ]
-    table_users = [label for label, m in results["methods"].items() if m["options"].get("noise_source") == "table"]
+    table_users = {
+        label: m["options"].get("table_size", 1 << 22)
+        for label, m in results["methods"].items()
+        if m["options"].get("noise_source") == "table"
+    }
     if table_users:
+        sizes = ", ".join(f"{label}: {n:,} normals, {human_bytes(4 * n)}" for label, n in table_users.items())
         lines += [
             f"{', '.join(table_users)} read their noise from a shared table (noise_source=table) that is built once "
-            "per process (2^22 normals by default, 16 MiB in float32) and is not included in the peak memory above.",
+            f"per process ({sizes} in float32) and is not included in the peak memory above.",
             "",
         ]
     options = [
