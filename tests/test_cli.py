@@ -178,7 +178,11 @@ def test_mezo_without_grad_is_refused_before_training(command: str, tmp_path, ca
     assert cli.main([*argv, "--no-store", "--out", str(tmp_path / "run")]) == 2
     err = _err(capsys)
     assert err.count("error:") == 1 and "write_grad=false of mezo leaves .grad empty" in err, err
+    assert "--optimizer replay-sgd" in err and "optimizer=replay-sgd" in err  # the message names the way to train it
     assert not (tmp_path / "run").exists()
+    # with the optimizer that steps the compressed direction, it trains
+    argv[4] += ":optimizer=replay-sgd"
+    assert cli.main([*argv, "--no-store", "--no-progress", "--out", str(tmp_path / "ok")]) == 0
 
 
 @pytest.mark.parametrize("method", ["spsa", "rge", "es", "mezo", "np"])

@@ -126,7 +126,7 @@ def test_optimizers_by_name():
     model = torch.nn.Linear(2, 2)
     for name, cls in [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]:
         assert isinstance(make_optimizer(name, model.parameters(), 0.1), cls)
-    with pytest.raises(UnigradError, match="adam, adamw, rmsprop, sgd"):
+    with pytest.raises(UnigradError, match="adam, adamw, replay-sgd, rmsprop, sgd"):
         make_optimizer("lbfgs-ish", model.parameters(), 0.1)
     with pytest.raises(UnigradError, match="lr"):
         make_optimizer("adam", model.parameters(), 0.0)
@@ -363,3 +363,22 @@ def test_tasks_without_extra_sets_record_only_the_test_set():
         "test_loss",
         "test_accuracy",
     ]
+
+
+def test_replay_sgd_trains_memory_lean_mezo_bitwise_as_sgd_on_its_grad() -> None:
+    # the lean form (write_grad=False, the direction replayed from its noise keys) takes exactly the steps of SGD on
+    # the dense .grad: the same run, without a parameter-sized gradient
+    task = get_task("digits-mlp")
+    dense = train(task, "mezo", optimizer="sgd", lr=0.05, estimator_options={"probes": 2}, budget="steps=4", seed=3)
+    lean = train(task, "mezo", optimizer="replay-sgd", lr=0.05, estimator_options={"probes": 2, "write_grad": False},
+                 budget="steps=4", seed=3)  # fmt: skip
+    assert all(torch.equal(a, b) for a, b in zip(dense.model.parameters(), lean.model.parameters()))
+    assert [h["train_loss"] for h in dense.history] == [h["train_loss"] for h in lean.history]
+    assert all(p.grad is None for p in lean.model.parameters())
+    with pytest.raises(UnigradError, match="replay-sgd steps MeZO's compressed direction; give mezo:write_grad=false"):
+        train(task, "mezo", optimizer="replay-sgd", budget="steps=1")
+    with pytest.raises(UnigradError, match="replay-sgd steps MeZO's compressed direction"):
+        train(task, "backprop", optimizer="replay-sgd", budget="steps=1")
+    with pytest.raises(UnigradError, match="half-precision runs step float32 masters"):
+        train(task, "mezo", optimizer="replay-sgd", estimator_options={"write_grad": False}, dtype="bfloat16",
+              budget="steps=1")  # fmt: skip

@@ -90,7 +90,12 @@ def add_train_parsers(sub: Any) -> None:
         help="method spec, e.g. spsa:probes=16:sigma=1e-3; train=GLOB|GLOB and freeze=GLOB choose the parameters "
         "that train (backprop:train=head is a linear probe)",
     )
-    t.add_argument("--optimizer", default=None, help="sgd, adam, adamw or rmsprop (default: the method's)")
+    t.add_argument(
+        "--optimizer",
+        default=None,
+        help="sgd, adam, adamw, rmsprop or replay-sgd (memory-lean MeZO-SGD with mezo:write_grad=false; default: the "
+        "method's)",
+    )
     t.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the method's)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--epochs", type=positive_float, default=None, help="epoch budget (same as --budget epochs=N)")

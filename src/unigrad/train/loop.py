@@ -69,6 +69,7 @@ from torch import Tensor, nn
 from unigrad.core.errors import NonFiniteLossError, UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective
+from unigrad.optim.replay_sgd import ReplaySGD
 from unigrad.train.state import MasterWeights
 
 Point = dict[str, Any]
@@ -291,7 +292,10 @@ class TrainingLoop:
             self._call("after_estimate", batch, estimate)
             if self.masters is not None:
                 self.masters.grads_in()
-            self.optimizer.step()
+            if isinstance(self.optimizer, ReplaySGD):  # memory-lean MeZO-SGD: no .grad, the compressed direction
+                self.optimizer.step(estimate.info.get("direction"))
+            else:
+                self.optimizer.step()
             if self.masters is not None:
                 self.masters.weights_out()
             self._call("after_update", batch)

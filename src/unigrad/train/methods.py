@@ -277,7 +277,7 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
         raise UnigradError(f"option seed of {name} is set by the run's seeds; remove it from the method spec")
     _check_option_names(spec, name, given)
     options = {**default_options, **given}
-    check_trainable(make_estimator(name, **options))  # validate now, not after an hour of other methods
+    check_trainable(make_estimator(name, **options), opt)  # validate now, not after an hour of other methods
     label = (variant or f"{name}+decorrelation") if decor is not None else name
     parameters = ParameterChoice.make(choice.get("train"), choice.get("freeze"))
     label += "".join(f":{key}={value}" for key, value in choice.items())

@@ -47,11 +47,11 @@ def measure_peak_memory(
     xb = cast_inputs(data.x_train[:batch_size], dev, dt)
     yb = data.y_train[:batch_size].to(device=dev)
 
-    first, decor = split_decorrelated(build_estimator(method, seed, estimator_options), decor)
+    first, decor = split_decorrelated(build_estimator(method, seed, estimator_options, optimizer), decor)
 
     def two_steps() -> None:
         model = build_model(task, seed, dev, dt, decor, first, choice)
-        est = split_decorrelated(build_estimator(method, seed, estimator_options), None)[0]
+        est = split_decorrelated(build_estimator(method, seed, estimator_options, optimizer), None)[0]
         masters = MasterWeights(model) if dt in HALF_DTYPES else None
         params = trainable_parameters(masters.params if masters is not None else model.parameters())
         opt = make_optimizer(optimizer, params, lr, **(optimizer_options or {}))
@@ -68,7 +68,7 @@ def measure_peak_memory(
             raise NonFiniteLossError(loop.message)
 
     # one unmeasured step first builds what lives for the whole process (a shared noise table)
-    split_decorrelated(build_estimator(method, seed, estimator_options), None)[0].estimate(
+    split_decorrelated(build_estimator(method, seed, estimator_options, optimizer), None)[0].estimate(
         build_model(task, seed, dev, dt, decor, first, choice), supervised(task.loss_fn, xb, yb)
     )
     return peak_memory(two_steps, dev.type)

@@ -20,6 +20,7 @@ from unigrad.core.errors import UnigradError, check_finite_options, check_positi
 from unigrad.core.estimator import Estimator
 from unigrad.core.options import check_number
 from unigrad.data.tasks import Task, get_task
+from unigrad.optim.replay_sgd import ReplaySGD
 from unigrad.registry import make_estimator
 
 BUDGET_KINDS = ("epochs", "steps", "forwards", "seconds")
@@ -29,6 +30,7 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "rmsprop": torch.optim.RMSprop,
+    "replay-sgd": ReplaySGD,  # memory-lean MeZO-SGD: steps mezo:write_grad=false's compressed direction
 }
 
 DTYPES: dict[str, torch.dtype] = {

@@ -148,6 +148,7 @@ from unigrad.data.tasks import Task, TaskData, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.nn.decorrelation import check_decorrelation
 from unigrad.train.build import (  # noqa: F401  (re-exported)
+    REPLAY,
     ParameterChoice,
     attach_exchange,
     build_estimator,
@@ -497,7 +498,12 @@ def _plan(
     names = check_diagnostics(diagnostics)
     if diagnostics_every is not None:
         check_positive("diagnostics_every", diagnostics_every, integer=True)
-    estimator, decor = split_decorrelated(build_estimator(method, seed, estimator_options), decor)
+    estimator, decor = split_decorrelated(build_estimator(method, seed, estimator_options, optimizer), decor)
+    if optimizer == REPLAY and dt in HALF_DTYPES:
+        raise UnigradError(
+            f"optimizer {REPLAY} steps the model's own weights, and half-precision runs step float32 masters; use "
+            "float32 or sgd"
+        )
     check_plan(task, estimator, budget=budget, batch_size=batch_size, eval_points=eval_points)
     settings = {"optimizer": optimizer, "lr": lr, "optimizer_options": dict(optimizer_options or {})}
     settings |= {"budget": str(budget), "batch_size": batch_size, "seed": seed, "device": dev.type}
