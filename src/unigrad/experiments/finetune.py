@@ -16,8 +16,9 @@ Methods (:data:`METHODS`; the spec strings are those of ``unigrad train --method
 - order 2: ``kfac`` on the Linear layers;
 - order 0: ``mezo`` (the fast configuration: ``perturb="forward"``, a 2²⁰-entry noise table read in row
   windows for the word embedding) with SGD as in MeZO and with Adam, ``mezo`` without the embeddings and on
-  LoRA adapters (rank 8 on query and value, ``train=lora``), ``spsa``, ``rge`` and ``es``; ``np``, ``anp`` and ``danp`` with their nodes at the Linear layers' outputs
-  (embeddings and LayerNorms frozen: node perturbation reaches only what a Linear layer computes).
+  LoRA adapters (rank 8 on query and value, ``train=lora``), ``spsa``, ``rge`` and ``es``; ``np``, ``anp``
+  and ``danp`` with their nodes at the Linear layers' outputs (embeddings and LayerNorms frozen: node
+  perturbation reaches only what a Linear layer computes).
 
 The control (``scratch``): backprop and MeZO on the same architecture initialised at random
 (``minilm-random-k512``), with the same budget: what the pretrained weights buy.
