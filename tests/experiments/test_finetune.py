@@ -47,6 +47,10 @@ def test_a_rerun_reads_the_finished_runs_instead_of_training(tmp_path, monkeypat
     monkeypatch.setattr(finetune, "peak_one", refuse)
     again = finetune.run(tmp_path, quick=True, **options)
     assert again["runs"] == first["runs"] and again["peaks"] == first["peaks"]
+    # report_only reports what is there and trains nothing, even where more seeds were asked for
+    more = finetune.run(tmp_path, quick=True, report_only=True, **{**options, "seeds": 3, "full_seeds": {"k16": 3}})
+    assert more["runs"] == first["runs"]
+    assert "| linear probe (backprop, head) | 1 | 1 |" in (tmp_path / "report.md").read_text()
 
 
 def test_bad_options_are_one_line_errors(tmp_path):

@@ -202,10 +202,14 @@ def run(
     points: int = 5,
     scratch: bool = True,
     jobs: int = 1,
+    report_only: bool = False,
     quick: bool = False,
     progress: Progress = None,
 ) -> dict[str, Any]:
     """Run every method on every setting; write ``finetune.png``, ``results.json`` and ``report.md``.
+
+    ``report_only``: train nothing, report the runs of the chosen splits, methods and seeds already in
+    ``out/runs`` (an experiment stopped early, or grown by several invocations with different options).
 
     ``budget`` maps a setting to its FE budget (default :data:`BUDGET`); ``full_seeds`` caps the seeds of a
     setting (default: ``k16`` and ``full`` one seed each, ``k512`` all ``seeds``); ``quick`` runs the tiny
@@ -243,6 +247,8 @@ def run(
             path = out / "runs" / f"{_slug('scratch', m.label, seed)}.json"
             task = QUICK_TASK if quick else SCRATCH_TASK
             calls.append((path, train_one, ("scratch", task, m, seed, budget["k512"], points)))
+    if report_only:
+        calls = [c for c in calls if c[0].exists()]
     if progress:
         progress(f"finetune: {len(calls)} runs, {sum(not p.exists() for p, _, _ in calls)} to do, {jobs} at once")
     done = _resumable(calls, jobs, progress)
@@ -268,8 +274,9 @@ def run(
 class Config(_common.Config):
     """Options of ``unigrad experiment finetune`` (each overrides :func:`run`'s): ``splits``, ``methods``
     (labels of :data:`METHODS`), ``budget`` (FE per setting), ``full_seeds`` (seed caps per setting), ``points``,
-    ``scratch`` (the random-init control) and ``jobs`` (runs at once, one process and one thread each). A quick
-    run (the tiny random BERT, four methods, 640 FE, one seed) is a smoke test; its numbers are not results."""
+    ``scratch`` (the random-init control), ``jobs`` (runs at once, one process and one thread each) and
+    ``report_only`` (report the runs already in the folder, train none). A quick run (the tiny random BERT, four
+    methods, 640 FE, one seed) is a smoke test; its numbers are not results."""
 
     splits: tuple[str, ...] | None = None
     methods: tuple[str, ...] | None = None
@@ -278,6 +285,7 @@ class Config(_common.Config):
     points: int | None = None
     scratch: bool | None = None
     jobs: int | None = None
+    report_only: bool | None = None
 
     NAME = "finetune"
     QUICK: ClassVar[Settings] = {

@@ -56,7 +56,7 @@ def setting_table(results: dict[str, Any], setting: str) -> list[str]:
     """The markdown table of one setting: every method's accuracy on both test sets and its cost."""
     z = zero_shot(results, setting)
     rows: list[list[Any]] = [
-        ["zero-shot (prototypes, no training)", "–", f"{z.get('test_accuracy', float('nan')):.3f}",
+        ["zero-shot (prototypes, no training)", "–", "–", f"{z.get('test_accuracy', float('nan')):.3f}",
          f"{z.get('transfer_accuracy') or float('nan'):.3f}", "0", "0", "0", "–", ""]
     ]  # fmt: skip
     for m in results["methods"]:
@@ -68,6 +68,7 @@ def setting_table(results: dict[str, Any], setting: str) -> list[str]:
             [
                 m["label"],
                 m["order"],
+                len(runs),
                 _cell(runs, "test_accuracy"),
                 _cell(runs, "transfer_accuracy"),
                 f"{statistics.fmean(r['forward_equivalents'] for r in runs):,.0f}",
@@ -77,7 +78,8 @@ def setting_table(results: dict[str, Any], setting: str) -> list[str]:
                 "; ".join(bad),
             ]
         )
-    header = ["method", "order", "VADER test acc", "AFINN transfer acc", "FE", "steps", "train s", "peak MiB", "note"]
+    header = ["method", "order", "seeds", "VADER test acc", "AFINN transfer acc", "FE", "steps", "train s", "peak MiB"]
+    header.append("note")
     return table(header, rows)
 
 
