@@ -35,7 +35,7 @@ def test_convergence_flags_are_refused_for_other_experiments(capsys) -> None:
 
 def test_jobs_is_refused_for_other_experiments(capsys) -> None:
     assert main(["experiment", "noise-access", "--jobs", "2"]) == 2
-    assert "--jobs applies only to the bio-table and hardware-* experiments" in capsys.readouterr().err
+    assert "--jobs applies only to the bio-table, finetune and hardware-* experiments" in capsys.readouterr().err
 
 
 def test_parallel_cells_reproduce_the_serial_ones(tmp_path) -> None:

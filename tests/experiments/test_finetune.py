@@ -78,3 +78,17 @@ def test_every_method_spec_parses_and_names_its_order():
         assert estimator_class(spec.name).order == m.order
         if m.order == 0:
             assert spec.options["probes"] == 1 and spec.options["sigma"] == 1e-3
+
+
+def test_report_only_from_the_command_line(tmp_path, capsys):
+    from unigrad.cli import main
+
+    assert main(["experiment", "noise-access", "--report-only", "--out", str(tmp_path)]) == 2
+    assert "--report-only applies only to the finetune experiment" in capsys.readouterr().err
+    assert main(["experiment", "finetune", "--report-only"]) == 2
+    assert "--report-only needs --out" in capsys.readouterr().err
+    finetune.run(tmp_path, quick=True, seeds=1, splits=("k16",), methods=METHODS[:1], budget={"k16": 64}, points=1,
+                 scratch=False)  # fmt: skip
+    assert main(["experiment", "finetune", "--report-only", "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "| linear probe (backprop, head) | 1 | 1 |" in out and "## k16" in out

@@ -32,6 +32,11 @@ def add_experiment_parser(sub: Any) -> None:
         help="bio-table, finetune and hardware-*: run this many runs at once, one process and one thread each "
         "(default 1)",
     )
+    e.add_argument(
+        "--report-only",
+        action="store_true",
+        help="finetune: report the runs already in --out (written there as each run ends), train none",
+    )
     conv = e.add_argument_group("convergence-orders only")
     conv.add_argument(
         "--iterations", type=positive_int, default=None, help="budget of the order-0 and order-1 methods (20000)"
@@ -66,6 +71,12 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         if args.name not in ("bio-table", "finetune") and not args.name.startswith("hardware-"):
             raise UnigradError("--jobs applies only to the bio-table, finetune and hardware-* experiments")
         options["jobs"] = args.jobs
+    if args.report_only:
+        if args.name != "finetune":
+            raise UnigradError("--report-only applies only to the finetune experiment")
+        if not args.out:
+            raise UnigradError("--report-only needs --out, the folder of the runs to report")
+        options["report_only"] = True
     apply_threads(args.threads)
     out = Path(args.out) if args.out else Path("runs") / f"experiment-{args.name}-{datetime.now():%Y%m%d-%H%M%S}"
     if out.exists() and not out.is_dir():
