@@ -28,7 +28,9 @@ seed 0, judged on the test split: SGD 1e-5 / 1e-4 / 3e-4 / 1e-3 gave 0.854 / 0.8
 1e-5 / 1e-4 gave 0.848 / 0.854), and the other order-0 methods share them (same estimator scale); backprop
 uses BERT's usual 2e-5, the probe's head 3e-3, K-FAC 1e-3. There is no validation split, so the pilot's choice
 saw the test split: a small optimistic bias for MeZO. MeZO on LoRA adapters: SGD 1e-3 (1e-2 gave 0.755 in the
-same pilot, 1e-3 0.854). σ = 1e-3 for every order-0 method.
+same pilot, 1e-3 0.854). ES steps with Adam at MeZO's Adam rate: its centred-rank shaping makes each of its
+coefficients ±0.5 whatever the loss difference, so with SGD every step moves each weight by about lr·0.5/σ
+(0.15 at lr 3e-4), which wrecked the model at once (0.838 → 0.564 on k16 in a first run). σ = 1e-3 for every order-0 method.
 
 MeZO + SGD writes a dense ``.grad`` here; its memory-lean form (``mezo:write_grad=false`` with the optimizer
 ``replay-sgd``) takes bitwise the same steps (``tests/train/test_trainer.py``), so its accuracies are these, at
@@ -99,7 +101,7 @@ METHODS: tuple[Method, ...] = (
     Method("mezo, no embeddings + SGD", f"mezo:{ZO}:{FAST}:train=no-embeddings", "sgd", 3e-4, 0),
     Method("spsa + SGD", f"spsa:{ZO}", "sgd", 3e-4, 0),
     Method("rge + SGD", f"rge:{ZO}", "sgd", 3e-4, 0),
-    Method("es + SGD", f"es:{ZO}", "sgd", 3e-4, 0),
+    Method("es + Adam", f"es:{ZO}", "adam", 1e-4, 0),
     Method("mezo, LoRA r=8 + SGD", f"mezo:{ZO}:{FAST}:train=lora", "sgd", 1e-3, 0),
     Method("np (Linear) + Adam", f"np:{ZO}:train=linear", "adam", 5e-5, 0),
     Method("anp (Linear) + Adam", f"anp:{ZO}:train=linear", "adam", 5e-5, 0),
