@@ -30,7 +30,8 @@ uses BERT's usual 2e-5, the probe's head 3e-3, K-FAC 1e-3. There is no validatio
 saw the test split: a small optimistic bias for MeZO. MeZO on LoRA adapters: SGD 1e-3 (1e-2 gave 0.755 in the
 same pilot, 1e-3 0.854). ES steps with Adam at MeZO's Adam rate: its centred-rank shaping makes each of its
 coefficients ±0.5 whatever the loss difference, so with SGD every step moves each weight by about lr·0.5/σ
-(0.15 at lr 3e-4), which wrecked the model at once (0.838 → 0.564 on k16 in a first run). σ = 1e-3 for every order-0 method.
+(0.15 at lr 3e-4), which wrecked the model at once (0.838 → 0.564 on k16 in a first run). σ = 1e-3 for every
+order-0 method.
 
 MeZO + SGD writes a dense ``.grad`` here; its memory-lean form (``mezo:write_grad=false`` with the optimizer
 ``replay-sgd``) takes bitwise the same steps (``tests/train/test_trainer.py``), so its accuracies are these, at
