@@ -139,16 +139,12 @@ def train_one(setting: str, task: str, method: Method, seed: int, budget_fe: flo
     result = train(
         t,
         spec.name,
-        optimizer=spec.optimizer,
-        lr=spec.lr,
-        estimator_options=spec.options,
-        decorrelation=spec.decorrelation,
         budget=f"forwards={budget_fe:g}",
         batch_size=t.batch_size,
         seed=seed,
         eval_points=points,
         threads=None,
-        **spec.train_options(),
+        **spec.run_options(),
     )
     return {
         "setting": setting,
@@ -171,16 +167,7 @@ def peak_one(task: str, method: Method) -> dict:
     from unigrad.train.methods import parse_method
 
     t, spec = get_task(task), parse_method(method.spec, optimizer=method.optimizer, lr=method.lr)
-    peak = measure_peak_memory(
-        t,
-        spec.name,
-        optimizer=spec.optimizer,
-        lr=spec.lr,
-        estimator_options=spec.options,
-        decorrelation=spec.decorrelation,
-        batch_size=t.batch_size,
-        **spec.train_options(),
-    )
+    peak = measure_peak_memory(t, spec.name, batch_size=t.batch_size, **spec.run_options())
     return {"task": task, "label": method.label, "batch_size": t.batch_size, "peak_bytes": peak}
 
 

@@ -125,16 +125,12 @@ def run_one(task_name: str, spec: MethodSpec, seed: int, budget: float) -> dict[
                 r = train(
                     task.problem(),  # type: ignore[arg-type]
                     spec.name,
-                    optimizer=spec.optimizer,
-                    lr=spec.lr,
-                    estimator_options=spec.options,
                     budget=f"forwards={budget!r}",
                     batch_size=task.batch_size,
                     seed=seed,
                     eval_points=task.eval_points,
-                    decorrelation=spec.decorrelation,
                     threads=None,  # set by `unigrad bench --threads` / one per job
-                    **spec.train_options(),
+                    **spec.run_options(),
                 )
             history = [{**p, "metric": p["test_accuracy"]} for p in r.history]
             out = {

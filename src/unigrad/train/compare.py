@@ -321,9 +321,6 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
         r: RunResult = train(
             plan.task,
             spec.name,
-            optimizer=spec.optimizer,
-            lr=spec.lr,
-            estimator_options=spec.options,
             budget=plan.budget,
             batch_size=plan.batch_size,
             seed=seed,
@@ -332,14 +329,13 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
             eval_points=plan.asked_points,
             progress=plan.progress,
             desc=f"{spec.label} seed {seed}",
-            decorrelation=spec.decorrelation,
             checkpoint=None if stored is None else stored.checkpoint,
             resume=stored is not None,
             on_record=None if stored is None else stored.record,
             diagnostics=plan.diag_names,
             diagnostics_every=plan.diagnostics_every,
             threads=None,  # the caller's (the command line's --threads), recorded in the environment
-            **spec.train_options(),
+            **spec.run_options(),
         )
     result = r.to_dict()
     if stored is not None:
@@ -360,15 +356,11 @@ def _peak_memory(plan: _Comparison, spec: MethodSpec) -> int:
         return measure_peak_memory(
             plan.task,
             spec.name,
-            optimizer=spec.optimizer,
-            lr=spec.lr,
-            estimator_options=spec.options,
             batch_size=plan.batch_size,
             seed=plan.seeds[0],
             device=plan.device,
             dtype=plan.dtype,
-            decorrelation=spec.decorrelation,
-            **spec.train_options(),
+            **spec.run_options(),
         )
 
 

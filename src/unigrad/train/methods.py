@@ -181,6 +181,18 @@ class MethodSpec:
         """The ``torch.optim`` optimizer of this method over ``params`` at its learning rate."""
         return make_optimizer(self.optimizer, params, self.lr)
 
+    def run_options(self) -> dict[str, Any]:
+        """The keywords of :func:`~unigrad.train.train` (and of
+        :func:`~unigrad.train.peak_memory.measure_peak_memory`) this method sets: optimizer, learning rate,
+        estimator options, decorrelation and the choice of parameters."""
+        return {
+            "optimizer": self.optimizer,
+            "lr": self.lr,
+            "estimator_options": self.options,
+            "decorrelation": self.decorrelation,
+            **self.train_options(),
+        }
+
     def train_options(self) -> dict[str, Any]:
         """The choice of parameters as keywords of :func:`~unigrad.train.train` (``train_only``, ``freeze``; none
         when every parameter trains)."""
