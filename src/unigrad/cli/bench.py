@@ -41,13 +41,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from unigrad.suite.tasks import TASKS, default_methods
 
     if args.list:
+        w = max(16, max(len(n) for n in TASKS) + 1)
         for task in TASKS.values():
-            print(f"{task.name:<16}{task.description}")
+            print(f"{task.name:<{w}}{task.description}")
             print(
-                f"{'':<16}budget {task.budget:.3g} FE (one unit = one {task.unit}), metric {task.metric} "
+                f"{'':<{w}}budget {task.budget:.3g} FE (one unit = one {task.unit}), metric {task.metric} "
                 f"({'higher' if task.higher_is_better else 'lower'} is better), {task.dim:,} parameters"
             )
-            print(f"{'':<16}methods: {', '.join(default_methods(task))}")
+            print(f"{'':<{w}}methods: {', '.join(m for m in default_methods(task) if m not in task.excluded)}")
+            if not task.default:
+                print(f"{'':<{w}}not in the default set: run it with --tasks {task.name}")
         print("\nA method whose estimator has a max_dim below a task's dimension, or a peer whose package is")
         print("missing, is skipped on that task with a note. Budgets: --budget-scale X or --budget FE.")
         return 0

@@ -11,6 +11,7 @@ task             kind            unit of cost       budget      metric
 mnist1d-mlp      classification  sample             5·10⁶       test accuracy (higher is better)
 digits-mlp       classification  sample             2·10⁶       test accuracy (higher is better)
 fashion-small    classification  sample             5·10⁶       test accuracy (higher is better)
+minilm-sent…k16  classification  sample             12,800      test accuracy (higher is better)
 cartpole         control         episode            10⁴         mean greedy return, 50 episodes
 sphere-D         function        evaluation         see below   f(x) (lower is better)
 rosenbrock-D     function        evaluation         see below   f(x) (lower is better)
@@ -32,6 +33,10 @@ task's dimension is skipped with a note, as is a peer whose optional package is 
 Options come from :data:`unigrad.train.methods.DEFAULTS` (tuned on MNIST-1D), overridden per task
 by :attr:`BenchTask.overrides`, and a method spec given by the user overrides both key by key:
 
+* ``minilm-sentiment-k16`` (needs ``unigrad[finetune]``; only with ``--tasks``): fine-tuning the pretrained
+  all-MiniLM-L6-v2 on 32 words, with the options of ``unigrad experiment finetune`` (q = 1, σ = 1e-3; MeZO and
+  SPSA with SGD at 3e-4, MeZO in its fast step; ES and ANP, on the Linear layers, with Adam; backprop with Adam at
+  2e-5), batch 32, and no peer: a population over 22.6M dimensions is out of reach (``excluded``).
 * ``mnist1d-mlp``: ``spsa`` and ``mezo`` at lr 3e-3, as in ``unigrad compare``'s default set
   (at 1e-3 they end 6–8 points lower on this task).
 * ``cartpole``: the greedy return is piecewise constant in the weights, so the perturbations must be
@@ -86,6 +91,7 @@ class BenchTask:
         methods: unigrad's default methods (the peers are added by :func:`default_methods`).
         overrides: method name → ``key=value:...`` options replacing the defaults on this task.
         excluded: method name → why it cannot run on this task.
+        default: whether ``unigrad bench`` without ``--tasks`` runs it (the fine-tuning task is named explicitly).
     """
 
     name: str
@@ -101,6 +107,7 @@ class BenchTask:
     methods: tuple[str, ...]
     overrides: Mapping[str, str] = field(default_factory=dict)
     excluded: Mapping[str, str] = field(default_factory=dict)
+    default: bool = True
 
     def problem(self) -> object:
         """A :class:`~unigrad.data.tasks.Task` (classification) or a problem of :mod:`unigrad.suite.problems`."""
@@ -120,6 +127,12 @@ FUNCTION_SIGMA0 = {"sphere": 0.5, "rosenbrock": 0.5, "rastrigin": 2.0}
 """Initial step size of the peers on the black-box functions: about a quarter of the start point's spread."""
 
 _NN_METHODS = (*ZEROTH, "anp", "backprop")
+MEZO_FAST = "noise_source=table:table_size=1048576:perturb=forward"
+"""MeZO's fast step on a pretrained transformer (``docs/finetuning.md``, Step cost)."""
+_POPULATION_OUT_OF_REACH = (
+    "a population of 22.6M-dimensional candidates (and a covariance or its diagonal per generation) is out of reach "
+    "of a CPU; the fine-tuning task runs unigrad's estimators only"
+)
 _NOT_DIFFERENTIABLE = "the objective is not differentiable (greedy returns of a simulator)"
 
 
@@ -202,6 +215,28 @@ TASKS: dict[str, BenchTask] = {
             {"backprop": _NOT_DIFFERENTIABLE, "anp": "it needs per-sample losses of a supervised batch"},
         ),
         *(_function(fn, d) for fn in ("sphere", "rosenbrock", "rastrigin") for d in (10, 100, 1000)),
+        BenchTask(
+            "minilm-sentiment-k16",
+            "VADER words, 16 per class (32/1,116), pretrained all-MiniLM-L6-v2 + prototype head (unigrad[finetune])",
+            "classification",
+            12_800,
+            32,
+            5,
+            "test accuracy",
+            True,
+            "sample",
+            22_566_146,
+            _NN_METHODS,
+            {
+                "spsa": "probes=1:sigma=1e-3:optimizer=sgd:lr=3e-4",
+                "mezo": f"probes=1:sigma=1e-3:optimizer=sgd:lr=3e-4:{MEZO_FAST}",
+                "es": "probes=1:sigma=1e-3:lr=1e-4",
+                "anp": "probes=1:sigma=1e-3:lr=5e-5:train=linear",
+                "backprop": "lr=2e-5",
+            },
+            dict.fromkeys(PEERS, _POPULATION_OUT_OF_REACH),
+            default=False,
+        ),
     )
 }
 
@@ -214,9 +249,10 @@ def get_bench_task(name: str) -> BenchTask:
 
 
 def parse_tasks(tasks: str | Sequence[str] | None) -> list[BenchTask]:
-    """A comma-separated list (or a sequence) of task names; ``None`` means every task."""
+    """A comma-separated list (or a sequence) of task names; ``None`` means every default task (all but the
+    fine-tuning one, which is named explicitly)."""
     if tasks is None:
-        return list(TASKS.values())
+        return [t for t in TASKS.values() if t.default]
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     if not names:
         raise UnigradError(f"no tasks given; valid tasks: {', '.join(TASKS)}")
