@@ -18,7 +18,9 @@ Methods (:data:`METHODS`; the spec strings are those of ``unigrad train --method
   windows for the word embedding) with SGD as in MeZO and with Adam, ``mezo`` without the embeddings and on
   LoRA adapters (rank 8 on query and value, ``train=lora``), ``spsa``, ``rge`` and ``es``; ``np``, ``anp``
   and ``danp`` with their nodes at the Linear layers' outputs (embeddings and LayerNorms frozen: node
-  perturbation reaches only what a Linear layer computes).
+  perturbation reaches only what a Linear layer computes); ``danp`` also with each decorrelation update
+  compensated in the weights it feeds (``W ← W·A⁻¹``, so that the update leaves the network's function as it
+  was: :mod:`unigrad.nn.decorrelation`).
 
 The control (``scratch``): backprop and MeZO on the same architecture initialised at random
 (``minilm-random-k512``), with the same budget: what the pretrained weights buy.
@@ -107,6 +109,7 @@ METHODS: tuple[Method, ...] = (
     Method("np (Linear) + Adam", f"np:{ZO}:train=linear", "adam", 5e-5, 0),
     Method("anp (Linear) + Adam", f"anp:{ZO}:train=linear", "adam", 5e-5, 0),
     Method("danp (Linear) + Adam", f"danp:{ZO}:train=linear", "adam", 5e-5, 0),
+    Method("danp (Linear, compensated) + Adam", f"danp:{ZO}:train=linear:decor_compensate=true", "adam", 5e-5, 0),
 )
 """Every method of the table, in its order."""
 
