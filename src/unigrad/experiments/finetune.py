@@ -100,6 +100,7 @@ METHODS: tuple[Method, ...] = (
     Method("forward-gradient + Adam", "forward-gradient:probes=1", "adam", 2e-5, 1),
     Method("kfac (Linear layers)", "kfac:train=linear", "sgd", 1e-3, 2),
     Method("mezo + SGD", f"mezo:{ZO}:{FAST}", "sgd", 3e-4, 0),
+    Method("mezo + SGD, lr 1e-4", f"mezo:{ZO}:{FAST}", "sgd", 1e-4, 0),
     Method("mezo + Adam", f"mezo:{ZO}:{FAST}", "adam", 1e-4, 0),
     Method("mezo, no embeddings + SGD", f"mezo:{ZO}:{FAST}:train=no-embeddings", "sgd", 3e-4, 0),
     Method("spsa + SGD", f"spsa:{ZO}", "sgd", 3e-4, 0),
