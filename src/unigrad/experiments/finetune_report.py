@@ -136,8 +136,8 @@ def report(results: dict[str, Any]) -> str:
         "equivalents, samples): " + ", ".join(f"{s} {b:,.0f}" for s, b in results["budget_fe"].items()) + ". "
         f"{results['points']} evaluation points per run. Accuracies: mean ± sd over seeds at the end of the budget. "
         f"Peak memory: two steps on `{results['peaks'][0]['task'] if results['peaks'] else '?'}` "
-        "(model included). Wall time of the whole experiment: "
-        f"{results['seconds'] / 60:.1f} min.",
+        "(model included). Training time summed over the runs: "
+        f"{sum(r['train_seconds'] for r in results['runs']) / 60:.0f} min (evaluation excluded).",
         "",
     ]
     for setting in results["settings"]:
