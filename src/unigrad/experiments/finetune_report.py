@@ -96,8 +96,9 @@ def goals(results: dict[str, Any]) -> list[str]:
     if not zo or bp is None or probe is None:
         return ["Goals need backprop, the linear probe and an order-0 method at k512."]
     best, label = max(zo)
+    seeds = len(runs_of(results, "k512", label))
     return [
-        f"- Best order-0 method at k512: {label}, {best:.3f} (mean over seeds).",
+        f"- Best order-0 method at k512: {label}, {best:.3f} (mean over {seeds} seed{'s' * (seeds > 1)}).",
         f"- Backprop + Adam: {bp:.3f}; gap {100 * (bp - best):+.1f} points "
         f"(goal: within 2): {'met' if bp - best <= 0.02 else 'NOT met'}.",
         f"- Linear probe: {probe:.3f}; best order-0 minus probe {100 * (best - probe):+.1f} points "
