@@ -203,9 +203,17 @@ class ProbeNoise:
         return self._uses_table(n) and n > self.table_size
 
     def _windows(
-        self, seed: int, step: int, probe: int, index: int, shape: Sequence[int], device: torch.device
+        self,
+        seed: int,
+        step: int,
+        probe: int,
+        index: int,
+        shape: Sequence[int],
+        device: torch.device,
+        which: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """The table as overlapping row windows, ``(span, w)``, and the window of every row of the tensor."""
+        """The table as overlapping row windows, ``(span, w)``, and the window of each row in ``which`` (row
+        indices of any shape; ``None``: every row of the tensor, in order)."""
         rows = shape[0] if len(shape) > 0 else 1
         width = math.prod(shape) // max(rows, 1)
         if len(shape) < 2 or 2 * width > self.table_size:
@@ -223,7 +231,9 @@ class ProbeNoise:
             )
         start = key_hash(seed, step, index, probe, 0x5700) % prime
         stride = 1 + key_hash(seed, step, index, probe, 0x5701) % (prime - 1)
-        offsets = (torch.arange(rows, dtype=torch.int64, device=device) * stride + start) % prime
+        if which is None:
+            which = torch.arange(rows, dtype=torch.int64, device=device)
+        offsets = (which.to(torch.int64) * stride + start) % prime
         return self._table(device).as_strided((span, width), (1, 1)), offsets
 
     def _offset(self, seed: int, step: int, probe: int, index: int, n: int) -> int:
@@ -335,8 +345,8 @@ class ProbeNoise:
         rows, width = shape
         n, dev = rows * width, ids.device
         if self._windowed(n):
-            windows, offsets = self._windows(seed, step, probe, index, shape, dev)
-            return windows[offsets[ids]]
+            windows, offsets = self._windows(seed, step, probe, index, shape, dev, ids)  # the looked-up rows only
+            return windows[offsets]
         if self._uses_table(n):
             off = self._offset(seed, step, probe, index, n)
             return self._table(dev)[off : off + n].view(rows, width)[ids]

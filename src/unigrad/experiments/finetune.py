@@ -176,9 +176,9 @@ def peak_one(task: str, method: Method) -> dict:
 
 
 def _resumable(calls: list[tuple[Path, Any, tuple]], jobs: int, progress: Progress) -> list[Any]:
-    todo = [(fn, args) for path, fn, args in calls if not path.exists()]
-    paths = [path for path, _, _ in calls if not path.exists()]
-    for k, (path, value) in enumerate(zip(paths, run_calls(todo, jobs), strict=True)):
+    todo = [(path, fn, args) for path, fn, args in calls if not path.exists()]
+    results = run_calls([(fn, args) for _, fn, args in todo], jobs)
+    for k, ((path, _, _), value) in enumerate(zip(todo, results, strict=True)):
         path.write_text(json.dumps(value, indent=1) + "\n")
         if progress:
             progress(f"finetune: {k + 1}/{len(todo)} done ({path.stem})")
