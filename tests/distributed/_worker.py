@@ -44,6 +44,10 @@ def synthetic_task(hidden: int = 16) -> Task:
 def run_job(job: dict, fault: dict | None, rank: int, out: Path, timeout: float) -> None:
     from unigrad.distributed import distributed_train
 
+    if job.get("stack_passes") is False:  # node perturbation's passes one by one: bitwise like one process
+        from unigrad.nn import perturbation
+
+        perturbation.STACK_PASSES = False
     est = make_estimator(job["method"], seed=job.get("seed", 0), **job.get("options", {}))
     costs: list[tuple[int, int]] = []
     inner = est.estimate

@@ -19,6 +19,7 @@ from unigrad import make_estimator
 from unigrad.core.errors import UnigradError
 from unigrad.core.exchange import LocalExchange, ProbeExchange, gather_bytes, probe_block
 from unigrad.core.objective import supervised
+from unigrad.nn import perturbation
 from unigrad.train import train
 
 WORKER = Path(__file__).with_name("_worker.py")
@@ -108,7 +109,9 @@ def two_process_run(tmp_path_factory):
             checkpoint=ckpt,
             on_record=stop_after_start,
         )
-    jobs = [{"name": m, "method": m, "options": METHODS[m], "check_every": 1} for m in METHODS]
+    # node perturbation stacks its passes into one batch, whose size differs between one process and two, and a
+    # matrix product over more rows may round a row differently: the bitwise promise holds for passes one by one
+    jobs = [{"name": m, "method": m, "options": METHODS[m], "check_every": 1, "stack_passes": False} for m in METHODS]
     jobs.append({"name": "spsa-wide", "method": "spsa", "options": METHODS["spsa"], "hidden": 64})
     jobs.append({"name": "es-data", "method": "es", **DATA_PARALLEL, "data_parallel": True})
     jobs.append({"name": "resume", "method": "es", "options": METHODS["es"], "checkpoint": str(ckpt), "resume": True})
@@ -118,7 +121,8 @@ def two_process_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("method", list(METHODS))
-def test_two_processes_train_bitwise_like_one(two_process_run, method):
+def test_two_processes_train_bitwise_like_one(two_process_run, method, monkeypatch):
+    monkeypatch.setattr(perturbation, "STACK_PASSES", False)
     ref = _reference(method)
     for rank in range(2):
         got = _load(two_process_run, method, rank)

@@ -38,6 +38,7 @@ from unigrad.core.errors import UnigradError
 from unigrad.core.objective import Objective, check_finite
 from unigrad.core.options import check_seed
 from unigrad.core.params import trainable
+from unigrad.core.rowwise import rowwise
 from unigrad.core.step_state import StepState
 
 
@@ -117,9 +118,8 @@ class Estimator(abc.ABC):
         for _, p in params:
             p.grad = None
         try:
-            with StepState(
-                model, self.seed, self.step, self.buffer_rule or ("mean" if self.order == 0 else "first")
-            ) as state:
+            rule = self.buffer_rule or ("mean" if self.order == 0 else "first")
+            with StepState(model, self.seed, self.step, rule, quiet=rowwise(model, objective)) as state:
                 self._step_state = state
                 try:
                     est = self._estimate(model, objective, params)

@@ -40,6 +40,10 @@ class Supervised:
     already returns per-sample losses. Elementwise losses (``(B, k)`` from ``F.mse_loss``) are averaged
     per sample, so the result is ``(B,)``. A loss that only returns a scalar still works, but
     per-sample statistics are then unavailable.
+
+    ``rowwise`` says whether each sample's loss depends on that sample's output and target alone: true for
+    the standard losses of :data:`ROWWISE_LOSSES` and for any callable with an attribute ``rowwise = True``.
+    Estimators may then evaluate several passes as one batch of stacked copies (:meth:`repeat`).
     """
 
     def __init__(self, loss_fn: Callable[..., Tensor], inputs: Tensor, targets: Tensor) -> None:
@@ -49,10 +53,20 @@ class Supervised:
             raise UnigradError(
                 f"inputs and targets disagree on the batch size: {inputs.shape[0]} vs {targets.shape[0]}"
             )
+        self.rowwise = _rowwise(loss_fn)
         self.loss_fn = _per_sample(loss_fn)
         self.inputs = inputs
         self.targets = targets
         self.n_samples = int(inputs.shape[0])
+
+    def repeat(self, copies: int) -> Supervised:
+        """The same objective on ``copies`` stacked copies of the batch (rows ``k·B … (k+1)·B − 1`` are copy ``k``)."""
+        out = Supervised.__new__(Supervised)
+        out.rowwise, out.loss_fn = self.rowwise, self.loss_fn
+        out.inputs = self.inputs.repeat(copies, *([1] * (self.inputs.dim() - 1)))
+        out.targets = self.targets.repeat(copies, *([1] * (self.targets.dim() - 1)))
+        out.n_samples = copies * self.n_samples
+        return out
 
     def __call__(self, model: nn.Module) -> Tensor:
         return self.score(model(self.inputs))
@@ -63,6 +77,35 @@ class Supervised:
         if losses.dim() > 1:  # elementwise losses (F.mse_loss on (B, k) outputs): the mean of each sample
             losses = losses.reshape(losses.shape[0], -1).mean(dim=1)
         return losses
+
+
+ROWWISE_LOSSES: tuple[Callable[..., Tensor] | type[nn.Module], ...] = (
+    nn.functional.cross_entropy,
+    nn.functional.nll_loss,
+    nn.functional.mse_loss,
+    nn.functional.l1_loss,
+    nn.functional.smooth_l1_loss,
+    nn.functional.huber_loss,
+    nn.functional.binary_cross_entropy,
+    nn.functional.binary_cross_entropy_with_logits,
+    nn.CrossEntropyLoss,
+    nn.NLLLoss,
+    nn.MSELoss,
+    nn.L1Loss,
+    nn.SmoothL1Loss,
+    nn.HuberLoss,
+    nn.BCELoss,
+    nn.BCEWithLogitsLoss,
+)
+"""Loss functions (and loss module classes) whose per-sample losses depend on each sample alone."""
+
+
+def _rowwise(loss_fn: Callable[..., Tensor]) -> bool:
+    if getattr(loss_fn, "rowwise", False) is True:
+        return True
+    if isinstance(loss_fn, nn.Module):
+        return type(loss_fn) in ROWWISE_LOSSES
+    return any(loss_fn is f for f in ROWWISE_LOSSES)
 
 
 def _per_sample(loss_fn: Callable[..., Tensor]) -> Callable[..., Tensor]:

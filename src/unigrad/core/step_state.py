@@ -37,14 +37,18 @@ the masks, not the perturbation. :class:`StepState`, entered by :meth:`Estimator
 
 3. **Live buffers.** A module class may name, in a ``live_buffers`` class attribute (a tuple of buffer names),
    buffers that every evaluation must advance, such as the trial counter that keys a network's
-   intrinsic noise (the noisy rate networks of the bio package); these are left alone.
+   intrinsic noise (the noisy rate networks of the bio package); these are left alone. A module class may
+   also name, in ``static_buffers``, buffers its forward never changes (a decorrelation matrix, changed only
+   by an explicit update between steps); they are neither copied nor compared on every call.
 
 An evaluation is a call of the root module: objectives that call a submodule directly bypass the
 reset and the seeding for that call (its buffer changes are still averaged at the end of the step).
 Forward-mode estimators pass the buffers into ``torch.func`` explicitly
 (:meth:`StepState.functional_buffers`), because a transform may not update a captured tensor.
 
-The cost: one copy of the model's buffers per step, and a generator seed per call.
+The cost: one copy of the model's buffers per step, and a generator seed per call. A step that provably
+draws nothing at random (``quiet``: :func:`unigrad.core.rowwise.rowwise` model and objective, which the
+estimators check) and whose model has no buffers to track skips all of it.
 """
 
 from __future__ import annotations
@@ -85,10 +89,10 @@ class _Slot:
 class StepState:
     """Context manager applying the module docstring's rules to ``model`` for one step ``(seed, step)``."""
 
-    def __init__(self, model: nn.Module, seed: int, step: int, rule: str = "mean") -> None:
+    def __init__(self, model: nn.Module, seed: int, step: int, rule: str = "mean", quiet: bool = False) -> None:
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
-        self.model, self.rule = model, rule
+        self.model, self.rule, self.quiet = model, rule, quiet
         self.rng_seed = key_hash(_DROPOUT_TAG, seed, step) & ((1 << 63) - 1)
         self.slots: list[_Slot] = []
         cuda: set[int] = set()
@@ -98,13 +102,14 @@ class StepState:
                     cuda.add(p.device.index or 0)
             if not module._buffers:
                 continue
-            live = getattr(type(module), "live_buffers", ())  # a class attribute (see the module docs)
+            kind = type(module)  # class attributes (see the module docs)
+            skip = (*getattr(kind, "live_buffers", ()), *getattr(kind, "static_buffers", ()))
             for name, buf in module._buffers.items():
                 if buf is None:
                     continue
                 if buf.device.type == "cuda":
                     cuda.add(buf.device.index or 0)
-                if name in live or _version(buf) is None:
+                if name in skip or _version(buf) is None:
                     continue
                 self.slots.append(_Slot(module, name, buf, buf.detach().clone(), buf))
         self.cuda = sorted(cuda)
@@ -113,6 +118,8 @@ class StepState:
 
     # -- the step -------------------------------------------------------------------------
     def __enter__(self) -> StepState:
+        if self.quiet and not self.slots:  # nothing to track, nothing drawn: nothing to do
+            return self
         gens: list[Any] = [torch.default_generator]
         gens += [torch.cuda.default_generators[i] for i in self.cuda]
         self._saved = [(g, g.get_state()) for g in gens]
@@ -123,7 +130,8 @@ class StepState:
     def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         """Put the original buffer tensors back, holding the step's values (the pre-step ones if it failed)."""
         try:
-            self._handle.remove()
+            if self._handle is not None:
+                self._handle.remove()
             self._collect()
             with torch.no_grad():
                 for s in self.slots:

@@ -35,6 +35,7 @@ class _DecorrelatedLayer(nn.Module):
     slot: str
     decor: Decorrelation
     compensate: bool
+    rowwise = True  # row by row like the layer it wraps (whose own type is checked separately)
 
     def __init__(
         self,

@@ -47,6 +47,8 @@ class Decorrelation(nn.Module):
     """
 
     R: Tensor
+    rowwise = True  # row by row, and the subsample is drawn from its own generator
+    static_buffers = ("R",)  # the forward never changes R (only update() does): an estimator step need not track it
 
     def __init__(
         self,

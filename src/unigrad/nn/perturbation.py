@@ -22,25 +22,47 @@ pre-activation output ``h_l = W_l x_{l−1} + b_l``:
   adds seeded Gaussian noise to its output until the returned handle is removed. It stands for noise
   a learning rule cannot read (device noise in analog or neuromorphic hardware).
 - :func:`layer_owners` maps each trainable parameter to the layer slots it fills.
+- :func:`noisy_passes` runs the noisy passes of a node-perturbation step, stacked (below) where it can.
 
 Each layer must run at most once per pass (feed-forward models); a layer called twice raises.
+
+**Stacked passes.** The noisy passes of a step share the weights; only the node noise differs. Where every
+sample's losses depend on that sample alone, ``k`` passes run as *one* forward over ``k·B`` rows: the
+objective's batch is stacked ``k`` times (:meth:`~unigrad.core.objective.Supervised.repeat`) and the taps add
+pass ``p``'s noise, drawn from the very key and shape it has when run alone, to rows ``p·B … (p+1)·B − 1``.
+One call of the model instead of ``k`` and one larger matrix product per layer: the passes cost what their
+forwards cost. The results equal those of separate passes up to floating-point rounding (a matrix product
+over more rows may round a row differently), and the noise is bit for bit the same. :func:`stackable`
+decides when this is exact (:func:`unigrad.core.rowwise.rowwise`: a supervised objective with a row-wise
+loss, no hooks, and only module types known to treat rows independently and draw no random numbers; a module
+class or a loss function may declare ``rowwise = True``). Otherwise, and with ``STACK_PASSES = False``, the
+passes run one by one. Passes are stacked in groups that keep their activations within a memory budget (256 MiB
+by default).
+Decorrelation layers keep the statistics of the baseline pass: the noisy passes, stacked or not, do not
+record.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from types import TracebackType
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_positive
-from unigrad.core.objective import Objective, evaluate
+from unigrad.core.objective import Objective, Supervised, evaluate
 from unigrad.core.options import check_seed
 from unigrad.core.params import write_grad
+from unigrad.core.probe import DEFAULT_MEMORY_BUDGET
 from unigrad.core.rng import ProbeNoise
+from unigrad.core.rowwise import rowwise
+from unigrad.core.step_state import StepState
 from unigrad.nn.decorrelation import DecorrelatedConv2d, DecorrelatedLinear
+from unigrad.nn.decorrelation_matrix import Decorrelation
 
 LAYER_TYPES = (nn.Linear, nn.Conv2d, DecorrelatedLinear, DecorrelatedConv2d)
 
@@ -81,6 +103,7 @@ class LayerTaps:
         stop_gradient: feed every layer ``x_{l−1}.detach()`` instead of its input, and keep the input
             as it arrived (with its autograd history or forward-mode tangent) in ``live_inputs[l]``;
             derivatives then never cross a layer boundary (blocks of local losses).
+        layers: :func:`perturbable_layers` of ``model``, if the caller has them already.
 
     After the pass, ``inputs[l]`` / ``added[l]`` / ``outputs[l]`` / ``live_inputs[l]`` are ``None``
     for layers that did not run, and ``order`` lists the layer indices in the order they ran.
@@ -94,8 +117,9 @@ class LayerTaps:
         node_noise: NodeNoise | None = None,
         record_outputs: bool = False,
         stop_gradient: bool = False,
+        layers: list[tuple[str, nn.Module]] | None = None,
     ) -> None:
-        self.layers = perturbable_layers(model)
+        self.layers = perturbable_layers(model) if layers is None else layers
         self.record_inputs = record_inputs
         self.record_outputs = record_outputs
         self.stop_gradient = stop_gradient
@@ -225,15 +249,19 @@ def attach_node_noise(model: nn.Module, sigma: float, seed: int = 0, noise_sourc
 
 
 def layer_owners(
-    model: nn.Module, params: list[tuple[str, nn.Parameter]], method: str
+    model: nn.Module,
+    params: list[tuple[str, nn.Parameter]],
+    method: str,
+    layers: list[tuple[str, nn.Module]] | None = None,
 ) -> dict[int, list[tuple[int, str]]]:
     """Parameter id → the (layer index, ``"weight"``/``"bias"``) slots it fills.
 
     Raises :class:`UnigradError` for a trainable parameter outside the perturbable layers, or for a
-    layer :func:`layer_grads` does not handle; ``method`` names the caller in the message.
+    layer :func:`layer_grads` does not handle; ``method`` names the caller in the message. ``layers``:
+    :func:`perturbable_layers` of ``model``, if the caller has them already.
     """
     owners: dict[int, list[tuple[int, str]]] = {}
-    for i, (lname, layer) in enumerate(perturbable_layers(model)):
+    for i, (lname, layer) in enumerate(perturbable_layers(model) if layers is None else layers):
         check_layer(lname, layer)
         for slot in ("weight", "bias"):
             p = getattr(layer, slot)
@@ -265,6 +293,104 @@ def noisy_losses(objective: Objective, model: nn.Module, cost: Cost, f0: Tensor,
     if f.shape != f0.shape:
         raise UnigradError(f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}")
     return f
+
+
+STACK_PASSES = True
+"""Set to False to run the noisy passes of node perturbation one by one (for benchmarks and debugging)."""
+
+
+def stackable(model: nn.Module, objective: Objective) -> bool:
+    """Whether passes of ``model`` through ``objective`` can run stacked as one batch: ``STACK_PASSES`` and
+    :func:`~unigrad.core.rowwise.rowwise` (the step's own hooks allowed)."""
+    if not STACK_PASSES:
+        return False
+    return rowwise(model, objective, allow_hooks_of=StepState)
+
+
+class NoisyPass(NamedTuple):
+    """One noisy pass of :func:`noisy_passes`: per-sample ``losses`` ``(B,)``, and per layer the noise ``added``
+    and (if recorded) the ``outputs`` (``None`` for layers that did not run)."""
+
+    losses: Tensor
+    added: list[Tensor | None]
+    outputs: list[Tensor | None]
+
+
+def pass_bytes(taps: LayerTaps) -> int:
+    """Working memory of one more pass, estimated from what a baseline pass's ``taps`` recorded."""
+    return 4 * sum(t.nbytes for t in (*taps.inputs, *taps.outputs) if t is not None)
+
+
+@contextmanager
+def _keep_decorrelation_records(model: nn.Module) -> Iterator[None]:
+    """The decorrelation statistics recorded before the block (the baseline pass's) survive the block's passes."""
+    saved = [(m, m._rows, m._last) for m in model.modules() if isinstance(m, Decorrelation)]
+    try:
+        yield
+    finally:
+        for m, rows, last in saved:
+            m._rows, m._last = rows, last
+
+
+def _stacked_noise(block: Sequence[NodeNoise | None], batch: int, names: list[tuple[str, nn.Module]]) -> NodeNoise:
+    """Node noise for ``len(block)`` stacked passes: pass ``p``'s noise, drawn for its own ``batch`` rows, on rows
+    ``p·batch … (p+1)·batch − 1`` (zeros for a pass without noise)."""
+
+    def draw(index: int, output: Tensor) -> Tensor:
+        if output.shape[0] != len(block) * batch:
+            raise UnigradError(
+                f"layer {names[index][0]!r} saw a batch of {output.shape[0] // len(block)} but the objective "
+                f"returned {batch} per-sample losses"
+            )
+        rows = output.split(batch)
+        return torch.cat([torch.zeros_like(r) if n is None else n(index, r) for n, r in zip(block, rows)])
+
+    return draw
+
+
+def noisy_passes(
+    model: nn.Module,
+    objective: Objective,
+    cost: Cost,
+    f0: Tensor,
+    noises: Sequence[NodeNoise | None],
+    method: str,
+    *,
+    record_outputs: bool = False,
+    bytes_per_pass: int = 0,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    layers: list[tuple[str, nn.Module]] | None = None,
+) -> Iterator[NoisyPass]:
+    """The passes with node noise ``noises[p]`` (``None``: none), in order, each checked against the baseline's
+    per-sample losses ``f0``; stacked in groups within ``memory_budget`` (given ``bytes_per_pass``, e.g.
+    :func:`pass_bytes`) where :func:`stackable`, else one by one. The passes do not change the decorrelation
+    statistics (those of the baseline pass are kept). ``layers``: :func:`perturbable_layers` of ``model``."""
+    batch = f0.shape[0]
+    layers = perturbable_layers(model) if layers is None else layers
+    group = 1
+    if len(noises) > 1 and stackable(model, objective) and getattr(objective, "n_samples", None) == batch:
+        group = max(1, min(len(noises), memory_budget // max(1, bytes_per_pass)))
+    with _keep_decorrelation_records(model):
+        for lo in range(0, len(noises), group):
+            block = noises[lo : lo + group]
+            if len(block) == 1:
+                with LayerTaps(model, node_noise=block[0], record_outputs=record_outputs, layers=layers) as taps:
+                    f = noisy_losses(objective, model, cost, f0, method)
+                yield NoisyPass(f, taps.added, taps.outputs)
+                continue
+            assert isinstance(objective, Supervised)
+            noise = _stacked_noise(block, batch, layers)
+            with LayerTaps(model, node_noise=noise, record_outputs=record_outputs, layers=layers) as taps:
+                f = per_sample_losses(evaluate(objective.repeat(len(block)), model, cost), method)
+            if f.shape != (len(block) * batch,):
+                raise UnigradError(
+                    f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
+                )
+            for p in range(len(block)):
+                rows = slice(p * batch, (p + 1) * batch)
+                added = [None if a is None else a[rows] for a in taps.added]
+                outputs = [None if o is None else o[rows] for o in taps.outputs]
+                yield NoisyPass(f[rows], added, outputs)
 
 
 def check_external_noise(noise: str, passes: str, owner: str) -> None:
@@ -364,9 +490,12 @@ def signal_grads(
             per_layer[(li, "bias")] = gb
     grads = []
     for _, p in params:
+        parts = [per_layer[slot] for slot in owners[id(p)] if slot in per_layer]
+        if len(parts) == 1:  # the common case: one layer's term, already a fresh tensor
+            grads.append(parts[0].to(p.dtype).reshape(p.shape))
+            continue
         g = torch.zeros_like(p)
-        for slot in owners[id(p)]:
-            if slot in per_layer:
-                g.add_(per_layer[slot].to(p.dtype).reshape(p.shape))
+        for part in parts:
+            g.add_(part.to(p.dtype).reshape(p.shape))
         grads.append(g)
     return grads

@@ -20,7 +20,8 @@ from unigrad.nn.perturbation import (
     check_external_noise,
     gaussian_node_noise,
     layer_owners,
-    noisy_losses,
+    noisy_passes,
+    pass_bytes,
     per_sample_losses,
     write_layer_grads,
 )
@@ -153,9 +154,12 @@ class ANP(Estimator):
         signals: list[Tensor | None] = [None] * len(base.layers)
         probe_losses = torch.empty(q, dtype=torch.float64)
         silent = 0
-        for i in range(q):
-            with LayerTaps(model, record_outputs=True, node_noise=self._node_noise(i)) as noisy:
-                f = noisy_losses(objective, model, cost, f0, "anp")
+        noises = [self._node_noise(i) for i in range(q)]
+        passes = noisy_passes(
+            model, objective, cost, f0, noises, "anp", record_outputs=True, bytes_per_pass=pass_bytes(base)
+        )
+        for i, noisy in enumerate(passes):
+            f = noisy.losses
             probe_losses[i] = f.double().mean()
             # measure: δh_l per layer, ‖δh_b‖² over all layers, N nodes per sample
             deltas: list[Tensor | None] = [None] * len(base.layers)

@@ -18,7 +18,8 @@ from unigrad.nn.perturbation import (
     accumulate_signal,
     gaussian_node_noise,
     layer_owners,
-    noisy_losses,
+    noisy_passes,
+    pass_bytes,
     per_sample_losses,
     write_layer_grads,
 )
@@ -108,28 +109,23 @@ class INP(Estimator):
         n_layers = len(clean.layers)
         signals: list[Tensor | None] = [None] * n_layers
         probe_losses = torch.full((n_layers, q), float("nan"), dtype=torch.float64)
-        for li in range(n_layers):
-            if clean.inputs[li] is None:  # did not run: no passes, zero gradient
-                continue
-            for i in range(q):
-                # probe: h_l ← h_l + ε_{l,i} in layer l only, per sample
-                draw = gaussian_node_noise(self.noise, self.seed, self.step, li * q + i, sigma)
-                with LayerTaps(model, node_noise=_only(li, draw)) as noisy:
-                    f = noisy_losses(objective, model, cost, f0, "inp")
-                eps = noisy.added[li]
-                if eps is None:
-                    raise UnigradError(
-                        f"inp: layer {clean.layers[li][0]!r} ran in the clean pass but not the noisy one"
-                    )
-                if eps.shape[0] != batch:
-                    raise UnigradError(
-                        f"inp: layer {clean.layers[li][0]!r} saw a batch of {eps.shape[0]} but the objective "
-                        f"returned {batch} per-sample losses"
-                    )
-                probe_losses[li, i] = f.double().mean()
-                # measure: δL_{l,b}/σ² per sample, spread over that sample's noise in layer l
-                coeff = (f - f0) / (sigma * sigma * batch * q)
-                accumulate_signal(signals, li, coeff, eps)
+        # probe: h_l ← h_l + ε_{l,i} in layer l only, per sample (the passes stacked into one batch where exact)
+        keys = [(li, i) for li in range(n_layers) if clean.inputs[li] is not None for i in range(q)]
+        noises = [_only(li, gaussian_node_noise(self.noise, self.seed, self.step, li * q + i, sigma)) for li, i in keys]
+        passes = noisy_passes(model, objective, cost, f0, noises, "inp", bytes_per_pass=pass_bytes(clean))
+        for (li, i), noisy in zip(keys, passes, strict=True):
+            f, eps = noisy.losses, noisy.added[li]
+            if eps is None:
+                raise UnigradError(f"inp: layer {clean.layers[li][0]!r} ran in the clean pass but not the noisy one")
+            if eps.shape[0] != batch:
+                raise UnigradError(
+                    f"inp: layer {clean.layers[li][0]!r} saw a batch of {eps.shape[0]} but the objective "
+                    f"returned {batch} per-sample losses"
+                )
+            probe_losses[li, i] = f.double().mean()
+            # measure: δL_{l,b}/σ² per sample, spread over that sample's noise in layer l
+            coeff = (f - f0) / (sigma * sigma * batch * q)
+            accumulate_signal(signals, li, coeff, eps)
         # combine: Σ G_l x_{l−1}ᵀ per layer, written into .grad
         write_layer_grads(params, owners, clean.layers, clean.inputs, signals)
         info: dict[str, Any] = {"probe_losses": probe_losses.float()}

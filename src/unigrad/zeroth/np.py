@@ -18,8 +18,10 @@ from unigrad.nn.perturbation import (
     accumulate_signal,
     gaussian_node_noise,
     layer_owners,
-    noisy_losses,
+    noisy_passes,
+    pass_bytes,
     per_sample_losses,
+    perturbable_layers,
     write_layer_grads,
 )
 from unigrad.zeroth._probing import check_probes, gather_losses
@@ -51,6 +53,10 @@ class NP(Estimator):
     losses of shape ``(B,)`` (each sample's loss is correlated with its own noise), and every layer must
     run at most once per objective call (feed-forward models).
 
+    The ``q`` noisy passes share the weights, so where the model and objective allow it they run as one
+    forward over ``q·B`` stacked rows (:func:`~unigrad.nn.perturbation.noisy_passes`; same noise, results
+    equal to separate passes up to rounding).
+
     Cost: ``(1 + q)·B`` forward samples for a batch of B. ``Estimate.loss`` is the clean (exact) loss.
 
     Args:
@@ -63,8 +69,10 @@ class NP(Estimator):
             (``None``: all local). Each process runs the clean pass and its block of noisy passes, the
             processes all-gather the **per-sample** losses ``L̃_{i,b}`` (``B·q`` scalars, independent of the
             number of weights), and every process regenerates ``ε_{i,l}`` of every probe from its key, shaped
-            like the clean pass's outputs, and combines them in probe order: the result is bitwise the
-            one-process result. The data-parallel variant is refused: a process cannot form another shard's
+            like the clean pass's outputs, and combines them in probe order: the result is the one-process
+            result, bitwise when the passes run one by one (``unigrad.nn.perturbation.STACK_PASSES = False``),
+            to rounding when they are stacked (each process stacks its own block, and a matrix product over
+            a different number of rows may round differently). The data-parallel variant is refused: a process cannot form another shard's
             ``ε·xᵀ`` without that shard's activations, so it would need the d-sized all-reduce of DDP
             (default: None).
 
@@ -97,7 +105,8 @@ class NP(Estimator):
 
     @torch.no_grad()
     def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
-        owners = layer_owners(model, params, self.name)
+        layers = perturbable_layers(model)
+        owners = layer_owners(model, params, self.name, layers)
         cost = Cost()
         q, sigma, ex = self.probes, self.sigma, self.exchange
         if ex is not None and ex.data_parallel:
@@ -106,29 +115,28 @@ class NP(Estimator):
                 "all-reduce); spread the probes instead (data_parallel=False)"
             )
         # clean pass: per-sample losses L_b and each layer's input x_{l−1} (and output shapes, to regenerate ε)
-        with LayerTaps(model, record_inputs=True, record_outputs=ex is not None) as clean:
+        with LayerTaps(model, record_inputs=True, record_outputs=ex is not None, layers=layers) as clean:
             f0 = per_sample_losses(evaluate(objective, model, cost), self.name)
         batch = f0.shape[0]
         signals: list[Tensor | None] = [None] * len(clean.layers)
         probe_losses = torch.empty(q, dtype=torch.float64)
         mine = range(q) if ex is None else ex.local_probes(q)
         local = torch.empty(batch, len(mine), dtype=torch.float64)
-        for k, i in enumerate(mine):
-            # probe: h_l ← h_l + ε_{i,l} in every layer, per sample
-            noise = gaussian_node_noise(self.noise, self.seed, self.step, i, sigma)
-            with LayerTaps(model, node_noise=noise) as noisy:
-                f = noisy_losses(objective, model, cost, f0, "np")
+        # probe: h_l ← h_l + ε_{i,l} in every layer, per sample (the passes stacked into one batch where exact)
+        noises = [gaussian_node_noise(self.noise, self.seed, self.step, i, sigma) for i in mine]
+        passes = noisy_passes(model, objective, cost, f0, noises, "np", bytes_per_pass=pass_bytes(clean), layers=layers)
+        for k, (i, noisy) in enumerate(zip(mine, passes, strict=True)):
             for layer_index, eps in enumerate(noisy.added):
                 if eps is not None and eps.shape[0] != batch:
                     raise UnigradError(
-                        f"np: layer {noisy.layers[layer_index][0]!r} saw a batch of {eps.shape[0]} but the "
+                        f"np: layer {clean.layers[layer_index][0]!r} saw a batch of {eps.shape[0]} but the "
                         f"objective returned {batch} per-sample losses"
                     )
             if ex is None:
-                probe_losses[i] = f.double().mean()
-                self._measure(signals, f, f0, noisy.added)
+                probe_losses[i] = noisy.losses.double().mean()
+                self._measure(signals, noisy.losses, f0, noisy.added)
             else:
-                local[:, k] = f.double()
+                local[:, k] = noisy.losses.double()
         if ex is not None:  # every process gets every probe's per-sample losses and regenerates its noise
             table = gather_losses(ex, local, q, cost)
             for i in range(q):
