@@ -12,8 +12,8 @@ as the model, which breaks MeZO's "memory of inference". An estimator built with
 ``write_grad=False`` (``mezo``) therefore leaves ``.grad`` alone and returns a
 :class:`ReplayDirection` in ``Estimate.info["direction"]``.
 
-Exactness: :meth:`ReplayDirection.chunks` accumulates ``Σ_i a_i·z_i`` per chunk of
-:data:`~unigrad.core.rng.CHUNK` elements, in probe order, starting from zeros, with the same
+Exactness: :meth:`ReplayDirection.chunks` accumulates ``Σ_i a_i·z_i`` piece by piece (the sums are
+elementwise, so the piece size does not matter), in probe order, starting from zeros, with the same
 elementwise operations that ``mezo`` uses to build the dense ``.grad``; the replayed direction is
 therefore bitwise equal to that ``.grad``.
 """
@@ -60,10 +60,12 @@ class ReplayDirection:
         return 8 * (len(self.coeffs) + 2)
 
     def chunks(self, index: int) -> Iterator[tuple[int, Tensor]]:
-        """``(start, g[start:start+n])`` for parameter ``index``, chunk by chunk, in its dtype and device."""
+        """``(start, g[start:start+n])`` for parameter ``index``, piece by piece (:meth:`ProbeNoise.span
+        <unigrad.core.rng.ProbeNoise.span>` elements), in its dtype and device."""
         p = self.params[index]
+        span = self.noise.span(p.numel())  # the elementwise sums do not depend on the piece size
         streams = [
-            self.noise.chunks(self.seed, self.step, i, index, p.numel(), p.device, p.shape)
+            self.noise.chunks(self.seed, self.step, i, index, p.numel(), p.device, p.shape, span)
             for i in range(len(self.coeffs))
         ]
         for pieces in zip(*streams, strict=True):

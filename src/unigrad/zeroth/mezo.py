@@ -327,7 +327,7 @@ class _InForward(TorchFunctionMode):
         """θ + scale·z for parameter ``k``, as the in-place sweep computes it."""
         noise, n = self.mezo.noise, p.numel()
         out = torch.empty(n, dtype=p.dtype, device=p.device)
-        for start, z in noise.chunks(*self._key(k), n, p.device, p.shape):
+        for start, z in noise.chunks(*self._key(k), n, p.device, p.shape, noise.span(n)):
             torch.mul(z.to(p.dtype), self.scale, out=out[start : start + z.numel()])
         return out.add_(flat_view(p)).view(p.shape)
 

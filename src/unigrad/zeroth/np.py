@@ -72,9 +72,9 @@ class NP(Estimator):
             like the clean pass's outputs, and combines them in probe order: the result is the one-process
             result, bitwise when the passes run one by one (``unigrad.nn.perturbation.STACK_PASSES = False``),
             to rounding when they are stacked (each process stacks its own block, and a matrix product over
-            a different number of rows may round differently). The data-parallel variant is refused: a process cannot form another shard's
-            ``ε·xᵀ`` without that shard's activations, so it would need the d-sized all-reduce of DDP
-            (default: None).
+            a different number of rows may round differently). The data-parallel variant is refused: a
+            process cannot form another shard's ``ε·xᵀ`` without that shard's activations, so it would need
+            the d-sized all-reduce of DDP (default: None).
 
     References:
         [1] N. Dalm, M. van Gerven, N. Ahmad, "Effective Learning with Node Perturbation in Deep Neural

@@ -1,0 +1,116 @@
+"""Node perturbation at the cost of its passes: one step against the plain forwards it stands for.
+
+MLP 784-500-500-500-10 (the Fashion-MNIST MLP 3×500), batch 64, float32, CPU. For ``np``, ``anp`` and their
+decorrelated variants ``dnp`` and ``danp`` with q noisy passes (default 16), the median wall time of one step
+(``estimate()``, plus the decorrelation update for the decorrelated ones) divided by the median time of the
+``q + 1`` plain forwards the step stands for: ``loss_fn(model(x), y)`` under ``torch.no_grad()`` in eval mode,
+on the same model (the decorrelated model for ``dnp``/``danp``), same batch. Timed in the same run, interleaved
+(step, forwards, step, …), medians over repeats. Rows with ``stacked`` run the noisy passes as one batch of
+``q·B`` rows (:func:`unigrad.nn.perturbation.noisy_passes`); ``one-by-one`` sets ``STACK_PASSES = False``.
+Goal (danp, q = 16): ratio ≤ 1.2.
+
+    .venv/bin/python benchmarks/np_step.py [--threads 2] [--repeats 21] [--q 16]
+
+Prints a table and writes ``benchmarks/results/np_step.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import unigrad
+from _common import cpu_name
+from unigrad.nn import perturbation
+from unigrad.nn.models import mlp
+
+BATCH = 64
+SIZES = [784, 500, 500, 500, 10]
+RESULTS = Path(__file__).parent / "results" / "np_step.json"
+
+
+def measure(method: str, q: int, stacked: bool, repeats: int) -> dict[str, float | int | str]:
+    perturbation.STACK_PASSES = stacked
+    est = unigrad.make_estimator(method, probes=q, sigma=1e-3, seed=0)
+    model = mlp(SIZES, seed=0)
+    if hasattr(est, "prepare"):
+        model = est.prepare(model)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(BATCH, 784, generator=g)
+    y = torch.randint(0, 10, (BATCH,), generator=g)
+    objective = unigrad.supervised(F.cross_entropy, x, y)
+
+    def step() -> None:
+        est.estimate(model, objective)
+        if hasattr(est, "update"):
+            est.update(model)
+
+    def forwards() -> None:
+        model.eval()
+        with torch.no_grad():
+            for _ in range(q + 1):
+                F.cross_entropy(model(x), y)
+        model.train()
+
+    for _ in range(3):
+        step()
+        forwards()
+    t_step, t_fwd = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        t1 = time.perf_counter()
+        forwards()
+        t2 = time.perf_counter()
+        t_step.append(t1 - t0)
+        t_fwd.append(t2 - t1)
+    perturbation.STACK_PASSES = True
+    s, f = statistics.median(t_step), statistics.median(t_fwd)
+    path = "stacked" if stacked else "one-by-one"
+    return {"method": method, "q": q, "path": path, "step_ms": 1e3 * s, "forwards_ms": 1e3 * f, "ratio": s / f}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=21)
+    ap.add_argument("--q", type=int, nargs="+", default=[16])
+    ap.add_argument("--methods", nargs="+", default=["np", "anp", "dnp", "danp"])
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    print(f"{'method':6} {'q':>3} {'path':10} {'step ms':>9} {'q+1 fwd ms':>11} {'ratio':>6}")
+    for method in args.methods:
+        for q in args.q:
+            for stacked in (False, True):
+                r = measure(method, q, stacked, args.repeats)
+                rows.append(r)
+                print(
+                    f"{method:6} {q:>3} {r['path']:10} {r['step_ms']:9.2f} {r['forwards_ms']:11.2f} {r['ratio']:6.2f}",
+                    flush=True,
+                )
+    out = {
+        "benchmark": "np_step",
+        "goal": "danp step (q = 16, decorrelation included) / its q + 1 plain forwards <= 1.2",
+        "setup": {"model": "MLP 784-500-500-500-10", "batch": BATCH, "dtype": "float32", "device": "cpu"},
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": cpu_name(),
+        "rows": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
