@@ -47,7 +47,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import TracebackType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -186,14 +186,31 @@ class LayerTaps:
         self._handles.clear()
 
 
+class GaussianNodeNoise:
+    """``ε_l = σ·z`` with ``z`` the stream keyed ``(seed, step, probe, l)``, shaped like the output (a
+    :data:`NodeNoise`; made by :func:`gaussian_node_noise`)."""
+
+    __slots__ = ("noise", "probe", "seed", "sigma", "step")
+
+    def __init__(self, noise: ProbeNoise, seed: int, step: int, probe: int, sigma: float) -> None:
+        self.noise, self.seed, self.step, self.probe, self.sigma = noise, seed, step, probe, sigma
+
+    def __call__(self, index: int, output: Tensor) -> Tensor:
+        z = self.noise.raw(self.seed, self.step, self.probe, index, output.shape, output.dtype, output.device)
+        return z * self.sigma
+
+    def same_stream(self, other: object) -> bool:
+        """Whether ``other`` draws from the same stream and scale (only the probe may differ)."""
+        return (
+            isinstance(other, GaussianNodeNoise)
+            and other.noise is self.noise
+            and (other.seed, other.step, other.sigma) == (self.seed, self.step, self.sigma)
+        )
+
+
 def gaussian_node_noise(noise: ProbeNoise, seed: int, step: int, probe: int, sigma: float) -> NodeNoise:
     """``ε_l = σ·z`` with ``z`` the stream keyed ``(seed, step, probe, l)``, shaped like the output."""
-
-    def draw(index: int, output: Tensor) -> Tensor:
-        z = noise.raw(seed, step, probe, index, output.shape, output.dtype, output.device)
-        return z * sigma
-
-    return draw
+    return GaussianNodeNoise(noise, seed, step, probe, sigma)
 
 
 class NodeNoiseHandle:
@@ -307,6 +324,27 @@ def stackable(model: nn.Module, objective: Objective) -> bool:
     return rowwise(model, objective, allow_hooks_of=StepState)
 
 
+class NoisyGroup(NamedTuple):
+    """Consecutive noisy passes of :func:`noisy_groups`, stacked along a leading pass axis ``k``: per-sample
+    ``losses`` ``(k, B)``, and per layer the noise ``added`` and (if recorded) the ``outputs``, ``(k, B, …)``
+    (``None`` for layers that did not run)."""
+
+    losses: Tensor
+    added: list[Tensor | None]
+    outputs: list[Tensor | None]
+
+    def __len__(self) -> int:  # type: ignore[override]
+        return self.losses.shape[0]
+
+    def one(self, p: int) -> NoisyPass:
+        """Pass ``p`` of the group."""
+        return NoisyPass(
+            self.losses[p],
+            [None if a is None else a[p] for a in self.added],
+            [None if o is None else o[p] for o in self.outputs],
+        )
+
+
 class NoisyPass(NamedTuple):
     """One noisy pass of :func:`noisy_passes`: per-sample ``losses`` ``(B,)``, and per layer the noise ``added``
     and (if recorded) the ``outputs`` (``None`` for layers that did not run)."""
@@ -343,12 +381,23 @@ def _stacked_noise(block: Sequence[NodeNoise | None], batch: int, names: list[tu
                 f"returned {batch} per-sample losses"
             )
         rows = output.split(batch)
+        if consecutive:  # one block of consecutive probes of one stream: one read (a view, from the table)
+            z = first.noise.raw_block(
+                first.seed, first.step, range(first.probe, first.probe + len(block)), index, rows[0].shape,
+                output.dtype, output.device,
+            )  # fmt: skip
+            return (z * first.sigma).view(output.shape)
         return torch.cat([torch.zeros_like(r) if n is None else n(index, r) for n, r in zip(block, rows)])
 
+    first = block[0]
+    consecutive = isinstance(first, GaussianNodeNoise) and all(
+        first.same_stream(n) and n.probe == first.probe + p
+        for p, n in enumerate(block)  # type: ignore[union-attr]
+    )
     return draw
 
 
-def noisy_passes(
+def noisy_groups(
     model: nn.Module,
     objective: Objective,
     cost: Cost,
@@ -360,11 +409,12 @@ def noisy_passes(
     bytes_per_pass: int = 0,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     layers: list[tuple[str, nn.Module]] | None = None,
-) -> Iterator[NoisyPass]:
-    """The passes with node noise ``noises[p]`` (``None``: none), in order, each checked against the baseline's
-    per-sample losses ``f0``; stacked in groups within ``memory_budget`` (given ``bytes_per_pass``, e.g.
-    :func:`pass_bytes`) where :func:`stackable`, else one by one. The passes do not change the decorrelation
-    statistics (those of the baseline pass are kept). ``layers``: :func:`perturbable_layers` of ``model``."""
+) -> Iterator[NoisyGroup]:
+    """The passes with node noise ``noises[p]`` (``None``: none), in order, in groups: stacked into one batch
+    within ``memory_budget`` (given ``bytes_per_pass``, e.g. :func:`pass_bytes`) where :func:`stackable`, else
+    one pass per group. Each pass is checked against the baseline's per-sample losses ``f0``. The passes do not
+    change the decorrelation statistics (those of the baseline pass are kept). ``layers``:
+    :func:`perturbable_layers` of ``model``."""
     batch = f0.shape[0]
     layers = perturbable_layers(model) if layers is None else layers
     group = 1
@@ -373,24 +423,37 @@ def noisy_passes(
     with _keep_decorrelation_records(model):
         for lo in range(0, len(noises), group):
             block = noises[lo : lo + group]
-            if len(block) == 1:
+            k = len(block)
+            if k == 1:
                 with LayerTaps(model, node_noise=block[0], record_outputs=record_outputs, layers=layers) as taps:
                     f = noisy_losses(objective, model, cost, f0, method)
-                yield NoisyPass(f, taps.added, taps.outputs)
-                continue
-            assert isinstance(objective, Supervised)
-            noise = _stacked_noise(block, batch, layers)
-            with LayerTaps(model, node_noise=noise, record_outputs=record_outputs, layers=layers) as taps:
-                f = per_sample_losses(evaluate(objective.repeat(len(block)), model, cost), method)
-            if f.shape != (len(block) * batch,):
-                raise UnigradError(
-                    f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
-                )
-            for p in range(len(block)):
-                rows = slice(p * batch, (p + 1) * batch)
-                added = [None if a is None else a[rows] for a in taps.added]
-                outputs = [None if o is None else o[rows] for o in taps.outputs]
-                yield NoisyPass(f[rows], added, outputs)
+            else:
+                assert isinstance(objective, Supervised)
+                noise = _stacked_noise(block, batch, layers)
+                with LayerTaps(model, node_noise=noise, record_outputs=record_outputs, layers=layers) as taps:
+                    f = per_sample_losses(evaluate(objective.repeat(k), model, cost), method)
+                if f.shape != (k * batch,):
+                    raise UnigradError(
+                        f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
+                    )
+            added = [None if a is None else a.unflatten(0, (k, -1)) for a in taps.added]
+            outputs = [None if o is None else o.unflatten(0, (k, -1)) for o in taps.outputs]
+            yield NoisyGroup(f.unflatten(0, (k, -1)), added, outputs)
+
+
+def noisy_passes(
+    model: nn.Module,
+    objective: Objective,
+    cost: Cost,
+    f0: Tensor,
+    noises: Sequence[NodeNoise | None],
+    method: str,
+    **options: Any,
+) -> Iterator[NoisyPass]:
+    """The passes of :func:`noisy_groups` (same arguments), one at a time."""
+    for group in noisy_groups(model, objective, cost, f0, noises, method, **options):
+        for p in range(len(group)):
+            yield group.one(p)
 
 
 def check_external_noise(noise: str, passes: str, owner: str) -> None:
@@ -452,8 +515,13 @@ def layer_grads(layer: nn.Module, x: Tensor, signal: Tensor) -> tuple[Tensor, Te
 
 
 def accumulate_signal(signals: list[Tensor | None], index: int, coeff: Tensor, values: Tensor) -> None:
-    """``signals[index] += coeff_b · values_b`` per sample ``b`` (the per-layer output signal)."""
-    s = coeff.to(values.dtype).view(-1, *([1] * (values.dim() - 1))) * values
+    """``signals[index] += coeff_b · values_b`` per sample ``b`` (the per-layer output signal).
+
+    With a leading pass axis (``coeff`` of shape ``(k, B)``, ``values`` ``(k, B, …)``, a :class:`NoisyGroup`'s),
+    the ``k`` passes' terms are summed first (a single pass adds exactly its own term)."""
+    s = coeff.to(values.dtype).view(*coeff.shape, *([1] * (values.dim() - coeff.dim()))) * values
+    if coeff.dim() == 2:
+        s = s.sum(0)
     prev = signals[index]
     signals[index] = s if prev is None else prev.add_(s)
 

@@ -20,7 +20,7 @@ from unigrad.nn.perturbation import (
     check_external_noise,
     gaussian_node_noise,
     layer_owners,
-    noisy_passes,
+    noisy_groups,
     pass_bytes,
     per_sample_losses,
     write_layer_grads,
@@ -155,37 +155,38 @@ class ANP(Estimator):
         probe_losses = torch.empty(q, dtype=torch.float64)
         silent = 0
         noises = [self._node_noise(i) for i in range(q)]
-        passes = noisy_passes(
+        groups = noisy_groups(
             model, objective, cost, f0, noises, "anp", record_outputs=True, bytes_per_pass=pass_bytes(base)
         )
-        for i, noisy in enumerate(passes):
-            f = noisy.losses
-            probe_losses[i] = f.double().mean()
-            # measure: δh_l per layer, ‖δh_b‖² over all layers, N nodes per sample
+        done = 0
+        for group in groups:  # k passes at once (stacked into one batch where exact, else k = 1)
+            k, f = len(group), group.losses
+            probe_losses[done : done + k] = f.double().mean(1)
+            done += k
+            # measure: δh_l per layer, ‖δh_b‖² over all layers, N nodes per sample, for each pass
             deltas: list[Tensor | None] = [None] * len(base.layers)
-            norm2 = torch.zeros(batch, dtype=torch.float64)
+            norm2 = torch.zeros(k, batch, dtype=torch.float64)
             nodes = 0
-            for li, (h0, h1) in enumerate(zip(base.outputs, noisy.outputs)):
+            for li, (h0, h1) in enumerate(zip(base.outputs, group.outputs)):
                 if (h0 is None) != (h1 is None):
                     raise UnigradError(f"anp: layer {base.layers[li][0]!r} ran in one pass but not in the other")
                 if h0 is None or h1 is None:
                     continue
-                if h0.shape[0] != batch or h1.shape != h0.shape:
+                if h0.shape[0] != batch or h1.shape[1:] != h0.shape:
                     raise UnigradError(
-                        f"anp: layer {base.layers[li][0]!r} produced shapes {tuple(h0.shape)} and {tuple(h1.shape)} "
-                        f"but the objective returned {batch} per-sample losses"
+                        f"anp: layer {base.layers[li][0]!r} produced shapes {tuple(h0.shape)} and "
+                        f"{tuple(h1.shape[1:])} but the objective returned {batch} per-sample losses"
                     )
                 dh = h1 - h0
                 deltas[li] = dh
-                norm2 += dh.double().reshape(batch, -1).pow(2).sum(1)
-                nodes += dh[0].numel()
-            # combine: c·δL_b/‖δh_b‖² per sample, spread over that sample's δh
+                norm2 += torch.linalg.vector_norm(dh.reshape(k, batch, -1), dim=2, dtype=torch.float64).square()
+                nodes += dh[0, 0].numel()
+            # combine: c·δL_b/‖δh_b‖² per sample, spread over that sample's δh, summed over the group's passes
             coeff, still = anp_coefficients(self.scale, nodes, f - f0, norm2, batch, q)
             silent += still
             for li, dh in enumerate(deltas):
-                if dh is None:
-                    continue
-                accumulate_signal(signals, li, coeff, dh)
+                if dh is not None:
+                    accumulate_signal(signals, li, coeff, dh)
         # combine: Σ G_l x_{l−1}ᵀ per layer, written into .grad
         write_layer_grads(params, owners, base.layers, base.inputs, signals)
         info: dict[str, Any] = {"probe_losses": probe_losses.float(), "silent_samples": silent}

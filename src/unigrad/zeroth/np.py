@@ -18,7 +18,7 @@ from unigrad.nn.perturbation import (
     accumulate_signal,
     gaussian_node_noise,
     layer_owners,
-    noisy_passes,
+    noisy_groups,
     pass_bytes,
     per_sample_losses,
     perturbable_layers,
@@ -54,7 +54,7 @@ class NP(Estimator):
     run at most once per objective call (feed-forward models).
 
     The ``q`` noisy passes share the weights, so where the model and objective allow it they run as one
-    forward over ``q·B`` stacked rows (:func:`~unigrad.nn.perturbation.noisy_passes`; same noise, results
+    forward over ``q·B`` stacked rows (:func:`~unigrad.nn.perturbation.noisy_groups`; same noise, results
     equal to separate passes up to rounding).
 
     Cost: ``(1 + q)·B`` forward samples for a batch of B. ``Estimate.loss`` is the clean (exact) loss.
@@ -124,19 +124,22 @@ class NP(Estimator):
         local = torch.empty(batch, len(mine), dtype=torch.float64)
         # probe: h_l ← h_l + ε_{i,l} in every layer, per sample (the passes stacked into one batch where exact)
         noises = [gaussian_node_noise(self.noise, self.seed, self.step, i, sigma) for i in mine]
-        passes = noisy_passes(model, objective, cost, f0, noises, "np", bytes_per_pass=pass_bytes(clean), layers=layers)
-        for k, (i, noisy) in enumerate(zip(mine, passes, strict=True)):
-            for layer_index, eps in enumerate(noisy.added):
-                if eps is not None and eps.shape[0] != batch:
+        groups = noisy_groups(model, objective, cost, f0, noises, "np", bytes_per_pass=pass_bytes(clean), layers=layers)
+        done = 0
+        for group in groups:  # k passes at once (stacked into one batch where exact, else k = 1)
+            k, f = len(group), group.losses
+            for layer_index, eps in enumerate(group.added):
+                if eps is not None and eps.shape[1] != batch:
                     raise UnigradError(
-                        f"np: layer {clean.layers[layer_index][0]!r} saw a batch of {eps.shape[0]} but the "
+                        f"np: layer {clean.layers[layer_index][0]!r} saw a batch of {eps.shape[1]} but the "
                         f"objective returned {batch} per-sample losses"
                     )
             if ex is None:
-                probe_losses[i] = noisy.losses.double().mean()
-                self._measure(signals, noisy.losses, f0, noisy.added)
+                probe_losses[done : done + k] = f.double().mean(1)
+                self._measure(signals, f, f0, group.added)
             else:
-                local[:, k] = noisy.losses.double()
+                local[:, done : done + k] = f.double().T
+            done += k
         if ex is not None:  # every process gets every probe's per-sample losses and regenerates its noise
             table = gather_losses(ex, local, q, cost)
             for i in range(q):
@@ -151,7 +154,8 @@ class NP(Estimator):
         return Estimate(loss=float(f0.double().mean()), cost=cost, loss_is_probe_mean=False, info=info)
 
     def _measure(self, signals: list[Tensor | None], f: Tensor, f0: Tensor, added: list[Tensor | None]) -> None:
-        """Add one probe's ``δL_b/σ²·ε_{l,b}/(qB)`` to every layer's signal."""
+        """Add one probe's ``δL_b/σ²·ε_{l,b}/(qB)`` to every layer's signal (or, with a leading pass axis on ``f``
+        and ``added``, a group of probes' summed terms)."""
         coeff = (f - f0) / (self.sigma * self.sigma * f0.shape[0] * self.probes)
         for layer_index, eps in enumerate(added):
             if eps is not None:
