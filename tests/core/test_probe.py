@@ -190,9 +190,10 @@ def test_rge_estimate_is_the_same_with_and_without_the_fast_path(distribution: s
     assert torch.allclose(fast, flat_grad(model), rtol=1e-3, atol=1e-2 * float(fast.abs().max()))
 
 
-def test_shared_input_is_multiplied_once_per_direction() -> None:
+def test_shared_input_is_multiplied_once_per_direction(monkeypatch) -> None:
     # 4 directions × 2 signs: the first layer sees the same x in all 8 probes, so it needs x·Wᵀ once
-    # and x·U_iᵀ once per direction (5 products) instead of 8.
+    # and x·U_iᵀ once per direction (5 products) instead of 8 (for a layer of 6 inputs only when allowed to).
+    monkeypatch.setattr(probe, "MIN_SHARED_REDUCTION", 1)
     model, obj = build(MODELS["mlp"])
     values = [p.detach() for _, p in trainable(model)]
     dirs = [torch.ones(4, *v.shape) for v in values]
@@ -239,3 +240,32 @@ def test_inputs_recomputed_inside_the_objective() -> None:
                 expected = torch.func.functional_call(model, vals, (x + 0.1 * (len(calls) + 1),))
             calls.append(1)
             assert torch.allclose(fast[j, i], F.cross_entropy(expected, y, reduction="none"), rtol=1e-5, atol=1e-6)
+
+
+def _conv_net(first_channels: int) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(first_channels, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2), nn.Tanh(),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 3),
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("channels", [1, 8])
+def test_convolutions_take_the_fast_path_exactly(channels: int) -> None:
+    # a convolution is linear in its weights: the first one (unperturbed input) shares its products when each
+    # output sums enough products (8·3·3 = 72 ≥ MIN_SHARED_REDUCTION), else materialises W + s·U like the others
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = _conv_net(channels)
+    x, y = torch.randn(10, channels, 6, 6, generator=g), torch.randint(0, 3, (10,), generator=g)
+    obj = unigrad.supervised(F.cross_entropy, x, y)
+    fast, generic, ref, cost_fast, cost_generic = both_paths(model, obj)
+    assert torch.allclose(generic, ref, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(fast, generic, rtol=1e-5, atol=1e-6)
+    assert cost_fast == cost_generic and model not in probe._NO_FAST_PATH
+    values = [p.detach() for _, p in trainable(model)]
+    dirs = [torch.ones(4, *v.shape) for v in values]
+    with torch.profiler.profile(record_shapes=True) as prof:
+        perturbed_losses(model, obj, values, dirs, torch.tensor([0.1, -0.1]), Cost())
+    first = [e for e in prof.events() if e.name == "aten::convolution" and [10, channels, 6, 6] in e.input_shapes]
+    assert len(first) == (5 if channels * 9 >= probe.MIN_SHARED_REDUCTION else 8)

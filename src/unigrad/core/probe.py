@@ -17,14 +17,16 @@ All return per-sample losses and add one forward per sample and parameter set to
 ``probe_means`` averages them over the samples.
 
 **Linear fast path** (``perturbed_losses`` with two or more scales). A linear map is linear in its
-weights::
+weights, and so is a convolution::
 
-    F.linear(x, W + s·U, b + s·u_b) = F.linear(x, W, b) + s·F.linear(x, U, u_b)
+    F.linear(x, W + s·U, b + s·u_b) = F.linear(x, W, b) + s·F.linear(x, U, u_b)      (F.conv1d, F.conv2d alike)
 
 When the input ``x`` of a linear map does not depend on the perturbation (the first layer's input,
 or any layer below which nothing is perturbed), ``x·Wᵀ`` is computed once for all probes and
 ``x·U_iᵀ`` once per direction, shared by its ``±σ`` pair: with ``S`` scales and ``P`` directions such
-a layer costs ``1 + P`` matrix products instead of ``S·P`` (about half, for antithetic pairs). In an MLP
+a layer costs ``1 + P`` matrix products instead of ``S·P`` (about half, for antithetic pairs). Sharing adds two
+sums over the layer's output per pair, so a layer shares only if each output sums at least
+:data:`MIN_SHARED_REDUCTION` products (a first convolution over one input channel does not). In an MLP
 whose first layer holds most of the weights that is a large share of the step (the P1 benchmark,
 ``benchmarks/p1_step_time.py``, measures it). Layers whose input does depend on the perturbation
 materialise ``W + s·U_i`` and run one product per probe. The result is the same function of the same
@@ -36,10 +38,11 @@ CPU this measured faster than ``vmap`` for the models we benchmark, and it needs
 of the parameters.
 
 How it stays exact for any model: trainable tensors used only as the ``weight``/``bias`` of
-``nn.Linear`` modules are replaced, for the duration of the call, by *placeholders* (detached aliases
-of the current values) while a ``TorchFunctionMode`` watches every torch call:
+``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` modules are replaced, for the duration of the call, by
+*placeholders* (detached aliases of the current values) while a ``TorchFunctionMode`` watches every torch call:
 
-- a placeholder reaching ``F.linear`` as its weight or bias gives the decomposition above;
+- a placeholder reaching ``F.linear`` (or ``F.conv1d``, ``F.conv2d``) as its weight or bias gives the
+  decomposition above;
 - every tensor computed from perturbed values is marked, so ``F.linear`` knows whether its input
   varies with the probe; the shared products are reused only for an input with the very same values
   (the same tensor with an unchanged version counter, or an equal one); a layer whose unmarked input
@@ -48,7 +51,7 @@ of the current values) while a ``TorchFunctionMode`` watches every torch call:
   non-linear module, a hook or parent module reading ``module.weight``) aborts the attempt: the
   generic path runs instead, and the fast path is not tried again for that model.
 
-The other parameters (convolutions, norms, …) are perturbed as in the generic path, per probe.
+The other parameters (norms, embeddings, …) are perturbed as in the generic path, per probe.
 Set ``unigrad.core.probe.LINEAR_FAST_PATH = False`` to disable the fast path.
 """
 
@@ -169,10 +172,6 @@ def reads_metadata(func: Any) -> bool:
     return getattr(func, "__self__", None) in _META_ATTRS or func in _META_METHODS
 
 
-def _linear_args(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
-    return input, weight, bias
-
-
 _PERTURBED = "_unigrad_perturbed"
 """Attribute marking a tensor computed from perturbed parameters during a fast-path probe."""
 
@@ -249,11 +248,12 @@ class _LinearProbes(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         table = self.table
-        if func is F.linear:
-            x, w, b = _linear_args(*args, **(kwargs or {}))
+        layer = _AFFINE.get(func)
+        if layer is not None:
+            x, w, b, rest = layer(*args, **(kwargs or {}))
             pw, pb = table.get(id(w)), None if b is None else table.get(id(b))
-            if (pw is not None or pb is not None) and id(x) not in table:
-                out = self._linear(x, w, b, pw, pb)
+            if (pw is not None or pb is not None) and id(x) not in table and not self._holds(rest):
+                out = self._affine(func, x, w, b, rest, pw, pb)
                 setattr(out, _PERTURBED, True)
                 return out
         perturbed = False
@@ -277,24 +277,57 @@ class _LinearProbes(TorchFunctionMode):
             return func(*args, **(kwargs or {}))
         raise _Unsupported(getattr(func, "__name__", str(func)))
 
-    def _linear(self, x: Tensor, w: Tensor, b: Tensor | None, pw: tuple | None, pb: tuple | None) -> Tensor:
+    def _affine(
+        self, func: Any, x: Tensor, w: Tensor, b: Tensor | None, rest: dict, pw: tuple | None, pb: tuple | None
+    ) -> Tensor:
+        """``func(x, W + s·U_i, b + s·u_i, **rest)`` for a layer linear in its weights (``F.linear``, ``F.conv*``)."""
         weight, u = (w, None) if pw is None else (pw[1], pw[2][self.i])
         bias, ub = (b, None) if pb is None else (pb[1], pb[2][self.i])
         key = pw[0] if pw is not None else pb[0]
         sh = self.shared.get(key)
+        if sh is None and w[0].numel() < MIN_SHARED_REDUCTION:
+            self.varying.add(key)  # few products per output (a first convolution): sharing would not pay
         if sh is not None and not _perturbed(x) and key not in self.varying and not sh.holds(x):
             self.varying.add(key)  # e.g. dropout on the input: sharing would not pay
         if _perturbed(x) or key in self.varying:  # the input varies: one product with W + s·U_i
             weight = weight if u is None else torch.add(weight, u, alpha=self.s)
             bias = bias if ub is None else torch.add(bias, ub, alpha=self.s)
-            return F.linear(x, weight, bias)
+            return func(x, weight, bias, **rest)
         if sh is None:
-            sh = self.shared[key] = _Shared(x, F.linear(x, weight, bias))
+            sh = self.shared[key] = _Shared(x, func(x, weight, bias, **rest))
         if sh.i != self.i:
             sh.i = self.i
-            sh.product = ub.expand_as(sh.base) if u is None else F.linear(x, u, ub)
+            if u is not None:
+                sh.product = func(x, u, ub, **rest)
+            else:  # only the bias is perturbed: it broadcasts over the output (features last, or channels second)
+                shape = (-1,) if func is F.linear else (-1, *([1] * (sh.base.dim() - 2)))
+                sh.product = ub.view(shape).expand_as(sh.base)
         return torch.add(sh.base, sh.product, alpha=self.s)
 
+
+def _linear_layer(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None, dict]:
+    return input, weight, bias, {}
+
+
+def _conv_layer(
+    input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+    groups: int = 1,
+) -> tuple[Tensor, Tensor, Tensor | None, dict]:  # fmt: skip
+    return input, weight, bias, {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
+
+
+_AFFINE: dict[Any, Any] = {F.linear: _linear_layer, F.conv1d: _conv_layer, F.conv2d: _conv_layer}
+"""Functions linear in their weight and bias, with a parser of their arguments into (input, weight, bias, rest)."""
+
+_AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+MIN_SHARED_REDUCTION = 64
+"""A layer shares its products only if each output sums at least this many products (``in_features``, or
+``C_in/groups·k_h·k_w``): sharing saves one product per ± pair but adds two sums over the output, which costs
+more than it saves in a convolution with few input channels."""
 
 LINEAR_FAST_PATH = True
 """Set to False to disable the linear fast path everywhere (for benchmarks and debugging)."""
@@ -303,14 +336,15 @@ _NO_FAST_PATH: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _linear_slots(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
-    """``id(parameter) → [(module, "weight" or "bias"), …]`` for parameters used only by ``nn.Linear``s."""
+    """``id(parameter) → [(module, "weight" or "bias"), …]`` for parameters used only by ``nn.Linear`` and
+    ``nn.Conv1d``/``nn.Conv2d`` modules."""
     slots: dict[int, list[tuple[nn.Module, str]]] = {}
     other: set[int] = set()
     for mod in model.modules():
         for attr, p in mod._parameters.items():
             if p is None:
                 continue
-            if isinstance(mod, nn.Linear) and attr in ("weight", "bias"):
+            if isinstance(mod, _AFFINE_MODULES) and attr in ("weight", "bias"):
                 slots.setdefault(id(p), []).append((mod, attr))
             else:
                 other.add(id(p))
