@@ -67,6 +67,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
 
+from unigrad.core import rng
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_positive
 from unigrad.core.objective import Objective, losses_of, n_samples
@@ -356,7 +357,7 @@ def _linear_fast_path(
     objective: Objective,
     params: Sequence[tuple[str, Tensor]],
     base: Sequence[Tensor],
-    directions: Sequence[Tensor],
+    directions: Sequence[Tensor | rng.ProbeViews],
     scales: Sequence[float],
     slots: dict[int, list[tuple[nn.Module, str]]],
 ) -> Tensor:
@@ -402,7 +403,7 @@ def perturbed_losses(
     model: nn.Module,
     objective: Objective,
     base: Sequence[Tensor],
-    directions: Sequence[Tensor],
+    directions: Sequence[Tensor | rng.ProbeViews],
     scales: Tensor,
     cost: Cost,
     fast_linear: bool = True,
@@ -411,7 +412,8 @@ def perturbed_losses(
 
     Args:
         base: the values ``θ`` of the trainable parameters, in :func:`~unigrad.core.params.trainable` order.
-        directions: one ``(P, *shape)`` tensor per parameter; ``u_i`` is index ``i`` of each.
+        directions: one ``(P, *shape)`` tensor (or :class:`~unigrad.core.rng.ProbeViews`) per parameter; ``u_i``
+            is index ``i`` of each.
         scales: the ``S`` scales ``s_j`` (e.g. ``[σ, −σ]``), a 1-d tensor.
         fast_linear: allow the linear fast path (see the module docstring) when ``S ≥ 2``.
     """
@@ -428,7 +430,7 @@ def perturbed_losses(
                     _NO_FAST_PATH.add(model)
         if losses is None:
             stacked = []
-            for b, u in zip(base, directions):
+            for b, u in zip(base, (rng.stacked(d) for d in directions)):
                 out = torch.empty((S * P, *b.shape), dtype=b.dtype, device=b.device)
                 for j, s in enumerate(scales.tolist()):
                     torch.add(b, u, alpha=s, out=out[j * P : (j + 1) * P])

@@ -155,6 +155,37 @@ def noise_table(size: int, seed: int = 0, device: torch.device | str = "cpu", ki
     return _TABLES[k]
 
 
+class ProbeViews:
+    """Consecutive probes of one tensor as views of the noise table, without stacking them into one tensor.
+
+    ``u[i]`` is probe ``i``'s noise (a view), ``len(u)`` the number of probes and ``u.shape`` the shape the stacked
+    tensor would have; :meth:`stacked` makes that tensor (a copy). For a consumer that takes the probes one at a
+    time (the fast path of :mod:`unigrad.core.probe`), a block of probes that spans several of a tensor's groups
+    of the table then costs no copy.
+    """
+
+    def __init__(self, parts: Sequence[Tensor]) -> None:
+        self.parts = list(parts)
+        self._where = [(k, j) for k, part in enumerate(self.parts) for j in range(part.shape[0])]
+        self.shape = torch.Size((len(self._where), *self.parts[0].shape[1:]))
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __getitem__(self, i: int) -> Tensor:
+        k, j = self._where[i]
+        return self.parts[k][j]
+
+    def stacked(self) -> Tensor:
+        """The probes stacked into one ``(P, *shape)`` tensor."""
+        return torch.cat(self.parts)
+
+
+def stacked(block: Tensor | ProbeViews) -> Tensor:
+    """``block`` as one stacked tensor (copying a :class:`ProbeViews`)."""
+    return block if isinstance(block, Tensor) else block.stacked()
+
+
 class ProbeNoise:
     """Seeded perturbation directions: the probes an estimator draws (not a noise *process* of
     :mod:`unigrad.noise`, which models a network's or a device's own noise in time).
@@ -282,20 +313,24 @@ class ProbeNoise:
         shape: torch.Size | Sequence[int],
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
-    ) -> Tensor:
+        views: bool = False,
+    ) -> Tensor | ProbeViews:
         """Raw streams of consecutive ``probes`` of one tensor, stacked ``(len(probes), *shape)``.
 
-        From the table this is a single strided view whenever the probes' slices are contiguous.
+        From the table this is a single strided view whenever the probes' slices are contiguous; where they are
+        not (the block spans groups), ``views=True`` returns a :class:`ProbeViews` instead of a stacked copy.
         """
         n = math.prod(shape)
         if self._uses_table(n) and not self._windowed(n) and len(probes) > 0:
             table, group = self._table(torch.device(device)), self._group(n)
-            views = []
+            parts = []
             for _, run in itertools.groupby(probes, key=lambda p: p // group):
                 run = list(run)
                 off = self._offset(seed, step, run[0], index, n)
-                views.append(table[off : off + n * len(run)].view(len(run), *shape))
-            return (views[0] if len(views) == 1 else torch.cat(views)).to(dtype)
+                parts.append(table[off : off + n * len(run)].view(len(run), *shape).to(dtype))
+            if len(parts) == 1:
+                return parts[0]
+            return ProbeViews(parts) if views else torch.cat(parts)
         out = torch.empty((len(probes), *shape), dtype=dtype, device=device)
         for k, p in enumerate(probes):
             out[k] = self.raw(seed, step, p, index, shape, dtype, device)
@@ -408,9 +443,15 @@ class ProbeNoise:
             raws = [r * s for r in raws]
         return raws
 
-    def block(self, seed: int, step: int, probes: range, tensors: Sequence[Tensor]) -> list[Tensor]:
-        """Directions of consecutive ``probes``: one ``(P, *shape)`` tensor per entry of ``tensors``."""
-        blocks = [self.raw_block(seed, step, probes, i, t.shape, t.dtype, t.device) for i, t in enumerate(tensors)]
+    def block(
+        self, seed: int, step: int, probes: range, tensors: Sequence[Tensor], views: bool = False
+    ) -> list[Tensor] | list[Tensor | ProbeViews]:
+        """Directions of consecutive ``probes``: one ``(P, *shape)`` tensor per entry of ``tensors`` (or, with
+        ``views=True``, a :class:`ProbeViews` where stacking would copy)."""
+        views = views and self.distribution != "sphere"  # the sphere's scaling needs the stacked tensors
+        blocks = [
+            self.raw_block(seed, step, probes, i, t.shape, t.dtype, t.device, views) for i, t in enumerate(tensors)
+        ]
         if self.distribution == "sphere":
             d = sum(t.numel() for t in tensors)
             sq = sum(b.double().square().flatten(1).sum(1) for b in blocks)

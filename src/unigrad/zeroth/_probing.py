@@ -5,7 +5,8 @@ How many probes run at once under the memory budget is :func:`unigrad.core.probe
 for antithetic schemes, ``s = −1``), batching probes with ``vmap`` in chunks that respect the
 memory budget (see :func:`~unigrad.core.probe.perturbed_losses`, whose linear fast path makes an
 antithetic pair cost little more than one forward in layers whose input is unperturbed).
-``combine`` forms ``Σ_i c_i u_i`` per tensor, regenerating ``u_i`` from its key.
+``combine`` forms ``Σ_i c_i u_i`` per tensor, regenerating ``u_i`` from its key (one product per contiguous run of
+probes in the noise table: a block that spans several of a tensor's groups is never copied into one tensor).
 
 With a :class:`~unigrad.core.exchange.ProbeExchange` (several processes), ``probe_losses`` evaluates
 only this process's probes and all-gathers the scalar losses (``gather_losses`` adds the bytes sent to
@@ -27,7 +28,7 @@ from unigrad.core.exchange import ProbeExchange
 from unigrad.core.objective import Objective
 from unigrad.core.precision import warn_if_sigma_too_small
 from unigrad.core.probe import perturbed_losses, probe_means
-from unigrad.core.rng import ProbeNoise
+from unigrad.core.rng import ProbeNoise, ProbeViews
 
 
 def check_probes(probes: int, sigma: float) -> None:
@@ -68,7 +69,7 @@ def probe_losses(
         block = range(max(lo, ids.start), min(ids.stop, lo + chunk))
         if not block:  # more processes than probes: this one has none
             continue
-        dirs = noise.block(seed, step, block, values)
+        dirs = noise.block(seed, step, block, values, views=True)  # probe by probe: no stacked copy needed
         losses = perturbed_losses(model, objective, values, dirs, scales, cost)
         out[:, block.start - ids.start : block.stop - ids.start] = probe_means(losses, probe_dims=2).double()
     return out if exchange is None else gather_losses(exchange, out, probes, cost)
@@ -93,7 +94,21 @@ def combine(
     for lo in range(0, q, chunk):
         block = range(lo, min(q, lo + chunk))
         c = coeffs[lo : block.stop]
-        dirs = noise.block(seed, step, block, values)
-        parts = [(c.to(device=u.device, dtype=u.dtype) @ u.reshape(len(block), -1)).view(u.shape[1:]) for u in dirs]
+        dirs = noise.block(seed, step, block, values, views=True)
+        parts = [_weighted_sum(c, u) for u in dirs]
         grads = parts if not grads else [g.add_(p) for g, p in zip(grads, parts)]
     return grads
+
+
+def _weighted_sum(c: Tensor, u: Tensor | ProbeViews) -> Tensor:
+    """``Σ_i c_i·u_i`` over the probes of one tensor: one product for a stacked block, one per contiguous part of
+    a :class:`~unigrad.core.rng.ProbeViews` (no stacked copy)."""
+    parts = [u] if isinstance(u, Tensor) else u.parts
+    out, lo = None, 0
+    for part in parts:
+        n = part.shape[0]
+        term = c[lo : lo + n].to(device=part.device, dtype=part.dtype) @ part.reshape(n, -1)
+        out = term if out is None else out.add_(term)
+        lo += n
+    assert out is not None
+    return out.view(u.shape[1:])
