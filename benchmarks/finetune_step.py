@@ -8,7 +8,9 @@ step), both medians over the same repeats, interleaved, in the same run:
 - ``mezo`` q = 1 in place with a dense ``.grad`` and ``torch.optim.SGD`` (``noise_source="generator"``, the
   default, and the variants below);
 - ``mezo`` memory-lean: ``write_grad=False`` and :class:`unigrad.optim.ReplaySGD`;
-- ``spsa`` q = 1 and ``es`` q = 1 (one antithetic pair; batched probes, ``torch.optim.SGD``).
+- ``spsa`` q = 1 and ``es`` q = 1 (one antithetic pair; batched probes, ``torch.optim.SGD``);
+- ``spsa`` and ``rge`` q = 4 with every tensor's noise from the shared table (the embedding in row windows), and
+  ``spsa`` q = 4 with the default ``noise_source="auto"`` (the embedding from the generator).
 
 MeZO variants: ``noise_source="table"`` with a table covering the word embedding (``table_size=2**24``:
 64 MiB of float32, held for the process) or a 4 MiB one (``2**20``, the embedding read in row windows, see
@@ -16,9 +18,9 @@ MeZO variants: ``noise_source="table"`` with a table covering the word embedding
 modified: each parameter is perturbed where the forward uses it, see :class:`unigrad.zeroth.mezo.MeZO`). The fast
 step is ``mezo lean forward table 2^20``: its peak memory is in ``benchmarks/finetune_memory.py``.
 
-    .venv/bin/python benchmarks/finetune_step.py [--threads 2] [--repeats 7] [--only NAME ...]
+    .venv/bin/python benchmarks/finetune_step.py [--threads 2] [--repeats 7] [--only NAME ...] [--out FILE]
 
-Prints a table and writes ``benchmarks/results/finetune_step.json``. Needs ``unigrad[finetune]``.
+Prints a table and writes ``benchmarks/results/finetune_step.json`` (``--out`` to change). Needs ``unigrad[finetune]``.
 """
 
 from __future__ import annotations
@@ -91,6 +93,9 @@ METHODS: dict[str, Callable] = {
     "mezo forward table 2^20": mezo(perturb="forward", noise_source="table", table_size=1 << 20),
     "spsa": probing("spsa", 1, 2),
     "es": probing("es", 1, 2),
+    "spsa q4 table": probing("spsa", 4, 8, noise_source="table"),
+    "rge q4 table": probing("rge", 4, 8, noise_source="table"),
+    "spsa q4": probing("spsa", 4, 8),
 }
 
 
@@ -128,6 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--only", nargs="*", choices=sorted(METHODS), help="measure only these methods")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = {}
@@ -135,10 +141,10 @@ def main() -> None:
     for name in args.only or METHODS:
         r = rows[name] = measure(METHODS[name], args.repeats)
         print(f"{name:<30} {r['step_s']:8.3f} {r['forwards_s']:8.3f} {r['ratio']:6.2f}", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"threads": args.threads, "repeats": args.repeats, "torch": torch.__version__, "machine": platform.machine()}
-    RESULTS.write_text(json.dumps({"meta": meta, "methods": rows}, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.write_text(json.dumps({"meta": meta, "methods": rows}, indent=2) + "\n")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
