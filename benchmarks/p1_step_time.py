@@ -12,7 +12,10 @@ noise table) and both evaluation paths (``fast``: the linear fast path of
 probes and ``x·Uᵢᵀ`` across each ± pair; ``generic``: every probe evaluated with its own perturbed
 weights).
 
-    .venv/bin/python benchmarks/p1_step_time.py [--threads 2] [--repeats 31] [--q 1 4 16]
+With ``--model cnn`` the network is ``fashion-cnn``'s (two 3×3 convolutions with pooling, then a linear layer)
+on a batch of 64 images.
+
+    .venv/bin/python benchmarks/p1_step_time.py [--threads 2] [--repeats 31] [--q 1 4 16] [--model mlp|cnn]
 
 Prints a table and writes ``benchmarks/results/p1_step_time.json``.
 """
@@ -33,14 +36,22 @@ from torch import nn
 import unigrad
 from _common import cpu_name
 from unigrad.core import probe
+from unigrad.nn.models import small_cnn
 
 BATCH = 256
 RESULTS = Path(__file__).parent / "results" / "p1_step_time.json"
 
 
-def build() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """MLP 784-256-256-10 (PyTorch's default initialisation) and a fixed batch of 256."""
+MODELS = {"mlp": "MLP 784-256-256-10, batch 256", "cnn": "fashion-cnn (conv16-conv32-linear), batch 64"}
+
+
+def build(kind: str = "mlp") -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """MLP 784-256-256-10 (PyTorch's default initialisation) and a fixed batch of 256, or the ``fashion-cnn``
+    network (``small_cnn(1, 28, (16, 32), 10)``) and a fixed batch of 64 images."""
     g = torch.Generator().manual_seed(0)
+    if kind == "cnn":
+        x = torch.randn(64, 1, 28, 28, generator=g)
+        return small_cnn(1, 28, (16, 32), 10, seed=0), x, torch.randint(0, 10, (64,), generator=g)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
@@ -49,8 +60,10 @@ def build() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, x, y
 
 
-def measure(method: str, source: str, q: int, path: str, repeats: int) -> dict[str, float | int | str]:
-    model, x, y = build()
+def measure(
+    method: str, source: str, q: int, path: str, repeats: int, kind: str = "mlp"
+) -> dict[str, float | int | str]:
+    model, x, y = build(kind)
     objective = unigrad.supervised(F.cross_entropy, x, y)
     est = unigrad.make_estimator(method, probes=q, sigma=1e-3, noise_source=source)
     probe.LINEAR_FAST_PATH = path == "fast"
@@ -97,6 +110,7 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["rge", "spsa"])
     ap.add_argument("--sources", nargs="+", default=["generator", "table"])
     ap.add_argument("--paths", nargs="+", default=["generic", "fast"])
+    ap.add_argument("--model", choices=sorted(MODELS), default="mlp")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,7 +121,7 @@ def main() -> None:
         for source in args.sources:
             for path in args.paths:
                 for q in args.q:
-                    r = measure(method, source, q, path, args.repeats)
+                    r = measure(method, source, q, path, args.repeats, args.model)
                     rows.append(r)
                     print(
                         f"{method:6} {source:9} {path:7} {q:>3} {r['step_ms']:9.2f} {r['forwards_ms']:10.2f} "
@@ -117,7 +131,7 @@ def main() -> None:
     out = {
         "benchmark": "p1_step_time",
         "goal": "step / 2q forwards <= 1.05",
-        "setup": {"model": "MLP 784-256-256-10", "batch": BATCH, "dtype": "float32", "device": "cpu"},
+        "setup": {"model": MODELS[args.model], "dtype": "float32", "device": "cpu"},
         "threads": args.threads,
         "torch": torch.__version__,
         "machine": platform.machine(),

@@ -93,7 +93,7 @@ class StepState:
         if rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
         self.model, self.rule, self.quiet = model, rule, quiet
-        self.rng_seed = key_hash(_DROPOUT_TAG, seed, step) & ((1 << 63) - 1)
+        self.rng_seed = 0 if quiet else key_hash(_DROPOUT_TAG, seed, step) & ((1 << 63) - 1)
         self.slots: list[_Slot] = []
         cuda: set[int] = set()
         for module in model.modules():  # one pass: the buffers to track, and the devices holding the model
