@@ -214,9 +214,14 @@ class ProbeNoise:
         self.table_size = table_size
         self.table_seed = table_seed
         self._hashes: dict[tuple[int, ...], int] = {}  # memo of key_hash(seed, step, tensor, group)
+        self._tables: dict[torch.device, Tensor] = {}
 
     def __repr__(self) -> str:
         return f"ProbeNoise({self.distribution!r}, source={self.source!r})"
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the memo and the shared table are rebuilt where the object is unpickled, never shipped with it
+        return {**self.__dict__, "_hashes": {}, "_tables": {}}
 
     # -- raw per-tensor streams (before the sphere's joint scaling) ---------------------------
     def _raw_kind(self) -> str:
@@ -227,7 +232,10 @@ class ProbeNoise:
         return self.source == "table" or (self.source == "auto" and n <= self.table_size)
 
     def _table(self, device: torch.device) -> Tensor:
-        return noise_table(self.table_size, self.table_seed, device, self._raw_kind())
+        table = self._tables.get(device)
+        if table is None:  # the shared table (built once per process), remembered per device
+            table = self._tables[device] = noise_table(self.table_size, self.table_seed, device, self._raw_kind())
+        return table
 
     def _group(self, n: int) -> int:
         """Probes per contiguous group of a tensor of ``n`` elements (see :data:`GROUP`)."""
@@ -293,7 +301,7 @@ class ProbeNoise:
     ) -> Tensor:
         """The raw stream of one tensor of one probe (Gaussian or ±1), shaped ``shape``."""
         n = math.prod(shape)
-        dev = torch.device(device)
+        dev = device if isinstance(device, torch.device) else torch.device(device)
         if self._windowed(n):
             windows, offsets = self._windows(seed, step, probe, index, shape, dev)
             out = windows[offsets]

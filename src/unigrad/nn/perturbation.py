@@ -363,6 +363,9 @@ def pass_bytes(taps: LayerTaps) -> int:
 def _keep_decorrelation_records(model: nn.Module) -> Iterator[None]:
     """The decorrelation statistics recorded before the block (the baseline pass's) survive the block's passes."""
     saved = [(m, m._rows, m._last) for m in model.modules() if isinstance(m, Decorrelation)]
+    if not saved:
+        yield
+        return
     try:
         yield
     finally:
@@ -395,6 +398,11 @@ def _stacked_noise(block: Sequence[NodeNoise | None], batch: int, names: list[tu
         for p, n in enumerate(block)  # type: ignore[union-attr]
     )
     return draw
+
+
+def _passes(t: Tensor, k: int) -> Tensor:
+    """``t`` of ``k`` stacked passes, ``(k·B, …)``, as ``(k, B, …)`` (a view)."""
+    return t.unsqueeze(0) if k == 1 else t.view(k, t.shape[0] // k, *t.shape[1:])
 
 
 def noisy_groups(
@@ -436,9 +444,9 @@ def noisy_groups(
                     raise UnigradError(
                         f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
                     )
-            added = [None if a is None else a.unflatten(0, (k, -1)) for a in taps.added]
-            outputs = [None if o is None else o.unflatten(0, (k, -1)) for o in taps.outputs]
-            yield NoisyGroup(f.unflatten(0, (k, -1)), added, outputs)
+            added = [None if a is None else _passes(a, k) for a in taps.added]
+            outputs = [None if o is None else _passes(o, k) for o in taps.outputs]
+            yield NoisyGroup(_passes(f, k), added, outputs)
 
 
 def noisy_passes(
@@ -521,7 +529,7 @@ def accumulate_signal(signals: list[Tensor | None], index: int, coeff: Tensor, v
     the ``k`` passes' terms are summed first (a single pass adds exactly its own term)."""
     s = coeff.to(values.dtype).view(*coeff.shape, *([1] * (values.dim() - coeff.dim()))) * values
     if coeff.dim() == 2:
-        s = s.sum(0)
+        s = s[0] if s.shape[0] == 1 else s.sum(0)
     prev = signals[index]
     signals[index] = s if prev is None else prev.add_(s)
 
