@@ -10,7 +10,9 @@ activations, noise chunks, fix-up lists) of three training steps, against one in
 (b) MLP 784-2048-2048-10, batch 256: backprop + Adam / MeZO (memory-lean). Goal ≥ 3.
 
 Also the time of one MeZO step relative to 2q plain forwards (medians over repeats, same run),
-and the fraction of perturbed entries that needed a fix-up to restore θ bitwise.
+and the fraction of perturbed entries that needed a fix-up to restore θ bitwise. Both also for
+``perturb="forward"`` (θ never written, so nothing to restore: bitwise the same step), from the generator and
+from a table (for (b) a 4 MiB one, its largest weight read in row windows).
 
 With ``--device cuda`` the peaks are the caching allocator's (``torch.cuda.max_memory_allocated``
 after a warm-up run); the profiler's replay on CUDA is stored beside them for comparison.
@@ -42,6 +44,7 @@ from unigrad.zeroth.mezo import MeZO
 
 BATCH = 256
 STEPS = 3
+TABLE_B = 1 << 20  # a 4 MiB table for (b): its 2048 × 2048 weight is read in row windows
 RESULTS = Path(__file__).parent / "results" / "p2_memory.json"
 
 
@@ -200,6 +203,10 @@ def main() -> None:
         "mezo_lean": peak(mezo_lean(256, info_a)),
         "mezo_dense_grad_sgd": peak(mezo_dense(256)),
         "mezo_lean_table": peak(mezo_lean(256, {}, noise_source="table", table_size=table_size), fresh_table=True),
+        "mezo_lean_forward": peak(mezo_lean(256, {}, perturb="forward")),
+        "mezo_lean_forward_table": peak(
+            mezo_lean(256, {}, perturb="forward", noise_source="table", table_size=table_size), fresh_table=True
+        ),
         "backprop_adam": peak(backprop_adam(256)),
     }
     inf = a["inference"]
@@ -223,6 +230,10 @@ def main() -> None:
         "inference": peak(inference(2048)),
         "mezo_lean": peak(mezo_lean(2048, info_b)),
         "mezo_dense_grad_sgd": peak(mezo_dense(2048)),
+        "mezo_lean_forward": peak(mezo_lean(2048, {}, perturb="forward")),
+        "mezo_lean_forward_table": peak(
+            mezo_lean(2048, {}, perturb="forward", noise_source="table", table_size=TABLE_B), fresh_table=True
+        ),
         "backprop_adam": peak(backprop_adam(2048)),
     }
     out["b"] = {
@@ -243,7 +254,13 @@ def main() -> None:
     out["time"] = {
         "a_generator": timing(256, args.repeats),
         "a_table": timing(256, args.repeats, noise_source="table", table_size=table_size),
+        "a_forward": timing(256, args.repeats, perturb="forward"),
+        "a_forward_table": timing(256, args.repeats, perturb="forward", noise_source="table", table_size=table_size),
         "b_generator": timing(2048, max(3, args.repeats // 3)),
+        "b_forward": timing(2048, max(3, args.repeats // 3), perturb="forward"),
+        "b_forward_table": timing(
+            2048, max(3, args.repeats // 3), perturb="forward", noise_source="table", table_size=TABLE_B
+        ),
     }
 
     print(
