@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import unigrad
 from tests.problems import flat_grad, quadratic
@@ -269,3 +270,51 @@ def test_convolutions_take_the_fast_path_exactly(channels: int) -> None:
         perturbed_losses(model, obj, values, dirs, torch.tensor([0.1, -0.1]), Cost())
     first = [e for e in prof.events() if e.name == "aten::convolution" and [10, channels, 6, 6] in e.input_shapes]
     assert len(first) == (5 if channels * 9 >= probe.MIN_SHARED_REDUCTION else 8)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: nn.Sequential(
+            nn.Flatten(), nn.Linear(36, 70), nn.ReLU(), nn.Linear(70, 16), nn.Tanh(), nn.Linear(16, 3)
+        ),
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1, padding_mode="reflect"),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(8 * 2 * 2, 3),
+        ),
+        lambda: nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 12, 3), nn.Flatten(), nn.Linear(12 * 4 * 4, 3)
+        ),
+    ],
+    ids=["mlp", "conv-reflect", "conv"],
+)
+@pytest.mark.parametrize("frozen", [None, "0", "bias"])
+def test_a_plain_sequential_runs_without_the_function_mode_bitwise(make, frozen, monkeypatch) -> None:
+    # the layer-by-layer run of a plain nn.Sequential must give exactly the function mode's losses
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = make()
+    for name, p in model.named_parameters():
+        if frozen is not None and (name.startswith(frozen) or name.endswith(frozen)):
+            p.requires_grad_(False)
+    x, y = torch.randn(10, 1, 6, 6, generator=g), torch.randint(0, 3, (10,), generator=g)
+    obj = unigrad.supervised(F.cross_entropy, x, y)
+    values = [p.detach() for _, p in trainable(model)]
+    dirs = [torch.randn(3, *v.shape, generator=g) for v in values]
+    s = torch.tensor([0.1, -0.1])
+    calls = []
+    monkeypatch.setattr(
+        probe._LinearProbes, "__enter__", lambda self: calls.append(1) or TorchFunctionMode.__enter__(self)
+    )
+    direct = perturbed_losses(model, obj, values, dirs, s, Cost())
+    assert not calls  # no function mode
+    monkeypatch.setattr(probe, "SEQUENTIAL_FAST_PATH", False)
+    moded = perturbed_losses(model, obj, values, dirs, s, Cost())
+    assert calls and torch.equal(direct, moded)
+    generic = perturbed_losses(model, obj, values, dirs, s, Cost(), fast_linear=False)
+    assert torch.allclose(direct, generic, rtol=1e-5, atol=1e-6)

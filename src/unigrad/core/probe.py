@@ -70,8 +70,9 @@ from torch.overrides import TorchFunctionMode
 from unigrad.core import rng
 from unigrad.core.cost import Cost
 from unigrad.core.errors import check_positive
-from unigrad.core.objective import Objective, losses_of, n_samples
+from unigrad.core.objective import Objective, Supervised, check_losses, losses_of, n_samples
 from unigrad.core.params import trainable
+from unigrad.core.rowwise import rowwise
 
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 """Bytes of stacked perturbed parameters (or tangents) a probing estimator holds at once by default."""
@@ -330,6 +331,9 @@ MIN_SHARED_REDUCTION = 64
 ``C_in/groups·k_h·k_w``): sharing saves one product per ± pair but adds two sums over the output, which costs
 more than it saves in a convolution with few input channels."""
 
+SEQUENTIAL_FAST_PATH = True
+"""Set to False to run the linear fast path through the function mode even for a plain ``nn.Sequential``."""
+
 LINEAR_FAST_PATH = True
 """Set to False to disable the linear fast path everywhere (for benchmarks and debugging)."""
 
@@ -352,6 +356,82 @@ def _linear_slots(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     return {k: v for k, v in slots.items() if k not in other}
 
 
+def _sequential_fast_path(
+    model: nn.Module,
+    objective: Objective,
+    params: Sequence[tuple[str, Tensor]],
+    base: Sequence[Tensor],
+    directions: Sequence[Tensor | rng.ProbeViews],
+    scales: Sequence[float],
+    slots: dict[int, list[tuple[nn.Module, str]]],
+) -> Tensor | None:
+    """The fast path's losses computed by running an ``nn.Sequential`` layer by layer, without the function mode.
+
+    Applies (else returns None) when the model is a plain ``nn.Sequential`` and the objective a supervised one,
+    both provably row-wise and free of random draws (:func:`~unigrad.core.rowwise.rowwise`: no hooks), and every
+    trainable tensor is the weight or bias of one ``Linear``/``Conv`` child. Then ``objective(model)`` is
+    ``objective.score`` of the children applied in turn to ``objective.inputs``, and each affine child is computed
+    with the very operations :class:`_LinearProbes` would use (its input is unperturbed until the first perturbed
+    child): the losses are bitwise the function mode's, without its per-operation dispatch.
+    """
+    if not SEQUENTIAL_FAST_PATH or type(model) is not nn.Sequential or not rowwise(model, objective):
+        return None
+    children = {id(m) for m in model}
+    entries: dict[int, dict[str, tuple[int, Tensor, Tensor | rng.ProbeViews]]] = {}
+    for key, ((_, p), b, u) in enumerate(zip(params, base, directions)):
+        where = slots.get(id(p))
+        if where is None or len(where) != 1 or id(where[0][0]) not in children:
+            return None
+        entries.setdefault(id(where[0][0]), {})[where[0][1]] = (key, b, u)
+    for m in model:
+        if id(m) not in entries and any(q.requires_grad for q in m.parameters()):
+            return None  # trainable tensors deeper inside a child: only the function mode sees them
+    assert isinstance(objective, Supervised)
+    shared: dict[int, list[Any]] = {}  # child index -> [base output, direction, product]
+    rows: list[list[Tensor]] = [[] for _ in scales]
+    for i in range(directions[0].shape[0]):
+        for j, s in enumerate(scales):
+            h, perturbed = objective.inputs, False
+            for index, m in enumerate(model):
+                entry = entries.get(id(m))
+                if entry is None:
+                    h = m(h)
+                    continue
+                h = _affine_child(m, h, entry, perturbed, i, s, shared.setdefault(index, [None, None, None]))
+                perturbed = True
+            rows[j].append(check_losses(objective.score(h)))
+    return torch.stack([torch.stack(r) for r in rows])
+
+
+def _affine_child(m: nn.Module, x: Tensor, entry: dict, perturbed: bool, i: int, s: float, sh: list[Any]) -> Tensor:
+    """Child ``m`` (``Linear``/``Conv``) at ``W + s·U_i``, ``b + s·u_i``, as :meth:`_LinearProbes._affine` would."""
+    pw, pb = entry.get("weight"), entry.get("bias")
+    weight, u = (m.weight, None) if pw is None else (pw[1], pw[2][i])
+    bias, ub = (m.bias, None) if pb is None else (pb[1], pb[2][i])
+    func = _child_function(m)
+    if perturbed or weight[0].numel() < MIN_SHARED_REDUCTION:  # one product with W + s·U_i
+        weight = weight if u is None else torch.add(weight, u, alpha=s)
+        bias = bias if ub is None else torch.add(bias, ub, alpha=s)
+        return func(x, weight, bias)
+    if sh[0] is None:
+        sh[0] = func(x, weight, bias)
+    if sh[1] != i:
+        sh[1] = i
+        if u is not None:
+            sh[2] = func(x, u, ub)
+        else:
+            shape = (-1,) if isinstance(m, nn.Linear) else (-1, *([1] * (sh[0].dim() - 2)))
+            sh[2] = ub.view(shape).expand_as(sh[0])
+    return torch.add(sh[0], sh[2], alpha=s)
+
+
+def _child_function(m: nn.Module) -> Any:
+    """``(x, weight, bias) -> output`` of a ``Linear`` or ``Conv`` child, as its ``forward`` computes it."""
+    if isinstance(m, nn.Linear):
+        return F.linear
+    return m._conv_forward  # padding modes included, as Conv*.forward calls it
+
+
 def _linear_fast_path(
     model: nn.Module,
     objective: Objective,
@@ -366,6 +446,9 @@ def _linear_fast_path(
     The placeholders are put in the ``nn.Linear`` modules once for all probes (and the parameters
     put back afterwards); only the other parameters are swapped per probe, by ``functional_call``.
     """
+    direct = _sequential_fast_path(model, objective, params, base, directions, scales, slots)
+    if direct is not None:
+        return direct
     table: dict[int, tuple[int, Tensor, Tensor]] = {}
     swaps: list[tuple[nn.Module, str, Tensor]] = []
     others: list[tuple[str, Tensor, Tensor]] = []
