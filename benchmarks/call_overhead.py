@@ -22,8 +22,6 @@ Prints a table and writes ``benchmarks/results/call_overhead.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import unigrad
-from _common import cpu_name
+from _common import write_results
 
 RESULTS = Path(__file__).parent / "results" / "call_overhead.json"
 SIGMA = 1e-3
@@ -98,19 +96,13 @@ def main() -> None:
     print(f"{'row':22} {'us/call':>8} {'/ hand np':>10}")
     for name, us in rows.items():
         print(f"{name:22} {us:8.1f} {us / hand:10.2f}")
-    out = {
-        "benchmark": "call_overhead",
+    payload = {
         "goal": "np / hand-written np <= 1.5",
-        "setup": {"model": "Linear(16, 8)", "batch": 1, "threads": 1, "dtype": "float32", "device": "cpu"},
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "processor": cpu_name(),
+        "setup": {"model": "Linear(16, 8)", "batch": 1, "dtype": "float32", "device": "cpu"},
         "us_per_call": rows,
         "ratio_to_hand_np": {k: v / hand for k, v in rows.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, "call_overhead", payload)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,14 @@ Prints a table and writes ``benchmarks/results/es_throughput.json`` (``--out`` t
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import unigrad
-from _common import cpu_name
+from _common import interleaved, write_results
+from p1_step_time import build
 
 RESULTS = Path(__file__).parent / "results" / "es_throughput.json"
 
@@ -41,12 +37,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    x = torch.randn(args.batch, 784, generator=g)
-    y = torch.randint(0, 10, (args.batch,), generator=g)
+    model, x, y = build("mlp", args.batch)
     objective = unigrad.supervised(F.cross_entropy, x, y)
     rows = []
     head = f"{'population':>10} {'step s':>8} {'N fwd s':>8} {'samples/s ES':>13} {'samples/s inference':>20}"
@@ -59,18 +50,7 @@ def main() -> None:
                 for _ in range(n):
                     F.cross_entropy(model(x), y)
 
-        est.estimate(model, objective)  # warm-up
-        forwards(min(n, 64))
-        t_step, t_fwd = [], []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            est.estimate(model, objective)
-            t1 = time.perf_counter()
-            forwards()
-            t2 = time.perf_counter()
-            t_step.append(t1 - t0)
-            t_fwd.append(t2 - t1)
-        s, f = statistics.median(t_step), statistics.median(t_fwd)
+        s, f = interleaved(lambda est=est: est.estimate(model, objective), forwards, args.repeats, warmup=1)
         row = {
             "population": n,
             "step_s": s,
@@ -85,20 +65,13 @@ def main() -> None:
             f"{row['ratio']:6.2f}",
             flush=True,
         )
-    out = {
-        "benchmark": "es_throughput",
+    payload = {
         "goal": "ES population throughput / inference throughput >= 0.8",
         "setup": {"model": "MLP 784-256-256-10", "batch": args.batch, "dtype": "float32", "device": "cpu"},
-        "threads": args.threads,
         "repeats": args.repeats,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "processor": cpu_name(),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, "es_throughput", payload)
 
 
 if __name__ == "__main__":

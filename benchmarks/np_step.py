@@ -18,10 +18,6 @@ Prints a table and writes ``benchmarks/results/np_step.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 import unigrad
-from _common import cpu_name
+from _common import interleaved, write_results
 from unigrad.nn import perturbation
 from unigrad.nn.models import mlp
 
@@ -61,20 +57,8 @@ def measure(method: str, q: int, stacked: bool, repeats: int) -> dict[str, float
                 F.cross_entropy(model(x), y)
         model.train()
 
-    for _ in range(3):
-        step()
-        forwards()
-    t_step, t_fwd = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        t1 = time.perf_counter()
-        forwards()
-        t2 = time.perf_counter()
-        t_step.append(t1 - t0)
-        t_fwd.append(t2 - t1)
+    s, f = interleaved(step, forwards, repeats)
     perturbation.STACK_PASSES = True
-    s, f = statistics.median(t_step), statistics.median(t_fwd)
     path = "stacked" if stacked else "one-by-one"
     return {"method": method, "q": q, "path": path, "step_ms": 1e3 * s, "forwards_ms": 1e3 * f, "ratio": s / f}
 
@@ -102,20 +86,7 @@ def against_backprop(method: str, q: int, repeats: int) -> dict[str, float | int
 
         return step
 
-    ours, backprop = setup(method, probes=q, sigma=1e-3), setup("backprop")
-    for _ in range(3):
-        ours()
-        backprop()
-    t_ours, t_bp = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        ours()
-        t1 = time.perf_counter()
-        backprop()
-        t2 = time.perf_counter()
-        t_ours.append(t1 - t0)
-        t_bp.append(t2 - t1)
-    s, b = statistics.median(t_ours), statistics.median(t_bp)
+    s, b = interleaved(setup(method, probes=q, sigma=1e-3), setup("backprop"), repeats)
     return {"method": method, "q": q, "step_ms": 1e3 * s, "backprop_step_ms": 1e3 * b, "ratio": s / b}
 
 
@@ -144,20 +115,13 @@ def main() -> None:
         f"training step, danp q=16 + Adam: {versus['step_ms']:.1f} ms; backprop + Adam: "
         f"{versus['backprop_step_ms']:.1f} ms; ratio {versus['ratio']:.2f}"
     )
-    out = {
-        "benchmark": "np_step",
-        "against_backprop": versus,
+    payload = {
         "goal": "danp step (q = 16, decorrelation included) / its q + 1 plain forwards <= 1.2",
         "setup": {"model": "MLP 784-500-500-500-10", "batch": BATCH, "dtype": "float32", "device": "cpu"},
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "processor": cpu_name(),
+        "against_backprop": versus,
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, "np_step", payload)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,6 @@ Prints a table and writes ``benchmarks/results/p1_step_time.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -34,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import unigrad
-from _common import cpu_name
+from _common import interleaved, write_results
 from unigrad.core import probe
 from unigrad.nn.models import small_cnn
 
@@ -45,9 +41,9 @@ RESULTS = Path(__file__).parent / "results" / "p1_step_time.json"
 MODELS = {"mlp": "MLP 784-256-256-10, batch 256", "cnn": "fashion-cnn (conv16-conv32-linear), batch 64"}
 
 
-def build(kind: str = "mlp") -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """MLP 784-256-256-10 (PyTorch's default initialisation) and a fixed batch of 256, or the ``fashion-cnn``
-    network (``small_cnn(1, 28, (16, 32), 10)``) and a fixed batch of 64 images."""
+def build(kind: str = "mlp", batch: int = BATCH) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """MLP 784-256-256-10 (PyTorch's default initialisation) and a fixed batch (of 256 by default), or the
+    ``fashion-cnn`` network (``small_cnn(1, 28, (16, 32), 10)``) and a fixed batch of 64 images."""
     g = torch.Generator().manual_seed(0)
     if kind == "cnn":
         x = torch.randn(64, 1, 28, 28, generator=g)
@@ -55,8 +51,8 @@ def build(kind: str = "mlp") -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
-    x = torch.randn(BATCH, 784, generator=g)
-    y = torch.randint(0, 10, (BATCH,), generator=g)
+    x = torch.randn(batch, 784, generator=g)
+    y = torch.randint(0, 10, (batch,), generator=g)
     return model, x, y
 
 
@@ -76,20 +72,8 @@ def measure(
             for _ in range(2 * q):
                 F.cross_entropy(model(x), y)
 
-    for _ in range(3):  # warm-up: the noise table, allocator, vmap tracing caches
-        step()
-        forwards()
-    t_step, t_fwd = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        t1 = time.perf_counter()
-        forwards()
-        t2 = time.perf_counter()
-        t_step.append(t1 - t0)
-        t_fwd.append(t2 - t1)
+    s, f = interleaved(step, forwards, repeats)  # warm-up included: the noise table, allocator, vmap caches
     probe.LINEAR_FAST_PATH = True
-    s, f = statistics.median(t_step), statistics.median(t_fwd)
     return {
         "method": method,
         "noise_source": source,
@@ -128,19 +112,12 @@ def main() -> None:
                         f"{r['ratio']:7.3f}",
                         flush=True,
                     )
-    out = {
-        "benchmark": "p1_step_time",
+    payload = {
         "goal": "step / 2q forwards <= 1.05",
         "setup": {"model": MODELS[args.model], "dtype": "float32", "device": "cpu"},
-        "threads": args.threads,
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "processor": cpu_name(),
         "rows": rows,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2))
-    print(f"wrote {args.out}")
+    write_results(args.out, "p1_step_time", payload)
 
 
 if __name__ == "__main__":

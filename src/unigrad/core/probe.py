@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -292,19 +292,33 @@ class _LinearProbes(TorchFunctionMode):
         if sh is not None and not _perturbed(x) and key not in self.varying and not sh.holds(x):
             self.varying.add(key)  # e.g. dropout on the input: sharing would not pay
         if _perturbed(x) or key in self.varying:  # the input varies: one product with W + s·U_i
-            weight = weight if u is None else torch.add(weight, u, alpha=self.s)
-            bias = bias if ub is None else torch.add(bias, ub, alpha=self.s)
-            return func(x, weight, bias, **rest)
+            return _materialised(func, x, weight, bias, u, ub, self.s, rest)
         if sh is None:
             sh = self.shared[key] = _Shared(x, func(x, weight, bias, **rest))
-        if sh.i != self.i:
-            sh.i = self.i
-            if u is not None:
-                sh.product = func(x, u, ub, **rest)
-            else:  # only the bias is perturbed: it broadcasts over the output (features last, or channels second)
-                shape = (-1,) if func is F.linear else (-1, *([1] * (sh.base.dim() - 2)))
-                sh.product = ub.view(shape).expand_as(sh.base)
-        return torch.add(sh.base, sh.product, alpha=self.s)
+        return _from_shared(func, x, sh, u, ub, self.i, self.s, rest)
+
+
+def _materialised(
+    func: Any, x: Tensor, weight: Tensor, bias: Tensor | None, u: Tensor | None, ub: Tensor | None, s: float, rest: dict
+) -> Tensor:
+    """``func(x, W + s·U, b + s·u)``, the perturbed weight and bias formed first (``U``/``u`` None: unperturbed)."""
+    weight = weight if u is None else torch.add(weight, u, alpha=s)
+    bias = bias if ub is None else torch.add(bias, ub, alpha=s)
+    return func(x, weight, bias, **rest)
+
+
+def _from_shared(
+    func: Any, x: Tensor, sh: _Shared, u: Tensor | None, ub: Tensor | None, i: int, s: float, rest: dict
+) -> Tensor:
+    """``func(x, W, b) + s·func(x, U_i, u_i)`` from the products ``sh`` keeps (the second made once per direction)."""
+    if sh.i != i:
+        sh.i = i
+        if u is not None:
+            sh.product = func(x, u, ub, **rest)
+        else:  # only the bias is perturbed: it broadcasts over the output (features last, or channels second)
+            shape = (-1,) if func is F.linear else (-1, *([1] * (sh.base.dim() - 2)))
+            sh.product = ub.view(shape).expand_as(sh.base)
+    return torch.add(sh.base, sh.product, alpha=s)
 
 
 def _linear_layer(
@@ -356,15 +370,18 @@ def _linear_slots(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
     return {k: v for k, v in slots.items() if k not in other}
 
 
-def _sequential_fast_path(
-    model: nn.Module,
-    objective: Objective,
-    params: Sequence[tuple[str, Tensor]],
-    base: Sequence[Tensor],
-    directions: Sequence[Tensor | rng.ProbeViews],
-    scales: Sequence[float],
-    slots: dict[int, list[tuple[nn.Module, str]]],
-) -> Tensor | None:
+class _Probes(NamedTuple):
+    """What the fast path evaluates: the trainable ``params`` at ``base + s·u_i`` for every scale ``s`` of ``scales``
+    and direction ``u_i`` of ``directions``; ``slots`` from :func:`_linear_slots`."""
+
+    params: Sequence[tuple[str, Tensor]]
+    base: Sequence[Tensor]
+    directions: Sequence[Tensor | rng.ProbeViews]
+    scales: Sequence[float]
+    slots: dict[int, list[tuple[nn.Module, str]]]
+
+
+def _sequential_fast_path(model: nn.Module, objective: Objective, probes: _Probes) -> Tensor | None:
     """The fast path's losses computed by running an ``nn.Sequential`` layer by layer, without the function mode.
 
     Applies (else returns None) when the model is a plain ``nn.Sequential`` and the objective a supervised one,
@@ -376,6 +393,7 @@ def _sequential_fast_path(
     """
     if not SEQUENTIAL_FAST_PATH or type(model) is not nn.Sequential or not rowwise(model, objective):
         return None
+    params, base, directions, scales, slots = probes
     children = {id(m) for m in model}
     entries: dict[int, dict[str, tuple[int, Tensor, Tensor | rng.ProbeViews]]] = {}
     for key, ((_, p), b, u) in enumerate(zip(params, base, directions)):
@@ -387,68 +405,56 @@ def _sequential_fast_path(
         if id(m) not in entries and any(q.requires_grad for q in m.parameters()):
             return None  # trainable tensors deeper inside a child: only the function mode sees them
     assert isinstance(objective, Supervised)
-    shared: dict[int, list[Any]] = {}  # child index -> [base output, direction, product]
+    kept: dict[int, _Shared] = {}  # the shared products of each child whose input is unperturbed
     rows: list[list[Tensor]] = [[] for _ in scales]
     for i in range(directions[0].shape[0]):
         for j, s in enumerate(scales):
             h, perturbed = objective.inputs, False
-            for index, m in enumerate(model):
+            for m in model:
                 entry = entries.get(id(m))
                 if entry is None:
                     h = m(h)
                     continue
-                h = _affine_child(m, h, entry, perturbed, i, s, shared.setdefault(index, [None, None, None]))
+                h = _affine_child(m, h, entry, perturbed, i, s, kept)
                 perturbed = True
             rows[j].append(check_losses(objective.score(h)))
     return torch.stack([torch.stack(r) for r in rows])
 
 
-def _affine_child(m: nn.Module, x: Tensor, entry: dict, perturbed: bool, i: int, s: float, sh: list[Any]) -> Tensor:
+def _affine_child(m: nn.Module, x: Tensor, entry: dict, perturbed: bool, i: int, s: float, kept: dict) -> Tensor:
     """Child ``m`` (``Linear``/``Conv``) at ``W + s·U_i``, ``b + s·u_i``, as :meth:`_LinearProbes._affine` would."""
     pw, pb = entry.get("weight"), entry.get("bias")
     weight, u = (m.weight, None) if pw is None else (pw[1], pw[2][i])
     bias, ub = (m.bias, None) if pb is None else (pb[1], pb[2][i])
-    func = _child_function(m)
+    func = F.linear if isinstance(m, nn.Linear) else _ConvArgs(m)
     if perturbed or weight[0].numel() < MIN_SHARED_REDUCTION:  # one product with W + s·U_i
-        weight = weight if u is None else torch.add(weight, u, alpha=s)
-        bias = bias if ub is None else torch.add(bias, ub, alpha=s)
-        return func(x, weight, bias)
-    if sh[0] is None:
-        sh[0] = func(x, weight, bias)
-    if sh[1] != i:
-        sh[1] = i
-        if u is not None:
-            sh[2] = func(x, u, ub)
-        else:
-            shape = (-1,) if isinstance(m, nn.Linear) else (-1, *([1] * (sh[0].dim() - 2)))
-            sh[2] = ub.view(shape).expand_as(sh[0])
-    return torch.add(sh[0], sh[2], alpha=s)
+        return _materialised(func, x, weight, bias, u, ub, s, {})
+    sh = kept.get(id(m))
+    if sh is None:
+        sh = kept[id(m)] = _Shared(x, func(x, weight, bias))
+    return _from_shared(func, x, sh, u, ub, i, s, {})
 
 
-def _child_function(m: nn.Module) -> Any:
-    """``(x, weight, bias) -> output`` of a ``Linear`` or ``Conv`` child, as its ``forward`` computes it."""
-    if isinstance(m, nn.Linear):
-        return F.linear
-    return m._conv_forward  # padding modes included, as Conv*.forward calls it
+class _ConvArgs:
+    """``(x, weight, bias) -> output`` of a ``Conv`` child, as its ``forward`` computes it (padding modes included)."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        self.conv = conv
+
+    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return self.conv._conv_forward(x, weight, bias)
 
 
-def _linear_fast_path(
-    model: nn.Module,
-    objective: Objective,
-    params: Sequence[tuple[str, Tensor]],
-    base: Sequence[Tensor],
-    directions: Sequence[Tensor | rng.ProbeViews],
-    scales: Sequence[float],
-    slots: dict[int, list[tuple[nn.Module, str]]],
-) -> Tensor:
+def _linear_fast_path(model: nn.Module, objective: Objective, probes: _Probes) -> Tensor:
     """Losses ``(S, P, ...)`` probe by probe, a ``±`` pair after the other, linear layers via placeholders.
 
     The placeholders are put in the ``nn.Linear`` modules once for all probes (and the parameters
     put back afterwards); only the other parameters are swapped per probe, by ``functional_call``.
     """
-    direct = _sequential_fast_path(model, objective, params, base, directions, scales, slots)
+    direct = _sequential_fast_path(model, objective, probes)
     if direct is not None:
         return direct
+    params, base, directions, scales, slots = probes
     table: dict[int, tuple[int, Tensor, Tensor]] = {}
     swaps: list[tuple[nn.Module, str, Tensor]] = []
     others: list[tuple[str, Tensor, Tensor]] = []
@@ -508,7 +514,9 @@ def perturbed_losses(
             if slots:
                 params = trainable(model)
                 try:
-                    losses = _linear_fast_path(model, objective, params, base, directions, scales.tolist(), slots)
+                    losses = _linear_fast_path(
+                        model, objective, _Probes(params, base, directions, scales.tolist(), slots)
+                    )
                 except _Unsupported:
                     _NO_FAST_PATH.add(model)
         if losses is None:
