@@ -88,6 +88,10 @@ class ANP(Estimator):
     objective must return per-sample losses of shape ``(B,)`` and every layer must run at most once per
     objective call (feed-forward models).
 
+    The ``q`` noisy passes share the weights, so where the model and objective allow it they run as one
+    forward over ``q·B`` stacked rows and are measured together (:func:`~unigrad.nn.perturbation.noisy_groups`;
+    same noise, results equal to separate passes up to rounding).
+
     Cost: ``(1 + q)·B`` forward samples for a batch of B. ``Estimate.loss`` is the clean loss with
     ``passes="clean-noisy"``; with ``"two-noisy"`` it is the mean over all 1 + q noisy passes
     (``loss_is_probe_mean``).

@@ -71,6 +71,10 @@ class INP(Estimator):
     objective call (feed-forward models). A layer that did not run in the clean pass gets no noisy
     passes and a zero gradient.
 
+    The ``L·q`` noisy passes share the weights, so where the model and objective allow it they run as one
+    forward over ``L·q·B`` stacked rows (:func:`~unigrad.nn.perturbation.noisy_groups`, within its memory
+    budget; same noise, results equal to separate passes up to rounding).
+
     Cost: ``(1 + L·q)·B`` forward samples for a batch of B and L layers that ran. ``Estimate.loss`` is
     the clean (exact) loss; ``info["probe_losses"]`` holds the mean noisy loss of each pass, ``(L, q)``.
 
