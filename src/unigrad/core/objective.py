@@ -41,9 +41,11 @@ class Supervised:
     per sample, so the result is ``(B,)``. A loss that only returns a scalar still works, but
     per-sample statistics are then unavailable.
 
-    ``rowwise`` says whether each sample's loss depends on that sample's output and target alone: true for
-    the standard losses of :data:`ROWWISE_LOSSES` and for any callable with an attribute ``rowwise = True``.
-    Estimators may then evaluate several passes as one batch of stacked copies (:meth:`repeat`).
+    ``rowwise`` says whether each sample's loss depends on that sample's output and target alone, with no
+    random number drawn: true for the standard losses of :data:`ROWWISE_LOSSES` and for any callable with an
+    attribute ``rowwise = True`` (a promise of both). Estimators may then evaluate several passes as one batch
+    of stacked copies (:meth:`repeat`) and skip the bookkeeping of the random generators
+    (:mod:`unigrad.core.rowwise`).
     """
 
     def __init__(self, loss_fn: Callable[..., Tensor], inputs: Tensor, targets: Tensor) -> None:
