@@ -144,3 +144,19 @@ def test_stacking_keeps_to_the_memory_budget(monkeypatch):
     monkeypatch.setattr(LayerTaps, "__enter__", lambda self, enter=LayerTaps.__enter__: spy.append(1) or enter(self))
     passes = list(noisy_passes(model, objective, Cost(), f0, noises, "np", bytes_per_pass=100, memory_budget=250))
     assert len(passes) == 5 and len(spy) == 3  # groups of 2, 2 and 1 passes
+
+
+def test_modules_that_may_mix_the_batch_are_not_row_wise():
+    x, y = _data((4,), 2, batch=5)
+    good = unigrad.supervised(F.cross_entropy, x, y)
+    for tail, ok in [
+        (nn.Softmax(dim=1), True),
+        (nn.Softmax(dim=0), False),
+        (nn.Softmax(dim=-1), False),  # the last dimension may be the batch of a 1-d output
+        (nn.LogSoftmax(), False),  # an implicit dimension
+        (nn.Flatten(), True),
+        (nn.Flatten(0), False),
+    ]:
+        assert stackable(nn.Sequential(nn.Linear(4, 2), tail), good) is ok, tail
+    assert stackable(nn.Sequential(nn.Embedding(5, 4), nn.Flatten(), nn.Linear(4, 2)), good)
+    assert not stackable(nn.Sequential(nn.Embedding(5, 4, max_norm=1.0), nn.Flatten(), nn.Linear(4, 2)), good)

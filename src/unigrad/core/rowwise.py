@@ -5,7 +5,8 @@ number is drawn on the way: then ``k`` stacked copies of a batch give ``k`` copi
 give the same result. :func:`rowwise` says so for a model and an objective when that can be proven from their
 types alone:
 
-* every module is of a type in :data:`ROWWISE_MODULES` (exact types: a subclass may change ``forward``),
+* every module is of a type in :data:`ROWWISE_MODULES` (exact types: a subclass may change ``forward``; softmax,
+  flatten and unflatten away from the batch dimension, embeddings without ``max_norm``),
   of a type in :data:`EVAL_ONLY` in eval mode (dropout masks and batch statistics otherwise), or of a class
   that vouches for itself with the class attribute ``rowwise = True``;
 * no module has forward hooks (and no global hooks are set): a hook may do anything;
@@ -18,6 +19,9 @@ from (:mod:`unigrad.core.step_state`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -64,6 +68,19 @@ EVAL_ONLY: frozenset[type[nn.Module]] = frozenset(
 )
 """Module types that are row-wise and draw nothing in eval mode only."""
 
+_CONDITIONS: dict[type[nn.Module], Callable[[Any], bool]] = {
+    nn.Softmax: lambda m: m.dim is not None and m.dim >= 1,  # dim 0, or a negative one, may be the batch
+    nn.LogSoftmax: lambda m: m.dim is not None and m.dim >= 1,
+    nn.Flatten: lambda m: m.start_dim >= 1,
+    nn.Unflatten: lambda m: isinstance(m.dim, int) and m.dim >= 1,
+    nn.Embedding: lambda m: m.max_norm is None,  # max_norm renormalises the looked-up rows in place
+}
+"""Settings under which a type of :data:`ROWWISE_MODULES` is row-wise (only those listed depend on settings)."""
+
+
+def _always(module: nn.Module) -> bool:
+    return True
+
 
 def _hooked(module: nn.Module, allow: type | None = None) -> bool:
     """Whether ``module`` has forward hooks (other than pre-hooks bound to an instance of ``allow``)."""
@@ -86,7 +103,9 @@ def rowwise_model(model: nn.Module, allow_hooks_of: type | None = None) -> bool:
         return False
     for m in model.modules():
         kind = type(m)
-        known = kind in ROWWISE_MODULES or getattr(kind, "rowwise", False) is True
+        known = (kind in ROWWISE_MODULES and _CONDITIONS.get(kind, _always)(m)) or getattr(
+            kind, "rowwise", False
+        ) is True
         if not (known or (kind in EVAL_ONLY and not m.training)) or _hooked(m, allow_hooks_of):
             return False
     return True
