@@ -318,3 +318,69 @@ def test_a_plain_sequential_runs_without_the_function_mode_bitwise(make, frozen,
     assert calls and torch.equal(direct, moded)
     generic = perturbed_losses(model, obj, values, dirs, s, Cost(), fast_linear=False)
     assert torch.allclose(direct, generic, rtol=1e-5, atol=1e-6)
+
+
+class _Bag(nn.Module):
+    """Word vectors averaged over a sentence, then a linear layer (optionally tied to the vectors)."""
+
+    def __init__(self, tied: bool = False) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, 8)
+        self.out = nn.Linear(8, 3)
+        self.tied = tied
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = self.emb(ids).mean(1)
+        return self.out(h) + (h @ self.emb.weight[:3].T if self.tied else 0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_an_embedding_perturbs_only_the_rows_it_looks_up(tied: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = _Bag(tied)
+    ids, y = torch.randint(0, 50, (10, 5), generator=g), torch.randint(0, 3, (10,), generator=g)
+    obj = unigrad.supervised(F.cross_entropy, ids, y)
+    values = [p.detach() for _, p in trainable(model)]
+    dirs = [torch.randn(3, *v.shape, generator=g) for v in values]
+    s = torch.tensor([0.1, -0.1])
+    with torch.profiler.profile(record_shapes=True) as prof:
+        fast = perturbed_losses(model, obj, values, dirs, s, Cost())
+    generic = perturbed_losses(model, obj, values, dirs, s, Cost(), fast_linear=False)
+    # E[ids] + s·U[ids] against (E + s·U)[ids]: one rounding apart per entry, in losses of order 1
+    assert torch.allclose(fast, generic, rtol=1e-5, atol=1e-6)
+    formed = [e for e in prof.events() if e.name == "aten::add" and [50, 8] in e.input_shapes]
+    assert (model in probe._NO_FAST_PATH) == tied  # a weight read outside the lookup: the generic path
+    assert tied or not formed  # the perturbed 50 × 8 table is never formed
+
+
+@pytest.mark.parametrize("source", ["table", "generator"])
+def test_a_large_tensor_s_noise_is_drawn_only_where_it_is_used(source: str, monkeypatch) -> None:
+    # a tensor larger than SPAN whose noise is not a table slice (row windows, or the generator) comes as lazy
+    # probes: the lookup draws only its rows, the combination draws each probe whole once; same results as stacked
+    from unigrad.core import rng
+    from unigrad.zeroth._probing import combine
+
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = _Bag()
+    ids, y = torch.randint(0, 50, (10, 5), generator=g), torch.randint(0, 3, (10,), generator=g)
+    obj = unigrad.supervised(F.cross_entropy, ids, y)
+    params = trainable(model)
+    values = [p.detach() for _, p in params]
+    noise = rng.ProbeNoise("gaussian", source, table_size=256)  # the 50 × 8 table is read in row windows
+    monkeypatch.setattr(rng, "SPAN", 64)
+    lazy = noise.block(0, 0, range(3), values, views=True)
+    assert isinstance(lazy[0], rng.ProbeViews) and isinstance(lazy[0][1], rng.LazyProbe)
+    stacked = noise.block(0, 0, range(3), values)
+    assert torch.equal(rng.stacked(lazy[0]), stacked[0])
+    assert torch.equal(lazy[0][2].rows(ids), stacked[0][2][ids])
+    s = torch.tensor([0.1, -0.1])
+    fast = perturbed_losses(model, obj, values, lazy, s, Cost())
+    assert torch.allclose(fast, perturbed_losses(model, obj, values, stacked, s, Cost()), rtol=1e-6, atol=1e-7)
+    c = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    got = combine(params, noise, 0, 0, c, 3)
+    want = [(c.float() @ u.reshape(3, -1)).view(u.shape[1:]) for u in stacked]
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(got, want))

@@ -51,7 +51,10 @@ How it stays exact for any model: trainable tensors used only as the ``weight``/
   non-linear module, a hook or parent module reading ``module.weight``) aborts the attempt: the
   generic path runs instead, and the fast path is not tried again for that model.
 
-The other parameters (norms, embeddings, …) are perturbed as in the generic path, per probe.
+An ``nn.Embedding`` weight (without ``max_norm``) gets a placeholder too: a lookup reads only its rows, so it
+returns ``E[ids] + s·U_i[ids]`` and the perturbed table (11.7M entries in a transformer's word embedding) is
+never formed; each entry is ``E + s·U_i`` up to one rounding. The other parameters (norms, …) are perturbed as
+in the generic path, per probe.
 Set ``unigrad.core.probe.LINEAR_FAST_PATH = False`` to disable the fast path.
 """
 
@@ -250,6 +253,16 @@ class _LinearProbes(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         table = self.table
+        if func is F.embedding:
+            ids, w, rest = _embedding_args(*args, **(kwargs or {}))
+            pw = table.get(id(w))
+            if pw is not None and rest["max_norm"] is None and not self._holds(ids):
+                # a lookup reads only its rows: E[ids] + s·U_i[ids] (E + s·U_i up to rounding, never formed)
+                u = pw[2][self.i]
+                rows = u.rows(ids) if isinstance(u, rng.LazyProbe) else F.embedding(ids, u, **rest)
+                out = torch.add(F.embedding(ids, pw[1], **rest), rows, alpha=self.s)
+                setattr(out, _PERTURBED, True)
+                return out
         layer = _AFFINE.get(func)
         if layer is not None:
             x, w, b, rest = layer(*args, **(kwargs or {}))
@@ -283,8 +296,8 @@ class _LinearProbes(TorchFunctionMode):
         self, func: Any, x: Tensor, w: Tensor, b: Tensor | None, rest: dict, pw: tuple | None, pb: tuple | None
     ) -> Tensor:
         """``func(x, W + s·U_i, b + s·u_i, **rest)`` for a layer linear in its weights (``F.linear``, ``F.conv*``)."""
-        weight, u = (w, None) if pw is None else (pw[1], pw[2][self.i])
-        bias, ub = (b, None) if pb is None else (pb[1], pb[2][self.i])
+        weight, u = (w, None) if pw is None else (pw[1], rng.dense(pw[2][self.i]))
+        bias, ub = (b, None) if pb is None else (pb[1], rng.dense(pb[2][self.i]))
         key = pw[0] if pw is not None else pb[0]
         sh = self.shared.get(key)
         if sh is None and w[0].numel() < MIN_SHARED_REDUCTION:
@@ -340,6 +353,14 @@ _AFFINE: dict[Any, Any] = {F.linear: _linear_layer, F.conv1d: _conv_layer, F.con
 _AFFINE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
+def _embedding_args(
+    input: Tensor, weight: Tensor, padding_idx: Any = None, max_norm: Any = None, norm_type: float = 2.0,
+    scale_grad_by_freq: bool = False, sparse: bool = False,
+) -> tuple[Tensor, Tensor, dict]:  # fmt: skip
+    rest = {"padding_idx": padding_idx, "max_norm": max_norm, "norm_type": norm_type}
+    return input, weight, {**rest, "scale_grad_by_freq": scale_grad_by_freq, "sparse": sparse}
+
+
 MIN_SHARED_REDUCTION = 64
 """A layer shares its products only if each output sums at least this many products (``in_features``, or
 ``C_in/groups·k_h·k_w``): sharing saves one product per ± pair but adds two sums over the output, which costs
@@ -355,15 +376,17 @@ _NO_FAST_PATH: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _linear_slots(model: nn.Module) -> dict[int, list[tuple[nn.Module, str]]]:
-    """``id(parameter) → [(module, "weight" or "bias"), …]`` for parameters used only by ``nn.Linear`` and
-    ``nn.Conv1d``/``nn.Conv2d`` modules."""
+    """``id(parameter) → [(module, "weight" or "bias"), …]`` for parameters used only by ``nn.Linear``,
+    ``nn.Conv1d``/``nn.Conv2d`` and (their weight, without ``max_norm``) ``nn.Embedding`` modules."""
     slots: dict[int, list[tuple[nn.Module, str]]] = {}
     other: set[int] = set()
     for mod in model.modules():
         for attr, p in mod._parameters.items():
             if p is None:
                 continue
-            if isinstance(mod, _AFFINE_MODULES) and attr in ("weight", "bias"):
+            if (isinstance(mod, _AFFINE_MODULES) and attr in ("weight", "bias")) or (
+                type(mod) is nn.Embedding and attr == "weight" and mod.max_norm is None
+            ):
                 slots.setdefault(id(p), []).append((mod, attr))
             else:
                 other.add(id(p))
@@ -402,6 +425,8 @@ def _sequential_fast_path(model: nn.Module, objective: Objective, probes: _Probe
             return None
         entries.setdefault(id(where[0][0]), {})[where[0][1]] = (key, b, u)
     for m in model:
+        if id(m) in entries and not isinstance(m, _AFFINE_MODULES):
+            return None  # an embedding: the function mode looks up its perturbed rows
         if id(m) not in entries and any(q.requires_grad for q in m.parameters()):
             return None  # trainable tensors deeper inside a child: only the function mode sees them
     assert isinstance(objective, Supervised)
@@ -424,8 +449,8 @@ def _sequential_fast_path(model: nn.Module, objective: Objective, probes: _Probe
 def _affine_child(m: nn.Module, x: Tensor, entry: dict, perturbed: bool, i: int, s: float, kept: dict) -> Tensor:
     """Child ``m`` (``Linear``/``Conv``) at ``W + s·U_i``, ``b + s·u_i``, as :meth:`_LinearProbes._affine` would."""
     pw, pb = entry.get("weight"), entry.get("bias")
-    weight, u = (m.weight, None) if pw is None else (pw[1], pw[2][i])
-    bias, ub = (m.bias, None) if pb is None else (pb[1], pb[2][i])
+    weight, u = (m.weight, None) if pw is None else (pw[1], rng.dense(pw[2][i]))
+    bias, ub = (m.bias, None) if pb is None else (pb[1], rng.dense(pb[2][i]))
     func = F.linear if isinstance(m, nn.Linear) else _ConvArgs(m)
     if perturbed or weight[0].numel() < MIN_SHARED_REDUCTION:  # one product with W + s·U_i
         return _materialised(func, x, weight, bias, u, ub, s, {})
@@ -479,7 +504,7 @@ def _linear_fast_path(model: nn.Module, objective: Objective, probes: _Probes) -
                     if not others:
                         rows[j].append(losses_of(objective, model))
                         continue
-                    values = {name: torch.add(b, u[i], alpha=s) for name, b, u in others}
+                    values = {name: torch.add(b, rng.dense(u[i]), alpha=s) for name, b, u in others}
                     _mark(list(values.values()))
                     rows[j].append(functional_call(bound, values, (), strict=False))
     finally:

@@ -155,30 +155,71 @@ def noise_table(size: int, seed: int = 0, device: torch.device | str = "cpu", ki
     return _TABLES[k]
 
 
-class ProbeViews:
-    """Consecutive probes of one tensor as views of the noise table, without stacking them into one tensor.
+class LazyProbe:
+    """One probe's noise for one tensor, drawn only when it is used: whole (:meth:`tensor`, kept once drawn) or
+    only some rows of a 2-D tensor (:meth:`rows`, the same bits as the whole one's rows). A part of
+    :class:`ProbeViews` for tensors whose noise is not a free view (read in row windows, or from the generator)."""
 
-    ``u[i]`` is probe ``i``'s noise (a view), ``len(u)`` the number of probes and ``u.shape`` the shape the stacked
-    tensor would have; :meth:`stacked` makes that tensor (a copy). For a consumer that takes the probes one at a
-    time (the fast path of :mod:`unigrad.core.probe`), a block of probes that spans several of a tensor's groups
-    of the table then costs no copy.
+    def __init__(
+        self, noise: ProbeNoise, key: tuple[int, int, int, int], shape: torch.Size, dtype: torch.dtype, device: Any
+    ) -> None:
+        self.noise, self.key, self.shape, self.dtype, self.device = noise, key, torch.Size(shape), dtype, device
+        self._whole: Tensor | None = None
+
+    def tensor(self) -> Tensor:
+        """The whole noise, shaped like the tensor."""
+        if self._whole is None:
+            self._whole = self.noise.raw(*self.key, self.shape, self.dtype, self.device)
+        return self._whole
+
+    def rows(self, ids: Tensor) -> Tensor:
+        """``tensor()[ids]`` for a 2-D tensor, drawing only those rows (:meth:`ProbeNoise.rows`)."""
+        if self._whole is not None:
+            return self._whole[ids]
+        return self.noise.rows(*self.key, self.shape, ids).to(self.dtype)
+
+
+def dense(u: Tensor | LazyProbe) -> Tensor:
+    """A probe's noise as a tensor (drawing a :class:`LazyProbe` whole)."""
+    return u if isinstance(u, Tensor) else u.tensor()
+
+
+class ProbeViews:
+    """Consecutive probes of one tensor without stacking them into one tensor.
+
+    ``u[i]`` is probe ``i``'s noise (a view of the table, or a :class:`LazyProbe`), ``len(u)`` the number of probes
+    and ``u.shape`` the shape the stacked tensor would have; :meth:`stacked` makes that tensor (a copy). For a
+    consumer that takes the probes one at a time (the fast path of :mod:`unigrad.core.probe`), a block of probes
+    that spans several of a tensor's groups of the table then costs no copy, and a tensor larger than the table
+    (a word embedding) is drawn only where it is used.
     """
 
-    def __init__(self, parts: Sequence[Tensor]) -> None:
+    def __init__(self, parts: Sequence[Tensor | LazyProbe]) -> None:
         self.parts = list(parts)
-        self._where = [(k, j) for k, part in enumerate(self.parts) for j in range(part.shape[0])]
-        self.shape = torch.Size((len(self._where), *self.parts[0].shape[1:]))
+        self._where = [
+            (k, j)
+            for k, part in enumerate(self.parts)
+            for j in (range(part.shape[0]) if isinstance(part, Tensor) else [None])
+        ]
+        first = self.parts[0]
+        self.shape = torch.Size((len(self._where), *(first.shape[1:] if isinstance(first, Tensor) else first.shape)))
 
     def __len__(self) -> int:
         return len(self._where)
 
-    def __getitem__(self, i: int) -> Tensor:
+    def __getitem__(self, i: int) -> Tensor | LazyProbe:
         k, j = self._where[i]
-        return self.parts[k][j]
+        part = self.parts[k]
+        return part if j is None else part[j]
+
+    def blocks(self) -> Iterator[Tensor]:
+        """The parts in order as ``(n, *shape)`` tensors, one drawn at a time."""
+        for part in self.parts:
+            yield part if isinstance(part, Tensor) else part.tensor().unsqueeze(0)
 
     def stacked(self) -> Tensor:
         """The probes stacked into one ``(P, *shape)`` tensor."""
-        return torch.cat(self.parts)
+        return torch.cat(list(self.blocks()))
 
 
 def stacked(block: Tensor | ProbeViews) -> Tensor:
@@ -326,7 +367,8 @@ class ProbeNoise:
         """Raw streams of consecutive ``probes`` of one tensor, stacked ``(len(probes), *shape)``.
 
         From the table this is a single strided view whenever the probes' slices are contiguous; where they are
-        not (the block spans groups), ``views=True`` returns a :class:`ProbeViews` instead of a stacked copy.
+        not (the block spans groups), ``views=True`` returns a :class:`ProbeViews` instead of a stacked copy, and
+        for a tensor of more than :data:`SPAN` entries not read as table slices, one of :class:`LazyProbe` parts.
         """
         n = math.prod(shape)
         if self._uses_table(n) and not self._windowed(n) and len(probes) > 0:
@@ -339,6 +381,10 @@ class ProbeNoise:
             if len(parts) == 1:
                 return parts[0]
             return ProbeViews(parts) if views else torch.cat(parts)
+        if views and n > SPAN and len(probes) > 0:  # a large tensor: each probe drawn only when (and where) used
+            return ProbeViews(
+                [LazyProbe(self, (seed, step, p, index), torch.Size(shape), dtype, device) for p in probes]
+            )
         out = torch.empty((len(probes), *shape), dtype=dtype, device=device)
         for k, p in enumerate(probes):
             out[k] = self.raw(seed, step, p, index, shape, dtype, device)

@@ -102,8 +102,8 @@ def combine(
 
 def _weighted_sum(c: Tensor, u: Tensor | ProbeViews) -> Tensor:
     """``Σ_i c_i·u_i`` over the probes of one tensor: one product for a stacked block, one per contiguous part of
-    a :class:`~unigrad.core.rng.ProbeViews` (no stacked copy)."""
-    parts = [u] if isinstance(u, Tensor) else u.parts
+    a :class:`~unigrad.core.rng.ProbeViews` (no stacked copy; a lazily drawn part is drawn here, one at a time)."""
+    parts = [u] if isinstance(u, Tensor) else u.blocks()
     out, lo = None, 0
     for part in parts:
         n = part.shape[0]
