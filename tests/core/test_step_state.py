@@ -207,3 +207,46 @@ def test_live_buffers_advance_with_every_evaluation():
 def test_rule_is_checked():
     with pytest.raises(ValueError, match="rule"):
         StepState(nn.Linear(1, 1), 0, 0, rule="last")
+
+
+class _Noisy(nn.Module):
+    """A layer that draws from the global generator in its forward (not provably draw-free)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.1 * torch.rand_like(x)
+
+
+def test_a_quiet_step_skips_the_generator_bookkeeping_and_a_noisy_one_keeps_it():
+    x, y = batch()
+    seen: list[int] = []
+
+    def objective_for(model: nn.Module):
+        base = unigrad.supervised(F.cross_entropy, x, y)
+
+        def spy(m: nn.Module) -> torch.Tensor:  # counts the step's hooks on the model at every call
+            seen.append(len(m._forward_pre_hooks))
+            return base(m)
+
+        return base, unigrad.objective(spy, x.shape[0])
+
+    quiet = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    plain, spied = objective_for(quiet)
+    state = StepState(quiet, 0, 0, quiet=unigrad.core.rowwise.rowwise(quiet, plain))
+    assert state.quiet and not state.slots
+    with state:
+        assert not quiet._forward_pre_hooks  # nothing installed: no draws to seed
+    # a model that draws at random is never quiet: every call of a ± pair sees the same draws
+    noisy = nn.Sequential(nn.Linear(5, 6), _Noisy(), nn.Linear(6, 3))
+    assert not unigrad.core.rowwise.rowwise(noisy, plain)
+    est = unigrad.make_estimator("spsa", probes=2, sigma=1e-3, seed=0)
+    est.estimate(noisy, spied)
+    assert seen and all(n == 1 for n in seen)  # the step's seeding hook was there at every call
+    before = torch.random.get_rng_state()
+    est.estimate(quiet, plain)
+    assert torch.equal(before, torch.random.get_rng_state())  # the caller's generator untouched either way
+
+
+def test_a_static_buffer_is_not_tracked():
+    model = unigrad.decorrelate(nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3)))
+    state = StepState(model, 0, 0)
+    assert not [s for s in state.slots if s.name == "R"]
