@@ -384,3 +384,28 @@ def test_a_large_tensor_s_noise_is_drawn_only_where_it_is_used(source: str, monk
     got = combine(params, noise, 0, 0, c, 3)
     want = [(c.float() @ u.reshape(3, -1)).view(u.shape[1:]) for u in stacked]
     assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(got, want))
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: nn.Linear(6, 3), lambda: nn.Conv2d(1, 3, 3, padding=1, padding_mode="circular")]
+)
+def test_a_single_layer_runs_without_the_function_mode_bitwise(make, monkeypatch) -> None:
+    g = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = make()
+    conv = isinstance(model, nn.Conv2d)
+    x = torch.randn(10, 1, 4, 4, generator=g) if conv else torch.randn(10, 6, generator=g)
+    y = torch.randn(10, 3, 4, 4, generator=g) if conv else torch.randn(10, 3, generator=g)
+    obj = unigrad.supervised(F.mse_loss, x, y)
+    values = [p.detach() for _, p in trainable(model)]
+    dirs = [torch.randn(3, *v.shape, generator=g) for v in values]
+    s = torch.tensor([0.1, -0.1])
+    calls = []
+    monkeypatch.setattr(
+        probe._LinearProbes, "__enter__", lambda self: calls.append(1) or TorchFunctionMode.__enter__(self)
+    )
+    direct = perturbed_losses(model, obj, values, dirs, s, Cost())
+    assert not calls
+    monkeypatch.setattr(probe, "SEQUENTIAL_FAST_PATH", False)
+    assert torch.equal(direct, perturbed_losses(model, obj, values, dirs, s, Cost())) and calls

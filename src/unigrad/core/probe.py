@@ -407,24 +407,31 @@ class _Probes(NamedTuple):
 def _sequential_fast_path(model: nn.Module, objective: Objective, probes: _Probes) -> Tensor | None:
     """The fast path's losses computed by running an ``nn.Sequential`` layer by layer, without the function mode.
 
-    Applies (else returns None) when the model is a plain ``nn.Sequential`` and the objective a supervised one,
-    both provably row-wise and free of random draws (:func:`~unigrad.core.rowwise.rowwise`: no hooks), and every
-    trainable tensor is the weight or bias of one ``Linear``/``Conv`` child. Then ``objective(model)`` is
+    Applies (else returns None) when the model is a plain ``nn.Sequential`` (or a single ``Linear``/``Conv``
+    layer, a sequence of one) and the objective a supervised one, both provably row-wise and free of random draws
+    (:func:`~unigrad.core.rowwise.rowwise`: no hooks), and every trainable tensor is the weight or bias of one
+    ``Linear``/``Conv`` child. Then ``objective(model)`` is
     ``objective.score`` of the children applied in turn to ``objective.inputs``, and each affine child is computed
     with the very operations :class:`_LinearProbes` would use (its input is unperturbed until the first perturbed
     child): the losses are bitwise the function mode's, without its per-operation dispatch.
     """
-    if not SEQUENTIAL_FAST_PATH or type(model) is not nn.Sequential or not rowwise(model, objective):
+    if type(model) is nn.Sequential:
+        layers = list(model)
+    elif type(model) in _AFFINE_MODULES:
+        layers = [model]  # a single layer is a sequence of one
+    else:
+        return None
+    if not SEQUENTIAL_FAST_PATH or not rowwise(model, objective):
         return None
     params, base, directions, scales, slots = probes
-    children = {id(m) for m in model}
+    children = {id(m) for m in layers}
     entries: dict[int, dict[str, tuple[int, Tensor, Tensor | rng.ProbeViews]]] = {}
     for key, ((_, p), b, u) in enumerate(zip(params, base, directions)):
         where = slots.get(id(p))
         if where is None or len(where) != 1 or id(where[0][0]) not in children:
             return None
         entries.setdefault(id(where[0][0]), {})[where[0][1]] = (key, b, u)
-    for m in model:
+    for m in layers:
         if id(m) in entries and not isinstance(m, _AFFINE_MODULES):
             return None  # an embedding: the function mode looks up its perturbed rows
         if id(m) not in entries and any(q.requires_grad for q in m.parameters()):
@@ -435,7 +442,7 @@ def _sequential_fast_path(model: nn.Module, objective: Objective, probes: _Probe
     for i in range(directions[0].shape[0]):
         for j, s in enumerate(scales):
             h, perturbed = objective.inputs, False
-            for m in model:
+            for m in layers:
                 entry = entries.get(id(m))
                 if entry is None:
                     h = m(h)
