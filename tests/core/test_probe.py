@@ -69,11 +69,16 @@ class Tied(nn.Module):
         return h + self.a.weight.sum() if self.reuse_outside else h
 
 
-def build(make: Callable[[], nn.Module], shape: tuple[int, ...] = (10, 6)) -> tuple[nn.Module, unigrad.Objective]:
-    g = torch.Generator().manual_seed(0)
+def _seeded(make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` with its initial weights drawn from seed 1, leaving the global stream as it was."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1)
-        model = make()
+        return make()
+
+
+def build(make: Callable[[], nn.Module], shape: tuple[int, ...] = (10, 6)) -> tuple[nn.Module, unigrad.Objective]:
+    g = torch.Generator().manual_seed(0)
+    model = _seeded(make)
     x = torch.randn(*shape, generator=g)
     y = torch.randint(0, 3, shape[:-1], generator=g)
     loss = lambda out, t: F.cross_entropy(out.reshape(-1, 3), t.reshape(-1), reduction="none").view(t.shape)  # noqa: E731
@@ -250,14 +255,30 @@ def _conv_net(first_channels: int) -> nn.Module:
     )  # fmt: skip
 
 
+def _direct_and_moded(model: nn.Module, obj: unigrad.Objective, g: torch.Generator, monkeypatch):
+    """Losses of three probes through the layer-by-layer run and through the function mode, checking which ran;
+    also the probes, ``(values, dirs, scales)``."""
+    values = [p.detach() for _, p in trainable(model)]
+    dirs = [torch.randn(3, *v.shape, generator=g) for v in values]
+    s = torch.tensor([0.1, -0.1])
+    calls = []
+    monkeypatch.setattr(
+        probe._LinearProbes, "__enter__", lambda self: calls.append(1) or TorchFunctionMode.__enter__(self)
+    )
+    direct = perturbed_losses(model, obj, values, dirs, s, Cost())
+    assert not calls  # no function mode
+    monkeypatch.setattr(probe, "SEQUENTIAL_FAST_PATH", False)
+    moded = perturbed_losses(model, obj, values, dirs, s, Cost())
+    assert calls
+    return direct, moded, (values, dirs, s)
+
+
 @pytest.mark.parametrize("channels", [1, 8])
 def test_convolutions_take_the_fast_path_exactly(channels: int) -> None:
     # a convolution is linear in its weights: the first one (unperturbed input) shares its products when each
     # output sums enough products (8·3·3 = 72 ≥ MIN_SHARED_REDUCTION), else materialises W + s·U like the others
     g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = _conv_net(channels)
+    model = _seeded(lambda: _conv_net(channels))
     x, y = torch.randn(10, channels, 6, 6, generator=g), torch.randint(0, 3, (10,), generator=g)
     obj = unigrad.supervised(F.cross_entropy, x, y)
     fast, generic, ref, cost_fast, cost_generic = both_paths(model, obj)
@@ -296,26 +317,14 @@ def test_convolutions_take_the_fast_path_exactly(channels: int) -> None:
 def test_a_plain_sequential_runs_without_the_function_mode_bitwise(make, frozen, monkeypatch) -> None:
     # the layer-by-layer run of a plain nn.Sequential must give exactly the function mode's losses
     g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = make()
+    model = _seeded(make)
     for name, p in model.named_parameters():
         if frozen is not None and (name.startswith(frozen) or name.endswith(frozen)):
             p.requires_grad_(False)
     x, y = torch.randn(10, 1, 6, 6, generator=g), torch.randint(0, 3, (10,), generator=g)
     obj = unigrad.supervised(F.cross_entropy, x, y)
-    values = [p.detach() for _, p in trainable(model)]
-    dirs = [torch.randn(3, *v.shape, generator=g) for v in values]
-    s = torch.tensor([0.1, -0.1])
-    calls = []
-    monkeypatch.setattr(
-        probe._LinearProbes, "__enter__", lambda self: calls.append(1) or TorchFunctionMode.__enter__(self)
-    )
-    direct = perturbed_losses(model, obj, values, dirs, s, Cost())
-    assert not calls  # no function mode
-    monkeypatch.setattr(probe, "SEQUENTIAL_FAST_PATH", False)
-    moded = perturbed_losses(model, obj, values, dirs, s, Cost())
-    assert calls and torch.equal(direct, moded)
+    direct, moded, (values, dirs, s) = _direct_and_moded(model, obj, g, monkeypatch)
+    assert torch.equal(direct, moded)
     generic = perturbed_losses(model, obj, values, dirs, s, Cost(), fast_linear=False)
     assert torch.allclose(direct, generic, rtol=1e-5, atol=1e-6)
 
@@ -337,9 +346,7 @@ class _Bag(nn.Module):
 @pytest.mark.parametrize("tied", [False, True])
 def test_an_embedding_perturbs_only_the_rows_it_looks_up(tied: bool) -> None:
     g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = _Bag(tied)
+    model = _seeded(lambda: _Bag(tied))
     ids, y = torch.randint(0, 50, (10, 5), generator=g), torch.randint(0, 3, (10,), generator=g)
     obj = unigrad.supervised(F.cross_entropy, ids, y)
     values = [p.detach() for _, p in trainable(model)]
@@ -363,9 +370,7 @@ def test_a_large_tensor_s_noise_is_drawn_only_where_it_is_used(source: str, monk
     from unigrad.zeroth._probing import combine
 
     g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = _Bag()
+    model = _seeded(_Bag)
     ids, y = torch.randint(0, 50, (10, 5), generator=g), torch.randint(0, 3, (10,), generator=g)
     obj = unigrad.supervised(F.cross_entropy, ids, y)
     params = trainable(model)
@@ -391,21 +396,10 @@ def test_a_large_tensor_s_noise_is_drawn_only_where_it_is_used(source: str, monk
 )
 def test_a_single_layer_runs_without_the_function_mode_bitwise(make, monkeypatch) -> None:
     g = torch.Generator().manual_seed(0)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = make()
+    model = _seeded(make)
     conv = isinstance(model, nn.Conv2d)
     x = torch.randn(10, 1, 4, 4, generator=g) if conv else torch.randn(10, 6, generator=g)
     y = torch.randn(10, 3, 4, 4, generator=g) if conv else torch.randn(10, 3, generator=g)
     obj = unigrad.supervised(F.mse_loss, x, y)
-    values = [p.detach() for _, p in trainable(model)]
-    dirs = [torch.randn(3, *v.shape, generator=g) for v in values]
-    s = torch.tensor([0.1, -0.1])
-    calls = []
-    monkeypatch.setattr(
-        probe._LinearProbes, "__enter__", lambda self: calls.append(1) or TorchFunctionMode.__enter__(self)
-    )
-    direct = perturbed_losses(model, obj, values, dirs, s, Cost())
-    assert not calls
-    monkeypatch.setattr(probe, "SEQUENTIAL_FAST_PATH", False)
-    assert torch.equal(direct, perturbed_losses(model, obj, values, dirs, s, Cost())) and calls
+    direct, moded, _ = _direct_and_moded(model, obj, g, monkeypatch)
+    assert torch.equal(direct, moded)

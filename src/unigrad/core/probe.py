@@ -458,7 +458,8 @@ def _affine_child(m: nn.Module, x: Tensor, entry: dict, perturbed: bool, i: int,
     pw, pb = entry.get("weight"), entry.get("bias")
     weight, u = (m.weight, None) if pw is None else (pw[1], rng.dense(pw[2][i]))
     bias, ub = (m.bias, None) if pb is None else (pb[1], rng.dense(pb[2][i]))
-    func = F.linear if isinstance(m, nn.Linear) else _ConvArgs(m)
+    # a convolution as its forward computes it (``_conv_forward``: the padding modes included)
+    func = F.linear if isinstance(m, nn.Linear) else m._conv_forward
     if perturbed or weight[0].numel() < MIN_SHARED_REDUCTION:  # one product with W + s·U_i
         return _materialised(func, x, weight, bias, u, ub, s, {})
     sh = kept.get(id(m))
@@ -467,21 +468,12 @@ def _affine_child(m: nn.Module, x: Tensor, entry: dict, perturbed: bool, i: int,
     return _from_shared(func, x, sh, u, ub, i, s, {})
 
 
-class _ConvArgs:
-    """``(x, weight, bias) -> output`` of a ``Conv`` child, as its ``forward`` computes it (padding modes included)."""
-
-    def __init__(self, conv: nn.Module) -> None:
-        self.conv = conv
-
-    def __call__(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        return self.conv._conv_forward(x, weight, bias)
-
-
 def _linear_fast_path(model: nn.Module, objective: Objective, probes: _Probes) -> Tensor:
-    """Losses ``(S, P, ...)`` probe by probe, a ``±`` pair after the other, linear layers via placeholders.
+    """Losses ``(S, P, ...)`` probe by probe, a ``±`` pair after the other, affine layers via placeholders.
 
-    The placeholders are put in the ``nn.Linear`` modules once for all probes (and the parameters
-    put back afterwards); only the other parameters are swapped per probe, by ``functional_call``.
+    A plain ``nn.Sequential`` (or single layer) runs layer by layer (:func:`_sequential_fast_path`). Otherwise the
+    placeholders are put in the ``Linear``, ``Conv`` and ``Embedding`` modules once for all probes (and the
+    parameters put back afterwards); only the other parameters are swapped per probe, by ``functional_call``.
     """
     direct = _sequential_fast_path(model, objective, probes)
     if direct is not None:
