@@ -2,7 +2,8 @@
 
 ``nn.Linear(16, 8)``, one sample, mean-squared error, one thread, float32, CPU: the regime of online learning
 rules and the Werfel and Hiratani experiments, which make millions of calls on models with a few hundred
-parameters. Rows, each the median over repeats of the mean time of a block of calls, all timed in the same run:
+parameters. Rows, each the median over rounds of the mean time of a block of calls; every round times one block
+of every row in turn, so all rows see the same load:
 
 - ``hand-written np``: a node-perturbation step written directly: clean forward ``F.linear``, Gaussian node
   noise from a ``torch.Generator``, noisy forward, ``δL/σ²·ε·xᵀ`` and ``δL/σ²·ε`` (the direction, not applied);
@@ -14,7 +15,7 @@ parameters. Rows, each the median over repeats of the mean time of a block of ca
 
 Goal: ``np`` / ``hand-written np`` ≤ 1.5.
 
-    .venv/bin/python benchmarks/call_overhead.py [--repeats 7] [--calls 2000]
+    .venv/bin/python benchmarks/call_overhead.py [--repeats 15] [--calls 500]
 
 Prints a table and writes ``benchmarks/results/call_overhead.json``.
 """
@@ -38,22 +39,26 @@ RESULTS = Path(__file__).parent / "results" / "call_overhead.json"
 SIGMA = 1e-3
 
 
-def per_call_us(fn: Callable[[], object], calls: int, repeats: int) -> float:
-    for _ in range(calls // 10):
-        fn()
-    blocks = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(calls):
+def per_call_us(rows: dict[str, Callable[[], object]], calls: int, repeats: int) -> dict[str, float]:
+    """Median µs per call of each row: every round times a block of ``calls`` calls of every row in turn, so load
+    changes on a shared machine hit all rows alike."""
+    for fn in rows.values():
+        for _ in range(calls // 10):
             fn()
-        blocks.append((time.perf_counter() - t0) / calls * 1e6)
-    return statistics.median(blocks)
+    blocks: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(repeats):
+        for name, fn in rows.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            blocks[name].append((time.perf_counter() - t0) / calls * 1e6)
+    return {name: statistics.median(b) for name, b in blocks.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--calls", type=int, default=500)
     ap.add_argument("--methods", nargs="+", default=["np", "wp", "spsa", "rge", "mezo"])
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
@@ -84,14 +89,15 @@ def main() -> None:
             for _ in range(2):
                 objective(model)
 
-    rows = {
-        "hand-written np": per_call_us(hand_np, args.calls, args.repeats),
-        "two forwards": per_call_us(two_forwards, args.calls, args.repeats),
-        "two objective calls": per_call_us(two_objective_calls, args.calls, args.repeats),
+    calls: dict[str, Callable[[], object]] = {
+        "hand-written np": hand_np,
+        "two forwards": two_forwards,
+        "two objective calls": two_objective_calls,
     }
     for method in args.methods:
         est = unigrad.make_estimator(method, probes=1, sigma=SIGMA, seed=0)
-        rows[method] = per_call_us(lambda est=est: est.estimate(model, objective), args.calls, args.repeats)
+        calls[method] = lambda est=est: est.estimate(model, objective)
+    rows = per_call_us(calls, args.calls, args.repeats)
     hand = rows["hand-written np"]
     print(f"{'row':22} {'us/call':>8} {'/ hand np':>10}")
     for name, us in rows.items():

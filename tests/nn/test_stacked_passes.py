@@ -141,7 +141,7 @@ def test_stacking_keeps_to_the_memory_budget(monkeypatch):
     assert not stackable(model, objective)  # a hook of the caller's: it would see stacked batches
     model._forward_pre_hooks.clear()
     spy = []
-    monkeypatch.setattr(LayerTaps, "__enter__", lambda self, enter=LayerTaps.__enter__: spy.append(1) or enter(self))
+    monkeypatch.setattr(LayerTaps, "evaluate", lambda self, *a, run=LayerTaps.evaluate: spy.append(1) or run(self, *a))
     passes = list(noisy_passes(model, objective, Cost(), f0, noises, "np", bytes_per_pass=100, memory_budget=250))
     assert len(passes) == 5 and len(spy) == 3  # groups of 2, 2 and 1 passes
 
@@ -160,3 +160,43 @@ def test_modules_that_may_mix_the_batch_are_not_row_wise():
         assert stackable(nn.Sequential(nn.Linear(4, 2), tail), good) is ok, tail
     assert stackable(nn.Sequential(nn.Embedding(5, 4), nn.Flatten(), nn.Linear(4, 2)), good)
     assert not stackable(nn.Sequential(nn.Embedding(5, 4, max_norm=1.0), nn.Flatten(), nn.Linear(4, 2)), good)
+
+
+@pytest.mark.parametrize("method", ["np", "anp", "inp", "danp"])
+@pytest.mark.parametrize("stack", [False, True])
+def test_direct_passes_are_bitwise_the_hooked_passes(method, stack, monkeypatch):
+    x, y = _data((12,), 4)
+    objective = unigrad.supervised(F.cross_entropy, x, y)
+    runs, entered = [], []
+    monkeypatch.setattr(
+        LayerTaps, "__enter__", lambda self, enter=LayerTaps.__enter__: entered.append(1) or enter(self)
+    )
+    for direct in (False, True):
+        monkeypatch.setattr(perturbation, "DIRECT_PASSES", direct)
+        entered.clear()
+        model = mlp([12, 16, 8, 4], activation="tanh", seed=1)
+        runs.append((_grads(method, model, objective, stack, monkeypatch), len(entered)))
+    ((g1, e1), hooked), ((g2, e2), direct) = runs
+    assert hooked and not direct  # the chain ran without hooks, and gave the hooked result bit for bit
+    assert e1.loss == e2.loss and e1.cost == e2.cost
+    assert torch.equal(e1.info["probe_losses"], e2.info["probe_losses"])
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_direct_passes_only_for_a_chain_of_children():
+    x, y = _data((6,), 3, batch=4)
+    objective = unigrad.supervised(F.cross_entropy, x, y)
+    chain = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    nested = nn.Sequential(nn.Sequential(nn.Linear(6, 5), nn.ReLU()), nn.Linear(5, 3))
+    lin = nn.Linear(6, 3)
+    twice = nn.Sequential(lin, nn.ReLU(), lin)
+    assert perturbation._chain(chain, perturbation.perturbable_layers(chain)) is not None
+    assert perturbation._chain(lin, perturbation.perturbable_layers(lin)) == [(lin, 0)]
+    assert perturbation._chain(nested, perturbation.perturbable_layers(nested)) is None
+    assert perturbation._chain(twice, perturbation.perturbable_layers(twice)) is None
+    seen = []  # a hook of the caller's: the pass runs under hooks, so the caller's hook sees it
+    chain.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    taps = LayerTaps(chain, record_inputs=True)
+    taps.evaluate(objective, chain, Cost())
+    assert seen == [(4, 3)] and all(t is not None for t in taps.inputs)

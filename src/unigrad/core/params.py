@@ -31,7 +31,12 @@ def write_grad(params: Sequence[tuple[str, nn.Parameter]], grads: Sequence[Tenso
     saving a copy.
     """
     for (_, p), g in zip(params, grads, strict=True):
-        g = g.detach().to(dtype=p.dtype, device=p.device).reshape(p.shape)
+        if g.requires_grad:
+            g = g.detach()
+        if g.dtype != p.dtype or g.device != p.device:
+            g = g.to(dtype=p.dtype, device=p.device)
+        if g.shape != p.shape:
+            g = g.reshape(p.shape)
         if p.grad is None or p.grad.shape != p.shape:
             if owned and g.is_contiguous():
                 p.grad = g

@@ -78,12 +78,10 @@ _CONDITIONS: dict[type[nn.Module], Callable[[Any], bool]] = {
 """Settings under which a type of :data:`ROWWISE_MODULES` is row-wise (only those listed depend on settings)."""
 
 
-def _always(module: nn.Module) -> bool:
-    return True
-
-
 def _hooked(module: nn.Module, allow: type | None = None) -> bool:
     """Whether ``module`` has forward hooks (other than pre-hooks bound to an instance of ``allow``)."""
+    if not module._forward_pre_hooks:
+        return bool(module._forward_hooks)
     pre = [
         h
         for h in module._forward_pre_hooks.values()
@@ -103,10 +101,12 @@ def rowwise_model(model: nn.Module, allow_hooks_of: type | None = None) -> bool:
         return False
     for m in model.modules():
         kind = type(m)
-        known = (kind in ROWWISE_MODULES and _CONDITIONS.get(kind, _always)(m)) or getattr(
-            kind, "rowwise", False
-        ) is True
-        if not (known or (kind in EVAL_ONLY and not m.training)) or _hooked(m, allow_hooks_of):
+        if kind in ROWWISE_MODULES:
+            condition = _CONDITIONS.get(kind)
+            known = condition is None or condition(m) or getattr(kind, "rowwise", False) is True
+        else:
+            known = getattr(kind, "rowwise", False) is True or (kind in EVAL_ONLY and not m.training)
+        if not known or ((m._forward_pre_hooks or m._forward_hooks) and _hooked(m, allow_hooks_of)):
             return False
     return True
 

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_positive
-from unigrad.core.objective import Objective, Supervised, evaluate
+from unigrad.core.objective import Objective, Supervised, check_losses, evaluate, n_samples
 from unigrad.core.options import check_seed
 from unigrad.core.params import write_grad
 from unigrad.core.probe import DEFAULT_MEMORY_BUDGET
@@ -132,29 +132,55 @@ class LayerTaps:
         self._calls = [0] * len(self.layers)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _hook(self, index: int) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None]:
-        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
-            self._calls[index] += 1
-            if self._calls[index] > 1:
-                raise UnigradError(
-                    f"layer {self.layers[index][0]!r} ran twice in one pass; node perturbation needs every "
-                    f"Linear/Conv2d to run at most once per objective call"
-                )
-            self.order.append(index)
-            if self.record_inputs:
-                self.inputs[index] = args[0].detach()
-            if self.node_noise is None:
-                if self.record_outputs:
-                    self.outputs[index] = output.detach()
-                return None
+    def tap(self, index: int, x: Tensor, output: Tensor) -> Tensor:
+        """What layer ``index`` passes on when it maps ``x`` to ``output``: records what was asked, adds the noise."""
+        self._calls[index] += 1
+        if self._calls[index] > 1:
+            raise UnigradError(
+                f"layer {self.layers[index][0]!r} ran twice in one pass; node perturbation needs every "
+                f"Linear/Conv2d to run at most once per objective call"
+            )
+        self.order.append(index)
+        if self.record_inputs:
+            self.inputs[index] = x.detach()
+        if self.node_noise is not None:
             eps = self.node_noise(index, output)
             self.added[index] = eps
-            out = output + eps
-            if self.record_outputs:
-                self.outputs[index] = out.detach()
-            return out
+            output = output + eps
+        if self.record_outputs:
+            self.outputs[index] = output.detach()
+        return output
+
+    def _hook(self, index: int) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None]:
+        def hook(module: nn.Module, args: tuple[Tensor, ...], output: Tensor) -> Tensor | None:
+            out = self.tap(index, args[0], output)
+            return None if out is output else out
 
         return hook
+
+    def evaluate(self, objective: Objective, model: nn.Module, cost: Cost) -> Tensor:
+        """One pass of ``objective`` through ``model`` with these taps: the per-sample losses (checked, counted
+        in ``cost``).
+
+        Runs the model under the hooks (entering and leaving this context), or, where the model is a chain whose
+        every perturbable layer is a child (:func:`_chain`: a plain ``nn.Sequential`` or a single layer), the
+        objective is supervised and nothing is hooked (:func:`~unigrad.core.rowwise.rowwise`), calls the children
+        in turn and taps each perturbable one directly: the same operations on the same values, without the cost
+        of installing and calling hooks.
+        """
+        chain = None
+        if DIRECT_PASSES and not self.stop_gradient and not self._handles and rowwise(model, objective):
+            chain = _chain(model, self.layers)
+        if chain is None:
+            with self:
+                return evaluate(objective, model, cost)
+        assert isinstance(objective, Supervised)
+        h = objective.inputs
+        for child, index in chain:
+            h = child(h) if index is None else self.tap(index, h, child.forward(h))
+        losses = check_losses(objective.score(h))
+        cost.forwards += n_samples(objective, losses)
+        return losses
 
     def _pre_hook(self, index: int) -> Callable[[nn.Module, tuple[Tensor, ...]], tuple[Tensor, ...]]:
         def pre_hook(module: nn.Module, args: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
@@ -184,6 +210,26 @@ class LayerTaps:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+
+
+DIRECT_PASSES = True
+"""Set to False to run every tapped pass under hooks (:meth:`LayerTaps.evaluate`; for benchmarks and tests)."""
+
+
+def _chain(model: nn.Module, layers: list[tuple[str, nn.Module]]) -> list[tuple[nn.Module, int | None]] | None:
+    """The children of a plain ``nn.Sequential`` (or the single perturbable layer ``model``), each with its layer
+    index (``None``: not perturbable), if every perturbable layer is one of them; else ``None``."""
+    if type(model) is nn.Sequential:
+        children = list(model)
+    elif len(layers) == 1 and layers[0][1] is model:
+        children = [model]
+    else:
+        return None
+    index = {id(m): i for i, (_, m) in enumerate(layers)}
+    chain = [(m, index.get(id(m))) for m in children]
+    if sum(i is not None for _, i in chain) != len(layers):
+        return None  # a perturbable layer nested deeper, or one child twice: the hooks see every call
+    return chain
 
 
 class GaussianNodeNoise:
@@ -303,10 +349,14 @@ def per_sample_losses(losses: Tensor, method: str) -> Tensor:
     return losses.detach()
 
 
-def noisy_losses(objective: Objective, model: nn.Module, cost: Cost, f0: Tensor, method: str) -> Tensor:
-    """The per-sample losses of one noisy pass (run under the caller's taps), refused unless they are shaped
-    like the clean pass's ``f0``: each sample's change of loss is paired with its own noise."""
-    f = per_sample_losses(evaluate(objective, model, cost), method)
+def noisy_losses(
+    objective: Objective, model: nn.Module, cost: Cost, f0: Tensor, method: str, taps: LayerTaps | None = None
+) -> Tensor:
+    """The per-sample losses of one noisy pass (run through ``taps``, :meth:`LayerTaps.evaluate`, or else under the
+    caller's taps), refused unless they are shaped like the clean pass's ``f0``: each sample's change of loss is
+    paired with its own noise."""
+    losses = evaluate(objective, model, cost) if taps is None else taps.evaluate(objective, model, cost)
+    f = per_sample_losses(losses, method)
     if f.shape != f0.shape:
         raise UnigradError(f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}")
     return f
@@ -433,13 +483,13 @@ def noisy_groups(
             block = noises[lo : lo + group]
             k = len(block)
             if k == 1:
-                with LayerTaps(model, node_noise=block[0], record_outputs=record_outputs, layers=layers) as taps:
-                    f = noisy_losses(objective, model, cost, f0, method)
+                taps = LayerTaps(model, node_noise=block[0], record_outputs=record_outputs, layers=layers)
+                f = noisy_losses(objective, model, cost, f0, method, taps)
             else:
                 assert isinstance(objective, Supervised)
                 noise = _stacked_noise(block, batch, layers)
-                with LayerTaps(model, node_noise=noise, record_outputs=record_outputs, layers=layers) as taps:
-                    f = per_sample_losses(evaluate(objective.repeat(k), model, cost), method)
+                taps = LayerTaps(model, node_noise=noise, record_outputs=record_outputs, layers=layers)
+                f = per_sample_losses(taps.evaluate(objective.repeat(k), model, cost), method)
                 if f.shape != (k * batch,):
                     raise UnigradError(
                         f"{method}: the objective's losses changed shape from {tuple(f0.shape)} to {tuple(f.shape)}"
@@ -493,8 +543,10 @@ def layer_grads(layer: nn.Module, x: Tensor, signal: Tensor) -> tuple[Tensor, Te
     The bias term is ``None`` when the layer has no bias.
     """
     if isinstance(layer, nn.Linear | DecorrelatedLinear):
-        s = signal.reshape(-1, signal.shape[-1])
-        xr = x.reshape(-1, x.shape[-1]).to(s.dtype)
+        s = signal if signal.dim() == 2 else signal.reshape(-1, signal.shape[-1])
+        xr = x if x.dim() == 2 else x.reshape(-1, x.shape[-1])
+        if xr.dtype != s.dtype:
+            xr = xr.to(s.dtype)
         if isinstance(layer, DecorrelatedLinear):  # Σ s·(R·x)ᵀ = (Σ s·xᵀ)·Rᵀ: the cheaper order
             r = layer.decor.R.to(s.dtype)
             gw = s.transpose(0, 1) @ (xr @ r.T) if s.shape[0] < s.shape[1] else (s.transpose(0, 1) @ xr) @ r.T
@@ -553,8 +605,8 @@ def signal_grads(
     signals: list[Tensor | None],
 ) -> list[Tensor]:
     """Turn each layer's output signal ``G_l`` into ``G_l x_{l−1}ᵀ`` (:func:`layer_grads`) and sum them into
-    one gradient per trainable parameter (zero where its layer got no signal); ``owners`` comes from
-    :func:`layer_owners`."""
+    one gradient per trainable parameter (zero where its layer got no signal; in the layer's dtype, which
+    :func:`~unigrad.core.params.write_grad` converts); ``owners`` comes from :func:`layer_owners`."""
     per_layer: dict[tuple[int, str], Tensor] = {}
     for li, (_, layer) in enumerate(layers):
         x, s = inputs[li], signals[li]
@@ -567,8 +619,8 @@ def signal_grads(
     grads = []
     for _, p in params:
         parts = [per_layer[slot] for slot in owners[id(p)] if slot in per_layer]
-        if len(parts) == 1:  # the common case: one layer's term, already a fresh tensor
-            grads.append(parts[0].to(p.dtype).reshape(p.shape))
+        if len(parts) == 1:  # the common case: one layer's term, already a fresh tensor (write_grad shapes it)
+            grads.append(parts[0])
             continue
         g = torch.zeros_like(p)
         for part in parts:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, evaluate
+from unigrad.core.objective import Objective
 from unigrad.core.rng import ProbeNoise
 from unigrad.nn.perturbation import (
     LayerTaps,
@@ -152,8 +152,8 @@ class ANP(Estimator):
         q = self.probes
         # baseline pass: clean, or noisy with its own noise (probe key q); record x_{l−1}, h_l, L_b
         base_noise = self._node_noise(q) if self.passes == "two-noisy" else None
-        with LayerTaps(model, record_inputs=True, record_outputs=True, node_noise=base_noise) as base:
-            f0 = per_sample_losses(evaluate(objective, model, cost), self.name)
+        base = LayerTaps(model, record_inputs=True, record_outputs=True, node_noise=base_noise)
+        f0 = per_sample_losses(base.evaluate(objective, model, cost), self.name)
         batch = f0.shape[0]
         signals: list[Tensor | None] = [None] * len(base.layers)
         probe_losses = torch.empty(q, dtype=torch.float64)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective, evaluate
+from unigrad.core.objective import Objective
 from unigrad.core.rng import ProbeNoise
 from unigrad.nn.perturbation import (
     LayerTaps,
@@ -107,8 +107,8 @@ class INP(Estimator):
         cost = Cost()
         q, sigma = self.probes, self.sigma
         # clean pass: per-sample losses L_b and each layer's input x_{l−1}
-        with LayerTaps(model, record_inputs=True) as clean:
-            f0 = per_sample_losses(evaluate(objective, model, cost), self.name)
+        clean = LayerTaps(model, record_inputs=True)
+        f0 = per_sample_losses(clean.evaluate(objective, model, cost), self.name)
         batch = f0.shape[0]
         n_layers = len(clean.layers)
         signals: list[Tensor | None] = [None] * n_layers

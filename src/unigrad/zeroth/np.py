@@ -11,7 +11,7 @@ from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError
 from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
-from unigrad.core.objective import Objective, evaluate
+from unigrad.core.objective import Objective
 from unigrad.core.rng import ProbeNoise
 from unigrad.nn.perturbation import (
     LayerTaps,
@@ -115,13 +115,13 @@ class NP(Estimator):
                 "all-reduce); spread the probes instead (data_parallel=False)"
             )
         # clean pass: per-sample losses L_b and each layer's input x_{l−1} (and output shapes, to regenerate ε)
-        with LayerTaps(model, record_inputs=True, record_outputs=ex is not None, layers=layers) as clean:
-            f0 = per_sample_losses(evaluate(objective, model, cost), self.name)
+        clean = LayerTaps(model, record_inputs=True, record_outputs=ex is not None, layers=layers)
+        f0 = per_sample_losses(clean.evaluate(objective, model, cost), self.name)
         batch = f0.shape[0]
         signals: list[Tensor | None] = [None] * len(clean.layers)
         probe_losses = torch.empty(q, dtype=torch.float64)
         mine = range(q) if ex is None else ex.local_probes(q)
-        local = torch.empty(batch, len(mine), dtype=torch.float64)
+        local = None if ex is None else torch.empty(batch, len(mine), dtype=torch.float64)
         # probe: h_l ← h_l + ε_{i,l} in every layer, per sample (the passes stacked into one batch where exact)
         noises = [gaussian_node_noise(self.noise, self.seed, self.step, i, sigma) for i in mine]
         groups = noisy_groups(model, objective, cost, f0, noises, "np", bytes_per_pass=pass_bytes(clean), layers=layers)
@@ -138,9 +138,9 @@ class NP(Estimator):
                 probe_losses[done : done + k] = f.double().mean(1)
                 self._measure(signals, f, f0, group.added)
             else:
-                local[:, done : done + k] = f.double().T
+                local[:, done : done + k] = f.double().T  # type: ignore[index]
             done += k
-        if ex is not None:  # every process gets every probe's per-sample losses and regenerates its noise
+        if local is not None:  # every process gets every probe's per-sample losses and regenerates its noise
             table = gather_losses(ex, local, q, cost)
             for i in range(q):
                 f = table[:, i].to(f0.dtype)
