@@ -10,7 +10,9 @@ activations, noise chunks, fix-up lists) of three training steps, against one in
 (b) MLP 784-2048-2048-10, batch 256: backprop + Adam / MeZO (memory-lean). Goal ≥ 3.
 
 Also the time of one MeZO step relative to 2q plain forwards (medians over repeats, same run),
-and the fraction of perturbed entries that needed a fix-up to restore θ bitwise. Both also for
+and the fraction of perturbed entries that needed a fix-up to restore θ bitwise, and two floors under any
+in-place step (:func:`floors`: the paper's inexact sequence with the noise already in memory, and generating the
+noise alone). Both also for
 ``perturb="forward"`` (θ never written, so nothing to restore: bitwise the same step), from the generator and
 from a table (for (b) a 4 MiB one, its largest weight read in row windows).
 
@@ -172,6 +174,50 @@ def timing(hidden: int, repeats: int, **options) -> dict[str, float]:
     return {"mezo_step_s": s, "two_forwards_s": f, "ratio": s / f}
 
 
+def floors(hidden: int, repeats: int) -> dict[str, float]:
+    """What any memory-lean (in-place) MeZO step costs at least, relative to its 2 plain forwards (medians, same
+    run). ``naive_in_place``: the paper's sequence θ+σz, θ−σz, θ, then θ − η·c·z, with the noise already in
+    memory (free) and no exact restore: four elementwise passes over the parameters. ``generator_noise``: only
+    drawing the d normals of z from a ``torch.Generator`` four times (three sweeps and the replayed update), as
+    the in-place step with ``noise_source="generator"`` must."""
+    model, obj = build(hidden)
+    params = [p for p in model.parameters()]
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    zs = [torch.randn(p.shape, generator=g, device=DEVICE) for p in params]
+    d = sum(p.numel() for p in params)
+
+    @torch.no_grad()
+    def naive() -> None:
+        losses = []
+        for scale in (1e-3, -2e-3, 1e-3):
+            for p, z in zip(params, zs, strict=True):
+                p.add_(z * scale)
+            if len(losses) < 2:
+                losses.append(float(obj(model).mean()))
+        c = (losses[0] - losses[1]) / 2e-3
+        for p, z in zip(params, zs, strict=True):
+            p.add_(z, alpha=-1e-9 * c)
+
+    def noise() -> None:
+        for _ in range(4):
+            torch.randn(d, generator=g, device=DEVICE)
+
+    def forwards() -> None:
+        with torch.no_grad():
+            for _ in range(2):
+                obj(model)
+
+    out: dict[str, float] = {}
+    for name, fn in (("naive_in_place", naive), ("generator_noise", noise)):
+        fn(), forwards()
+        a, b = [], []
+        for _ in range(repeats):
+            a.append(elapsed(fn))
+            b.append(elapsed(forwards))
+        out[name] = statistics.median(a) / statistics.median(b)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -263,6 +309,8 @@ def main() -> None:
         ),
     }
 
+    out["floors"] = {"a": floors(256, args.repeats), "b": floors(2048, max(3, args.repeats // 3))}
+
     print(
         f"P2 memory (peak tensor bytes on {out['device']} over {STEPS} steps, batch {BATCH}; "
         f"torch {torch.__version__}, {out['threads']} threads)"
@@ -282,6 +330,11 @@ def main() -> None:
         print(
             f"time {k}: mezo step {t['mezo_step_s'] * 1e3:.2f} ms, 2q forwards {t['two_forwards_s'] * 1e3:.2f} ms, "
             f"ratio {t['ratio']:.2f}"
+        )
+    for k, fl in out["floors"].items():
+        print(
+            f"floor ({k}) / 2q forwards: naive in place (inexact, free noise) {fl['naive_in_place']:.2f}, "
+            f"generator noise alone {fl['generator_noise']:.2f}"
         )
     if PROFILER_CUDA:
         out["cuda_profiler_peak_bytes_in_order"] = list(PROFILER_CUDA.values())
