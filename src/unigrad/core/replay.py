@@ -20,7 +20,7 @@ therefore bitwise equal to that ``.grad``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -84,3 +84,44 @@ class ReplayDirection:
                 g[start : start + piece.numel()] = piece
             out.append(g.view(p.shape))
         return out
+
+
+@dataclass(frozen=True)
+class StructuredDirection:
+    """``g = Σ_i coeffs[i]·u_i`` for structured directions ``u_i`` (low-rank, masked, …) that ``direction(k, p, i)``
+    regenerates from their keys; never stored densely, replayed tensor by tensor.
+
+    The structured estimators of :mod:`unigrad.zeroth._structured` return one with ``write_grad=False``;
+    :class:`~unigrad.optim.ReplaySGD` applies it as it applies a :class:`ReplayDirection`. Each parameter's
+    direction is formed whole (one tensor at a time), so the extra memory is that of the largest parameter.
+
+    Attributes:
+        direction: ``direction(k, p, i)``, the direction of probe ``i`` for parameter ``k`` (``p``), shaped like ``p``.
+        coeffs: the weight ``a_i`` of each probe.
+        params: the parameters the direction is for, by identity.
+    """
+
+    direction: Callable[[int, Tensor, int], Tensor] = field(repr=False)
+    coeffs: tuple[float, ...]
+    params: tuple[Tensor, ...] = field(repr=False)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the compressed form: the coefficients (the factors it reads belong to the estimator)."""
+        return 8 * len(self.coeffs)
+
+    def chunks(self, index: int) -> Iterator[tuple[int, Tensor]]:
+        """``(0, g)`` for parameter ``index``: its whole direction, flat, in its dtype and device."""
+        p = self.params[index]
+        g = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+        for i, a in enumerate(self.coeffs):
+            g.add_(self.direction(index, p, i).reshape(-1).to(p.dtype), alpha=a)
+        yield 0, g
+
+    def materialize(self) -> list[Tensor]:
+        """The dense direction, one tensor per parameter (for inspection and tests)."""
+        return [next(self.chunks(k))[1].view(p.shape) for k, p in enumerate(self.params)]
+
+
+Replayable = ReplayDirection | StructuredDirection
+"""A direction :class:`~unigrad.optim.ReplaySGD` can apply without a dense ``.grad``."""

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 
 from unigrad.core.errors import UnigradError, check_positive
-from unigrad.core.replay import ReplayDirection, flat_view
+from unigrad.core.replay import ReplayDirection, StructuredDirection, flat_view
 
 
 class ReplaySGD(torch.optim.Optimizer):
-    """Plain SGD with weight decay, ``θ ← θ − lr·(g + weight_decay·θ)``, for a :class:`ReplayDirection`.
+    """Plain SGD with weight decay, ``θ ← θ − lr·(g + weight_decay·θ)``, for a :class:`ReplayDirection` (or a
+    :class:`~unigrad.core.replay.StructuredDirection` of the structured estimators).
 
     Call ``optimizer.step(estimate.info["direction"])``. Parameters of the groups that the direction
     does not cover are left alone (as ``torch.optim`` skips parameters whose ``.grad`` is None).
@@ -45,9 +46,9 @@ class ReplaySGD(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay})
 
     @torch.no_grad()
-    def step(self, direction: ReplayDirection | None = None) -> None:  # type: ignore[override]
+    def step(self, direction: ReplayDirection | StructuredDirection | None = None) -> None:  # type: ignore[override]
         """Apply ``direction`` (the ``Estimate.info["direction"]`` of a ``write_grad=False`` estimate)."""
-        if not isinstance(direction, ReplayDirection):
+        if not isinstance(direction, ReplayDirection | StructuredDirection):
             raise UnigradError(
                 "ReplaySGD.step needs the compressed direction: optimizer.step(estimate.info['direction'])"
             )

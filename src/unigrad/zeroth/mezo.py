@@ -8,7 +8,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from unigrad.core.cost import Cost
 from unigrad.core.errors import UnigradError, check_choice
@@ -16,7 +15,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.exchange import ProbeExchange, check_exchange
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.precision import warn_if_sigma_too_small
-from unigrad.core.probe import reads_metadata
+from unigrad.core.reads import PerturbedReads
 from unigrad.core.replay import ReplayDirection, flat_view
 from unigrad.core.rng import CHUNK, ProbeNoise
 from unigrad.zeroth._probing import check_probes, gather_losses
@@ -289,36 +288,18 @@ class MeZO(Estimator):
         return new
 
 
-def _embedding_args(input: Tensor, weight: Tensor, padding_idx: Any = None, max_norm: Any = None, *_: Any, **__: Any):
-    return input, weight, max_norm
-
-
-class _InForward(TorchFunctionMode):
-    """Gives every torch function that reads one of ``params`` the perturbed value θ + scale·z_probe instead.
+class _InForward(PerturbedReads):
+    """Gives every torch function that reads one of ``params`` the perturbed value θ + scale·z_probe instead
+    (:class:`~unigrad.core.reads.PerturbedReads`).
 
     The value is computed when it is read and dropped after the call, with the in-place sweep's operations
     (``fl(θ + fl(z·scale))``), so the forward sees the very bits the in-place perturbation would write.
-    ``F.embedding`` perturbs only the rows it looks up (:meth:`~unigrad.core.rng.ProbeNoise.rows`); reading
-    metadata (shape, dtype, ...) sees θ itself.
+    ``F.embedding`` perturbs only the rows it looks up (:meth:`~unigrad.core.rng.ProbeNoise.rows`).
     """
 
     def __init__(self, mezo: MeZO, params: list[nn.Parameter], probe: int, scale: float) -> None:
-        super().__init__()
+        super().__init__(params, self._value, self._rows)
         self.mezo, self.probe, self.scale = mezo, probe, scale
-        self.index = {id(p): (k, p) for k, p in enumerate(params)}
-
-    def _find(self, a: Any) -> int | None:
-        hit = self.index.get(id(a)) if isinstance(a, Tensor) else None
-        return hit[0] if hit is not None and hit[1] is a else None
-
-    def _uses(self, a: Any) -> bool:
-        return self._find(a) is not None or (isinstance(a, (list, tuple)) and any(self._find(b) is not None for b in a))
-
-    def _swap(self, a: Any) -> Any:
-        if isinstance(a, (list, tuple)):
-            return type(a)(self._swap(b) for b in a)
-        k = self._find(a)
-        return a if k is None else self._value(k, a)
 
     def _key(self, k: int) -> tuple[int, int, int, int]:
         return self.mezo.seed, self.mezo.step, self.probe, k
@@ -331,14 +312,7 @@ class _InForward(TorchFunctionMode):
             torch.mul(z.to(p.dtype), self.scale, out=out[start : start + z.numel()])
         return out.add_(flat_view(p)).view(p.shape)
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if reads_metadata(func) or not any(self._uses(a) for a in (*args, *kwargs.values())):
-            return func(*args, **kwargs)
-        if func is F.embedding:
-            ids, weight, max_norm = _embedding_args(*args, **kwargs)
-            k = self._find(weight)
-            if k is not None and max_norm is None and weight.dim() == 2 and self._find(ids) is None:
-                z = self.mezo.noise.rows(*self._key(k), weight.shape, ids).to(weight.dtype)
-                return torch.mul(z, self.scale).add_(F.embedding(ids, weight))
-        return func(*self._swap(args), **{name: self._swap(v) for name, v in kwargs.items()})
+    def _rows(self, k: int, weight: Tensor, ids: Tensor) -> Tensor:
+        """The looked-up rows of θ + scale·z for embedding parameter ``k``."""
+        z = self.mezo.noise.rows(*self._key(k), weight.shape, ids).to(weight.dtype)
+        return torch.mul(z, self.scale).add_(F.embedding(ids, weight))

@@ -1,0 +1,150 @@
+"""Structured zeroth-order probes: directions other than plain noise, evaluated where the forward reads them.
+
+The modern zeroth-order methods keep MeZO's two-point estimate but change the direction it probes: a mask of the
+parameters (Sparse MeZO), a low-rank product per weight matrix (LOZO, SubZero), a diagonal preconditioner
+(HiZOO), batched one-sided probes with a step normalised by the spread of the losses (FZOO).
+:class:`StructuredZO` is their common skeleton, so that each method's file holds only what makes it
+different:
+
+    probe     f_{s,i} = f(θ + s·σ·u_i)            (s = ±1 central, s = +1 with f(θ) for "forward")
+    measure   c_i = (f_{+,i} − f_{−,i}) / (2σ)     or  (f_{+,i} − f(θ)) / σ
+    combine   g = Σ_i a_i·u_i,   a_i = c_i / q    (a subclass may reweight: :meth:`StructuredZO._weights`)
+
+``u_i`` for parameter ``k`` is :meth:`StructuredZO._direction` ``(k, p, i)``, regenerated from keys
+``(seed, step, probe, tensor)`` (and the method's lazily refreshed factors, themselves keyed) whenever it is
+needed: it is never stored. θ is never written: every torch function that reads a parameter gets
+``θ + fl(u·sσ)`` instead (:class:`~unigrad.core.reads.PerturbedReads`), so θ stays bitwise as it was and the
+extra memory of a probe is one perturbed tensor. With ``write_grad=True`` ``g`` is written into ``.grad`` for
+any ``torch.optim`` optimizer; with ``write_grad=False`` ``.grad`` is left alone and ``Estimate.info["direction"]``
+holds a :class:`~unigrad.core.replay.StructuredDirection` that :class:`~unigrad.optim.ReplaySGD` applies
+parameter by parameter (memory-lean: no ``d``-sized tensor beyond the largest parameter).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unigrad.core.cost import Cost
+from unigrad.core.errors import UnigradError, check_choice
+from unigrad.core.estimator import Estimate, Estimator
+from unigrad.core.objective import Objective, evaluate, reduce
+from unigrad.core.params import write_grad
+from unigrad.core.precision import warn_if_sigma_too_small
+from unigrad.core.reads import PerturbedReads
+from unigrad.core.replay import StructuredDirection
+from unigrad.zeroth._probing import check_probes
+
+SCHEMES = ("central", "forward")
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A boolean option, refused with a one-line error otherwise."""
+    if not isinstance(value, bool):
+        raise UnigradError(f"option {name} must be True or False, got {value!r}")
+    return value
+
+
+class StructuredZO(Estimator):
+    """Base class of the structured two-point estimators (module docs). Subclasses set ``name``, ``description``
+    and ``_options`` and implement :meth:`_direction`; they may override :meth:`_begin` (per-step state, before
+    probing), :meth:`_weights` (the combination) and :meth:`_end` (state updates after the step).
+
+    Args:
+        probes: number of directions q (≥ 1).
+        sigma: perturbation scale σ (> 0).
+        scheme: ``"central"`` (``2q`` forwards) or ``"forward"`` (``q + 1``: one-sided probes and ``f(θ)``).
+        write_grad: write ``g`` into ``.grad`` (True) or return it compressed (False).
+        seed: names the noise stream.
+    """
+
+    order = 0
+    needs_loss_at_theta = False
+    """Whether the step also evaluates ``f(θ)`` with the central scheme (HiZOO's curvature)."""
+
+    def __init__(
+        self, probes: int = 1, sigma: float = 1e-3, scheme: str = "central", write_grad: bool = True, seed: int = 0
+    ) -> None:
+        super().__init__(seed)
+        check_probes(probes, sigma)
+        check_choice("scheme", scheme, SCHEMES)
+        self.probes, self.sigma, self.scheme = probes, float(sigma), scheme
+        self.write_grad = check_flag("write_grad", write_grad)
+
+    # -- what a method defines ----------------------------------------------------------------
+    def _direction(self, step: int, k: int, p: Tensor, probe: int) -> Tensor:
+        """The direction ``u`` of ``probe`` at ``step`` for parameter ``k`` (``p``): shaped like ``p``, from keyed
+        noise (and state that :meth:`_begin` prepared for this step)."""
+        raise NotImplementedError
+
+    def _begin(self, params: list[tuple[str, nn.Parameter]]) -> None:
+        """Prepare this step's state (masks, factors, …) from ``params`` before any probe."""
+
+    def _weights(self, coeffs: Tensor, losses: Tensor, f0: float | None) -> Tensor:
+        """The weight ``a_i`` of each direction in ``g``: ``c_i / q`` (``losses``: the ``(signs, q)`` probe means)."""
+        return coeffs / self.probes
+
+    def _end(self, params: list[tuple[str, nn.Parameter]], losses: Tensor, f0: float | None) -> dict[str, Any]:
+        """Update state after the step; returns extra diagnostics for ``Estimate.info``."""
+        return {}
+
+    def state_bytes(self) -> int:
+        """Bytes of state the estimator holds between steps (factors, preconditioners, masks)."""
+        return 0
+
+    # -- the step --------------------------------------------------------------------------------
+    def _value(self, probe: int, scale: float):
+        def value(k: int, p: Tensor) -> Tensor:
+            return torch.add(p, self._direction(self.step, k, p, probe).to(p.dtype) * scale)
+
+        return value
+
+    @torch.no_grad()
+    def _loss(self, model: nn.Module, objective: Objective, cost: Cost, params: list[Tensor], probe: int, s: float):
+        with PerturbedReads(params, self._value(probe, s * self.sigma)):
+            return float(reduce(evaluate(objective, model, cost)))
+
+    @torch.no_grad()
+    def _estimate(self, model: nn.Module, objective: Objective, params: list[tuple[str, nn.Parameter]]) -> Estimate:
+        cost, q, sigma = Cost(), self.probes, self.sigma
+        if self.step == 0:
+            warn_if_sigma_too_small(params, sigma)
+        self._begin(params)
+        tensors = [p for _, p in params]
+        signs = (1.0, -1.0) if self.scheme == "central" else (1.0,)
+        # probe: f(θ + sσu_i), θ never written
+        f = torch.tensor(
+            [[self._loss(model, objective, cost, tensors, i, s) for i in range(q)] for s in signs], dtype=torch.float64
+        )
+        f0 = None
+        if self.scheme == "forward" or self.needs_loss_at_theta:
+            f0 = float(reduce(evaluate(objective, model, cost)))
+        # measure: finite differences along each direction
+        coeffs = (f[0] - f[1]) / (2 * sigma) if self.scheme == "central" else (f[0] - f0) / sigma
+        weights = self._weights(coeffs, f, f0)
+        a = [float(w) for w in weights]
+        info: dict[str, Any] = {"projected_gradients": coeffs.float(), "probe_losses": f.float()}
+        # combine: g = Σ a_i u_i (regenerated), written into .grad or returned compressed
+        if self.write_grad:
+            grads = []
+            for k, p in enumerate(tensors):
+                g = torch.zeros_like(p)
+                for i, w in enumerate(a):
+                    g.add_(self._direction(self.step, k, p, i).to(p.dtype), alpha=w)
+                grads.append(g)
+            write_grad(params, grads, owned=True)
+        else:
+            info["direction"] = StructuredDirection(self._frozen_direction(), tuple(a), tuple(tensors))
+        info.update(self._end(params, f, f0))
+        info["state_bytes"] = self.state_bytes()
+        loss = f0 if f0 is not None else float(f.mean())
+        return Estimate(loss=loss, cost=cost, loss_is_probe_mean=f0 is None, info=info)
+
+    def _frozen_direction(self) -> Callable[[int, Tensor, int], Tensor]:
+        """This step's ``direction(k, p, i)``, for the compressed direction (applied after the step counter moved
+        on). A subclass whose :meth:`_end` changes the state its directions read binds a copy of that state."""
+        return functools.partial(self._direction, self.step)
