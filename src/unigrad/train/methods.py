@@ -105,6 +105,11 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "cge": ("adam", 1e-3, {"block": 256}),
     "es": ("adam", 3e-3, {"probes": 16, "sigma": 0.02}),
     "mezo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
+    "sparse-mezo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
+    "hizoo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
+    "lozo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
+    "subzero": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
+    "fzoo": ("sgd", 1e-2, {"probes": 8, "sigma": 1e-3}),  # a normalised step: its length is the learning rate
     "np": ("adam", 1e-3, {"probes": 4, "sigma": 1e-3}),
     "anp": ("adam", 1e-3, {"probes": 4, "sigma": 1e-3}),
     "inp": ("adam", 1e-3, {"probes": 1, "sigma": 1e-3}),

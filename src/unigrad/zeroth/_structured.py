@@ -130,19 +130,24 @@ class StructuredZO(Estimator):
         info: dict[str, Any] = {"projected_gradients": coeffs.float(), "probe_losses": f.float()}
         # combine: g = Σ a_i u_i (regenerated), written into .grad or returned compressed
         if self.write_grad:
-            grads = []
-            for k, p in enumerate(tensors):
-                g = torch.zeros_like(p)
-                for i, w in enumerate(a):
-                    g.add_(self._direction(self.step, k, p, i).to(p.dtype), alpha=w)
-                grads.append(g)
-            write_grad(params, grads, owned=True)
+            write_grad(params, [self._combined(k, p, a) for k, p in enumerate(tensors)], owned=True)
         else:
-            info["direction"] = StructuredDirection(self._frozen_direction(), tuple(a), tuple(tensors))
+            info["direction"] = self._compressed(a, tensors)
         info.update(self._end(params, f, f0))
         info["state_bytes"] = self.state_bytes()
         loss = f0 if f0 is not None else float(f.mean())
         return Estimate(loss=loss, cost=cost, loss_is_probe_mean=f0 is None, info=info)
+
+    def _combined(self, k: int, p: Tensor, weights: list[float]) -> Tensor:
+        """The direction ``g`` for parameter ``k``: ``Σ_i a_i·u_i``, regenerating each ``u_i``."""
+        g = torch.zeros_like(p)
+        for i, w in enumerate(weights):
+            g.add_(self._direction(self.step, k, p, i).to(p.dtype), alpha=w)
+        return g
+
+    def _compressed(self, weights: list[float], tensors: list[Tensor]) -> StructuredDirection:
+        """``g`` as a :class:`~unigrad.core.replay.StructuredDirection` (``write_grad=False``)."""
+        return StructuredDirection(self._frozen_direction(), tuple(weights), tuple(tensors))
 
     def _frozen_direction(self) -> Callable[[int, Tensor, int], Tensor]:
         """This step's ``direction(k, p, i)``, for the compressed direction (applied after the step counter moved
