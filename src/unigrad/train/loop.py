@@ -12,6 +12,7 @@ checkpoints, diagnostics, a probe exchange, decorrelation, a progress bar). One 
     │ a non-finite estimate.loss raises NonFiniteLossError                                         │
     │ hook.after_estimate(loop, batch, estimate)    # .grad written, parameters not stepped yet   │
     │ masters.grads_in(); optimizer.step(); masters.weights_out()                                  │
+    │   (step(closure) for an optimizer with needs_closure: its batch losses count as forwards)     │
     │ hook.after_update(loop, batch)                # parameters stepped                          │
     └────────────────────────────────────────────────────────────────────────────────────────────┘
     hook.after_step(loop, record)        # may change record.seconds / record.forward_equivalents
@@ -68,7 +69,7 @@ from torch import Tensor, nn
 
 from unigrad.core.errors import NonFiniteLossError, UnigradError
 from unigrad.core.estimator import Estimate, Estimator
-from unigrad.core.objective import Objective
+from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.optim.replay_sgd import ReplaySGD
 from unigrad.train.state import MasterWeights
 
@@ -210,6 +211,11 @@ class TrainingLoop:
     ) -> None:
         if evaluate is not None and schedule is None:
             raise UnigradError("a training loop that evaluates needs a schedule")
+        if masters is not None and getattr(optimizer, "needs_closure", False):
+            raise UnigradError(
+                f"optimizer {type(optimizer).__name__} evaluates the model between its moves, which a half-precision "
+                f"model with float32 masters does not see; train in float32"
+            )
         self.model, self.estimator, self.optimizer, self.masters = model, estimator, optimizer, masters
         self.batches, self.evaluate, self.schedule, self.hooks = batches, evaluate, schedule, list(hooks)
         self._spent, self.describe, self.set_to_none = spent, describe, set_to_none
@@ -294,6 +300,8 @@ class TrainingLoop:
                 self.masters.grads_in()
             if isinstance(self.optimizer, ReplaySGD):  # memory-lean MeZO-SGD: no .grad, the compressed direction
                 self.optimizer.step(estimate.info.get("direction"))
+            elif getattr(self.optimizer, "needs_closure", False):  # it evaluates the batch loss: counted as forwards
+                self.optimizer.step(self._closure(batch, estimate))
             else:
                 self.optimizer.step()
             if self.masters is not None:
@@ -305,6 +313,16 @@ class TrainingLoop:
             return None
         took = time.perf_counter() - t0 - self.excluded
         return StepRecord(batch, estimate, took, estimate.cost.forward_equivalents)
+
+    def _closure(self, batch: Batch, estimate: Any) -> Callable[[], float]:
+        """The batch's mean loss at the current parameters, for an optimizer that evaluates it (``needs_closure``);
+        each call's forward samples are added to the step's cost."""
+
+        def closure() -> float:
+            with torch.no_grad():
+                return float(reduce(evaluate(batch.objective, self.model, estimate.cost)))
+
+        return closure
 
     def _call(self, point: str, *args: Any) -> None:
         for hook in self.hooks:

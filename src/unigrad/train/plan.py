@@ -20,7 +20,7 @@ from unigrad.core.errors import UnigradError, check_finite_options, check_positi
 from unigrad.core.estimator import Estimator
 from unigrad.core.options import check_number
 from unigrad.data.tasks import Task, get_task
-from unigrad.optim.replay_sgd import ReplaySGD
+from unigrad.optim import ConserveSGD, ReplaySGD, SignSGD
 from unigrad.registry import make_estimator
 
 BUDGET_KINDS = ("epochs", "steps", "forwards", "seconds")
@@ -31,6 +31,8 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adamw": torch.optim.AdamW,
     "rmsprop": torch.optim.RMSprop,
     "replay-sgd": ReplaySGD,  # memory-lean MeZO-SGD: steps mezo:write_grad=false's compressed direction
+    "sign-sgd": SignSGD,  # ZO-SGD-Sign (ZO-Bench): a step of lr along the sign of each coordinate
+    "conserve-sgd": ConserveSGD,  # ZO-SGD-Conserve (ZO-Bench): keep θ, θ − lr·g or θ + lr·g, whichever is lowest
 }
 
 DTYPES: dict[str, torch.dtype] = {
