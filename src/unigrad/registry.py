@@ -39,6 +39,7 @@ ESTIMATORS: dict[str, str] = {
     "lozo": "unigrad.zeroth.lozo:LOZO",
     "subzero": "unigrad.zeroth.subzero:SubZero",
     "fzoo": "unigrad.zeroth.fzoo:FZOO",
+    "eggroll": "unigrad.zeroth.eggroll:EGGROLL",
     "np": "unigrad.zeroth.np:NP",
     "anp": "unigrad.zeroth.anp:ANP",
     "inp": "unigrad.zeroth.inp:INP",

@@ -73,6 +73,15 @@ class Supervised:
     def __call__(self, model: nn.Module) -> Tensor:
         return self.score(model(self.inputs))
 
+    def score_copies(self, outputs: Tensor, copies: int) -> Tensor:
+        """Per-sample losses of ``outputs`` for ``copies`` stacked copies of the batch (as :meth:`repeat` would score
+        them, without repeating the inputs)."""
+        targets = self.targets.repeat(copies, *([1] * (self.targets.dim() - 1)))
+        losses = check_losses(self.loss_fn(outputs, targets), "the loss function", elementwise=True)
+        if losses.dim() > 1:
+            losses = losses.reshape(losses.shape[0], -1).mean(dim=1)
+        return losses
+
     def score(self, outputs: Tensor) -> Tensor:
         """Per-sample losses of ``outputs`` against this batch's targets (also used by local heads)."""
         losses = check_losses(self.loss_fn(outputs, self.targets), "the loss function", elementwise=True)

@@ -104,6 +104,7 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "spsa": ("adam", 1e-3, {"probes": 16, "sigma": 1e-3}),
     "cge": ("adam", 1e-3, {"block": 256}),
     "es": ("adam", 3e-3, {"probes": 16, "sigma": 0.02}),
+    "eggroll": ("adam", 3e-3, {"probes": 16, "sigma": 0.02}),
     "mezo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
     "sparse-mezo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
     "hizoo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
