@@ -40,6 +40,7 @@ ESTIMATORS: dict[str, str] = {
     "subzero": "unigrad.zeroth.subzero:SubZero",
     "fzoo": "unigrad.zeroth.fzoo:FZOO",
     "eggroll": "unigrad.zeroth.eggroll:EGGROLL",
+    "mezo-svrg": "unigrad.zeroth.mezo_svrg:MeZOSVRG",
     "np": "unigrad.zeroth.np:NP",
     "anp": "unigrad.zeroth.anp:ANP",
     "inp": "unigrad.zeroth.inp:INP",

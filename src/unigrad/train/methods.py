@@ -110,6 +110,7 @@ DEFAULTS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "hizoo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
     "lozo": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
     "subzero": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
+    "mezo-svrg": ("adam", 1e-3, {"probes": 8, "sigma": 1e-3}),
     "fzoo": ("sgd", 1e-2, {"probes": 8, "sigma": 1e-3}),  # a normalised step: its length is the learning rate
     "np": ("adam", 1e-3, {"probes": 4, "sigma": 1e-3}),
     "anp": ("adam", 1e-3, {"probes": 4, "sigma": 1e-3}),

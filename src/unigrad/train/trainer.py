@@ -423,6 +423,8 @@ def train(
     initial = [p.detach().clone() for _, p in trainable(model)] if "drift" in names else None
 
     order = DataOrder(data, plan.task.loss_fn, seed, batch_size, exchange)
+    if getattr(estimator, "wants_anchor_data", False):  # variance reduction against a large anchor batch
+        estimator.set_anchor_data(data.x_train, data.y_train, plan.task.loss_fn)
     run = _Concerns.make(plan, order, initial, masters, exchange, exchange_check_every, checkpoint, lead)
     quiet = not progress or not lead or not sys.stderr.isatty()
     hooks = train_hooks(
