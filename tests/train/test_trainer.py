@@ -126,7 +126,8 @@ def test_optimizers_by_name():
     model = torch.nn.Linear(2, 2)
     for name, cls in [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]:
         assert isinstance(make_optimizer(name, model.parameters(), 0.1), cls)
-    with pytest.raises(UnigradError, match="adam, adamw, conserve-sgd, replay-sgd, rmsprop, sgd, sign-sgd"):
+    valid = "adam, adamw, conserve-sgd, replay-sgd, rmsprop, sgd, sgd-momentum, sign-sgd"
+    with pytest.raises(UnigradError, match=valid):
         make_optimizer("lbfgs-ish", model.parameters(), 0.1)
     with pytest.raises(UnigradError, match="lr"):
         make_optimizer("adam", model.parameters(), 0.0)

@@ -93,8 +93,9 @@ def add_train_parsers(sub: Any) -> None:
     t.add_argument(
         "--optimizer",
         default=None,
-        help="sgd, adam, adamw, rmsprop or replay-sgd (memory-lean MeZO-SGD with mezo:write_grad=false; default: the "
-        "method's)",
+        help="sgd, sgd-momentum, adam, adamw, rmsprop, sign-sgd, conserve-sgd (ZO-Bench's momentum, sign and "
+        "conservative rules) or "
+        "replay-sgd (memory-lean MeZO-SGD with mezo:write_grad=false; default: the method's)",
     )
     t.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: the method's)")
     budget = t.add_mutually_exclusive_group()

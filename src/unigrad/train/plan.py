@@ -25,8 +25,18 @@ from unigrad.registry import make_estimator
 
 BUDGET_KINDS = ("epochs", "steps", "forwards", "seconds")
 
+
+class SGDMomentum(torch.optim.SGD):
+    """``torch.optim.SGD`` with heavy-ball momentum 0.9 by default: with a zeroth-order estimator, ZO-Bench's
+    ZO-SGD-MMT (``b ← 0.9·b + g``, ``θ ← θ − lr·b``)."""
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, momentum: float = 0.9, **options: Any) -> None:
+        super().__init__(params, lr=lr, momentum=momentum, **options)
+
+
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
+    "sgd-momentum": SGDMomentum,  # ZO-SGD-MMT (ZO-Bench) with a zeroth-order estimator
     "adam": torch.optim.Adam,
     "adamw": torch.optim.AdamW,
     "rmsprop": torch.optim.RMSprop,
