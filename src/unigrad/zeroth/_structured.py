@@ -14,7 +14,9 @@ different:
 ``(seed, step, probe, tensor)`` (and the method's lazily refreshed factors, themselves keyed) whenever it is
 needed: it is never stored. θ is never written: every torch function that reads a parameter gets
 ``θ + fl(u·sσ)`` instead (:class:`~unigrad.core.reads.PerturbedReads`), so θ stays bitwise as it was and the
-extra memory of a probe is one perturbed tensor. With ``write_grad=True`` ``g`` is written into ``.grad`` for
+extra memory of a probe is one perturbed tensor; or, for small models (``perturb``), the directions of all
+probes are formed and evaluated through the batched probe path of :mod:`unigrad.core.probe`, which never
+writes θ either. With ``write_grad=True`` ``g`` is written into ``.grad`` for
 any ``torch.optim`` optimizer; with ``write_grad=False`` ``.grad`` is left alone and ``Estimate.info["direction"]``
 holds a :class:`~unigrad.core.replay.StructuredDirection` that :class:`~unigrad.optim.ReplaySGD` applies
 parameter by parameter (memory-lean: no ``d``-sized tensor beyond the largest parameter).
@@ -35,11 +37,15 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.objective import Objective, evaluate, reduce
 from unigrad.core.params import write_grad
 from unigrad.core.precision import warn_if_sigma_too_small
+from unigrad.core.probe import perturbed_losses, probe_means
 from unigrad.core.reads import PerturbedReads
 from unigrad.core.replay import StructuredDirection
 from unigrad.zeroth._probing import check_probes
 
 SCHEMES = ("central", "forward")
+PERTURB = ("auto", "forward", "dense")
+DENSE_LIMIT = 1 << 22
+"""``perturb="auto"`` forms the directions densely when the ``q`` probes hold at most this many entries together."""
 
 
 def check_flag(name: str, value: Any) -> bool:
@@ -60,6 +66,11 @@ class StructuredZO(Estimator):
         scheme: ``"central"`` (``2q`` forwards) or ``"forward"`` (``q + 1``: one-sided probes and ``f(θ)``).
         write_grad: write ``g`` into ``.grad`` (True) or return it compressed (False).
         seed: names the noise stream.
+        perturb: ``"forward"`` (perturb each parameter where the forward reads it: θ never written, one perturbed
+            tensor at a time, memory-lean), ``"dense"`` (form the ``q`` directions of every tensor and evaluate
+            them through the batched probe path, :func:`~unigrad.core.probe.perturbed_losses`, with its linear
+            fast path: faster on small models, ``q·d`` more floats) or ``"auto"`` (dense when the ``q``
+            directions hold at most :data:`DENSE_LIMIT` entries, 16 MiB of float32, else forward).
     """
 
     order = 0
@@ -67,12 +78,19 @@ class StructuredZO(Estimator):
     """Whether the step also evaluates ``f(θ)`` with the central scheme (HiZOO's curvature)."""
 
     def __init__(
-        self, probes: int = 1, sigma: float = 1e-3, scheme: str = "central", write_grad: bool = True, seed: int = 0
+        self,
+        probes: int = 1,
+        sigma: float = 1e-3,
+        scheme: str = "central",
+        write_grad: bool = True,
+        seed: int = 0,
+        perturb: str = "auto",
     ) -> None:
         super().__init__(seed)
         check_probes(probes, sigma)
         check_choice("scheme", scheme, SCHEMES)
-        self.probes, self.sigma, self.scheme = probes, float(sigma), scheme
+        check_choice("perturb", perturb, PERTURB)
+        self.probes, self.sigma, self.scheme, self.perturb = probes, float(sigma), scheme, perturb
         self.write_grad = check_flag("write_grad", write_grad)
 
     # -- what a method defines ----------------------------------------------------------------
@@ -117,9 +135,19 @@ class StructuredZO(Estimator):
         tensors = [p for _, p in params]
         signs = (1.0, -1.0) if self.scheme == "central" else (1.0,)
         # probe: f(θ + sσu_i), θ never written
-        f = torch.tensor(
-            [[self._loss(model, objective, cost, tensors, i, s) for i in range(q)] for s in signs], dtype=torch.float64
+        dense = self.perturb == "dense" or (
+            self.perturb == "auto" and q * sum(p.numel() for p in tensors) <= DENSE_LIMIT
         )
+        if dense:  # the directions of every probe at once, through the batched probe path
+            dirs = [torch.stack([self._direction(self.step, k, p, i) for i in range(q)]) for k, p in enumerate(tensors)]
+            scales = torch.tensor([s * sigma for s in signs], dtype=tensors[0].dtype, device=tensors[0].device)
+            losses = perturbed_losses(model, objective, [p.detach() for p in tensors], dirs, scales, cost)
+            f = probe_means(losses, probe_dims=2).double().reshape(len(signs), q)
+        else:
+            f = torch.tensor(
+                [[self._loss(model, objective, cost, tensors, i, s) for i in range(q)] for s in signs],
+                dtype=torch.float64,
+            )
         f0 = None
         if self.scheme == "forward" or self.needs_loss_at_theta:
             f0 = float(reduce(evaluate(objective, model, cost)))

@@ -38,6 +38,10 @@ class FZOO(StructuredZO):
         write_grad: write ``g`` into ``.grad`` (True) or return it compressed for
             :class:`~unigrad.optim.ReplaySGD` (False) (default: True).
         seed: names the noise stream (default: 0).
+        perturb: ``"forward"`` (θ read perturbed where the forward uses it: memory-lean), ``"dense"`` (the
+            directions formed and evaluated through the batched probe path: faster on small models) or
+            ``"auto"`` (dense up to 2²² direction entries); see :mod:`unigrad.zeroth._structured`
+            (default: ``"auto"``).
 
     References:
         "FZOO: Fast Zeroth-Order Optimizer for Fine-Tuning Large Language Models towards Adam-Scale Speed",
@@ -46,7 +50,7 @@ class FZOO(StructuredZO):
 
     name = "fzoo"
     description = "FZOO: one-sided Rademacher probes, step normalised by the losses' spread (arXiv 2506.09034)"
-    _options = ("probes", "sigma", "normalize", "noise_source", "write_grad")
+    _options = ("probes", "sigma", "normalize", "noise_source", "write_grad", "perturb")
 
     def __init__(
         self,
@@ -56,8 +60,9 @@ class FZOO(StructuredZO):
         noise_source: str = "generator",
         write_grad: bool = True,
         seed: int = 0,
+        perturb: str = "auto",
     ) -> None:
-        super().__init__(probes, sigma, "forward", write_grad, seed)
+        super().__init__(probes, sigma, "forward", write_grad, seed, perturb)
         self.normalize = check_flag("normalize", normalize)
         self.noise_source = noise_source
         self.noise = ProbeNoise("rademacher", noise_source)

@@ -43,6 +43,10 @@ class HiZOO(StructuredZO):
         write_grad: write ``g`` into ``.grad`` (True) or return it compressed for
             :class:`~unigrad.optim.ReplaySGD` (False) (default: True).
         seed: names the noise stream (default: 0).
+        perturb: ``"forward"`` (θ read perturbed where the forward uses it: memory-lean), ``"dense"`` (the
+            directions formed and evaluated through the batched probe path: faster on small models) or
+            ``"auto"`` (dense up to 2²² direction entries); see :mod:`unigrad.zeroth._structured`
+            (default: ``"auto"``).
 
     References:
         "Second-Order Fine-Tuning without Pain for LLMs: A Hessian Informed Zeroth-Order Optimizer" (HiZOO),
@@ -51,7 +55,7 @@ class HiZOO(StructuredZO):
 
     name = "hizoo"
     description = "HiZOO: probes preconditioned by a diagonal Hessian from the same probes + f(θ) (arXiv 2402.15173)"
-    _options = ("probes", "sigma", "hessian_smooth", "noise_source", "write_grad")
+    _options = ("probes", "sigma", "hessian_smooth", "noise_source", "write_grad", "perturb")
     needs_loss_at_theta = True
 
     def __init__(
@@ -62,8 +66,9 @@ class HiZOO(StructuredZO):
         noise_source: str = "generator",
         write_grad: bool = True,
         seed: int = 0,
+        perturb: str = "auto",
     ) -> None:
-        super().__init__(probes, sigma, "central", write_grad, seed)
+        super().__init__(probes, sigma, "central", write_grad, seed, perturb)
         a = hessian_smooth
         if isinstance(a, bool) or not isinstance(a, int | float) or not 0 <= a <= 1:
             raise UnigradError(f"option hessian_smooth must be a number in [0, 1], got {hessian_smooth!r}")

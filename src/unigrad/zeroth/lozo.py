@@ -59,6 +59,10 @@ class LOZO(StructuredZO):
         write_grad: write ``g`` into ``.grad`` (True) or return it compressed for
             :class:`~unigrad.optim.ReplaySGD` (False) (default: True).
         seed: names the noise streams (default: 0).
+        perturb: ``"forward"`` (θ read perturbed where the forward uses it: memory-lean), ``"dense"`` (the
+            directions formed and evaluated through the batched probe path: faster on small models) or
+            ``"auto"`` (dense up to 2²² direction entries); see :mod:`unigrad.zeroth._structured`
+            (default: ``"auto"``).
 
     References:
         "Enhancing Zeroth-order Fine-tuning for Language Models with Low-rank Structures" (LOZO, LOZO-M),
@@ -67,7 +71,7 @@ class LOZO(StructuredZO):
 
     name = "lozo"
     description = "LOZO: low-rank perturbations U·Vᵀ with a lazily refreshed V; LOZO-M momentum (arXiv 2410.07698)"
-    _options = ("probes", "sigma", "rank", "lazy", "momentum", "noise_source", "write_grad")
+    _options = ("probes", "sigma", "rank", "lazy", "momentum", "noise_source", "write_grad", "perturb")
 
     def __init__(
         self,
@@ -79,8 +83,9 @@ class LOZO(StructuredZO):
         noise_source: str = "generator",
         write_grad: bool = True,
         seed: int = 0,
+        perturb: str = "auto",
     ) -> None:
-        super().__init__(probes, sigma, "central", write_grad, seed)
+        super().__init__(probes, sigma, "central", write_grad, seed, perturb)
         check_positive("rank", rank, integer=True)
         check_positive("lazy", lazy, integer=True)
         if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:

@@ -41,6 +41,10 @@ class SparseMeZO(StructuredZO):
         write_grad: write ``g`` into ``.grad`` (True) or return it compressed for
             :class:`~unigrad.optim.ReplaySGD` (False) (default: True).
         seed: names the noise stream; the noise of tensor k in probe i is keyed by (seed, step, i, k) (default: 0).
+        perturb: ``"forward"`` (θ read perturbed where the forward uses it: memory-lean), ``"dense"`` (the
+            directions formed and evaluated through the batched probe path: faster on small models) or
+            ``"auto"`` (dense up to 2²² direction entries); see :mod:`unigrad.zeroth._structured`
+            (default: ``"auto"``).
 
     References:
         "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM Fine-Tuning",
@@ -50,7 +54,7 @@ class SparseMeZO(StructuredZO):
 
     name = "sparse-mezo"
     description = "MeZO on a mask of the small-magnitude parameters (Sparse MeZO, arXiv 2402.15751)"
-    _options = ("probes", "sigma", "sparsity", "noise_source", "write_grad")
+    _options = ("probes", "sigma", "sparsity", "noise_source", "write_grad", "perturb")
 
     def __init__(
         self,
@@ -60,8 +64,9 @@ class SparseMeZO(StructuredZO):
         noise_source: str = "generator",
         write_grad: bool = True,
         seed: int = 0,
+        perturb: str = "auto",
     ) -> None:
-        super().__init__(probes, sigma, "central", write_grad, seed)
+        super().__init__(probes, sigma, "central", write_grad, seed, perturb)
         if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
             raise UnigradError(f"option sparsity must be a number in [0, 1), got {sparsity!r}")
         self.sparsity, self.noise_source = float(sparsity), noise_source

@@ -45,6 +45,10 @@ class SubZero(StructuredZO):
         write_grad: write ``g`` into ``.grad`` (True) or return it compressed for
             :class:`~unigrad.optim.ReplaySGD` (False) (default: True).
         seed: names the noise streams (default: 0).
+        perturb: ``"forward"`` (θ read perturbed where the forward uses it: memory-lean), ``"dense"`` (the
+            directions formed and evaluated through the batched probe path: faster on small models) or
+            ``"auto"`` (dense up to 2²² direction entries); see :mod:`unigrad.zeroth._structured`
+            (default: ``"auto"``).
 
     References:
         "SubZero: Random Subspace Zeroth-Order Optimization for Memory-Efficient LLM Fine-Tuning",
@@ -53,7 +57,7 @@ class SubZero(StructuredZO):
 
     name = "subzero"
     description = "SubZero: perturbations P·Z·Qᵀ in random subspaces refreshed every T steps (arXiv 2410.08989)"
-    _options = ("probes", "sigma", "rank", "refresh", "noise_source", "write_grad")
+    _options = ("probes", "sigma", "rank", "refresh", "noise_source", "write_grad", "perturb")
 
     def __init__(
         self,
@@ -64,8 +68,9 @@ class SubZero(StructuredZO):
         noise_source: str = "generator",
         write_grad: bool = True,
         seed: int = 0,
+        perturb: str = "auto",
     ) -> None:
-        super().__init__(probes, sigma, "central", write_grad, seed)
+        super().__init__(probes, sigma, "central", write_grad, seed, perturb)
         check_positive("rank", rank, integer=True)
         check_positive("refresh", refresh, integer=True)
         self.rank, self.refresh, self.noise_source = rank, refresh, noise_source
