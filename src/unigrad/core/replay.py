@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from unigrad.core.errors import UnigradError
-from unigrad.core.rng import ProbeNoise
+from unigrad.core.rng import SPAN, ProbeNoise
 
 
 def flat_view(p: Tensor) -> Tensor:
@@ -104,6 +104,9 @@ class StructuredDirection:
     direction: Callable[[int, Tensor, int], Tensor] = field(repr=False)
     coeffs: tuple[float, ...]
     params: tuple[Tensor, ...] = field(repr=False)
+    rows: Callable[[int, Tensor, int, Tensor], Tensor | None] | None = field(default=None, repr=False)
+    """``rows(k, p, i, ids)``: the rows ``ids`` of a 2-d parameter's direction without forming the rest, or
+    ``None`` where the method cannot (then, and without ``rows``, a parameter is replayed whole)."""
 
     @property
     def nbytes(self) -> int:
@@ -111,8 +114,21 @@ class StructuredDirection:
         return 8 * len(self.coeffs)
 
     def chunks(self, index: int) -> Iterator[tuple[int, Tensor]]:
-        """``(0, g)`` for parameter ``index``: its whole direction, flat, in its dtype and device."""
+        """``(start, g[start:start+n])`` for parameter ``index``, flat, in its dtype and device: in blocks of rows
+        of at most :data:`~unigrad.core.rng.SPAN` entries for a large 2-d parameter whose rows can be drawn alone
+        (``rows``), else the whole direction at once."""
         p = self.params[index]
+        rows = self.rows
+        if rows is not None and p.dim() == 2 and p.numel() > SPAN and self.coeffs:
+            if rows(index, p, 0, torch.zeros(1, dtype=torch.long, device=p.device)) is not None:
+                block = max(1, SPAN // p.shape[1])
+                for lo in range(0, p.shape[0], block):
+                    ids = torch.arange(lo, min(p.shape[0], lo + block), device=p.device)
+                    g = torch.zeros(ids.numel(), p.shape[1], dtype=p.dtype, device=p.device)
+                    for i, a in enumerate(self.coeffs):
+                        g.add_(rows(index, p, i, ids).to(p.dtype), alpha=a)  # type: ignore[union-attr]
+                    yield lo * p.shape[1], g.view(-1)
+                return
         g = torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
         for i, a in enumerate(self.coeffs):
             g.add_(self.direction(index, p, i).reshape(-1).to(p.dtype), alpha=a)
@@ -120,7 +136,13 @@ class StructuredDirection:
 
     def materialize(self) -> list[Tensor]:
         """The dense direction, one tensor per parameter (for inspection and tests)."""
-        return [next(self.chunks(k))[1].view(p.shape) for k, p in enumerate(self.params)]
+        out = []
+        for k, p in enumerate(self.params):
+            g = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
+            for start, piece in self.chunks(k):
+                g[start : start + piece.numel()] = piece
+            out.append(g.view(p.shape))
+        return out
 
 
 Replayable = ReplayDirection | StructuredDirection

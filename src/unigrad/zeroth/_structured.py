@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.cost import Cost
@@ -115,15 +116,32 @@ class StructuredZO(Estimator):
         return 0
 
     # -- the step --------------------------------------------------------------------------------
+    def _rows(self, step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor | None:
+        """``u[ids]`` for a 2-d parameter ``k`` looked up as an embedding, drawing only those rows; ``None`` (the
+        default): the lookup perturbs the whole matrix."""
+        return None
+
     def _value(self, probe: int, scale: float):
         def value(k: int, p: Tensor) -> Tensor:
             return torch.add(p, self._direction(self.step, k, p, probe).to(p.dtype) * scale)
 
         return value
 
+    def _looked_up(self, probe: int, scale: float):
+        value = self._value(probe, scale)
+
+        def rows(k: int, weight: Tensor, ids: Tensor) -> Tensor:
+            u = self._rows(self.step, k, weight, probe, ids)
+            if u is None:
+                return F.embedding(ids, value(k, weight))
+            return torch.add(F.embedding(ids, weight), u.to(weight.dtype) * scale)
+
+        return rows
+
     @torch.no_grad()
     def _loss(self, model: nn.Module, objective: Objective, cost: Cost, params: list[Tensor], probe: int, s: float):
-        with PerturbedReads(params, self._value(probe, s * self.sigma)):
+        scale = s * self.sigma
+        with PerturbedReads(params, self._value(probe, scale), self._looked_up(probe, scale)):
             return float(reduce(evaluate(objective, model, cost)))
 
     @torch.no_grad()
@@ -175,9 +193,14 @@ class StructuredZO(Estimator):
 
     def _compressed(self, weights: list[float], tensors: list[Tensor]) -> StructuredDirection:
         """``g`` as a :class:`~unigrad.core.replay.StructuredDirection` (``write_grad=False``)."""
-        return StructuredDirection(self._frozen_direction(), tuple(weights), tuple(tensors))
+        return StructuredDirection(self._frozen_direction(), tuple(weights), tuple(tensors), self._frozen_rows())
 
     def _frozen_direction(self) -> Callable[[int, Tensor, int], Tensor]:
         """This step's ``direction(k, p, i)``, for the compressed direction (applied after the step counter moved
         on). A subclass whose :meth:`_end` changes the state its directions read binds a copy of that state."""
         return functools.partial(self._direction, self.step)
+
+    def _frozen_rows(self) -> Callable[[int, Tensor, int, Tensor], Tensor | None]:
+        """This step's ``rows(k, p, i, ids)`` (:meth:`_rows`), for the compressed direction; as
+        :meth:`_frozen_direction`."""
+        return functools.partial(self._rows, self.step)

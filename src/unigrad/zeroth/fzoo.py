@@ -70,6 +70,9 @@ class FZOO(StructuredZO):
     def _direction(self, step: int, k: int, p: Tensor, probe: int) -> Tensor:
         return self.noise.raw(self.seed, step, probe, k, p.shape, p.dtype, p.device)
 
+    def _rows(self, step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor:
+        return self.noise.rows(self.seed, step, probe, k, p.shape, ids).to(p.dtype)
+
     def _weights(self, coeffs: Tensor, losses: Tensor, f0: float | None) -> Tensor:
         """``(l_i − l_0)/(N·s)`` (``coeffs`` are ``(l_i − l_0)/ε``), or ``coeffs / N`` unnormalised."""
         if not self.normalize:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError
@@ -110,6 +111,17 @@ class HiZOO(StructuredZO):
     def _frozen_direction(self) -> Callable[[int, Tensor, int], Tensor]:
         hessian, step = list(self.hessian), self.step
         return lambda k, p, i: self._scaled(hessian, step, k, p, i)
+
+    def _scaled_rows(self, hessian: list[Tensor], step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor:
+        z = self.noise.rows(self.seed, step, probe, k, p.shape, ids).to(p.dtype)
+        return z / F.embedding(ids, hessian[k]).sqrt()
+
+    def _rows(self, step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor:
+        return self._scaled_rows(self.hessian, step, k, p, probe, ids)
+
+    def _frozen_rows(self) -> Callable[[int, Tensor, int, Tensor], Tensor]:
+        hessian, step = list(self.hessian), self.step
+        return lambda k, p, i, ids: self._scaled_rows(hessian, step, k, p, i, ids)
 
     def state_bytes(self) -> int:
         return sum(h.nbytes for h in self.hessian)

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive
@@ -114,6 +115,12 @@ class LOZO(StructuredZO):
             return self.noise.raw(self.seed, step, probe, k, p.shape, p.dtype, p.device)
         return (self._u(step, k, p, probe) @ self.factor(step, k, p).T).mul_(1 / math.sqrt(self.rank)).view(p.shape)
 
+    def _rows(self, step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor:
+        if p.dim() != 2:
+            return self.noise.rows(self.seed, step, probe, k, p.shape, ids).to(p.dtype)
+        u = F.embedding(ids, self._u(step, k, p, probe))
+        return (u @ self.factor(step, k, p).T).mul_(1 / math.sqrt(self.rank))
+
     # -- LOZO-M ----------------------------------------------------------------------------------------------
     def _weights(self, coeffs: Tensor, losses: Tensor, f0: float | None) -> Tensor:
         weights = coeffs / self.probes
@@ -156,7 +163,15 @@ class LOZO(StructuredZO):
         if not self.momentum:
             return super()._compressed(weights, tensors)
         states, step = dict(self._m), self.step
-        return StructuredDirection(lambda k, p, i: self._momentum_direction(states, step, k, p), (1.0,), tuple(tensors))
+
+        def rows(k: int, p: Tensor, i: int, ids: Tensor) -> Tensor:
+            if p.dim() != 2:
+                return F.embedding(ids, states[k])
+            return (F.embedding(ids, states[k]) @ self.factor(step, k, p).T).mul_(1 / math.sqrt(self.rank))
+
+        return StructuredDirection(
+            lambda k, p, i: self._momentum_direction(states, step, k, p), (1.0,), tuple(tensors), rows
+        )
 
     def _begin(self, params: list[tuple[str, nn.Parameter]]) -> None:
         self._params = [p for _, p in params]

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError
@@ -94,6 +95,16 @@ class SparseMeZO(StructuredZO):
 
     def _frozen_direction(self) -> Callable[[int, Tensor, int], Tensor]:
         return functools.partial(self._masked, list(self._thresholds), self.step)
+
+    def _rows(self, step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor:
+        return self._masked_rows(self._thresholds, step, k, p, probe, ids)
+
+    def _masked_rows(self, thresholds: list[float], step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor:
+        z = self.noise.rows(self.seed, step, probe, k, p.shape, ids).to(p.dtype)
+        return z * (F.embedding(ids, p.detach()).abs() <= thresholds[k])
+
+    def _frozen_rows(self) -> Callable[[int, Tensor, int, Tensor], Tensor]:
+        return functools.partial(self._masked_rows, list(self._thresholds), self.step)
 
     def state_bytes(self) -> int:
         return 8 * len(self._thresholds)

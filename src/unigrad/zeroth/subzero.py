@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from unigrad.core.errors import check_positive
@@ -97,6 +98,14 @@ class SubZero(StructuredZO):
         r = P.shape[1]
         z = self.noise.raw(self.seed, step, probe, k, (r, r), p.dtype, p.device)
         return (P @ z @ Q.T).mul_(math.sqrt(shape[0] * shape[1]) / r).view(p.shape)
+
+    def _rows(self, step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor:
+        if p.dim() != 2:
+            return self.noise.rows(self.seed, step, probe, k, p.shape, ids).to(p.dtype)
+        P, Q = self.bases(step, k, p)
+        r = P.shape[1]
+        z = self.noise.raw(self.seed, step, probe, k, (r, r), p.dtype, p.device)
+        return (F.embedding(ids, P) @ z @ Q.T).mul_(math.sqrt(p.shape[0] * p.shape[1]) / r)
 
     def state_bytes(self) -> int:
         return sum(P.nbytes + Q.nbytes for _, P, Q in self._bases.values())
