@@ -65,7 +65,7 @@ def test_embedding_rows_alone(name) -> None:
         est = make_estimator(name, probes=2, sigma=1e-2, seed=1, perturb=perturb, write_grad=write, **FAMILY[name])
         whole = []  # the parameters whose direction was formed whole
         direction = est._direction
-        est._direction = lambda step, k, p, i: whole.append(k) or direction(step, k, p, i)
+        est._direction = lambda step, k, p, i, w=whole, d=direction: w.append(k) or d(step, k, p, i)
         e = est.estimate(model, objective)
         if write:
             runs[perturb] = [p.grad.clone() for p in model.parameters()]
