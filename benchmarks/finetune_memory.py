@@ -14,11 +14,16 @@ sentences "It was [word]." of 8 tokens each (padding included), of:
 * ``mezo_grad_sgd``: the same as ``mezo_lean`` with a dense ``.grad`` and ``torch.optim.SGD``;
 * ``backprop_adam``: backprop with ``torch.optim.Adam``, two steps (Adam's state is allocated at the first).
 
+With ``--family``, also the modern zeroth-order family (``sparse-mezo``, ``hizoo``, ``lozo``, LOZO-M,
+``subzero``, ``fzoo``) in the memory-lean form (``write_grad=False`` + ``ReplaySGD``, ``perturb="forward"``),
+``mezo-svrg`` with its dense ``.grad`` (it holds θ̄ and g̃ anyway) and ``eggroll`` with Adam (its population
+through the generic probe path).
+
 The model is built inside every measurement, so the weights (86 MiB) count in each; the pretrained weights are
 read from the package once beforehand (a copy is what is measured, as ``load_encoder`` makes it). Goals:
 ``mezo_lean / inference <= 1.1`` and ``backprop_adam / mezo_lean >= 3``, for both MeZO configurations.
 
-    .venv/bin/python benchmarks/finetune_memory.py [--threads N] [--batch 32] [--tokens 8]
+    .venv/bin/python benchmarks/finetune_memory.py [--threads N] [--batch 32] [--tokens 8] [--family]
 
 Prints a table and writes ``benchmarks/results/finetune_memory.json``. Needs ``pip install 'unigrad[finetune]'``.
 """
@@ -45,6 +50,15 @@ RESULTS = Path(__file__).parent / "results" / "finetune_memory.json"
 TASK = "minilm-sentiment"
 STEPS = 2
 FAST = {"perturb": "forward", "noise_source": "table", "table_size": 1 << 20}  # the fast step's configuration
+FAMILY: dict[str, dict[str, object]] = {
+    "sparse-mezo": {"probes": 1, "sigma": 1e-3},
+    "hizoo": {"probes": 1, "sigma": 1e-3},
+    "lozo": {"probes": 1, "sigma": 1e-3},
+    "lozo-m": {"probes": 1, "sigma": 1e-3, "momentum": 0.9},
+    "subzero": {"probes": 1, "sigma": 1e-3},
+    "fzoo": {"probes": 8, "sigma": 1e-3},
+}
+"""``--family``: the structured estimators in their memory-lean form (``lozo-m`` is ``lozo`` with momentum)."""
 
 
 def batch(size: int, tokens: int) -> tuple[Tensor, Tensor]:
@@ -80,7 +94,8 @@ def training(x: Tensor, y: Tensor, method: str, make_optimizer: Callable, **opti
     def run() -> None:
         _TABLES.clear()  # a noise table is built inside the measurement, so it counts
         m = model().train()
-        estimator = unigrad.make_estimator(method, seed=0, **options)
+        name, extra = ("lozo", {}) if method == "lozo-m" else (method, {})
+        estimator = unigrad.make_estimator(name, seed=0, **options, **extra)
         optimizer = make_optimizer(m.parameters())
         objective = unigrad.supervised(torch.nn.functional.cross_entropy, x, y)
         for _ in range(STEPS):
@@ -96,8 +111,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--batch", type=int, default=32, help="sentences per batch (default 32)")
     parser.add_argument("--tokens", type=int, default=8, help="tokens per sentence, padding included (default 8)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON file (default {RESULTS})")
+    parser.add_argument("--out", type=Path, default=None, help=f"JSON file (default {RESULTS})")
+    parser.add_argument(
+        "--family", action="store_true", help="also the modern zeroth-order family (writes finetune_memory_family.json)"
+    )
     args = parser.parse_args()
+    args.out = args.out or (RESULTS.with_name("finetune_memory_family.json") if args.family else RESULTS)
     torch.set_num_threads(args.threads)
     x, y = batch(args.batch, args.tokens)
     model()  # loads and checks the pretrained weights once, outside the measurements
@@ -109,6 +128,12 @@ def main() -> None:
         "mezo_grad_sgd": training(x, y, "mezo", lambda p: torch.optim.SGD(p, lr=1e-6), **mezo),
         "backprop_adam": training(x, y, "backprop", lambda p: torch.optim.Adam(p, lr=2e-5)),
     }
+    if args.family:  # memory-lean forms (write_grad=False + ReplaySGD, perturbed where the forward reads θ)
+        lean_sgd = lambda p: ReplaySGD(p, lr=1e-6)  # noqa: E731
+        for name, options in FAMILY.items():
+            runs[f"{name}_lean"] = training(x, y, name, lean_sgd, write_grad=False, perturb="forward", **options)
+        runs["mezo-svrg_grad_sgd"] = training(x, y, "mezo-svrg", lambda p: torch.optim.SGD(p, lr=1e-6), **mezo)
+        runs["eggroll_adam"] = training(x, y, "eggroll", lambda p: torch.optim.Adam(p, lr=1e-4), **mezo)
     peaks = {name: peak_memory(fn) for name, fn in runs.items()}
     inf, lean, fast = peaks["inference"], peaks["mezo_lean"], peaks["mezo_lean_fast"]
     out = {

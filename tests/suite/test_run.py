@@ -95,3 +95,13 @@ def test_a_scaled_down_budget_does_not_warn_about_the_suites_evaluation_points()
         warnings.simplefilter("error")
         out = run_one("digits-mlp", method_spec(get_bench_task("digits-mlp"), "backprop"), 0, 1000.0)
     assert out["status"] == "ok" and out["steps"] == 6
+
+
+def test_the_zo_family_group_runs_every_modern_method(tmp_path):
+    folder = bench(tasks="sphere-10", methods="zo-family", seeds=1, budget=2000, out=tmp_path, log=lambda _: None)
+    task = json.loads((folder / "results.json").read_text())["tasks"]["sphere-10"]
+    assert set(task["methods"]) == {"mezo", "sparse-mezo", "hizoo", "lozo", "subzero", "fzoo", "mezo-svrg", "eggroll"}
+    for name, m in task["methods"].items():
+        (run,) = m["runs"]
+        assert run["status"] == "ok", name
+        assert run["final_metric"] < run["history"][0]["metric"], name  # f(x) went down

@@ -14,7 +14,10 @@ def add_bench_parser(sub: Any) -> None:
     b = sub.add_parser("bench", help="benchmark suite: tasks x methods x seeds at equal budgets, with peers")
     b.add_argument("--tasks", default=None, help="comma-separated task names (default: all; see --list)")
     b.add_argument(
-        "--methods", default=None, help="comma-separated method specs replacing every task's defaults (see --list)"
+        "--methods",
+        default=None,
+        help="comma-separated method specs replacing every task's defaults (see --list); zo-family stands for mezo "
+        "and the modern zeroth-order family",
     )
     b.add_argument("--seeds", default="3", help="number of seeds (3 → 0,1,2) or a list (0,5,7); default 3")
     b.add_argument(

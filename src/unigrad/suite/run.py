@@ -42,7 +42,7 @@ import torch
 from unigrad.core.errors import UnigradError
 from unigrad.core.io import write_json as write_json_file
 from unigrad.core.options import check_number, check_optional, check_positive
-from unigrad.suite.tasks import PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
+from unigrad.suite.tasks import GROUPS, PEERS, BenchTask, get_bench_task, parse_tasks, resolve_methods
 from unigrad.train.loop import Batch, Fractions, Hook, StepRecord, TrainingLoop
 from unigrad.train.methods import MethodSpec, parse_seeds
 from unigrad.train.parallel import run_calls
@@ -191,7 +191,8 @@ def bench(
 ) -> Path:
     """Run the suite and write its folder (module docs); returns the folder.
 
-    ``methods`` (names or specs, comma-separated or a sequence) replaces every task's default list;
+    ``methods`` (names or specs, comma-separated or a sequence) replaces every task's default list (a name of
+    :data:`~unigrad.suite.tasks.GROUPS`, such as ``zo-family``, stands for its methods);
     ``budget`` (FE) replaces every task's default budget, else the defaults are scaled by
     ``budget_scale``. ``progress`` prints a line per finished run (through ``log``, default stderr).
     """
@@ -246,6 +247,7 @@ def _check(
     method_list: list[str] | None = None
     if methods is not None:
         method_list = [m.strip() for m in (methods.split(",") if isinstance(methods, str) else methods) if m.strip()]
+        method_list = [m for name in method_list for m in GROUPS.get(name, (name,))]
         if not method_list:
             raise UnigradError("no methods given; e.g. --methods spsa,backprop")
     seed_list = parse_seeds(seeds)

@@ -75,6 +75,13 @@ ZEROTH = ("spsa", "es", "mezo")
 """unigrad's zeroth-order methods run on every task (``anp`` is added on classification tasks)."""
 
 
+ZO_FAMILY = ("mezo", "sparse-mezo", "hizoo", "lozo", "subzero", "fzoo", "mezo-svrg", "eggroll")
+"""The modern zeroth-order family with MeZO as its reference (``docs/zo-family.md``)."""
+
+GROUPS: dict[str, tuple[str, ...]] = {"zo-family": ZO_FAMILY}
+"""Names ``--methods`` accepts for a group of methods: ``unigrad bench --methods zo-family``."""
+
+
 @dataclass(frozen=True)
 class BenchTask:
     """One task of the suite (module docs).
