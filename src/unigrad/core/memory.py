@@ -13,6 +13,7 @@ was allocated before ``fn``): the profiler's allocation events miss frees there 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -45,6 +46,7 @@ def peak_memory(fn: Callable[[], Any], device_type: str = "cpu") -> int:
         fn()
         torch.cuda.synchronize()
         return max(0, torch.cuda.max_memory_allocated() - before)
+    gc.collect()  # garbage of earlier work freed now, not inside the measurement (where it would offset fn's)
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
     with _quiet_stderr():  # the profiler's C++ start/stop chatter
         prof.start()

@@ -224,7 +224,7 @@ class MeZO(Estimator):
         self, model: nn.Module, objective: Objective, cost: Cost, params: list[tuple[str, nn.Parameter]], i: int, s: int
     ) -> float:
         """Mean loss at θ + s·σz_i, computed without writing θ (``perturb="forward"``)."""
-        with _InForward(self, [p for _, p in params], i, s * self.sigma):
+        with _in_forward(self, [p for _, p in params], i, s * self.sigma):
             return float(reduce(evaluate(objective, model, cost)))
 
     def options(self) -> dict[str, Any]:
@@ -288,31 +288,26 @@ class MeZO(Estimator):
         return new
 
 
-class _InForward(PerturbedReads):
-    """Gives every torch function that reads one of ``params`` the perturbed value θ + scale·z_probe instead
-    (:class:`~unigrad.core.reads.PerturbedReads`).
+def _in_forward(mezo: MeZO, params: list[nn.Parameter], probe: int, scale: float) -> PerturbedReads:
+    """A :class:`~unigrad.core.reads.PerturbedReads` giving every torch function that reads one of ``params`` the
+    perturbed value θ + scale·z_probe instead.
 
     The value is computed when it is read and dropped after the call, with the in-place sweep's operations
     (``fl(θ + fl(z·scale))``), so the forward sees the very bits the in-place perturbation would write.
-    ``F.embedding`` perturbs only the rows it looks up (:meth:`~unigrad.core.rng.ProbeNoise.rows`).
+    ``F.embedding`` perturbs only the rows it looks up (:meth:`~unigrad.core.rng.ProbeNoise.rows`). The two
+    functions close over the estimator, not the mode (no reference cycle keeps the parameters alive).
     """
+    noise, seed, step = mezo.noise, mezo.seed, mezo.step
 
-    def __init__(self, mezo: MeZO, params: list[nn.Parameter], probe: int, scale: float) -> None:
-        super().__init__(params, self._value, self._rows)
-        self.mezo, self.probe, self.scale = mezo, probe, scale
-
-    def _key(self, k: int) -> tuple[int, int, int, int]:
-        return self.mezo.seed, self.mezo.step, self.probe, k
-
-    def _value(self, k: int, p: Tensor) -> Tensor:
-        """θ + scale·z for parameter ``k``, as the in-place sweep computes it."""
-        noise, n = self.mezo.noise, p.numel()
+    def value(k: int, p: Tensor) -> Tensor:
+        n = p.numel()
         out = torch.empty(n, dtype=p.dtype, device=p.device)
-        for start, z in noise.chunks(*self._key(k), n, p.device, p.shape, noise.span(n)):
-            torch.mul(z.to(p.dtype), self.scale, out=out[start : start + z.numel()])
+        for start, z in noise.chunks(seed, step, probe, k, n, p.device, p.shape, noise.span(n)):
+            torch.mul(z.to(p.dtype), scale, out=out[start : start + z.numel()])
         return out.add_(flat_view(p)).view(p.shape)
 
-    def _rows(self, k: int, weight: Tensor, ids: Tensor) -> Tensor:
-        """The looked-up rows of θ + scale·z for embedding parameter ``k``."""
-        z = self.mezo.noise.rows(*self._key(k), weight.shape, ids).to(weight.dtype)
-        return torch.mul(z, self.scale).add_(F.embedding(ids, weight))
+    def rows(k: int, weight: Tensor, ids: Tensor) -> Tensor:
+        z = noise.rows(seed, step, probe, k, weight.shape, ids).to(weight.dtype)
+        return torch.mul(z, scale).add_(F.embedding(ids, weight))
+
+    return PerturbedReads(params, value, rows)
