@@ -92,8 +92,10 @@ class StructuredDirection:
     regenerates from their keys; never stored densely, replayed tensor by tensor.
 
     The structured estimators of :mod:`unigrad.zeroth._structured` return one with ``write_grad=False``;
-    :class:`~unigrad.optim.ReplaySGD` applies it as it applies a :class:`ReplayDirection`. Each parameter's
-    direction is formed whole (one tensor at a time), so the extra memory is that of the largest parameter.
+    :class:`~unigrad.optim.ReplaySGD` applies it as it applies a :class:`ReplayDirection`, before the estimator's
+    next step (the directions read the estimator's state: factors, masks, preconditioner). Each parameter's
+    direction is formed whole, one tensor at a time, or, for a large 2-d parameter whose rows the method can
+    draw alone, in blocks of rows.
 
     Attributes:
         direction: ``direction(k, p, i)``, the direction of probe ``i`` for parameter ``k`` (``p``), shaped like ``p``.

@@ -99,17 +99,16 @@ class HiZOO(StructuredZO):
         alpha, q = self.hessian_smooth, self.probes
         if alpha:
             curv = [abs(float(losses[0, i] + losses[1, i] - 2 * f0)) / (2 * self.sigma**2) / q for i in range(q)]
-            new = []
-            for k, (p, h) in enumerate(zip(self._params, self.hessian, strict=True)):
+            for k, (p, h) in enumerate(zip(self._params, self.hessian, strict=True)):  # in place, tensor by tensor
                 term = torch.zeros_like(h)
                 for i, c in enumerate(curv):
                     term.add_(self._z(self.step, k, p, i).square(), alpha=c)
-                new.append(h.mul(1 - alpha).add_(term.mul_(h), alpha=alpha))
-            self.hessian = new
+                term.mul_(h)  # H ⊙ z² with the H of the probes, before H changes
+                h.mul_(1 - alpha).add_(term, alpha=alpha)
         return coeffs / q
 
     def _frozen_direction(self) -> Callable[[int, Tensor, int], Tensor]:
-        hessian, step = list(self.hessian), self.step
+        hessian, step = list(self.hessian), self.step  # H changes in place at the next step, not before
         return lambda k, p, i: self._scaled(hessian, step, k, p, i)
 
     def _scaled_rows(self, hessian: list[Tensor], step: int, k: int, p: Tensor, probe: int, ids: Tensor) -> Tensor:
