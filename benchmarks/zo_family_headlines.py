@@ -10,9 +10,10 @@ evaluation points; "—" if it never does). Then the headline claims:
 - FZOO reaches it with fewer forwards;
 - Sparse MeZO is more accurate.
 
-    .venv/bin/python benchmarks/zo_family_headlines.py RUN_FOLDER [--mezo LABEL]
+    .venv/bin/python benchmarks/zo_family_headlines.py RUN_FOLDER [RUN_FOLDER ...] [--mezo LABEL]
 
-``RUN_FOLDER`` is the ``--out`` of ``unigrad compare`` (``docs/zo-family.md`` has the commands).
+``RUN_FOLDER`` is the ``--out`` of ``unigrad compare`` (``docs/zo-family.md`` has the commands); several folders of
+the same task and budget are read as one comparison.
 """
 
 from __future__ import annotations
@@ -46,11 +47,15 @@ def first_reach(curve: list[tuple[float, float]], target: float) -> float | None
     return None
 
 
-def summary(path: Path, mezo: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    data = json.loads((path / "results.json").read_text())
-    methods = data["methods"]
+def summary(paths: list[Path], mezo: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    runs = [json.loads((path / "results.json").read_text()) for path in paths]
+    data, methods = runs[0], {}
+    for other in runs:  # several runs of the same task and budget: their methods side by side
+        if other["config"]["task"] != data["config"]["task"] or other["config"]["budget"] != data["config"]["budget"]:
+            raise SystemExit("the run folders differ in task or budget; give runs of one comparison")
+        methods.update(other["methods"])
     if mezo not in methods:
-        raise SystemExit(f"no method {mezo!r} in {path}; give --mezo, one of: {', '.join(methods)}")
+        raise SystemExit(f"no method {mezo!r} in the runs; give --mezo, one of: {', '.join(methods)}")
     finals = {label: [r["final"]["test_accuracy"] for r in m["runs"] if r.get("final")] for label, m in methods.items()}
     target = statistics.fmean(finals[mezo])
     rows = []
@@ -107,10 +112,10 @@ def fmt(x: float | None, unit: str = "") -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder", type=Path)
+    ap.add_argument("folders", type=Path, nargs="+", help="run folders of one task and budget (merged)")
     ap.add_argument("--mezo", default="mezo", help="label of the MeZO method in the run (default: mezo)")
     args = ap.parse_args()
-    rows, ctx = summary(args.folder, args.mezo)
+    rows, ctx = summary(args.folders, args.mezo)
     print(f"{ctx['task']}: MeZO ({ctx['mezo']}) ends at {ctx['target']:.3f}")
     print("| method | order | test accuracy | − MeZO | FE to MeZO's final | steps to it | FE | train s |")
     print("|---|---|---|---|---|---|---|---|")

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from unigrad.core.errors import UnigradError
-from unigrad.core.rng import SPAN, ProbeNoise
+from unigrad.core.rng import SPAN, WINDOW_SPAN, ProbeNoise
 
 
 def flat_view(p: Tensor) -> Tensor:
@@ -116,14 +116,14 @@ class StructuredDirection:
         return 8 * len(self.coeffs)
 
     def chunks(self, index: int) -> Iterator[tuple[int, Tensor]]:
-        """``(start, g[start:start+n])`` for parameter ``index``, flat, in its dtype and device: in blocks of rows
-        of at most :data:`~unigrad.core.rng.SPAN` entries for a large 2-d parameter whose rows can be drawn alone
-        (``rows``), else the whole direction at once."""
+        """``(start, g[start:start+n])`` for parameter ``index``, flat, in its dtype and device: a 2-d parameter of
+        more than :data:`~unigrad.core.rng.SPAN` entries whose rows can be drawn alone (``rows``) in blocks of rows
+        of about :data:`~unigrad.core.rng.WINDOW_SPAN` entries, else the whole direction at once."""
         p = self.params[index]
         rows = self.rows
         if rows is not None and p.dim() == 2 and p.numel() > SPAN and self.coeffs:
             if rows(index, p, 0, torch.zeros(1, dtype=torch.long, device=p.device)) is not None:
-                block = max(1, SPAN // p.shape[1])
+                block = max(1, WINDOW_SPAN // p.shape[1])
                 for lo in range(0, p.shape[0], block):
                     ids = torch.arange(lo, min(p.shape[0], lo + block), device=p.device)
                     g = torch.zeros(ids.numel(), p.shape[1], dtype=p.dtype, device=p.device)
