@@ -77,13 +77,7 @@ class ReplayDirection:
 
     def materialize(self) -> list[Tensor]:
         """The dense direction, one tensor per parameter (``d`` floats: for inspection and tests)."""
-        out = []
-        for k, p in enumerate(self.params):
-            g = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
-            for start, piece in self.chunks(k):
-                g[start : start + piece.numel()] = piece
-            out.append(g.view(p.shape))
-        return out
+        return _materialize(self)
 
 
 @dataclass(frozen=True)
@@ -138,13 +132,18 @@ class StructuredDirection:
 
     def materialize(self) -> list[Tensor]:
         """The dense direction, one tensor per parameter (for inspection and tests)."""
-        out = []
-        for k, p in enumerate(self.params):
-            g = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
-            for start, piece in self.chunks(k):
-                g[start : start + piece.numel()] = piece
-            out.append(g.view(p.shape))
-        return out
+        return _materialize(self)
+
+
+def _materialize(direction: ReplayDirection | StructuredDirection) -> list[Tensor]:
+    """A compressed direction assembled densely from its :meth:`chunks`, one tensor per parameter."""
+    out = []
+    for k, p in enumerate(direction.params):
+        g = torch.empty(p.numel(), dtype=p.dtype, device=p.device)
+        for start, piece in direction.chunks(k):
+            g[start : start + piece.numel()] = piece
+        out.append(g.view(p.shape))
+    return out
 
 
 Replayable = ReplayDirection | StructuredDirection
