@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError
+from unigrad.core.options import check_number
 from unigrad.core.rng import ProbeNoise
 from unigrad.zeroth._structured import StructuredZO
 
@@ -70,10 +71,8 @@ class HiZOO(StructuredZO):
         perturb: str = "auto",
     ) -> None:
         super().__init__(probes, sigma, "central", write_grad, seed, perturb)
-        a = hessian_smooth
-        if isinstance(a, bool) or not isinstance(a, int | float) or not 0 <= a <= 1:
-            raise UnigradError(f"option hessian_smooth must be a number in [0, 1], got {hessian_smooth!r}")
-        self.hessian_smooth, self.noise_source = float(a), noise_source
+        self.hessian_smooth = check_number("hessian_smooth", hessian_smooth, low=0, high=1)
+        self.noise_source = noise_source
         self.noise = ProbeNoise("gaussian", noise_source)
         self.hessian: list[Tensor] = []  # H, one tensor per trainable parameter (created on the first step)
 

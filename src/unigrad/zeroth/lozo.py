@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unigrad.core.errors import UnigradError, check_positive
+from unigrad.core.options import check_number
 from unigrad.core.replay import StructuredDirection
 from unigrad.core.rng import ProbeNoise, generator
 from unigrad.zeroth._structured import StructuredZO
@@ -89,9 +90,8 @@ class LOZO(StructuredZO):
         super().__init__(probes, sigma, "central", write_grad, seed, perturb)
         check_positive("rank", rank, integer=True)
         check_positive("lazy", lazy, integer=True)
-        if isinstance(momentum, bool) or not isinstance(momentum, int | float) or not 0 <= momentum < 1:
-            raise UnigradError(f"option momentum must be a number in [0, 1), got {momentum!r}")
-        self.rank, self.lazy, self.momentum, self.noise_source = rank, lazy, float(momentum), noise_source
+        momentum = check_number("momentum", momentum, low=0, high=1, high_inclusive=False)
+        self.rank, self.lazy, self.momentum, self.noise_source = rank, lazy, momentum, noise_source
         self.noise = ProbeNoise("gaussian", noise_source)
         self._v: dict[int, tuple[int, Tensor]] = {}  # tensor -> (epoch, V): the cache of the lazy factors
         self._m: dict[int, Tensor] = {}  # LOZO-M: tensor -> N (m×r) for matrices, m (its shape) for the others

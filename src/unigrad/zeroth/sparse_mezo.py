@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unigrad.core.errors import UnigradError
+from unigrad.core.options import check_number
 from unigrad.core.rng import SPAN, ProbeNoise, generator
 from unigrad.zeroth._structured import StructuredZO
 
@@ -74,9 +74,8 @@ class SparseMeZO(StructuredZO):
         perturb: str = "auto",
     ) -> None:
         super().__init__(probes, sigma, "central", write_grad, seed, perturb)
-        if isinstance(sparsity, bool) or not isinstance(sparsity, int | float) or not 0 <= sparsity < 1:
-            raise UnigradError(f"option sparsity must be a number in [0, 1), got {sparsity!r}")
-        self.sparsity, self.noise_source = float(sparsity), noise_source
+        self.sparsity = check_number("sparsity", sparsity, low=0, high=1, high_inclusive=False)
+        self.noise_source = noise_source
         self.noise = ProbeNoise("gaussian", noise_source)
         self._thresholds: list[float] = []
 
