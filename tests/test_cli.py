@@ -253,3 +253,13 @@ def test_a_warning_is_one_line(tmp_path, capsys):
         "warning: 10 evaluation points were asked for, but budget forwards=1000 allowed backprop (seed 0) only 6 "
         "steps: it was evaluated after every step\n"
     )
+
+
+def test_version_and_typed_package(capsys):
+    import importlib.resources
+
+    import unigrad
+
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"unigrad {unigrad.__version__}"
+    assert importlib.resources.files("unigrad").joinpath("py.typed").is_file()  # PEP 561: the hints are for users

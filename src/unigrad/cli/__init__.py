@@ -28,6 +28,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+import unigrad
 from unigrad.cli._parser import Parser, UsageError, show_warning
 from unigrad.cli.bench import add_bench_parser, cmd_bench
 from unigrad.cli.experiment import add_experiment_parser, cmd_experiment
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from unigrad.cli.runs import add_runs_parser
 
     parser = Parser(prog="unigrad", description="Every way of training a network on one footing.")
+    parser.add_argument("--version", action="version", version=f"unigrad {unigrad.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="{list,train,compare,experiment,bench,runs}")
     add_list_parser(sub)
     add_train_parsers(sub)
