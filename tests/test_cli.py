@@ -263,3 +263,13 @@ def test_version_and_typed_package(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"unigrad {unigrad.__version__}"
     assert importlib.resources.files("unigrad").joinpath("py.typed").is_file()  # PEP 561: the hints are for users
+
+
+def test_experiment_help_lists_one_experiment_per_line(capsys):
+    from unigrad.experiments import EXPERIMENTS
+
+    assert cli.main(["experiment", "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index("experiments (NAME), one per line:")
+    listed = [line.split()[0] for line in lines[start + 1 :] if line.strip()]
+    assert listed == list(EXPERIMENTS)

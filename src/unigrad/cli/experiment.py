@@ -16,8 +16,15 @@ def add_experiment_parser(sub: Any) -> None:
     """Add ``experiment`` to the ``sub`` parsers of the main parser."""
     from unigrad.experiments import EXPERIMENTS
 
-    e = sub.add_parser("experiment", help="run an experiment and draw its figures (" + ", ".join(EXPERIMENTS) + ")")
-    e.add_argument("name", help="; ".join(f"{k}: {v[1]}" for k, v in EXPERIMENTS.items()), metavar="NAME")
+    width = max(len(k) for k in EXPERIMENTS)
+    listing = "\n".join(f"  {k:<{width}}  {v[1]}" for k, v in EXPERIMENTS.items())
+    e = sub.add_parser(
+        "experiment",
+        help="run an experiment and draw its figures (" + ", ".join(EXPERIMENTS) + ")",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"experiments (NAME), one per line:\n{listing}",
+    )
+    e.add_argument("name", help="the experiment to run: one of those listed below", metavar="NAME")
     e.add_argument("--out", default=None, help="output folder (default runs/experiment-<name>-<YYYYmmdd-HHMMSS>)")
     e.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration (default 3)")
     e.add_argument("--quick", action="store_true", help="tiny budgets: a smoke test of the pipeline, not results")
