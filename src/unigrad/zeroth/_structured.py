@@ -77,6 +77,9 @@ class StructuredZO(Estimator):
     order = 0
     needs_loss_at_theta = False
     """Whether the step also evaluates ``f(θ)`` with the central scheme (HiZOO's curvature)."""
+    directions_fixed = True
+    """Whether the directions stay as probed until the combination (HiZOO's change with ``H`` in between), so the
+    dense path can combine the directions it formed instead of drawing them again."""
 
     def __init__(
         self,
@@ -176,7 +179,11 @@ class StructuredZO(Estimator):
         info: dict[str, Any] = {"projected_gradients": coeffs.float(), "probe_losses": f.float()}
         # combine: g = Σ a_i u_i (regenerated), written into .grad or returned compressed
         if self.write_grad:
-            write_grad(params, [self._combined(k, p, a) for k, p in enumerate(tensors)], owned=True)
+            if dense and self.directions_fixed and type(self)._combined is StructuredZO._combined:
+                grads = [self._sum(list(dirs[k]), p, a) for k, p in enumerate(tensors)]  # formed once, reused
+            else:
+                grads = [self._combined(k, p, a) for k, p in enumerate(tensors)]
+            write_grad(params, grads, owned=True)
         else:
             info["direction"] = self._compressed(a, tensors)
         info.update(self._end(params, f, f0))
@@ -186,9 +193,14 @@ class StructuredZO(Estimator):
 
     def _combined(self, k: int, p: Tensor, weights: list[float]) -> Tensor:
         """The direction ``g`` for parameter ``k``: ``Σ_i a_i·u_i``, regenerating each ``u_i``."""
+        return self._sum([self._direction(self.step, k, p, i) for i in range(len(weights))], p, weights)
+
+    @staticmethod
+    def _sum(directions: list[Tensor], p: Tensor, weights: list[float]) -> Tensor:
+        """``Σ_i a_i·u_i`` in ``p``'s dtype, in probe order."""
         g = torch.zeros_like(p)
-        for i, w in enumerate(weights):
-            g.add_(self._direction(self.step, k, p, i).to(p.dtype), alpha=w)
+        for u, w in zip(directions, weights, strict=True):
+            g.add_(u.to(p.dtype), alpha=w)
         return g
 
     def _compressed(self, weights: list[float], tensors: list[Tensor]) -> StructuredDirection:

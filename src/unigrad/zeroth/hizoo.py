@@ -59,6 +59,7 @@ class HiZOO(StructuredZO):
     description = "HiZOO: probes preconditioned by a diagonal Hessian from the same probes + f(θ) (arXiv 2402.15173)"
     _options = ("probes", "sigma", "hessian_smooth", "noise_source", "write_grad", "perturb")
     needs_loss_at_theta = True
+    directions_fixed = False  # H is updated between the probes and the combination
 
     def __init__(
         self,
