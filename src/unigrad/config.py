@@ -30,7 +30,8 @@ Keys (:data:`COMMAND_KEYS`):
 =================  =======  ==================================================================
 key                command  value
 =================  =======  ==================================================================
-task               both     a task name (``unigrad list``)
+task               both     a task name (``unigrad list``) or ``"module.path:function"``, a function of
+                            yours that returns a :class:`~unigrad.data.tasks.Task`
 budget             both     ``"KIND=N"``, KIND one of epochs, steps, forwards, seconds
 batch_size         both     an integer >= 1
 device             both     ``"cpu"``, ``"cuda"`` or ``"cuda:N"``
@@ -47,6 +48,8 @@ rerun              both     true or false
 diagnostics        both     diagnostic names (:mod:`unigrad.dynamics.diagnostics`), a list or one
                             comma-separated string, e.g. ``["alignment", "sharpness"]``
 diagnostics_every  both     an integer >= 1: measure the diagnostics every K steps
+tensorboard        both     a folder for TensorBoard event files, a non-empty path string
+                            (:mod:`unigrad.train.tensorboard`; needs the tensorboard package)
 method             train    one method spec, e.g. ``"spsa:probes=16:sigma=1e-3"``
 optimizer          train    ``"sgd"``, ``"adam"``, ``"adamw"`` or ``"rmsprop"``
 lr                 train    a finite number > 0
@@ -136,6 +139,7 @@ class _Options(BaseModel):
     rerun: bool | None = None
     diagnostics: str | list[str] | None = None
     diagnostics_every: _PosInt | None = None
+    tensorboard: Annotated[str, Field(min_length=1)] | None = None
 
     @field_validator("diagnostics")
     @classmethod
@@ -144,7 +148,7 @@ class _Options(BaseModel):
 
         return ",".join(_delegate(lambda: check_diagnostics(value)))
 
-    @field_validator("out", "store")
+    @field_validator("out", "store", "tensorboard")
     @classmethod
     def _path(cls, value: str) -> str:
         if "\x00" in value:
@@ -157,7 +161,8 @@ class _Options(BaseModel):
         def check() -> str:
             from unigrad.data.tasks import get_task
 
-            return get_task(value).name
+            task = get_task(value)
+            return value if task.source is not None else task.name  # a task of yours stays its import path
 
         return _delegate(check)
 
@@ -252,7 +257,7 @@ COMMAND_KEYS: dict[str, tuple[str, ...]] = {name: tuple(sorted(m.model_fields)) 
 
 # what a key takes, for the messages of type and range errors
 _ALLOWED = {
-    "task": "a task name (see unigrad list)",
+    "task": "a task name (see unigrad list) or module.path:function",
     "budget": 'a string KIND=N, e.g. "epochs=5"',
     "batch_size": "an integer >= 1",
     "device": "cpu, cuda or cuda:N",
@@ -267,6 +272,7 @@ _ALLOWED = {
     "rerun": "true or false",
     "diagnostics": 'a list of diagnostic names or one comma-separated string, e.g. "alignment,norms"',
     "diagnostics_every": "an integer >= 1",
+    "tensorboard": "a non-empty path string",
     "method": 'a method spec string, e.g. "spsa:probes=16"',
     "optimizer": 'an optimizer name, e.g. "adam"',
     "lr": "a finite number > 0",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def test_finished_runs_are_reused_and_rerun_retrains(tmp_path: Path, capsys: pyt
         assert not list((store.parent / "checkpoints").glob("*.pt"))  # deleted once stored
 
 
-def test_killed_compare_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+def test_killed_compare_resumes_to_the_uninterrupted_result(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = tmp_path / "s.sqlite"
     args = ["compare", "--task", "digits-mlp", "--methods", "backprop,spsa:probes=8", "--budget", "steps=400"]
     args += ["--seeds", "1", "--eval-points", "40", "--no-progress", "--no-memory", "--store", str(store)]
@@ -75,7 +76,11 @@ def test_killed_compare_resumes_to_the_uninterrupted_result(tmp_path: Path) -> N
     assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read()[-2000:]
     (ckpt,) = (store.parent / "checkpoints").glob("*.pt")  # the unfinished spsa run's
     assert 0 < load_checkpoint(ckpt)["step"] < 400
+    capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "resumed")]) == 0
+    (said,) = [line for line in capsys.readouterr().out.splitlines() if "checkpoint" in line]
+    found = re.fullmatch(rf"\s+spsa\s+seed 0: checkpoint {re.escape(str(ckpt))} found, resuming at step (\d+)", said)
+    assert found and 0 < int(found[1]) < 400, said  # one line: the run, its checkpoint, the step it picks up from
     resumed = json.loads((tmp_path / "resumed" / "results.json").read_text())
     assert main([*args[:-2], "--no-store", "--out", str(tmp_path / "clean")]) == 0
     clean = json.loads((tmp_path / "clean" / "results.json").read_text())

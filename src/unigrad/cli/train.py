@@ -76,14 +76,26 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="measure the diagnostics every K steps (default: at the evaluation points)",
     )
+    p.add_argument(
+        "--tensorboard",
+        metavar="DIR",
+        default=None,
+        help="also log every run's evaluation points and configuration to TensorBoard event files in "
+        "DIR/<method>/seed-<N> (needs pip install 'unigrad[tensorboard]'; view with tensorboard --logdir DIR)",
+    )
 
 
 def add_train_parsers(sub: Any) -> None:
     """Add ``train`` and ``compare`` to the ``sub`` parsers of the main parser."""
-    from unigrad.train.compare import DEFAULT_BUDGET, DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_TASK
+    from unigrad.train.compare import DEFAULT_BUDGET, DEFAULT_METHODS, DEFAULT_SEEDS, DEFAULT_TASK, FALLBACK_TASK
+
+    task_help = (
+        f"a task name (see unigrad list) or module.path:function, a function of yours that returns a "
+        f"unigrad.data.tasks.Task (docs/cli.md); default {DEFAULT_TASK}, {FALLBACK_TASK} without Fashion-MNIST"
+    )
 
     t = sub.add_parser("train", help="train one task with one method")
-    t.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK}); see unigrad list")
+    t.add_argument("--task", default=None, help=task_help)
     t.add_argument(
         "--method",
         default="backprop",
@@ -120,7 +132,7 @@ def add_train_parsers(sub: Any) -> None:
     )
 
     c = sub.add_parser("compare", help="compare methods on one task at equal budget")
-    c.add_argument("--task", default=DEFAULT_TASK, help=f"task name (default {DEFAULT_TASK})")
+    c.add_argument("--task", default=None, help=task_help)
     c.add_argument(
         "--methods",
         default=None,
@@ -159,14 +171,16 @@ def _store(args: argparse.Namespace) -> Any:
 def _finish(folder: Any, results: dict[str, Any]) -> int:
     """Print the report's table and what was written; 1 if a run diverged, else 0."""
     from unigrad.train.compare import any_diverged
-    from unigrad.train.report import table
+    from unigrad.train.plots import AXES, diagnostic_groups
+    from unigrad.train.report import summary, table
 
     print()
     print(table(results))
-    from unigrad.train.plots import AXES, diagnostic_groups
-
     plots = len(AXES) + len(diagnostic_groups(results))
     print(f"\nwrote {folder}/results.json, report.md and {plots} plot{'s' * (plots != 1)}")
+    lines = summary(results)
+    if lines:
+        print("\n" + "\n".join(lines))
     diverged = any_diverged(results)
     for msg in diverged:
         print(f"diverged: {msg}", file=sys.stderr)
@@ -179,6 +193,7 @@ def cmd_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from unigrad.train.methods import parse_method
 
     apply_threads(args.threads)
+    _resolve_task(args)
     spec = parse_method(args.method, optimizer=args.optimizer, lr=args.lr)
     budget = f"epochs={args.epochs:g}" if args.epochs is not None else (args.budget or DEFAULT_BUDGET)
     if args.distributed:
@@ -234,6 +249,9 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
             progress=not args.no_progress,
             checkpoint=folder / "checkpoint.pt",
             resume=True,
+            tensorboard=args.tensorboard,
+            label=spec.label,
+            on_resume=_say_resume_distributed(folder / "checkpoint.pt"),
             threads=None,  # --threads, applied to the whole process above
             **spec.train_options(),
         )
@@ -265,12 +283,25 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
     return 0
 
 
+def _say_resume_distributed(path: Path) -> Any:
+    """One line on stderr (from the lead process) when a distributed run continues from its checkpoint."""
+    from unigrad.distributed import is_lead
+
+    def say(step: int, finished: bool) -> None:
+        if is_lead():
+            what = "finished already; its result is taken as it is" if finished else f"resuming at step {step}"
+            print(f"checkpoint {path} found, {what}", file=sys.stderr)
+
+    return say
+
+
 def cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``unigrad compare``: every method with every seed at equal budget; the exit status."""
     from unigrad.train.compare import DEFAULT_METHODS, compare
     from unigrad.train.methods import parse_method, parse_methods
 
     apply_threads(args.threads)
+    _resolve_task(args)
     if args.methods is None:  # the default set: a method this installation cannot build is skipped
         methods = []
         for name in DEFAULT_METHODS:
@@ -296,8 +327,18 @@ def _compare_options(args: argparse.Namespace, argv: Sequence[str]) -> dict[str,
         "command": command_line(argv),
         "store": _store(args),
         "rerun": args.rerun,
+        "tensorboard": args.tensorboard,
         **_diagnostics(args),
     }
+
+
+def _resolve_task(args: argparse.Namespace) -> None:
+    """``args.task``: the task typed (or set by a config file), else :func:`~unigrad.train.compare.default_task`,
+    which says on stderr when it falls back because Fashion-MNIST is not installed."""
+    if args.task is None:
+        from unigrad.train.compare import default_task
+
+        args.task = default_task(lambda line: print(line, file=sys.stderr))
 
 
 def _batch_size(args: argparse.Namespace) -> int:

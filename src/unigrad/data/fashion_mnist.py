@@ -29,6 +29,16 @@ FILES = {
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 
+DEBIAN_PACKAGE = "dataset-fashion-mnist"
+"""Debian's package of the four IDX files (installed in :data:`DEFAULT_DIR`)."""
+
+
+def available(root: str | Path | None = None) -> bool:
+    """Whether the four IDX files are in ``root`` (default :func:`data_dir`)."""
+    folder = Path(root) if root is not None else data_dir()
+    return all((folder / name).is_file() for name in FILES.values())
+
+
 def data_dir() -> Path:
     """Where the IDX files are looked for: ``$UNIGRAD_FASHION_MNIST`` or the Debian location."""
     return Path(os.environ.get(ENV) or DEFAULT_DIR)

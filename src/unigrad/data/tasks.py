@@ -36,15 +36,20 @@ is loaded and checked once per process and copied for every run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unigrad.core.errors import unknown_name
+from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.data.digits import load_digits
 from unigrad.data.fashion_mnist import load_fashion_mnist
 from unigrad.data.lexicon import LABEL_WORDS, load_sentiment, load_transfer, sentences
@@ -91,7 +96,13 @@ class TaskData:
 class Task:
     """A named supervised problem: ``data()``, ``build_model(seed)``, ``loss_fn`` and ``metric``; ``batch_size`` is
     the command line's default batch for it. ``extra_tests``, when given, loads the task's extra named evaluation
-    sets (:data:`ExtraTests`): the trainer reports ``<name>_loss`` and ``<name>_accuracy`` for each."""
+    sets (:data:`ExtraTests`): the trainer reports ``<name>_loss`` and ``<name>_accuracy`` for each. ``source`` is
+    the import path of a task of your own (:func:`load_user_task`; ``None`` for the built-in ones).
+
+    A task of your own: a function that returns ``Task("my-task", "what it is", loader, builder, batch_size)``,
+    ``loader()`` returning ``(x_train, y_train, x_test, y_test)`` with integer class labels and ``builder(seed)`` a
+    freshly initialised ``nn.Module`` (the same seed, the same weights); the loss is cross-entropy and the metric
+    accuracy. Name it on the command line as ``--task my_package.tasks:make_task`` (``examples/custom_task.py``)."""
 
     name: str
     description: str
@@ -99,6 +110,7 @@ class Task:
     builder: Callable[[int], nn.Module]
     batch_size: int = 64
     extra_tests: Callable[[], ExtraTests] | None = None
+    source: str | None = None
 
     loss_fn = staticmethod(F.cross_entropy)
     metric_name = "accuracy"
@@ -213,10 +225,127 @@ TASKS: dict[str, Task] = {
 
 
 def get_task(name: str) -> Task:
-    """The task registered under ``name`` (unknown names raise an error listing the valid ones)."""
+    """The task registered under ``name``, or the task a function of yours returns when ``name`` is an import
+    path ``module.path:function`` (:func:`load_user_task`). Unknown names raise an error listing the valid ones."""
+    if isinstance(name, str) and ":" in name:
+        return load_user_task(name)
     if name not in TASKS:
         raise unknown_name("task", name, TASKS)
     return TASKS[name]
+
+
+_USER_TASKS: dict[str, Task] = {}
+
+
+def load_user_task(path: str) -> Task:
+    """The :class:`Task` returned by the function at ``path`` (``"my_package.tasks:make_task"``), called once per
+    process without arguments; its ``source`` is set to ``path``.
+
+    The module is imported as Python would (the current folder is searched too, as ``python -m`` does). The
+    task's name must not be a built-in task's. Its data are checked when first loaded: four tensors
+    ``(x_train, y_train, x_test, y_test)``, integer class labels ``(N,)`` matching the inputs' first
+    dimension, at least one sample in each split; its builder must return an ``nn.Module``. Every problem is a
+    one-line :class:`~unigrad.core.errors.UnigradError`.
+    """
+    if path in _USER_TASKS:
+        return _USER_TASKS[path]
+    module_name, _, attr = path.partition(":")
+    shape = "write the task as module.path:function, e.g. my_package.tasks:make_task"
+    if not _dotted(module_name) or not _dotted(attr) or ":" in attr:
+        raise UnigradError(f"task {path!r} is not a task name or an import path; {shape}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.startswith(e.name):
+            raise UnigradError(
+                f"task {path!r}: no module named {e.name!r}; run from the folder that holds it, add that folder to "
+                f"PYTHONPATH, or install its package"
+            ) from None
+        raise UnigradError(f"task {path!r}: importing {module_name} failed: {_exception(e)}") from None
+    except Exception as e:
+        raise UnigradError(f"task {path!r}: importing {module_name} failed: {_exception(e)}") from None
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            names = sorted(n for n in dir(obj) if not n.startswith("_") and callable(getattr(obj, n)))
+            hint = f"; it has {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else ""
+            raise UnigradError(f"task {path!r}: {module_name} has no {attr!r}{hint}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise UnigradError(f"task {path!r}: {attr} is a {type(obj).__name__}, not a function that returns a Task")
+    try:
+        task = obj()
+    except Exception as e:
+        raise UnigradError(f"task {path!r}: {attr}() failed: {_exception(e)}") from None
+    if not isinstance(task, Task):
+        raise UnigradError(f"task {path!r}: {attr}() returned a {type(task).__name__}, not a unigrad.data.tasks.Task")
+    if not isinstance(task.name, str) or not task.name.strip():
+        raise UnigradError(f"task {path!r}: the Task's name must be a non-empty string, got {task.name!r}")
+    if task.name in TASKS:
+        raise UnigradError(f"task {path!r}: its name {task.name!r} is a built-in task's; give it another name")
+    if not callable(task.loader) or not callable(task.builder):
+        raise UnigradError(f"task {path!r}: the Task's loader and builder must be functions")
+    if isinstance(task.batch_size, bool) or not isinstance(task.batch_size, int) or task.batch_size < 1:
+        raise UnigradError(f"task {path!r}: the Task's batch_size must be an integer >= 1, got {task.batch_size!r}")
+    checked = dataclasses.replace(
+        task,
+        loader=functools.partial(_checked_data, path, task.loader),
+        builder=functools.partial(_checked_model, path, task.builder),
+        source=path,
+    )
+    _USER_TASKS[path] = checked
+    return checked
+
+
+def _dotted(text: str) -> bool:
+    return bool(text) and all(part.isidentifier() for part in text.split("."))
+
+
+def _exception(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _checked_data(path: str, loader: Callable[[], Any]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A user task's data, checked (:func:`load_user_task`)."""
+    try:
+        data = loader()
+    except UnigradError:
+        raise
+    except Exception as e:
+        raise UnigradError(f"task {path!r}: its loader failed: {_exception(e)}") from None
+    if not isinstance(data, (tuple, list)) or len(data) != 4 or not all(isinstance(t, Tensor) for t in data):
+        raise UnigradError(
+            f"task {path!r}: its loader must return four tensors (x_train, y_train, x_test, y_test), got "
+            f"{type(data).__name__}" + (f" of {len(data)}" if isinstance(data, (tuple, list)) else "")
+        )
+    for split, x, y in (("train", data[0], data[1]), ("test", data[2], data[3])):
+        if y.ndim != 1 or y.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+            raise UnigradError(
+                f"task {path!r}: y_{split} must be integer class labels of shape (N,), got {tuple(y.shape)} "
+                f"{str(y.dtype).removeprefix('torch.')}"
+            )
+        if x.ndim < 1 or x.shape[0] != y.shape[0] or y.shape[0] == 0:
+            raise UnigradError(
+                f"task {path!r}: x_{split} has {x.shape[0] if x.ndim else 0} samples and y_{split} {y.shape[0]}; "
+                "they must match and be at least one"
+            )
+    return data[0], data[1].long(), data[2], data[3].long()
+
+
+def _checked_model(path: str, builder: Callable[[int], Any], seed: int) -> nn.Module:
+    """A user task's model, checked to be an ``nn.Module`` (:func:`load_user_task`)."""
+    try:
+        model = builder(seed)
+    except UnigradError:
+        raise
+    except Exception as e:
+        raise UnigradError(f"task {path!r}: its builder failed for seed {seed}: {_exception(e)}") from None
+    if not isinstance(model, nn.Module):
+        raise UnigradError(f"task {path!r}: its builder returned a {type(model).__name__}, not a torch nn.Module")
+    return model
 
 
 def available_tasks() -> list[Task]:

@@ -60,8 +60,9 @@ by :attr:`BenchTask.overrides`, and a method spec given by the user overrides bo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.train.methods import MethodSpec, check_available, method_names, parse_method, variants
@@ -248,11 +249,37 @@ TASKS: dict[str, BenchTask] = {
 }
 
 
+USER_TASK_EPOCHS = 5
+"""The default budget of a task of your own: the forward-pass equivalents of this many epochs of backprop
+(3 FE per training sample: a forward and a backward pass)."""
+
+
 def get_bench_task(name: str) -> BenchTask:
-    """The suite's task called ``name`` (unknown names raise an error listing the valid ones)."""
+    """The suite's task called ``name``, or a task of your own named by its import path ``module.path:function``
+    (:func:`user_bench_task`); unknown names raise an error listing the valid ones."""
+    if ":" in name:
+        return user_bench_task(name)
     if name not in TASKS:
         raise unknown_name("task", name, TASKS)
     return TASKS[name]
+
+
+@functools.cache
+def user_bench_task(path: str) -> BenchTask:
+    """The suite's view of the classification task your function at ``path`` returns
+    (:func:`unigrad.data.tasks.load_user_task`): the default methods of the built-in classification tasks and
+    every peer, the task's batch size, 20 evaluation points and a budget of :data:`USER_TASK_EPOCHS` epochs of
+    backprop in FE. Not in the default set: run it with ``--tasks``."""
+    from unigrad.data.tasks import load_user_task
+
+    task = load_user_task(path)
+    n_train = len(task.data().y_train)
+    dim = sum(p.numel() for p in task.build_model(0).parameters() if p.requires_grad)
+    return replace(
+        _classification(path, task.description, float(3 * USER_TASK_EPOCHS * n_train), dim),
+        batch_size=task.batch_size,
+        default=False,
+    )
 
 
 def parse_tasks(tasks: str | Sequence[str] | None) -> list[BenchTask]:

@@ -17,11 +17,15 @@ writes a run folder (``runs/compare-<task>-<YYYYmmdd-HHMMSS>/`` by default) hold
   in the wall time or the forward-pass equivalents, and they do not change the runs. In the
   experiment store the names and ``k`` are part of a run's configuration (a run without
   diagnostics keeps its key).
+* with ``tensorboard=DIR``, every run's evaluation points and configuration also as TensorBoard event
+  files in ``DIR/<method label>/seed-<N>`` (:mod:`unigrad.train.tensorboard`), runs found finished in the
+  store included (their stored points are written).
 
 Method specs read ``name[:key=value]...`` (:mod:`unigrad.train.methods`: the per-method defaults, the
 sweep behind them, and the decorrelated variants); seeds are a count or a list
-(:func:`~unigrad.train.methods.parse_seeds`). The default comparison on MNIST-1D (:data:`DEFAULT_METHODS`)
-sets lr 3e-3 explicitly in its method specs (the reason is in :mod:`unigrad.train.methods`).
+(:func:`~unigrad.train.methods.parse_seeds`). The command line's default comparison (:data:`DEFAULT_METHODS` on
+:func:`default_task`, :data:`DEFAULT_BUDGET`) sets one method of each derivative order against each other; the
+report and the command line end with their :func:`~unigrad.train.report.summary` against backprop.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.train.methods import MethodSpec, check_parameter_choices, parse_methods, parse_seeds
 from unigrad.train.rundir import environment, run_dir
 from unigrad.train.store import Store, run_config
+from unigrad.train.tensorboard import check_logdir, run_folder, write_run
 from unigrad.train.trainer import (
     DEFAULT_EVAL_POINTS,
     HALF_DTYPES,
@@ -53,15 +58,37 @@ from unigrad.train.trainer import (
     measure_peak_memory,
     resolve_device,
     resolve_dtype,
+    run_configuration,
     train,
 )
 
-DEFAULT_TASK = "mnist1d-mlp"
-# the default comparison (MNIST-1D) carries the learning rate that task prefers (unigrad.train.methods' docstring)
-DEFAULT_METHODS = ("backprop", "forward-gradient:lr=3e-3", "spsa:lr=3e-3", "es", "mezo:lr=3e-3")
-DEFAULT_BUDGET = "epochs=12"
+DEFAULT_TASK = "fashion-mlp"
+FALLBACK_TASK = "mnist1d-mlp"
+"""The command line's task when none is given: :data:`DEFAULT_TASK`, or this one when Fashion-MNIST is not
+installed (:func:`default_task`)."""
+# One method of each derivative order, the best backward-free one (danp) among them, and an unstructured
+# zeroth-order one (spsa, 4 probes) to set it against: about a minute on a 2-core CPU (docs/cli.md).
+DEFAULT_METHODS = ("backprop", "danp", "kfac:damping=3e-2", "spsa:probes=4")
+DEFAULT_BUDGET = "steps=500"
 DEFAULT_SEEDS = 3
 DEFAULT_BATCH_SIZE = 64
+
+
+def default_task(say: Callable[[str], None] | None = print) -> str:
+    """The task a command runs when none is named: :data:`DEFAULT_TASK` when Fashion-MNIST's files are there
+    (:func:`~unigrad.data.fashion_mnist.available`), else :data:`FALLBACK_TASK`, after ``say`` tells what it fell
+    back to and how to install the data."""
+    from unigrad.data.fashion_mnist import DEBIAN_PACKAGE, ENV, available, data_dir
+
+    if available():
+        return DEFAULT_TASK
+    if say is not None:
+        say(
+            f"note: Fashion-MNIST is not installed (no IDX files in {data_dir()}), so this runs {FALLBACK_TASK} "
+            f"instead of {DEFAULT_TASK}; install it with `sudo apt-get install {DEBIAN_PACKAGE}` (or `make data`), "
+            f"or point ${ENV} at a folder holding its four IDX files"
+        )
+    return FALLBACK_TASK
 
 
 def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -118,6 +145,7 @@ class _Comparison:
     diag_config: dict[str, Any] | None
     progress: bool = True  # whether the runs show progress bars
     say: Callable[[str], None] = print  # where the lines about each run go
+    tensorboard: Path | None = None  # the TensorBoard folder (unigrad.train.tensorboard), checked and made
 
 
 def compare(
@@ -140,6 +168,7 @@ def compare(
     rerun: bool = False,
     diagnostics: str | Sequence[str] = (),
     diagnostics_every: int | None = None,
+    tensorboard: str | Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run every method with every seed at equal ``budget``; write the run folder (module docs).
 
@@ -153,12 +182,16 @@ def compare(
     used, unless ``rerun``. An unfinished one (a killed comparison) resumes from its checkpoint in
     ``<store folder>/checkpoints/`` and ends bitwise as if never interrupted; checkpoints are deleted
     once their run is stored.
+
+    With ``tensorboard`` (a folder), every run is also logged to TensorBoard (module docs); without the
+    ``tensorboard`` package this is refused before anything is trained or a folder is made.
     """
     from unigrad.train.report import write_report
 
     say = log or (lambda _: None)
     plan = _plan(task, methods, budget, seeds, batch_size, device, dtype, eval_points, diagnostics, diagnostics_every)
-    plan = replace(plan, progress=progress, say=say)
+    logdir = check_logdir(tensorboard) if tensorboard is not None else None
+    plan = replace(plan, progress=progress, say=say, tensorboard=logdir)
     db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
     folder = run_dir(plan.task.name, out, prefix)
     results = _header(plan, command)
@@ -261,6 +294,7 @@ def _header(plan: _Comparison, command: str | None) -> dict[str, Any]:
     config = {
         "task": plan.task.name,
         "task_description": plan.task.description,
+        **({"task_source": plan.task.source} if plan.task.source is not None else {}),
         "budget": str(plan.budget),
         "seeds": plan.seeds,
         "batch_size": plan.batch_size,
@@ -292,12 +326,15 @@ class _StoredRun:
             dtype=str(plan.dtype).removeprefix("torch."),
             eval_points=plan.eval_points,
         )
+        if plan.task.source is not None:  # a task of yours: its import path is part of what the run is
+            config["task_source"] = plan.task.source
         if plan.diag_config is not None:  # a run with diagnostics is another record than one without
             config["diagnostics"] = plan.diag_config
         if plan.dtype in HALF_DTYPES:  # half precision steps float32 masters: not the runs stored before it did
             config["master_weights"] = "float32"
         self.db = db
         self.id, self.checkpoint, self.result = _stored_run(db, group, config, env, rerun)
+        self.environment = db.get(self.id).environment  # the environment the run was trained in
 
     def record(self, point: dict[str, Any]) -> None:
         self.db.add_points(self.id, [point])
@@ -316,6 +353,8 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
             f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  (stored run {stored.id}, "
             f"not retrained)"
         )
+        if plan.tensorboard is not None:
+            _log_stored(plan, spec, seed, stored)
         return stored.result
     with _allocation_errors(f"{spec.label} seed {seed}"):
         r: RunResult = train(
@@ -332,9 +371,12 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
             checkpoint=None if stored is None else stored.checkpoint,
             resume=stored is not None,
             on_record=None if stored is None else stored.record,
+            on_resume=_say_resume(plan, spec, seed, None if stored is None else stored.checkpoint),
             diagnostics=plan.diag_names,
             diagnostics_every=plan.diagnostics_every,
             threads=None,  # the caller's (the command line's --threads), recorded in the environment
+            tensorboard=plan.tensorboard,
+            label=spec.label,
             **spec.run_options(),
         )
     result = r.to_dict()
@@ -348,6 +390,37 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
     )
     plan.say(line + (f"  DIVERGED: {r.message}" if r.status == "diverged" else ""))
     return result
+
+
+def _log_stored(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun) -> None:
+    """Write a run found finished in the store to its TensorBoard folder: the configuration the trained run logged
+    (with the environment it was trained in) and its stored points."""
+    assert plan.tensorboard is not None and stored.result is not None
+    settings = run_configuration(
+        plan.task,
+        spec.name,
+        budget=plan.budget,
+        batch_size=plan.batch_size,
+        seed=seed,
+        device=plan.device,
+        dtype=plan.dtype,
+        eval_points=plan.asked_points,
+        diagnostics=plan.diag_names,
+        diagnostics_every=plan.diagnostics_every,
+        **spec.run_options(),
+    )
+    config = {"method": spec.label, **settings, "environment": stored.environment}
+    write_run(run_folder(plan.tensorboard, spec.label, seed), config, stored.result["history"])
+
+
+def _say_resume(plan: _Comparison, spec: MethodSpec, seed: int, path: Path | None) -> Callable[[int, bool], None]:
+    """What a run says when it continues from its checkpoint: one line, with the step it picks up from."""
+
+    def say(step: int, finished: bool) -> None:
+        what = "finished already; its result is taken as it is" if finished else f"resuming at step {step}"
+        plan.say(f"  {spec.label:<18} seed {seed}: checkpoint {path} found, {what}")
+
+    return say
 
 
 def _peak_memory(plan: _Comparison, spec: MethodSpec) -> int:
@@ -412,8 +485,10 @@ __all__ = [
     "DEFAULT_METHODS",
     "DEFAULT_SEEDS",
     "DEFAULT_TASK",
+    "FALLBACK_TASK",
     "any_diverged",
     "compare",
+    "default_task",
     "finite_json",
     "jsonable",
     "summarize",

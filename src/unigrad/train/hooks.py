@@ -233,18 +233,50 @@ class Report(Hook):
 
 
 class ProgressBar(Hook):
-    """A ``tqdm`` bar of the budget spent (per mille) on stderr, with the last point's loss and accuracy."""
+    """A ``tqdm`` bar on stderr that counts what the budget counts, with the last point's loss and accuracy.
 
-    def __init__(self, label: str, quiet: bool) -> None:
+    An ``epochs`` or ``steps`` budget counts steps (``planned`` of them), a ``forwards`` budget forward-pass
+    equivalents (samples) and a ``seconds`` budget training seconds; without a budget, the fraction spent in
+    thousandths.
+    """
+
+    def __init__(self, label: str, quiet: bool, budget: Any = None, planned: float | None = None) -> None:
         self.label, self.quiet = label, quiet
+        self.kind = budget.kind if budget is not None else None
+        if self.kind in ("epochs", "steps") and planned is not None:
+            self.total, self.unit = float(planned), "step"
+        elif self.kind == "forwards":
+            self.total, self.unit = float(budget.value), "FE"
+        elif self.kind == "seconds":
+            self.total, self.unit = float(budget.value), "s"
+        else:
+            self.kind, self.total, self.unit = None, 1000.0, "‰"
         self.bar: tqdm[Any] | None = None
 
     def on_start(self, loop: TrainingLoop) -> None:
-        self.bar = tqdm(total=1000, desc=self.label, leave=False, disable=self.quiet, file=sys.stderr)
+        whole = self.unit == "step" and self.total < 1e15
+        self.bar = tqdm(
+            total=int(self.total) if whole else self.total,
+            desc=self.label,
+            unit=self.unit,
+            unit_scale=self.unit in ("FE", "s"),
+            leave=False,
+            disable=self.quiet,
+            file=sys.stderr,
+        )
+
+    def _done(self, loop: TrainingLoop) -> float:
+        if self.kind in ("epochs", "steps"):
+            return loop.step
+        if self.kind == "forwards":
+            return loop.forward_equivalents
+        if self.kind == "seconds":
+            return loop.seconds
+        return int(loop.spent() * 1000)
 
     def on_step_end(self, loop: TrainingLoop, record: StepRecord) -> None:
         assert self.bar is not None
-        self.bar.update(min(1000, int(loop.spent() * 1000)) - self.bar.n)
+        self.bar.update(min(self.total, self._done(loop)) - self.bar.n)
 
     def on_evaluate(self, loop: TrainingLoop, point: Point) -> None:
         if self.bar is not None and point.get("train_loss") is not None:
@@ -279,6 +311,7 @@ class Checkpointing(Hook):
         self.path, self.write, self.fingerprint = path, write, fingerprint
         self.order, self.schedule, self.last_good = order, schedule, last_good
         self.diagnostics, self.exchange = diagnostics, exchange
+        self.resumed_at: int | None = None  # the step a resume continued from (None: the run did not resume)
 
     def on_evaluate(self, loop: TrainingLoop, point: Point) -> None:
         self.save(loop)
@@ -328,6 +361,7 @@ class Checkpointing(Hook):
         if self.exchange is not None:
             self.exchange.sent = int(state.get("bytes", 0))
         self.last_good.take(loop, state["last_good_step"])
+        self.resumed_at = loop.step
         return bool(state["finished"])
 
     def _check_fingerprint(self, theirs: dict[str, Any]) -> None:

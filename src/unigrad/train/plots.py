@@ -1,9 +1,9 @@
 """Learning curves of a comparison: test accuracy against epochs, forward-pass equivalents and seconds.
 
-One line per method, the mean over seeds. Seeds whose evaluation points share the same x values
-(an epoch or step budget) are averaged point by point; otherwise each seed's curve is interpolated
-onto a common grid and averaged where it is defined. Forward-pass equivalents use a log axis: the
-methods' costs per step differ by orders of magnitude.
+One line per method, the mean over seeds, in a band from the lowest to the highest seed. Seeds whose
+evaluation points share the same x values (an epoch or step budget) are averaged point by point;
+otherwise each seed's curve is interpolated onto a common grid and averaged where it is defined.
+Forward-pass equivalents use a log axis: the methods' costs per step differ by orders of magnitude.
 
 When the runs recorded diagnostics (:mod:`unigrad.dynamics.diagnostics`), :func:`write_diagnostic_plots`
 draws ``diagnostics_<name>.png`` per diagnostic: one panel per recorded value against the training
@@ -27,28 +27,43 @@ AXES = {
 }
 
 
-def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]], log: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Mean over seeds of curves ``(x, y)`` (module docs)."""
+def curve_band(
+    curves: list[tuple[np.ndarray, np.ndarray]], log: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, lowest and highest over seeds of curves ``(x, y)``: ``(x, mean, low, high)`` (module docs).
+
+    Where the seeds' x values differ, each curve is interpolated onto a common grid and the statistics are taken
+    over the seeds defined at each grid point."""
     if log:
         curves = [(x[x > 0], y[x > 0]) for x, y in curves]
     curves = [(x, y) for x, y in curves if len(x)]
     if not curves:
-        return np.empty(0), np.empty(0)
+        return np.empty(0), np.empty(0), np.empty(0), np.empty(0)
     x0 = curves[0][0]
     if all(len(x) == len(x0) and np.allclose(x, x0) for x, _ in curves):
-        return x0, np.mean([y for _, y in curves], axis=0)
+        ys = np.array([y for _, y in curves])
+        return x0, np.mean(ys, axis=0), np.min(ys, axis=0), np.max(ys, axis=0)
     lo, hi = min(x.min() for x, _ in curves), max(x.max() for x, _ in curves)
     grid = np.geomspace(lo, hi, 100) if log and lo > 0 else np.linspace(lo, hi, 100)
-    ys = []
+    rows = []
     for x, y in curves:
         yi = np.interp(grid, x, y)
         yi[(grid < x.min()) | (grid > x.max())] = np.nan
-        ys.append(yi)
+        rows.append(yi)
     with np.errstate(invalid="ignore"):
-        stacked = np.array(ys)
+        stacked = np.array(rows)
         count = np.sum(~np.isnan(stacked), axis=0)
-        mean = np.where(count > 0, np.nansum(stacked, axis=0) / np.maximum(count, 1), np.nan)
-    return grid, mean
+        defined = count > 0
+        mean = np.where(defined, np.nansum(stacked, axis=0) / np.maximum(count, 1), np.nan)
+        low = np.where(defined, np.nanmin(np.where(np.isnan(stacked), np.inf, stacked), axis=0), np.nan)
+        high = np.where(defined, np.nanmax(np.where(np.isnan(stacked), -np.inf, stacked), axis=0), np.nan)
+    return grid, mean, low, high
+
+
+def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]], log: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds of curves ``(x, y)`` (module docs; :func:`curve_band` with the spread)."""
+    x, mean, _, _ = curve_band(curves, log)
+    return x, mean
 
 
 def write_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
@@ -70,14 +85,16 @@ def write_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
                 )
                 for r in entry["runs"]
             ]
-            x, y = mean_curve(curves, log)
+            x, y, low, high = curve_band(curves, log)
             if len(x):
-                ax.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=3, label=method)
+                (line,) = ax.plot(x, y, marker="o" if len(x) <= 30 else None, markersize=3, label=method)
+                if len(curves) > 1:  # the spread over seeds: lowest to highest
+                    ax.fill_between(x, low, high, color=line.get_color(), alpha=0.18, linewidth=0)
         if log:
             ax.set_xscale("log")
         n_seeds = len(results["config"]["seeds"])
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else ""))
+        ax.set_ylabel("test accuracy" + (f" (mean of {n_seeds} seeds, band: lowest to highest)" if n_seeds > 1 else ""))
         ax.set_title(f"{task}, budget {results['config']['budget']}")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # no line at all (a run that diverged at once): no legend

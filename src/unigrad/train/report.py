@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from unigrad.core.io import atomic_write
 from unigrad.train.plots import AXES, diagnostic_filename, diagnostic_groups, write_diagnostic_plots, write_plots
 
@@ -66,6 +68,82 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+REFERENCE = "backprop"
+"""The method every ratio of :func:`summary` is taken against, when the comparison has it."""
+
+TARGET_FRACTION = 0.95
+""":func:`summary`'s accuracy target: this fraction of the reference's final mean test accuracy, rounded down to
+a hundredth."""
+
+
+def steps_to(runs: list[dict[str, Any]], target: float) -> float | None:
+    """The median over seeds of the first evaluated step at which the test accuracy reaches ``target``; a seed
+    that never does counts as infinitely many steps (``None`` when at least half of them never do)."""
+    firsts = [
+        next((p["step"] for p in r["history"] if (p.get("test_accuracy") or 0.0) >= target), np.inf) for r in runs
+    ]
+    if not firsts:
+        return None
+    median = float(np.median(firsts))
+    return median if np.isfinite(median) else None
+
+
+def summary(results: dict[str, Any]) -> list[str]:
+    """The comparison in plain numbers, one line per derivative order: the best method of that order (highest
+    mean test accuracy), its accuracy gap to backprop (in points), its cost (forward-pass equivalents and
+    training wall time) and peak memory as ratios to backprop's, and the steps it takes to reach
+    :data:`TARGET_FRACTION` of backprop's final accuracy against backprop's. Empty without a backprop run
+    or with one method only."""
+    methods = results["methods"]
+    ref = methods.get(REFERENCE)
+    if ref is None or len(methods) < 2 or ref.get("summary") is None:
+        return []
+    rs = ref["summary"]
+    ref_acc = rs["test_accuracy_mean"]
+    if ref_acc is None:
+        return []
+    target = np.floor(TARGET_FRACTION * ref_acc * 100) / 100
+    ref_steps = steps_to(ref["runs"], target)
+
+    def ratio(a: float | None, b: float | None) -> str:
+        return f"{a / b:.2g}x" if a is not None and b else "—"
+
+    best: dict[int, tuple[str, dict[str, Any]]] = {}
+    for label, m in methods.items():
+        s = m.get("summary")
+        if label == REFERENCE or s is None or s["test_accuracy_mean"] is None:
+            continue
+        order = int(m["order"])
+        if order not in best or s["test_accuracy_mean"] > best[order][1]["summary"]["test_accuracy_mean"]:
+            best[order] = (label, m)
+    c = results["config"]
+    seeds = len(c["seeds"])
+    reached = (
+        f"reaches {target:.2f} at step {ref_steps:.0f}" if ref_steps is not None else f"never reaches {target:.2f}"
+    )
+    lines = [
+        f"Summary: {c['task']}, {c['budget']}, {seeds} seed{'s' * (seeds != 1)}. {REFERENCE} (order {ref['order']}) "
+        f"ends at test accuracy {ref_acc:.3f} and {reached}; the best method of each order against it:"
+    ]
+    for order in sorted(best):
+        label, m = best[order]
+        s = m["summary"]
+        gap = 100 * (s["test_accuracy_mean"] - ref_acc)
+        steps = steps_to(m["runs"], target)
+        reach = (
+            f"{target:.2f} in {ratio(steps, ref_steps)} the steps"
+            if steps is not None and ref_steps
+            else f"{target:.2f} not reached"
+        )
+        lines.append(
+            f"  order {order}  {label}: test accuracy {s['test_accuracy_mean']:.3f} ({gap:+.1f} points); "
+            f"{ratio(s['forward_equivalents_mean'], rs['forward_equivalents_mean'])} the forward-pass equivalents, "
+            f"{ratio(s['train_seconds_mean'], rs['train_seconds_mean'])} the wall time, "
+            f"{ratio(m.get('peak_memory_bytes'), ref.get('peak_memory_bytes'))} the peak memory; {reach}"
+        )
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     c, env = results["config"], results["environment"]
     seeds = c["seeds"]
@@ -79,6 +157,7 @@ def render(results: dict[str, Any]) -> str:
     if c.get("command"):
         lines += ["Command:", "", "```", c["command"], "```", ""]
     lines += [table(results), ""]
+    lines += _summary_section(results)
     over = f" ± sd over {len(seeds)} seeds" if len(seeds) > 1 else ""
     lines += [
         f"Test accuracy and final train loss: mean{over}"
@@ -123,6 +202,15 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _summary_section(results: dict[str, Any]) -> list[str]:
+    """The report's summary (:func:`summary`) as a paragraph of list items; none without a backprop run."""
+    lines = summary(results)
+    if not lines:
+        return []
+    head = lines[0].replace("Summary:", "**Summary**:", 1)
+    return [head, "", *[f"- {line.strip()}" for line in lines[1:]], ""]
 
 
 def diagnostics_section(results: dict[str, Any]) -> list[str]:

@@ -66,7 +66,8 @@
   ends with parameters bitwise equal to an uninterrupted run on CPU (same threads), and a finished
   run returns at once. A checkpoint of a different configuration is refused with the fields that
   differ. Wall time keeps counting from the saved value. ``on_record(point)`` is called with every
-  evaluation point as it is made (the experiment store records progress this way).
+  evaluation point as it is made (the experiment store records progress this way), and
+  ``on_resume(step, finished)`` once when a checkpoint was read back (the command line says so in one line).
 * **Which parameters train** (``train_only=["encoder.*", "head.*"]``, ``freeze="*embeddings*"``, or a named
   set: ``train_only="head"`` is the linear probe; :class:`~unigrad.train.build.ParameterChoice`): globs over
   ``model.named_parameters()``, as a list or one string separated by ``|``. Right after the model is built every
@@ -116,6 +117,13 @@
   leaves the process's setting alone (the command line, :func:`~unigrad.train.compare.compare` and
   the benchmark runner pass it: they have set the threads already). Bitwise resume needs the same
   thread count as the interrupted run.
+* **TensorBoard** (``tensorboard=DIR``, with ``label``, the method's name there, by default the estimator's):
+  the run's evaluation points and configuration also go to TensorBoard event files in
+  ``DIR/<label>/seed-<seed>`` (:mod:`unigrad.train.tensorboard`: the tags, what a resumed run writes). The
+  configuration is the method's label, the checkpoint's fingerprint (:func:`run_configuration`) and the
+  environment. The points are written outside the timed steps and are only read, so the run's results are those
+  of the same run without it; only the lead process of an exchange writes. Without the ``tensorboard`` package
+  it is refused before anything is built.
 
 **The loop.** A run is a :class:`~unigrad.train.loop.TrainingLoop` (the step every trainer of a network shares)
 with the hooks of :mod:`unigrad.train.hooks`, one per concern above; the budget and plan checks are in
@@ -128,6 +136,7 @@ reference of what a run does, kept next to the code that does it.)
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import sys
 import warnings
@@ -188,7 +197,9 @@ from unigrad.train.plan import (  # noqa: F401  (re-exported)
     resolve_device,
     resolve_dtype,
 )
+from unigrad.train.rundir import environment
 from unigrad.train.state import HALF_DTYPES, MasterWeights, Snapshot  # noqa: F401  (re-exported)
+from unigrad.train.tensorboard import TensorBoard, check_logdir, run_folder
 
 
 @dataclass
@@ -300,7 +311,7 @@ def _fingerprint(
     task: Task,
     estimator: Estimator,
     options: dict[str, Any],
-    masters: MasterWeights | None,
+    masters: bool,
     names: tuple[str, ...],
     diagnostics_every: int | None,
     exchange: ProbeExchange | None,
@@ -308,7 +319,7 @@ def _fingerprint(
     """The configuration a checkpoint belongs to: ``options`` (the run's settings) with the task, the estimator
     and what changes the state a checkpoint holds (masters, diagnostics, a data-parallel exchange)."""
     fingerprint = {"task": task.name, "estimator": estimator.name, "estimator_options": estimator.options(), **options}
-    if masters is not None:  # half-precision checkpoints hold the masters; those of older versions did not
+    if masters:  # half-precision checkpoints hold the masters; those of older versions did not
         fingerprint["master_weights"] = "float32"
     if names:  # runs without diagnostics keep the fingerprint (and checkpoints) they always had
         fingerprint["diagnostics"] = list(names)
@@ -378,6 +389,7 @@ def train(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     on_record: Callable[[dict[str, float | None]], None] | None = None,
+    on_resume: Callable[[int, bool], None] | None = None,
     diagnostics: Sequence[str] = (),
     diagnostics_every: int | None = None,
     exchange: ProbeExchange | None = None,
@@ -385,12 +397,16 @@ def train(
     threads: int | None = 1,
     train_only: str | Sequence[str] | None = None,
     freeze: str | Sequence[str] | None = None,
+    tensorboard: str | Path | None = None,
+    label: str | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs).
 
     ``threads`` (default 1) is torch's intra-op thread count during the call, restored afterwards;
     ``None`` leaves the process's setting alone (see "Threads" in the module docs). ``train_only`` and ``freeze``
     choose the parameters that train ("Which parameters train"); by default every parameter trains.
+    ``tensorboard=DIR`` logs the run to TensorBoard under ``DIR/<label>/seed-<seed>`` (``label`` defaults to the
+    estimator's name; see "TensorBoard").
     """
     plan = _plan(
         task,
@@ -410,6 +426,7 @@ def train(
         diagnostics_every=diagnostics_every,
         choice=ParameterChoice.make(train_only, freeze),
     )
+    logdir = check_logdir(tensorboard) if tensorboard is not None else None
     estimator, dev, dt, decor, names = plan.estimator, plan.device, plan.dtype, plan.decor, plan.names
     if exchange is not None:
         attach_exchange(estimator, exchange, names, decor, exchange_check_every)
@@ -427,6 +444,11 @@ def train(
         estimator.set_anchor_data(data.x_train, data.y_train, plan.task.loss_fn)
     run = _Concerns.make(plan, order, initial, masters, exchange, exchange_check_every, checkpoint, lead)
     quiet = not progress or not lead or not sys.stderr.isatty()
+    board = None
+    if logdir is not None and lead:
+        name = label or estimator.name
+        config = {"method": name, **run.checkpointing.fingerprint, "environment": environment(dev)}
+        board = TensorBoard(run_folder(logdir, name, seed), config)
     hooks = train_hooks(
         order,
         run.exchange,
@@ -434,17 +456,57 @@ def train(
         DecorrelationUpdates() if decor is not None else None,
         run.last_good,
         Report(on_record) if on_record is not None and lead else None,
-        ProgressBar(desc or f"{estimator.name} seed {seed}", quiet),
+        ProgressBar(
+            desc or f"{estimator.name} seed {seed}",
+            quiet,
+            plan.budget,
+            planned_steps(plan.budget, order.n, order.batch_size),
+        ),
         run.checkpointing,
+        board,
     )
     loop = _loop(plan, model, opt, masters, order, run, hooks)
     finished = resume and run.checkpointing.resume(loop)
+    if on_resume is not None and run.checkpointing.resumed_at is not None:
+        on_resume(run.checkpointing.resumed_at, finished)
     loop.stopped = finished
     loop.run()
     _warn_if_short(plan, loop)
     if not finished:
         _finish(plan, loop, order, run)
     return _result(plan, loop, run)
+
+
+def run_configuration(task: Task | str, method: Estimator | str, **options: Any) -> dict[str, Any]:
+    """The configuration of the run ``train(task, method, **options)`` (its checkpoint's fingerprint: the task,
+    the estimator and its options, the optimizer, learning rate, budget, batch size, seed, device, dtype,
+    evaluation points, decorrelation, ...), checked as :func:`train` checks it, without building a model or
+    training. TensorBoard shows it as the run's configuration."""
+    bound = inspect.signature(train).bind(task, method, **options)
+    bound.apply_defaults()
+    a = bound.arguments
+    plan = _plan(
+        a["task"],
+        a["method"],
+        a["estimator_options"],
+        optimizer=a["optimizer"],
+        lr=a["lr"],
+        optimizer_options=a["optimizer_options"],
+        budget=a["budget"],
+        batch_size=a["batch_size"],
+        seed=a["seed"],
+        device=a["device"],
+        dtype=a["dtype"],
+        eval_points=a["eval_points"],
+        decorrelation=a["decorrelation"],
+        diagnostics=a["diagnostics"],
+        diagnostics_every=a["diagnostics_every"],
+        choice=ParameterChoice.make(a["train_only"], a["freeze"]),
+    )
+    half = plan.dtype in HALF_DTYPES
+    return _fingerprint(
+        plan.task, plan.estimator, plan.settings, half, plan.names, plan.diagnostics_every, a["exchange"]
+    )
 
 
 @dataclass
@@ -558,7 +620,7 @@ class _Concerns:
         diag = Diagnostics(plan.names, plan.diagnostics_every, plan.seed, initial, order) if plan.names else None
         ex = Exchange(exchange, check_every) if exchange is not None else None
         fingerprint = _fingerprint(
-            plan.task, plan.estimator, plan.settings, masters, plan.names, plan.diagnostics_every, exchange
+            plan.task, plan.estimator, plan.settings, masters is not None, plan.names, plan.diagnostics_every, exchange
         )
         path = None if checkpoint is None else Path(checkpoint)
         ckpt = Checkpointing(path, lead, fingerprint, order, schedule, last_good, diag, ex)
