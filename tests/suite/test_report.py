@@ -79,3 +79,13 @@ def test_best_zeroth_order_breaks_ties_by_wall_time():
         "es": {"name": "es", "order": 0, "mean": 455.0, "seconds_median": 1.0},
     }
     assert best_zeroth_order(methods, higher_is_better=True) == "mezo"
+
+
+def test_curve_spread_bands_the_runs_around_their_mean():
+    from unigrad.suite.report import curve_spread
+
+    a = [{"seconds": 0.0, "metric": 0.0}, {"seconds": 2.0, "metric": 1.0}]
+    b = [{"seconds": 0.0, "metric": 1.0}, {"seconds": 2.0, "metric": 3.0}]
+    grid, mean, low, high = curve_spread([a, b], "seconds", points=3)
+    assert np.allclose(grid, [0, 1, 2]) and np.allclose(mean, [0.5, 1.25, 2.0])
+    assert np.allclose(low, [0.0, 0.5, 1.0]) and np.allclose(high, [1.0, 2.0, 3.0])

@@ -76,11 +76,15 @@ def load_fashion_mnist(root: str | Path | None = None) -> tuple[Tensor, Tensor, 
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim != 3 or y.ndim != 1 or x.shape[0] != y.shape[0]:
             raise UnigradError(f"Fashion-MNIST {split} files in {folder} disagree: images {x.shape}, labels {y.shape}")
-    x_train, x_test = (arrays[k].astype(np.float32) / 255.0 for k in ("x_train", "x_test"))
+    x_train, x_test = (arrays[k].astype(np.float32) for k in ("x_train", "x_test"))
+    for x in (x_train, x_test):
+        x /= 255.0  # in place: the same float32 operations as out of place, without the copies
     mean, std = float(x_train.mean()), float(x_train.std())
 
     def images(x: np.ndarray) -> Tensor:
-        return torch.from_numpy((x - mean) / std).unsqueeze(1)
+        x -= mean
+        x /= std
+        return torch.from_numpy(x).unsqueeze(1)
 
     def labels(y: np.ndarray) -> Tensor:
         return torch.from_numpy(y.astype(np.int64))

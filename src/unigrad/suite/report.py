@@ -44,6 +44,14 @@ def mean_curve(
     """Mean over runs of ``y`` against ``x``: each run's points interpolated onto a grid from the smallest
     first ``x`` to the largest last ``x`` (a run holds its first value before it starts and its last
     value after it ended, as ``np.interp`` does), then averaged."""
+    grid, mean, _, _ = curve_spread(histories, x, y, points)
+    return grid, mean
+
+
+def curve_spread(
+    histories: Sequence[Sequence[Mapping[str, Any]]], x: str, y: str = "metric", points: int = CURVE_POINTS
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`mean_curve` with the lowest and highest run at each grid point: ``(grid, mean, low, high)``."""
     curves = []
     for h in histories:
         pts = [(float(p[x]), float(p[y])) for p in h if p.get(x) is not None and p.get(y) is not None]
@@ -51,14 +59,16 @@ def mean_curve(
             xs, ys = np.array(pts).T
             curves.append((xs, ys))
     if not curves:
-        return np.empty(0), np.empty(0)
+        return np.empty(0), np.empty(0), np.empty(0), np.empty(0)
     lo, hi = min(c[0][0] for c in curves), max(c[0][-1] for c in curves)
     if len(curves) == 1:
-        return curves[0]
+        return curves[0][0], curves[0][1], curves[0][1], curves[0][1]
     if not hi > lo:
-        return np.array([lo]), np.array([np.mean([np.interp(lo, xs, ys) for xs, ys in curves])])
+        at = np.array([np.interp(lo, xs, ys) for xs, ys in curves])
+        return np.array([lo]), np.array([at.mean()]), np.array([at.min()]), np.array([at.max()])
     grid = np.linspace(lo, hi, points)
-    return grid, np.mean([np.interp(grid, xs, ys) for xs, ys in curves], axis=0)
+    ys = np.array([np.interp(grid, xs, ys) for xs, ys in curves])
+    return grid, ys.mean(axis=0), ys.min(axis=0), ys.max(axis=0)
 
 
 def time_to_reach(xs: Sequence[float], ys: Sequence[float], target: float, higher_is_better: bool) -> float | None:
@@ -361,14 +371,17 @@ def write_plots(folder: Path, results: Mapping[str, Any]) -> list[Path]:
         ):
             fig, ax = plt.subplots(figsize=(7, 4.5))
             for label, m in task["methods"].items():
-                xs, ys = mean_curve([r["history"] for r in finished(m["runs"])], key)
+                runs = finished(m["runs"])
+                xs, ys, low, high = curve_spread([r["history"] for r in runs], key)
                 if len(xs):
-                    ax.plot(xs, ys, label=label, linestyle="--" if m["peer"] else "-")
+                    (line,) = ax.plot(xs, ys, label=label, linestyle="--" if m["peer"] else "-")
+                    if len(runs) > 1:  # the spread over seeds: lowest to highest
+                        ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
             if task["kind"] == "function":
                 ax.set_yscale("log", nonpositive="clip")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(task["metric"])
-            ax.set_title(f"{name}: mean over seeds")
+            ax.set_title(f"{name}: mean over seeds, band from the lowest to the highest")
             if ax.lines:
                 ax.legend(fontsize=8)
             fig.tight_layout()
@@ -397,6 +410,7 @@ def write_plots(folder: Path, results: Mapping[str, Any]) -> list[Path]:
 __all__ = [
     "best_zeroth_order",
     "better",
+    "curve_spread",
     "mean_curve",
     "peer_comparison",
     "render",
