@@ -259,7 +259,9 @@ class ProgressBar(Hook):
             total=int(self.total) if whole else self.total,
             desc=self.label,
             unit=self.unit,
-            unit_scale=self.unit in ("FE", "s"),
+            unit_scale=self.unit == "FE",
+            # training seconds against wall-clock seconds: no rate, which would read as seconds per second
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:g} s of training [{elapsed}]" if self.unit == "s" else None,
             leave=False,
             disable=self.quiet,
             file=sys.stderr,

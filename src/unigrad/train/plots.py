@@ -94,8 +94,9 @@ def write_plots(folder: Path, results: dict[str, Any]) -> list[Path]:
             ax.set_xscale("log")
         n_seeds = len(results["config"]["seeds"])
         ax.set_xlabel(label)
-        ax.set_ylabel("test accuracy" + (f" (mean of {n_seeds} seeds, band: lowest to highest)" if n_seeds > 1 else ""))
-        ax.set_title(f"{task}, budget {results['config']['budget']}")
+        ax.set_ylabel("test accuracy")
+        spread = f"\nmean of {n_seeds} seeds, band from the lowest to the highest" if n_seeds > 1 else ""
+        ax.set_title(f"{task}, budget {results['config']['budget']}{spread}", fontsize=10)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:  # no line at all (a run that diverged at once): no legend
             ax.legend(fontsize=8)
