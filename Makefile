@@ -73,7 +73,7 @@ bench: setup
 lock:
 	test -d $(LOCKENV) || $(PYTHON) -m venv $(LOCKENV)
 	$(LOCKENV)/bin/pip install -q pip==$(PIP_VERSION) $(PIP_TOOLS)
-	$(LOCKENV)/bin/pip-compile -q --extra dev --extra peers --extra finetune --extra tensorboard --extra lightning --all-build-deps --allow-unsafe --strip-extras \
+	$(LOCKENV)/bin/pip-compile -q --extra dev --extra peers --extra finetune --extra tensorboard --extra mlflow --extra lightning --all-build-deps --allow-unsafe --strip-extras \
 	  --generate-hashes --no-emit-index-url --no-emit-find-links --newline LF \
 	  $(if $(filter 1,$(UPGRADE)),--upgrade,$(if $(UPGRADE),--upgrade-package $(UPGRADE))) \
 	  --output-file $(LOCK) pyproject.toml

@@ -50,6 +50,8 @@ diagnostics        both     diagnostic names (:mod:`unigrad.dynamics.diagnostics
 diagnostics_every  both     an integer >= 1: measure the diagnostics every K steps
 tensorboard        both     a folder for TensorBoard event files, a non-empty path string
                             (:mod:`unigrad.train.tensorboard`; needs the tensorboard package)
+mlflow             both     an MLflow store, a folder or ``"sqlite:///FILE.db"``, a non-empty string
+                            (:mod:`unigrad.train.mlflow`; needs the mlflow extra)
 method             train    one method spec, e.g. ``"spsa:probes=16:sigma=1e-3"``
 optimizer          train    ``"sgd"``, ``"adam"``, ``"adamw"`` or ``"rmsprop"``
 lr                 train    a finite number > 0
@@ -140,6 +142,7 @@ class _Options(BaseModel):
     diagnostics: str | list[str] | None = None
     diagnostics_every: _PosInt | None = None
     tensorboard: Annotated[str, Field(min_length=1)] | None = None
+    mlflow: Annotated[str, Field(min_length=1)] | None = None
 
     @field_validator("diagnostics")
     @classmethod
@@ -148,7 +151,7 @@ class _Options(BaseModel):
 
         return ",".join(_delegate(lambda: check_diagnostics(value)))
 
-    @field_validator("out", "store", "tensorboard")
+    @field_validator("out", "store", "tensorboard", "mlflow")
     @classmethod
     def _path(cls, value: str) -> str:
         if "\x00" in value:
@@ -273,6 +276,7 @@ _ALLOWED = {
     "diagnostics": 'a list of diagnostic names or one comma-separated string, e.g. "alignment,norms"',
     "diagnostics_every": "an integer >= 1",
     "tensorboard": "a non-empty path string",
+    "mlflow": "a non-empty path or sqlite:/// URI string",
     "method": 'a method spec string, e.g. "spsa:probes=16"',
     "optimizer": 'an optimizer name, e.g. "adam"',
     "lr": "a finite number > 0",

@@ -83,6 +83,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
         help="also log every run's evaluation points and configuration to TensorBoard event files in "
         "DIR/<method>/seed-<N> (needs pip install 'unigrad[tensorboard]'; view with tensorboard --logdir DIR)",
     )
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        default=None,
+        help="also log every run as an MLflow run (per method and seed, in an experiment named after the run "
+        "folder) to a local store: a folder, or sqlite:///FILE.db (needs pip install 'unigrad[mlflow]')",
+    )
 
 
 def add_train_parsers(sub: Any) -> None:
@@ -251,6 +258,8 @@ def _train_distributed(args: argparse.Namespace, argv: Sequence[str], spec: Any,
             resume=True,
             tensorboard=args.tensorboard,
             label=spec.label,
+            mlflow=args.mlflow,
+            mlflow_experiment=folder.name,
             on_resume=_say_resume_distributed(folder / "checkpoint.pt"),
             threads=None,  # --threads, applied to the whole process above
             **spec.train_options(),
@@ -328,6 +337,7 @@ def _compare_options(args: argparse.Namespace, argv: Sequence[str]) -> dict[str,
         "store": _store(args),
         "rerun": args.rerun,
         "tensorboard": args.tensorboard,
+        "mlflow": args.mlflow,
         **_diagnostics(args),
     }
 

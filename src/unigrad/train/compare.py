@@ -20,6 +20,8 @@ writes a run folder (``runs/compare-<task>-<YYYYmmdd-HHMMSS>/`` by default) hold
 * with ``tensorboard=DIR``, every run's evaluation points and configuration also as TensorBoard event
   files in ``DIR/<method label>/seed-<N>`` (:mod:`unigrad.train.tensorboard`), runs found finished in the
   store included (their stored points are written).
+* with ``mlflow=URI`` (a folder or ``sqlite:///PATH.db``), the same as MLflow runs, one per method label and
+  seed, in an experiment named after the run folder (:mod:`unigrad.train.mlflow`), stored runs included.
 
 Method specs read ``name[:key=value]...`` (:mod:`unigrad.train.methods`: the per-method defaults, the
 sweep behind them, and the decorrelated variants); seeds are a count or a list
@@ -46,6 +48,8 @@ from unigrad.core.io import finite_json, jsonable, write_json  # finite_json, js
 from unigrad.data.tasks import Task, get_task
 from unigrad.dynamics.diagnostics import check_diagnostics
 from unigrad.train.methods import MethodSpec, check_parameter_choices, parse_methods, parse_seeds
+from unigrad.train.mlflow import check_tracking_uri
+from unigrad.train.mlflow import write_run as mlflow_write_run
 from unigrad.train.rundir import environment, run_dir
 from unigrad.train.store import Store, run_config
 from unigrad.train.tensorboard import check_logdir, run_folder, write_run
@@ -146,6 +150,8 @@ class _Comparison:
     progress: bool = True  # whether the runs show progress bars
     say: Callable[[str], None] = print  # where the lines about each run go
     tensorboard: Path | None = None  # the TensorBoard folder (unigrad.train.tensorboard), checked and made
+    mlflow: str | None = None  # the MLflow tracking URI (unigrad.train.mlflow), checked
+    experiment: str = ""  # the MLflow experiment: the run folder's name
 
 
 def compare(
@@ -169,6 +175,7 @@ def compare(
     diagnostics: str | Sequence[str] = (),
     diagnostics_every: int | None = None,
     tensorboard: str | Path | None = None,
+    mlflow: str | Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run every method with every seed at equal ``budget``; write the run folder (module docs).
 
@@ -184,16 +191,19 @@ def compare(
     once their run is stored.
 
     With ``tensorboard`` (a folder), every run is also logged to TensorBoard (module docs); without the
-    ``tensorboard`` package this is refused before anything is trained or a folder is made.
+    ``tensorboard`` package this is refused before anything is trained or a folder is made. With ``mlflow`` (a
+    folder or ``sqlite:///PATH.db``) every run is also an MLflow run, likewise refused without ``mlflow-skinny``.
     """
     from unigrad.train.report import write_report
 
     say = log or (lambda _: None)
     plan = _plan(task, methods, budget, seeds, batch_size, device, dtype, eval_points, diagnostics, diagnostics_every)
     logdir = check_logdir(tensorboard) if tensorboard is not None else None
-    plan = replace(plan, progress=progress, say=say, tensorboard=logdir)
+    tracking = check_tracking_uri(mlflow) if mlflow is not None else None
+    plan = replace(plan, progress=progress, say=say, tensorboard=logdir, mlflow=tracking)
     db = Store(store) if store is not None else None  # a bad store fails here, before a folder is made
     folder = run_dir(plan.task.name, out, prefix)
+    plan = replace(plan, experiment=folder.name)
     results = _header(plan, command)
     verb = "training" if prefix == "train" else "comparing"
     labels = ", ".join(m.label for m in plan.specs)
@@ -353,7 +363,7 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
             f"  {spec.label:<18} seed {seed}: test acc {f['test_accuracy']:.3f}  (stored run {stored.id}, "
             f"not retrained)"
         )
-        if plan.tensorboard is not None:
+        if plan.tensorboard is not None or plan.mlflow is not None:
             _log_stored(plan, spec, seed, stored)
         return stored.result
     with _allocation_errors(f"{spec.label} seed {seed}"):
@@ -377,6 +387,8 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
             threads=None,  # the caller's (the command line's --threads), recorded in the environment
             tensorboard=plan.tensorboard,
             label=spec.label,
+            mlflow=plan.mlflow,
+            mlflow_experiment=plan.experiment,
             **spec.run_options(),
         )
     result = r.to_dict()
@@ -393,9 +405,9 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
 
 
 def _log_stored(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun) -> None:
-    """Write a run found finished in the store to its TensorBoard folder: the configuration the trained run logged
-    (with the environment it was trained in) and its stored points."""
-    assert plan.tensorboard is not None and stored.result is not None
+    """Write a run found finished in the store to its TensorBoard folder and MLflow experiment: the configuration
+    the trained run logged (with the environment it was trained in) and its stored points."""
+    assert stored.result is not None
     settings = run_configuration(
         plan.task,
         spec.name,
@@ -410,7 +422,11 @@ def _log_stored(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredR
         **spec.run_options(),
     )
     config = {"method": spec.label, **settings, "environment": stored.environment}
-    write_run(run_folder(plan.tensorboard, spec.label, seed), config, stored.result["history"])
+    if plan.tensorboard is not None:
+        write_run(run_folder(plan.tensorboard, spec.label, seed), config, stored.result["history"])
+    if plan.mlflow is not None:
+        history, status = stored.result["history"], stored.result.get("status", "ok")
+        mlflow_write_run(plan.mlflow, plan.experiment, spec.label, seed, config, history, status)
 
 
 def _say_resume(plan: _Comparison, spec: MethodSpec, seed: int, path: Path | None) -> Callable[[int, bool], None]:

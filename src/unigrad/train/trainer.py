@@ -124,6 +124,10 @@
   environment. The points are written outside the timed steps and are only read, so the run's results are those
   of the same run without it; only the lead process of an exchange writes. Without the ``tensorboard`` package
   it is refused before anything is built.
+* **MLflow** (``mlflow=URI``, a folder or ``sqlite:///PATH.db``, with ``label`` and ``mlflow_experiment``, by
+  default the task's name): the same points and configuration as an MLflow run of ``label`` and ``seed`` in that
+  experiment (:mod:`unigrad.train.mlflow`: the metrics, parameters and tags, what a resumed run logs); as for
+  TensorBoard, only read, only the lead process, refused before anything is built without ``mlflow-skinny``.
 
 **The loop.** A run is a :class:`~unigrad.train.loop.TrainingLoop` (the step every trainer of a network shares)
 with the hooks of :mod:`unigrad.train.hooks`, one per concern above; the budget and plan checks are in
@@ -180,6 +184,7 @@ from unigrad.train.hooks import (
     train_hooks,
 )
 from unigrad.train.loop import Fractions, Hook, Point, TrainingLoop
+from unigrad.train.mlflow import MLflow, check_tracking_uri
 from unigrad.train.peak_memory import measure_peak_memory  # noqa: F401  (re-exported)
 from unigrad.train.plan import (  # noqa: F401  (re-exported)
     BUDGET_KINDS,
@@ -399,6 +404,8 @@ def train(
     freeze: str | Sequence[str] | None = None,
     tensorboard: str | Path | None = None,
     label: str | None = None,
+    mlflow: str | Path | None = None,
+    mlflow_experiment: str | None = None,
 ) -> RunResult:
     """Train ``task``'s model with ``method`` and ``optimizer`` until ``budget`` is spent (module docs).
 
@@ -406,7 +413,8 @@ def train(
     ``None`` leaves the process's setting alone (see "Threads" in the module docs). ``train_only`` and ``freeze``
     choose the parameters that train ("Which parameters train"); by default every parameter trains.
     ``tensorboard=DIR`` logs the run to TensorBoard under ``DIR/<label>/seed-<seed>`` (``label`` defaults to the
-    estimator's name; see "TensorBoard").
+    estimator's name; see "TensorBoard"). ``mlflow=URI`` logs it as an MLflow run in the experiment
+    ``mlflow_experiment`` (default: the task's name; see "MLflow").
     """
     plan = _plan(
         task,
@@ -427,6 +435,7 @@ def train(
         choice=ParameterChoice.make(train_only, freeze),
     )
     logdir = check_logdir(tensorboard) if tensorboard is not None else None
+    tracking = check_tracking_uri(mlflow) if mlflow is not None else None
     estimator, dev, dt, decor, names = plan.estimator, plan.device, plan.dtype, plan.decor, plan.names
     if exchange is not None:
         attach_exchange(estimator, exchange, names, decor, exchange_check_every)
@@ -449,6 +458,11 @@ def train(
         name = label or estimator.name
         config = {"method": name, **run.checkpointing.fingerprint, "environment": environment(dev)}
         board = TensorBoard(run_folder(logdir, name, seed), config)
+    logger = None
+    if tracking is not None and lead:
+        name = label or estimator.name
+        config = {"method": name, **run.checkpointing.fingerprint, "environment": environment(dev)}
+        logger = MLflow(tracking, mlflow_experiment or plan.task.name, name, seed, config)
     hooks = train_hooks(
         order,
         run.exchange,
@@ -464,6 +478,7 @@ def train(
         ),
         run.checkpointing,
         board,
+        logger,
     )
     loop = _loop(plan, model, opt, masters, order, run, hooks)
     finished = resume and run.checkpointing.resume(loop)
