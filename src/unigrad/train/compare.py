@@ -370,26 +370,18 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
         r: RunResult = train(
             plan.task,
             spec.name,
-            budget=plan.budget,
-            batch_size=plan.batch_size,
-            seed=seed,
-            device=plan.device,
-            dtype=plan.dtype,
-            eval_points=plan.asked_points,
+            **_settings(plan, spec, seed),
             progress=plan.progress,
             desc=f"{spec.label} seed {seed}",
             checkpoint=None if stored is None else stored.checkpoint,
             resume=stored is not None,
             on_record=None if stored is None else stored.record,
             on_resume=_say_resume(plan, spec, seed, None if stored is None else stored.checkpoint),
-            diagnostics=plan.diag_names,
-            diagnostics_every=plan.diagnostics_every,
             threads=None,  # the caller's (the command line's --threads), recorded in the environment
             tensorboard=plan.tensorboard,
             label=spec.label,
             mlflow=plan.mlflow,
             mlflow_experiment=plan.experiment,
-            **spec.run_options(),
         )
     result = r.to_dict()
     if stored is not None:
@@ -404,23 +396,27 @@ def _run(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun | No
     return result
 
 
+def _settings(plan: _Comparison, spec: MethodSpec, seed: int) -> dict[str, Any]:
+    """The options of :func:`~unigrad.train.trainer.train` that define the run of ``spec`` with ``seed`` (what
+    :func:`~unigrad.train.trainer.run_configuration` turns into the configuration of a stored run)."""
+    return {
+        "budget": plan.budget,
+        "batch_size": plan.batch_size,
+        "seed": seed,
+        "device": plan.device,
+        "dtype": plan.dtype,
+        "eval_points": plan.asked_points,
+        "diagnostics": plan.diag_names,
+        "diagnostics_every": plan.diagnostics_every,
+        **spec.run_options(),
+    }
+
+
 def _log_stored(plan: _Comparison, spec: MethodSpec, seed: int, stored: _StoredRun) -> None:
     """Write a run found finished in the store to its TensorBoard folder and MLflow experiment: the configuration
     the trained run logged (with the environment it was trained in) and its stored points."""
     assert stored.result is not None
-    settings = run_configuration(
-        plan.task,
-        spec.name,
-        budget=plan.budget,
-        batch_size=plan.batch_size,
-        seed=seed,
-        device=plan.device,
-        dtype=plan.dtype,
-        eval_points=plan.asked_points,
-        diagnostics=plan.diag_names,
-        diagnostics_every=plan.diagnostics_every,
-        **spec.run_options(),
-    )
+    settings = run_configuration(plan.task, spec.name, **_settings(plan, spec, seed))
     config = {"method": spec.label, **settings, "environment": stored.environment}
     if plan.tensorboard is not None:
         write_run(run_folder(plan.tensorboard, spec.label, seed), config, stored.result["history"])
