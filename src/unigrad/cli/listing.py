@@ -43,6 +43,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     print("\nTasks:")
     for task in tasks:
         print(f"    {task.name:<{width}}{task.description}")
+    print(f"    {'module:function':<{width}}your own: a function that returns a Task (examples/custom_task.py)")
     return 0
 
 
