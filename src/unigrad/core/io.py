@@ -201,6 +201,18 @@ def _link_new(tmp: Path, path: Path) -> None:
 # ------------------------------------------------------------------------------------------------ JSON
 
 
+def make_folder(path: Path, what: str) -> Path:
+    """The folder ``path``, made with its parents when missing; a one-line :class:`UnigradError` naming it as
+    ``what`` when a file is in the way or the folder cannot be made."""
+    if path.exists() and not path.is_dir():
+        raise UnigradError(f"{what} {path} exists and is not a folder; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UnigradError(f"cannot create {what} {path}: {e.strerror or e}") from None
+    return path
+
+
 def finite_json(obj: Any) -> Any:
     """``obj`` with non-finite floats as ``None`` (strict JSON has no NaN), tuples as lists, mappings as dicts.
 

@@ -36,6 +36,22 @@ def one_line(text: str) -> str:
     return _BREAKS.sub(lambda m: repr(m.group())[1:-1], text)
 
 
+def parse_value(text: str) -> Any:
+    """An option's value as written in a method spec (``spsa:probes=16:sigma=1e-3``): ``true``/``false`` (any
+    case) as a bool, ``none`` as ``None``, then an int, a float, or else the text itself."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low == "none":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def is_int(value: object) -> bool:
     """Whether ``value`` is a Python ``int`` and not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)

@@ -56,6 +56,7 @@ from unigrad.core.estimator import Estimate, Estimator
 from unigrad.core.io import atomic_path
 from unigrad.core.objective import Objective
 from unigrad.core.objective import objective as counted
+from unigrad.core.options import parse_value
 from unigrad.nn.decorrelation import Decorrelated, is_decorrelated
 from unigrad.registry import make_estimator
 
@@ -105,23 +106,9 @@ def build_estimator(estimator: Estimator | str, seed: int = 0) -> Estimator:
             raise UnigradError(
                 f"{key} in {estimator!r} belongs to the Trainer: set TrainingArguments(learning_rate=..., optim=...)"
             )
-        options[key] = _value(value)
+        options[key] = parse_value(value)
     options.setdefault("seed", seed)
     return make_estimator(name.strip(), **options)
-
-
-def _value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def _problem_type(model: nn.Module, logits: Tensor, labels: Tensor) -> str:

@@ -76,6 +76,7 @@ from torch import Tensor
 
 from unigrad.core.errors import UnigradError, unknown_name
 from unigrad.core.estimator import Estimator
+from unigrad.core.options import parse_value
 from unigrad.data.tasks import Task
 from unigrad.nn.decorrelation import DECORRELATION_DEFAULTS, Decorrelated, check_decorrelation
 from unigrad.registry import (
@@ -222,22 +223,6 @@ class MethodSpec:
         return out
 
 
-def _value(text: str) -> Any:
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low == "none":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
 def check_available(name: str) -> None:
     """Raise :class:`UnigradError` if ``name`` is unknown or its class cannot be imported."""
     if name not in ESTIMATORS:
@@ -276,7 +261,7 @@ def parse_method(spec: str, *, optimizer: str | None = None, lr: float | None = 
         if key in PARAMETER_KEYS:  # globs, kept as text (not read as numbers)
             choice[key] = value.strip()
             continue
-        given[key] = _value(value.strip())
+        given[key] = parse_value(value.strip())
         if type(given[key]) is int and abs(given[key]) > MAX_INT:
             raise UnigradError(f"option {key} of {spec!r} is out of range: integers must fit in 64 bits")
     decor = _decorrelation(spec, variant, given)

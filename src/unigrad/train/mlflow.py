@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
 
 from unigrad.core.errors import UnigradError
-from unigrad.core.io import to_json
+from unigrad.core.io import make_folder, to_json
 from unigrad.train.loop import Hook, Point, TrainingLoop
 from unigrad.train.tensorboard import hyperparameters, point_scalars
 
@@ -94,16 +94,6 @@ def require_mlflow(sqlite: bool = False) -> type[MlflowClient]:
     return MlflowClient
 
 
-def _folder(path: Path, what: str) -> None:
-    """Make ``path`` (a folder) when missing; a one-line error for a file in the way or a folder not made."""
-    if path.exists() and not path.is_dir():
-        raise UnigradError(f"{what} {path} exists and is not a folder; give a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UnigradError(f"cannot create {what} {path}: {e.strerror or e}") from None
-
-
 def check_tracking_uri(uri: str | Path) -> str:
     """The MLflow tracking URI ``uri`` (module docs: where), checked, its folder made, the store opened once (an
     SQLite store gets its tables), after checking that the packages are installed: ``sqlite:///PATH`` as it is,
@@ -120,12 +110,12 @@ def check_tracking_uri(uri: str | Path) -> str:
         require_mlflow(sqlite=True)
         if db.is_dir():
             raise UnigradError(f"MLflow database {db} is a folder; give a file, e.g. sqlite:///{db}/mlflow.db")
-        _folder(db.parent, "the MLflow database's folder")
+        make_folder(db.parent, "the MLflow database's folder")
         resolved = text
     elif scheme in (None, "file"):
         folder = Path(unquote(urlparse(text).path)) if scheme == "file" else Path(text)
         require_mlflow()
-        _folder(folder, "MLflow folder")
+        make_folder(folder, "MLflow folder")
         os.environ["MLFLOW_ALLOW_FILE_STORE"] = "true"  # module docs: MLflow 3 refuses a folder store without it
         resolved = folder.resolve().as_uri()
     else:

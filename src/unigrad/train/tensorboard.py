@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unigrad.core.errors import UnigradError
-from unigrad.core.io import to_json
+from unigrad.core.io import make_folder, to_json
 from unigrad.train.loop import Hook, Point, TrainingLoop
 
 if TYPE_CHECKING:
@@ -78,14 +78,7 @@ def check_logdir(path: str | Path) -> Path:
     text = str(path)
     if text == "" or "\x00" in text:
         raise UnigradError(f"the TensorBoard folder must be a non-empty path without NUL characters, got {text!r}")
-    folder = Path(path)
-    if folder.exists() and not folder.is_dir():
-        raise UnigradError(f"TensorBoard folder {folder} exists and is not a folder; give a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UnigradError(f"cannot create the TensorBoard folder {folder}: {e.strerror or e}") from None
-    return folder
+    return make_folder(Path(path), "TensorBoard folder")
 
 
 def folder_name(label: str) -> str:
